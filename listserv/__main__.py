@@ -1,0 +1,3 @@
+from listserv.cli import main
+
+main()

@@ -1,0 +1,46 @@
+"""listserv init / db upgrade."""
+
+from __future__ import annotations
+
+import click
+
+from listserv import db as dbmod
+from listserv.app import ensure_site_secret
+from listserv.cli import Obj, cli, handle_errors, pass_obj
+
+
+@cli.command()
+@pass_obj
+@handle_errors
+def init(obj: Obj) -> None:
+    """Create data_dir, the database schema and the site secret (idempotent)."""
+    app = obj.app
+    app.settings.data_path.mkdir(parents=True, exist_ok=True)
+    app.spool.root.mkdir(parents=True, exist_ok=True)
+    app.db.check()
+    dbmod.upgrade(app.db)
+    with app.db.unit_of_work() as session:
+        ensure_site_secret(session)
+    click.echo(f"initialised {app.settings.data_path} "
+               f"(database {dbmod.safe_url(app.db.url)}, schema {dbmod.current_revision(app.db)})")
+
+
+@cli.group("db")
+def db_group() -> None:
+    """Database schema management."""
+
+
+@db_group.command("upgrade")
+@pass_obj
+@handle_errors
+def db_upgrade(obj: Obj) -> None:
+    """Apply schema migrations to an existing database."""
+    app = obj.app
+    app.db.check()
+    before = dbmod.current_revision(app.db)
+    dbmod.upgrade(app.db)
+    after = dbmod.current_revision(app.db)
+    if before == after:
+        click.echo(f"database already at {after}")
+    else:
+        click.echo(f"database upgraded from {before or 'empty'} to {after}")

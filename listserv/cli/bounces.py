@@ -1,0 +1,3 @@
+"""CLI: bounces (to be implemented)."""
+
+from __future__ import annotations

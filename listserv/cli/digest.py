@@ -1,0 +1,3 @@
+"""CLI: digest (to be implemented)."""
+
+from __future__ import annotations

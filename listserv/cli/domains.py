@@ -1,0 +1,3 @@
+"""CLI: domains (to be implemented)."""
+
+from __future__ import annotations

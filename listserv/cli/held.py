@@ -1,0 +1,3 @@
+"""CLI: held (to be implemented)."""
+
+from __future__ import annotations

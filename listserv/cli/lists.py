@@ -1,0 +1,3 @@
+"""CLI: lists (to be implemented)."""
+
+from __future__ import annotations

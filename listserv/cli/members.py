@@ -1,0 +1,3 @@
+"""CLI: members (to be implemented)."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""CLI: serve (to be implemented)."""
+
+from __future__ import annotations

@@ -1,0 +1,499 @@
+"""SQLAlchemy 2.0 typed models: the whole schema of listserv.
+
+Every change here needs an Alembic revision under listserv/migrations/versions/; a test checks
+that the migrations produce exactly this schema.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from typing import Any, Optional
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Timezone-aware UTC datetimes on both SQLite (which drops tzinfo) and PostgreSQL."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: Optional[dt.datetime], dialect: Any) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.timezone.utc)
+        return value.astimezone(dt.timezone.utc)
+
+    def process_result_value(self, value: Optional[dt.datetime], dialect: Any) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.timezone.utc)
+        return value.astimezone(dt.timezone.utc)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dt.datetime: UTCDateTime, dict[str, Any]: JSON, list[Any]: JSON}
+
+
+def _enum(cls: type[enum.Enum]) -> Enum:
+    # Store the values (lower-case words), as a VARCHAR with a CHECK-free definition so that
+    # adding a member later needs no ALTER TYPE on PostgreSQL.
+    return Enum(cls, values_callable=lambda e: [m.value for m in e], native_enum=False,
+                create_constraint=False, length=32, validate_strings=True)
+
+
+# ---------------------------------------------------------------------------- enums
+
+
+class Role(enum.Enum):
+    member = "member"
+    moderator = "moderator"
+    owner = "owner"
+
+
+class DeliveryMode(enum.Enum):
+    regular = "regular"
+    mime_digest = "mime-digest"
+    plain_digest = "plain-digest"
+    nomail = "nomail"
+
+
+class Action(enum.Enum):
+    accept = "accept"
+    hold = "hold"
+    reject = "reject"
+    discard = "discard"
+
+
+class SubscriptionPolicy(enum.Enum):
+    open = "open"
+    confirm = "confirm"
+    moderate = "moderate"
+    confirm_then_moderate = "confirm_then_moderate"
+
+
+class ReplyTo(enum.Enum):
+    list = "list"
+    poster = "poster"
+
+
+class DmarcMitigation(enum.Enum):
+    none = "none"
+    munge_from = "munge_from"
+    wrap = "wrap"
+
+
+class DigestFrequency(enum.Enum):
+    daily = "daily"
+    weekly = "weekly"
+    monthly = "monthly"
+    never = "never"
+
+
+class ArchivePolicy(enum.Enum):
+    public = "public"
+    private = "private"
+    none = "none"
+
+
+class InboundState(enum.Enum):
+    new = "new"              # spooled, not yet processed
+    processing = "processing"
+    accepted = "accepted"    # a post that was distributed
+    held = "held"
+    rejected = "rejected"
+    discarded = "discarded"
+    handled = "handled"      # non-post mail (commands, bounces, owner) done
+    failed = "failed"        # parked for a human: processing raised
+
+
+class Decision(enum.Enum):
+    approve = "approve"
+    reject = "reject"
+    discard = "discard"
+    cancel = "cancel"        # withdrawn by the poster
+    expire = "expire"        # expired on schedule
+
+
+class TokenKind(enum.Enum):
+    subscribe = "subscribe"              # confirm a subscription (reply from the subscriber)
+    unsubscribe = "unsubscribe"          # confirm leaving
+    approve_subscription = "approve_subscription"  # owner/moderator approves a join
+    moderate = "moderate"                # moderator acts on a held post
+    cancel_post = "cancel_post"          # poster withdraws a held post
+    reenable = "reenable"                # bounce-disabled member re-enables delivery
+
+
+class DeliveryState(enum.Enum):
+    pending = "pending"      # ready at next_attempt_at
+    sending = "sending"      # claimed by a worker (locked_by / locked_at)
+    done = "done"
+    failed = "failed"        # permanent failure or gave up
+
+
+class BounceKind(enum.Enum):
+    hard = "hard"            # permanent failure: scores
+    soft = "soft"            # temporary failure: counted, does not score by default
+    policy = "policy"        # 5.7.x / blocklist / spam refusal: counted apart, never disables
+    other = "other"          # auto-reply or unrecognised: recorded and dropped
+
+
+# ---------------------------------------------------------------------------- site
+
+
+class SiteSetting(Base):
+    """Key/value store for site-wide state (the site secret)."""
+
+    __tablename__ = "site_setting"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class Domain(Base):
+    __tablename__ = "domain"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    dkim_selector: Mapped[Optional[str]] = mapped_column(String(63))
+    dkim_private_key: Mapped[Optional[str]] = mapped_column(Text)  # PEM
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    lists: Mapped[list["MailingList"]] = relationship(back_populates="domain")
+
+
+class MailingList(Base):
+    __tablename__ = "mailing_list"
+    __table_args__ = (UniqueConstraint("name", "domain_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    domain_id: Mapped[int] = mapped_column(ForeignKey("domain.id", ondelete="RESTRICT"))
+    display_name: Mapped[str] = mapped_column(String(255), default="")
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    # settings (see listserv.settings for validation and the CLI names)
+    nonmember_action: Mapped[Action] = mapped_column(_enum(Action), default=Action.hold)
+    member_action: Mapped[Action] = mapped_column(_enum(Action), default=Action.hold)
+    emergency: Mapped[bool] = mapped_column(default=False)
+    subscription_policy: Mapped[SubscriptionPolicy] = mapped_column(
+        _enum(SubscriptionPolicy), default=SubscriptionPolicy.confirm)
+    subject_prefix: Mapped[str] = mapped_column(String(255), default="[{list}] ")
+    reply_to: Mapped[ReplyTo] = mapped_column(_enum(ReplyTo), default=ReplyTo.poster)
+    max_message_size: Mapped[int] = mapped_column(default=0)
+    dmarc_mitigation: Mapped[DmarcMitigation] = mapped_column(
+        _enum(DmarcMitigation), default=DmarcMitigation.munge_from)
+    digest_frequency: Mapped[DigestFrequency] = mapped_column(
+        _enum(DigestFrequency), default=DigestFrequency.daily)
+    digest_size_threshold_kb: Mapped[int] = mapped_column(default=30)
+    archive: Mapped[ArchivePolicy] = mapped_column(_enum(ArchivePolicy),
+                                                   default=ArchivePolicy.private)
+    bounce_score_threshold: Mapped[float] = mapped_column(Float, default=5.0)
+    bounce_info_stale_after_days: Mapped[int] = mapped_column(default=7)
+    bounce_warnings: Mapped[int] = mapped_column(default=3)
+    bounce_warning_interval_days: Mapped[int] = mapped_column(default=7)
+    notify_poster_on_hold: Mapped[bool] = mapped_column(default=True)
+
+    # counters and state
+    post_id: Mapped[int] = mapped_column(default=0)
+    digest_volume: Mapped[int] = mapped_column(default=1)
+    digest_number: Mapped[int] = mapped_column(default=0)   # last issue sent in this volume
+    digest_last_sent_at: Mapped[Optional[dt.datetime]] = mapped_column()
+
+    domain: Mapped[Domain] = relationship(back_populates="lists", lazy="joined")
+
+    @property
+    def address(self) -> str:
+        return f"{self.name}@{self.domain.name}"
+
+    @property
+    def list_id(self) -> str:
+        """RFC 2919 list identifier: NAME.DOMAIN."""
+        return f"{self.name}.{self.domain.name}"
+
+
+class Address(Base):
+    """One email address (a person), shared across lists."""
+
+    __tablename__ = "address"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)  # normalised, lower case
+    display_name: Mapped[str] = mapped_column(String(255), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Membership(Base):
+    __tablename__ = "membership"
+    __table_args__ = (
+        UniqueConstraint("list_id", "address_id", "role"),
+        Index("ix_membership_list_role", "list_id", "role", "delivery_mode", "enabled"),
+        Index("ix_membership_address", "address_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    list_id: Mapped[int] = mapped_column(ForeignKey("mailing_list.id", ondelete="CASCADE"))
+    address_id: Mapped[int] = mapped_column(ForeignKey("address.id", ondelete="CASCADE"))
+    role: Mapped[Role] = mapped_column(_enum(Role), default=Role.member)
+    delivery_mode: Mapped[DeliveryMode] = mapped_column(_enum(DeliveryMode),
+                                                        default=DeliveryMode.regular)
+    moderated: Mapped[bool] = mapped_column(default=False)
+    enabled: Mapped[bool] = mapped_column(default=True)
+    disabled_reason: Mapped[Optional[str]] = mapped_column(String(32))  # bounce | admin | user
+    bounce_score: Mapped[float] = mapped_column(Float, default=0.0)
+    last_bounce_at: Mapped[Optional[dt.datetime]] = mapped_column()
+    bounce_warnings_sent: Mapped[int] = mapped_column(default=0)
+    last_warning_at: Mapped[Optional[dt.datetime]] = mapped_column()
+    joined_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    address: Mapped[Address] = relationship(lazy="joined")
+    mailing_list: Mapped[MailingList] = relationship()
+
+
+class PendingToken(Base):
+    """A confirmation or moderation token. Only the SHA-256 of the token is stored."""
+
+    __tablename__ = "pending_token"
+    __table_args__ = (Index("ix_pending_token_lookup", "list_id", "kind", "email"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    kind: Mapped[TokenKind] = mapped_column(_enum(TokenKind))
+    list_id: Mapped[int] = mapped_column(ForeignKey("mailing_list.id", ondelete="CASCADE"))
+    email: Mapped[str] = mapped_column(String(320))         # the address it was sent to
+    held_id: Mapped[Optional[int]] = mapped_column(
+        ForeignKey("held_message.id", ondelete="CASCADE"))
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_sent_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column()
+    used_at: Mapped[Optional[dt.datetime]] = mapped_column()
+    used_by: Mapped[Optional[str]] = mapped_column(String(320))
+    outcome: Mapped[Optional[str]] = mapped_column(String(64))
+
+
+# ---------------------------------------------------------------------------- intake
+
+
+class InboundMessage(Base):
+    """One message accepted by the intake for one list address. The raw bytes are in the spool.
+
+    The table is also the incoming work queue: rows in state ``new`` are claimed by workers.
+    """
+
+    __tablename__ = "inbound_message"
+    __table_args__ = (Index("ix_inbound_state", "state", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    list_id: Mapped[int] = mapped_column(ForeignKey("mailing_list.id", ondelete="CASCADE"))
+    subaddress: Mapped[str] = mapped_column(String(16))   # post|request|join|leave|owner|bounces|confirm
+    extra: Mapped[Optional[str]] = mapped_column(String(400))  # VERP recipient or confirm token
+    rcpt: Mapped[str] = mapped_column(String(400))        # the envelope recipient as given
+    mail_from: Mapped[str] = mapped_column(String(400))   # envelope sender ('' = null reverse-path)
+    message_id: Mapped[str] = mapped_column(String(998), default="")
+    from_addr: Mapped[str] = mapped_column(String(400), default="")
+    subject: Mapped[str] = mapped_column(Text, default="")
+    size: Mapped[int] = mapped_column(default=0)
+    spool_sha: Mapped[str] = mapped_column(String(64))
+    received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    state: Mapped[InboundState] = mapped_column(_enum(InboundState), default=InboundState.new)
+    locked_by: Mapped[Optional[str]] = mapped_column(String(64))
+    locked_at: Mapped[Optional[dt.datetime]] = mapped_column()
+    attempts: Mapped[int] = mapped_column(default=0)
+    outcome: Mapped[Optional[str]] = mapped_column(Text)    # reasons / error, for humans
+
+    mailing_list: Mapped[MailingList] = relationship()
+
+
+class HeldMessage(Base):
+    __tablename__ = "held_message"
+    __table_args__ = (Index("ix_held_list_open", "list_id", "decision"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    inbound_id: Mapped[int] = mapped_column(ForeignKey("inbound_message.id", ondelete="CASCADE"))
+    list_id: Mapped[int] = mapped_column(ForeignKey("mailing_list.id", ondelete="CASCADE"))
+    sender: Mapped[str] = mapped_column(String(400))
+    subject: Mapped[str] = mapped_column(Text, default="")
+    size: Mapped[int] = mapped_column(default=0)
+    reasons: Mapped[list[Any]] = mapped_column(default=list)
+    held_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    decision: Mapped[Optional[Decision]] = mapped_column(_enum(Decision))
+    decided_by: Mapped[Optional[str]] = mapped_column(String(400))
+    decided_at: Mapped[Optional[dt.datetime]] = mapped_column()
+    decided_via: Mapped[Optional[str]] = mapped_column(String(32))  # cli | email | schedule
+    reason: Mapped[Optional[str]] = mapped_column(Text)            # reject reason
+
+    inbound: Mapped[InboundMessage] = relationship()
+    mailing_list: Mapped[MailingList] = relationship()
+
+
+class ModerationLog(Base):
+    __tablename__ = "moderation_log"
+    __table_args__ = (Index("ix_modlog_list", "list_id", "at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    list_id: Mapped[int] = mapped_column(ForeignKey("mailing_list.id", ondelete="CASCADE"))
+    held_id: Mapped[Optional[int]] = mapped_column(
+        ForeignKey("held_message.id", ondelete="SET NULL"))
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    actor: Mapped[str] = mapped_column(String(400))
+    action: Mapped[str] = mapped_column(String(32))
+    via: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class AutoResponse(Base):
+    """Rate limit for automatic mail to one address (hold notices, help replies)."""
+
+    __tablename__ = "auto_response"
+    __table_args__ = (UniqueConstraint("list_id", "email", "kind"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    list_id: Mapped[int] = mapped_column(ForeignKey("mailing_list.id", ondelete="CASCADE"))
+    email: Mapped[str] = mapped_column(String(320))
+    kind: Mapped[str] = mapped_column(String(32))
+    day: Mapped[dt.date] = mapped_column()
+    count: Mapped[int] = mapped_column(default=0)
+
+
+# ---------------------------------------------------------------------------- outbound
+
+
+class OutboundMessage(Base):
+    """Final bytes to send (already decorated and signed), in the spool under ``spool_sha``."""
+
+    __tablename__ = "outbound_message"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    list_id: Mapped[Optional[int]] = mapped_column(
+        ForeignKey("mailing_list.id", ondelete="SET NULL"))
+    kind: Mapped[str] = mapped_column(String(16))   # post | notice | digest | forward
+    spool_sha: Mapped[str] = mapped_column(String(64))
+    envelope_from: Mapped[str] = mapped_column(String(400))  # '' = null; base -bounces for VERP
+    verp: Mapped[bool] = mapped_column(default=False)
+    message_id: Mapped[str] = mapped_column(String(998), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Delivery(Base):
+    """A batch of recipients of one outbound message; the outbound work queue."""
+
+    __tablename__ = "delivery"
+    __table_args__ = (Index("ix_delivery_ready", "state", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    outbound_id: Mapped[int] = mapped_column(
+        ForeignKey("outbound_message.id", ondelete="CASCADE"), index=True)
+    recipients: Mapped[str] = mapped_column(Text)   # newline-separated addresses
+    count: Mapped[int] = mapped_column(default=1)
+    state: Mapped[DeliveryState] = mapped_column(_enum(DeliveryState),
+                                                 default=DeliveryState.pending)
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    first_attempt_at: Mapped[Optional[dt.datetime]] = mapped_column()
+    locked_by: Mapped[Optional[str]] = mapped_column(String(64))
+    locked_at: Mapped[Optional[dt.datetime]] = mapped_column()
+    last_code: Mapped[Optional[int]] = mapped_column()
+    last_error: Mapped[Optional[str]] = mapped_column(Text)
+    finished_at: Mapped[Optional[dt.datetime]] = mapped_column()
+
+    outbound: Mapped[OutboundMessage] = relationship()
+
+
+class Fanout(Base):
+    """Which lists have distributed a given Message-ID (a person on several lists gets one copy)."""
+
+    __tablename__ = "fanout"
+    __table_args__ = (UniqueConstraint("message_id_hash", "list_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    message_id_hash: Mapped[str] = mapped_column(String(64), index=True)
+    list_id: Mapped[int] = mapped_column(ForeignKey("mailing_list.id", ondelete="CASCADE"))
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class ArchiveEntry(Base):
+    """A post to append to the list's mbox archive (appended_at set once written)."""
+
+    __tablename__ = "archive_entry"
+    __table_args__ = (Index("ix_archive_pending", "appended_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    list_id: Mapped[int] = mapped_column(ForeignKey("mailing_list.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column()              # the list's post_id
+    spool_sha: Mapped[str] = mapped_column(String(64))
+    message_id: Mapped[str] = mapped_column(String(998), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    appended_at: Mapped[Optional[dt.datetime]] = mapped_column()
+
+
+# ---------------------------------------------------------------------------- digests
+
+
+class Digest(Base):
+    __tablename__ = "digest"
+    __table_args__ = (UniqueConstraint("list_id", "volume", "number"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    list_id: Mapped[int] = mapped_column(ForeignKey("mailing_list.id", ondelete="CASCADE"))
+    volume: Mapped[int] = mapped_column()
+    number: Mapped[int] = mapped_column()
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[Optional[dt.datetime]] = mapped_column()
+
+
+class DigestEntry(Base):
+    __tablename__ = "digest_entry"
+    __table_args__ = (Index("ix_digest_entry_pending", "list_id", "digest_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    list_id: Mapped[int] = mapped_column(ForeignKey("mailing_list.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column()
+    spool_sha: Mapped[str] = mapped_column(String(64))   # the prepared post (before footer)
+    size: Mapped[int] = mapped_column(default=0)
+    subject: Mapped[str] = mapped_column(Text, default="")
+    sender: Mapped[str] = mapped_column(String(400), default="")
+    added_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    digest_id: Mapped[Optional[int]] = mapped_column(ForeignKey("digest.id", ondelete="SET NULL"))
+
+
+# ---------------------------------------------------------------------------- bounces
+
+
+class BounceEvent(Base):
+    __tablename__ = "bounce_event"
+    __table_args__ = (Index("ix_bounce_list_email", "list_id", "email", "at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    list_id: Mapped[int] = mapped_column(ForeignKey("mailing_list.id", ondelete="CASCADE"))
+    email: Mapped[str] = mapped_column(String(320))
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    kind: Mapped[BounceKind] = mapped_column(_enum(BounceKind))
+    source: Mapped[str] = mapped_column(String(16))       # verp | dsn | detector | smtp
+    status: Mapped[str] = mapped_column(String(16), default="")   # e.g. 5.1.1
+    diagnostic: Mapped[str] = mapped_column(Text, default="")
+    inbound_id: Mapped[Optional[int]] = mapped_column(
+        ForeignKey("inbound_message.id", ondelete="SET NULL"))
+    processed: Mapped[bool] = mapped_column(default=False)
+
+
+__all__ = [name for name in dir() if not name.startswith("_")]

@@ -1,0 +1,63 @@
+"""Frozen snapshots of rows, for pure functions (transforms, notices) that must not touch the DB."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from listserv import addresses
+from listserv.models import (
+    ArchivePolicy,
+    DigestFrequency,
+    DmarcMitigation,
+    MailingList,
+    ReplyTo,
+)
+
+
+@dataclass(frozen=True)
+class ListView:
+    id: int
+    name: str
+    domain: str
+    display_name: str
+    subject_prefix: str
+    reply_to: ReplyTo
+    dmarc_mitigation: DmarcMitigation
+    archive: ArchivePolicy
+    digest_frequency: DigestFrequency
+    post_id: int
+    dkim_selector: str | None
+    dkim_key: str | None
+
+    @classmethod
+    def of(cls, ml: MailingList) -> "ListView":
+        return cls(id=ml.id, name=ml.name, domain=ml.domain.name,
+                   display_name=ml.display_name or ml.name, subject_prefix=ml.subject_prefix,
+                   reply_to=ml.reply_to, dmarc_mitigation=ml.dmarc_mitigation,
+                   archive=ml.archive, digest_frequency=ml.digest_frequency, post_id=ml.post_id,
+                   dkim_selector=ml.domain.dkim_selector, dkim_key=ml.domain.dkim_private_key)
+
+    @property
+    def address(self) -> str:
+        return f"{self.name}@{self.domain}"
+
+    @property
+    def list_id(self) -> str:
+        return f"{self.name}.{self.domain}"
+
+    def sub(self, suffix: str, extra: str | None = None) -> str:
+        """An address of this list: sub('request') -> NAME-request@DOMAIN."""
+        return addresses.subaddress(self.name, self.domain, suffix, extra)
+
+    @property
+    def bounces(self) -> str:
+        return self.sub(addresses.BOUNCES)
+
+    @property
+    def owner(self) -> str:
+        return self.sub(addresses.OWNER)
+
+    @property
+    def prefix(self) -> str:
+        """The subject prefix with {list} expanded."""
+        return self.subject_prefix.replace("{list}", self.display_name or self.name)
