@@ -28,6 +28,9 @@ class ListView:
     post_id: int
     dkim_selector: str | None
     dkim_key: str | None
+    # Web archive of this list (https URL). Nothing configures it yet; List-Archive is only
+    # emitted when it is set and the list is archived (archive != none).
+    archive_url: str | None = None
 
     @classmethod
     def of(cls, ml: MailingList) -> "ListView":
