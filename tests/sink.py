@@ -48,13 +48,21 @@ class _Handler:
         return "250 Message accepted"
 
 
+class _Controller(Controller):
+    def _trigger_server(self) -> None:
+        # aiosmtpd connects to self.port to check the server: with port 0, use the bound one.
+        if self.port == 0 and self.server is not None:
+            self.port = self.server.sockets[0].getsockname()[1]
+        super()._trigger_server()
+
+
 class SmtpSink:
     def __init__(self) -> None:
         self.messages: list[Captured] = []
         self.fail_rcpt: dict[str, str] = {}
         self.fail_times: dict[str, int] = {}
         self._cond = threading.Condition()
-        self.controller = Controller(_Handler(self), hostname="127.0.0.1", port=0,
+        self.controller = _Controller(_Handler(self), hostname="127.0.0.1", port=0,
                                      decode_data=False, data_size_limit=0)
 
     @property

@@ -1,3 +1,35 @@
-"""CLI: serve (to be implemented)."""
+"""listserv serve: run the intake, the workers and the scheduler until SIGTERM/SIGINT."""
 
 from __future__ import annotations
+
+import click
+from sqlalchemy import inspect
+
+from listserv import db as dbmod
+from listserv.app import App, ensure_site_secret
+from listserv.cli import Obj, cli, handle_errors, pass_obj
+
+
+def prepare_database(app: App) -> None:
+    """Initialise a database that was never set up (first run); refuse one that is behind."""
+    app.settings.data_path.mkdir(parents=True, exist_ok=True)
+    app.spool.root.mkdir(parents=True, exist_ok=True)
+    app.db.check()
+    if not inspect(app.db.engine).has_table("alembic_version"):
+        click.echo(f"listserv: initialising {dbmod.safe_url(app.db.url)}", err=True)
+        dbmod.upgrade(app.db)
+    dbmod.require_schema(app.db)
+    with app.db.unit_of_work() as session:
+        ensure_site_secret(session)
+
+
+@cli.command()
+@pass_obj
+@handle_errors
+def serve(obj: Obj) -> None:
+    """Run the SMTP/LMTP intake, delivery workers and the scheduler until SIGTERM/SIGINT."""
+    from listserv import daemon
+
+    app = obj.app
+    prepare_database(app)
+    daemon.serve(app)

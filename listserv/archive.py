@@ -1,0 +1,91 @@
+"""The mbox archive: append accepted posts to <data_dir>/archives/<list>/<yyyy-mm>.mbox.
+
+The ArchiveEntry rows are the queue (appended_at NULL = still to write). A pass appends each
+pending entry's prepared message (mboxrd: From_ line, '>From ' quoting), fsyncs the file and
+only then marks the rows. A crash between the two can at worst append an entry twice, never
+lose one. Rows are claimed FOR UPDATE SKIP LOCKED on PostgreSQL and files are flock'ed, so
+several processes may run passes.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import re
+import time
+from email.parser import BytesHeaderParser
+from email.utils import parseaddr
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from listserv.app import App
+from listserv.models import ArchiveEntry, Domain, MailingList
+
+log = logging.getLogger(__name__)
+
+BATCH = 200
+_FROM_LINE = re.compile(rb"^>*From ", re.MULTILINE)
+
+
+def mbox_path(app: App, list_address: str, when_year: int, when_month: int) -> Path:
+    return app.settings.archive_path / list_address.lower() / f"{when_year:04d}-{when_month:02d}.mbox"
+
+
+def mbox_entry(data: bytes, when: float) -> bytes:
+    """One mboxrd entry: From_ line, body with LF endings and '>From ' quoting, blank line."""
+    data = data.replace(b"\r\n", b"\n")
+    headers = BytesHeaderParser().parsebytes(data)
+    sender = parseaddr(str(headers.get("From") or ""))[1] or "MAILER-DAEMON"
+    sender = "".join(sender.split()) or "MAILER-DAEMON"
+    stamp = time.asctime(time.gmtime(when))
+    body = _FROM_LINE.sub(lambda m: b">" + m.group(0), data)
+    if not body.endswith(b"\n"):
+        body += b"\n"
+    return f"From {sender} {stamp}\n".encode("utf-8", "replace") + body + b"\n"
+
+
+def _list_addresses(session: Session, ids: set[int]) -> dict[int, str]:
+    rows = session.execute(select(MailingList.id, MailingList.name, Domain.name)
+                           .join(Domain).where(MailingList.id.in_(ids))).all()
+    return {r[0]: f"{r[1]}@{r[2]}" for r in rows}
+
+
+def append_pending(app: App, limit: int = BATCH) -> int:
+    """Append up to ``limit`` pending entries; return how many were written."""
+    with app.db.unit_of_work() as session:
+        entries = list(session.scalars(
+            select(ArchiveEntry).where(ArchiveEntry.appended_at.is_(None))
+            .order_by(ArchiveEntry.id).limit(limit).with_for_update(skip_locked=True)))
+        if not entries:
+            return 0
+        names = _list_addresses(session, {e.list_id for e in entries})
+        by_file: dict[Path, list[ArchiveEntry]] = {}
+        for e in entries:
+            when = e.created_at
+            path = mbox_path(app, names[e.list_id], when.year, when.month)
+            by_file.setdefault(path, []).append(e)
+        for path, group in by_file.items():
+            chunks = [mbox_entry(app.spool.get(e.spool_sha), e.created_at.timestamp())
+                      for e in group]
+            _append(path, b"".join(chunks))
+        now = app.now()
+        for e in entries:
+            e.appended_at = now
+        return len(entries)
+
+
+def _append(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)

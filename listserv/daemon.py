@@ -1,0 +1,199 @@
+"""The asyncio supervisor behind `listserv serve`.
+
+One event loop runs: the intake server (SMTP or LMTP), the incoming worker loop, the archive
+loop, the delivery loop (listserv.delivery.run) and a scheduler that calls each module's
+tick(app) every TICK_INTERVAL seconds. Workers are plain sync functions run in threads.
+The intake wakes the incoming worker right after it commits; a short poll covers mail stored
+by other processes. stop.set() (SIGTERM/SIGINT) closes the listener, lets in-flight SMTP
+transactions and worker passes finish, then returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from typing import Any, Awaitable, Callable
+
+from listserv import archive, bounces, digests, incoming, intake, moderation
+from listserv.app import App
+
+log = logging.getLogger(__name__)
+
+POLL_INTERVAL = 0.5
+TICK_INTERVAL = 30.0
+DRAIN_TIMEOUT = 30.0
+TICKS: tuple[tuple[str, Callable[[App], None]], ...] = (
+    ("moderation", moderation.tick),
+    ("digests", digests.tick),
+    ("bounces", bounces.tick),
+)
+
+
+def delivery_runner() -> Callable[[App, asyncio.Event, asyncio.Event], Awaitable[Any]] | None:
+    """listserv.delivery.run when the delivery module is installed."""
+    try:
+        from listserv import delivery  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return getattr(delivery, "run", None)
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> None:
+    try:
+        await asyncio.wait_for(event.wait(), timeout)
+    except asyncio.TimeoutError:
+        pass
+
+
+class Daemon:
+    def __init__(self, app: App, *, host: str | None = None, port: int | None = None,
+                 intake_enabled: bool = True, scheduler: bool = True,
+                 incoming_worker: bool = True, delivery: bool = True) -> None:
+        self.app = app
+        self.host = host if host is not None else app.settings.intake.host
+        self.port = port if port is not None else app.settings.intake.port
+        self.intake_enabled = intake_enabled
+        self.scheduler_enabled = scheduler
+        self.incoming_enabled = incoming_worker
+        self.delivery_enabled = delivery
+        self.worker = incoming.worker_identity()
+        self.ready = threading.Event()        # set once listening (for embedding and tests)
+        self.handler: intake.IntakeHandler | None = None
+        self.bound_port: int | None = None
+        self.incoming_wake: asyncio.Event | None = None
+        self.delivery_wake: asyncio.Event | None = None
+        self.archive_wake: asyncio.Event | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def wake(self) -> None:
+        """Thread-safe: nudge every worker loop (tests, intake commits)."""
+        loop = self.loop
+        if loop is None:
+            return
+        for ev in (self.incoming_wake, self.delivery_wake, self.archive_wake):
+            if ev is not None:
+                loop.call_soon_threadsafe(ev.set)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        app = self.app
+        loop = self.loop = asyncio.get_running_loop()
+        self.incoming_wake = asyncio.Event()
+        self.delivery_wake = asyncio.Event()
+        self.archive_wake = asyncio.Event()
+        wake = self.incoming_wake
+        self.handler = intake.IntakeHandler(app, on_commit=lambda: loop.call_soon_threadsafe(
+            wake.set))
+        await asyncio.to_thread(incoming.reclaim, app)
+
+        server = None
+        if self.intake_enabled:
+            handler = self.handler
+            server = await loop.create_server(
+                lambda: intake.make_protocol(handler, app.settings), self.host, self.port)
+            self.bound_port = server.sockets[0].getsockname()[1]
+            log.warning("listserv: %s intake listening on %s:%d", app.settings.intake.protocol,
+                        self.host, self.bound_port)
+        self.ready.set()
+
+        workers_stop = asyncio.Event()
+        delivery_stop = asyncio.Event()
+        tasks: list[asyncio.Task[Any]] = []
+        if self.incoming_enabled:
+            tasks.append(asyncio.create_task(self._incoming_loop(workers_stop)))
+            tasks.append(asyncio.create_task(self._archive_loop(workers_stop)))
+        if self.scheduler_enabled:
+            tasks.append(asyncio.create_task(self._scheduler_loop(workers_stop)))
+        delivery_task = None
+        runner = delivery_runner() if self.delivery_enabled else None
+        if runner is not None:
+            delivery_task = asyncio.create_task(runner(app, delivery_stop, self.delivery_wake))
+        elif self.delivery_enabled:
+            log.warning("listserv: delivery module not available; outbound mail stays queued")
+
+        await stop.wait()
+        log.warning("listserv: stopping")
+        if server is not None:
+            server.close()
+            await self._drain_intake()
+        workers_stop.set()
+        self.wake()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        delivery_stop.set()
+        self.delivery_wake.set()
+        if delivery_task is not None:
+            try:
+                await asyncio.wait_for(delivery_task, DRAIN_TIMEOUT)
+            except Exception:
+                log.exception("delivery did not stop cleanly")
+        if server is not None:
+            await server.wait_closed()
+        log.warning("listserv: stopped")
+
+    async def _drain_intake(self) -> None:
+        """Wait (bounded) for SMTP DATA transactions already being stored."""
+        assert self.handler is not None
+        deadline = asyncio.get_running_loop().time() + DRAIN_TIMEOUT
+        while self.handler.active and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
+
+    async def _incoming_loop(self, stop: asyncio.Event) -> None:
+        assert self.incoming_wake is not None and self.delivery_wake is not None
+        assert self.archive_wake is not None
+        while not stop.is_set():
+            self.incoming_wake.clear()
+            try:
+                done = await asyncio.to_thread(incoming.run_pass, self.app, self.worker,
+                                               should_stop=stop.is_set)
+            except Exception:
+                log.exception("incoming worker pass failed")
+                done = 0
+                await _wait(stop, 1.0)
+            if done:
+                self.delivery_wake.set()
+                self.archive_wake.set()
+                continue
+            await _wait(self.incoming_wake, POLL_INTERVAL)
+
+    async def _archive_loop(self, stop: asyncio.Event) -> None:
+        assert self.archive_wake is not None
+        while not stop.is_set():
+            self.archive_wake.clear()
+            try:
+                done = await asyncio.to_thread(archive.append_pending, self.app)
+            except Exception:
+                log.exception("archive pass failed")
+                done = 0
+            if not done:
+                await _wait(self.archive_wake, TICK_INTERVAL)
+
+    async def _scheduler_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await asyncio.to_thread(incoming.reclaim, self.app)
+            except Exception:
+                log.exception("reclaiming stale messages failed")
+            for name, tick in TICKS:
+                if stop.is_set():
+                    break
+                try:
+                    await asyncio.to_thread(tick, self.app)
+                except Exception:
+                    log.exception("%s tick failed", name)
+            if self.delivery_wake is not None:
+                self.delivery_wake.set()
+            await _wait(stop, TICK_INTERVAL)
+
+
+def serve(app: App) -> None:
+    """Run the daemon in this thread until SIGTERM or SIGINT."""
+    import signal
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await Daemon(app).run(stop)
+
+    asyncio.run(main())

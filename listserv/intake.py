@@ -1,0 +1,266 @@
+"""SMTP/LMTP intake: route recipients at RCPT, store mail durably at DATA, answer fast.
+
+Only cheap, deterministic checks happen here; rules, moderation and fan-out run later in the
+incoming worker (listserv.incoming). Every database or spool call runs in a thread so that one
+slow session never stalls the event loop. A message is written to the spool and one
+InboundMessage row per recipient list address is committed before the 250 is sent.
+
+This module is one of the two places that format SMTP replies (the other is aiosmtpd itself):
+inside, code raises ListservError subclasses carrying their SMTP code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
+from typing import Any, Callable
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.lmtp import LMTP
+from aiosmtpd.smtp import SMTP
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+
+from listserv import __version__, addresses, lists
+from listserv.app import App
+from listserv.config import Settings
+from listserv.errors import (
+    ListservError,
+    MalformedMessage,
+    MessageTooBig,
+    TemporaryFailure,
+    UnknownRecipient,
+)
+from listserv.models import InboundMessage, InboundState, MailingList
+
+log = logging.getLogger(__name__)
+
+POSITIVE_TTL = 5.0   # seconds a known list address is trusted without asking the database
+NEGATIVE_TTL = 1.0   # seconds an unknown one is remembered
+OK_RCPT = "250 2.1.5 OK"
+OK_DATA = "250 2.0.0 Message accepted for delivery"
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """One accepted envelope recipient: the list row id and how the address was read."""
+
+    rcpt: str
+    list_id: int
+    route: addresses.Route
+
+
+class Router:
+    """RCPT-time routing (addresses.route_candidates + lists.find_list) with a small cache."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self._cache: dict[str, tuple[float, int | None]] = {}
+        self._lock = threading.Lock()
+
+    def _list_id(self, address: str) -> int | None:
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get(address)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        with self.app.db.unit_of_work() as session:
+            ml = lists.find_list(session, address)
+            list_id = ml.id if ml is not None else None
+        with self._lock:
+            if len(self._cache) > 10000:
+                self._cache.clear()
+            ttl = POSITIVE_TTL if list_id is not None else NEGATIVE_TTL
+            self._cache[address] = (now + ttl, list_id)
+        return list_id
+
+    def forget(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
+    def resolve(self, rcpt: str) -> Resolved:
+        """The route of ``rcpt`` or UnknownRecipient (550 5.1.1). Blocking: call in a thread."""
+        for route in addresses.route_candidates(rcpt):
+            list_id = self._list_id(route.list_address)
+            if list_id is not None:
+                return Resolved(rcpt, list_id, route)
+        raise UnknownRecipient(f"no such list address <{rcpt}>")
+
+
+@dataclass(frozen=True)
+class Inspected:
+    raw: bytes
+    message_id: str
+    from_addr: str
+    subject: str
+
+
+def _clip(value: str, size: int) -> str:
+    return value if len(value) <= size else value[:size]
+
+
+def inspect_message(raw: bytes, site_domain: str, *, require_from: bool = True) -> Inspected:
+    """Parse enough of ``raw`` to index it; add a Message-ID when it has none.
+
+    Raises MalformedMessage (550 5.6.0) for mail we cannot work with: no header block, no
+    usable From address.
+    """
+    try:
+        msg = BytesParser(policy=policy.default).parsebytes(raw, headersonly=True)
+        from_value = msg.get("From")
+        _, from_addr = addresses.parse_from(str(from_value) if from_value is not None else "")
+        subject = str(msg.get("Subject") or "")
+        message_id = str(msg.get("Message-ID") or "").strip()
+    except Exception as exc:  # the email package raises many kinds on hostile input
+        raise MalformedMessage(f"cannot parse message headers: {type(exc).__name__}") from None
+    if not msg.keys():
+        raise MalformedMessage("message has no header block")
+    if require_from and ("@" not in from_addr):
+        raise MalformedMessage("message has no usable From: address")
+    if not message_id:
+        message_id = email.utils.make_msgid("listserv", domain=site_domain)
+        raw = f"Message-ID: {message_id}\r\n".encode("ascii") + raw
+    return Inspected(raw, _clip(message_id, 998), _clip(from_addr, 400), subject)
+
+
+def parse(raw: bytes) -> EmailMessage:
+    """The full message object of stored bytes (email.policy.default)."""
+    return BytesParser(policy=policy.default).parsebytes(raw)  # type: ignore[return-value]
+
+
+def store(app: App, mail_from: str, resolved: list[Resolved], raw: bytes) -> None:
+    """Spool ``raw`` and commit one InboundMessage per distinct list address. Blocking."""
+    limit = app.settings.intake.max_message_size
+    if limit and len(raw) > limit:
+        raise MessageTooBig(f"message size {len(raw)} exceeds the limit of {limit} bytes")
+    need_from = any(r.route.subaddress != addresses.BOUNCES for r in resolved)
+    info = inspect_message(raw, app.settings.site_domain, require_from=need_from)
+    sha = app.spool.put(info.raw)
+    now = app.now()
+    seen: set[tuple[int, str, str | None]] = set()
+    try:
+        with app.db.unit_of_work() as session:
+            for r in resolved:
+                key = (r.list_id, r.route.subaddress, r.route.extra)
+                if key in seen:
+                    continue
+                seen.add(key)
+                session.add(InboundMessage(
+                    list_id=r.list_id, subaddress=r.route.subaddress,
+                    extra=_clip(r.route.extra, 400) if r.route.extra else None,
+                    rcpt=_clip(r.rcpt, 400), mail_from=_clip(mail_from or "", 400),
+                    message_id=info.message_id, from_addr=info.from_addr,
+                    subject=info.subject, size=len(info.raw), spool_sha=sha,
+                    received_at=now, state=InboundState.new, attempts=0))
+    except SQLAlchemyError as exc:
+        log.warning("intake: cannot record message %s: %s", info.message_id, exc)
+        raise TemporaryFailure("cannot record the message now, try again later") from None
+    log.info("accepted %s from <%s> for %s", info.message_id, mail_from,
+             ", ".join(r.rcpt for r in resolved))
+
+
+def list_exists(app: App, list_id: int) -> bool:
+    with app.db.unit_of_work() as session:
+        return session.scalar(select(MailingList.id).where(MailingList.id == list_id)) is not None
+
+
+class IntakeHandler:
+    """The aiosmtpd handler. ``on_commit`` is called (from a worker thread) after mail is stored."""
+
+    def __init__(self, app: App, on_commit: Callable[[], None] | None = None) -> None:
+        self.app = app
+        self.router = Router(app)
+        self.on_commit = on_commit
+        self.active = 0          # DATA transactions in flight (for a graceful stop)
+        self.accepted = 0
+
+    async def handle_RCPT(self, server: SMTP, session: Any, envelope: Any, address: str,
+                          rcpt_options: list[str]) -> str:
+        try:
+            resolved = await asyncio.to_thread(self.router.resolve, address)
+        except ListservError as exc:
+            return exc.smtp_reply()
+        except SQLAlchemyError as exc:
+            log.warning("intake: database unavailable at RCPT: %s", exc)
+            return TemporaryFailure("cannot look up recipients now, try again later").smtp_reply()
+        envelope.rcpt_tos.append(address)
+        routes = getattr(envelope, "listserv_routes", None)
+        if routes is None:
+            routes = envelope.listserv_routes = []
+        routes.append(resolved)
+        return OK_RCPT
+
+    async def handle_DATA(self, server: SMTP, session: Any, envelope: Any) -> str:
+        routes: list[Resolved] = getattr(envelope, "listserv_routes", [])
+        raw = bytes(envelope.original_content or b"")
+        lmtp = isinstance(server, LMTP)
+        self.active += 1
+        try:
+            if lmtp:
+                replies = [await self._store_one(envelope.mail_from, r, raw) for r in routes]
+                return "\r\n".join(replies)
+            return await self._store(envelope.mail_from, routes, raw)
+        finally:
+            self.active -= 1
+
+    async def _store(self, mail_from: str, routes: list[Resolved], raw: bytes) -> str:
+        try:
+            await asyncio.to_thread(store, self.app, mail_from, routes, raw)
+        except ListservError as exc:
+            return exc.smtp_reply()
+        except OSError as exc:
+            log.error("intake: spool write failed: %s", exc)
+            return TemporaryFailure("cannot store the message now").smtp_reply()
+        self.accepted += 1
+        if self.on_commit is not None:
+            self.on_commit()
+        return OK_DATA
+
+    async def _store_one(self, mail_from: str, route: Resolved, raw: bytes) -> str:
+        """LMTP: each recipient is stored in its own transaction and answered on its own."""
+        try:
+            if not await asyncio.to_thread(list_exists, self.app, route.list_id):
+                self.router.forget()
+                return UnknownRecipient(f"no such list address <{route.rcpt}>").smtp_reply()
+        except SQLAlchemyError:
+            return TemporaryFailure("cannot record the message now").smtp_reply()
+        return await self._store(mail_from, [route], raw)
+
+    async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, ListservError):
+            return error.smtp_reply()
+        log.exception("intake: unexpected error", exc_info=error)
+        return TemporaryFailure("internal error, try again later").smtp_reply()
+
+
+def make_protocol(handler: IntakeHandler, settings: Settings) -> SMTP:
+    """An SMTP or LMTP protocol instance per connection, as intake.protocol says."""
+    cls = LMTP if settings.intake.protocol == "lmtp" else SMTP
+    limit = settings.intake.max_message_size or None
+    return cls(handler, data_size_limit=limit, enable_SMTPUTF8=True, decode_data=False,
+               hostname=settings.site_domain, ident=f"listserv {__version__}")
+
+
+class IntakeController(Controller):
+    """A threaded aiosmtpd Controller serving the intake (tests, embedding). Port 0 works."""
+
+    def __init__(self, handler: IntakeHandler, settings: Settings, *,
+                 hostname: str | None = None, port: int | None = None) -> None:
+        super().__init__(handler, hostname=hostname or settings.intake.host,
+                         port=settings.intake.port if port is None else port)
+        self.settings = settings
+
+    def factory(self) -> SMTP:
+        return make_protocol(self.handler, self.settings)
+
+    def _trigger_server(self) -> None:
+        if self.port == 0 and self.server is not None:
+            self.port = self.server.sockets[0].getsockname()[1]
+        super()._trigger_server()

@@ -1,0 +1,237 @@
+"""The posting rules: an ordered tuple of small functions over a RuleContext snapshot.
+
+Each rule looks at the snapshot and returns a Hit (action + reason) or None. Evaluation goes
+down RULES in order: a hit whose action is discard or reject is a *gate* and decides at once;
+hold hits are all collected so that moderators see every reason; accept means "no objection".
+No rule touches the database: build_context() takes the snapshot first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from email.message import EmailMessage
+from typing import Callable
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from listserv import addresses
+from listserv.models import (
+    Action,
+    Address,
+    InboundMessage,
+    MailingList,
+    Membership,
+    Role,
+)
+
+AUTO_PRECEDENCE = ("bulk", "junk", "list")
+
+
+@dataclass(frozen=True)
+class RuleContext:
+    """Everything the rules may look at, taken from the list, the message and the sender."""
+
+    list_address: str              # NAME@DOMAIN
+    list_id: str                   # RFC 2919 NAME.DOMAIN
+    mail_from: str                 # envelope sender, '' for the null reverse-path
+    sender: str                    # the From: (or Sender:) address that matched, lower case
+    roles: frozenset[Role]         # the sender's roles in this list
+    moderated: bool                # the sender's member subscription is flagged moderated
+    list_ids: tuple[str, ...]      # List-Id header values
+    x_loops: tuple[str, ...]       # X-Loop header values
+    auto_submitted: str            # Auto-Submitted header value, lower case
+    precedence: str                # Precedence header value, lower case
+    recipients: tuple[str, ...]    # addresses in To: and Cc:
+    size: int                      # bytes
+    max_message_size: int          # the list's setting (0 = no list limit)
+    emergency: bool
+    nonmember_action: Action
+    member_action: Action
+
+    @property
+    def is_member(self) -> bool:
+        return bool(self.roles)
+
+    @property
+    def is_privileged(self) -> bool:
+        return bool(self.roles & {Role.owner, Role.moderator})
+
+    @property
+    def is_auto(self) -> bool:
+        """Mail from a machine (RFC 3834 and friends): never answered automatically."""
+        return (self.mail_from == "" or self.auto_submitted not in ("", "no")
+                or self.precedence in AUTO_PRECEDENCE)
+
+
+@dataclass(frozen=True)
+class Hit:
+    action: Action
+    reason: str
+
+
+@dataclass(frozen=True)
+class Verdict:
+    action: Action
+    reasons: tuple[str, ...] = ()
+
+
+Rule = Callable[[RuleContext], "Hit | None"]
+
+
+def _bracketed(value: str) -> str:
+    value = value.strip()
+    if "<" in value and ">" in value.split("<", 1)[1]:
+        return value.split("<", 1)[1].split(">", 1)[0].strip().lower()
+    return value.lower()
+
+
+# ---------------------------------------------------------------------------- gate rules
+
+
+def loop(ctx: RuleContext) -> Hit | None:
+    """Our own List-Id or X-Loop is already on the message: it came back to us."""
+    if any(_bracketed(v) == ctx.list_id for v in ctx.list_ids):
+        return Hit(Action.discard, f"loop: message already carries List-Id <{ctx.list_id}>")
+    if any(_bracketed(v) == ctx.list_address for v in ctx.x_loops):
+        return Hit(Action.discard, f"loop: message already carries X-Loop {ctx.list_address}")
+    return None
+
+
+def automatic(ctx: RuleContext) -> Hit | None:
+    """RFC 3834 auto-replies, bulk mail and bounces are not posts."""
+    if ctx.mail_from == "":
+        return Hit(Action.discard, "null reverse-path (a bounce or auto-reply) posted to the list")
+    if ctx.auto_submitted not in ("", "no"):
+        return Hit(Action.discard, f"automatic message (Auto-Submitted: {ctx.auto_submitted})")
+    if ctx.precedence in AUTO_PRECEDENCE:
+        return Hit(Action.discard, f"automatic message (Precedence: {ctx.precedence})")
+    return None
+
+
+# ---------------------------------------------------------------------------- hold rules
+
+
+def emergency(ctx: RuleContext) -> Hit | None:
+    if ctx.emergency:
+        return Hit(Action.hold, "the list is in emergency moderation")
+    return None
+
+
+def max_size(ctx: RuleContext) -> Hit | None:
+    if ctx.max_message_size and ctx.size > ctx.max_message_size:
+        return Hit(Action.hold, f"message size {ctx.size} bytes exceeds the list limit of "
+                                f"{ctx.max_message_size} bytes")
+    return None
+
+
+def nonmember(ctx: RuleContext) -> Hit | None:
+    if ctx.is_member:
+        return None
+    who = ctx.sender or ctx.mail_from or "unknown sender"
+    reasons = {Action.hold: f"post by non-member {who}",
+               Action.reject: f"non-members may not post to {ctx.list_address}",
+               Action.discard: f"post by non-member {who} discarded"}
+    if ctx.nonmember_action is Action.accept:
+        return None
+    return Hit(ctx.nonmember_action, reasons[ctx.nonmember_action])
+
+
+def moderated_member(ctx: RuleContext) -> Hit | None:
+    if not ctx.is_member or ctx.is_privileged or not ctx.moderated:
+        return None
+    reasons = {Action.hold: f"post by moderated member {ctx.sender}",
+               Action.reject: f"{ctx.sender} may not post to {ctx.list_address}",
+               Action.discard: f"post by moderated member {ctx.sender} discarded"}
+    if ctx.member_action is Action.accept:
+        return None
+    return Hit(ctx.member_action, reasons[ctx.member_action])
+
+
+def implicit_destination(ctx: RuleContext) -> Hit | None:
+    if ctx.list_address in ctx.recipients:
+        return None
+    return Hit(Action.hold, f"implicit destination: {ctx.list_address} is in neither To nor Cc")
+
+
+RULES: tuple[Rule, ...] = (
+    loop,
+    automatic,
+    emergency,
+    max_size,
+    nonmember,
+    moderated_member,
+    implicit_destination,
+)
+
+GATES = (Action.discard, Action.reject)
+
+
+def evaluate(ctx: RuleContext, rules: tuple[Rule, ...] = RULES) -> Verdict:
+    """Run the rules in order: a gate hit decides alone; every hold reason is collected."""
+    holds: list[str] = []
+    for rule in rules:
+        hit = rule(ctx)
+        if hit is None:
+            continue
+        if hit.action in GATES:
+            return Verdict(hit.action, (hit.reason,))
+        if hit.action is Action.hold:
+            holds.append(hit.reason)
+    if holds:
+        return Verdict(Action.hold, tuple(holds))
+    return Verdict(Action.accept)
+
+
+# ---------------------------------------------------------------------------- snapshot
+
+
+def _values(msg: EmailMessage, name: str) -> tuple[str, ...]:
+    try:
+        return tuple(str(v) for v in (msg.get_all(name) or []))
+    except Exception:
+        return ()
+
+
+def _first(msg: EmailMessage, name: str) -> str:
+    values = _values(msg, name)
+    return values[0].strip().lower() if values else ""
+
+
+def _sender_roles(session: Session, ml: MailingList,
+                  candidates: list[str]) -> tuple[str, frozenset[Role], bool]:
+    """The first candidate address with any role in the list, its roles, moderated flag."""
+    for email in candidates:
+        rows = session.execute(select(Membership.role, Membership.moderated).join(Address).where(
+            Membership.list_id == ml.id, Address.email == email)).all()
+        if rows:
+            roles = frozenset(r.role for r in rows)
+            moderated = any(r.moderated for r in rows if r.role is Role.member)
+            return email, roles, moderated
+    return (candidates[0] if candidates else ""), frozenset(), False
+
+
+def build_context(session: Session, ml: MailingList, inbound: InboundMessage,
+                  msg: EmailMessage) -> RuleContext:
+    candidates: list[str] = []
+    for header in ("From", "Sender"):
+        for value in _values(msg, header):
+            addr = addresses.parse_from(value)[1]
+            if addr and addr not in candidates:
+                candidates.append(addr)
+    if inbound.mail_from and inbound.mail_from.lower() not in candidates:
+        candidates.append(inbound.mail_from.lower())
+    sender, roles, moderated = _sender_roles(session, ml, candidates)
+    try:
+        recipients = tuple(addresses.all_addresses(*_values(msg, "To"), *_values(msg, "Cc")))
+    except Exception:
+        recipients = ()
+    return RuleContext(
+        list_address=ml.address.lower(), list_id=ml.list_id.lower(),
+        mail_from=inbound.mail_from or "", sender=sender, roles=roles, moderated=moderated,
+        list_ids=_values(msg, "List-Id"), x_loops=_values(msg, "X-Loop"),
+        auto_submitted=_first(msg, "Auto-Submitted").split(";")[0].strip(),
+        precedence=_first(msg, "Precedence").split(";")[0].strip(),
+        recipients=recipients, size=inbound.size, max_message_size=ml.max_message_size,
+        emergency=ml.emergency, nonmember_action=ml.nonmember_action,
+        member_action=ml.member_action)

@@ -1,0 +1,3 @@
+"""Integration fixtures: ``sink``, ``harness`` (SMTP intake) and ``lmtp_harness``."""
+
+from tests.integration.harness import harness, lmtp_harness, sink  # noqa: F401
