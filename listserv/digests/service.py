@@ -1,0 +1,337 @@
+"""The digest service: collect accepted posts, decide when a digest is due, send it crash-safely.
+
+Decisions (operators, see the report/README):
+- Every accepted post is added to the list's pending digest, whether or not the list has digest
+  members right now. When a digest falls due and the list has no digest member, the pending
+  entries are consumed (deleted) without sending and the period restarts; so a member who
+  switches to a digest mode receives the posts since the last digest point.
+- A digest is due when (a) pending posts exceed ``digest_size_threshold_kb`` (0 = no size
+  trigger), or (b) ``digest_frequency`` is daily/weekly/monthly and one period has passed since
+  ``digest_last_sent_at`` (or, before the first digest, since the first pending post). After
+  downtime, however many periods were missed, ONE digest catches up: the next period is then
+  measured from that digest. ``never`` sends only on ``listserv digest send``.
+- Sending is one transaction: lock the list row, create the Digest (volume/issue), claim the
+  pending entries (UPDATE ... WHERE digest_id IS NULL, rowcount checked), build and DKIM-sign
+  one MIME and one plain digest, queue both on the durable outbound queue (recipients streamed),
+  bump the list counters. A crash before commit leaves everything pending; after commit the
+  outbound queue owns delivery. Two ticks (or processes) cannot claim the same entries.
+- The volume increases with the first digest of a new calendar year; the issue then restarts
+  at 1.
+"""
+
+from __future__ import annotations
+
+import calendar
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from typing import Iterator, Sequence
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+
+from listserv import notices
+from listserv.app import App
+from listserv.digests.build import DigestItem, build_mime_digest, build_plain_digest
+from listserv.errors import ListservError
+from listserv.lists import get_list
+from listserv.models import (
+    Address,
+    DeliveryMode,
+    Digest,
+    DigestEntry,
+    DigestFrequency,
+    MailingList,
+    Membership,
+    Role,
+)
+from listserv.outbound import queue_message
+from listserv.views import ListView
+
+log = logging.getLogger(__name__)
+
+DIGEST_MODES = (DeliveryMode.mime_digest, DeliveryMode.plain_digest)
+# Called (no arguments) after a post pushed a list over its size threshold, when the daemon
+# provides it, so the scheduler runs tick() at once instead of at its next period.
+WAKEUP_KEY = "digest_wakeup"
+
+
+class DigestConflict(ListservError):
+    """Another process claimed the pending entries first; nothing was sent by us."""
+
+
+@dataclass(frozen=True)
+class Pending:
+    count: int
+    size: int
+    first_added: dt.datetime | None
+
+
+@dataclass(frozen=True)
+class SendResult:
+    list_address: str
+    volume: int
+    number: int          # 0 when the entries were consumed without a digest (no digest members)
+    posts: int
+    mime_recipients: int
+    plain_recipients: int
+    reason: str
+    bytes_queued: int = 0
+
+    def describe(self) -> str:
+        if not self.number:
+            return (f"{self.list_address}: {self.posts} pending post(s) consumed, "
+                    "no digest members")
+        return (f"{self.list_address}: Vol {self.volume}, Issue {self.number}: {self.posts} "
+                f"post(s) to {self.mime_recipients + self.plain_recipients} digest member(s) "
+                f"({self.mime_recipients} MIME, {self.plain_recipients} plain)")
+
+
+# ---------------------------------------------------------------------------- collecting
+
+
+def add_post(session: Session, app: App, ml: MailingList, seq: int, prepared_sha: str,
+             msg: EmailMessage) -> None:
+    """Record an accepted post (prepared bytes in the spool) for the list's next digest."""
+    try:
+        size = app.spool.path(prepared_sha).stat().st_size
+    except OSError:
+        size = len(msg.as_bytes())
+    subject = str(msg.get("Subject", "") or "")
+    sender = str(msg.get("From", "") or "")[:400]
+    session.add(DigestEntry(list_id=ml.id, seq=seq, spool_sha=prepared_sha, size=size,
+                            subject=subject, sender=sender, added_at=app.now()))
+    session.flush()
+    limit = ml.digest_size_threshold_kb * 1024
+    wake = app.extra.get(WAKEUP_KEY)
+    if limit > 0 and wake is not None and pending(session, ml.id).size > limit:
+        from sqlalchemy import event
+
+        event.listen(session, "after_commit", lambda _s: wake(), once=True)
+
+
+def pending(session: Session, list_id: int) -> Pending:
+    count, size, first = session.execute(
+        select(func.count(DigestEntry.id), func.coalesce(func.sum(DigestEntry.size), 0),
+               func.min(DigestEntry.added_at))
+        .where(DigestEntry.list_id == list_id, DigestEntry.digest_id.is_(None))).one()
+    if first is not None and first.tzinfo is None:
+        first = first.replace(tzinfo=dt.timezone.utc)
+    return Pending(int(count), int(size), first)
+
+
+# ---------------------------------------------------------------------------- when
+
+
+def add_period(start: dt.datetime, frequency: DigestFrequency) -> dt.datetime | None:
+    if frequency is DigestFrequency.daily:
+        return start + dt.timedelta(days=1)
+    if frequency is DigestFrequency.weekly:
+        return start + dt.timedelta(days=7)
+    if frequency is DigestFrequency.monthly:
+        year, month = (start.year + 1, 1) if start.month == 12 else (start.year, start.month + 1)
+        day = min(start.day, calendar.monthrange(year, month)[1])
+        return start.replace(year=year, month=month, day=day)
+    return None
+
+
+def due_reason(frequency: DigestFrequency, threshold_kb: int, last_sent_at: dt.datetime | None,
+               p: Pending, now: dt.datetime) -> str | None:
+    """Why a digest is due now ('size' or 'schedule'), or None. Pure."""
+    if p.count == 0:
+        return None
+    if threshold_kb > 0 and p.size > threshold_kb * 1024:
+        return "size"
+    start = last_sent_at or p.first_added
+    if start is None:
+        return None
+    end = add_period(start, frequency)
+    if end is not None and now >= end:
+        return "schedule"
+    return None
+
+
+def due(session: Session, ml: MailingList, now: dt.datetime) -> str | None:
+    return due_reason(ml.digest_frequency, ml.digest_size_threshold_kb, ml.digest_last_sent_at,
+                      pending(session, ml.id), now)
+
+
+# ---------------------------------------------------------------------------- sending
+
+
+def _lock_list(session: Session, list_id: int) -> None:
+    """Serialise digest sending per list: a row lock on PostgreSQL; on SQLite a no-op write
+    taken first in the transaction, which holds the database's single write lock."""
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(update(MailingList).where(MailingList.id == list_id)
+                        .values(digest_number=MailingList.digest_number))
+    else:
+        session.execute(select(MailingList.id).where(MailingList.id == list_id)
+                        .with_for_update())
+
+
+def recipients(session: Session, list_id: int, mode: DeliveryMode) -> Iterator[str]:
+    """Enabled members of the list in ``mode``, streamed."""
+    stmt = (select(Address.email).join(Membership, Membership.address_id == Address.id)
+            .where(Membership.list_id == list_id, Membership.role == Role.member,
+                   Membership.enabled.is_(True), Membership.delivery_mode == mode)
+            .order_by(Address.email).execution_options(yield_per=2000))
+    yield from session.scalars(stmt)
+
+
+def _count(session: Session, list_id: int, mode: DeliveryMode) -> int:
+    return session.scalar(select(func.count(Membership.id)).where(
+        Membership.list_id == list_id, Membership.role == Role.member,
+        Membership.enabled.is_(True), Membership.delivery_mode == mode)) or 0
+
+
+def _numbering(session: Session, ml: MailingList, now: dt.datetime) -> tuple[int, int]:
+    last = session.scalar(select(Digest.created_at).where(Digest.list_id == ml.id)
+                          .order_by(Digest.id.desc()).limit(1))
+    if last is not None and last.year < now.year:
+        return ml.digest_volume + 1, 1
+    return ml.digest_volume, ml.digest_number + 1
+
+
+def load_items(app: App, entries: Sequence[DigestEntry]) -> list[DigestItem]:
+    return [DigestItem(e.seq, message_from_bytes(app.spool.get(e.spool_sha),  # type: ignore[arg-type]
+                                                 policy=policy.default))
+            for e in entries]
+
+
+def send(session: Session, app: App, ml: MailingList, *, force: bool = False
+         ) -> SendResult | None:
+    """Send the list's pending digest if due (or ``force``): see the module docstring.
+
+    Returns what was done, or None when nothing was pending / due. Raises DigestConflict when
+    another process claimed the entries meanwhile (the caller's transaction rolls back)."""
+    _lock_list(session, ml.id)
+    session.refresh(ml)
+    now = app.now()
+    p = pending(session, ml.id)
+    reason = "manual" if force and p.count else due_reason(
+        ml.digest_frequency, ml.digest_size_threshold_kb, ml.digest_last_sent_at, p, now)
+    if reason is None:
+        return None
+    entries = list(session.scalars(
+        select(DigestEntry).where(DigestEntry.list_id == ml.id, DigestEntry.digest_id.is_(None))
+        .order_by(DigestEntry.seq, DigestEntry.id)))
+    ids = [e.id for e in entries]
+    counts = {mode: _count(session, ml.id, mode) for mode in DIGEST_MODES}
+    if not any(counts.values()):
+        done = 0
+        for i in range(0, len(ids), 500):
+            done += session.execute(delete(DigestEntry).where(
+                DigestEntry.id.in_(ids[i:i + 500]), DigestEntry.digest_id.is_(None))).rowcount
+        if done != len(ids):
+            raise DigestConflict(f"{ml.address}: pending digest entries changed while sending")
+        ml.digest_last_sent_at = now
+        log.info("digest %s: %d post(s) consumed, no digest members", ml.address, len(ids))
+        return SendResult(ml.address, ml.digest_volume, 0, len(ids), 0, 0, reason)
+
+    volume, number = _numbering(session, ml, now)
+    digest = Digest(list_id=ml.id, volume=volume, number=number, created_at=now, sent_at=now)
+    session.add(digest)
+    session.flush()
+    claimed = 0
+    for i in range(0, len(ids), 500):
+        claimed += session.execute(
+            update(DigestEntry).where(DigestEntry.id.in_(ids[i:i + 500]),
+                                      DigestEntry.digest_id.is_(None))
+            .values(digest_id=digest.id)).rowcount
+    if claimed != len(ids):
+        raise DigestConflict(f"{ml.address}: pending digest entries claimed by another process")
+
+    lv = ListView.of(ml)
+    items = load_items(app, entries)
+    total = 0
+    builders = {DeliveryMode.mime_digest: build_mime_digest,
+                DeliveryMode.plain_digest: build_plain_digest}
+    for mode, build in builders.items():
+        if not counts[mode]:
+            continue
+        msg = build(items, lv, volume, number, date=now, data_dir=app.settings.data_dir)
+        data = notices.finalise(msg, lv)   # CRLF, then DKIM-signed when the domain has a key
+        queue_message(session, app, data, recipients(session, ml.id, mode), kind="digest",
+                      envelope_from=lv.bounces, list_id=ml.id,
+                      verp=app.settings.delivery.verp, message_id=str(msg["Message-ID"]))
+        total += len(data)
+    ml.digest_volume, ml.digest_number, ml.digest_last_sent_at = volume, number, now
+    log.info("digest %s: Vol %d, Issue %d (%s): %d post(s), %d MIME + %d plain recipient(s)",
+             ml.address, volume, number, reason, len(ids), counts[DeliveryMode.mime_digest],
+             counts[DeliveryMode.plain_digest])
+    return SendResult(ml.address, volume, number, len(ids), counts[DeliveryMode.mime_digest],
+                      counts[DeliveryMode.plain_digest], reason, total)
+
+
+# ---------------------------------------------------------------------------- boundaries
+
+
+def lists_with_pending(session: Session) -> list[int]:
+    return list(session.scalars(select(DigestEntry.list_id)
+                                .where(DigestEntry.digest_id.is_(None))
+                                .group_by(DigestEntry.list_id).order_by(DigestEntry.list_id)))
+
+
+def due_lists(session: Session, now: dt.datetime) -> list[int]:
+    """Ids of lists whose digest is due: one grouped query over the pending entries."""
+    rows = session.execute(
+        select(MailingList.id, MailingList.digest_frequency, MailingList.digest_size_threshold_kb,
+               MailingList.digest_last_sent_at, func.count(DigestEntry.id),
+               func.sum(DigestEntry.size), func.min(DigestEntry.added_at))
+        .join(DigestEntry, DigestEntry.list_id == MailingList.id)
+        .where(DigestEntry.digest_id.is_(None))
+        .group_by(MailingList.id, MailingList.digest_frequency,
+                  MailingList.digest_size_threshold_kb, MailingList.digest_last_sent_at)
+        .order_by(MailingList.id)).all()
+    out = []
+    for list_id, freq, kb, last, count, size, first in rows:
+        if due_reason(freq, kb, last, Pending(int(count), int(size or 0), first), now):
+            out.append(list_id)
+    return out
+
+
+def _send_one(app: App, list_id: int, force: bool) -> SendResult | None:
+    with app.db.unit_of_work() as session:
+        ml = session.get(MailingList, list_id)
+        if ml is None:
+            return None
+        return send(session, app, ml, force=force)
+
+
+def tick(app: App) -> list[SendResult]:
+    """Send every digest that is due. One transaction per list; a failing list is logged and
+    retried at the next tick, the others go on."""
+    with app.db.unit_of_work() as session:
+        ids = due_lists(session, app.now())
+    results = []
+    for list_id in ids:
+        try:
+            r = _send_one(app, list_id, force=False)
+        except DigestConflict as exc:
+            log.info("digest: %s", exc)
+            continue
+        except Exception:
+            log.exception("digest for list id %d failed; will retry", list_id)
+            continue
+        if r is not None:
+            results.append(r)
+    return results
+
+
+def send_now(app: App, list_address: str | None = None) -> list[SendResult]:
+    """``listserv digest send [LIST]``: send pending digests now, due or not."""
+    if list_address is not None:
+        with app.db.unit_of_work() as session:
+            ids = [get_list(session, list_address).id]
+    else:
+        with app.db.unit_of_work() as session:
+            ids = lists_with_pending(session)
+    results = []
+    for list_id in ids:
+        r = _send_one(app, list_id, force=True)
+        if r is not None:
+            results.append(r)
+    return results
