@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 from listserv import addresses
 from listserv.templating import render
+from listserv.transforms import list_headers
 from listserv.views import ListView
 
 # RFC 1153: headers kept in an enclosed message, in this order (Summary: is optional; we keep it).
@@ -55,7 +56,7 @@ def _header(msg: Message, name: str) -> str:
     try:
         value = msg.get(name)
     except (ValueError, TypeError, IndexError):  # a header the parser cannot make sense of
-        value = msg.get_all(name, failobj=[""])[0] if hasattr(msg, "get_all") else ""
+        return ""
     return "" if value is None else str(value)
 
 
@@ -78,18 +79,6 @@ def strip_prefix(subject: str, lst: ListView) -> str:
 def topics(items: Sequence[DigestItem], lst: ListView) -> list[Topic]:
     return [Topic(i, strip_prefix(it.subject, lst), it.sender)
             for i, it in enumerate(items, start=1)]
-
-
-def list_headers(lst: ListView) -> list[tuple[str, str]]:
-    """RFC 2919 List-Id and the RFC 2369 List-* headers a digest carries."""
-    return [
-        ("List-Id", f"{lst.display_name} <{lst.list_id}>"),
-        ("List-Post", f"<mailto:{lst.address}>"),
-        ("List-Help", f"<mailto:{lst.sub(addresses.REQUEST)}?subject=help>"),
-        ("List-Subscribe", f"<mailto:{lst.sub(addresses.JOIN)}>"),
-        ("List-Unsubscribe", f"<mailto:{lst.sub(addresses.LEAVE)}>"),
-        ("List-Owner", f"<mailto:{lst.owner}>"),
-    ]
 
 
 def _context(lst: ListView, volume: int, number: int, date: dt.datetime,
@@ -115,9 +104,8 @@ def _new_digest(lst: ListView, volume: int, number: int, date: dt.datetime,
     msg["Message-ID"] = email.utils.make_msgid(f"digest.{kind}.{volume}.{number}",
                                                domain=lst.domain)
     msg["MIME-Version"] = "1.0"
-    for name, value in list_headers(lst):
+    for name, value in list_headers(lst):   # List-Id, List-Post ... List-Owner, Precedence
         msg[name] = value
-    msg["Precedence"] = "list"
     return msg
 
 

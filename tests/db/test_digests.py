@@ -1,0 +1,370 @@
+"""The digest service against a real database: collecting, when a digest is due, numbering,
+crash safety and concurrency, and what is queued for whom."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from dataclasses import dataclass
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+
+import dkim
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import func, select, update
+
+from listserv import digests, lists, members, signing
+from listserv.app import App
+from listserv.cli import cli
+from listserv.models import (
+    Address,
+    Delivery,
+    DeliveryMode,
+    Digest,
+    DigestEntry,
+    DigestFrequency,
+    MailingList,
+    Membership,
+    OutboundMessage,
+)
+from tests.conftest import Clock
+
+LIST = "dev@example.org"
+
+
+@dataclass
+class Queued:
+    kind: str
+    recipients: list[str]
+    data: bytes
+    envelope_from: str
+
+    @property
+    def message(self) -> EmailMessage:
+        return message_from_bytes(self.data, policy=policy.default)  # type: ignore[return-value]
+
+
+def queued(app: App, kind: str = "digest") -> list[Queued]:
+    with app.db.unit_of_work() as s:
+        outs = s.scalars(select(OutboundMessage).where(OutboundMessage.kind == kind)
+                         .order_by(OutboundMessage.id)).all()
+        res = []
+        for o in outs:
+            rcpts = [r for d in s.scalars(select(Delivery).where(Delivery.outbound_id == o.id))
+                     for r in d.recipients.split("\n")]
+            res.append(Queued(o.kind, sorted(rcpts), app.spool.get(o.spool_sha),
+                              o.envelope_from))
+        return res
+
+
+def make_list(app: App, **settings: object) -> None:
+    with app.db.unit_of_work() as s:
+        ml = lists.create_list(s, LIST, display_name="Dev")
+        for k, v in settings.items():
+            setattr(ml, k, v)
+        for email, mode in (("reg@example.net", DeliveryMode.regular),
+                            ("mime@example.net", DeliveryMode.mime_digest),
+                            ("plain@example.net", DeliveryMode.plain_digest),
+                            ("none@example.net", DeliveryMode.nomail)):
+            members.add_member(s, ml, email, delivery_mode=mode)
+
+
+def post(app: App, n: int, body: str | None = None) -> None:
+    """What the posting pipeline does for an accepted post: bump post_id, store the prepared
+    message, add it to the digest, in one transaction."""
+    msg = EmailMessage()
+    msg["From"] = f"Poster {n} <p{n}@example.com>"
+    msg["To"] = LIST
+    msg["Subject"] = f"[Dev] Topic {n}"
+    msg["Date"] = "Mon, 02 Nov 2026 08:00:00 +0000"
+    msg["Message-ID"] = f"<post{n}@example.com>"
+    msg.set_content(body or f"Body of post {n}.\n")
+    data = msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
+    with app.db.unit_of_work() as s:
+        ml = lists.get_list(s, LIST)
+        ml.post_id += 1
+        sha = app.spool.put(data)
+        digests.add_post(s, app, ml, ml.post_id, sha, msg)
+
+
+def set_mode(app: App, email: str, mode: DeliveryMode) -> None:
+    with app.db.unit_of_work() as s:
+        ml = lists.get_list(s, LIST)
+        m = members.find_membership(s, ml, email)
+        assert m is not None
+        m.delivery_mode = mode
+
+
+def list_row(app: App) -> MailingList:
+    with app.db.unit_of_work() as s:
+        return lists.get_list(s, LIST)
+
+
+def pending_count(app: App) -> int:
+    with app.db.unit_of_work() as s:
+        return s.scalar(select(func.count(DigestEntry.id))
+                        .where(DigestEntry.digest_id.is_(None))) or 0
+
+
+def message_ids(q: Queued) -> list[str]:
+    msg = q.message
+    if msg.get_content_type() == "multipart/mixed":
+        digest = list(msg.iter_parts())[1]
+        return [str(p.get_content()["Message-ID"]) for p in digest.iter_parts()]
+    body = str(msg.get_content())
+    return [line.split(": ", 1)[1] for line in body.splitlines()
+            if line.startswith("Message-ID: ")]
+
+
+def test_daily_digest_goes_to_digest_members_only(app: App, clock: Clock) -> None:
+    make_list(app)
+    for n in (1, 2, 3):
+        post(app, n)
+        clock.advance(hours=1)
+    assert digests.tick(app) == []            # the day is not over
+    assert queued(app) == []
+    clock.advance(hours=21, minutes=1)        # one day after the first pending post
+    [res] = digests.tick(app)
+    assert (res.volume, res.number, res.posts, res.reason) == (1, 1, 3, "schedule")
+    mime, plain = queued(app)
+    assert mime.recipients == ["mime@example.net"]
+    assert plain.recipients == ["plain@example.net"]
+    assert mime.envelope_from == plain.envelope_from == "dev-bounces@example.org"
+    assert mime.data.count(b"\r\n") > 10 and b"\n" not in mime.data.replace(b"\r\n", b"")
+    assert mime.message.get_content_type() == "multipart/mixed"
+    assert plain.message.get_content_type() == "text/plain"
+    want = ["<post1@example.com>", "<post2@example.com>", "<post3@example.com>"]
+    assert message_ids(mime) == message_ids(plain) == want
+    for q in (mime, plain):
+        assert q.message["Subject"] == "Dev Digest, Vol 1, Issue 1"
+        assert q.message["Precedence"] == "list"
+        assert q.message["List-Id"] == "Dev <dev.example.org>"
+    ml = list_row(app)
+    assert (ml.digest_volume, ml.digest_number, ml.digest_last_sent_at) == (1, 1, clock())
+    assert pending_count(app) == 0
+    assert digests.tick(app) == []            # nothing doubled
+
+
+def test_missed_periods_are_caught_up_once(app: App, clock: Clock) -> None:
+    make_list(app)
+    post(app, 1)
+    clock.advance(days=1)
+    assert len(digests.tick(app)) == 1
+    post(app, 2)
+    clock.advance(days=9)                     # the daemon was down for many periods
+    assert [r.number for r in digests.tick(app)] == [2]
+    assert digests.tick(app) == []
+    post(app, 3)
+    clock.advance(hours=23)
+    assert digests.tick(app) == []            # measured from the catch-up digest
+    clock.advance(hours=1)
+    assert [r.number for r in digests.tick(app)] == [3]
+    assert len(queued(app)) == 6
+
+
+def test_weekly_monthly_never(app: App, clock: Clock) -> None:
+    make_list(app, digest_frequency=DigestFrequency.monthly)
+    clock.t = dt.datetime(2026, 1, 31, 12, tzinfo=dt.timezone.utc)
+    post(app, 1)
+    clock.t = dt.datetime(2026, 2, 28, 11, tzinfo=dt.timezone.utc)
+    assert digests.tick(app) == []
+    clock.advance(hours=1)                    # Jan 31 + one month = Feb 28
+    assert len(digests.tick(app)) == 1
+    with app.db.unit_of_work() as s:
+        s.execute(update(MailingList).values(digest_frequency=DigestFrequency.weekly))
+    post(app, 2)
+    clock.advance(days=6)
+    assert digests.tick(app) == []
+    clock.advance(days=1)
+    assert len(digests.tick(app)) == 1
+    with app.db.unit_of_work() as s:
+        s.execute(update(MailingList).values(digest_frequency=DigestFrequency.never))
+    post(app, 3)
+    clock.advance(days=400)
+    assert digests.tick(app) == []
+    assert pending_count(app) == 1
+
+
+def test_size_threshold_sends_early(app: App, clock: Clock) -> None:
+    make_list(app, digest_size_threshold_kb=2)
+    woken: list[int] = []
+    app.extra[digests.WAKEUP_KEY] = lambda: woken.append(1)
+    post(app, 1)
+    assert digests.tick(app) == [] and woken == []
+    post(app, 2, "x" * 2500 + "\n")           # the pending posts now exceed 2 KB
+    assert woken == [1]
+    [res] = digests.tick(app)
+    assert (res.reason, res.posts) == ("size", 2)
+
+
+def test_volume_bumps_with_the_new_year(app: App, clock: Clock) -> None:
+    make_list(app)
+    clock.t = dt.datetime(2026, 12, 29, 9, tzinfo=dt.timezone.utc)
+    for n in (1, 2):
+        post(app, n)
+        clock.advance(days=1)
+        digests.tick(app)
+    ml = list_row(app)
+    assert (ml.digest_volume, ml.digest_number) == (1, 2)
+    post(app, 3)
+    clock.advance(days=1)                     # 2027-01-01
+    [res] = digests.tick(app)
+    assert (res.volume, res.number) == (2, 1)
+    assert queued(app)[-1].message["Subject"] == "Dev Digest, Vol 2, Issue 1"
+    with app.db.unit_of_work() as s:
+        rows = s.execute(select(Digest.volume, Digest.number).order_by(Digest.id)).all()
+    assert [tuple(r) for r in rows] == [(1, 1), (1, 2), (2, 1)]
+
+
+def test_no_digest_members_consumes_entries(app: App, clock: Clock) -> None:
+    make_list(app)
+    set_mode(app, "mime@example.net", DeliveryMode.regular)
+    set_mode(app, "plain@example.net", DeliveryMode.nomail)
+    post(app, 1)
+    clock.advance(days=1)
+    [res] = digests.tick(app)
+    assert res.number == 0 and "consumed" in res.describe()
+    assert queued(app) == [] and pending_count(app) == 0
+    with app.db.unit_of_work() as s:
+        assert s.scalar(select(func.count(Digest.id))) == 0
+    assert list_row(app).digest_last_sent_at == clock()
+    # a member switching to a digest mid-period gets the posts since the last digest point
+    post(app, 2)
+    clock.advance(hours=2)
+    set_mode(app, "mime@example.net", DeliveryMode.mime_digest)
+    post(app, 3)
+    clock.advance(hours=22)
+    [res] = digests.tick(app)
+    [mime] = queued(app)
+    assert mime.recipients == ["mime@example.net"] and res.number == 1
+    assert message_ids(mime) == ["<post2@example.com>", "<post3@example.com>"]
+
+
+def test_mode_changes_and_disabled_members(app: App, clock: Clock) -> None:
+    make_list(app)
+    post(app, 1)
+    set_mode(app, "plain@example.net", DeliveryMode.mime_digest)
+    set_mode(app, "reg@example.net", DeliveryMode.plain_digest)
+    set_mode(app, "mime@example.net", DeliveryMode.nomail)
+    with app.db.unit_of_work() as s:
+        members.add_member(s, lists.get_list(s, LIST), "off@example.net",
+                           delivery_mode=DeliveryMode.mime_digest).enabled = False
+    clock.advance(days=1)
+    digests.tick(app)
+    mime, plain = queued(app)
+    assert mime.message.get_content_type() == "multipart/mixed"
+    assert mime.recipients == ["plain@example.net"]
+    assert plain.recipients == ["reg@example.net"]
+
+
+def test_failure_while_sending_leaves_everything_pending(app: App, clock: Clock) -> None:
+    make_list(app)
+    post(app, 1)
+    post(app, 2)
+    with app.db.unit_of_work() as s:
+        sha = s.scalars(select(DigestEntry.spool_sha).order_by(DigestEntry.seq)).all()[1]
+    path = app.spool.path(sha)
+    saved = path.read_bytes()
+    path.unlink()                             # a crash in the middle of building
+    clock.advance(days=1)
+    assert digests.tick(app) == []            # logged, not raised
+    assert queued(app) == [] and pending_count(app) == 2
+    with app.db.unit_of_work() as s:
+        assert s.scalar(select(func.count(Digest.id))) == 0
+    ml = list_row(app)
+    assert (ml.digest_number, ml.digest_last_sent_at) == (0, None)
+    app.spool.put(saved)
+    [res] = digests.tick(app)
+    assert (res.number, res.posts) == (1, 2)
+
+
+def test_concurrent_ticks_build_one_digest(app: App, clock: Clock) -> None:
+    make_list(app)
+    for n in range(1, 6):
+        post(app, n)
+    clock.advance(days=1)
+    barrier = threading.Barrier(4)
+    results: list[object] = []
+
+    def run() -> None:
+        barrier.wait()
+        results.extend(digests.tick(app))
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(results) == 1
+    assert len(queued(app)) == 2
+    with app.db.unit_of_work() as s:
+        assert s.scalar(select(func.count(Digest.id))) == 1
+        assert s.scalar(select(func.count(DigestEntry.id))
+                        .where(DigestEntry.digest_id.is_not(None))) == 5
+
+
+def test_digest_is_dkim_signed(app: App, clock: Clock) -> None:
+    key = signing.generate_key()
+    make_list(app)
+    with app.db.unit_of_work() as s:
+        ml = lists.get_list(s, LIST)
+        ml.domain.dkim_selector, ml.domain.dkim_private_key = "s1", key
+    post(app, 1)
+    clock.advance(days=1)
+    digests.tick(app)
+    record = signing.dns_record(key).encode()
+
+    def dnsfunc(name: bytes, timeout: int = 5) -> bytes:
+        assert name == b"s1._domainkey.example.org."
+        return record
+
+    for q in queued(app):
+        assert q.data.startswith(b"DKIM-Signature:")
+        assert dkim.verify(q.data, dnsfunc=dnsfunc)
+        sig = q.message["DKIM-Signature"]
+        signed = sig.split("h=")[1].split(";")[0].replace(" ", "").lower().split(":")
+        assert {"from", "subject", "list-id", "list-unsubscribe"} <= set(signed)
+
+
+def test_cli_digest_send(app: App, clock: Clock, cli_env: dict[str, str]) -> None:
+    make_list(app, digest_frequency=DigestFrequency.never)
+    runner = CliRunner()
+    out = runner.invoke(cli, ["digest", "send"], env=cli_env)
+    assert out.exit_code == 0 and out.output.strip() == "no pending digests"
+    post(app, 1)
+    post(app, 2)
+    out = runner.invoke(cli, ["digest", "send", LIST], env=cli_env)
+    assert out.exit_code == 0, out.output
+    assert out.output.strip() == ("dev@example.org: Vol 1, Issue 1: 2 post(s) to 2 digest "
+                                  "member(s) (1 MIME, 1 plain)")
+    assert len(queued(app)) == 2
+    out = runner.invoke(cli, ["digest", "send", LIST], env=cli_env)
+    assert out.exit_code == 0 and out.output.strip() == "dev@example.org: no pending posts"
+    post(app, 3)
+    out = runner.invoke(cli, ["digest", "send"], env=cli_env)
+    assert "Vol 1, Issue 2: 1 post(s)" in out.output
+    out = runner.invoke(cli, ["digest", "send", "nope@example.org"], env=cli_env)
+    assert out.exit_code == 1
+    assert out.stderr.strip() == "listserv: error: no such list: nope@example.org"
+    assert "Traceback" not in out.output
+
+
+def test_recipients_are_streamed_in_batches(app: App, clock: Clock) -> None:
+    make_list(app)
+    with app.db.unit_of_work() as s:
+        ml = lists.get_list(s, LIST)
+        for i in range(1203):
+            members.add_member(s, ml, f"m{i:04d}@example.com",
+                               delivery_mode=DeliveryMode.plain_digest)
+    post(app, 1)
+    [res] = digests.send_now(app)
+    assert res.plain_recipients == 1204
+    with app.db.unit_of_work() as s:
+        counts = s.scalars(select(Delivery.count).join(OutboundMessage)
+                           .where(OutboundMessage.kind == "digest")
+                           .order_by(Delivery.id)).all()
+        assert sum(counts) == 1205 and max(counts) <= 500
+        n = s.scalar(select(func.count(Membership.id)).join(Address)
+                     .where(Address.email.like("m%@example.com")))
+        assert n == 1203
