@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from email.utils import parseaddr
+from typing import Any, Iterable, Iterator
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from listserv import addresses
+from listserv.errors import UsageError
 from listserv.models import Address, DeliveryMode, MailingList, Membership, Role
 
 
@@ -59,3 +63,125 @@ def owners(session: Session, ml: MailingList) -> list[str]:
     rows = session.scalars(select(Address.email).join(Membership).where(
         Membership.list_id == ml.id, Membership.role == Role.owner).order_by(Address.email))
     return list(rows)
+
+
+# ---------------------------------------------------------------------------- admin services
+
+
+def parse_person(text: str) -> tuple[str, str]:
+    """'Ann <Ann@X.org>' or 'ann@x.org' -> (display name, normalised address).
+
+    UsageError (naming the input) when the address is not valid.
+    """
+    raw = text.strip()
+    name = ""
+    if "<" in raw and raw.endswith(">"):
+        name, addr = parseaddr(raw)
+        if not addr:
+            raise UsageError(f"invalid email address {raw!r}")
+        raw = addr
+    return name.strip(), addresses.normalise(raw)
+
+
+def member_json(m: Membership) -> dict[str, Any]:
+    """The `member ls --json` object of one membership row."""
+    return {"email": m.address.email, "name": m.address.display_name, "role": m.role.value,
+            "delivery": m.delivery_mode.value, "moderated": m.moderated, "enabled": m.enabled,
+            "disabled_reason": m.disabled_reason, "bounce_score": m.bounce_score,
+            "joined_at": m.joined_at.isoformat(timespec="seconds")}
+
+
+def iter_members(session: Session, ml: MailingList, role: Role | None = None,
+                 batch: int = 1000) -> Iterator[Membership]:
+    """Memberships of ``ml`` ordered by address then role, streamed in batches."""
+    stmt = select(Membership).join(Address).where(Membership.list_id == ml.id).order_by(
+        Address.email, Membership.role)
+    if role is not None:
+        stmt = stmt.where(Membership.role == role)
+    for m in session.scalars(stmt.execution_options(yield_per=batch)):
+        yield m
+
+
+def add_members(session: Session, ml: MailingList, people: Iterable[tuple[str, str]], *,
+                role: Role = Role.member,
+                delivery_mode: DeliveryMode = DeliveryMode.regular,
+                moderated: bool = False) -> tuple[list[str], list[str]]:
+    """Add each (display name, normalised email) in ``role``. Returns (added, already there)."""
+    added: list[str] = []
+    existing: list[str] = []
+    for name, email in people:
+        if find_membership(session, ml, email, role) is not None:
+            existing.append(email)
+            continue
+        add_member(session, ml, email, role=role, delivery_mode=delivery_mode,
+                   moderated=moderated, display_name=name)
+        added.append(email)
+    return added, existing
+
+
+def memberships_of(session: Session, ml: MailingList, email: str,
+                   role: Role | None = None) -> list[Membership]:
+    stmt = select(Membership).join(Address).where(
+        Membership.list_id == ml.id, Address.email == email.strip().lower()).order_by(
+        Membership.role)
+    if role is not None:
+        stmt = stmt.where(Membership.role == role)
+    return list(session.scalars(stmt))
+
+
+def _require(session: Session, ml: MailingList, emails: Iterable[str],
+             role: Role | None) -> list[Membership]:
+    found: list[Membership] = []
+    missing: list[str] = []
+    for email in emails:
+        rows = memberships_of(session, ml, email, role)
+        if not rows:
+            missing.append(email)
+        found.extend(rows)
+    if missing:
+        what = f"a {role.value} of" if role is not None else "subscribed to"
+        raise UsageError(f"not {what} {ml.address}: {', '.join(missing)}")
+    return found
+
+
+def remove_members(session: Session, ml: MailingList, emails: Iterable[str],
+                   role: Role | None = None) -> list[Membership]:
+    """Remove every role (or only ``role``) of each address; all or nothing.
+
+    UsageError naming the addresses that are not on the list (then nothing is removed).
+    """
+    rows = _require(session, ml, emails, role)
+    for m in rows:
+        session.delete(m)
+    session.flush()
+    return rows
+
+
+def set_member(session: Session, ml: MailingList, email: str, *, role: Role | None = None,
+               delivery_mode: DeliveryMode | None = None, moderated: bool | None = None,
+               enabled: bool | None = None, display_name: str | None = None
+               ) -> list[Membership]:
+    """Change the memberships of ``email`` (every role unless ``role``).
+
+    enabled=True re-enables delivery and clears the bounce state (also a bounce-disabled
+    member); enabled=False disables delivery with disabled_reason 'admin'.
+    """
+    rows = _require(session, ml, [email], role)
+    for m in rows:
+        if delivery_mode is not None:
+            m.delivery_mode = delivery_mode
+        if moderated is not None:
+            m.moderated = moderated
+        if enabled is True:
+            m.enabled = True
+            m.disabled_reason = None
+            m.bounce_score = 0.0
+            m.bounce_warnings_sent = 0
+            m.last_warning_at = None
+        elif enabled is False:
+            m.enabled = False
+            m.disabled_reason = "admin"
+    if display_name is not None:
+        rows[0].address.display_name = display_name
+    session.flush()
+    return rows

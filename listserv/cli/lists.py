@@ -1,3 +1,131 @@
-"""CLI: lists (to be implemented)."""
+"""listserv list create / ls / show / set / delete."""
 
 from __future__ import annotations
+
+import click
+
+from listserv import lists as service
+from listserv import members as members_service
+from listserv import settings as settings_mod
+from listserv.cli import Obj, cli, handle_errors, pass_obj
+from listserv.cli.output import json_array, json_object, pairs, table
+from listserv.errors import UsageError
+from listserv.models import Role
+
+SETTINGS_HELP = "\b\n" + "\n".join(s.describe() for s in settings_mod.SETTINGS)
+
+
+@cli.group("list")
+def list_group() -> None:
+    """Create, inspect, configure and delete mailing lists."""
+
+
+@list_group.command("create")
+@click.argument("address", metavar="NAME@DOMAIN")
+@click.option("--owner", "owners", multiple=True, metavar="EMAIL", help="An owner (repeatable).")
+@click.option("--moderator", "moderators", multiple=True, metavar="EMAIL",
+              help="A moderator (repeatable).")
+@click.option("--display-name", metavar="TEXT", help="Human name of the list.")
+@pass_obj
+@handle_errors
+def list_create(obj: Obj, address: str, owners: tuple[str, ...], moderators: tuple[str, ...],
+                display_name: str | None) -> None:
+    """Create the list NAME@DOMAIN (the domain is added if missing)."""
+    owner_people = [members_service.parse_person(e) for e in owners]
+    moderator_people = [members_service.parse_person(e) for e in moderators]
+    app = obj.ready_app()
+    with app.db.unit_of_work() as session:
+        ml = service.create_list(session, address, display_name=display_name)
+        members_service.add_members(session, ml, owner_people, role=Role.owner)
+        members_service.add_members(session, ml, moderator_people, role=Role.moderator)
+        click.echo(f"created list {ml.address}")
+
+
+@list_group.command("ls")
+@click.option("--domain", metavar="DOMAIN", help="Only the lists of DOMAIN.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print a JSON array: address, display_name, members and every setting.")
+@pass_obj
+@handle_errors
+def list_ls(obj: Obj, domain: str | None, as_json: bool) -> None:
+    """List the mailing lists."""
+    app = obj.ready_app()
+    with app.db.unit_of_work() as session:
+        lists = service.all_lists(session, domain)
+        counts = service.role_counts(session)
+        rows = [service.summary(ml, counts.get(ml.id, {})) for ml in lists]
+    if as_json:
+        json_array(rows)
+        return
+    table(["list", "display name", "members", "owners", "moderators", "nonmembers",
+           "subscription"],
+          [(r["address"], r["display_name"], r["members"], r["owners"], r["moderators"],
+            r["nonmember_action"], r["subscription_policy"]) for r in rows],
+          empty="no lists")
+
+
+@list_group.command("show")
+@click.argument("address", metavar="ADDR")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@pass_obj
+@handle_errors
+def list_show(obj: Obj, address: str, as_json: bool) -> None:
+    """Show a list: its people, delivery counts and every setting."""
+    app = obj.ready_app()
+    with app.db.unit_of_work() as session:
+        info = service.details(session, service.get_list(session, address))
+    if as_json:
+        json_object(info)
+        return
+    delivery = ", ".join(f"{k} {v}" for k, v in info["delivery"].items())
+    pairs([
+        ("list", info["address"]),
+        ("list-id", info["list_id"]),
+        ("display_name", info["display_name"]),
+        ("description", info["description"] or None),
+        ("owners", ", ".join(info["owner_emails"]) or None),
+        ("moderators", ", ".join(info["moderator_emails"]) or None),
+        ("members", f"{info['members']} ({delivery}; {info['disabled']} disabled)"),
+        ("dkim_selector", info["dkim_selector"]),
+        ("posts", info["posts"]),
+        ("created_at", info["created_at"]),
+    ])
+    click.echo("")
+    pairs((s.name, repr(info[s.name]) if s.kind == "text" else
+           settings_mod.format_value(info[s.name])) for s in settings_mod.SETTINGS)
+
+
+@list_group.command("set", epilog="Settings:\n\n" + SETTINGS_HELP,
+                    context_settings={"ignore_unknown_options": True})
+@click.argument("address", metavar="ADDR")
+@click.argument("key")
+@click.argument("value")
+@pass_obj
+@handle_errors
+def list_set(obj: Obj, address: str, key: str, value: str) -> None:
+    """Change one setting KEY of the list ADDR to VALUE."""
+    settings_mod.get(key)  # an unknown key is refused before touching the database
+    app = obj.ready_app()
+    with app.db.unit_of_work() as session:
+        ml = service.get_list(session, address)
+        stored = service.set_setting(session, ml, key, value)
+        name = settings_mod.get(key).name
+        shown = repr(stored) if isinstance(stored, str) else settings_mod.format_value(stored)
+        click.echo(f"{ml.address}: {name} = {shown}")
+
+
+@list_group.command("delete")
+@click.argument("address", metavar="ADDR")
+@click.option("--yes", is_flag=True, help="Really delete (required).")
+@pass_obj
+@handle_errors
+def list_delete(obj: Obj, address: str, yes: bool) -> None:
+    """Delete the list ADDR with its members, held posts and pending requests."""
+    app = obj.ready_app()
+    with app.db.unit_of_work() as session:
+        ml = service.get_list(session, address)
+        if not yes:
+            raise UsageError(f"not deleting {ml.address} without --yes")
+        name = ml.address
+        service.delete_list(session, ml)
+    click.echo(f"deleted list {name}")

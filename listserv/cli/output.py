@@ -1,0 +1,53 @@
+"""Printing helpers for the CLI: aligned tables for people, JSON arrays for programs."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable, Sequence
+
+import click
+
+
+def cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], empty: str = "") -> None:
+    """Print rows as columns aligned under upper-case headers (the last column unpadded)."""
+    text_rows = [[cell(v) for v in row] for row in rows]
+    if not text_rows:
+        if empty:
+            click.echo(empty)
+        return
+    heads = [h.upper() for h in headers]
+    widths = [max(len(heads[i]), *(len(r[i]) for r in text_rows)) for i in range(len(heads))]
+    for row in [heads, *text_rows]:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+def pairs(items: Iterable[tuple[str, Any]]) -> None:
+    """Print key/value lines with the values aligned."""
+    items = list(items)
+    width = max((len(k) for k, _ in items), default=0)
+    for key, value in items:
+        click.echo(f"{(key + ':').ljust(width + 1)} {cell(value)}".rstrip())
+
+
+def json_array(objects: Iterable[dict[str, Any]]) -> None:
+    """Print a JSON array, streaming one object per line (large member lists stay cheap)."""
+    first = True
+    click.echo("[", nl=False)
+    for obj in objects:
+        click.echo(("\n" if first else ",\n") + json.dumps(obj, ensure_ascii=False), nl=False)
+        first = False
+    click.echo("\n]" if not first else "]")
+
+
+def json_object(obj: dict[str, Any]) -> None:
+    click.echo(json.dumps(obj, ensure_ascii=False, indent=2))

@@ -1,0 +1,221 @@
+"""Bulk member import: read a file of addresses, then insert them in batched transactions.
+
+A file is either plain lines (one address per line, optionally ``Name <address>``; blank lines
+and ``#`` comments are skipped) or CSV whose header row has an ``email`` column and optionally a
+``name`` column (delimiter ``,``, ``;`` or tab). Every line is validated; bad lines are reported
+by number with the reason while the good ones are imported. Duplicates (within the file or
+already on the list in that role) are skipped and counted.
+
+The import runs one transaction per chunk: it pre-fetches the chunk's known addresses and
+memberships, then inserts the rest with executemany — no per-row ORM flush.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from listserv.db import Database
+from listserv.errors import UsageError
+from listserv.lists import get_list
+from listserv.members import parse_person
+from listserv.models import Address, DeliveryMode, Membership, Role, utcnow
+
+EMAIL_COLUMNS = ("email", "e-mail", "email address", "email_address", "mail")
+NAME_COLUMNS = ("name", "display_name", "display name", "full name", "full_name")
+DELIMITERS = (",", ";", "\t")
+
+
+@dataclass(frozen=True)
+class ImportLine:
+    lineno: int
+    email: str | None      # normalised, or None when the line is bad
+    name: str = ""
+    error: str | None = None
+
+
+@dataclass
+class ImportReport:
+    list_address: str = ""
+    added: int = 0
+    existing: int = 0          # already on the list in that role
+    duplicates: int = 0        # repeated within the file
+    invalid: list[tuple[int, str]] = field(default_factory=list)
+
+    @property
+    def skipped(self) -> int:
+        return self.existing + self.duplicates
+
+    @property
+    def ok(self) -> bool:
+        return not self.invalid
+
+
+def _decode(raw: bytes) -> str | None:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _person(lineno: int, text: str, name: str = "") -> ImportLine:
+    try:
+        parsed_name, email = parse_person(text)
+    except UsageError as exc:
+        return ImportLine(lineno, None, error=str(exc))
+    return ImportLine(lineno, email, (name or parsed_name).strip())
+
+
+def _header(line: str) -> tuple[str, int, int | None] | None:
+    """(delimiter, email column, name column) when ``line`` is a CSV header row."""
+    for delim in DELIMITERS:
+        cells = [c.strip().strip('"').strip().lower() for c in line.split(delim)]
+        for col in EMAIL_COLUMNS:
+            if col in cells and (len(cells) > 1 or col == "email"):
+                name_col = next((cells.index(n) for n in NAME_COLUMNS if n in cells), None)
+                return delim, cells.index(col), name_col
+    return None
+
+
+def count_lines(path: str | Path) -> int:
+    n = 0
+    with open(path, "rb") as fh:
+        for _ in fh:
+            n += 1
+    return n
+
+
+def read_member_file(path: str | Path) -> Iterator[ImportLine]:
+    """Parse ``path`` lazily into ImportLines (OSError when it cannot be read)."""
+    with open(path, "rb") as fh:
+        data = fh.read()
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    lines = data.splitlines()
+    first = next((i for i, raw in enumerate(lines) if raw.strip()), None)
+    header = None
+    if first is not None:
+        text = _decode(lines[first])
+        header = _header(text) if text is not None else None
+    if header is None:
+        yield from _plain(lines)
+    else:
+        yield from _csv(lines, first or 0, *header)
+
+
+def _plain(lines: list[bytes]) -> Iterator[ImportLine]:
+    for i, raw in enumerate(lines, start=1):
+        text = _decode(raw)
+        if text is None:
+            yield ImportLine(i, None, error="not valid UTF-8")
+            continue
+        text = text.strip()
+        if not text or text.startswith("#"):
+            continue
+        yield _person(i, text)
+
+
+def _csv(lines: list[bytes], header_index: int, delim: str, email_col: int,
+         name_col: int | None) -> Iterator[ImportLine]:
+    for i in range(header_index + 1, len(lines)):
+        lineno = i + 1
+        text = _decode(lines[i])
+        if text is None:
+            yield ImportLine(lineno, None, error="not valid UTF-8")
+            continue
+        if not text.strip() or text.lstrip().startswith("#"):
+            continue
+        try:
+            cells = next(csv.reader(io.StringIO(text), delimiter=delim))
+        except (csv.Error, StopIteration) as exc:
+            yield ImportLine(lineno, None, error=f"unreadable CSV row: {exc}")
+            continue
+        if email_col >= len(cells) or not cells[email_col].strip():
+            yield ImportLine(lineno, None, error="no address in the email column")
+            continue
+        name = cells[name_col].strip() if name_col is not None and name_col < len(cells) else ""
+        yield _person(lineno, cells[email_col], name)
+
+
+def import_members(db: Database, list_address: str, lines: Iterable[ImportLine], *,
+                   role: Role = Role.member,
+                   delivery_mode: DeliveryMode = DeliveryMode.regular,
+                   moderated: bool = False, chunk_size: int = 2000,
+                   progress: Callable[[int], None] | None = None) -> ImportReport:
+    """Import ``lines`` into the list, one transaction per chunk. Bad lines are collected in
+    the report; good ones are kept even when others fail."""
+    with db.unit_of_work() as session:
+        ml = get_list(session, list_address)
+        list_id, report = ml.id, ImportReport(list_address=ml.address)
+    seen: set[str] = set()
+    chunk: list[tuple[str, str]] = []
+    consumed = 0
+    for line in lines:
+        consumed += 1
+        if line.email is None:
+            report.invalid.append((line.lineno, line.error or "invalid line"))
+        elif line.email in seen:
+            report.duplicates += 1
+        else:
+            seen.add(line.email)
+            chunk.append((line.email, line.name))
+            if len(chunk) >= chunk_size:
+                _import_chunk(db, list_id, chunk, role, delivery_mode, moderated, report)
+                chunk = []
+                if progress is not None:
+                    progress(consumed)
+                    consumed = 0
+    if chunk:
+        _import_chunk(db, list_id, chunk, role, delivery_mode, moderated, report)
+    if progress is not None and consumed:
+        progress(consumed)
+    return report
+
+
+def _import_chunk(db: Database, list_id: int, chunk: list[tuple[str, str]], role: Role,
+                  delivery_mode: DeliveryMode, moderated: bool, report: ImportReport) -> None:
+    try:
+        added, existing = _insert_chunk(db, list_id, chunk, role, delivery_mode, moderated)
+    except IntegrityError:
+        # Another writer added some of these addresses meanwhile: the retry sees them.
+        added, existing = _insert_chunk(db, list_id, chunk, role, delivery_mode, moderated)
+    report.added += added
+    report.existing += existing
+
+
+def _insert_chunk(db: Database, list_id: int, chunk: list[tuple[str, str]], role: Role,
+                  delivery_mode: DeliveryMode, moderated: bool) -> tuple[int, int]:
+    now = utcnow()
+    emails = [email for email, _ in chunk]
+    with db.unit_of_work() as session:
+        known = {email: (aid, name) for email, aid, name in session.execute(
+            select(Address.email, Address.id, Address.display_name).where(
+                Address.email.in_(emails)))}
+        new = [{"email": email, "display_name": name, "created_at": now}
+               for email, name in chunk if email not in known]
+        if new:
+            session.execute(insert(Address.__table__), new)
+        names = [{"b_id": known[email][0], "b_name": name} for email, name in chunk
+                 if email in known and name and not known[email][1]]
+        if names:
+            table = Address.__table__
+            session.execute(update(table).where(table.c.id == bindparam("b_id")).values(
+                display_name=bindparam("b_name")), names)
+        ids = {email: aid for email, aid in session.execute(select(
+            Address.email, Address.id).where(Address.email.in_(emails)))}
+        have = set(session.scalars(select(Membership.address_id).where(
+            Membership.list_id == list_id, Membership.role == role,
+            Membership.address_id.in_(list(ids.values())))))
+        rows = [{"list_id": list_id, "address_id": ids[email], "role": role,
+                 "delivery_mode": delivery_mode, "moderated": moderated, "enabled": True,
+                 "bounce_score": 0.0, "bounce_warnings_sent": 0, "joined_at": now}
+                for email in emails if ids[email] not in have]
+        if rows:
+            session.execute(insert(Membership.__table__), rows)
+    return len(rows), len(emails) - len(rows)
