@@ -1,0 +1,135 @@
+"""The bounce parser against composed samples of real MTA formats (tests/data/bounces)."""
+
+from __future__ import annotations
+
+import email
+from email import policy
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+
+from listserv.bounce_parse import classify, classify_text, find_status, is_policy, parse
+from listserv.models import BounceKind
+
+DATA = Path(__file__).resolve().parent.parent / "data" / "bounces"
+H, S, P = BounceKind.hard, BounceKind.soft, BounceKind.policy
+
+
+def load(name: str) -> EmailMessage:
+    return email.message_from_bytes((DATA / name).read_bytes(), policy=policy.default)
+
+
+# sample -> {address: (kind, status prefix, source)}
+EXPECTED = {
+    "postfix_user_unknown.eml": {"alice.smith@example.com": (H, "5.1.1", "dsn")},
+    "postfix_delayed.eml": {"gina@slow.example": (S, "4.4.1", "dsn")},
+    "exim_failed.eml": {"bob@example.net": (H, "5.1.1", "detector")},
+    "exim_dsn_quota.eml": {"hank@mailhost.example": (H, "5.2.2", "dsn")},
+    "sendmail_dsn.eml": {"cwhite@example.edu": (H, "5.1.1", "dsn")},
+    "sendmail_plain.eml": {"ivan@old.example.com": (H, "", "detector")},
+    "exchange_ndr.eml": {"dave.jones@contoso.example": (H, "5.1.10", "dsn")},
+    "exchange2003_plain.eml": {"jake.m@corp.example": (H, "", "detector")},
+    "gmail_nosuchuser.eml": {"erin.nobody@gmail.example": (H, "5.1.1", "dsn")},
+    "gmail_dmarc_policy.eml": {"kim@gmail.example": (P, "5.7.26", "dsn"),
+                               "lee@gmail.example": (P, "5.7.26", "dsn")},
+    "qmail_failure.eml": {"frank@qhost.example": (H, "5.1.1", "detector"),
+                          "nora@qhost.example": (H, "5.1.1", "detector")},
+    "spamhaus_policy.eml": {"oscar@bigmail.example": (P, "5.0.0", "dsn"),
+                            "pia@bigmail.example": (P, "5.0.0", "dsn")},
+    "mixed_partial.eml": {"sam@example.com": (H, "5.1.1", "dsn"),
+                          "dev@lists.example.org": (H, "5.1.1", "dsn")},
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_samples_identify_addresses_and_kinds(name: str) -> None:
+    report = parse(load(name))
+    got = {f.email: (f.kind, f.status, f.source) for f in report.failures}
+    want = EXPECTED[name]
+    assert set(got) == set(want)
+    for addr, (kind, status, source) in want.items():
+        assert got[addr][0] is kind, addr
+        assert got[addr][1].startswith(status), (addr, got[addr][1])
+        assert got[addr][2] == source
+    assert report.looks_like_bounce
+    assert not report.auto_reply
+
+
+def test_every_sample_is_covered() -> None:
+    names = {p.name for p in DATA.glob("*.eml")}
+    assert names == set(EXPECTED) | {"vacation_autoreply.eml"}
+
+
+def test_sendmail_dsn_keeps_the_actual_recipient_as_alternate() -> None:
+    (f,) = parse(load("sendmail_dsn.eml")).failures
+    assert f.alternates == ("carol.w@example.edu",)
+    assert "User unknown" in f.diagnostic
+
+
+def test_vacation_reply_is_not_a_bounce() -> None:
+    report = parse(load("vacation_autoreply.eml"))
+    assert report.failures == ()
+    assert report.auto_reply
+    assert not report.looks_like_bounce
+
+
+def test_subject_only_vacation_reply() -> None:
+    msg = EmailMessage()
+    msg["From"] = "someone@example.com"
+    msg["Subject"] = "Automatic reply: [dev] hello"
+    msg.set_content("I'm away.")
+    report = parse(msg)
+    assert report.auto_reply and not report.failures
+
+
+def test_success_only_dsn() -> None:
+    raw = (DATA / "mixed_partial.eml").read_text()
+    raw = raw.replace("Action: failed", "Action: relayed")
+    report = parse(email.message_from_string(raw, policy=policy.default))
+    assert report.failures == ()
+    assert report.success_dsn
+
+
+def test_delivery_status_as_undecoded_text() -> None:
+    """A delivery-status part sent base64-encoded is still read."""
+    import base64
+
+    body = ("Reporting-MTA: dns; mx.example\n\nFinal-Recipient: rfc822; <Zed@Example.net>\n"
+            "Action: failed\nStatus: 5.1.1\n")
+    raw = ("From: MAILER-DAEMON@mx.example\nTo: dev-bounces@lists.example.org\n"
+           "Subject: failure\nMIME-Version: 1.0\n"
+           'Content-Type: multipart/report; report-type=delivery-status; boundary="b"\n\n'
+           "--b\nContent-Type: text/plain\n\nfailed\n--b\n"
+           "Content-Type: message/delivery-status\nContent-Transfer-Encoding: base64\n\n"
+           + base64.encodebytes(body.encode()).decode() + "--b--\n")
+    (f,) = parse(email.message_from_string(raw, policy=policy.default)).failures
+    assert (f.email, f.kind, f.status) == ("zed@example.net", H, "5.1.1")
+
+
+@pytest.mark.parametrize("action,status,diag,kind", [
+    ("failed", "5.1.1", "550 5.1.1 user unknown", H),
+    ("failed", "5.7.1", "550 5.7.1 rejected", P),
+    ("failed", "5.0.0", "554 rejected: listed at bl.spamcop.net", P),
+    ("failed", "5.5.0", "550 message rejected due to DMARC", P),
+    ("failed", "5.1.1", "550 5.1.1 unknown user (policy)", H),
+    ("failed", "4.4.7", "delivery time expired", H),
+    ("delayed", "4.2.2", "mailbox full", S),
+    ("", "4.0.0", "", S),
+    ("delivered", "2.0.0", "", None),
+    ("relayed", "", "", None),
+    ("failed (bad destination mailbox address)", "", "550 5.1.1 no such user", H),
+])
+def test_classify(action: str, status: str, diag: str, kind: BounceKind | None) -> None:
+    assert classify(action, status, diag) is kind
+
+
+def test_status_and_text_helpers() -> None:
+    assert find_status("Remote host said: 550 5.1.1 <a@b>") == "5.1.1"
+    assert find_status("(#5.1.1)") == "5.1.1"
+    assert find_status("421 try later") == "4.0.0"
+    assert find_status("v1.2.3.4 nothing") == ""
+    assert is_policy("5.7.1", "")
+    assert not is_policy("5.2.2", "mailbox full")
+    assert classify_text("The message has been delayed; will retry") == (S, "")
+    assert classify_text("550 5.1.1 no such user")[0] is H
