@@ -1,23 +1,261 @@
-"""Email commands: -request, -join, -leave, -confirm+TOKEN. OWNED BY issue #4; this is the seam.
+"""Email commands: -request, -join, -leave and -confirm+TOKEN.
 
     handle_mail(session, app, inbound, msg) -> None
 is called by the incoming worker for every message to those sub-addresses.
+
+Who may act: the address in the From header (normalised). The envelope sender is not compared:
+forwarding, SRS and provider bounce addresses make it differ from From for ordinary people; the
+token itself (160 random bits, sent only to that address) is the credential, and with
+``moderation.require_authenticated_replies`` the From domain must also be DKIM-authenticated.
+Automatic mail (RFC 3834 Auto-Submitted other than "no", Precedence bulk/junk/list, a null
+reverse-path) and mail from the list's own addresses is never acted on and never answered.
+Anything else we cannot act on gets the help text (rate-limited per address per day).
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
+from dataclasses import dataclass
 from email.message import EmailMessage
 
 from sqlalchemy.orm import Session
 
+from listserv import moderation, ratelimit, replies, subscriptions, tokens
+from listserv.addresses import parse_from
 from listserv.app import App
-from listserv.models import InboundMessage, InboundState
+from listserv.models import (
+    Decision,
+    HeldMessage,
+    InboundMessage,
+    InboundState,
+    MailingList,
+    PendingToken,
+    TokenKind,
+)
+from listserv.notices import build_notice, send_notice
+from listserv.subscriptions import Result
+from listserv.views import ListView
 
 log = logging.getLogger(__name__)
 
+MAX_COMMANDS = 5
+REQUEST_WORDS = {"help", "subscribe", "join", "unsubscribe", "leave", "confirm", "set",
+                 "end", "stop"}
+MODERATE_WORDS = {"approve": Decision.approve, "reject": Decision.reject,
+                  "discard": Decision.discard}
+
+
+@dataclass
+class Mail:
+    """One command mail being handled."""
+
+    session: Session
+    app: App
+    ml: MailingList
+    inbound: InboundMessage
+    msg: EmailMessage
+    sender: str
+
+    @property
+    def lv(self) -> ListView:
+        return ListView.of(self.ml)
+
 
 def handle_mail(session: Session, app: App, inbound: InboundMessage, msg: EmailMessage) -> None:
-    log.warning("command mail to %s not handled yet", inbound.rcpt)
+    ml = session.get_one(MailingList, inbound.list_id)
     inbound.state = InboundState.handled
-    inbound.outcome = "not implemented"
+    if replies.is_auto_reply(msg, inbound.mail_from):
+        inbound.outcome = "ignored: automatic mail"
+        return
+    sender = replies.from_address(msg)
+    if not sender:
+        inbound.outcome = "ignored: no usable From address"
+        return
+    if moderation.is_list_address(ml, sender) or moderation.is_list_address(ml,
+                                                                             inbound.mail_from):
+        inbound.outcome = "ignored: mail from the list itself"
+        return
+    mail = Mail(session, app, ml, inbound, msg, sender)
+    sub = inbound.subaddress
+    if sub == "confirm":
+        result = confirm(mail, inbound.extra or "", replies.command_lines(msg))
+        if result.mail_needed or result.help:
+            kind = "help" if result.help else "results" if result.already else None
+            answer(mail, [("reply", result)], kind=kind)
+        inbound.outcome = result.text[:500]
+    elif sub in ("join", "leave"):
+        display_name, _ = parse_from(str(msg.get("From", "")))
+        result = (subscriptions.join(session, app, ml, sender, display_name) if sub == "join"
+                  else subscriptions.leave(session, app, ml, sender))
+        if result.mail_needed:
+            answer(mail, [(sub, result)], kind="status")
+        inbound.outcome = result.text[:500]
+    elif sub == "request":
+        inbound.outcome = request(mail)[:500]
+    else:
+        inbound.outcome = f"ignored: not a command address ({sub})"
+    log.info("list_id=%s message_id=%s %s from %s: %s", ml.list_id, inbound.message_id, sub,
+             sender, inbound.outcome)
+
+
+# ---------------------------------------------------------------------------- answers
+
+
+def answer(mail: Mail, results: list[tuple[str, Result]], *, kind: str | None) -> bool:
+    """Mail the results (and help text when asked for or needed) to the sender.
+    ``kind`` names the daily rate limit to apply (None: not limited)."""
+    if kind and not ratelimit.allow(mail.session, mail.app, mail.ml.id, mail.sender, kind):
+        return False
+    show_help = any(r.help for _, r in results)
+    lv = mail.lv
+    subject = str(mail.msg.get("Subject", "") or "")
+    notice = build_notice(mail.app, lv, "notice/user/results.txt.j2", mail.sender, {
+        "results": [(cmd, r.text) for cmd, r in results], "show_help": show_help,
+        "original_subject": subject, "request_address": lv.sub("request"),
+    }, in_reply_to=mail.inbound.message_id or None, auto_submitted="auto-replied")
+    send_notice(mail.session, mail.app, lv, notice, [mail.sender])
+    return True
+
+
+def _help(text: str) -> Result:
+    return Result(text, help=True)
+
+
+# ---------------------------------------------------------------------------- -confirm
+
+
+def confirm(mail: Mail, token_text: str, lines: list[str], *,
+            from_request: bool = False) -> Result:
+    """A reply to NAME-confirm+TOKEN@ (or a 'confirm TOKEN' command)."""
+    session, app, ml = mail.session, mail.app, mail.ml
+    row = tokens.lookup(session, token_text)
+    if row is None or row.list_id != ml.id:
+        return _help("The confirmation token is unknown or has expired: nothing was done.")
+    if not hmac.compare_digest(row.email.encode(), mail.sender.encode()):
+        return _help("That confirmation was not sent to your address: nothing was done.")
+    if row.used_at is not None:
+        return Result(_already(session, row), already=True)
+    if tokens.is_expired(app, row):
+        return _help("The confirmation token has expired: nothing was done.")
+    if row.kind in (TokenKind.moderate, TokenKind.approve_subscription) \
+            and app.settings.moderation.require_authenticated_replies \
+            and not _authenticated(mail):
+        return _help("Your reply is not authenticated (no valid DKIM signature of your "
+                     "domain): nothing was done.")
+    if row.kind is TokenKind.moderate:
+        if from_request:
+            return _help("Reply to the moderation notice itself with approve, reject or "
+                         "discard.")
+        return _moderate(mail, row, lines)
+    if row.kind is TokenKind.cancel_post:
+        if lines and replies.first_word(lines[0]) == "cancel" and not from_request:
+            return _decide(mail, row, Decision.cancel, None)
+        return _help("To withdraw your post, reply to the notice with the word 'cancel'.")
+    if row.kind in subscriptions.CONFIRM_KINDS:
+        return subscriptions.confirm(session, app, ml, row, mail.sender, lines)
+    return _help("This token cannot be used here.")
+
+
+def _already(session: Session, row: PendingToken) -> str:
+    if row.held_id is not None:
+        held = session.get(HeldMessage, row.held_id)
+        if held is not None and held.decision is not None:
+            return f"Already handled: {moderation.Outcome(held, False).describe()}."
+    return f"Already handled by {row.used_by or 'someone else'}."
+
+
+def _authenticated(mail: Mail) -> bool:
+    settings = mail.app.settings.moderation
+    try:
+        data = mail.app.spool.get(mail.inbound.spool_sha)
+    except OSError:
+        return False
+    return replies.authenticated(data, mail.msg, mail.sender,
+                                 authserv_id=settings.trusted_authserv_id,
+                                 resolve_txt=mail.app.resolve_txt)
+
+
+def _moderate(mail: Mail, row: PendingToken, lines: list[str]) -> Result:
+    first = lines[0] if lines else ""
+    decision = MODERATE_WORDS.get(replies.first_word(first))
+    if decision is None:
+        return _help("Your reply has no command: its first line must begin with approve, "
+                     "reject (optionally followed by a reason) or discard.")
+    parts = first.split(None, 1)
+    reason = parts[1].strip() if decision is Decision.reject and len(parts) > 1 else None
+    return _decide(mail, row, decision, reason)
+
+
+def _decide(mail: Mail, row: PendingToken, decision: Decision, reason: str | None) -> Result:
+    assert row.held_id is not None
+    outcome = moderation.decide(mail.session, mail.app, row.held_id, decision,
+                                actor=mail.sender, via="email", reason=reason)
+    held = outcome.held
+    if not outcome.won:
+        return Result(f"Already handled: {outcome.describe()}.", already=True)
+    what = moderation.PAST[decision]
+    text = f"Held message {held.id} from {held.sender} ({held.subject!r}) {what}."
+    if decision is Decision.reject and reason:
+        text += f" Reason given to the poster: {reason}"
+    return Result(text)
+
+
+# ---------------------------------------------------------------------------- -request
+
+
+def parse_request(msg: EmailMessage) -> list[str]:
+    """Command lines: the Subject when it is one, then body lines up to the first unknown one
+    (quoted text and the signature are skipped), at most MAX_COMMANDS, duplicates dropped."""
+    candidates: list[str] = []
+    subject = replies.strip_reply_prefix(str(msg.get("Subject", "") or ""))
+    if subject and replies.first_word(subject) in REQUEST_WORDS:
+        candidates.append(subject)
+    body = replies.command_lines(msg)
+    for line in body:
+        if replies.first_word(line) not in REQUEST_WORDS:
+            break
+        candidates.append(line)
+    out: list[str] = []
+    for line in candidates:
+        if replies.first_word(line) in ("end", "stop"):
+            break
+        if line.lower() not in (seen.lower() for seen in out):
+            out.append(line)
+        if len(out) >= MAX_COMMANDS:
+            break
+    return out
+
+
+def request(mail: Mail) -> str:
+    commands = parse_request(mail.msg)
+    if not commands:
+        answer(mail, [("(no command)", _help("No command found in your message."))],
+               kind="help")
+        return "no command: help sent"
+    results = [(line, run_command(mail, line)) for line in commands]
+    if any(r.mail_needed for _, r in results):
+        answer(mail, results, kind="results")
+    return "; ".join(f"{c}: {r.text}" for c, r in results)
+
+
+def run_command(mail: Mail, line: str) -> Result:
+    session, app, ml = mail.session, mail.app, mail.ml
+    words = line.split()
+    word = replies.first_word(line)
+    if word == "help":
+        return Result("The commands are listed below.", help=True)
+    if word in ("subscribe", "join"):
+        display_name, _ = parse_from(str(mail.msg.get("From", "")))
+        return subscriptions.join(session, app, ml, mail.sender, display_name)
+    if word in ("unsubscribe", "leave"):
+        return subscriptions.leave(session, app, ml, mail.sender)
+    if word == "confirm":
+        if len(words) < 2:
+            return _help("confirm needs the token: confirm TOKEN")
+        return confirm(mail, words[1].strip("<>.,:;"), [], from_request=True)
+    if word == "set":
+        if len(words) == 3 and words[1].lower() == "delivery":
+            return subscriptions.set_delivery(session, ml, mail.sender, words[2])
+        return _help("Usage: set delivery regular|mime-digest|plain-digest|nomail")
+    return _help(f"Unknown command: {line}")

@@ -1,0 +1,41 @@
+"""Per-address, per-day limits for automatic mail (models.AutoResponse)."""
+
+from __future__ import annotations
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from listserv.app import App
+from listserv.models import AutoResponse
+
+# Automatic answers one address may get from one list per day, by kind.
+DAILY_LIMITS = {
+    "hold": 3,         # "your post awaits moderation"
+    "help": 3,         # help text for a command mail we could not act on
+    "results": 10,     # answers to -request commands
+    "status": 2,       # "you are already subscribed" / "you are not subscribed"
+}
+
+
+def allow(session: Session, app: App, list_id: int, email: str, kind: str,
+          limit: int | None = None) -> bool:
+    """Count one automatic mail of ``kind`` to ``email`` today; False when over the limit."""
+    limit = DAILY_LIMITS.get(kind, 3) if limit is None else limit
+    today = app.now().date()
+    row = session.scalar(select(AutoResponse).where(
+        AutoResponse.list_id == list_id, AutoResponse.email == email, AutoResponse.kind == kind))
+    if row is None:
+        session.add(AutoResponse(list_id=list_id, email=email, kind=kind, day=today, count=1))
+        session.flush()
+        return True
+    if row.day != today:
+        row.day, row.count = today, 0
+    if row.count >= limit:
+        return False
+    row.count += 1
+    return True
+
+
+def purge(session: Session, app: App) -> None:
+    """Forget counters of earlier days."""
+    session.execute(delete(AutoResponse).where(AutoResponse.day < app.now().date()))

@@ -1,0 +1,167 @@
+"""Reading mail that people send to the list's command addresses (pure, no DB).
+
+- is_auto_reply(): RFC 3834 Auto-Submitted other than "no", Precedence bulk/junk/list, a null
+  reverse-path, or the usual auto-responder markers. Such mail is never acted on nor answered.
+- command_lines(): the text a person typed: non-blank body lines, quoted (``>``) lines skipped,
+  stopping at a signature separator ("-- ") or the start of a quoted original.
+- authenticated(): DKIM (aligned with the From domain) or a trusted Authentication-Results.
+"""
+
+from __future__ import annotations
+
+import re
+from email.message import EmailMessage, Message
+from typing import Callable
+
+from listserv import addresses
+
+AUTO_PRECEDENCE = {"bulk", "junk", "list"}
+# Lines that start a quoted original in replies ("On ... wrote:", Outlook's separator).
+_QUOTE_INTRO = re.compile(r"^(on .* wrote:|-----\s*original message\s*-----|_{20,})$",
+                          re.IGNORECASE)
+
+
+def is_auto_reply(msg: Message, mail_from: str) -> bool:
+    if not mail_from.strip().strip("<>"):
+        return True
+    auto = str(msg.get("Auto-Submitted", "") or "").split(";")[0].strip().lower()
+    if auto and auto != "no":
+        return True
+    if str(msg.get("Precedence", "") or "").strip().lower() in AUTO_PRECEDENCE:
+        return True
+    for header in ("X-Autoreply", "X-Autorespond"):
+        value = str(msg.get(header, "") or "").strip().lower()
+        if value and value not in ("no", "false", "0"):
+            return True
+    return False
+
+
+def from_address(msg: Message) -> str:
+    """The normalised (lower-case) From address, '' when absent or invalid."""
+    _, addr = addresses.parse_from(str(msg.get("From", "") or ""))
+    return (addresses.try_normalise(addr) or "") if addr else ""
+
+
+def body_text(msg: Message) -> str:
+    """The first text/plain part (or text/html stripped of tags) as text."""
+    if not isinstance(msg, EmailMessage):
+        return ""
+    part = msg.get_body(preferencelist=("plain", "html"))
+    if part is None:
+        return ""
+    try:
+        text = part.get_content()
+    except (LookupError, ValueError, AttributeError):
+        payload = part.get_payload(decode=True)
+        text = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
+    if not isinstance(text, str):
+        return ""
+    if part.get_content_subtype() == "html":
+        text = re.sub(r"<br\s*/?>|</p>|</div>", "\n", text, flags=re.IGNORECASE)
+        text = re.sub(r"<blockquote.*?</blockquote>", "", text,
+                      flags=re.IGNORECASE | re.DOTALL)
+        text = re.sub(r"<[^>]+>", "", text)
+    return text
+
+
+def command_lines(msg: Message, limit: int = 50) -> list[str]:
+    """Non-blank, non-quoted lines of the body, up to a signature or a quoted original."""
+    out: list[str] = []
+    for raw in body_text(msg).splitlines():
+        if raw.rstrip() == "--" or raw.startswith("-- "):
+            break
+        line = raw.strip()
+        if not line or line.startswith(">"):
+            continue
+        if _QUOTE_INTRO.match(line):
+            break
+        out.append(line)
+        if len(out) >= limit:
+            break
+    return out
+
+
+def first_word(line: str) -> str:
+    words = line.split(None, 1)
+    return words[0].lower().rstrip(":,.!") if words else ""
+
+
+def strip_reply_prefix(subject: str) -> str:
+    """'Re: Fwd: AW: confirm x' -> 'confirm x'."""
+    s = subject.strip()
+    while True:
+        m = re.match(r"^(re|aw|sv|fwd?|wg|tr)\s*(\[\d+\])?\s*:\s*", s, re.IGNORECASE)
+        if not m:
+            return s
+        s = s[m.end():]
+
+
+# ---------------------------------------------------------------------------- authentication
+
+
+def _aligned(signing_domain: str, from_domain: str) -> bool:
+    d, f = signing_domain.lower().rstrip("."), from_domain.lower().rstrip(".")
+    return bool(d) and (f == d or f.endswith("." + d))
+
+
+def dkim_aligned_pass(data: bytes, from_domain: str,
+                      resolve_txt: Callable[[str], list[str]]) -> bool:
+    """True when one DKIM-Signature of ``data`` verifies and its d= is the From domain or a
+    parent of it. DNS goes through the injected ``resolve_txt``."""
+    import dkim
+
+    def dnsfunc(name: bytes | str, timeout: int = 5) -> bytes | None:
+        qname = name.decode("ascii", "replace") if isinstance(name, bytes) else name
+        records = resolve_txt(qname.rstrip("."))
+        return records[0].encode("utf-8") if records else None
+
+    try:
+        verifier = dkim.DKIM(data)
+    except Exception:  # noqa: BLE001 - dkimpy raises many types on malformed input
+        return False
+    count = sum(1 for name, _ in verifier.headers if name.lower() == b"dkim-signature")
+    for idx in range(count):
+        try:
+            ok = verifier.verify(idx=idx, dnsfunc=dnsfunc)
+        except Exception:  # noqa: BLE001
+            ok = False
+        if ok and verifier.domain and _aligned(verifier.domain.decode("ascii", "replace"),
+                                               from_domain):
+            return True
+    return False
+
+
+def trusted_ar_pass(msg: Message, from_domain: str, authserv_id: str) -> bool:
+    """The topmost Authentication-Results (the one our MTA added) names ``authserv_id`` and
+    reports dkim=pass with header.d (or header.i) aligned with the From domain."""
+    if not authserv_id:
+        return False
+    values = msg.get_all("Authentication-Results") or []
+    if not values:
+        return False
+    top = re.sub(r"\s+", " ", str(values[0]))
+    top = re.sub(r"\([^()]*\)", "", top)          # drop comments
+    head, _, rest = top.partition(";")
+    if head.strip().split(" ")[0].lower() != authserv_id.lower():
+        return False
+    for clause in rest.split(";"):
+        words = clause.strip().split()
+        if not words or words[0].lower() != "dkim=pass":
+            continue
+        for w in words[1:]:
+            key, _, value = w.partition("=")
+            value = value.strip('"')
+            if key.lower() == "header.d" and _aligned(value, from_domain):
+                return True
+            if key.lower() == "header.i" and _aligned(value.rpartition("@")[2], from_domain):
+                return True
+    return False
+
+
+def authenticated(data: bytes, msg: Message, from_addr: str, *, authserv_id: str,
+                  resolve_txt: Callable[[str], list[str]]) -> bool:
+    domain = from_addr.rpartition("@")[2]
+    if not domain:
+        return False
+    return (trusted_ar_pass(msg, domain, authserv_id)
+            or dkim_aligned_pass(data, domain, resolve_txt))
