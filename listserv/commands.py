@@ -82,7 +82,7 @@ def handle_mail(session: Session, app: App, inbound: InboundMessage, msg: EmailM
         result = confirm(mail, inbound.extra or "", replies.command_lines(msg))
         if result.mail_needed or result.help:
             kind = "help" if result.help else "results" if result.already else None
-            answer(mail, [("reply", result)], kind=kind)
+            answer(mail, [("", result)], kind=kind)
         inbound.outcome = result.text[:500]
     elif sub in ("join", "leave"):
         display_name, _ = parse_from(str(msg.get("From", "")))
@@ -109,7 +109,7 @@ def answer(mail: Mail, results: list[tuple[str, Result]], *, kind: str | None) -
         return False
     show_help = any(r.help for _, r in results)
     lv = mail.lv
-    subject = str(mail.msg.get("Subject", "") or "")
+    subject = replies.strip_reply_prefix(str(mail.msg.get("Subject", "") or ""))
     notice = build_notice(mail.app, lv, "notice/user/results.txt.j2", mail.sender, {
         "results": [(cmd, r.text) for cmd, r in results], "show_help": show_help,
         "original_subject": subject, "request_address": lv.sub("request"),

@@ -1,0 +1,228 @@
+"""Membership by email: join/leave with confirmations, -request commands, no mail bombing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from listserv import members
+from listserv.models import (
+    DeliveryMode,
+    InboundState,
+    MailingList,
+    ModerationLog,
+    PendingToken,
+    SubscriptionPolicy,
+    TokenKind,
+)
+from tests.db.modsupport import Outbox, command, make_list, message, token_of
+
+ADDR = "dev@example.org"
+
+
+def is_member(app: Any, list_id: int, email: str) -> bool:
+    with app.db.unit_of_work() as s:
+        return members.find_membership(s, s.get_one(MailingList, list_id), email) is not None
+
+
+def mode_of(app: Any, list_id: int, email: str) -> DeliveryMode:
+    with app.db.unit_of_work() as s:
+        m = members.find_membership(s, s.get_one(MailingList, list_id), email)
+        assert m is not None
+        return m.delivery_mode
+
+
+def join(app: Any, list_id: int, sender: str, **headers: str) -> Any:
+    return command(app, list_id, "join", message(sender, "dev-join@example.org", "", "",
+                                                 **headers))
+
+
+def confirm_reply(app: Any, list_id: int, token: str, sender: str, body: str = "ok") -> Any:
+    return command(app, list_id, "confirm",
+                   message(sender, f"dev-confirm+{token}@example.org", "Re: confirm", body),
+                   extra=token)
+
+
+@pytest.fixture
+def outbox(app: Any) -> Outbox:
+    return Outbox(app)
+
+
+def test_join_confirm_round_trip_and_leave(app: Any, outbox: Outbox) -> None:
+    list_id = make_list(app)
+    ib = join(app, list_id, "Ann <Ann@Example.net>")
+    assert ib.state is InboundState.handled
+    got = outbox.new()
+    assert [m.recipients for m in got] == [["ann@example.net"]]
+    token = token_of(got[0].msg)
+    assert str(got[0].msg["Reply-To"]) == f"dev-confirm+{token}@example.org"
+    assert token in str(got[0].msg["Subject"])
+    assert not is_member(app, list_id, "ann@example.net")
+    # a reply from someone else changes nothing
+    confirm_reply(app, list_id, token, "eve@example.net")
+    assert not is_member(app, list_id, "ann@example.net")
+    assert outbox.new()[0].recipients == ["eve@example.net"]
+    # a plain reply (no command word) from the address confirms; welcome follows
+    confirm_reply(app, list_id, token, "ann@example.net", "> Someone asked...\n")
+    assert is_member(app, list_id, "ann@example.net")
+    got = outbox.new()
+    assert len(got) == 1 and "Welcome" in str(got[0].msg["Subject"])
+    # replayed: nothing more, told it was handled
+    confirm_reply(app, list_id, token, "ann@example.net")
+    assert "already handled" in outbox.new()[0].msg.get_content().lower()
+
+    command(app, list_id, "leave", message("ann@example.net", "dev-leave@example.org", "", ""))
+    assert is_member(app, list_id, "ann@example.net")
+    leave_token = token_of(outbox.new()[0].msg)
+    confirm_reply(app, list_id, leave_token, "ann@example.net")
+    assert not is_member(app, list_id, "ann@example.net")
+    got = outbox.new()
+    assert len(got) == 1 and "left" in str(got[0].msg["Subject"])
+
+
+def test_open_policy_subscribes_at_once(app: Any, outbox: Outbox) -> None:
+    list_id = make_list(app, subscription_policy=SubscriptionPolicy.open)
+    join(app, list_id, "bob@example.net")
+    assert is_member(app, list_id, "bob@example.net")
+    got = outbox.new()
+    assert len(got) == 1 and "Welcome" in str(got[0].msg["Subject"])
+    join(app, list_id, "bob@example.net")
+    assert "already subscribed" in outbox.new()[0].msg.get_content()
+
+
+def test_no_mail_bombing(app: Any, outbox: Outbox, clock: Any) -> None:
+    list_id = make_list(app)
+    for _ in range(5):
+        join(app, list_id, "victim@example.net")
+    got = outbox.new()
+    assert len(got) == 1
+    first = token_of(got[0].msg)
+    clock.advance(minutes=61)
+    join(app, list_id, "victim@example.net")
+    join(app, list_id, "victim@example.net")
+    got = outbox.new()
+    assert len(got) == 1
+    second = token_of(got[0].msg)
+    with app.db.unit_of_work() as s:
+        rows = s.scalars(select(PendingToken).where(PendingToken.kind == TokenKind.subscribe)
+                         ).all()
+        assert len(rows) == 1
+    # the re-issued token replaces the first one
+    confirm_reply(app, list_id, first, "victim@example.net")
+    assert not is_member(app, list_id, "victim@example.net")
+    confirm_reply(app, list_id, second, "victim@example.net")
+    assert is_member(app, list_id, "victim@example.net")
+
+
+def test_auto_replies_and_list_mail_ignored(app: Any, outbox: Outbox) -> None:
+    list_id = make_list(app)
+    join(app, list_id, "a@example.net", Auto_Submitted="auto-replied")
+    join(app, list_id, "b@example.net", Precedence="junk")
+    command(app, list_id, "join", message("c@example.net", "dev-join@example.org"),
+            mail_from="")
+    command(app, list_id, "request", message("dev-bounces@example.org", "x", "help"))
+    command(app, list_id, "request", message("x@example.net", "x", "help"),
+            mail_from="dev-bounces+x=example.net@example.org")
+    assert outbox.new() == []
+    join(app, list_id, "d@example.net", Auto_Submitted="no")
+    assert len(outbox.new()) == 1
+
+
+def test_moderate_policy(app: Any, outbox: Outbox) -> None:
+    list_id = make_list(app, owners=("boss@example.org",), moderators=("mod@example.org",),
+                        subscription_policy=SubscriptionPolicy.moderate)
+    join(app, list_id, "carl@example.net")
+    got = outbox.new()
+    assert sorted(r for m in got for r in m.recipients) == [
+        "boss@example.org", "carl@example.net", "mod@example.org"]
+    mod = [m for m in got if m.recipients == ["mod@example.org"]][0]
+    boss = [m for m in got if m.recipients == ["boss@example.org"]][0]
+    join(app, list_id, "carl@example.net")
+    assert outbox.new() == []
+    # the requester cannot approve themselves with the moderator's token
+    confirm_reply(app, list_id, token_of(mod.msg), "carl@example.net")
+    assert not is_member(app, list_id, "carl@example.net")
+    outbox.new()
+    confirm_reply(app, list_id, token_of(mod.msg), "mod@example.org", "")
+    assert is_member(app, list_id, "carl@example.net")
+    got = outbox.new()
+    assert sorted(r for m in got for r in m.recipients) == ["carl@example.net",
+                                                            "mod@example.org"]
+    confirm_reply(app, list_id, token_of(boss.msg), "boss@example.org", "reject")
+    assert "already handled by mod@example.org" in outbox.new()[0].msg.get_content().lower()
+    with app.db.unit_of_work() as s:
+        log = s.scalars(select(ModerationLog)).all()
+        assert [(e.actor, e.action, e.detail) for e in log] == [
+            ("mod@example.org", "approve_subscription", "carl@example.net")]
+
+
+def test_moderate_policy_reject(app: Any, outbox: Outbox) -> None:
+    list_id = make_list(app, moderators=("mod@example.org",),
+                        subscription_policy=SubscriptionPolicy.moderate)
+    join(app, list_id, "dan@example.net")
+    mod = [m for m in outbox.new() if m.recipients == ["mod@example.org"]][0]
+    confirm_reply(app, list_id, token_of(mod.msg), "mod@example.org", "reject not a fit")
+    assert not is_member(app, list_id, "dan@example.net")
+    got = outbox.new()
+    dan = [m for m in got if m.recipients == ["dan@example.net"]]
+    assert len(dan) == 1 and "not a fit" in dan[0].msg.get_content()
+
+
+def test_confirm_then_moderate(app: Any, outbox: Outbox) -> None:
+    list_id = make_list(app, moderators=("mod@example.org",),
+                        subscription_policy=SubscriptionPolicy.confirm_then_moderate)
+    join(app, list_id, "eve@example.net")
+    got = outbox.new()
+    assert [m.recipients for m in got] == [["eve@example.net"]]
+    confirm_reply(app, list_id, token_of(got[0].msg), "eve@example.net")
+    assert not is_member(app, list_id, "eve@example.net")
+    got = outbox.new()
+    mod = [m for m in got if m.recipients == ["mod@example.org"]][0]
+    confirm_reply(app, list_id, token_of(mod.msg), "mod@example.org", "approve")
+    assert is_member(app, list_id, "eve@example.net")
+
+
+def test_request_commands(app: Any, outbox: Outbox) -> None:
+    list_id = make_list(app, people=("fay@example.net",))
+    body = ("set delivery plain-digest\n\nhelp\nthanks for the list\nunsubscribe\n")
+    command(app, list_id, "request", message("fay@example.net", "dev-request@example.org",
+                                             "Re: subscribe", body))
+    assert mode_of(app, list_id, "fay@example.net") is DeliveryMode.plain_digest
+    got = outbox.new()
+    assert len(got) == 1
+    text = got[0].msg.get_content()
+    assert "already subscribed" in text          # the Subject command
+    assert "now plain-digest" in text
+    assert "set delivery MODE" in text           # help text
+    assert "> help" in text and "> unsubscribe" not in text
+    # the unsubscribe after the unknown line was not run
+    with app.db.unit_of_work() as s:
+        assert s.scalars(select(PendingToken)).all() == []
+
+    command(app, list_id, "request", message("fay@example.net", "dev-request@example.org",
+                                             "", "set delivery weekly\n"))
+    assert "Unknown delivery mode" in outbox.new()[0].msg.get_content()
+    command(app, list_id, "request", message("gus@example.net", "dev-request@example.org",
+                                             "", "set delivery nomail\n"))
+    assert "not subscribed" in outbox.new()[0].msg.get_content()
+    # a message with no command: help
+    command(app, list_id, "request", message("gus@example.net", "dev-request@example.org",
+                                             "hi", "what is this?\n"))
+    assert "set delivery MODE" in outbox.new()[0].msg.get_content()
+
+
+def test_request_subscribe_and_confirm_command(app: Any, outbox: Outbox) -> None:
+    list_id = make_list(app)
+    command(app, list_id, "request", message("hal@example.net", "dev-request@example.org",
+                                             "", "subscribe\n-- \nHal\n"))
+    got = outbox.new()
+    assert len(got) == 1          # only the confirmation: one mail per forged request
+    token = token_of(got[0].msg)
+    command(app, list_id, "request", message("hal@example.net", "dev-request@example.org",
+                                             "", f"confirm {token}\n"))
+    assert is_member(app, list_id, "hal@example.net")
+    command(app, list_id, "request", message("hal@example.net", "dev-request@example.org",
+                                             f"Re: {got[0].msg['Subject']}", "unsubscribe"))
+    assert len(outbox.new()) >= 2
