@@ -140,6 +140,11 @@ def store(app: App, mail_from: str, resolved: list[Resolved], raw: bytes) -> Non
     limit = app.settings.intake.max_message_size
     if limit and len(raw) > limit:
         raise MessageTooBig(f"message size {len(raw)} exceeds the limit of {limit} bytes")
+    mail_from = (mail_from or "").strip()
+    if mail_from in ("<>", ""):
+        mail_from = ""          # the null reverse-path
+    elif mail_from.startswith("<") and mail_from.endswith(">"):
+        mail_from = mail_from[1:-1]
     need_from = any(r.route.subaddress != addresses.BOUNCES for r in resolved)
     info = inspect_message(raw, app.settings.site_domain, require_from=need_from)
     sha = app.spool.put(info.raw)

@@ -1,3 +1,3 @@
-"""Integration fixtures: ``sink``, ``harness`` (SMTP intake) and ``lmtp_harness``."""
+"""Integration fixtures: ``sink``, ``harness`` (SMTP intake) and ``lmtp_harness``, ``quiet_harness``."""
 
-from tests.integration.harness import harness, lmtp_harness, sink  # noqa: F401
+from tests.integration.harness import harness, lmtp_harness, quiet_harness, sink  # noqa: F401

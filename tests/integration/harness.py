@@ -19,6 +19,7 @@ Delivery rows to the sink so that pipeline tests still see real SMTP copies.
 from __future__ import annotations
 
 import asyncio
+from email import policy
 import smtplib
 import threading
 import time
@@ -76,9 +77,12 @@ def make_list(app: App, address: str, *, members: list[str] | None = None,
 
 class Harness:
     def __init__(self, app: App, sink: SmtpSink, *, protocol: str = "smtp",
-                 background: bool = True) -> None:
+                 background: bool = True, **overrides: Any) -> None:
+        """``background=False``: only the intake (and delivery) run by themselves; inbound
+        messages stay 'new' until run_until_idle(). ``overrides``: config.replace() keys,
+        e.g. ``intake__max_message_size=2000``."""
         settings = config.replace(app.settings, delivery__outbound=sink.url,
-                                  intake__protocol=protocol)
+                                  intake__protocol=protocol, **overrides)
         self.app = App(settings=settings, db=app.db, spool=app.spool, now=app.now,
                        resolve_txt=app.resolve_txt, extra=app.extra)
         self.sink = sink
@@ -139,7 +143,7 @@ class Harness:
                 mail_from = members_addr(str(msg["From"]))
             if rcpts is None:
                 rcpts = [a for h in ("To", "Cc") for a in split_addrs(msg.get(h))]
-            data: bytes | str = msg.as_bytes()
+            data: bytes | str = msg.as_bytes(policy=policy.SMTP)
         else:
             data = msg
         assert mail_from is not None and rcpts
@@ -263,6 +267,14 @@ def sink() -> Iterator[SmtpSink]:
 @pytest.fixture
 def harness(app: App, sink: SmtpSink) -> Iterator[Harness]:
     h = Harness(app, sink).start()
+    yield h
+    h.stop()
+
+
+@pytest.fixture
+def quiet_harness(app: App, sink: SmtpSink) -> Iterator[Harness]:
+    """SMTP intake only: inbound messages wait in state 'new' until run_until_idle()."""
+    h = Harness(app, sink, background=False).start()
     yield h
     h.stop()
 
