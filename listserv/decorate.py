@@ -109,6 +109,8 @@ def append_to_text(part: EmailMessage, footer: str) -> bool:
     else:   # 8bit/binary stays 8bit: the payload carries the raw bytes
         payload = data.decode("ascii", "surrogateescape")
     part.set_payload(payload)
+    if (declared != "us-ascii" or cte != "7bit") and "MIME-Version" not in part:
+        part["MIME-Version"] = "1.0"
     if "Content-Transfer-Encoding" in part:
         part.replace_header("Content-Transfer-Encoding", cte)
     elif cte != "7bit":
@@ -142,7 +144,7 @@ def wrap_mixed(msg: EmailMessage, footer: str) -> EmailMessage:
     """Turn ``msg`` (in place) into a multipart/mixed whose first part is its former body with
     its Content-* headers, and whose second part is the footer. Other headers stay untouched."""
     inner = EmailMessage(policy=msg.policy)
-    for name, value in msg.raw_items():
+    for name, value in msg.items():
         if name.lower().startswith("content-"):
             inner[name] = value
     inner.set_payload(msg.get_payload())

@@ -128,18 +128,26 @@ def _address(name: str, addr: str) -> Address:
     return Address(display_name=name, username=local, domain=domain)
 
 
+def set_header(msg: EmailMessage, name: str, value: object) -> None:
+    """Set the single ``name`` header to ``value``, where it already is when there is one."""
+    if len(msg.get_all(name, [])) == 1:
+        msg.replace_header(name, value)
+    else:
+        del msg[name]
+        msg[name] = value
+
+
 def _add_address(msg: EmailMessage, header: str, name: str, addr: str) -> None:
     existing = [(n, a) for n, a in getaddresses([str(v) for v in msg.get_all(header, [])]) if a]
     if any(a.lower() == addr.lower() for _, a in existing):
         return
-    del msg[header]
-    msg[header] = [_address(n, a) for n, a in existing] + [_address(name, addr)]
+    set_header(msg, header, [_address(n, a) for n, a in existing] + [_address(name, addr)])
 
 
 def _munge_headers(msg: EmailMessage, lst: ListView, name: str, addr: str) -> None:
     local, _, domain = lst.address.rpartition("@")
-    del msg["From"]
-    msg["From"] = Address(display_name=via_name(name, addr, lst), username=local, domain=domain)
+    set_header(msg, "From", Address(display_name=via_name(name, addr, lst), username=local,
+                                    domain=domain))
     _add_address(msg, "Cc" if lst.reply_to is ReplyTo.list else "Reply-To", name, addr)
 
 

@@ -23,6 +23,7 @@ from typing import Callable
 
 from listserv import dmarc
 from listserv.decorate import decorate
+from listserv.dmarc import set_header
 from listserv.models import ArchivePolicy, ReplyTo
 from listserv.views import ListView
 
@@ -141,8 +142,7 @@ def add_subject_prefix(msg: EmailMessage, lst: ListView, ctx: Context) -> EmailM
     old = _decoded_subject(msg)
     new = prefixed_subject(old, prefix)
     if new != old or len(msg.get_all("Subject", [])) != 1:
-        del msg["Subject"]
-        msg["Subject"] = new
+        set_header(msg, "Subject", new)
     return msg
 
 
@@ -155,8 +155,7 @@ def set_reply_to(msg: EmailMessage, lst: ListView, ctx: Context) -> EmailMessage
     """reply_to=list: replies go to the list (a poster's own Reply-To is replaced);
     reply_to=poster: the message's Reply-To is left as it is."""
     if lst.reply_to is ReplyTo.list:
-        del msg["Reply-To"]
-        msg["Reply-To"] = list_address(lst)
+        set_header(msg, "Reply-To", list_address(lst))
     return msg
 
 
