@@ -94,9 +94,4 @@ from listserv.cli import serve  # noqa: E402,F401
 from listserv.cli import held  # noqa: E402,F401
 from listserv.cli import digest  # noqa: E402,F401
 from listserv.cli import bounces  # noqa: E402,F401
-
-# `listserv queue status` lives in listserv/cli/queue.py (delivery work); register it when present.
-import importlib.util as _ilu  # noqa: E402
-
-if _ilu.find_spec("listserv.cli.queue") is not None:
-    from listserv.cli import queue  # noqa: E402,F401
+from listserv.cli import queue  # noqa: E402,F401

@@ -1,0 +1,231 @@
+"""Delivery workers against a real SMTP sink over loopback: batches, VERP, RCPT refusals,
+retries on the injected clock, give-up, bounces, connection failure, maildir output."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import socket
+from email import message_from_bytes, policy
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from sqlalchemy import select
+
+from listserv import bounces, config, delivery
+from listserv.app import App
+from listserv.lists import create_list
+from listserv.models import Delivery, DeliveryState
+from listserv.outbound import queue_message
+from tests.sink import SmtpSink
+
+MSG = (b"From: Alice <alice@example.net>\r\nTo: dev@lists.example.org\r\n"
+       b"Subject: [dev] hello\r\nMessage-ID: <m1@example.net>\r\n"
+       b"List-Id: <dev.lists.example.org>\r\n\r\nHello list.\r\n.leading dot\r\n")
+BOUNCES = "dev-bounces@lists.example.org"
+
+
+def with_delivery(app: App, **kw: Any) -> App:
+    s = config.replace(app.settings, **{f"delivery__{k}": v for k, v in kw.items()})
+    return dataclasses.replace(app, settings=s)
+
+
+@pytest.fixture
+def sink() -> Iterator[SmtpSink]:
+    with SmtpSink() as s:
+        yield s
+
+
+@pytest.fixture
+def list_id(app: App) -> int:
+    with app.db.unit_of_work() as session:
+        return create_list(session, "dev@lists.example.org").id
+
+
+def enqueue(app: App, rcpts: list[str], *, verp: bool = False, list_id: int | None = None,
+            data: bytes = MSG) -> int:
+    with app.db.unit_of_work() as session:
+        out = queue_message(session, app, data, rcpts, kind="post", envelope_from=BOUNCES,
+                            list_id=list_id, verp=verp, message_id="<m1@example.net>")
+        return out.id
+
+
+def rows(app: App) -> list[Delivery]:
+    with app.db.unit_of_work() as session:
+        return list(session.scalars(select(Delivery).order_by(Delivery.id)))
+
+
+def by_state(app: App) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for r in rows(app):
+        out.setdefault(r.state.value, []).extend(r.recipients.split("\n"))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def test_batches_respect_max_recipients(app: App, sink: SmtpSink) -> None:
+    a = with_delivery(app, outbound=sink.url, max_recipients_per_transaction=3)
+    rcpts = [f"u{i}@example.com" for i in range(7)]
+    enqueue(a, rcpts)
+    assert delivery.deliver_pending(a) == 3
+    msgs = sink.wait_for(lambda m: len(m) == 3)
+    assert sorted(len(m.rcpt_tos) for m in msgs) == [1, 3, 3]
+    assert sorted(sink.recipients()) == sorted(rcpts)
+    assert {m.mail_from for m in msgs} == {BOUNCES}
+    # the bytes arrive unchanged (dot-stuffing undone by the server)
+    assert msgs[0].data.replace(b"\r\n", b"\n") == MSG.replace(b"\r\n", b"\n")
+    assert all(r.state is DeliveryState.done and r.attempts == 1 and r.last_code == 250
+               and r.finished_at == app.now() for r in rows(a))
+    assert delivery.deliver_pending(a) == 0
+
+
+def test_verp_one_transaction_per_recipient(app: App, sink: SmtpSink) -> None:
+    a = with_delivery(app, outbound=sink.url)
+    rcpts = ["bob@example.com", "carol@example.org", "dave+tag@example.net"]
+    enqueue(a, rcpts, verp=True)
+    assert delivery.deliver_pending(a) == 1
+    msgs = sink.wait_for(lambda m: len(m) == 3)
+    got = {m.rcpt_tos[0]: m.mail_from for m in msgs}
+    assert all(len(m.rcpt_tos) == 1 for m in msgs)
+    assert got == {
+        "bob@example.com": "dev-bounces+bob=example.com@lists.example.org",
+        "carol@example.org": "dev-bounces+carol=example.org@lists.example.org",
+        "dave+tag@example.net": "dev-bounces+dave+tag=example.net@lists.example.org",
+    }
+    assert by_state(a) == {"done": sorted(rcpts)}
+
+
+def test_rcpt_refusals_split_the_batch(app: App, sink: SmtpSink, list_id: int,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(bounces, "record_failure",
+                        lambda s, ap, lid, r, code, text, perm: calls.append((lid, r, code, perm)))
+    a = with_delivery(app, outbound=sink.url)
+    sink.fail_rcpt["gone@example.com"] = "550 5.1.1 no such user"
+    sink.fail_rcpt["busy@example.com"] = "450 4.2.1 try later"
+    enqueue(a, ["ok1@example.com", "gone@example.com", "busy@example.com", "ok2@example.com"],
+            list_id=list_id)
+    assert delivery.deliver_pending(a) == 1
+    assert sorted(sink.recipients()) == ["ok1@example.com", "ok2@example.com"]
+    assert by_state(a) == {"done": ["ok1@example.com", "ok2@example.com"],
+                           "pending": ["busy@example.com"], "failed": ["gone@example.com"]}
+    retry = next(r for r in rows(a) if r.state is DeliveryState.pending)
+    assert retry.attempts == 1 and retry.last_code == 450
+    assert retry.next_attempt_at == app.now() + dt.timedelta(seconds=60)
+    assert "try later" in (retry.last_error or "")
+    failed = next(r for r in rows(a) if r.state is DeliveryState.failed)
+    assert failed.last_code == 550 and "no such user" in (failed.last_error or "")
+    assert calls == [(list_id, ["gone@example.com"], 550, True)]
+
+
+def test_all_refused_and_verp_refusal(app: App, sink: SmtpSink) -> None:
+    a = with_delivery(app, outbound=sink.url)
+    sink.fail_rcpt["x@example.com"] = "550 5.1.1 unknown"
+    sink.fail_rcpt["y@example.com"] = "451 4.3.0 later"
+    enqueue(a, ["x@example.com", "y@example.com"])                 # SMTPRecipientsRefused
+    enqueue(a, ["x@example.com", "z@example.com"], verp=True)
+    assert delivery.deliver_pending(a) == 2
+    assert by_state(a) == {"failed": ["x@example.com", "x@example.com"],
+                           "pending": ["y@example.com"], "done": ["z@example.com"]}
+
+
+def test_retry_after_4xx_until_success(app: App, clock: Any, sink: SmtpSink) -> None:
+    a = with_delivery(app, outbound=sink.url, retry_schedule=(60, 300))
+    sink.fail_rcpt["slow@example.com"] = "452 4.2.2 mailbox full"
+    sink.fail_times["slow@example.com"] = 2
+    enqueue(a, ["slow@example.com"], verp=True)
+    assert delivery.deliver_pending(a) == 1
+    assert delivery.deliver_pending(a) == 0              # not due yet: nothing is sent
+    [r] = rows(a)
+    assert (r.state, r.attempts, r.next_attempt_at) == (
+        DeliveryState.pending, 1, clock() + dt.timedelta(seconds=60))
+    clock.advance(seconds=60)
+    assert delivery.deliver_pending(a) == 1
+    [r] = rows(a)
+    assert (r.state, r.attempts, r.next_attempt_at) == (
+        DeliveryState.pending, 2, clock() + dt.timedelta(seconds=300))
+    clock.advance(seconds=299)
+    assert delivery.deliver_pending(a) == 0
+    clock.advance(seconds=1)
+    assert delivery.deliver_pending(a) == 1
+    sink.wait_for(lambda m: len(m) == 1)
+    [r] = rows(a)
+    assert (r.state, r.attempts, r.last_code) == (DeliveryState.done, 3, 250)
+    assert r.first_attempt_at == clock() - dt.timedelta(seconds=360)
+
+
+def test_give_up_after_days_counts_as_bounce(app: App, clock: Any, sink: SmtpSink,
+                                             list_id: int,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(bounces, "record_failure",
+                        lambda s, ap, lid, r, code, text, perm: calls.append((r, perm, text)))
+    a = with_delivery(app, outbound=sink.url, retry_schedule=(3600, 43200),
+                      give_up_after_days=1.0)
+    sink.fail_rcpt["never@example.com"] = "450 4.2.0 greylisted"
+    enqueue(a, ["never@example.com", "fine@example.com"], list_id=list_id)
+    handled = delivery.deliver_pending(a)
+    steps = 0
+    while by_state(a).get("pending"):
+        [r] = [r for r in rows(a) if r.state is DeliveryState.pending]
+        clock.t = r.next_attempt_at
+        handled += delivery.deliver_pending(a)
+        steps += 1
+        assert steps < 10
+    # tries at +0h, +1h, +13h, +25h: the last is past one day after the first
+    assert steps == 3 and handled == 4
+    assert by_state(a) == {"done": ["fine@example.com"], "failed": ["never@example.com"]}
+    failed = next(r for r in rows(a) if r.state is DeliveryState.failed)
+    assert failed.attempts == 4 and "gave up after 1 days" in (failed.last_error or "")
+    assert len(calls) == 1 and calls[0][:2] == (["never@example.com"], True)
+
+
+def test_connection_failure_is_temporary_for_the_batch(app: App) -> None:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()   # nothing listens there now
+    a = with_delivery(app, outbound=f"smtp://127.0.0.1:{port}")
+    enqueue(a, ["a@example.com", "b@example.com"], verp=True)
+    assert delivery.deliver_pending(a) == 1
+    [r] = rows(a)
+    assert r.state is DeliveryState.pending and r.attempts == 1 and r.count == 2
+    assert r.last_code is None and "cannot connect" in (r.last_error or "")
+
+
+def test_stale_and_dead_claims_are_recovered(app: App, clock: Any, sink: SmtpSink) -> None:
+    a = with_delivery(app, outbound=sink.url)
+    for addr in ("dead@example.com", "stale@example.com", "live@example.com"):
+        enqueue(a, [addr])
+    host = socket.gethostname()[:40]
+    owners = {"dead@example.com": (f"{host}:999999999:abcd", clock()),      # no such pid
+              "stale@example.com": ("otherhost:1:abcd", clock() - dt.timedelta(hours=2)),
+              "live@example.com": ("otherhost:1:abcd", clock() - dt.timedelta(minutes=1))}
+    with a.db.unit_of_work() as session:
+        for r in session.scalars(select(Delivery)):
+            r.state = DeliveryState.sending
+            r.locked_by, r.locked_at = owners[r.recipients]
+    assert delivery.deliver_pending(a) == 2
+    assert sorted(sink.recipients()) == ["dead@example.com", "stale@example.com"]
+    assert by_state(a) == {"done": ["dead@example.com", "stale@example.com"],
+                           "sending": ["live@example.com"]}
+
+
+def test_maildir_outbox_with_envelope_lines(app: App) -> None:
+    assert app.settings.outbound == f"maildir:{app.settings.data_dir}/outbox"
+    enqueue(app, ["bob@example.com", "carol@example.org"], verp=True)
+    assert delivery.deliver_pending(app) == 1
+    files = sorted((Path(app.settings.data_dir) / "outbox" / "new").iterdir())
+    assert len(files) == 2
+    assert not list((Path(app.settings.data_dir) / "outbox" / "tmp").iterdir())
+    seen = {}
+    for f in files:
+        raw = f.read_bytes()
+        assert b"\r\n" not in raw
+        msg = message_from_bytes(raw, policy=policy.default)
+        seen[msg["X-Envelope-To"]] = msg["Return-Path"]
+        assert msg["Subject"] == "[dev] hello"
+        assert raw.endswith(b"\n\nHello list.\n.leading dot\n")
+    assert seen == {"<bob@example.com>": "<dev-bounces+bob=example.com@lists.example.org>",
+                    "<carol@example.org>": "<dev-bounces+carol=example.org@lists.example.org>"}
+    assert by_state(app) == {"done": ["bob@example.com", "carol@example.org"]}
