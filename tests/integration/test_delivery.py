@@ -16,7 +16,7 @@ from sqlalchemy import select
 from listserv import bounces, config, delivery
 from listserv.app import App
 from listserv.lists import create_list
-from listserv.models import Delivery, DeliveryState
+from listserv.models import BounceEvent, BounceKind, Delivery, DeliveryState
 from listserv.outbound import queue_message
 from tests.sink import SmtpSink
 
@@ -95,11 +95,13 @@ def test_verp_one_transaction_per_recipient(app: App, sink: SmtpSink) -> None:
     assert by_state(a) == {"done": sorted(rcpts)}
 
 
-def test_rcpt_refusals_split_the_batch(app: App, sink: SmtpSink, list_id: int,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[tuple[Any, ...]] = []
-    monkeypatch.setattr(bounces, "record_failure",
-                        lambda s, ap, lid, r, code, text, perm: calls.append((lid, r, code, perm)))
+def bounce_events(app: App) -> list[tuple[Any, ...]]:
+    with app.db.unit_of_work() as session:
+        return [(e.list_id, e.email, e.kind, e.source, e.status)
+                for e in session.scalars(select(BounceEvent).order_by(BounceEvent.id))]
+
+
+def test_rcpt_refusals_split_the_batch(app: App, sink: SmtpSink, list_id: int) -> None:
     a = with_delivery(app, outbound=sink.url)
     sink.fail_rcpt["gone@example.com"] = "550 5.1.1 no such user"
     sink.fail_rcpt["busy@example.com"] = "450 4.2.1 try later"
@@ -115,7 +117,8 @@ def test_rcpt_refusals_split_the_batch(app: App, sink: SmtpSink, list_id: int,
     assert "try later" in (retry.last_error or "")
     failed = next(r for r in rows(a) if r.state is DeliveryState.failed)
     assert failed.last_code == 550 and "no such user" in (failed.last_error or "")
-    assert calls == [(list_id, ["gone@example.com"], 550, True)]
+    # the 5xx went to bounce processing (bounces.record_failure), the 4xx did not
+    assert bounce_events(a) == [(list_id, "gone@example.com", BounceKind.hard, "smtp", "5.1.1")]
 
 
 def test_all_refused_and_verp_refusal(app: App, sink: SmtpSink) -> None:
@@ -158,8 +161,9 @@ def test_give_up_after_days_counts_as_bounce(app: App, clock: Any, sink: SmtpSin
                                              list_id: int,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[Any, ...]] = []
-    monkeypatch.setattr(bounces, "record_failure",
-                        lambda s, ap, lid, r, code, text, perm: calls.append((r, perm, text)))
+    real = bounces.record_failure
+    monkeypatch.setattr(bounces, "record_failure", lambda s, ap, lid, r, code, text, perm: (
+        calls.append((r, perm)), real(s, ap, lid, r, code, text, perm)))
     a = with_delivery(app, outbound=sink.url, retry_schedule=(3600, 43200),
                       give_up_after_days=1.0)
     sink.fail_rcpt["never@example.com"] = "450 4.2.0 greylisted"
@@ -177,7 +181,8 @@ def test_give_up_after_days_counts_as_bounce(app: App, clock: Any, sink: SmtpSin
     assert by_state(a) == {"done": ["fine@example.com"], "failed": ["never@example.com"]}
     failed = next(r for r in rows(a) if r.state is DeliveryState.failed)
     assert failed.attempts == 4 and "gave up after 1 days" in (failed.last_error or "")
-    assert len(calls) == 1 and calls[0][:2] == (["never@example.com"], True)
+    assert calls == [(["never@example.com"], True)]
+    assert [e[1] for e in bounce_events(a)] == ["never@example.com"]
 
 
 def test_connection_failure_is_temporary_for_the_batch(app: App) -> None:
