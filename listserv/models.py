@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    event,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -264,6 +265,9 @@ class Membership(Base):
     bounce_warnings_sent: Mapped[int] = mapped_column(default=0)
     last_warning_at: Mapped[Optional[dt.datetime]] = mapped_column()
     joined_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # Digests: the list's post_id when this member last entered a digest mode; their digest
+    # holds the pending posts after it (set by the listener at the end of this module).
+    digest_from_seq: Mapped[int] = mapped_column(default=0, server_default="0")
 
     address: Mapped[Address] = relationship(lazy="joined")
     mailing_list: Mapped[MailingList] = relationship()
@@ -476,6 +480,23 @@ class DigestEntry(Base):
     digest_id: Mapped[Optional[int]] = mapped_column(ForeignKey("digest.id", ondelete="SET NULL"))
 
 
+class FinalDigest(Base):
+    """One last digest owed to a member who left a digest mode for regular delivery: the
+    pending posts with from_seq < seq <= to_seq, which they did not get as regular copies."""
+
+    __tablename__ = "final_digest"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    list_id: Mapped[int] = mapped_column(ForeignKey("mailing_list.id", ondelete="CASCADE"),
+                                         index=True)
+    membership_id: Mapped[int] = mapped_column(ForeignKey("membership.id", ondelete="CASCADE"),
+                                               index=True)
+    mode: Mapped[DeliveryMode] = mapped_column(_enum(DeliveryMode))
+    from_seq: Mapped[int] = mapped_column()
+    to_seq: Mapped[int] = mapped_column()
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
 # ---------------------------------------------------------------------------- bounces
 
 
@@ -494,6 +515,55 @@ class BounceEvent(Base):
     inbound_id: Mapped[Optional[int]] = mapped_column(
         ForeignKey("inbound_message.id", ondelete="SET NULL"))
     processed: Mapped[bool] = mapped_column(default=False)
+
+
+# ---------------------------------------------------------------------------- digest modes
+# Owned by the digests work (issue #5). A delivery-mode change made through the ORM (member set,
+# the 'set delivery' email command) records where the member's digest starts, or the one last
+# digest they are owed, so that no post is lost or doubled between regular and digest delivery.
+
+_DIGEST_MODES = (DeliveryMode.mime_digest, DeliveryMode.plain_digest)
+
+
+def _locked_post_id(connection: Any, list_id: int) -> int:
+    """The list's post_id under its write lock (as the posting pipeline takes it): a post being
+    distributed concurrently is then wholly before or wholly after the mode change."""
+    from sqlalchemy import select, update
+
+    t = MailingList.__table__
+    if connection.dialect.name == "sqlite":
+        connection.execute(update(t).where(t.c.id == list_id).values(post_id=t.c.post_id))
+        return int(connection.scalar(select(t.c.post_id).where(t.c.id == list_id)) or 0)
+    return int(connection.scalar(select(t.c.post_id).where(t.c.id == list_id)
+                                 .with_for_update()) or 0)
+
+
+def _digest_start_on_insert(mapper: Any, connection: Any, target: Membership) -> None:
+    if target.delivery_mode in _DIGEST_MODES and target.list_id is not None:
+        target.digest_from_seq = _locked_post_id(connection, target.list_id)
+
+
+def _digest_mode_change(mapper: Any, connection: Any, target: Membership) -> None:
+    from sqlalchemy import insert
+    from sqlalchemy.orm import attributes
+
+    hist = attributes.get_history(target, "delivery_mode")
+    if not hist.deleted or not hist.added:
+        return
+    old, new = hist.deleted[0], hist.added[0]
+    if (old in _DIGEST_MODES) == (new in _DIGEST_MODES):
+        return
+    seq = _locked_post_id(connection, target.list_id)
+    if new in _DIGEST_MODES:
+        target.digest_from_seq = seq
+    elif new is DeliveryMode.regular and seq > (target.digest_from_seq or 0):
+        connection.execute(insert(FinalDigest.__table__).values(
+            list_id=target.list_id, membership_id=target.id, mode=old,
+            from_seq=target.digest_from_seq or 0, to_seq=seq, created_at=utcnow()))
+
+
+event.listen(Membership, "before_insert", _digest_start_on_insert)
+event.listen(Membership, "before_update", _digest_mode_change)
 
 
 __all__ = [name for name in dir() if not name.startswith("_")]

@@ -27,32 +27,25 @@ import logging
 from dataclasses import dataclass
 from email import message_from_bytes, policy
 from email.message import EmailMessage
-from typing import Iterator, Sequence
+from typing import Sequence
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from listserv import notices
 from listserv.app import App
+from listserv.digests import groups
 from listserv.digests.build import DigestItem, build_mime_digest, build_plain_digest
 from listserv.errors import ListservError
 from listserv.lists import get_list
-from listserv.models import (
-    Address,
-    DeliveryMode,
-    Digest,
-    DigestEntry,
-    DigestFrequency,
-    MailingList,
-    Membership,
-    Role,
-)
+from listserv.models import DeliveryMode, Digest, DigestEntry, DigestFrequency, MailingList
 from listserv.outbound import queue_message
 from listserv.views import ListView
 
 log = logging.getLogger(__name__)
 
-DIGEST_MODES = (DeliveryMode.mime_digest, DeliveryMode.plain_digest)
+BUILDERS = {DeliveryMode.mime_digest: build_mime_digest,
+            DeliveryMode.plain_digest: build_plain_digest}
 # Called (no arguments) after a post pushed a list over its size threshold, when the daemon
 # provides it, so the scheduler runs tick() at once instead of at its next period.
 WAKEUP_KEY = "digest_wakeup"
@@ -79,6 +72,7 @@ class SendResult:
     plain_recipients: int
     reason: str
     bytes_queued: int = 0
+    messages: int = 0    # distinct digest messages built (one per format and slice)
 
     def describe(self) -> str:
         if not self.number:
@@ -172,21 +166,6 @@ def _lock_list(session: Session, list_id: int) -> None:
                         .with_for_update())
 
 
-def recipients(session: Session, list_id: int, mode: DeliveryMode) -> Iterator[str]:
-    """Enabled members of the list in ``mode``, streamed."""
-    stmt = (select(Address.email).join(Membership, Membership.address_id == Address.id)
-            .where(Membership.list_id == list_id, Membership.role == Role.member,
-                   Membership.enabled.is_(True), Membership.delivery_mode == mode)
-            .order_by(Address.email).execution_options(yield_per=2000))
-    yield from session.scalars(stmt)
-
-
-def _count(session: Session, list_id: int, mode: DeliveryMode) -> int:
-    return session.scalar(select(func.count(Membership.id)).where(
-        Membership.list_id == list_id, Membership.role == Role.member,
-        Membership.enabled.is_(True), Membership.delivery_mode == mode)) or 0
-
-
 def _numbering(session: Session, ml: MailingList, now: dt.datetime) -> tuple[int, int]:
     last = session.scalar(select(Digest.created_at).where(Digest.list_id == ml.id)
                           .order_by(Digest.id.desc()).limit(1))
@@ -219,14 +198,16 @@ def send(session: Session, app: App, ml: MailingList, *, force: bool = False
         select(DigestEntry).where(DigestEntry.list_id == ml.id, DigestEntry.digest_id.is_(None))
         .order_by(DigestEntry.seq, DigestEntry.id)))
     ids = [e.id for e in entries]
-    counts = {mode: _count(session, ml.id, mode) for mode in DIGEST_MODES}
-    if not any(counts.values()):
+    seqs = [e.seq for e in entries]
+    slices = groups.plan(session, ml.id, seqs)
+    if not slices:
         done = 0
         for i in range(0, len(ids), 500):
             done += session.execute(delete(DigestEntry).where(
                 DigestEntry.id.in_(ids[i:i + 500]), DigestEntry.digest_id.is_(None))).rowcount
         if done != len(ids):
             raise DigestConflict(f"{ml.address}: pending digest entries changed while sending")
+        groups.settle_finals(session, ml.id, seqs[-1])
         ml.digest_last_sent_at = now
         log.info("digest %s: %d post(s) consumed, no digest members", ml.address, len(ids))
         return SendResult(ml.address, ml.digest_volume, 0, len(ids), 0, 0, reason)
@@ -247,23 +228,24 @@ def send(session: Session, app: App, ml: MailingList, *, force: bool = False
     lv = ListView.of(ml)
     items = load_items(app, entries)
     total = 0
-    builders = {DeliveryMode.mime_digest: build_mime_digest,
-                DeliveryMode.plain_digest: build_plain_digest}
-    for mode, build in builders.items():
-        if not counts[mode]:
-            continue
-        msg = build(items, lv, volume, number, date=now, data_dir=app.settings.data_dir)
+    counts = {mode: 0 for mode in groups.DIGEST_MODES}
+    for sl in slices:
+        build = BUILDERS[sl.mode]
+        msg = build(items[sl.lo:sl.hi], lv, volume, number, date=now,
+                    data_dir=app.settings.data_dir)
         data = notices.finalise(msg, lv)   # CRLF, then DKIM-signed when the domain has a key
-        queue_message(session, app, data, recipients(session, ml.id, mode), kind="digest",
+        queue_message(session, app, data, sl.recipients(session), kind="digest",
                       envelope_from=lv.bounces, list_id=ml.id,
                       verp=app.settings.delivery.verp, message_id=str(msg["Message-ID"]))
         total += len(data)
+        counts[sl.mode] += sl.count
+    groups.settle_finals(session, ml.id, seqs[-1])
     ml.digest_volume, ml.digest_number, ml.digest_last_sent_at = volume, number, now
-    log.info("digest %s: Vol %d, Issue %d (%s): %d post(s), %d MIME + %d plain recipient(s)",
-             ml.address, volume, number, reason, len(ids), counts[DeliveryMode.mime_digest],
-             counts[DeliveryMode.plain_digest])
+    log.info("digest %s: Vol %d, Issue %d (%s): %d post(s), %d message(s), %d MIME + %d plain "
+             "recipient(s)", ml.address, volume, number, reason, len(ids), len(slices),
+             counts[DeliveryMode.mime_digest], counts[DeliveryMode.plain_digest])
     return SendResult(ml.address, volume, number, len(ids), counts[DeliveryMode.mime_digest],
-                      counts[DeliveryMode.plain_digest], reason, total)
+                      counts[DeliveryMode.plain_digest], reason, total, len(slices))
 
 
 # ---------------------------------------------------------------------------- boundaries

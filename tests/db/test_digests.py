@@ -12,7 +12,7 @@ from email.message import EmailMessage
 import dkim
 import pytest
 from click.testing import CliRunner
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 
 from listserv import digests, lists, members, signing
 from listserv.app import App
@@ -229,7 +229,7 @@ def test_no_digest_members_consumes_entries(app: App, clock: Clock) -> None:
     with app.db.unit_of_work() as s:
         assert s.scalar(select(func.count(Digest.id))) == 0
     assert list_row(app).digest_last_sent_at == clock()
-    # a member switching to a digest mid-period gets the posts since the last digest point
+    # the entries are pending again for whoever is a digest member when the next one is due
     post(app, 2)
     clock.advance(hours=2)
     set_mode(app, "mime@example.net", DeliveryMode.mime_digest)
@@ -238,7 +238,8 @@ def test_no_digest_members_consumes_entries(app: App, clock: Clock) -> None:
     [res] = digests.tick(app)
     [mime] = queued(app)
     assert mime.recipients == ["mime@example.net"] and res.number == 1
-    assert message_ids(mime) == ["<post2@example.com>", "<post3@example.com>"]
+    # post 2 reached mime@ as a regular copy: the digest holds only what came after the switch
+    assert message_ids(mime) == ["<post3@example.com>"]
 
 
 def test_mode_changes_and_disabled_members(app: App, clock: Clock) -> None:
@@ -250,12 +251,53 @@ def test_mode_changes_and_disabled_members(app: App, clock: Clock) -> None:
     with app.db.unit_of_work() as s:
         members.add_member(s, lists.get_list(s, LIST), "off@example.net",
                            delivery_mode=DeliveryMode.mime_digest).enabled = False
+    post(app, 2)
     clock.advance(days=1)
-    digests.tick(app)
+    [res] = digests.tick(app)
+    assert (res.mime_recipients, res.plain_recipients, res.messages) == (1, 1, 2)
     mime, plain = queued(app)
+    # plain -> mime: the whole pending digest, now as MIME
     assert mime.message.get_content_type() == "multipart/mixed"
     assert mime.recipients == ["plain@example.net"]
+    assert message_ids(mime) == ["<post1@example.com>", "<post2@example.com>"]
+    # regular -> plain after post 1 (which reached reg@ as a regular copy): only post 2
     assert plain.recipients == ["reg@example.net"]
+    assert message_ids(plain) == ["<post2@example.com>"]
+
+
+def test_leaving_digest_mode_gets_one_last_digest(app: App, clock: Clock) -> None:
+    make_list(app)
+    post(app, 1)
+    post(app, 2)
+    set_mode(app, "mime@example.net", DeliveryMode.regular)   # from post 3 on: regular copies
+    set_mode(app, "plain@example.net", DeliveryMode.nomail)   # asked for no mail: nothing
+    post(app, 3)
+    clock.advance(days=1)
+    [res] = digests.tick(app)
+    assert (res.number, res.posts, res.mime_recipients, res.plain_recipients) == (1, 3, 1, 0)
+    [final] = queued(app)
+    assert final.recipients == ["mime@example.net"]
+    assert message_ids(final) == ["<post1@example.com>", "<post2@example.com>"]
+    assert final.message["Subject"] == "Dev Digest, Vol 1, Issue 1"
+    # the debt is paid once
+    post(app, 4)
+    clock.advance(days=1)
+    assert [r.number for r in digests.tick(app)] == [0]      # no digest members left
+    assert len(queued(app)) == 1
+
+
+def test_back_and_forth_within_one_period(app: App, clock: Clock) -> None:
+    make_list(app)
+    post(app, 1)                                              # mime@ digest
+    set_mode(app, "mime@example.net", DeliveryMode.regular)
+    post(app, 2)                                              # mime@ regular copy
+    set_mode(app, "mime@example.net", DeliveryMode.mime_digest)
+    post(app, 3)                                              # mime@ digest again
+    clock.advance(days=1)
+    digests.tick(app)
+    got = [mid for q in queued(app) if "mime@example.net" in q.recipients
+           for mid in message_ids(q)]
+    assert sorted(got) == ["<post1@example.com>", "<post3@example.com>"]
 
 
 def test_failure_while_sending_leaves_everything_pending(app: App, clock: Clock) -> None:
@@ -352,11 +394,14 @@ def test_cli_digest_send(app: App, clock: Clock, cli_env: dict[str, str]) -> Non
 
 def test_recipients_are_streamed_in_batches(app: App, clock: Clock) -> None:
     make_list(app)
-    with app.db.unit_of_work() as s:
+    with app.db.unit_of_work() as s:   # a bulk import (Core inserts, as the importer does)
         ml = lists.get_list(s, LIST)
-        for i in range(1203):
-            members.add_member(s, ml, f"m{i:04d}@example.com",
-                               delivery_mode=DeliveryMode.plain_digest)
+        s.execute(insert(Address), [{"email": f"m{i:04d}@example.com", "display_name": "",
+                                     "created_at": clock()} for i in range(1203)])
+        ids = s.scalars(select(Address.id).where(Address.email.like("m%@example.com")))
+        s.execute(insert(Membership), [
+            {"list_id": ml.id, "address_id": a, "delivery_mode": DeliveryMode.plain_digest}
+            for a in ids])
     post(app, 1)
     [res] = digests.send_now(app)
     assert res.plain_recipients == 1204

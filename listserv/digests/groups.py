@@ -1,0 +1,111 @@
+"""Who gets which part of a digest, so that no post is lost or doubled across mode changes.
+
+The claimed entries of a digest are sorted by seq. A member in a digest mode gets the entries
+after their ``digest_from_seq`` (the list's post_id when they entered the mode: earlier posts
+reached them as regular copies, or they had asked for no mail). A member who went back to
+regular delivery gets one last digest of the entries in their FinalDigest range. Members who
+get the same slice in the same format share one message: in practice one MIME and one plain
+digest, plus a few short ones around mode changes. Recipients are streamed per slice.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+from sqlalchemy import Select, delete, func, select, update
+from sqlalchemy.orm import Session
+
+from listserv.models import Address, DeliveryMode, FinalDigest, Membership, Role
+
+DIGEST_MODES = (DeliveryMode.mime_digest, DeliveryMode.plain_digest)
+
+
+@dataclass
+class Slice:
+    """entries[lo:hi] in ``mode``, for the recipients of ``queries``."""
+
+    mode: DeliveryMode
+    lo: int
+    hi: int
+    count: int = 0
+    queries: list[Select[tuple[str]]] = field(default_factory=list)
+
+    def recipients(self, session: Session) -> Iterator[str]:
+        if len(self.queries) == 1:    # the common case: one streamed query, no set kept
+            yield from session.scalars(self.queries[0].execution_options(yield_per=2000))
+            return
+        seen: set[str] = set()
+        for q in self.queries:
+            for email in session.scalars(q.execution_options(yield_per=2000)):
+                if email not in seen:
+                    seen.add(email)
+                    yield email
+
+
+def _members(list_id: int, mode: DeliveryMode) -> Select[tuple[str]]:
+    return (select(Address.email).join(Membership, Membership.address_id == Address.id)
+            .where(Membership.list_id == list_id, Membership.role == Role.member,
+                   Membership.enabled.is_(True), Membership.delivery_mode == mode))
+
+
+def plan(session: Session, list_id: int, seqs: Sequence[int]) -> list[Slice]:
+    """The slices of the claimed entries (sorted ``seqs``) to build and whom they go to."""
+    n = len(seqs)
+    slices: dict[tuple[DeliveryMode, int, int], Slice] = {}
+
+    def slot(mode: DeliveryMode, lo: int, hi: int) -> Slice:
+        key = (mode, lo, hi)
+        if key not in slices:
+            slices[key] = Slice(mode, lo, hi)
+        return slices[key]
+
+    for mode in DIGEST_MODES:
+        rows = session.execute(
+            select(Membership.digest_from_seq, func.count(Membership.id))
+            .where(Membership.list_id == list_id, Membership.role == Role.member,
+                   Membership.enabled.is_(True), Membership.delivery_mode == mode)
+            .group_by(Membership.digest_from_seq)).all()
+        per_lo: dict[int, int] = {}
+        for from_seq, count in rows:
+            lo = bisect.bisect_right(seqs, from_seq)
+            if lo < n:
+                per_lo[lo] = per_lo.get(lo, 0) + int(count)
+        for lo, count in per_lo.items():
+            s = slot(mode, lo, n)
+            s.count += count
+            # members whose digest_from_seq falls in [seqs[lo-1], seqs[lo]) get entries[lo:]
+            q = _members(list_id, mode).where(Membership.digest_from_seq < seqs[lo])
+            if lo > 0:
+                q = q.where(Membership.digest_from_seq >= seqs[lo - 1])
+            s.queries.append(q.order_by(Address.email))
+
+    finals = session.execute(
+        select(FinalDigest.mode, FinalDigest.from_seq, FinalDigest.to_seq,
+               func.count(FinalDigest.id))
+        .join(Membership, Membership.id == FinalDigest.membership_id)
+        .where(FinalDigest.list_id == list_id, Membership.enabled.is_(True))
+        .group_by(FinalDigest.mode, FinalDigest.from_seq, FinalDigest.to_seq)).all()
+    for mode, from_seq, to_seq, count in finals:
+        lo, hi = bisect.bisect_right(seqs, from_seq), bisect.bisect_right(seqs, to_seq)
+        if lo >= hi:
+            continue
+        s = slot(mode, lo, hi)
+        s.count += int(count)
+        s.queries.append(
+            select(Address.email).join(Membership, Membership.address_id == Address.id)
+            .join(FinalDigest, FinalDigest.membership_id == Membership.id)
+            .where(FinalDigest.list_id == list_id, FinalDigest.mode == mode,
+                   FinalDigest.from_seq == from_seq, FinalDigest.to_seq == to_seq,
+                   Membership.enabled.is_(True)).order_by(Address.email))
+    return sorted(slices.values(), key=lambda s: (s.mode.value, s.lo, s.hi))
+
+
+def settle_finals(session: Session, list_id: int, last_seq: int) -> None:
+    """The one-last-digest debts are paid up to ``last_seq`` (the newest claimed entry)."""
+    session.execute(delete(FinalDigest).where(FinalDigest.list_id == list_id,
+                                              FinalDigest.to_seq <= last_seq))
+    session.execute(update(FinalDigest).where(FinalDigest.list_id == list_id,
+                                              FinalDigest.from_seq < last_seq)
+                    .values(from_seq=last_seq))
