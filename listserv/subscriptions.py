@@ -183,12 +183,10 @@ def confirm(session: Session, app: App, ml: MailingList, row: PendingToken, repl
     if row.kind is TokenKind.unsubscribe:
         return unsubscribe_now(session, app, ml, row.email)
     if row.kind is TokenKind.reenable:
-        m = members.find_membership(session, ml, row.email)
-        if m is None:
-            return Result(f"{row.email} is not subscribed to {ml.address}.")
-        m.enabled, m.disabled_reason, m.bounce_score = True, None, 0.0
-        m.bounce_warnings_sent = 0
-        return Result(f"Delivery to {row.email} is enabled again.")
+        from listserv import bounces
+
+        text = bounces.reenable_token(session, app, row, via="email")
+        return Result(text[:1].upper() + text[1:] + ".")
     return Result("This token cannot be confirmed here.")
 
 

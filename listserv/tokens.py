@@ -27,7 +27,8 @@ from listserv.app import App
 from listserv.models import MailingList, PendingToken, TokenKind
 
 TOKEN_BYTES = 20                      # 160 bits
-TOKEN_RE = re.compile(r"^[a-z2-7]{32}$")
+TOKEN_RE = re.compile(r"^[a-z2-7]{32}$")           # what new_token() makes
+ACCEPT_RE = re.compile(r"^[a-z0-9]{32,64}$")        # what lookup() accepts (hex tokens too)
 RESEND_INTERVAL = dt.timedelta(hours=1)
 
 
@@ -38,7 +39,7 @@ def new_token() -> str:
 def normalise(token: str) -> str | None:
     """The canonical form of a token as it came back (any case), or None when malformed."""
     t = token.strip().lower()
-    return t if TOKEN_RE.match(t) else None
+    return t if ACCEPT_RE.match(t) else None
 
 
 def hash_token(token: str) -> str:

@@ -226,3 +226,20 @@ def test_request_subscribe_and_confirm_command(app: Any, outbox: Outbox) -> None
     command(app, list_id, "request", message("hal@example.net", "dev-request@example.org",
                                              f"Re: {got[0].msg['Subject']}", "unsubscribe"))
     assert len(outbox.new()) >= 2
+
+
+def test_reenable_reply(app: Any, outbox: Outbox) -> None:
+    from listserv import bounces
+
+    list_id = make_list(app, people=("ivy@example.net",))
+    with app.db.unit_of_work() as s:
+        ml = s.get_one(MailingList, list_id)
+        m = members.find_membership(s, ml, "ivy@example.net")
+        assert m is not None
+        m.enabled, m.disabled_reason = False, "bounce"
+        token = bounces.create_reenable_token(s, app, ml, m, app.now())
+    confirm_reply(app, list_id, token.upper(), "ivy@example.net", "")
+    with app.db.unit_of_work() as s:
+        m = members.find_membership(s, s.get_one(MailingList, list_id), "ivy@example.net")
+        assert m is not None and m.enabled and m.disabled_reason is None
+    assert "re-enabled" in outbox.new()[0].msg.get_content()
