@@ -124,7 +124,8 @@ def _decoded_subject(msg: EmailMessage) -> str:
     text = str(value)
     if "\ufffd" in text:
         for name, raw in msg.raw_items():
-            if name.lower() == "subject" and isinstance(raw, str):
+            if (name.lower() == "subject" and isinstance(raw, str)
+                    and re.search("[\udc80-\udcff]", raw)):
                 data = raw.encode("utf-8", "surrogateescape")
                 try:
                     text = data.decode("utf-8")

@@ -80,6 +80,14 @@ def test_raw_8bit_subject_is_recovered() -> None:
     assert out["Subject"] == "[Dev] Café résumé 8bit subject"
 
 
+def test_replacement_character_in_an_encoded_subject_stays_decoded() -> None:
+    raw = (DATA / "in" / "plain.eml").read_bytes()
+    msg = parse(raw.replace(b"Subject: Build is green again",
+                            b"Subject: =?utf-8?q?broken_=EF=BF=BD_char?="))
+    out = transforms.prepare(msg, lst(), resolve_txt=FakeDNS())
+    assert out["Subject"] == "[Dev] broken \ufffd char"
+
+
 def test_prepare_does_not_modify_its_input_and_is_stable() -> None:
     msg = load("inbound-headers.eml")
     before = serialise(msg)

@@ -120,6 +120,16 @@ def test_result_round_trips_through_smtp_bytes(case: str) -> None:
         assert again.get(name) == out.get(name)
 
 
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_crlf_input_gives_the_same_result(case: str) -> None:
+    """Intake stores mail as received over SMTP (CRLF); the golden inputs are LF."""
+    source, transform = CASES[case]
+    raw = (DATA / "in" / source).read_bytes()
+    crlf = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    assert transform(parse(crlf)).as_bytes(policy=policy.SMTP) == \
+        transform(parse(raw)).as_bytes(policy=policy.SMTP)
+
+
 def test_every_input_has_a_case() -> None:
     used = {source for source, _ in CASES.values()}
     assert {p.name for p in (DATA / "in").glob("*.eml")} <= used
