@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from email.utils import parseaddr
 from typing import Any, Iterable, Iterator
 
@@ -68,6 +69,9 @@ def owners(session: Session, ml: MailingList) -> list[str]:
 # ---------------------------------------------------------------------------- admin services
 
 
+_NAME_ADDR = re.compile(r'^([^<>]*?)\s*<([^<>"]*)>$')
+
+
 def parse_person(text: str) -> tuple[str, str]:
     """'Ann <Ann@X.org>' or 'ann@x.org' -> (display name, normalised address).
 
@@ -76,8 +80,14 @@ def parse_person(text: str) -> tuple[str, str]:
     raw = text.strip()
     name = ""
     if "<" in raw and raw.endswith(">"):
-        name, addr = parseaddr(raw)
-        if not addr:
+        m = _NAME_ADDR.match(raw)
+        if m is not None:
+            name, addr = m.group(1).strip(), m.group(2)
+            if len(name) >= 2 and name[0] == name[-1] == '"':
+                name = name[1:-1].replace('\\"', '"')
+        else:
+            name, addr = parseaddr(raw)
+        if not addr.strip():
             raise UsageError(f"invalid email address {raw!r}")
         raw = addr
     return name.strip(), addresses.normalise(raw)
