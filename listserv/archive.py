@@ -2,7 +2,7 @@
 
 The ArchiveEntry rows are the queue (appended_at NULL = still to write). A pass appends each
 pending entry's prepared message (mboxrd: From_ line, '>From ' quoting), fsyncs the file and
-only then marks the rows. A crash between the two can at worst append an entry twice, never
+only then commits the rows' appended_at. A crash between the two can at worst append an entry twice, never
 lose one. Rows are claimed FOR UPDATE SKIP LOCKED on PostgreSQL and files are flock'ed, so
 several processes may run passes.
 """
@@ -18,7 +18,7 @@ from email.parser import BytesHeaderParser
 from email.utils import parseaddr
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from listserv.app import App
@@ -56,9 +56,21 @@ def _list_addresses(session: Session, ids: set[int]) -> dict[int, str]:
 def append_pending(app: App, limit: int = BATCH) -> int:
     """Append up to ``limit`` pending entries; return how many were written."""
     with app.db.unit_of_work() as session:
-        entries = list(session.scalars(
+        candidates = list(session.scalars(
             select(ArchiveEntry).where(ArchiveEntry.appended_at.is_(None))
             .order_by(ArchiveEntry.id).limit(limit).with_for_update(skip_locked=True)))
+        now = app.now()
+        entries = []
+        for e in candidates:
+            # Claim: the first transaction to mark the row owns it (the row/write lock makes
+            # a concurrent pass wait, then match nothing). Committed only after the fsync.
+            won = session.execute(update(ArchiveEntry)
+                                  .where(ArchiveEntry.id == e.id,
+                                         ArchiveEntry.appended_at.is_(None))
+                                  .values(appended_at=now)
+                                  .execution_options(synchronize_session=False))
+            if won.rowcount == 1:  # type: ignore[attr-defined]
+                entries.append(e)
         if not entries:
             return 0
         names = _list_addresses(session, {e.list_id for e in entries})
@@ -71,9 +83,6 @@ def append_pending(app: App, limit: int = BATCH) -> int:
             chunks = [mbox_entry(app.spool.get(e.spool_sha), e.created_at.timestamp())
                       for e in group]
             _append(path, b"".join(chunks))
-        now = app.now()
-        for e in entries:
-            e.appended_at = now
         return len(entries)
 
 

@@ -29,3 +29,270 @@ def test_member_post_reaches_every_member(harness: Harness) -> None:
     assert got[0].mail_from.startswith("dev-bounces")
     assert states(harness) == [("post", "accepted", "accepted as post 1 to 3 recipients")]
     assert post_id_of(harness.app, "dev@example.org") == 1
+
+
+# ---------------------------------------------------------------------------- rule outcomes
+
+from email.message import EmailMessage  # noqa: E402
+
+import pytest  # noqa: E402
+
+from listserv import incoming, posting  # noqa: E402
+from listserv.intake import parse  # noqa: E402
+from listserv.models import Action, HeldMessage, OutboundMessage  # noqa: E402
+
+LIST = "dev@example.org"
+MEMBERS = ["ann@a.example", "bob@b.example"]
+
+
+def outcome(h: Harness) -> tuple[str, str | None]:
+    [(_, state, text)] = states(h)
+    return state, text
+
+
+def sent_kinds(h: Harness) -> list[str]:
+    with h.app.db.unit_of_work() as s:
+        return [o.kind for o in s.scalars(select(OutboundMessage).order_by(OutboundMessage.id))]
+
+
+def test_nonmember_post_is_held_with_reason(harness: Harness) -> None:
+    make_list(harness.app, LIST, members=MEMBERS, owners=["owner@o.example"])
+    harness.send(make_message("eve@e.example", LIST))
+    harness.run_until_idle()
+    state, text = outcome(harness)
+    assert state == "held" and "non-member eve@e.example" in (text or "")
+    with harness.app.db.unit_of_work() as s:
+        [held] = s.scalars(select(HeldMessage))
+        assert held.reasons == ["post by non-member eve@e.example"]
+    assert "post" not in sent_kinds(harness)
+
+
+def test_every_hold_reason_is_collected(harness: Harness) -> None:
+    make_list(harness.app, LIST, members=MEMBERS, emergency=True, max_message_size=100)
+    harness.send(make_message("eve@e.example", "someone@else.example"), rcpts=[LIST])
+    harness.run_until_idle()
+    with harness.app.db.unit_of_work() as s:
+        [held] = s.scalars(select(HeldMessage))
+        assert len(held.reasons) == 4
+        assert "emergency" in held.reasons[0] and "implicit destination" in held.reasons[3]
+
+
+def test_nonmember_reject_notifies_the_poster_with_null_sender(harness: Harness) -> None:
+    make_list(harness.app, LIST, members=MEMBERS, nonmember_action=Action.reject)
+    harness.send(make_message("eve@e.example", LIST, "Buy now"))
+    harness.run_until_idle()
+    assert outcome(harness)[0] == "rejected"
+    [notice] = harness.sink.wait_for(lambda m: len(m) >= 1)
+    assert notice.rcpt_tos == ["eve@e.example"] and notice.mail_from in ("", "<>")
+    body = notice.message.get_body().get_content()  # type: ignore[union-attr]
+    assert "non-members may not post" in body and "Buy now" in body
+    assert notice.message["Auto-Submitted"] == "auto-generated"
+
+
+def test_nonmember_discard_sends_nothing(harness: Harness) -> None:
+    make_list(harness.app, LIST, members=MEMBERS, nonmember_action=Action.discard)
+    harness.send(make_message("eve@e.example", LIST))
+    harness.run_until_idle()
+    assert outcome(harness)[0] == "discarded"
+    assert sent_kinds(harness) == []
+
+
+@pytest.mark.parametrize("headers,mail_from", [
+    ({"List_Id": "Dev <dev.example.org>"}, "ann@a.example"),
+    ({"X_Loop": LIST}, "ann@a.example"),
+    ({"Auto_Submitted": "auto-replied"}, "ann@a.example"),
+    ({"Precedence": "bulk"}, "ann@a.example"),
+    ({}, ""),
+])
+def test_loops_and_automatic_mail_are_discarded(harness: Harness, headers: dict[str, str],
+                                                mail_from: str) -> None:
+    make_list(harness.app, LIST, members=MEMBERS, nonmember_action=Action.reject)
+    harness.send(make_message("ann@a.example", LIST, **headers), mail_from=mail_from)
+    harness.run_until_idle()
+    assert outcome(harness)[0] == "discarded"
+    assert sent_kinds(harness) == []     # in particular no reject notice to a machine
+
+
+def test_moderated_member_is_held_owner_is_not(harness: Harness) -> None:
+    make_list(harness.app, LIST, members=MEMBERS, moderated=["mo@m.example"],
+              owners=["owner@o.example"])
+    harness.send(make_message("mo@m.example", LIST, "from moderated"))
+    harness.send(make_message("owner@o.example", LIST, "from owner"))
+    harness.run_until_idle()
+    got = {subaddr_state[2] and subaddr_state[1] for subaddr_state in states(harness)}
+    assert got == {"held", "accepted"}
+    with harness.app.db.unit_of_work() as s:
+        [held] = s.scalars(select(HeldMessage))
+        assert held.reasons == ["post by moderated member mo@m.example"]
+
+
+def test_two_lists_in_one_transaction_reach_a_shared_member_once(harness: Harness) -> None:
+    make_list(harness.app, LIST, members=["both@x.example", "devonly@x.example"])
+    make_list(harness.app, "users@example.org", members=["both@x.example", "usr@x.example"])
+    harness.send(make_message("both@x.example", [LIST, "users@example.org"]))
+    harness.run_until_idle()
+    rcpts = harness.sink.wait_for(lambda m: len({r for x in m for r in x.rcpt_tos}) >= 3)
+    flat = sorted(r for m in rcpts for r in m.rcpt_tos)
+    assert flat == ["both@x.example", "devonly@x.example", "usr@x.example"]
+    assert [s for _, s, _ in states(harness)] == ["accepted", "accepted"]
+
+
+def test_cross_post_in_separate_transactions_is_deduplicated(harness: Harness) -> None:
+    make_list(harness.app, LIST, members=["both@x.example", "devonly@x.example"])
+    make_list(harness.app, "users@example.org", members=["both@x.example"])
+    msg = make_message("both@x.example", [LIST, "users@example.org"])
+    harness.send(msg, rcpts=[LIST])
+    harness.run_until_idle()
+    harness.send(msg, rcpts=["users@example.org"])
+    harness.run_until_idle()
+    flat = sorted(r for m in harness.sink.messages for r in m.rcpt_tos)
+    assert flat == ["both@x.example", "devonly@x.example"]
+
+
+def test_same_message_twice_to_one_list_is_distributed_once(harness: Harness) -> None:
+    make_list(harness.app, LIST, members=MEMBERS)
+    msg = make_message("ann@a.example", LIST)
+    harness.send(msg)
+    harness.run_until_idle()
+    harness.send(msg)
+    harness.run_until_idle()
+    assert [s for _, s, _ in states(harness)] == ["accepted", "discarded"]
+    assert "duplicate" in (states(harness)[1][2] or "")
+    assert post_id_of(harness.app, LIST) == 1
+    assert len(harness.sink.messages) == 2
+
+
+def test_nomail_disabled_and_digest_members_get_no_post(harness: Harness) -> None:
+    from listserv import lists, members
+    from listserv.models import DeliveryMode
+
+    make_list(harness.app, LIST, members=["ann@a.example"])
+    with harness.app.db.unit_of_work() as s:
+        ml = lists.get_list(s, LIST)
+        members.add_member(s, ml, "nomail@x.example", delivery_mode=DeliveryMode.nomail)
+        members.add_member(s, ml, "digest@x.example", delivery_mode=DeliveryMode.mime_digest)
+        members.add_member(s, ml, "off@x.example").enabled = False
+    harness.send(make_message("ann@a.example", LIST))
+    harness.run_until_idle()
+    assert harness.sink.recipients() == ["ann@a.example"]
+
+
+def test_owner_address_forwards_to_owners(harness: Harness) -> None:
+    make_list(harness.app, LIST, members=MEMBERS, owners=["o1@o.example", "o2@o.example"])
+    harness.send(make_message("eve@e.example", "dev-owner@example.org", "Question"))
+    harness.run_until_idle()
+    assert outcome(harness)[0] == "handled"
+    got = harness.sink.wait_for(lambda m: len({r for x in m for r in x.rcpt_tos}) >= 2)
+    assert sorted(r for m in got for r in m.rcpt_tos) == ["o1@o.example", "o2@o.example"]
+    assert all(m.mail_from == "dev-bounces@example.org" for m in got)
+    assert got[0].message["X-Loop"] == "dev-owner@example.org"
+    assert got[0].message["Subject"] == "Question"
+
+
+def test_owner_forward_loop_is_discarded(harness: Harness) -> None:
+    make_list(harness.app, LIST, owners=["o1@o.example"])
+    harness.send(make_message("eve@e.example", "dev-owner@example.org",
+                              X_Loop="dev-owner@example.org"))
+    harness.run_until_idle()
+    assert outcome(harness)[0] == "discarded"
+    assert harness.sink.messages == []
+
+
+@pytest.mark.parametrize("rcpt", ["dev-request@example.org", "dev-join@example.org",
+                                  "dev-leave@example.org", "dev-confirm+abc@example.org",
+                                  "dev-bounces@example.org",
+                                  "dev-bounces+ann=a.example@example.org"])
+def test_service_addresses_are_dispatched_not_posted(harness: Harness, rcpt: str) -> None:
+    make_list(harness.app, LIST, members=MEMBERS)
+    harness.send(make_message("ann@a.example", rcpt, "help"), rcpts=[rcpt])
+    harness.run_until_idle()
+    state, _ = outcome(harness)
+    assert state not in ("new", "processing", "failed", "accepted")
+    assert post_id_of(harness.app, LIST) == 0
+
+
+def test_archive_appends_mbox_with_from_quoting(harness: Harness) -> None:
+    make_list(harness.app, LIST, members=MEMBERS)
+    harness.send(make_message("ann@a.example", LIST, "one", body="From here on\nok\n"))
+    harness.send(make_message("bob@b.example", LIST, "two"))
+    harness.run_until_idle()
+    path = harness.app.settings.archive_path / LIST / "2026-11.mbox"
+    box = mailbox.mbox(str(path))
+    subjects = sorted(str(m["Subject"]) for m in box)
+    assert subjects == ["[dev] one", "[dev] two"]
+    assert b"\n>From here on\n" in path.read_bytes()
+    with harness.app.db.unit_of_work() as s:
+        assert all(e.appended_at is not None for e in s.scalars(select(ArchiveEntry)))
+    from listserv import archive
+    assert archive.append_pending(harness.app) == 0          # nothing appended twice
+
+
+def test_no_archive_entry_when_archive_is_none(harness: Harness) -> None:
+    from listserv.models import ArchivePolicy
+
+    make_list(harness.app, LIST, members=MEMBERS, archive=ArchivePolicy.none)
+    harness.send(make_message("ann@a.example", LIST))
+    harness.run_until_idle()
+    with harness.app.db.unit_of_work() as s:
+        assert list(s.scalars(select(ArchiveEntry))) == []
+    assert not (harness.app.settings.archive_path / LIST).exists()
+
+
+def test_approval_goes_through_accept_post_like_a_direct_accept(quiet_harness: Harness) -> None:
+    h = quiet_harness
+    make_list(h.app, LIST, members=MEMBERS)
+    h.send(make_message("eve@e.example", LIST, "let me in"))
+    h.run_until_idle()
+    assert outcome(h)[0] == "held"
+    with h.app.db.unit_of_work() as s:
+        inbound = s.scalars(select(InboundMessage)).one()
+        msg = parse(h.app.spool.get(inbound.spool_sha))
+        assert posting.accept_post(s, h.app, inbound, msg, approved_by="mod@m.example") == 1
+    h.run_until_idle()
+    state, text = outcome(h)
+    assert state == "accepted" and "approved by mod@m.example" in (text or "")
+    posts = [m for m in h.sink.messages if m.message["Subject"] == "[dev] let me in"]
+    assert sorted(r for m in posts for r in m.rcpt_tos) == MEMBERS
+    with h.app.db.unit_of_work() as s:
+        assert len(s.scalars(select(Fanout)).all()) == 1
+        assert len(s.scalars(select(ArchiveEntry)).all()) == 1
+
+
+def test_processing_error_parks_message_as_failed(quiet_harness: Harness,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    h = quiet_harness
+    make_list(h.app, LIST, members=MEMBERS)
+
+    def broken(*a: object, **k: object) -> EmailMessage:
+        raise RuntimeError("transform exploded")
+
+    monkeypatch.setattr("listserv.transforms.prepare", broken)
+    h.send(make_message("ann@a.example", LIST))
+    h.run_until_idle()
+    state, text = outcome(h)
+    assert state == "failed" and "transform exploded" in (text or "")
+    assert post_id_of(h.app, LIST) == 0        # the transaction was rolled back
+    monkeypatch.undo()
+    h.send(make_message("ann@a.example", LIST, "next one"))
+    h.run_until_idle()
+    assert [s for _, s, _ in states(h)] == ["failed", "accepted"]
+
+
+def test_reclaim_takes_over_messages_of_a_dead_worker(quiet_harness: Harness) -> None:
+    h = quiet_harness
+    make_list(h.app, LIST, members=MEMBERS)
+    h.send(make_message("ann@a.example", LIST))
+    dead = incoming.worker_identity().split(":")[0] + ":999999:abcdef"
+    assert incoming.claim(h.app, dead) != []
+    assert incoming.run_pass(h.app, h.worker) == 0          # nothing new to claim
+    assert incoming.reclaim(h.app) == 1
+    h.run_until_idle()
+    assert outcome(h)[0] == "accepted"
+
+
+def test_live_workers_messages_are_not_reclaimed(quiet_harness: Harness) -> None:
+    h = quiet_harness
+    make_list(h.app, LIST, members=MEMBERS)
+    h.send(make_message("ann@a.example", LIST))
+    assert incoming.claim(h.app, incoming.worker_identity()) != []
+    assert incoming.reclaim(h.app) == 0

@@ -1,0 +1,168 @@
+"""`listserv serve` as a real subprocess: first run, posting end to end, SIGTERM, kill -9."""
+
+from __future__ import annotations
+
+import os
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from sqlalchemy import func, insert, select
+
+from listserv import lists
+from listserv.app import App
+from listserv.daemon import delivery_runner
+from listserv.models import (
+    Address,
+    Delivery,
+    InboundMessage,
+    InboundState,
+    Membership,
+    OutboundMessage,
+    Role,
+)
+from tests.integration.harness import make_list, make_message
+from tests.sink import SmtpSink
+
+LIST = "dev@example.org"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float = 20.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), 0.5):
+            return True
+    except OSError:
+        return False
+
+
+class Server:
+    def __init__(self, env: dict[str, str], port: int, log: Path) -> None:
+        base = {k: v for k, v in os.environ.items() if not k.startswith("LISTSERV_")}
+        self.env = {**base, **env, "LISTSERV_INTAKE_PORT": str(port)}
+        self.port = port
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "Server":
+        out = open(self.log, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "listserv", "serve"], env=self.env,
+                                     stdout=out, stderr=out)
+        wait_until(lambda: listening(self.port) or self.proc.poll() is not None,  # type: ignore[union-attr]
+                   30, "listserv serve to listen")
+        assert self.proc.poll() is None, self.log.read_text()
+        return self
+
+    def terminate(self) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(30)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def server_env(cli_env: dict[str, str], sink: SmtpSink) -> Iterator[dict[str, str]]:
+    yield {**cli_env, "LISTSERV_DELIVERY_OUTBOUND": sink.url}
+
+
+def count(app: App, *where) -> int:  # type: ignore[no-untyped-def]
+    with app.db.unit_of_work() as s:
+        return s.scalar(select(func.count()).select_from(InboundMessage).where(*where)) or 0
+
+
+def test_serve_posts_end_to_end_and_stops_on_sigterm(app: App, sink: SmtpSink,
+                                                      server_env: dict[str, str],
+                                                      tmp_path: Path) -> None:
+    make_list(app, LIST, members=["ann@a.example", "bob@b.example"])
+    srv = Server(server_env, free_port(), tmp_path / "serve.log").start()
+    try:
+        with smtplib.SMTP("127.0.0.1", srv.port) as c:
+            c.sendmail("ann@a.example", [LIST],
+                       make_message("ann@a.example", LIST, "live").as_bytes())
+        wait_until(lambda: count(app, InboundMessage.state == InboundState.accepted) == 1,
+                   20, "the post to be accepted")
+        if delivery_runner() is not None:
+            got = sink.wait_for(lambda m: len({r for x in m for r in x.rcpt_tos}) >= 2, 20)
+            assert sorted({r for m in got for r in m.rcpt_tos}) == ["ann@a.example",
+                                                                    "bob@b.example"]
+            assert got[0].message["Subject"] == "[dev] live"
+        else:
+            with app.db.unit_of_work() as s:
+                assert s.scalar(select(func.sum(Delivery.count))) == 2
+    finally:
+        rc = srv.terminate()
+    assert rc == 0, (tmp_path / "serve.log").read_text()
+    assert "stopped" in (tmp_path / "serve.log").read_text()
+
+
+def test_serve_initialises_a_fresh_data_dir(tmp_path: Path) -> None:
+    data = tmp_path / "fresh"
+    env = {"LISTSERV_DATA_DIR": str(data)}
+    srv = Server(env, free_port(), tmp_path / "serve.log").start()
+    assert srv.terminate() == 0
+    assert (data / "listserv.db").exists()
+    # and it can immediately be used by the other commands
+    out = subprocess.run([sys.executable, "-m", "listserv", "list", "create", LIST],
+                         env=srv.env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
+def test_kill_9_loses_nothing_accepted(app: App, server_env: dict[str, str],
+                                       tmp_path: Path) -> None:
+    list_id = make_list(app, LIST)
+    with app.db.unit_of_work() as s:        # a list big enough that fan-out takes a while
+        s.execute(insert(Address), [{"email": f"m{i}@x{i % 50}.example", "display_name": ""}
+                                    for i in range(10000)])
+        ids = s.scalars(select(Address.id).where(Address.email.like("m%@x%"))).all()
+        s.execute(insert(Membership), [{"list_id": list_id, "address_id": a,
+                                        "role": Role.member} for a in ids])
+    port = free_port()
+    srv = Server(server_env, port, tmp_path / "serve.log").start()
+    sent = 0
+    try:
+        with smtplib.SMTP("127.0.0.1", port) as c:
+            for i in range(40):
+                c.sendmail("m1@x1.example", [LIST],
+                           make_message("m1@x1.example", LIST, f"post {i}").as_bytes())
+                sent += 1
+        wait_until(lambda: count(app, InboundMessage.state == InboundState.accepted) >= 1,
+                   30, "processing to start")
+    finally:
+        srv.kill()                                          # kill -9 mid-processing
+    assert count(app) == sent                               # every 250 was durable
+    left = count(app, InboundMessage.state.in_([InboundState.new, InboundState.processing]))
+    srv2 = Server(server_env, port, tmp_path / "serve2.log").start()
+    try:
+        wait_until(lambda: count(app, InboundMessage.state == InboundState.accepted) == sent,
+                   60, "every accepted message to be processed after restart")
+    finally:
+        assert srv2.terminate() == 0
+    with app.db.unit_of_work() as s:
+        posts = s.scalar(select(func.count()).select_from(OutboundMessage).where(
+            OutboundMessage.kind == "post"))
+        ml = lists.get_list(s, LIST)
+        assert posts == sent and ml.post_id == sent          # each exactly once
+    assert left > 0, "the kill came too late to test anything"
