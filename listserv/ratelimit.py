@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from listserv.app import App
@@ -25,9 +26,17 @@ def allow(session: Session, app: App, list_id: int, email: str, kind: str,
     row = session.scalar(select(AutoResponse).where(
         AutoResponse.list_id == list_id, AutoResponse.email == email, AutoResponse.kind == kind))
     if row is None:
-        session.add(AutoResponse(list_id=list_id, email=email, kind=kind, day=today, count=1))
-        session.flush()
-        return True
+        try:
+            with session.begin_nested():     # a concurrent worker may insert the same row
+                session.add(AutoResponse(list_id=list_id, email=email, kind=kind, day=today,
+                                         count=1))
+            return True
+        except IntegrityError:
+            row = session.scalar(select(AutoResponse).where(
+                AutoResponse.list_id == list_id, AutoResponse.email == email,
+                AutoResponse.kind == kind).with_for_update())
+            if row is None:
+                return False
     if row.day != today:
         row.day, row.count = today, 0
     if row.count >= limit:

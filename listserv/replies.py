@@ -108,27 +108,13 @@ def dkim_aligned_pass(data: bytes, from_domain: str,
                       resolve_txt: Callable[[str], list[str]]) -> bool:
     """True when one DKIM-Signature of ``data`` verifies and its d= is the From domain or a
     parent of it. DNS goes through the injected ``resolve_txt``."""
-    import dkim
-
-    def dnsfunc(name: bytes | str, timeout: int = 5) -> bytes | None:
-        qname = name.decode("ascii", "replace") if isinstance(name, bytes) else name
-        records = resolve_txt(qname.rstrip("."))
-        return records[0].encode("utf-8") if records else None
+    from listserv import signing
 
     try:
-        verifier = dkim.DKIM(data)
+        domains = signing.verified_domains(data, resolve_txt)
     except Exception:  # noqa: BLE001 - dkimpy raises many types on malformed input
         return False
-    count = sum(1 for name, _ in verifier.headers if name.lower() == b"dkim-signature")
-    for idx in range(count):
-        try:
-            ok = verifier.verify(idx=idx, dnsfunc=dnsfunc)
-        except Exception:  # noqa: BLE001
-            ok = False
-        if ok and verifier.domain and _aligned(verifier.domain.decode("ascii", "replace"),
-                                               from_domain):
-            return True
-    return False
+    return any(_aligned(d, from_domain) for d in domains)
 
 
 def trusted_ar_pass(msg: Message, from_domain: str, authserv_id: str) -> bool:

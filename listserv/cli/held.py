@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import json
+from typing import Any
 
 import click
 
@@ -103,7 +104,8 @@ def held_log(obj: Obj, list_address: str, as_json: bool) -> None:
     app = obj.ready_app()
     with app.db.unit_of_work() as session:
         ml = lists.get_list(session, list_address)
-        items = [{"at": e.at.isoformat(), "held_id": e.held_id, "actor": e.actor,
+        items: list[dict[str, Any]] = [
+                 {"at": e.at.isoformat(), "held_id": e.held_id, "actor": e.actor,
                   "action": e.action, "via": e.via, "detail": e.detail}
                  for e in moderation.log_entries(session, ml)]
     if as_json:
