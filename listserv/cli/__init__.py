@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import os
 import sys
 from typing import Any, Callable, TypeVar
 
@@ -57,6 +59,11 @@ def handle_errors(fn: F) -> F:
             orig = getattr(exc, "orig", None) or exc
             first = (str(orig).strip().splitlines() or [type(exc).__name__])[0]
             fail(f"database error: {first}")
+        except BrokenPipeError:
+            # stdout closed early (`listserv member ls L | head`): stop quietly.
+            with contextlib.suppress(OSError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
         except OSError as exc:
             fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
 
