@@ -81,8 +81,9 @@ def join(session: Session, app: App, ml: MailingList, email: str,
 
 def subscribe_now(session: Session, app: App, ml: MailingList, email: str,
                   display_name: str = "") -> Result:
-    if members.find_membership(session, ml, email) is None:
-        members.add_member(session, ml, email, display_name=display_name)
+    if members.find_membership(session, ml, email) is not None:
+        return Result(f"{email} is already subscribed to {ml.address}.")
+    members.add_member(session, ml, email, display_name=display_name)
     _send(session, app, ml, email, "notice/user/welcome.txt.j2", {"email": email},
           auto_submitted="auto-generated")
     log.info("list_id=%s subscribed %s", ml.list_id, email)
