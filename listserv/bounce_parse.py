@@ -12,10 +12,10 @@ from __future__ import annotations
 import codecs
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from email.message import Message
 from email.parser import HeaderParser
-from email.utils import parseaddr
+from email.utils import getaddresses, parseaddr
 from typing import Iterable
 
 from listserv.addresses import try_normalise
@@ -47,9 +47,15 @@ BOUNCE_SUBJECT_RE = re.compile(
     r"nicht\s+zustellbar|delayed\s+mail|warning:\s+could\s+not\s+send",
     re.IGNORECASE)
 DAEMON_LOCALS = ("mailer-daemon", "postmaster", "mail-daemon", "mailerdaemon", "maildaemon")
+NOT_BOUNCE_REPORTS = ("feedback-report",)   # abuse reports (ARF, RFC 5965)
+SYSTEM_LOCALS = DAEMON_LOCALS + ("abuse", "hostmaster", "root", "noc", "security")
+ADDRESS_RE = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*"
+                        r"[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+")
+HEADER_BLOCK_RE = re.compile(r"^(?:Received|Return-Path|DKIM-Signature|Message-ID|"
+                             r"Delivered-To):", re.IGNORECASE | re.MULTILINE)
 ORIGINAL_MARKERS = re.compile(
     r"^-+\s*(?:below this line is a copy|this is a copy of|original message|"
-    r"start of returned message|returned mail follows)|^\s*-+\s*original message follows"
+    r"start of returned message|returned mail follows|returned message)|^\s*-+\s*original message follows"
     r"|^original message follows",
     re.IGNORECASE | re.MULTILINE)
 
@@ -79,7 +85,7 @@ class Report:
     text_kind: BounceKind = BounceKind.hard   # classification of the notification text
     text_status: str = ""
     text_diagnostic: str = ""
-    notes: list[str] = field(default_factory=list)
+    guesses: tuple[Failure, ...] = ()  # addresses merely mentioned in a bounce's text
 
 
 # ----------------------------------------------------------------------- classification
@@ -183,9 +189,9 @@ def _status_blocks(part: Message) -> list[Message]:
             for block in re.split(r"\n[ \t]*\n", text) if block.strip()]
 
 
-def parse_dsn(msg: Message) -> tuple[bool, list[Failure]]:
-    """(found any per-recipient block, failures) from every message/delivery-status part."""
-    found = False
+def parse_dsn(msg: Message) -> tuple[set[str], list[Failure]]:
+    """(every recipient named, failures) from every message/delivery-status part."""
+    found: set[str] = set()
     failures: list[Failure] = []
     for part in msg.walk():
         if part.get_content_type() != "message/delivery-status":
@@ -196,7 +202,7 @@ def parse_dsn(msg: Message) -> tuple[bool, list[Failure]]:
             addrs = list(dict.fromkeys(a for a in names if a))
             if not addrs:
                 continue
-            found = True
+            found.update(addrs)
             diag = _clean(block.get("diagnostic-code", ""))
             dtype, semi, rest = diag.partition(";")
             diag = rest.strip() if semi and len(dtype) < 20 else diag
@@ -314,14 +320,37 @@ def parse(msg: Message) -> Report:
     diag = " ".join(text.split())[:500]
     base = dict(looks_like_bounce=bouncy, text_kind=kind, text_status=status,
                 text_diagnostic=diag)
+    report_type = str(msg.get_param("report-type", "") or "").lower()
+    if msg.get_content_type() == "multipart/report" and report_type in NOT_BOUNCE_REPORTS:
+        return Report(**base)  # type: ignore[arg-type]
     found, failures = parse_dsn(msg)
-    if failures:
-        return Report(failures=tuple(_dedupe(failures)), **base)  # type: ignore[arg-type]
-    if found:
+    if found and not failures:
         return Report(success_dsn=True, **base)  # type: ignore[arg-type]
-    if is_auto_reply(msg) and not bouncy:
+    if not failures and is_auto_reply(msg) and not bouncy:
         return Report(auto_reply=True, **base)  # type: ignore[arg-type]
-    return Report(failures=tuple(detect(msg, text)), **base)  # type: ignore[arg-type]
+    failures = _dedupe(failures) if failures else detect(msg, text)
+    named = found | {a for f in failures for a in f.addresses}
+    guesses = [g for g in guess(msg, text) if g.email not in named] if bouncy else []
+    return Report(failures=tuple(failures), guesses=tuple(guesses),
+                  **base)  # type: ignore[arg-type]
+
+
+def guess(msg: Message, text: str) -> list[Failure]:
+    """Every address the notification text of an unrecognised bounce mentions, except the
+    reporting system's own. The caller keeps only those that are list members."""
+    if mo := HEADER_BLOCK_RE.search(text):
+        text = text[:mo.start()]        # a returned original pasted without a marker
+    skip = {a.lower() for _, a in getaddresses([str(v) for v in (msg.get_all("from") or [])])}
+    out: dict[str, Failure] = {}
+    for mo in ADDRESS_RE.finditer(text):
+        addr = _address(mo.group(0))
+        if addr is None or addr in out or addr in skip or \
+                addr.partition("@")[0] in SYSTEM_LOCALS:
+            continue
+        ctx = _context(text, addr)
+        kind, status = classify_text(ctx or text)
+        out[addr] = Failure(addr, kind, status, ctx[:1000], "detector")
+    return list(out.values())
 
 
 def _dedupe(failures: list[Failure]) -> list[Failure]:

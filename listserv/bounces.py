@@ -73,6 +73,10 @@ def handle_mail(session: Session, app: App, inbound: InboundMessage, msg: EmailM
     if verp and is_own(ml, verp):
         verp = None
     failures = [f for f in report.failures if not is_own(ml, f.email)]
+    if not verp and not any(_member_for(session, ml, f.addresses) for f in failures):
+        # An unknown format, or a report naming only a forward target: trust other addresses
+        # its text mentions only when they are members.
+        failures += [f for f in report.guesses if _member_for(session, ml, f.addresses)]
     events: list[tuple[Failure, str]] = []   # (failure, source)
 
     if failures:

@@ -318,3 +318,36 @@ def test_no_warnings_means_removal_at_next_tick(app: App, ml: str) -> None:
     assert [r for r, _ in sent(app)] == [["owner@example.org"]]
     bounces.tick(app)
     assert member(app, "bob@example.net") is None
+
+
+def test_unknown_format_scores_only_mentioned_members(app: App, ml: str) -> None:
+    with app.db.unit_of_work() as s:
+        m = get_list(s, LIST)
+        add_member(s, m, "tama.neko@tokyo.example")
+        add_member(s, m, "poster@example.net")
+    feed(app, "mail2000_plain.eml")
+    assert events(app) == [("tama.neko@tokyo.example", BounceKind.hard, "detector")]
+    assert member(app, "poster@example.net").bounce_score == 0
+
+
+def test_abuse_report_recorded_as_other(app: App, ml: str) -> None:
+    out = feed(app, "arf_feedback.eml")
+    assert "not a recognisable bounce" in out
+    assert [k for _, k, _ in events(app)] == [BounceKind.other]
+
+
+def test_forward_target_in_report_resolved_by_text(app: App, ml: str) -> None:
+    raw = dsn_for("alice@new.example").replace(
+        b"failed\n--b", b"<alice@new.example> (expanded from <Alice.Smith@Example.com>): host\n"
+        b"    mx.new.example said: 550 5.1.1 unknown user\n--b")
+    feed(app, raw)
+    assert member(app, "alice.smith@example.com").bounce_score == 1
+    assert ("alice@new.example", BounceKind.hard, "dsn") in events(app)
+
+
+def test_delivered_recipients_in_report_are_never_guessed(app: App, ml: str) -> None:
+    with app.db.unit_of_work() as s:
+        add_member(s, get_list(s, LIST), "rita@example.com")
+    feed(app, "mixed_partial.eml")
+    assert member(app, "rita@example.com").bounce_score == 0
+    assert [e for e, _, _ in events(app)] == ["sam@example.com"]

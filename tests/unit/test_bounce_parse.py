@@ -58,7 +58,22 @@ def test_samples_identify_addresses_and_kinds(name: str) -> None:
 
 def test_every_sample_is_covered() -> None:
     names = {p.name for p in DATA.glob("*.eml")}
-    assert names == set(EXPECTED) | {"vacation_autoreply.eml"}
+    assert names == set(EXPECTED) | {"vacation_autoreply.eml", "mail2000_plain.eml",
+                                     "arf_feedback.eml"}
+
+
+def test_unknown_format_yields_guesses_only() -> None:
+    report = parse(load("mail2000_plain.eml"))
+    assert report.failures == () and report.looks_like_bounce
+    guessed = {g.email for g in report.guesses}
+    assert "tama.neko@tokyo.example" in guessed
+    assert "poster@example.net" not in guessed          # the returned original is cut off
+    assert "postmaster@gw.tokyo.example" not in guessed
+
+
+def test_abuse_report_is_not_a_bounce() -> None:
+    report = parse(load("arf_feedback.eml"))
+    assert report.failures == () and report.guesses == ()
 
 
 def test_sendmail_dsn_keeps_the_actual_recipient_as_alternate() -> None:
