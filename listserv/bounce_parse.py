@@ -9,8 +9,9 @@ are never mistaken for bounces. No database, clock or network here.
 
 from __future__ import annotations
 
-import codecs
+import base64
 import logging
+import quopri
 import re
 from dataclasses import dataclass
 from email.message import Message
@@ -55,8 +56,8 @@ HEADER_BLOCK_RE = re.compile(r"^(?:Received|Return-Path|DKIM-Signature|Message-I
                              r"Delivered-To):", re.IGNORECASE | re.MULTILINE)
 ORIGINAL_MARKERS = re.compile(
     r"^-+\s*(?:below this line is a copy|this is a copy of|original message|"
-    r"start of returned message|returned mail follows|returned message)|^\s*-+\s*original message follows"
-    r"|^original message follows",
+    r"start of returned message|returned mail follows|returned message)"
+    r"|^\s*-+\s*original message follows|^original message follows",
     re.IGNORECASE | re.MULTILINE)
 
 
@@ -174,10 +175,10 @@ def _status_blocks(part: Message) -> list[Message]:
     if isinstance(payload, list):
         # The parser read encoded text as header blocks: regenerate the body, then decode it.
         body = part.as_string().replace("\r\n", "\n").partition("\n\n")[2]
-        codec = "base64" if cte == "base64" else "quopri"
         try:
-            text = codecs.decode(body.encode("ascii", "replace"), codec).decode("utf-8",
-                                                                              "replace")
+            data = body.encode("ascii", "replace")
+            decoded = base64.b64decode(data) if cte == "base64" else quopri.decodestring(data)
+            text = decoded.decode("utf-8", "replace")
         except ValueError:
             text = body
     else:

@@ -19,23 +19,19 @@ spam, DMARC...) are recorded, never score, and owners get one summary per list p
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import logging
-import secrets
-from collections import defaultdict
 from email.message import EmailMessage
-from typing import Any, Iterable
+from typing import Iterable
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from listserv import addresses
+from listserv import addresses, bounce_report, tokens
 from listserv.app import App
 from listserv.bounce_parse import Failure, find_status, is_policy, parse
-from listserv.members import find_membership, owners
+from listserv.bounce_report import notify_owners
+from listserv.members import find_membership
 from listserv.models import (
-    Address,
-    AutoResponse,
     BounceEvent,
     BounceKind,
     InboundMessage,
@@ -52,10 +48,6 @@ from listserv.views import ListView
 log = logging.getLogger(__name__)
 
 DISABLED_REASON = "bounce"
-POLICY_NOTICE_KIND = "bounce-policy"
-# Policy refusals come in bursts (a provider refusing a whole post): wait this long after the
-# first unreported one so that one owner notice summarises the burst.
-POLICY_SETTLE = dt.timedelta(minutes=5)
 
 
 # ----------------------------------------------------------------------- intake of bounces
@@ -214,7 +206,7 @@ def disable(session: Session, app: App, ml: MailingList, m: Membership,
     m.last_warning_at = None
     log.info("list_id=%s disabled %s at bounce score %s", ml.list_id, m.address.email,
              m.bounce_score)
-    _notify_owners(session, app, ml, "notice/owner/bounce_disabled.txt.j2", {
+    notify_owners(session, app, ml, "notice/owner/bounce_disabled.txt.j2", {
         "email": m.address.email, "score": m.bounce_score,
         "threshold": ml.bounce_score_threshold, "warnings": ml.bounce_warnings,
         "interval": ml.bounce_warning_interval_days,
@@ -245,13 +237,9 @@ def warn(session: Session, app: App, ml: MailingList, m: Membership,
 
 def create_reenable_token(session: Session, app: App, ml: MailingList, m: Membership,
                           now: dt.datetime) -> str:
-    """A fresh TokenKind.reenable token; only its SHA-256 is stored."""
-    token = secrets.token_hex(16)
-    lifetime = dt.timedelta(days=app.settings.moderation.token_lifetime_days)
-    session.add(PendingToken(
-        token_hash=hashlib.sha256(token.encode("ascii")).hexdigest(), kind=TokenKind.reenable,
-        list_id=ml.id, email=m.address.email, payload={"membership_id": m.id},
-        created_at=now, last_sent_at=now, expires_at=now + lifetime))
+    """A fresh TokenKind.reenable token (tokens.create: only its SHA-256 is stored)."""
+    token, _ = tokens.create(session, app, TokenKind.reenable, ml, m.address.email,
+                             payload={"membership_id": m.id})
     return token
 
 
@@ -301,21 +289,11 @@ def remove(session: Session, app: App, ml: MailingList, m: Membership) -> None:
     session.flush()
     log.info("list_id=%s removed %s after %s bounce warnings", ml.list_id, email,
              ml.bounce_warnings)
-    _notify_owners(session, app, ml, "notice/owner/bounce_removed.txt.j2",
+    notify_owners(session, app, ml, "notice/owner/bounce_removed.txt.j2",
                    {"email": email, "warnings": ml.bounce_warnings})
     msg = build_notice(app, lst, "notice/user/bounce_removed.txt.j2", email,
                        {"email": email, "warnings": ml.bounce_warnings})
     send_notice(session, app, lst, msg, [email])
-
-
-def _notify_owners(session: Session, app: App, ml: MailingList, template: str,
-                   context: dict[str, Any]) -> None:
-    to = owners(session, ml)
-    if not to:
-        log.info("list_id=%s has no owners: %s not sent", ml.list_id, template)
-        return
-    lst = ListView.of(ml)
-    send_notice(session, app, lst, build_notice(app, lst, template, to, context), to)
 
 
 def _recent_events(session: Session, ml: MailingList, email: str, n: int = 5) -> list[dict]:
@@ -334,7 +312,7 @@ def tick(app: App) -> None:
     with app.db.unit_of_work() as session:
         process_disabled(session, app)
         forget_stale(session, app)
-        summarise_policy(session, app)
+        bounce_report.summarise_policy(session, app)
 
 
 def process_disabled(session: Session, app: App) -> int:
@@ -378,82 +356,5 @@ def forget_stale(session: Session, app: App) -> None:
         ).values(bounce_score=0.0).execution_options(synchronize_session=False))
 
 
-def summarise_policy(session: Session, app: App) -> int:
-    """One owner notice per list per day summarising unreported policy refusals by domain."""
-    now = app.now()
-    today = now.astimezone(dt.timezone.utc).date()
-    events = session.scalars(select(BounceEvent).where(
-        BounceEvent.kind == BounceKind.policy, BounceEvent.processed.is_(False)
-    ).order_by(BounceEvent.list_id, BounceEvent.at)).all()
-    by_list: dict[int, list[BounceEvent]] = defaultdict(list)
-    for e in events:
-        by_list[e.list_id].append(e)
-    sent = 0
-    for list_id, evs in by_list.items():
-        if evs[0].at + POLICY_SETTLE > now:
-            continue
-        ml = session.get(MailingList, list_id)
-        if ml is None:
-            continue
-        lst = ListView.of(ml)
-        guard = session.scalar(select(AutoResponse).where(
-            AutoResponse.list_id == list_id, AutoResponse.email == lst.owner,
-            AutoResponse.kind == POLICY_NOTICE_KIND))
-        if guard is not None and guard.day >= today:
-            continue
-        if guard is None:
-            guard = AutoResponse(list_id=list_id, email=lst.owner, kind=POLICY_NOTICE_KIND,
-                                 day=today, count=0)
-            session.add(guard)
-        guard.day, guard.count = today, guard.count + 1
-        _notify_owners(session, app, ml, "notice/owner/bounce_policy.txt.j2",
-                       {"domains": policy_domains(evs), "total": len(evs)})
-        for e in evs:
-            e.processed = True
-        sent += 1
-    return sent
-
-
-def policy_domains(events: Iterable[BounceEvent]) -> list[dict[str, Any]]:
-    """[{domain, count, addresses, status, diagnostic}], most affected domain first."""
-    acc: dict[str, dict[str, Any]] = {}
-    for e in events:
-        domain = e.email.rpartition("@")[2] or "(unknown)"
-        d = acc.setdefault(domain, {"domain": domain, "count": 0, "addresses": [],
-                                    "status": e.status, "diagnostic": e.diagnostic[:300]})
-        d["count"] += 1
-        if e.email not in d["addresses"]:
-            d["addresses"].append(e.email)
-    return sorted(acc.values(), key=lambda d: (-d["count"], d["domain"]))
-
-
-# ----------------------------------------------------------------------- reporting
-
-
-def status(session: Session, ml: MailingList, *, include_all: bool = False
-           ) -> list[dict[str, Any]]:
-    """Bounce state of the list's members: those with a score or disabled (or all)."""
-    q = select(Membership, Address.email).join(Address).where(
-        Membership.list_id == ml.id, Membership.role == Role.member)
-    if not include_all:
-        q = q.where((Membership.bounce_score > 0) | (Membership.enabled.is_(False)))
-    out = []
-    for m, email in session.execute(q.order_by(Address.email)):
-        out.append({"email": email, "score": m.bounce_score,
-                    "last_bounce": m.last_bounce_at.isoformat() if m.last_bounce_at else None,
-                    "enabled": m.enabled, "disabled_reason": m.disabled_reason,
-                    "warnings_sent": m.bounce_warnings_sent})
-    return out
-
-
-def events(session: Session, ml: MailingList, *, limit: int = 50) -> list[dict[str, Any]]:
-    """The most recent BounceEvents of a list, newest first."""
-    rows = session.scalars(select(BounceEvent).where(BounceEvent.list_id == ml.id).order_by(
-        BounceEvent.at.desc(), BounceEvent.id.desc()).limit(limit))
-    return [{"at": e.at.isoformat(), "email": e.email, "kind": e.kind.value,
-             "source": e.source, "status": e.status, "diagnostic": e.diagnostic}
-            for e in rows]
-
-
 __all__ = ["handle_mail", "record_failure", "tick", "reenable", "reenable_token", "record",
-           "score", "disable", "warn", "remove", "status", "events"]
+           "score", "disable", "warn", "remove", "notify_owners", "DISABLED_REASON"]

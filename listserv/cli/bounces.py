@@ -6,7 +6,7 @@ import json
 
 import click
 
-from listserv import bounces
+from listserv import bounce_report, bounces
 from listserv.cli import Obj, cli, handle_errors, pass_obj
 from listserv.lists import get_list
 
@@ -27,7 +27,7 @@ def bounces_ls(obj: Obj, list_address: str, include_all: bool, as_json: bool) ->
     """Members of LIST with a bounce score or disabled delivery."""
     app = obj.ready_app()
     with app.db.unit_of_work() as session:
-        rows = bounces.status(session, get_list(session, list_address),
+        rows = bounce_report.status(session, get_list(session, list_address),
                               include_all=include_all)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -55,7 +55,7 @@ def bounces_events(obj: Obj, list_address: str, limit: int, as_json: bool) -> No
     """Recent bounce events of LIST (hard, soft, policy, other), newest first."""
     app = obj.ready_app()
     with app.db.unit_of_work() as session:
-        rows = bounces.events(session, get_list(session, list_address), limit=limit)
+        rows = bounce_report.events(session, get_list(session, list_address), limit=limit)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from listserv import bounces
+from listserv import bounce_report
 from listserv.lists import get_list
 from listserv.models import BounceEvent, BounceKind, InboundMessage, InboundState
 from tests.integration.harness import Harness, make_list, make_message
@@ -33,7 +33,7 @@ def sample(name: str) -> bytes:
 
 def status(h: Harness) -> dict[str, dict]:
     with h.app.db.unit_of_work() as s:
-        return {r["email"]: r for r in bounces.status(s, get_list(s, LIST), include_all=True)}
+        return {r["email"]: r for r in bounce_report.status(s, get_list(s, LIST), include_all=True)}
 
 
 def test_disabled_at_threshold_stops_receiving_posts(harness: Harness, clock) -> None:  # noqa: ANN001
@@ -61,6 +61,18 @@ def test_disabled_at_threshold_stops_receiving_posts(harness: Harness, clock) ->
     post_rcpts = {r for m in got if "After the bounces" in str(m.message["Subject"])
                   for r in m.rcpt_tos}
     assert post_rcpts == {"ann@a.example", "cy@c.example"}
+
+    # a plain reply to the warning's Reply-To re-enables delivery
+    reply_to = str(w.message["Reply-To"])
+    harness.send(make_message("bob@b.example", reply_to, "Re: " + str(w.message["Subject"]),
+                              "yes, please\n"))
+    harness.run_until_idle()
+    bob = status(harness)["bob@b.example"]
+    assert bob["enabled"] is True and bob["score"] == 0 and bob["disabled_reason"] is None
+    harness.send(make_message("ann@a.example", LIST, "Welcome back"))
+    harness.run_until_idle()
+    harness.sink.wait_for(lambda ms: any("Welcome back" in str(m.message["Subject"])
+                                         and "bob@b.example" in m.rcpt_tos for m in ms))
 
 
 def test_corpus_through_bare_bounce_address(harness: Harness) -> None:
