@@ -16,9 +16,9 @@ import csv
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, cast
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from listserv.db import Database
@@ -30,6 +30,8 @@ from listserv.models import Address, DeliveryMode, Membership, Role, utcnow
 EMAIL_COLUMNS = ("email", "e-mail", "email address", "email_address", "mail")
 NAME_COLUMNS = ("name", "display_name", "display name", "full name", "full_name")
 DELIMITERS = (",", ";", "\t")
+ADDRESS = cast(Table, Address.__table__)
+MEMBERSHIP = cast(Table, Membership.__table__)
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,11 @@ def read_member_file(path: str | Path) -> Iterator[ImportLine]:
     """Parse ``path`` lazily into ImportLines (OSError when it cannot be read)."""
     with open(path, "rb") as fh:
         data = fh.read()
+    return parse_member_data(data)
+
+
+def parse_member_data(data: bytes) -> Iterator[ImportLine]:
+    """Parse the bytes of a member file (plain lines or CSV with a header) into ImportLines."""
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     lines = data.splitlines()
@@ -200,12 +207,11 @@ def _insert_chunk(db: Database, list_id: int, chunk: list[tuple[str, str]], role
         new = [{"email": email, "display_name": name, "created_at": now}
                for email, name in chunk if email not in known]
         if new:
-            session.execute(insert(Address.__table__), new)
+            session.execute(insert(ADDRESS), new)
         names = [{"b_id": known[email][0], "b_name": name} for email, name in chunk
                  if email in known and name and not known[email][1]]
         if names:
-            table = Address.__table__
-            session.execute(update(table).where(table.c.id == bindparam("b_id")).values(
+            session.execute(update(ADDRESS).where(ADDRESS.c.id == bindparam("b_id")).values(
                 display_name=bindparam("b_name")), names)
         ids = {email: aid for email, aid in session.execute(select(
             Address.email, Address.id).where(Address.email.in_(emails)))}
@@ -217,5 +223,5 @@ def _insert_chunk(db: Database, list_id: int, chunk: list[tuple[str, str]], role
                  "bounce_score": 0.0, "bounce_warnings_sent": 0, "joined_at": now}
                 for email in emails if ids[email] not in have]
         if rows:
-            session.execute(insert(Membership.__table__), rows)
+            session.execute(insert(MEMBERSHIP), rows)
     return len(rows), len(emails) - len(rows)

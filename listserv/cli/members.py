@@ -28,7 +28,7 @@ def member_group() -> None:
 @click.argument("emails", nargs=-1, metavar="[EMAIL]...")
 @click.option("--file", "path", metavar="PATH",
               help="Bulk import: one address per line, or CSV with an 'email' "
-                   "(and optional 'name') column.")
+                   "(and optional 'name') column; '-' reads standard input.")
 @click.option("--role", type=ROLE, default="member", show_default=True)
 @click.option("--delivery", type=DELIVERY, default="regular", show_default=True)
 @click.option("--moderated", is_flag=True, help="Hold this member's posts (member_action).")
@@ -67,11 +67,16 @@ def member_add(obj: Obj, list_address: str, emails: tuple[str, ...], path: str |
 def _import(obj: Obj, list_address: str, path: str, role: Role, delivery: DeliveryMode,
             moderated: bool) -> None:
     try:
-        total = member_import.count_lines(path)
+        if path == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            with open(path, "rb") as fh:
+                data = fh.read()
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
     app = obj.ready_app()
-    lines = member_import.read_member_file(path)
+    total = len(data.splitlines())
+    lines = member_import.parse_member_data(data)
     kwargs = dict(role=role, delivery_mode=delivery, moderated=moderated)
     if sys.stdout.isatty():
         with click.progressbar(length=total, label="importing", file=sys.stdout) as bar:
@@ -80,8 +85,9 @@ def _import(obj: Obj, list_address: str, path: str, role: Role, delivery: Delive
     else:
         report = member_import.import_members(app.db, list_address, lines,
                                               **kwargs)  # type: ignore[arg-type]
+    source = "stdin" if path == "-" else path
     for lineno, reason in report.invalid:
-        click.echo(f"{path}: line {lineno}: {reason}", err=True)
+        click.echo(f"{source}: line {lineno}: {reason}", err=True)
     click.echo(f"{report.list_address}: imported {report.added}, "
                f"skipped {report.skipped} duplicates ({report.existing} already "
                f"{role.value}s, {report.duplicates} repeated in the file), "

@@ -218,3 +218,13 @@ def test_import_errors(cli: Cli, tmp_path: Path) -> None:
     f = tmp_path / "m.txt"
     f.write_text("a@x.org\n")
     assert "no such list" in cli.error("member", "add", "nope@example.org", "--file", str(f))
+
+
+def test_import_from_stdin(cli: Cli) -> None:
+    result = cli("member", "add", "dev@example.org", "--file", "-",
+                 input="a@x.org\nnope\nb@x.org\n", code=1)
+    assert result.stderr.strip() == (
+        "stdin: line 2: invalid email address 'nope': An email address must have an @-sign.")
+    assert result.stdout.count("\n") == 1  # no progress bar when stdout is not a terminal
+    assert [r["email"] for r in cli.json("member", "ls", "dev@example.org")] == [
+        "a@x.org", "b@x.org"]
