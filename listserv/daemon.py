@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable, Coroutine
 
 from listserv import archive, bounces, digests, incoming, intake, moderation
 from listserv.app import App
@@ -23,14 +23,14 @@ log = logging.getLogger(__name__)
 POLL_INTERVAL = 0.5
 TICK_INTERVAL = 30.0
 DRAIN_TIMEOUT = 30.0
-TICKS: tuple[tuple[str, Callable[[App], None]], ...] = (
+TICKS: tuple[tuple[str, Callable[[App], Any]], ...] = (
     ("moderation", moderation.tick),
     ("digests", digests.tick),
     ("bounces", bounces.tick),
 )
 
 
-def delivery_runner() -> Callable[[App, asyncio.Event, asyncio.Event], Awaitable[Any]] | None:
+def delivery_runner() -> Callable[[App, asyncio.Event, asyncio.Event], Coroutine[Any, Any, Any]] | None:
     """listserv.delivery.run when the delivery module is installed."""
     try:
         from listserv import delivery  # type: ignore[attr-defined]
@@ -82,8 +82,11 @@ class Daemon:
         self.delivery_wake = asyncio.Event()
         self.archive_wake = asyncio.Event()
         wake = self.incoming_wake
-        self.handler = intake.IntakeHandler(app, on_commit=lambda: loop.call_soon_threadsafe(
-            wake.set))
+
+        def on_commit() -> None:
+            loop.call_soon_threadsafe(wake.set)
+
+        self.handler = intake.IntakeHandler(app, on_commit=on_commit)
         await asyncio.to_thread(incoming.reclaim, app)
 
         server = None
@@ -104,7 +107,7 @@ class Daemon:
             tasks.append(asyncio.create_task(self._archive_loop(workers_stop)))
         if self.scheduler_enabled:
             tasks.append(asyncio.create_task(self._scheduler_loop(workers_stop)))
-        delivery_task = None
+        delivery_task: asyncio.Task[Any] | None = None
         runner = delivery_runner() if self.delivery_enabled else None
         if runner is not None:
             delivery_task = asyncio.create_task(runner(app, delivery_stop, self.delivery_wake))
@@ -127,7 +130,10 @@ class Daemon:
             except Exception:
                 log.exception("delivery did not stop cleanly")
         if server is not None:
-            await server.wait_closed()
+            try:   # Python >= 3.12 waits here for idle client connections: bound it
+                await asyncio.wait_for(server.wait_closed(), 5)
+            except asyncio.TimeoutError:
+                log.warning("listserv: closing with SMTP clients still connected")
         log.warning("listserv: stopped")
 
     async def _drain_intake(self) -> None:

@@ -26,7 +26,7 @@ def message_hash(message_id: str) -> str:
     return hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()
 
 
-def post_recipients_query(list_id: int, message_hash: str | None) -> Select[tuple[str]]:
+def post_recipients_query(list_id: int, message_hash: str | None) -> Select[str]:
     stmt = (select(Address.email)
             .join(Membership, Membership.address_id == Address.id)
             .where(Membership.list_id == list_id, Membership.role == Role.member,

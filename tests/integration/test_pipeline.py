@@ -27,6 +27,8 @@ def test_member_post_reaches_every_member(harness: Harness) -> None:
     copy = got[0].message
     assert "<dev.example.org>" in copy["List-Id"]
     assert got[0].mail_from.startswith("dev-bounces")
+    body = copy.get_body().get_content()  # type: ignore[union-attr]
+    assert "To unsubscribe send an email to dev-leave@example.org" in body
     assert states(harness) == [("post", "accepted", "accepted as post 1 to 3 recipients")]
     assert post_id_of(harness.app, "dev@example.org") == 1
 
@@ -296,3 +298,63 @@ def test_live_workers_messages_are_not_reclaimed(quiet_harness: Harness) -> None
     h.send(make_message("ann@a.example", LIST))
     assert incoming.claim(h.app, incoming.worker_identity()) != []
     assert incoming.reclaim(h.app) == 0
+
+
+def test_signed_once_when_the_domain_has_a_key(harness: Harness) -> None:
+    import dkim
+
+    from listserv import signing
+    from listserv.models import Domain
+
+    key = signing.generate_key()
+    make_list(harness.app, LIST, members=MEMBERS + ["cy@c.example"])
+    with harness.app.db.unit_of_work() as s:
+        d = s.scalars(select(Domain)).one()
+        d.dkim_selector, d.dkim_private_key = "s1", key
+    harness.send(make_message("ann@a.example", LIST, "signed"))
+    harness.run_until_idle()
+    got = harness.sink.wait_for(lambda m: len({r for x in m for r in x.rcpt_tos}) >= 3)
+    record = signing.dns_record(key).encode()
+
+    def dns(name: bytes, timeout: int = 5) -> bytes:
+        assert name == b"s1._domainkey.example.org."
+        return record
+
+    sigs = set()
+    for m in got:
+        assert dkim.verify(m.data, dnsfunc=dns)
+        sigs.add(m.message["DKIM-Signature"])
+    assert len(sigs) == 1                       # one signature for every copy
+
+
+def test_large_list_fans_out_in_batches(app) -> None:  # type: ignore[no-untyped-def]
+    """20,000 members: one SQL stream, batched Delivery rows, every member exactly once."""
+    import time
+
+    from sqlalchemy import func, insert
+
+    from listserv import intake
+    from listserv.models import Address, Delivery, Membership, Role
+
+    list_id = make_list(app, LIST)
+    n = 20000
+    with app.db.unit_of_work() as s:
+        s.execute(insert(Address), [{"email": f"m{i}@d{i % 97}.example", "display_name": ""}
+                                    for i in range(n)])
+        ids = s.scalars(select(Address.id)).all()
+        s.execute(insert(Membership), [{"list_id": list_id, "address_id": a,
+                                        "role": Role.member} for a in ids])
+    route = intake.Router(app).resolve(LIST)
+    intake.store(app, "m1@d1.example", [route],
+                 make_message("m1@d1.example", LIST, "big").as_bytes())
+    t = time.perf_counter()
+    assert incoming.run_pass(app, incoming.worker_identity()) == 1
+    elapsed = time.perf_counter() - t
+    with app.db.unit_of_work() as s:
+        total, rows = s.execute(select(func.sum(Delivery.count), func.count())).one()
+        everyone = set()
+        for d in s.scalars(select(Delivery.recipients)):
+            everyone.update(d.split("\n"))
+    assert total == n and len(everyone) == n
+    assert rows == n // app.settings.delivery.max_recipients_per_transaction
+    assert elapsed < 5, elapsed
