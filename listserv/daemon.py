@@ -64,6 +64,7 @@ class Daemon:
         self.incoming_wake: asyncio.Event | None = None
         self.delivery_wake: asyncio.Event | None = None
         self.archive_wake: asyncio.Event | None = None
+        self.scheduler_wake: asyncio.Event | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
 
     def wake(self) -> None:
@@ -81,6 +82,9 @@ class Daemon:
         self.incoming_wake = asyncio.Event()
         self.delivery_wake = asyncio.Event()
         self.archive_wake = asyncio.Event()
+        scheduler_wake = self.scheduler_wake = asyncio.Event()
+        # a post that pushes a list over its digest size threshold runs the ticks at once
+        app.extra[digests.WAKEUP_KEY] = lambda: loop.call_soon_threadsafe(scheduler_wake.set)
         wake = self.incoming_wake
 
         def on_commit() -> None:
@@ -121,6 +125,7 @@ class Daemon:
             await self._drain_intake()
         workers_stop.set()
         self.wake()
+        scheduler_wake.set()
         await asyncio.gather(*tasks, return_exceptions=True)
         delivery_stop.set()
         self.delivery_wake.set()
@@ -174,7 +179,9 @@ class Daemon:
                 await _wait(self.archive_wake, TICK_INTERVAL)
 
     async def _scheduler_loop(self, stop: asyncio.Event) -> None:
+        assert self.scheduler_wake is not None
         while not stop.is_set():
+            self.scheduler_wake.clear()
             try:
                 await asyncio.to_thread(incoming.reclaim, self.app)
             except Exception:
@@ -188,7 +195,7 @@ class Daemon:
                     log.exception("%s tick failed", name)
             if self.delivery_wake is not None:
                 self.delivery_wake.set()
-            await _wait(stop, TICK_INTERVAL)
+            await _wait(self.scheduler_wake, TICK_INTERVAL)
 
 
 def serve(app: App) -> None:

@@ -6,15 +6,20 @@ from __future__ import annotations
 import datetime as dt
 from email.message import EmailMessage
 
+import time
+
 import dkim
 from click.testing import CliRunner
+from sqlalchemy import func, select
 
 from listserv import digests, lists, members, signing
 from listserv.cli import cli
-from listserv.models import DeliveryMode
+from listserv.app import App
+from listserv.daemon import TICK_INTERVAL, Daemon
+from listserv.models import DeliveryMode, Digest
 from tests.conftest import Clock
 from tests.integration.harness import Harness, make_list, make_message
-from tests.sink import Captured
+from tests.sink import Captured, SmtpSink
 
 LIST = "dev@example.org"
 MODES = {"reg@a.example": DeliveryMode.regular, "mime@b.example": DeliveryMode.mime_digest,
@@ -156,3 +161,27 @@ def test_mode_change_mid_period_loses_and_doubles_nothing(harness: Harness,
     assert ids("plain@c.example") == both    # both in the plain digest
     assert ids("none@d.example") == []
     assert len(harness.sink.messages) == 5   # 2 regular copies + 3 digests
+
+
+def test_size_threshold_wakes_the_scheduler(app: App, sink: SmtpSink) -> None:
+    """A post over the size threshold gets its digest sent at once, not at the next 30 s tick."""
+    h = Harness(app, sink)
+    h.daemon = Daemon(h.app, host="127.0.0.1", port=0, scheduler=True,
+                      delivery=h.real_delivery)
+    h.start()
+    try:
+        setup_list(h)
+        with h.app.db.unit_of_work() as s:
+            lists.get_list(s, LIST).digest_size_threshold_kb = 1
+        h.send(make_message("reg@a.example", LIST, "Big", "x" * 1500 + "\n"))
+        deadline = time.monotonic() + 10          # well under daemon.TICK_INTERVAL
+        while True:
+            h.run_until_idle()
+            with h.app.db.unit_of_work() as s:
+                if s.scalar(select(func.count(Digest.id))):
+                    break
+            assert time.monotonic() < deadline, "no digest after the size threshold was passed"
+            time.sleep(0.05)   # polling a condition with a deadline
+        assert TICK_INTERVAL >= 30
+    finally:
+        h.stop()
