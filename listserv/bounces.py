@@ -179,6 +179,9 @@ def score(session: Session, app: App, ml: MailingList, m: Membership,
           now: dt.datetime | None = None) -> bool:
     """Add one hard bounce to ``m``'s score (Mailman 3 rules). True when it scored."""
     now = now or app.now()
+    # Concurrent bounces for one member serialise on its row (PostgreSQL; SQLite has one writer).
+    session.execute(select(Membership.id).where(Membership.id == m.id).with_for_update())
+    session.refresh(m)
     if not m.enabled:
         return False
     today = now.astimezone(dt.timezone.utc).date()
@@ -207,8 +210,8 @@ def disable(session: Session, app: App, ml: MailingList, m: Membership,
     log.info("list_id=%s disabled %s at bounce score %s", ml.list_id, m.address.email,
              m.bounce_score)
     notify_owners(session, app, ml, "notice/owner/bounce_disabled.txt.j2", {
-        "email": m.address.email, "score": m.bounce_score,
-        "threshold": ml.bounce_score_threshold, "warnings": ml.bounce_warnings,
+        "email": m.address.email, "score": f"{m.bounce_score:g}",
+        "threshold": f"{ml.bounce_score_threshold:g}", "warnings": ml.bounce_warnings,
         "interval": ml.bounce_warning_interval_days,
         "events": _recent_events(session, ml, m.address.email)})
     if ml.bounce_warnings > 0:
@@ -229,7 +232,7 @@ def warn(session: Session, app: App, ml: MailingList, m: Membership,
     msg = build_notice(app, lst, "notice/user/bounce_warning.txt.j2", m.address.email, {
         "email": m.address.email, "token": token, "confirm_address": confirm,
         "warning": m.bounce_warnings_sent, "warnings": ml.bounce_warnings, "left": left,
-        "removal_date": removal.strftime("%Y-%m-%d"), "score": m.bounce_score,
+        "removal_date": removal.strftime("%Y-%m-%d"), "score": f"{m.bounce_score:g}",
     }, reply_to=confirm)
     send_notice(session, app, lst, msg, [m.address.email])
     return token
