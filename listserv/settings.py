@@ -88,6 +88,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("bounce_warning_interval_days", "int", 7, "days between those warnings"),
     Setting("notify_poster_on_hold", "bool", True,
             "tell the poster when a post is held for moderation"),
+    Setting("display_name", "text", "", "the list's human name (set by list create)",
+            max_length=255),
+    Setting("description", "text", "", "a one-line description of the list", max_length=1000),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}

@@ -18,12 +18,10 @@ def domain_group() -> None:
     """Hosted domains and their DKIM keys."""
 
 
-def _print_record(d: Domain) -> None:
+def _record_lines(d: Domain) -> list[str]:
     name, value = service.txt_record(d)
-    click.echo(f"Publish this DNS TXT record for {d.name}:")
-    click.echo(f"name:  {name}")
-    click.echo("type:  TXT")
-    click.echo(f"value: {value}")
+    return [f"Publish this DNS TXT record for {d.name}:", f"name:  {name}", "type:  TXT",
+            f"value: {value}"]
 
 
 @domain_group.command("add")
@@ -51,10 +49,11 @@ def domain_add(obj: Obj, domain: str, selector: str | None, key_file: str | None
     with app.db.unit_of_work() as session:
         d, created = service.add_domain(session, domain, dkim_selector=selector,
                                         dkim_key_pem=pem)
-        click.echo(f"{'added' if created else 'updated'} domain {d.name}"
-                   + (f" (DKIM selector {d.dkim_selector})" if d.dkim_private_key else ""))
+        lines = [f"{'added' if created else 'updated'} domain {d.name}"
+                 + (f" (DKIM selector {d.dkim_selector})" if d.dkim_private_key else "")]
         if d.dkim_private_key:
-            _print_record(d)
+            lines += _record_lines(d)
+    click.echo("\n".join(lines))  # after the commit
 
 
 @domain_group.command("dkim-keygen")
@@ -71,7 +70,8 @@ def domain_dkim_keygen(obj: Obj, domain: str, selector: str, force: bool) -> Non
     app = obj.ready_app()
     with app.db.unit_of_work() as session:
         d = service.generate_dkim_key(session, domain, selector, replace=force)
-        _print_record(d)
+        lines = _record_lines(d)
+    click.echo("\n".join(lines))  # after the commit
 
 
 @domain_group.command("ls")

@@ -38,7 +38,8 @@ def list_create(obj: Obj, address: str, owners: tuple[str, ...], moderators: tup
         ml = service.create_list(session, address, display_name=display_name)
         members_service.add_members(session, ml, owner_people, role=Role.owner)
         members_service.add_members(session, ml, moderator_people, role=Role.moderator)
-        click.echo(f"created list {ml.address}")
+        created = ml.address
+    click.echo(f"created list {created}")
 
 
 @list_group.command("ls")
@@ -81,8 +82,6 @@ def list_show(obj: Obj, address: str, as_json: bool) -> None:
     pairs([
         ("list", info["address"]),
         ("list-id", info["list_id"]),
-        ("display_name", info["display_name"]),
-        ("description", info["description"] or None),
         ("owners", ", ".join(info["owner_emails"]) or None),
         ("moderators", ", ".join(info["moderator_emails"]) or None),
         ("members", f"{info['members']} ({delivery}; {info['disabled']} disabled)"),
@@ -111,7 +110,8 @@ def list_set(obj: Obj, address: str, key: str, value: str) -> None:
         stored = service.set_setting(session, ml, key, value)
         name = settings_mod.get(key).name
         shown = repr(stored) if isinstance(stored, str) else settings_mod.format_value(stored)
-        click.echo(f"{ml.address}: {name} = {shown}")
+        line = f"{ml.address}: {name} = {shown}"
+    click.echo(line)
 
 
 @list_group.command("delete")

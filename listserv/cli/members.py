@@ -167,8 +167,9 @@ def member_set(obj: Obj, list_address: str, email: str, delivery: str | None,
         rows = service.set_member(session, ml, addr, role=Role(role) if role else None,
                                   delivery_mode=DeliveryMode(delivery) if delivery else None,
                                   moderated=moderated, enabled=enable, display_name=name)
-        for m in rows:
-            state = "enabled" if m.enabled else f"disabled ({m.disabled_reason})"
-            click.echo(f"{ml.address}: {m.address.email} ({m.role.value}): "
-                       f"delivery {m.delivery_mode.value}, "
-                       f"{'moderated' if m.moderated else 'unmoderated'}, {state}")
+        lines = [f"{ml.address}: {m.address.email} ({m.role.value}): "
+                 f"delivery {m.delivery_mode.value}, "
+                 f"{'moderated' if m.moderated else 'unmoderated'}, "
+                 + ("enabled" if m.enabled else f"disabled ({m.disabled_reason})")
+                 for m in rows]
+    click.echo("\n".join(lines))

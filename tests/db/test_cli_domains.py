@@ -115,3 +115,22 @@ def test_add_with_bad_key_files(cli: Cli, tmp_path: Path) -> None:
     assert "cannot read" in cli.error("domain", "add", "x.org", "--dkim-selector", "s",
                                       "--dkim-key", str(tmp_path / "missing.pem"))
     assert cli.json("domain", "ls") == []
+
+
+def test_key_is_kept_when_stdout_is_closed(cli: Cli, cli_env: dict[str, str]) -> None:
+    """`listserv domain dkim-keygen ... | head -1`: the key is committed before printing, and a
+    closed pipe ends the command quietly (no traceback)."""
+    import os
+    import subprocess
+    import sys
+
+    cli("domain", "add", "example.org")
+    proc = subprocess.Popen([sys.executable, "-m", "listserv", "domain", "dkim-keygen",
+                             "example.org", "--selector", "s1"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, **cli_env})
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=60)
+    assert "Traceback" not in err and err == ""
+    assert cli.json("domain", "ls")[0]["dkim_selector"] == "s1"

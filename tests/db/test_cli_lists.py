@@ -105,6 +105,8 @@ def test_show(cli: Cli) -> None:
     ("bounce_warnings", "0", 0),
     ("bounce_warning_interval_days", "3", 3),
     ("notify_poster_on_hold", "false", False),
+    ("display_name", "Developers' list", "Developers' list"),
+    ("description", "Talk about development", "Talk about development"),
 ])
 def test_set_every_setting(cli: Cli, key: str, value: str, expected: object) -> None:
     cli("list", "create", "dev@example.org")
