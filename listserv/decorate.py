@@ -147,7 +147,7 @@ def wrap_mixed(msg: EmailMessage, footer: str) -> EmailMessage:
     for name, value in msg.items():
         if name.lower().startswith("content-"):
             inner[name] = value
-    inner.set_payload(msg.get_payload())
+    inner.set_payload(_raw_payload(msg))
     inner.preamble, inner.epilogue = msg.preamble, msg.epilogue
     if msg.get_default_type() != "text/plain":
         inner.set_default_type(msg.get_default_type())
@@ -160,3 +160,17 @@ def wrap_mixed(msg: EmailMessage, footer: str) -> EmailMessage:
     msg["Content-Type"] = f'multipart/mixed; boundary="{boundary_for(body, footer)}"'
     msg.set_payload([inner, footer_part(footer)])
     return msg
+
+
+def _raw_payload(msg: EmailMessage) -> object:
+    """The payload exactly as parsed. ``get_payload()`` decodes undecodable 8-bit text (bytes
+    not in the declared charset, or none declared) with U+FFFD replacements, which then can
+    neither be serialised nor match the original: carry the raw bytes through instead."""
+    if msg.is_multipart():
+        return msg.get_payload()
+    cte = (msg.get("Content-Transfer-Encoding") or "7bit").strip().lower()
+    if cte in ("7bit", "8bit", "binary"):
+        raw = msg.get_payload(decode=True)
+        if isinstance(raw, bytes) and not raw.isascii():
+            return raw.decode("ascii", "surrogateescape")
+    return msg.get_payload()

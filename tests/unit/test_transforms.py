@@ -368,3 +368,21 @@ def test_undecodable_text_is_wrapped_not_corrupted() -> None:
     out = decorate(msg, lst(), FOOTER)
     assert out.get_content_type() == "multipart/mixed"
     assert out.get_payload()[0].get_payload() == msg.get_payload()
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain; charset=us-ascii",
+                                          "text/plain; charset=utf-8", "text/html"])
+def test_undecodable_8bit_body_is_wrapped_byte_for_byte(content_type: str | None) -> None:
+    # Unlabelled or mislabelled Latin-1 from an old mailer: append_to_text gives up and the
+    # body is wrapped; its bytes must survive (they used to become U+FFFD and crash).
+    head = "From: a@example.com\r\nTo: dev@example.org\r\nSubject: caf\xe9\r\n"
+    if content_type:
+        head += f"MIME-Version: 1.0\r\nContent-Type: {content_type}\r\n"
+    raw = (head + "\r\nna\xefve body\r\n").encode("latin-1")
+    out = decorate(parse(raw), lst(), FOOTER)
+    wire = out.as_bytes(policy=policy.SMTP)
+    assert out.get_content_type() == "multipart/mixed"
+    first, footer = out.iter_parts()
+    assert first.get_payload(decode=True) == b"na\xefve body\r\n"
+    assert b"na\xefve body" in wire
+    assert footer.get_content() == FOOTER
