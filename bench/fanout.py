@@ -1,0 +1,294 @@
+"""Fan-out benchmark: one post to a list of N members, through a real `listserv serve`.
+
+    python bench/fanout.py --members 10000 --verp --dkim
+    python bench/fanout.py --members 100000 --no-verp --dkim
+
+It starts a fast SMTP sink (Postfix's `smtp-sink`; `apt-get install postfix` provides it — an
+in-process aiosmtpd sink is the fallback, and says so), initialises a temporary data_dir, makes
+the list (DKIM key via `listserv domain dkim-keygen`, members by direct SQL inserts), starts
+`python -m listserv serve`, posts one message with smtplib and prints: seconds from the post's
+250 to the last recipient delivered, deliveries per second, SMTP transactions, the latency to
+the first delivery, and the daemon's peak RSS (VmHWM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+LIST = "bench@bench.example"
+POSTER = "poster@sender.example"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise SystemExit(f"process exited with {proc.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), 0.2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise SystemExit(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+class Sink:
+    """Counts delivered transactions and the time of the first and of the latest one."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.count = 0
+        self.recipients = 0       # only known for the fallback sink
+        self.first: float | None = None
+        self.last: float | None = None
+        self.kind = ""
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.controller = None
+
+    def _seen(self, count: int) -> None:
+        now = time.time()
+        if count > self.count:
+            if self.first is None:
+                self.first = now
+            self.last = now
+            self.count = count
+
+    def start(self) -> None:
+        exe = shutil.which("smtp-sink") or ("/usr/sbin/smtp-sink"
+                                            if os.path.exists("/usr/sbin/smtp-sink") else None)
+        if exe:
+            cmd = [exe, "-c", "-m", "512"]
+            if os.geteuid() == 0:
+                cmd += ["-u", "nobody"]
+            cmd += [f"127.0.0.1:{self.port}", "1024"]
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            self.kind = "postfix smtp-sink"
+            threading.Thread(target=self._read, daemon=True).start()
+            wait_port(self.port, 10, self.proc)
+            return
+        self._start_aiosmtpd()
+
+    def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        buf = b""
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return
+            buf += chunk
+            *records, buf = buf.split(b"\r")
+            if records:
+                last = records[-1]
+                i = last.rfind(b"msg=")
+                if i >= 0:
+                    self._seen(int(last[i + 4:].split()[0]))
+
+    def _start_aiosmtpd(self) -> None:
+        from aiosmtpd.controller import Controller
+
+        sink = self
+
+        class Handler:
+            async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
+                sink.recipients += len(envelope.rcpt_tos)
+                sink._seen(sink.count + 1)
+                return "250 OK"
+
+        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port)
+        self.controller.start()
+        self.kind = ("in-process aiosmtpd sink (FALLBACK: smtp-sink not found; "
+                     "the sink may be the bottleneck)")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(5)
+        if self.controller is not None:
+            self.controller.stop()
+
+
+def cli(cfg: Path, *args: str) -> str:
+    res = subprocess.run([sys.executable, "-m", "listserv", "--config", str(cfg), *args],
+                         capture_output=True, text=True, cwd=ROOT)
+    if res.returncode != 0:
+        raise SystemExit(f"listserv {' '.join(args)} failed: {res.stderr.strip()}")
+    return res.stdout
+
+
+def add_members(cfg: Path, n: int) -> None:
+    """N members by direct SQL inserts (a bulk import of 100,000 is not what we measure)."""
+    from sqlalchemy import insert, select
+
+    from listserv.app import App
+    from listserv.lists import get_list
+    from listserv.models import Address, Membership
+
+    app = App.load(str(cfg))
+    emails = [f"member{i}@d{i % 97}.example" for i in range(n)]
+    with app.db.unit_of_work() as session:
+        list_id = get_list(session, LIST).id
+        for i in range(0, n, 5000):
+            session.execute(insert(Address), [{"email": e} for e in emails[i:i + 5000]])
+        ids = session.execute(select(Address.id).where(Address.email.like("member%@d%.example"))
+                              ).scalars().all()
+        for i in range(0, len(ids), 5000):
+            session.execute(insert(Membership),
+                            [{"list_id": list_id, "address_id": a} for a in ids[i:i + 5000]])
+    app.db.dispose()
+
+
+def progress(cfg: Path) -> tuple[int, int, int]:
+    """(done recipients, failed recipients, unfinished recipients) of the queue."""
+    from sqlalchemy import func, select
+
+    from listserv.models import Delivery, DeliveryState
+
+    global _APP
+    if _APP is None:
+        from listserv.app import App
+        _APP = App.load(str(cfg))
+    with _APP.db.unit_of_work() as session:
+        rows = dict(session.execute(select(Delivery.state, func.coalesce(func.sum(Delivery.count),
+                                                                         0))
+                                    .group_by(Delivery.state)).all())
+    return (int(rows.get(DeliveryState.done, 0)), int(rows.get(DeliveryState.failed, 0)),
+            int(rows.get(DeliveryState.pending, 0)) + int(rows.get(DeliveryState.sending, 0)))
+
+
+_APP = None
+
+
+def signed(cfg: Path) -> bool:
+    from sqlalchemy import select
+
+    from listserv.app import App
+    from listserv.models import OutboundMessage
+
+    app = App.load(str(cfg))
+    with app.db.unit_of_work() as session:
+        sha = session.scalar(select(OutboundMessage.spool_sha)
+                             .where(OutboundMessage.kind == "post"))
+    ok = sha is not None and app.spool.get(sha).startswith(b"DKIM-Signature:")
+    app.db.dispose()
+    return ok
+
+
+def vm_hwm_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--members", type=int, default=10000)
+    ap.add_argument("--verp", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--dkim", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--connections", type=int, default=8)
+    ap.add_argument("--database-url", default="", help="default: SQLite in the temp data_dir")
+    ap.add_argument("--timeout", type=float, default=300.0)
+    ap.add_argument("--keep", action="store_true", help="keep the temp data_dir")
+    args = ap.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="listserv-fanout-"))
+    sink = Sink()
+    sink.start()
+    intake_port = free_port()
+    cfg = tmp / "listserv.toml"
+    db = f'\n[database]\nurl = "{args.database_url}"\n' if args.database_url else ""
+    cfg.write_text(f'data_dir = "{tmp / "data"}"\nsite_domain = "bench.example"\n{db}'
+                   f'\n[intake]\nhost = "127.0.0.1"\nport = {intake_port}\n'
+                   f'\n[delivery]\noutbound = "smtp://127.0.0.1:{sink.port}"\n'
+                   f'connections = {args.connections}\n'
+                   f'verp = {"true" if args.verp else "false"}\n')
+    daemon: subprocess.Popen[bytes] | None = None
+    try:
+        cli(cfg, "init")
+        if args.dkim:
+            cli(cfg, "domain", "dkim-keygen", "bench.example", "--selector", "bench")
+        cli(cfg, "list", "create", LIST, "--owner", "owner@bench.example")
+        for key, value in (("nonmember_action", "accept"), ("dmarc_mitigation", "none")):
+            cli(cfg, "list", "set", LIST, key, value)
+        t = time.monotonic()
+        add_members(cfg, args.members)
+        print(f"setup: {args.members} members inserted in {time.monotonic() - t:.1f}s")
+
+        log = open(tmp / "serve.log", "wb")
+        daemon = subprocess.Popen([sys.executable, "-m", "listserv", "--config", str(cfg),
+                                   "serve"], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        wait_port(intake_port, 30, daemon)
+
+        msg = (f"From: Poster <{POSTER}>\r\nTo: {LIST}\r\nSubject: fan-out benchmark\r\n"
+               f"Message-ID: <bench.{os.getpid()}.{time.time()}@sender.example>\r\n"
+               f"Date: {time.strftime('%a, %d %b %Y %H:%M:%S +0000', time.gmtime())}\r\n"
+               "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+               + "A post to measure fan-out. " * 40 + "\r\n")
+        with smtplib.SMTP("127.0.0.1", intake_port) as smtp:
+            smtp.sendmail(POSTER, [LIST], msg.encode())
+            t_accepted = time.time()
+
+        deadline = time.monotonic() + args.timeout
+        while True:
+            done, failed, left = progress(cfg)
+            if done + failed >= args.members and left == 0:
+                break
+            if time.monotonic() > deadline:
+                raise SystemExit(f"timeout: {done} done, {failed} failed, {left} unfinished")
+            if daemon.poll() is not None:
+                raise SystemExit(f"listserv serve exited with {daemon.returncode}; "
+                                 f"see {tmp / 'serve.log'}")
+            time.sleep(0.02)
+        t_recorded = time.time()
+        time.sleep(0.2)           # let the sink's counter catch up
+        hwm = vm_hwm_mb(daemon.pid)
+        last = sink.last or t_recorded
+        elapsed = last - t_accepted
+        first = (sink.first - t_accepted) if sink.first else float("nan")
+        print(f"sink: {sink.kind}")
+        print(f"members={args.members} verp={args.verp} dkim={args.dkim} "
+              f"connections={args.connections} signed={signed(cfg) if args.dkim else False}")
+        print(f"delivered: {done} recipients, failed: {failed}")
+        print(f"seconds from the post's 250 to the last recipient delivered: {elapsed:.2f}")
+        print(f"  (to the last result recorded in the queue: {t_recorded - t_accepted:.2f})")
+        print(f"deliveries per second: {done / elapsed:,.0f}")
+        print(f"SMTP transactions: {sink.count}")
+        print(f"first delivery latency: {first:.3f} s")
+        print(f"daemon peak RSS (VmHWM): {hwm:.0f} MB")
+    finally:
+        if daemon is not None and daemon.poll() is None:
+            daemon.send_signal(signal.SIGTERM)
+            try:
+                daemon.wait(30)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+        sink.stop()
+        if args.keep:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
