@@ -100,9 +100,9 @@ class Sink:
             *records, buf = buf.split(b"\r")
             if records:
                 last = records[-1]
-                i = last.rfind(b"msg=")
+                i = last.rfind(b"mesg=")
                 if i >= 0:
-                    self._seen(int(last[i + 4:].split()[0]))
+                    self._seen(int(last[i + 5:].split()[0]))
 
     def _start_aiosmtpd(self) -> None:
         from aiosmtpd.controller import Controller
@@ -226,9 +226,9 @@ def main() -> None:
     daemon: subprocess.Popen[bytes] | None = None
     try:
         cli(cfg, "init")
+        cli(cfg, "list", "create", LIST, "--owner", "owner@bench.example")
         if args.dkim:
             cli(cfg, "domain", "dkim-keygen", "bench.example", "--selector", "bench")
-        cli(cfg, "list", "create", LIST, "--owner", "owner@bench.example")
         for key, value in (("nonmember_action", "accept"), ("dmarc_mitigation", "none")):
             cli(cfg, "list", "set", LIST, key, value)
         t = time.monotonic()
@@ -237,14 +237,14 @@ def main() -> None:
 
         log = open(tmp / "serve.log", "wb")
         daemon = subprocess.Popen([sys.executable, "-m", "listserv", "--config", str(cfg),
-                                   "serve"], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+                                   *os.environ.get("BENCH_SERVE_FLAGS", "").split(), "serve"], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         wait_port(intake_port, 30, daemon)
 
         msg = (f"From: Poster <{POSTER}>\r\nTo: {LIST}\r\nSubject: fan-out benchmark\r\n"
                f"Message-ID: <bench.{os.getpid()}.{time.time()}@sender.example>\r\n"
                f"Date: {time.strftime('%a, %d %b %Y %H:%M:%S +0000', time.gmtime())}\r\n"
                "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
-               + "A post to measure fan-out. " * 40 + "\r\n")
+               + "A post to measure fan-out, with a body of a usual size.\r\n" * 30)
         with smtplib.SMTP("127.0.0.1", intake_port) as smtp:
             smtp.sendmail(POSTER, [LIST], msg.encode())
             t_accepted = time.time()

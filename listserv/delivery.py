@@ -66,6 +66,9 @@ def claim(session: Session, owner: str, now: dt.datetime, limit: int) -> list[An
     ready = (select(T.c.id)
              .where(T.c.state == DeliveryState.pending, T.c.next_attempt_at <= now)
              .order_by(T.c.next_attempt_at, T.c.id).limit(limit))
+    # A plain read first: an idle poll then never takes SQLite's write lock.
+    if session.execute(ready.limit(1)).first() is None:
+        return []
     if session.get_bind().dialect.name == "postgresql":
         ready = ready.with_for_update(skip_locked=True)
     stmt = (update(T).where(T.c.id.in_(ready), T.c.state == DeliveryState.pending)
@@ -279,6 +282,8 @@ class Runner:
 
     async def _claim(self, limit: int) -> int:
         batches = await asyncio.to_thread(self._claim_sync, limit)
+        if batches:
+            log.debug("delivery: claimed %d batches", len(batches))
         for b in batches:
             self.inflight += 1
             self.transport.submit(b)

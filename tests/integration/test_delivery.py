@@ -63,11 +63,16 @@ def by_state(app: App) -> dict[str, list[str]]:
     return {k: sorted(v) for k, v in out.items()}
 
 
-def test_batches_respect_max_recipients(app: App, sink: SmtpSink) -> None:
+def test_batches_respect_max_recipients(app: App, sink: SmtpSink,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
     a = with_delivery(app, outbound=sink.url, max_recipients_per_transaction=3)
     rcpts = [f"u{i}@example.com" for i in range(7)]
     enqueue(a, rcpts)
+    reads: list[str] = []
+    real_get = a.spool.get
+    monkeypatch.setattr(a.spool, "get", lambda sha: (reads.append(sha), real_get(sha))[1])
     assert delivery.deliver_pending(a) == 3
+    assert len(reads) == 1            # the spooled bytes are read once for all batches
     msgs = sink.wait_for(lambda m: len(m) == 3)
     assert sorted(len(m.rcpt_tos) for m in msgs) == [1, 3, 3]
     assert sorted(sink.recipients()) == sorted(rcpts)
