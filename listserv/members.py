@@ -93,23 +93,22 @@ def parse_person(text: str) -> tuple[str, str]:
     return name.strip(), addresses.normalise(raw)
 
 
-def member_json(m: Membership) -> dict[str, Any]:
-    """The `member ls --json` object of one membership row."""
-    return {"email": m.address.email, "name": m.address.display_name, "role": m.role.value,
-            "delivery": m.delivery_mode.value, "moderated": m.moderated, "enabled": m.enabled,
-            "disabled_reason": m.disabled_reason, "bounce_score": m.bounce_score,
-            "joined_at": m.joined_at.isoformat(timespec="seconds")}
-
-
-def iter_members(session: Session, ml: MailingList, role: Role | None = None,
-                 batch: int = 1000) -> Iterator[Membership]:
-    """Memberships of ``ml`` ordered by address then role, streamed in batches."""
-    stmt = select(Membership).join(Address).where(Membership.list_id == ml.id).order_by(
-        Address.email, Membership.role)
+def member_rows(session: Session, ml: MailingList, role: Role | None = None,
+                batch: int = 2000) -> Iterator[dict[str, Any]]:
+    """The `member ls --json` objects of ``ml`` (by address, then role), streamed without
+    loading ORM objects (fast for 100,000-member lists)."""
+    stmt = select(Address.email, Address.display_name, Membership.role, Membership.delivery_mode,
+                  Membership.moderated, Membership.enabled, Membership.disabled_reason,
+                  Membership.bounce_score, Membership.joined_at).join(
+        Address, Membership.address_id == Address.id).where(
+        Membership.list_id == ml.id).order_by(Address.email, Membership.role)
     if role is not None:
         stmt = stmt.where(Membership.role == role)
-    for m in session.scalars(stmt.execution_options(yield_per=batch)):
-        yield m
+    for row in session.execute(stmt.execution_options(yield_per=batch)):
+        yield {"email": row[0], "name": row[1], "role": row[2].value,
+               "delivery": row[3].value, "moderated": row[4], "enabled": row[5],
+               "disabled_reason": row[6], "bounce_score": row[7],
+               "joined_at": row[8].isoformat(timespec="seconds")}
 
 
 def add_members(session: Session, ml: MailingList, people: Iterable[tuple[str, str]], *,

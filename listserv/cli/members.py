@@ -130,14 +130,14 @@ def member_ls(obj: Obj, list_address: str, role: str | None, as_json: bool) -> N
     app = obj.ready_app()
     with app.db.unit_of_work() as session:
         ml = lists_service.get_list(session, list_address)
-        rows = service.iter_members(session, ml, Role(role) if role else None)
+        rows = service.member_rows(session, ml, Role(role) if role else None)
         if as_json:
-            json_array(service.member_json(m) for m in rows)
+            json_array(rows)
             return
         table(["email", "name", "role", "delivery", "moderated", "enabled", "disabled"],
-              [(m.address.email, m.address.display_name or None, m.role.value,
-                m.delivery_mode.value, m.moderated, m.enabled, m.disabled_reason)
-               for m in rows], empty=f"{ml.address} has no {role or 'member'}s")
+              [(r["email"], r["name"] or None, r["role"], r["delivery"], r["moderated"],
+                r["enabled"], r["disabled_reason"]) for r in rows],
+              empty=f"{ml.address} has no {role or 'member'}s")
 
 
 @member_group.command("set")

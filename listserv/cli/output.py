@@ -39,14 +39,23 @@ def pairs(items: Iterable[tuple[str, Any]]) -> None:
         click.echo(f"{(key + ':').ljust(width + 1)} {cell(value)}".rstrip())
 
 
-def json_array(objects: Iterable[dict[str, Any]]) -> None:
-    """Print a JSON array, streaming one object per line (large member lists stay cheap)."""
-    first = True
-    click.echo("[", nl=False)
+def json_array(objects: Iterable[dict[str, Any]], batch: int = 1000) -> None:
+    """Print a JSON array with one object per line, written in batches (a 100,000-member list
+    is streamed, never held whole)."""
+    encode = json.JSONEncoder(ensure_ascii=False).encode
+    pending: list[str] = []
+    count = 0
     for obj in objects:
-        click.echo(("\n" if first else ",\n") + json.dumps(obj, ensure_ascii=False), nl=False)
-        first = False
-    click.echo("\n]" if not first else "]")
+        pending.append(encode(obj))
+        count += 1
+        if len(pending) >= batch:
+            click.echo(("[\n" if count == len(pending) else ",\n") + ",\n".join(pending),
+                       nl=False)
+            pending = []
+    if pending:
+        click.echo(("[\n" if count == len(pending) else ",\n") + ",\n".join(pending),
+                   nl=False)
+    click.echo("\n]" if count else "[]")
 
 
 def json_object(obj: dict[str, Any]) -> None:
