@@ -47,17 +47,23 @@ BOUNCE_SUBJECT_RE = re.compile(
     r"delivered|non[- ]?delivery|delivery\s+has\s+failed|returned\s+to\s+sender|"
     r"nicht\s+zustellbar|delayed\s+mail|warning:\s+could\s+not\s+send",
     re.IGNORECASE)
-DAEMON_LOCALS = ("mailer-daemon", "postmaster", "mail-daemon", "mailerdaemon", "maildaemon")
+DAEMON_LOCALS = ("mailerdaemon", "postmaster", "maildaemon")   # compared without - _ .
 NOT_BOUNCE_REPORTS = ("feedback-report",)   # abuse reports (ARF, RFC 5965)
-SYSTEM_LOCALS = DAEMON_LOCALS + ("abuse", "hostmaster", "root", "noc", "security")
+SYSTEM_LOCALS = ("mailer-daemon", "postmaster", "mail-daemon", "mailerdaemon", "abuse",
+                 "hostmaster", "root", "noc", "security", "post_master")
 ADDRESS_RE = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*"
                         r"[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+")
 HEADER_BLOCK_RE = re.compile(r"^(?:Received|Return-Path|DKIM-Signature|Message-ID|"
                              r"Delivered-To):", re.IGNORECASE | re.MULTILINE)
+SENDER_LINE_RE = re.compile(
+    r"[ \t>]*(?:from|sender|reply-to|return-path|mail\s+from|envelope-from|cc|bcc|"
+    r"message-id|in-reply-to|references|x-original-from|original-sender)\b",
+    re.IGNORECASE)
 ORIGINAL_MARKERS = re.compile(
-    r"^-+\s*(?:below this line is a copy|this is a copy of|original message|"
-    r"start of returned message|returned mail follows|returned message)"
-    r"|^\s*-+\s*original message follows|^original message follows",
+    r"^[ \t]*[-=*_]*[ \t]*(?:below\s+(?:this\s+line\s+)?is\s+a\s+copy|this\s+is\s+a\s+copy\s+of"
+    r"|(?:the\s+)?original\s+message(?:\s+(?:follows|below|headers))?\s*[-=*_:]*[ \t]*$"
+    r"|original\s+message\s+follows|(?<=[-=*_])[ \t]*(?:start\s+of\s+)?returned\s+(?:message|mail)"
+    r"|returned\s+mail\s+follows|a\s+copy\s+of\s+the\s+original\s+message)",
     re.IGNORECASE | re.MULTILINE)
 
 
@@ -151,17 +157,16 @@ def _clean(value: object) -> str:
 
 
 def _address(value: str) -> str | None:
-    """'rfc822; <User@Host>' -> 'user@host' (validated), else None."""
+    """'rfc822; <User@Host>' (or '"user@host":' from a detector) -> 'user@host', validated."""
     value = _clean(value)
-    if not value:
-        return None
     _, semi, rest = value.partition(";")
-    raw = rest if semi else value
-    _, addr = parseaddr(raw.strip())
-    addr = (addr or raw).strip().strip("<>").strip()
-    if "@" not in addr:
-        return None
-    return try_normalise(addr)
+    raw = (rest if semi else value).strip()
+    _, addr = parseaddr(raw)
+    addr = addr.strip().strip("<>").strip()
+    if "@" not in addr or try_normalise(addr) is None:
+        mo = ADDRESS_RE.search(raw)
+        addr = mo.group(0) if mo else ""
+    return try_normalise(addr) if "@" in addr else None
 
 
 # ----------------------------------------------------------------------- DSN
@@ -283,7 +288,7 @@ def looks_like_bounce(msg: Message) -> bool:
     if msg.get_content_type() == "multipart/report" or msg.get("x-failed-recipients"):
         return True
     _, sender = parseaddr(_clean(msg.get("from", "")))
-    local = sender.partition("@")[0].lower()
+    local = re.sub(r"[-_.]", "", sender.partition("@")[0].lower())
     if local in DAEMON_LOCALS or "mailer-daemon" in _clean(msg.get("from", "")).lower():
         return True
     return bool(BOUNCE_SUBJECT_RE.search(_clean(msg.get("subject", ""))))
@@ -348,6 +353,9 @@ def guess(msg: Message, text: str) -> list[Failure]:
         if addr is None or addr in out or addr in skip or \
                 addr.partition("@")[0] in SYSTEM_LOCALS:
             continue
+        line_start = text.rfind("\n", 0, mo.start()) + 1
+        if SENDER_LINE_RE.match(text, line_start, mo.start()):
+            continue                    # the original's sender, quoted in the report
         ctx = _context(text, addr)
         kind, status = classify_text(ctx or text)
         out[addr] = Failure(addr, kind, status, ctx[:1000], "detector")

@@ -320,14 +320,23 @@ def test_no_warnings_means_removal_at_next_tick(app: App, ml: str) -> None:
     assert member(app, "bob@example.net") is None
 
 
-def test_unknown_format_scores_only_mentioned_members(app: App, ml: str) -> None:
+@pytest.mark.parametrize("name,rcpt", [("mail2000_plain.eml", "tama.neko@tokyo.example"),
+                                       ("opensmtpd_error.eml", "uma@bsd.example"),
+                                       ("sms_gateway.eml", "5550100@txt.carrier.example")])
+def test_unknown_format_scores_only_mentioned_members(app: App, ml: str, name: str,
+                                                      rcpt: str) -> None:
     with app.db.unit_of_work() as s:
         m = get_list(s, LIST)
-        add_member(s, m, "tama.neko@tokyo.example")
+        add_member(s, m, rcpt)
         add_member(s, m, "poster@example.net")
-    feed(app, "mail2000_plain.eml")
-    assert events(app) == [("tama.neko@tokyo.example", BounceKind.hard, "detector")]
+    feed(app, name)
+    assert events(app) == [(rcpt, BounceKind.hard, "detector")]
     assert member(app, "poster@example.net").bounce_score == 0
+
+
+def test_unknown_format_naming_no_member_is_other(app: App, ml: str) -> None:
+    feed(app, "opensmtpd_error.eml")
+    assert [k for _, k, _ in events(app)] == [BounceKind.other]
 
 
 def test_abuse_report_recorded_as_other(app: App, ml: str) -> None:
