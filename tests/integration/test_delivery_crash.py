@@ -1,0 +1,80 @@
+"""kill -9 of `listserv serve` in the middle of a fan-out: after a restart every recipient has
+its copy, and the only duplicates are recipients of batches that were in flight."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from listserv import config
+from listserv.app import App
+from listserv.models import Delivery, DeliveryState
+from listserv.outbound import queue_message
+from tests.sink import SmtpSink
+
+ROOT = Path(__file__).resolve().parents[2]
+MSG = b"From: a@example.net\r\nSubject: crash\r\nMessage-ID: <k9@example.net>\r\n\r\nbody\r\n"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def recipients_in(app: App, state: DeliveryState) -> int:
+    with app.db.unit_of_work() as session:
+        return int(session.scalar(select(func.coalesce(func.sum(Delivery.count), 0))
+                                  .where(Delivery.state == state)) or 0)
+
+
+def serve(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "listserv", "serve"], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_kill_9_loses_nothing_and_duplicates_are_bounded(app: App,
+                                                         cli_env: dict[str, str]) -> None:
+    rcpts = [f"u{i}@example.com" for i in range(600)]
+    small = dataclasses.replace(app, settings=config.replace(
+        app.settings, delivery__max_recipients_per_transaction=50))
+    with small.db.unit_of_work() as session:
+        queue_message(session, small, MSG, rcpts, kind="post",
+                      envelope_from="dev-bounces@example.org", verp=True)
+    with SmtpSink() as sink:
+        env = {**os.environ, **cli_env, "LISTSERV_DELIVERY_OUTBOUND": sink.url,
+               "LISTSERV_DELIVERY_CONNECTIONS": "2", "LISTSERV_INTAKE_PORT": str(free_port())}
+        env.pop("LISTSERV_CONFIG", None)
+        first = serve(env)
+        try:
+            sink.wait_for(lambda m: len(m) >= 60, timeout=60)
+        finally:
+            first.kill()                       # SIGKILL: no chance to clean up
+            first.wait(10)
+        in_flight = recipients_in(app, DeliveryState.sending)
+        assert in_flight > 0                   # it really died in the middle of batches
+        assert recipients_in(app, DeliveryState.done) < 600
+
+        second = serve(env)
+        try:
+            deadline = time.monotonic() + 60
+            while recipients_in(app, DeliveryState.done) < 600:
+                assert second.poll() is None, "listserv serve exited"
+                assert time.monotonic() < deadline, "not all delivered after restart"
+                time.sleep(0.05)
+        finally:
+            second.terminate()
+            assert second.wait(30) == 0
+        got = sink.recipients()
+    assert set(got) == set(rcpts)
+    duplicates = len(got) - len(set(got))
+    print(f"in flight at kill: {in_flight}, duplicates: {duplicates}")
+    assert duplicates <= in_flight
+    assert recipients_in(app, DeliveryState.sending) == 0
