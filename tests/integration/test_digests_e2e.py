@@ -185,3 +185,47 @@ def test_size_threshold_wakes_the_scheduler(app: App, sink: SmtpSink) -> None:
         assert TICK_INTERVAL >= 30
     finally:
         h.stop()
+
+
+def test_mode_changes_by_email_command_and_cli(harness: Harness, cli_env: dict[str, str],
+                                              clock: Clock) -> None:
+    """`set delivery` to -request@ and `listserv member set` take effect for digests, with no
+    post lost or doubled around the change."""
+    setup_list(harness)
+    posts = {"<p1@a.example>", "<p2@a.example>"}
+    harness.send(make_message("reg@a.example", LIST, "Topic 1", message_id="<p1@a.example>"))
+    harness.run_until_idle()
+    harness.send(make_message("reg@a.example", "dev-request@example.org", "commands",
+                              "set delivery plain-digest\n"))
+    out = CliRunner().invoke(cli, ["member", "set", LIST, "mime@b.example",
+                                   "--delivery", "regular"], env=cli_env)
+    assert out.exit_code == 0, out.output
+    harness.run_until_idle()
+    harness.send(make_message("reg@a.example", LIST, "Topic 2", message_id="<p2@a.example>"))
+    harness.run_until_idle()
+    out = CliRunner().invoke(cli, ["digest", "send"], env=cli_env)
+    assert "Vol 1, Issue 1: 2 post(s)" in out.output, out.output
+    clock.t = dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=1)
+    harness.run_until_idle()
+    got = harness.sink.wait_for(lambda m: len(to(m, "plain@c.example")) >= 1)
+
+    def ids(rcpt: str) -> list[str]:
+        out: list[str] = []
+        for c in to(got, rcpt):
+            msg = c.message
+            if msg.get_content_type() == "multipart/mixed":
+                out += [str(p.get_content()["Message-ID"])
+                        for p in list(msg.iter_parts())[1].iter_parts()]
+            elif "Digest" in str(msg["Subject"]):
+                out += [line.split(": ", 1)[1] for line in text(msg).splitlines()
+                        if line.startswith("Message-ID: ")]
+            else:
+                out.append(str(msg["Message-ID"]))
+        return sorted(i for i in out if i in posts)
+
+    assert ids("reg@a.example") == sorted(posts)     # p1 regular, p2 in the plain digest
+    assert ids("mime@b.example") == sorted(posts)    # p1 in one last MIME digest, p2 regular
+    assert ids("plain@c.example") == sorted(posts)
+    assert ids("none@d.example") == []
+    [reg_digest] = [c for c in to(got, "reg@a.example") if "Digest" in str(c.message["Subject"])]
+    assert reg_digest.message.get_content_type() == "text/plain"
