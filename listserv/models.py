@@ -528,9 +528,9 @@ _DIGEST_MODES = (DeliveryMode.mime_digest, DeliveryMode.plain_digest)
 def _locked_post_id(connection: Any, list_id: int) -> int:
     """The list's post_id under its write lock (as the posting pipeline takes it): a post being
     distributed concurrently is then wholly before or wholly after the mode change."""
-    from sqlalchemy import select, update
+    from sqlalchemy import Table, select, update
 
-    t = MailingList.__table__
+    t: Table = MailingList.__table__  # type: ignore[assignment]
     if connection.dialect.name == "sqlite":
         connection.execute(update(t).where(t.c.id == list_id).values(post_id=t.c.post_id))
         return int(connection.scalar(select(t.c.post_id).where(t.c.id == list_id)) or 0)
@@ -557,7 +557,7 @@ def _digest_mode_change(mapper: Any, connection: Any, target: Membership) -> Non
     if new in _DIGEST_MODES:
         target.digest_from_seq = seq
     elif new is DeliveryMode.regular and seq > (target.digest_from_seq or 0):
-        connection.execute(insert(FinalDigest.__table__).values(
+        connection.execute(insert(FinalDigest).values(
             list_id=target.list_id, membership_id=target.id, mode=old,
             from_seq=target.digest_from_seq or 0, to_seq=seq, created_at=utcnow()))
 

@@ -131,7 +131,7 @@ def build_mime_digest(items: Sequence[DigestItem], lst: ListView, volume: int, n
     ctx = _context(lst, volume, number, date, items)
     msg = _new_digest(lst, volume, number, date, "mime")
     msg["Content-Type"] = "multipart/mixed"
-    msg.attach(_text_part(_render(data_dir, lst, "digest/mime_toc.txt.j2", ctx),
+    msg.attach(_text_part(_render(data_dir, lst, "digest/mime_toc.txt.j2", ctx),  # type: ignore[arg-type]
                           f"Today's Topics ({len(items)} messages)"))
     digest = MIMEPart()
     digest["Content-Type"] = "multipart/digest"
@@ -142,8 +142,9 @@ def build_mime_digest(items: Sequence[DigestItem], lst: ListView, volume: int, n
         digest.attach(part)
     if not items:   # a multipart needs at least one body part
         digest.attach(_text_part("(no messages)\n", "empty digest"))
-    msg.attach(digest)
-    msg.attach(_text_part(_render(data_dir, lst, "digest/footer.txt.j2", ctx), "Digest Footer"))
+    msg.attach(digest)  # type: ignore[arg-type]
+    msg.attach(_text_part(_render(data_dir, lst, "digest/footer.txt.j2", ctx),  # type: ignore[arg-type]
+                          "Digest Footer"))
     return msg
 
 
@@ -224,7 +225,9 @@ def body_blocks(part: Message) -> list[str]:
     """The readable text of a message for a plain digest; every other part summarised."""
     ctype = part.get_content_type()
     if part.is_multipart():
-        children = list(part.iter_parts()) if hasattr(part, "iter_parts") else part.get_payload()
+        payload = part.get_payload()
+        children = [c for c in payload if isinstance(c, Message)] if isinstance(payload, list) \
+            else []
         if ctype == "multipart/alternative":
             plain = [c for c in children if c.get_content_type() == "text/plain"]
             chosen = plain[0] if plain else (children[-1] if children else None)

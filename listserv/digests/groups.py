@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.orm import Session
@@ -30,7 +30,7 @@ class Slice:
     lo: int
     hi: int
     count: int = 0
-    queries: list[Select[tuple[str]]] = field(default_factory=list)
+    queries: list[Select[Any]] = field(default_factory=list)
 
     def recipients(self, session: Session) -> Iterator[str]:
         if len(self.queries) == 1:    # the common case: one streamed query, no set kept
@@ -44,7 +44,7 @@ class Slice:
                     yield email
 
 
-def _members(list_id: int, mode: DeliveryMode) -> Select[tuple[str]]:
+def _members(list_id: int, mode: DeliveryMode) -> Select[Any]:
     return (select(Address.email).join(Membership, Membership.address_id == Address.id)
             .where(Membership.list_id == list_id, Membership.role == Role.member,
                    Membership.enabled.is_(True), Membership.delivery_mode == mode))

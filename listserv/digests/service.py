@@ -174,6 +174,11 @@ def _numbering(session: Session, ml: MailingList, now: dt.datetime) -> tuple[int
     return ml.digest_volume, ml.digest_number + 1
 
 
+def _rowcount(result: object) -> int:
+    """Rows matched by an UPDATE/DELETE (a CursorResult's rowcount)."""
+    return int(getattr(result, "rowcount", 0))
+
+
 def load_items(app: App, entries: Sequence[DigestEntry]) -> list[DigestItem]:
     return [DigestItem(e.seq, message_from_bytes(app.spool.get(e.spool_sha),  # type: ignore[arg-type]
                                                  policy=policy.default))
@@ -203,8 +208,8 @@ def send(session: Session, app: App, ml: MailingList, *, force: bool = False
     if not slices:
         done = 0
         for i in range(0, len(ids), 500):
-            done += session.execute(delete(DigestEntry).where(
-                DigestEntry.id.in_(ids[i:i + 500]), DigestEntry.digest_id.is_(None))).rowcount
+            done += _rowcount(session.execute(delete(DigestEntry).where(
+                DigestEntry.id.in_(ids[i:i + 500]), DigestEntry.digest_id.is_(None))))
         if done != len(ids):
             raise DigestConflict(f"{ml.address}: pending digest entries changed while sending")
         groups.settle_finals(session, ml.id, seqs[-1])
@@ -218,10 +223,10 @@ def send(session: Session, app: App, ml: MailingList, *, force: bool = False
     session.flush()
     claimed = 0
     for i in range(0, len(ids), 500):
-        claimed += session.execute(
+        claimed += _rowcount(session.execute(
             update(DigestEntry).where(DigestEntry.id.in_(ids[i:i + 500]),
                                       DigestEntry.digest_id.is_(None))
-            .values(digest_id=digest.id)).rowcount
+            .values(digest_id=digest.id)))
     if claimed != len(ids):
         raise DigestConflict(f"{ml.address}: pending digest entries claimed by another process")
 
