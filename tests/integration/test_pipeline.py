@@ -358,3 +358,38 @@ def test_large_list_fans_out_in_batches(app) -> None:  # type: ignore[no-untyped
     assert total == n and len(everyone) == n
     assert rows == n // app.settings.delivery.max_recipients_per_transaction
     assert elapsed < 5, elapsed
+
+
+def test_concurrent_workers_process_each_message_once(quiet_harness: Harness) -> None:
+    """Several workers (threads here; processes on PostgreSQL) share the queue safely."""
+    import threading
+
+    from sqlalchemy import func
+
+    h = quiet_harness
+    make_list(h.app, LIST, members=MEMBERS)
+    make_list(h.app, "users@example.org", members=MEMBERS)
+    for i in range(15):
+        h.send(make_message("ann@a.example", [LIST, "users@example.org"], f"n{i}"))
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        me = incoming.worker_identity()
+        try:
+            while incoming.run_pass(h.app, me, limit=3):
+                pass
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert [s for _, s, _ in states(h)] == ["accepted"] * 30
+    assert post_id_of(h.app, LIST) == 15 and post_id_of(h.app, "users@example.org") == 15
+    with h.app.db.unit_of_work() as s:
+        from listserv.models import Delivery
+        # every message reached ann and bob once in all, whichever list got there first
+        assert s.scalar(select(func.sum(Delivery.count))) == 15 * 2
