@@ -39,13 +39,16 @@ AUTO_SUBJECT_RE = re.compile(
     r"out\s+of\s+(?:the\s+)?office|\bvacation\b|\bauto(?:matic)?[- _]?(?:reply|response|"
     r"responder|antwort|matische\s+antwort)|\bautoreply\b|\babwesen|\babsence\b|"
     r"away\s+from\s+(?:my|the)\s+(?:desk|office|email|mail)|\bon\s+(?:annual\s+)?leave\b|"
-    r"\bholiday\b|ausser\s+haus|au\s+bureau|r[ée]ponse\s+automatique|\bcong[ée]s\b",
+    r"\bholiday\b|ausser\s+haus|au\s+bureau|r[ée]ponse\s+automatique|\bcong[ée]s\b|"
+    r"abwesenheit|respuesta\s+autom[áa]tica|fuera\s+de\s+(?:la\s+)?oficina|"
+    r"risposta\s+automatica|automatisch\s+antwoord|afwezig|resposta\s+autom[áa]tica",
     re.IGNORECASE)
 BOUNCE_SUBJECT_RE = re.compile(
     r"undeliver|undelivered|delivery\s+(?:status\s+)?(?:notification|failure|failed|report|"
     r"problem)|returned\s+mail|failure\s+notice|mail\s+delivery\s+fail|could\s+not\s+be\s+"
     r"delivered|non[- ]?delivery|delivery\s+has\s+failed|returned\s+to\s+sender|"
-    r"nicht\s+zustellbar|delayed\s+mail|warning:\s+could\s+not\s+send",
+    r"nicht\s+zustellbar|unzustellbar|non\s+remis|non\s+distribu|no\s+entregad|"
+    r"non\s+recapitat|onbestelbaar|niet\s+bezorgd|delayed\s+mail|warning:\s+could\s+not\s+send",
     re.IGNORECASE)
 DAEMON_LOCALS = ("mailerdaemon", "postmaster", "maildaemon")   # compared without - _ .
 NOT_BOUNCE_REPORTS = ("feedback-report",)   # abuse reports (ARF, RFC 5965)
@@ -205,7 +208,8 @@ def parse_dsn(msg: Message) -> tuple[set[str], list[Failure]]:
         for block in _status_blocks(part):
             names = [_address(str(block.get(h, ""))) for h in
                      ("original-recipient", "final-recipient", "x-actual-recipient")]
-            addrs = list(dict.fromkeys(a for a in names if a))
+            # Exchange may put an encapsulated X.500 name (IMCEAEX-...) in Original-Recipient.
+            addrs = list(dict.fromkeys(a for a in names if a and not a.startswith("imcea")))
             if not addrs:
                 continue
             found.update(addrs)

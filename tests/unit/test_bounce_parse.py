@@ -167,3 +167,24 @@ def test_status_and_text_helpers() -> None:
     assert not is_policy("5.2.2", "mailbox full")
     assert classify_text("The message has been delayed; will retry") == (S, "")
     assert classify_text("550 5.1.1 no such user")[0] is H
+
+
+@pytest.mark.parametrize("subject", ["Abwesenheitsnotiz: [dev] hello", "Réponse automatique",
+                                     "Respuesta automática: [dev] hello", "Out of Office",
+                                     "Automatic reply: [dev] hello"])
+def test_localised_auto_replies(subject: str) -> None:
+    msg = EmailMessage()
+    msg["From"] = "someone@example.com"
+    msg["Subject"] = subject
+    msg.set_content("Back next week.")
+    assert parse(msg).auto_reply
+
+
+def test_exchange_x500_original_recipient_is_skipped() -> None:
+    raw = (DATA / "exchange_ndr.eml").read_text().replace(
+        "Final-Recipient: rfc822;dave.jones@contoso.example",
+        "Original-Recipient: rfc822;IMCEAEX-_o=Contoso_ou=Exchange+20Administrative+20Group"
+        "_cn=Recipients_cn=djones@contoso.example\nFinal-Recipient: rfc822;"
+        "dave.jones@contoso.example")
+    (f,) = parse(email.message_from_string(raw, policy=policy.default)).failures
+    assert f.email == "dave.jones@contoso.example"
