@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 POLL_INTERVAL = 0.5
 TICK_INTERVAL = 30.0
 DRAIN_TIMEOUT = 30.0
+INCOMING_LOOPS_PG = 2
 TICKS: tuple[tuple[str, Callable[[App], Any]], ...] = (
     ("moderation", moderation.tick),
     ("digests", digests.tick),
@@ -107,7 +108,10 @@ class Daemon:
         delivery_stop = asyncio.Event()
         tasks: list[asyncio.Task[Any]] = []
         if self.incoming_enabled:
-            tasks.append(asyncio.create_task(self._incoming_loop(workers_stop)))
+            # SQLite has one writer anyway; on PostgreSQL a long fan-out (a 100,000-member
+            # list) should not delay the small posts queued behind it.
+            for _ in range(1 if app.db.is_sqlite else INCOMING_LOOPS_PG):
+                tasks.append(asyncio.create_task(self._incoming_loop(workers_stop)))
             tasks.append(asyncio.create_task(self._archive_loop(workers_stop)))
         if self.scheduler_enabled:
             tasks.append(asyncio.create_task(self._scheduler_loop(workers_stop)))

@@ -209,7 +209,13 @@ class IntakeHandler:
         self.active += 1
         try:
             if lmtp:
-                replies = [await self._store_one(envelope.mail_from, r, raw) for r in routes]
+                replies: list[str] = []
+                done: dict[tuple[int, str, str | None], str] = {}
+                for r in routes:
+                    key = (r.list_id, r.route.subaddress, r.route.extra)
+                    if key not in done:    # the same list address twice: stored once
+                        done[key] = await self._store_one(envelope.mail_from, r, raw)
+                    replies.append(done[key])
                 return "\r\n".join(replies)
             return await self._store(envelope.mail_from, routes, raw)
         finally:

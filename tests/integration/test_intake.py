@@ -203,3 +203,16 @@ def test_database_down_gives_451(quiet_harness: Harness, tmp_path: Path) -> None
         quiet_harness.app.db.dispose()
         quiet_harness.app.db = real
     assert len(inbound_rows(quiet_harness)) == 1
+
+
+def test_lmtp_same_list_twice_is_stored_once(app, sink: SmtpSink) -> None:  # type: ignore[no-untyped-def]
+    h = Harness(app, sink, protocol="lmtp", background=False).start()
+    try:
+        make_list(h.app, LIST)
+        data = make_message("ann@a.example", LIST).as_bytes(policy=policy.SMTP)
+        rcpt, replies = h.lmtp_transaction("ann@a.example", [LIST, "DEV@example.org"], data)
+        assert [c for c, _ in rcpt] == [250, 250]
+        assert [c for c, _ in replies] == [250, 250]
+        assert len(inbound_rows(h)) == 1
+    finally:
+        h.stop()
