@@ -273,8 +273,10 @@ def main() -> None:
         print(f"setup: {args.members} members inserted in {time.monotonic() - t:.1f}s")
 
         log = open(tmp / "serve.log", "wb")
+        flags = os.environ.get("BENCH_SERVE_FLAGS", "").split()   # e.g. "-vv"
         daemon = subprocess.Popen([sys.executable, "-m", "listserv", "--config", str(cfg),
-                                   *os.environ.get("BENCH_SERVE_FLAGS", "").split(), "serve"], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+                                   *flags, "serve"], stdout=log, stderr=subprocess.STDOUT,
+                                  cwd=ROOT)
         wait_port(intake_port, 30, daemon)
 
         if args.warmup:

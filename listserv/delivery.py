@@ -29,9 +29,10 @@ import secrets
 import socket
 import time
 from collections import OrderedDict
-from typing import Any, Iterable, Union
+from typing import Any, Iterable, Union, cast
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Table, insert, select, update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
 from listserv import bounces
@@ -45,11 +46,12 @@ STALE_AFTER = dt.timedelta(minutes=30)
 RECOVER_EVERY = 60.0          # seconds between stale-claim sweeps in run()
 POLL = 0.5                    # idle poll when nobody sets ``wake``
 ERROR_PAUSE = 2.0             # after a database error in run()
-MESSAGE_CACHE = 64            # OutboundMessages whose bytes are kept in memory
+MESSAGE_CACHE = 64            # OutboundMessages whose bytes are kept in memory ...
+MESSAGE_CACHE_BYTES = 64 << 20  # ... and at most this many bytes of them
 ERROR_LINES = 20              # recipients quoted in last_error
 
 Transport = Union[SmtpTransport, MaildirTransport]
-T = Delivery.__table__
+T = cast(Table, Delivery.__table__)
 
 
 def make_owner() -> str:
@@ -110,9 +112,9 @@ def recover(session: Session, now: dt.datetime, stale_after: dt.timedelta = STAL
     count = 0
     for owner, ids in by_owner.items():
         cond = T.c.locked_by.is_(None) if owner is None else T.c.locked_by == owner
-        res = session.execute(update(T).where(T.c.id.in_(ids), T.c.state == DeliveryState.sending,
-                                              cond)
-                              .values(state=DeliveryState.pending, locked_by=None, locked_at=None))
+        res = cast(CursorResult[Any], session.execute(
+            update(T).where(T.c.id.in_(ids), T.c.state == DeliveryState.sending, cond)
+            .values(state=DeliveryState.pending, locked_by=None, locked_at=None)))
         count += res.rowcount or 0
     if count:
         log.warning("delivery: %d stale claims returned to the queue", count)
@@ -173,9 +175,10 @@ def record(session: Session, app: App, owner: str, batches: Iterable[Batch]) -> 
         if not groups:
             continue
         head, rest = groups[0], groups[1:]
-        res = session.execute(update(T).where(T.c.id == b.id, T.c.locked_by == owner,
-                                              T.c.state == DeliveryState.sending)
-                              .values(**{k: v for k, v in head.items() if k != "outbound_id"}))
+        res = cast(CursorResult[Any], session.execute(
+            update(T).where(T.c.id == b.id, T.c.locked_by == owner,
+                            T.c.state == DeliveryState.sending)
+            .values(**{k: v for k, v in head.items() if k != "outbound_id"})))
         if not res.rowcount:
             log.warning("delivery batch %s: claim was lost (recovered by another worker); "
                         "its result is not recorded", b.id)
@@ -237,28 +240,44 @@ class Runner:
     # -- database steps (run in a thread) -------------------------------------------------
 
     def _claim_sync(self, limit: int) -> list[Batch]:
+        now = self.app.now()
         with self.app.db.unit_of_work() as session:
-            rows = claim(session, self.owner, self.app.now(), limit)
-            missing = {r.outbound_id for r in rows} - set(self.messages)
-            if missing:
+            rows = claim(session, self.owner, now, limit)
+            need = {r.outbound_id for r in rows}
+            have = {i: self.messages[i] for i in need if i in self.messages}
+            if need - set(have):
                 for out in session.scalars(select(OutboundMessage)
-                                           .where(OutboundMessage.id.in_(missing))):
-                    self._cache(out)
-        for r in rows:
-            self.messages.move_to_end(r.outbound_id)
-        return [Batch(r.id, self.messages[r.outbound_id],
-                      [x for x in r.recipients.split("\n") if x], r.attempts, r.first_attempt_at)
-                for r in rows]
+                                           .where(OutboundMessage.id.in_(need - set(have)))):
+                    try:
+                        have[out.id] = self._load(out)
+                    except OSError as exc:
+                        log.error("outbound message %s (Message-ID %s): cannot read spool "
+                                  "file: %s", out.id, out.message_id, exc)
+            bad = [r.id for r in rows if r.outbound_id not in have]
+            if bad:   # parked for a human: visible as failed in `listserv queue status`
+                session.execute(update(T).where(T.c.id.in_(bad)).values(
+                    state=DeliveryState.failed, locked_by=None, locked_at=None,
+                    finished_at=now, last_error="spool file of the message is missing"))
+        for m in have.values():
+            self._remember(m)
+        return [Batch(r.id, have[r.outbound_id], [x for x in r.recipients.split("\n") if x],
+                      r.attempts, r.first_attempt_at)
+                for r in rows if r.outbound_id in have]
 
-    def _cache(self, out: OutboundMessage) -> None:
+    def _load(self, out: OutboundMessage) -> Message:
         data = next((m.data for m in self.messages.values() if m.sha == out.spool_sha), None)
         if data is None:
             data = self.app.spool.get(out.spool_sha)
-        self.messages[out.id] = Message(out.id, out.list_id, out.envelope_from, out.verp, data,
-                                        not data.isascii(), sha=out.spool_sha,
-                                        message_id=out.message_id)
-        while len(self.messages) > MESSAGE_CACHE:
-            self.messages.popitem(last=False)
+        return Message(out.id, out.list_id, out.envelope_from, out.verp, data,
+                       not data.isascii(), sha=out.spool_sha, message_id=out.message_id)
+
+    def _remember(self, m: Message) -> None:
+        self.messages[m.outbound_id] = m
+        self.messages.move_to_end(m.outbound_id)
+        while len(self.messages) > 1 and (
+                len(self.messages) > MESSAGE_CACHE
+                or sum(len(x.data) for x in self.messages.values()) > MESSAGE_CACHE_BYTES):
+            self.messages.popitem(last=False)   # batches in flight keep their own reference
 
     def _record_sync(self, batches: list[Batch]) -> None:
         with self.app.db.unit_of_work() as session:

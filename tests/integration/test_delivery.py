@@ -16,7 +16,7 @@ from sqlalchemy import select
 from listserv import bounces, config, delivery
 from listserv.app import App
 from listserv.lists import create_list
-from listserv.models import BounceEvent, BounceKind, Delivery, DeliveryState
+from listserv.models import BounceEvent, BounceKind, Delivery, DeliveryState, OutboundMessage
 from listserv.outbound import queue_message
 from tests.sink import SmtpSink
 
@@ -239,3 +239,39 @@ def test_maildir_outbox_with_envelope_lines(app: App) -> None:
     assert seen == {"<bob@example.com>": "<dev-bounces+bob=example.com@lists.example.org>",
                     "<carol@example.org>": "<dev-bounces+carol=example.org@lists.example.org>"}
     assert by_state(app) == {"done": ["bob@example.com", "carol@example.org"]}
+
+
+def test_missing_spool_file_parks_the_batch(app: App, sink: SmtpSink) -> None:
+    a = with_delivery(app, outbound=sink.url)
+    enqueue(a, ["a@example.com"])
+    enqueue(a, ["b@example.com"], data=MSG + b"other\r\n")
+    with a.db.unit_of_work() as session:
+        sha = session.scalars(select(OutboundMessage.spool_sha)
+                              .order_by(OutboundMessage.id)).first()
+    assert sha is not None
+    a.spool.path(sha).unlink()
+    assert delivery.deliver_pending(a) == 1
+    assert sink.recipients() == ["b@example.com"]
+    assert by_state(a) == {"failed": ["a@example.com"], "done": ["b@example.com"]}
+    assert "spool file" in (rows(a)[0].last_error or "")
+
+
+def test_two_workers_share_the_queue_without_duplicates(app: App, sink: SmtpSink) -> None:
+    """Two delivery processes on one database (threads here): every batch goes to one."""
+    import threading
+
+    a = with_delivery(app, outbound=sink.url, max_recipients_per_transaction=5,
+                      connections=2)
+    rcpts = [f"u{i}@example.com" for i in range(200)]
+    enqueue(a, rcpts)
+    handled: list[int] = []
+    threads = [threading.Thread(target=lambda: handled.append(delivery.deliver_pending(a)))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sum(handled) == 40
+    got = sink.recipients()
+    assert len(got) == 200 and set(got) == set(rcpts)
+    assert by_state(a) == {"done": sorted(rcpts)}
