@@ -413,3 +413,46 @@ def test_recipients_are_streamed_in_batches(app: App, clock: Clock) -> None:
         n = s.scalar(select(func.count(Membership.id)).join(Address)
                      .where(Address.email.like("m%@example.com")))
         assert n == 1203
+
+
+KILL_AFTER_FIRST_QUEUE = """
+import os, signal, sys
+from listserv.digests import service
+real = service.queue_message
+def queue_then_die(*args, **kwargs):
+    real(*args, **kwargs)               # spooled, Delivery rows inserted, not committed
+    os.kill(os.getpid(), signal.SIGKILL)
+service.queue_message = queue_then_die
+from listserv.cli import main
+sys.argv = ["listserv", "digest", "send"]
+main()
+"""
+
+
+def test_kill_9_while_sending_loses_and_doubles_nothing(app: App, clock: Clock,
+                                                        cli_env: dict[str, str]) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    make_list(app)
+    post(app, 1)
+    post(app, 2)
+    env = {**os.environ, **cli_env}
+    proc = subprocess.run([sys.executable, "-c", KILL_AFTER_FIRST_QUEUE], env=env,
+                          capture_output=True, timeout=60)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert queued(app) == [] and pending_count(app) == 2
+    with app.db.unit_of_work() as s:
+        assert s.scalar(select(func.count(Digest.id))) == 0
+        assert s.scalar(select(func.count(Delivery.id))) == 0
+    assert list_row(app).digest_number == 0
+    proc = subprocess.run([sys.executable, "-m", "listserv", "digest", "send"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "Vol 1, Issue 1: 2 post(s) to 2 digest member(s)" in proc.stdout
+    mime, plain = queued(app)
+    assert (mime.recipients, plain.recipients) == (["mime@example.net"], ["plain@example.net"])
+    assert message_ids(mime) == message_ids(plain) == ["<post1@example.com>",
+                                                       "<post2@example.com>"]
