@@ -250,7 +250,7 @@ class SmtpTransport:
             errors, _reply = await smtp.sendmail(tx.sender, tx.rcpts, msg.data, mail_options=opts)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             for err in exc.recipients:
-                batch.outcome([err.recipient], err.code, err.message)
+                batch.outcome([err.recipient], _rcpt_code(err.code), err.message)
             return
         except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
             raise
@@ -265,10 +265,15 @@ class SmtpTransport:
             return
         if errors:
             for rcpt, resp in errors.items():
-                batch.outcome([rcpt], resp.code, resp.message)
+                batch.outcome([rcpt], _rcpt_code(resp.code), resp.message)
             batch.ok.extend(r for r in tx.rcpts if r not in errors)
         else:
             batch.ok.extend(tx.rcpts)
+
+
+def _rcpt_code(code: int) -> int:
+    """RFC 5321 4.5.3.1.10: 552 "too many recipients" at RCPT is to be treated as 452."""
+    return 452 if code == 552 else code
 
 
 # ---------------------------------------------------------------------------- Maildir

@@ -130,11 +130,13 @@ def test_all_refused_and_verp_refusal(app: App, sink: SmtpSink) -> None:
     a = with_delivery(app, outbound=sink.url)
     sink.fail_rcpt["x@example.com"] = "550 5.1.1 unknown"
     sink.fail_rcpt["y@example.com"] = "451 4.3.0 later"
-    enqueue(a, ["x@example.com", "y@example.com"])                 # SMTPRecipientsRefused
+    sink.fail_rcpt["w@example.com"] = "552 5.5.3 too many recipients"   # RFC 5321: as 452
+    enqueue(a, ["x@example.com", "y@example.com", "w@example.com"])  # SMTPRecipientsRefused
     enqueue(a, ["x@example.com", "z@example.com"], verp=True)
     assert delivery.deliver_pending(a) == 2
     assert by_state(a) == {"failed": ["x@example.com", "x@example.com"],
-                           "pending": ["y@example.com"], "done": ["z@example.com"]}
+                           "pending": ["w@example.com", "y@example.com"],
+                           "done": ["z@example.com"]}
 
 
 def test_retry_after_4xx_until_success(app: App, clock: Any, sink: SmtpSink) -> None:
