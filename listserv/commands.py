@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 from dataclasses import dataclass
 from email.message import EmailMessage
 
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 MAX_COMMANDS = 5
 REQUEST_WORDS = {"help", "subscribe", "join", "unsubscribe", "leave", "confirm", "set",
                  "end", "stop"}
+SUBJECT_TOKEN_RE = re.compile(r"\bconfirm\s+([A-Za-z0-9]{16,})\b", re.IGNORECASE)
 MODERATE_WORDS = {"approve": Decision.approve, "reject": Decision.reject,
                   "discard": Decision.discard}
 
@@ -79,7 +81,8 @@ def handle_mail(session: Session, app: App, inbound: InboundMessage, msg: EmailM
     mail = Mail(session, app, ml, inbound, msg, sender)
     sub = inbound.subaddress
     if sub == "confirm":
-        result = confirm(mail, inbound.extra or "", replies.command_lines(msg))
+        token = inbound.extra or token_in_subject(str(msg.get("Subject", "") or ""))
+        result = confirm(mail, token, replies.command_lines(msg))
         if result.mail_needed or result.help:
             kind = "help" if result.help else "results" if result.already else None
             answer(mail, [("", result)], kind=kind)
@@ -97,6 +100,13 @@ def handle_mail(session: Session, app: App, inbound: InboundMessage, msg: EmailM
         inbound.outcome = f"ignored: not a command address ({sub})"
     log.info("list_id=%s message_id=%s %s from %s: %s", ml.list_id, inbound.message_id, sub,
              sender, inbound.outcome)
+
+
+def token_in_subject(subject: str) -> str:
+    """The token of a reply that reached the bare -confirm address (a front MTA that drops
+    the +TOKEN extension): our notices also carry '(confirm TOKEN)' in their Subject."""
+    m = SUBJECT_TOKEN_RE.search(subject)
+    return m.group(1) if m else ""
 
 
 # ---------------------------------------------------------------------------- answers

@@ -243,3 +243,19 @@ def test_reenable_reply(app: Any, outbox: Outbox) -> None:
         m = members.find_membership(s, s.get_one(MailingList, list_id), "ivy@example.net")
         assert m is not None and m.enabled and m.disabled_reason is None
     assert "re-enabled" in outbox.new()[0].msg.get_content()
+
+
+def test_token_in_subject_when_the_mta_dropped_the_extension(app: Any, outbox: Outbox) -> None:
+    # Some front MTAs deliver dev-confirm+TOKEN@ as plain dev-confirm@: the Subject carries it.
+    list_id = make_list(app)
+    join(app, list_id, "ann@example.net")
+    (req,) = outbox.new()
+    token = token_of(req.msg)
+    command(app, list_id, "confirm", message("ann@example.net", "dev-confirm@example.org",
+                                             "Re: " + str(req.msg["Subject"]), "ok"))
+    assert is_member(app, list_id, "ann@example.net")
+    # a bare -confirm without any token gets help, and changes nothing
+    command(app, list_id, "confirm", message("bob@example.net", "dev-confirm@example.org",
+                                             "hello", "ok"))
+    assert not is_member(app, list_id, "bob@example.net")
+    assert token and [m.recipients for m in outbox.new()][-1] == ["bob@example.net"]
