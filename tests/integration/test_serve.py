@@ -156,7 +156,14 @@ def test_kill_9_loses_nothing_accepted(app: App, cli_env: dict[str, str],
         srv.kill()                                          # kill -9 mid-processing
     assert count(app) == sent                               # every 250 was durable
     left = count(app, InboundMessage.state.in_([InboundState.new, InboundState.processing]))
+    # a graceful stop (SIGTERM) mid-processing finishes or gives back what it holds
     srv2 = Server(server_env, port, tmp_path / "serve2.log").start()
+    done = count(app, InboundMessage.state == InboundState.accepted)
+    wait_until(lambda: count(app, InboundMessage.state == InboundState.accepted) > done,
+               30, "processing to resume")
+    assert srv2.terminate() == 0
+    assert count(app, InboundMessage.state == InboundState.processing) == 0
+    srv2 = Server(server_env, port, tmp_path / "serve3.log").start()
     try:
         wait_until(lambda: count(app, InboundMessage.state == InboundState.accepted) == sent,
                    60, "every accepted message to be processed after restart")
