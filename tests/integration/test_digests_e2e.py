@@ -48,10 +48,10 @@ def text(part: EmailMessage) -> str:
 
 
 def post_three(h: Harness) -> None:
-    for n in (1, 2, 3):
+    for n in (1, 2, 3):   # one at a time: the list numbers posts in the order it accepts them
         h.send(make_message("reg@a.example", LIST, f"Topic {n}", f"Body {n}.\n",
                             message_id=f"<p{n}@a.example>"))
-    h.run_until_idle()
+        h.run_until_idle()
 
 
 def test_each_mode_gets_what_it_asked_for(harness: Harness, cli_env: dict[str, str],
