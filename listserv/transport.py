@@ -69,6 +69,7 @@ class Batch:
     unsent: list[str] = field(default_factory=list)
     pending_tx: int = 0
     conn_failed: bool = False
+    record_tries: int = 0
 
     def outcome(self, rcpts: list[str], code: int | None, text: str) -> None:
         """Record one reply for ``rcpts``: 2xx delivered, 5xx permanent, anything else temporary."""

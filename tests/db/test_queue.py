@@ -10,7 +10,7 @@ from typing import Any
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from listserv import delivery
+from listserv import queues
 from listserv.app import App
 from listserv.cli import cli
 from listserv.lists import create_list
@@ -37,7 +37,7 @@ def test_concurrent_claims_never_overlap(app: App) -> None:
         ids: list[int] = []
         while True:
             with app.db.unit_of_work() as session:
-                rows = delivery.claim(session, name, app.now(), 7)
+                rows = queues.claim(session, name, app.now(), 7)
             if not rows:
                 break
             ids += [r.id for r in rows]
@@ -63,7 +63,7 @@ def test_claim_takes_only_ready_rows_oldest_first(app: App, clock: Any) -> None:
         assert first is not None
         first.next_attempt_at = clock() + dt.timedelta(seconds=1)
     with app.db.unit_of_work() as session:
-        rows = delivery.claim(session, "me", clock(), 10)
+        rows = queues.claim(session, "me", clock(), 10)
     assert [r.id for r in rows] == [first.id + 1, first.id + 2]
     assert rows[0].recipients.count("\n") == 499 and rows[0].attempts == 0
 
