@@ -11,6 +11,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Any, Mapping
 
 from listserv.errors import ConfigError
@@ -224,6 +225,19 @@ def load(path: str | os.PathLike[str] | None = None,
     return settings
 
 
+def _outbound_ok(out: str) -> bool:
+    if out.startswith("maildir:"):
+        return bool(out[len("maildir:"):].strip())
+    if not out.startswith("smtp://"):
+        return False
+    parts = urlsplit(out)
+    try:
+        port = parts.port
+    except ValueError:
+        return False
+    return bool(parts.hostname) and port != 0 and not parts.path.strip("/")
+
+
 def _validate(s: Settings) -> None:
     if not (0 < s.intake.port < 65536):
         raise ConfigError(f"configuration key 'intake.port': {s.intake.port} is not a TCP port")
@@ -233,7 +247,7 @@ def _validate(s: Settings) -> None:
         raise ConfigError(
             "configuration key 'delivery.max_recipients_per_transaction' must be at least 1")
     out = s.outbound
-    if not (out.startswith("maildir:") or out.startswith("smtp://")):
+    if not _outbound_ok(out):
         raise ConfigError(
             f"configuration key 'delivery.outbound': {out!r} must be maildir:PATH or smtp://HOST:PORT")
     url = s.database_url

@@ -51,6 +51,11 @@ def test_config_from_environment_variable(tmp_path: Path) -> None:
     ("[delivery]\nverp = 1\n", "delivery.verp"),
     ("[delivery]\nretry_schedule = []\n", "delivery.retry_schedule"),
     ("[delivery]\noutbound = 'ftp://x'\n", "delivery.outbound"),
+    # these used to pass here and then silently kill the delivery worker in `serve`
+    ("[delivery]\noutbound = 'smtp://'\n", "delivery.outbound"),
+    ("[delivery]\noutbound = 'smtp://127.0.0.1:notaport'\n", "delivery.outbound"),
+    ("[delivery]\noutbound = 'smtp://127.0.0.1:99999'\n", "delivery.outbound"),
+    ("[delivery]\noutbound = 'maildir:'\n", "delivery.outbound"),
     ("[nosuch]\nx = 1\n", "nosuch"),
 ])
 def test_bad_keys_and_values_name_the_key(tmp_path: Path, toml: str, key: str) -> None:
