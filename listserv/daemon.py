@@ -17,8 +17,13 @@ from typing import Any, Callable, Coroutine
 
 from listserv import archive, bounces, digests, incoming, intake, moderation
 from listserv.app import App
+from listserv.errors import ListservError
 
 log = logging.getLogger(__name__)
+
+
+class WorkerFailed(ListservError):
+    """A worker loop of the daemon died; the daemon stopped (``serve`` exits 1)."""
 
 POLL_INTERVAL = 0.5
 TICK_INTERVAL = 30.0
@@ -122,6 +127,18 @@ class Daemon:
         elif self.delivery_enabled:
             log.warning("listserv: delivery module not available; outbound mail stays queued")
 
+        # A worker that dies (a bug, a bad transport) must not leave an intake that accepts
+        # mail nobody will ever process: stop, and report the failure to the caller.
+        failed: list[BaseException] = []
+
+        def watch(task: asyncio.Task[Any]) -> None:
+            if not task.cancelled() and task.exception() is not None and not stop.is_set():
+                failed.append(task.exception())  # type: ignore[arg-type]
+                log.error("listserv: a worker failed; stopping", exc_info=task.exception())
+                stop.set()
+
+        for t in [*tasks, *([delivery_task] if delivery_task is not None else [])]:
+            t.add_done_callback(watch)
         await stop.wait()
         log.warning("listserv: stopping")
         if server is not None:
@@ -133,7 +150,7 @@ class Daemon:
         await asyncio.gather(*tasks, return_exceptions=True)
         delivery_stop.set()
         self.delivery_wake.set()
-        if delivery_task is not None:
+        if delivery_task is not None and not (delivery_task.done() and failed):
             try:
                 await asyncio.wait_for(delivery_task, DRAIN_TIMEOUT)
             except Exception:
@@ -144,6 +161,8 @@ class Daemon:
             except asyncio.TimeoutError:
                 log.warning("listserv: closing with SMTP clients still connected")
         log.warning("listserv: stopped")
+        if failed:
+            raise WorkerFailed(f"a worker failed: {failed[0]}") from failed[0]
 
     async def _drain_intake(self) -> None:
         """Wait (bounded) for SMTP DATA transactions already being stored."""
