@@ -115,25 +115,35 @@ class Runner:
 
     def _record_sync(self, batches: list[Batch]) -> list[Batch]:
         """Record ``batches`` in one transaction; if that fails, one by one, so that one bad
-        batch does not hold up the others. Returns the batches that could not be recorded."""
+        batch does not hold up the others. Returns the batches that could not be recorded;
+        raises when none could and the database does not answer (then nothing is counted)."""
         try:
             with self.app.db.unit_of_work() as session:
                 record(session, self.app, self.owner, batches)
             return []
         except Exception:
             if len(batches) == 1:
-                raise
-        left = []
-        for b in batches:
-            try:
-                with self.app.db.unit_of_work() as session:
-                    record(session, self.app, self.owner, [b])
-            except Exception:
-                log.exception("delivery batch %s: cannot record its results", b.id)
-                left.append(b)
-        if len(left) == len(batches):
-            raise RuntimeError("cannot record delivery results")
+                log.exception("delivery batch %s: cannot record its results", batches[0].id)
+        left = batches if len(batches) == 1 else []
+        if len(batches) > 1:
+            for b in batches:
+                try:
+                    with self.app.db.unit_of_work() as session:
+                        record(session, self.app, self.owner, [b])
+                except Exception:
+                    log.exception("delivery batch %s: cannot record its results", b.id)
+                    left.append(b)
+        if len(left) == len(batches) and not self._db_answers():
+            raise RuntimeError("database unavailable: delivery results kept for later")
         return left
+
+    def _db_answers(self) -> bool:
+        try:
+            with self.app.db.unit_of_work() as session:
+                session.execute(select(1))
+            return True
+        except Exception:
+            return False
 
     def _recover_sync(self) -> int:
         with self.app.db.unit_of_work() as session:

@@ -277,3 +277,24 @@ def test_two_workers_share_the_queue_without_duplicates(app: App, sink: SmtpSink
     got = sink.recipients()
     assert len(got) == 200 and set(got) == set(rcpts)
     assert by_state(a) == {"done": sorted(rcpts)}
+
+
+def test_a_batch_whose_results_cannot_be_written_does_not_block_others(
+        app: App, sink: SmtpSink, monkeypatch: pytest.MonkeyPatch) -> None:
+    a = with_delivery(app, outbound=sink.url)
+    enqueue(a, ["bad@example.com"])
+    enqueue(a, ["good@example.com"], data=MSG + b"other\r\n")
+    bad_id = rows(a)[0].id
+    real = delivery.record
+
+    def poisoned(session: Any, ap: App, owner: str, batches: Any) -> None:
+        batches = list(batches)
+        if any(b.id == bad_id for b in batches):
+            raise RuntimeError("cannot write this one")
+        real(session, ap, owner, batches)
+
+    monkeypatch.setattr(delivery, "record", poisoned)
+    assert delivery.deliver_pending(a) == 1          # returns: the bad batch is given up
+    assert sorted(sink.recipients()) == ["bad@example.com", "good@example.com"]
+    # the unrecorded claim stays until it is recovered as stale (then sent again)
+    assert by_state(a) == {"sending": ["bad@example.com"], "done": ["good@example.com"]}
