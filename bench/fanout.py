@@ -102,10 +102,10 @@ class Sink:
             self.last = now
             self.count = count
 
-    def start(self) -> None:
+    def start(self, kind: str = "auto") -> None:
         exe = shutil.which("smtp-sink") or ("/usr/sbin/smtp-sink"
                                             if os.path.exists("/usr/sbin/smtp-sink") else None)
-        if exe:
+        if exe and kind != "aiosmtpd":
             cmd = [exe, "-c", "-m", "512"]
             if os.geteuid() == 0:
                 cmd += ["-u", "nobody"]
@@ -146,7 +146,7 @@ class Sink:
 
         self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port)
         self.controller.start()
-        self.kind = ("in-process aiosmtpd sink (FALLBACK: smtp-sink not found; "
+        self.kind = ("in-process aiosmtpd sink (FALLBACK, not Postfix smtp-sink: "
                      "the sink may be the bottleneck)")
 
     def stop(self) -> None:
@@ -240,6 +240,8 @@ def main() -> None:
     ap.add_argument("--dkim", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--connections", type=int, default=8)
     ap.add_argument("--database-url", default="", help="default: SQLite in the temp data_dir")
+    ap.add_argument("--sink", choices=("auto", "aiosmtpd"), default="auto",
+                    help="auto: Postfix smtp-sink when installed, else the aiosmtpd fallback")
     ap.add_argument("--timeout", type=float, default=300.0)
     ap.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
                     help="post once to a one-member list first (a running daemon is warm)")
@@ -248,7 +250,7 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="listserv-fanout-"))
     sink = Sink()
-    sink.start()
+    sink.start(args.sink)
     intake_port = free_port()
     cfg = tmp / "listserv.toml"
     db = f'\n[database]\nurl = "{args.database_url}"\n' if args.database_url else ""
