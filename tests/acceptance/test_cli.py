@@ -79,6 +79,8 @@ def test_every_command_describes_itself() -> None:
 
 def test_admin_commands_end_to_end(site: Site, tmp_path: Path) -> None:
     lst = "cli@admin.example"
+    assert "already" in site.run("db", "upgrade")            # init ran: nothing to do
+    site.run("init")                                         # idempotent
     out = site.run("list", "create", lst, "--owner", "o@admin.example", "--moderator",
                    "m@admin.example", "--display-name", "CLI test")
     assert lst in out
