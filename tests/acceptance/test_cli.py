@@ -47,6 +47,9 @@ def test_configuration_and_database_mistakes(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text('[delivery]\nverp = true\nretries = 3\n')
     refused(listserv("--config", str(bad), "list", "ls"), "delivery.retries")
+    nohost = tmp_path / "nohost.toml"
+    nohost.write_text('[delivery]\noutbound = "smtp://:25"\n')
+    refused(listserv("--config", str(nohost), "serve"), "delivery.outbound")
     closed = tmp_path / "closed.toml"
     closed.write_text(f'[database]\nurl = "postgresql+psycopg://u:secret@127.0.0.1:'
                       f'{free_port()}/db"\n')

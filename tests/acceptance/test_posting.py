@@ -95,6 +95,20 @@ def test_stranger_is_held_and_unknown_addresses_are_refused(site: Site) -> None:
     assert list(refused) == ["nobody@hold.example"] and refused["nobody@hold.example"][0] == 550
 
 
+def test_unlabelled_8bit_post_reaches_members_intact(site: Site) -> None:
+    """An old mailer's Latin-1 post without MIME headers (used to be parked as failed)."""
+    site.run("list", "create", "old@eight.example")
+    site.run("member", "add", "old@eight.example", "one@eight.example", "two@eight.example")
+    raw = ("From: one@eight.example\r\nTo: old@eight.example\r\nSubject: caf\xe9\r\n"
+           "Message-ID: <latin1@old.example>\r\n\r\nna\xefve body\r\n").encode("latin-1")
+    site.send("old@eight.example", raw)
+    for rcpt in ("one@eight.example", "two@eight.example"):
+        (copy,) = site.mail_to(rcpt)
+        assert b"na\xefve body" in copy.data
+        assert str(copy.message["Subject"]).startswith("[old] caf")
+    assert site.json("queue", "status")["incoming"]["failed"] == 0
+
+
 def test_kill_9_in_the_middle_of_a_fan_out(tmp_path: Path, sink: SmtpSink) -> None:
     n, batch, conns = 2500, 100, 4
     for s in make_site(tmp_path, sink, f"max_recipients_per_transaction = {batch}\n"
