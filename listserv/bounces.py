@@ -30,7 +30,7 @@ from listserv import addresses, bounce_report, tokens
 from listserv.app import App
 from listserv.bounce_parse import Failure, find_status, is_policy, parse
 from listserv.bounce_report import notify_owners
-from listserv.members import find_membership
+from listserv.members import clear_bounce_state, find_membership
 from listserv.models import (
     BounceEvent,
     BounceKind,
@@ -252,13 +252,7 @@ def reenable(session: Session, app: App, membership: Membership, via: str) -> bo
     m = membership
     if not m.enabled and m.disabled_reason not in (None, DISABLED_REASON):
         return False
-    m.enabled = True
-    m.disabled_reason = None
-    m.bounce_score = 0.0
-    m.bounce_warnings_sent = 0
-    m.last_warning_at = None
-    m.last_bounce_at = None
-    _close_tokens(session, app, m.list_id, m.address.email, outcome=f"reenabled via {via}")
+    clear_bounce_state(session, m, app.now(), outcome=f"reenabled via {via}")
     log.info("list_id=%s delivery re-enabled for %s via %s", m.list_id, m.address.email, via)
     return True
 
@@ -276,18 +270,12 @@ def reenable_token(session: Session, app: App, token: PendingToken, via: str = "
     return f"delivery to {m.address.email} re-enabled on {ml.address}"
 
 
-def _close_tokens(session: Session, app: App, list_id: int, email: str, outcome: str) -> None:
-    session.execute(update(PendingToken).where(
-        PendingToken.list_id == list_id, PendingToken.email == email,
-        PendingToken.kind == TokenKind.reenable, PendingToken.used_at.is_(None)
-    ).values(used_at=app.now(), outcome=outcome[:64]))
-
-
 def remove(session: Session, app: App, ml: MailingList, m: Membership) -> None:
     """Unsubscribe a member whose warnings ran out; tell the owners and the member."""
     email = m.address.email
     lst = ListView.of(ml)
-    _close_tokens(session, app, ml.id, email, outcome="removed")
+    tokens.close_open(session, app.now(), list_id=ml.id, email=email, kind=TokenKind.reenable,
+                      outcome="removed")
     session.delete(m)
     session.flush()
     log.info("list_id=%s removed %s after %s bounce warnings", ml.list_id, email,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from email.utils import parseaddr
 from typing import Any, Iterable, Iterator
@@ -11,7 +12,15 @@ from sqlalchemy.orm import Session
 
 from listserv import addresses
 from listserv.errors import UsageError
-from listserv.models import Address, DeliveryMode, MailingList, Membership, Role
+from listserv.models import (
+    Address,
+    DeliveryMode,
+    MailingList,
+    Membership,
+    Role,
+    TokenKind,
+    utcnow,
+)
 
 
 def get_or_create_address(session: Session, email: str, display_name: str = "") -> Address:
@@ -166,6 +175,22 @@ def remove_members(session: Session, ml: MailingList, emails: Iterable[str],
     return rows
 
 
+def clear_bounce_state(session: Session, m: Membership, now: dt.datetime, *,
+                       outcome: str) -> None:
+    """Enable delivery and forget the member's bounce history; close open re-enable tokens
+    (an old warning's reply is then told delivery is already on)."""
+    from listserv import tokens
+
+    m.enabled = True
+    m.disabled_reason = None
+    m.bounce_score = 0.0
+    m.bounce_warnings_sent = 0
+    m.last_warning_at = None
+    m.last_bounce_at = None
+    tokens.close_open(session, now, list_id=m.list_id, email=m.address.email,
+                      kind=TokenKind.reenable, outcome=outcome)
+
+
 def set_member(session: Session, ml: MailingList, email: str, *, role: Role | None = None,
                delivery_mode: DeliveryMode | None = None, moderated: bool | None = None,
                enabled: bool | None = None, display_name: str | None = None
@@ -182,11 +207,7 @@ def set_member(session: Session, ml: MailingList, email: str, *, role: Role | No
         if moderated is not None:
             m.moderated = moderated
         if enabled is True:
-            m.enabled = True
-            m.disabled_reason = None
-            m.bounce_score = 0.0
-            m.bounce_warnings_sent = 0
-            m.last_warning_at = None
+            clear_bounce_state(session, m, utcnow(), outcome="reenabled via cli")
         elif enabled is False:
             m.enabled = False
             m.disabled_reason = "admin"

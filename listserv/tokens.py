@@ -146,6 +146,15 @@ def close_for_held(session: Session, app: App, held_id: int, *, by: str, outcome
     ).values(used_at=app.now(), used_by=by, outcome=outcome[:64]))
 
 
+def close_open(session: Session, now: dt.datetime, *, list_id: int, email: str,
+               kind: TokenKind, outcome: str) -> None:
+    """Mark every still-open token of ``kind`` sent to ``email`` on a list as used."""
+    session.execute(update(PendingToken).where(
+        PendingToken.list_id == list_id, PendingToken.email == email,
+        PendingToken.kind == kind, PendingToken.used_at.is_(None)
+    ).values(used_at=now, outcome=outcome[:64]))
+
+
 def purge(session: Session, app: App, *, keep: dt.timedelta = dt.timedelta(days=30)) -> int:
     """Delete tokens that expired more than ``keep`` ago."""
     from sqlalchemy import delete

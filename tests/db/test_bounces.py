@@ -360,3 +360,23 @@ def test_delivered_recipients_in_report_are_never_guessed(app: App, ml: str) -> 
     feed(app, "mixed_partial.eml")
     assert member(app, "rita@example.com").bounce_score == 0
     assert [e for e, _, _ in events(app)] == ["sam@example.com"]
+
+
+def test_operator_reenable_clears_history_and_closes_warning_tokens(app: App, ml: str) -> None:
+    """`member set --enable` forgets the bounce state: a bounce the same day scores again and
+    the old warning's token no longer acts."""
+    from listserv.members import set_member
+
+    _disable(app, "hank@mailhost.example")
+    with app.db.unit_of_work() as s:
+        set_member(s, get_list(s, LIST), "hank@mailhost.example", enabled=True)
+    m = member(app, "hank@mailhost.example")
+    assert m.enabled and m.last_bounce_at is None and m.bounce_score == 0
+    with app.db.unit_of_work() as s:
+        tokens = list(s.scalars(select(PendingToken).where(
+            PendingToken.kind == TokenKind.reenable)))
+        assert tokens and all(t.used_at is not None for t in tokens)
+    with app.db.unit_of_work() as s:
+        bounces.record_failure(s, app, get_list(s, LIST).id, ["hank@mailhost.example"], 550,
+                               "5.1.1 user unknown", True)
+    assert member(app, "hank@mailhost.example").bounce_score == 1
