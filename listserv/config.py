@@ -167,7 +167,8 @@ def _apply(cls: type, values: Mapping[str, Any], prefix: str, from_env: bool) ->
 def _default_of(f: dataclasses.Field) -> Any:  # type: ignore[type-arg]
     if f.default is not dataclasses.MISSING:
         return f.default
-    return f.default_factory()  # type: ignore[misc]
+    factory: Any = f.default_factory
+    return factory()
 
 
 def load(path: str | os.PathLike[str] | None = None,

@@ -147,7 +147,7 @@ def wrap_mixed(msg: EmailMessage, footer: str) -> EmailMessage:
     for name, value in msg.items():
         if name.lower().startswith("content-"):
             inner[name] = value
-    inner.set_payload(_raw_payload(msg))
+    inner.set_payload(_raw_payload(msg))  # type: ignore[call-overload]
     inner.preamble, inner.epilogue = msg.preamble, msg.epilogue
     if msg.get_default_type() != "text/plain":
         inner.set_default_type(msg.get_default_type())

@@ -13,7 +13,10 @@ def run_migrations_online() -> None:
     if engine is None:
         from listserv.db import make_engine
 
-        engine = make_engine(config.get_main_option("sqlalchemy.url"))
+        url = config.get_main_option("sqlalchemy.url")
+        if not url:
+            raise RuntimeError("no engine and no sqlalchemy.url given to the migrations")
+        engine = make_engine(url)
     with engine.begin() as connection:
         context.configure(
             connection=connection,
