@@ -162,5 +162,6 @@ def test_expired_token_does_nothing(tmp_path: Path, sink: SmtpSink) -> None:
         answer = s.mail_to("slow@mods.example", 2)[-1]
         assert "expired" in answer.message.get_content()
         s.quiet()
-        assert s.count_to("kim@members.example") == 0
-        assert len(s.json("held", "ls", "late@lists.example")) == 1
+        assert s.count_to("kim@members.example") == 0     # not approved
+        # (the scheduler may meanwhile discard the expired hold: never deliver it)
+        assert all(h["subject"] == "Late" for h in s.json("held", "ls", "late@lists.example"))
