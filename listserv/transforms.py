@@ -24,7 +24,7 @@ from typing import Callable
 from listserv import dmarc
 from listserv.decorate import decorate
 from listserv.dmarc import set_header
-from listserv.models import ArchivePolicy, ReplyTo
+from listserv.models import ReplyTo
 from listserv.views import ListView
 
 __all__ = ["prepare", "decorate", "PREPARE_STEPS", "Context", "prefixed_subject"]
@@ -176,7 +176,8 @@ def list_id_value(lst: ListView) -> str:
 
 def list_headers(lst: ListView) -> list[tuple[str, str]]:
     """The RFC 2919/2369 headers of every list copy, in order. mailto: only (no web UI, hence
-    no RFC 8058 List-Unsubscribe-Post); List-Archive only for an archived list with a URL."""
+    no RFC 8058 List-Unsubscribe-Post); List-Archive for an archived list (archive != none):
+    its web URL when one is set, else the -request address's 'index' command."""
     out = [
         ("List-Id", list_id_value(lst)),
         ("List-Post", f"<mailto:{lst.address}>"),
@@ -185,8 +186,8 @@ def list_headers(lst: ListView) -> list[tuple[str, str]]:
         ("List-Unsubscribe", f"<mailto:{lst.sub('leave')}>"),
         ("List-Owner", f"<mailto:{lst.owner}>"),
     ]
-    if lst.archive is not ArchivePolicy.none and lst.archive_url:
-        out.append(("List-Archive", f"<{lst.archive_url}>"))
+    if lst.archive_link:
+        out.append(("List-Archive", f"<{lst.archive_link}>"))
     out.append(("Precedence", "list"))
     return out
 

@@ -28,8 +28,8 @@ class ListView:
     post_id: int
     dkim_selector: str | None
     dkim_key: str | None
-    # Web archive of this list (https URL). Nothing configures it yet; List-Archive is only
-    # emitted when it is set and the list is archived (archive != none).
+    # Web archive of this list (an https URL) when one is published; without it List-Archive
+    # points at the -request address's 'index' command (archive_link).
     archive_url: str | None = None
 
     @classmethod
@@ -51,6 +51,13 @@ class ListView:
     def sub(self, suffix: str, extra: str | None = None) -> str:
         """An address of this list: sub('request') -> NAME-request@DOMAIN."""
         return addresses.subaddress(self.name, self.domain, suffix, extra)
+
+    @property
+    def archive_link(self) -> str | None:
+        """The List-Archive target (RFC 2369 allows mailto:), None when not archived."""
+        if self.archive is ArchivePolicy.none:
+            return None
+        return self.archive_url or f"mailto:{self.sub('request')}?subject=index"
 
     @property
     def bounces(self) -> str:

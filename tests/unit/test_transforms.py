@@ -107,7 +107,7 @@ def test_list_headers_replace_upstream_ones() -> None:
     assert out.get_all("List-Owner") == ["<mailto:dev-owner@example.org>"]
     assert out.get_all("Precedence") == ["list"]
     assert "List-Unsubscribe-Post" not in out
-    assert "List-Archive" not in out
+    assert out.get_all("List-Archive") == ["<mailto:dev-request@example.org?subject=index>"]
 
 
 @pytest.mark.parametrize("display, expected", [
@@ -129,16 +129,21 @@ def test_non_ascii_list_id_is_encoded_and_keeps_the_id() -> None:
     assert parse(wire)["List-Id"] == "Développeurs <dev.example.org>"
 
 
-@pytest.mark.parametrize("archive, url, present", [
-    (ArchivePolicy.private, "https://l.example.org/dev/", True),
-    (ArchivePolicy.public, "https://l.example.org/dev/", True),
-    (ArchivePolicy.none, "https://l.example.org/dev/", False),
-    (ArchivePolicy.public, None, False),
+INDEX_LINK = "<mailto:dev-request@example.org?subject=index>"
+
+
+@pytest.mark.parametrize("archive, url, expected", [
+    (ArchivePolicy.private, "https://l.example.org/dev/", "<https://l.example.org/dev/>"),
+    (ArchivePolicy.public, "https://l.example.org/dev/", "<https://l.example.org/dev/>"),
+    (ArchivePolicy.none, "https://l.example.org/dev/", None),
+    (ArchivePolicy.public, None, INDEX_LINK),
+    (ArchivePolicy.private, None, INDEX_LINK),
+    (ArchivePolicy.none, None, None),
 ])
-def test_list_archive_only_when_archived_with_a_url(archive, url, present) -> None:  # type: ignore[no-untyped-def]
+def test_list_archive_when_archived(archive, url, expected) -> None:  # type: ignore[no-untyped-def]
     out = transforms.prepare(load("plain.eml"), lst(archive=archive, archive_url=url),
                              resolve_txt=FakeDNS())
-    assert ("List-Archive" in out) is present
+    assert out.get("List-Archive") == expected
 
 
 def test_cleanse_and_strip_dkim_keep_arc() -> None:
