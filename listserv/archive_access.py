@@ -1,0 +1,125 @@
+"""Archive access by email (Sympa's INDEX / GET): the -request commands ``index`` and
+``get YYYY-MM``.
+
+Who may read: archive=public, anyone; private, the list's members, moderators and owners (the
+From address, as for every -request command); none, nobody (a clear line says so). The index
+and the month arrive as separate mails, each rate-limited per address per day; a refusal or a
+usage error is a line in the ordinary answer to the command mail.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+from listserv import archive_read, members, ratelimit, replies
+from listserv.models import ArchivePolicy
+from listserv.notices import build_notice, send_notice
+from listserv.subscriptions import Result
+
+if TYPE_CHECKING:
+    from listserv.commands import Mail
+
+GET_MAX_BYTES = 10 * 1024 * 1024     # the largest mbox attachment one 'get' sends
+SUBJECTS_PER_MONTH = 100             # subjects listed per month in the index
+DAILY_LIMITS = {"archive-index": 5, "archive-get": 5}
+GET_USAGE = "Usage: get YYYY-MM (the months are listed by the index command)"
+
+
+def command(mail: "Mail", word: str, args: list[str]) -> Result:
+    """Run ``index`` or ``get YYYY-MM`` for the sender of ``mail``."""
+    refusal = _refusal(mail)
+    if refusal:
+        return Result(refusal)
+    if word == "index":
+        return _send_index(mail)
+    if len(args) != 1 or not archive_read.MONTH_RE.match(args[0]):
+        return Result(GET_USAGE, help=True)
+    return _send_month(mail, args[0])
+
+
+def _refusal(mail: "Mail") -> str | None:
+    ml, address = mail.ml, mail.ml.address
+    if ml.archive is ArchivePolicy.none:
+        return f"{address} keeps no archive: there is nothing to send."
+    if ml.archive is ArchivePolicy.private \
+            and not members.roles_of(mail.session, ml, mail.sender):
+        return (f"The archive of {address} is open to its members only, and {mail.sender} "
+                "is not one: nothing was sent.")
+    return None
+
+
+def _allowed(mail: "Mail", kind: str) -> bool:
+    return ratelimit.allow(mail.session, mail.app, mail.ml.id, mail.sender, kind,
+                           limit=DAILY_LIMITS[kind])
+
+
+def _limited(kind: str) -> Result:
+    return Result(f"Daily limit of {DAILY_LIMITS[kind]} {kind.replace('archive-', '')} "
+                  "answers reached: nothing was sent, try again tomorrow.", mail_needed=False)
+
+
+def month_summaries(mail: "Mail") -> list[dict[str, Any]]:
+    """Per month: name, message count and its subjects (reply markers and the list prefix
+    removed, repeated subjects counted once, at most SUBJECTS_PER_MONTH)."""
+    root, address = mail.app.settings.archive_path, mail.ml.address
+    prefix = mail.lv.prefix.strip().lower()
+    out = []
+    for month in archive_read.months(root, address):
+        entries = archive_read.read_month(root, address, month)
+        subjects: Counter[str] = Counter()
+        for e in entries:
+            subject = archive_read.text_header(e.headers(), "Subject")
+            subjects[_bare_subject(subject, prefix)] += 1
+        listed = list(subjects.items())
+        out.append({"month": month, "count": len(entries),
+                    "subjects": listed[:SUBJECTS_PER_MONTH],
+                    "more": max(0, len(listed) - SUBJECTS_PER_MONTH)})
+    return out
+
+
+def _bare_subject(subject: str, prefix: str) -> str:
+    s = subject.strip()
+    while True:
+        before = s
+        s = replies.strip_reply_prefix(s)
+        if prefix and s.lower().startswith(prefix):
+            s = s[len(prefix):].strip()
+        if s == before:
+            return s or "(no subject)"
+
+
+def _reply(mail: "Mail", template: str, context: dict[str, Any]):  # type: ignore[no-untyped-def]
+    lv = mail.lv
+    return build_notice(mail.app, lv, template, mail.sender,
+                        {"request_address": lv.sub("request"), **context},
+                        in_reply_to=mail.inbound.message_id or None,
+                        auto_submitted="auto-replied")
+
+
+def _send_index(mail: "Mail") -> Result:
+    if not _allowed(mail, "archive-index"):
+        return _limited("archive-index")
+    summaries = month_summaries(mail)
+    notice = _reply(mail, "notice/user/archive-index.txt.j2",
+                    {"months": summaries, "max_bytes": GET_MAX_BYTES})
+    send_notice(mail.session, mail.app, mail.lv, notice, [mail.sender])
+    return Result(f"The archive index ({len(summaries)} months) was sent.", mail_needed=False)
+
+
+def _send_month(mail: "Mail", month: str) -> Result:
+    root, address = mail.app.settings.archive_path, mail.ml.address
+    if month not in archive_read.months(root, address):
+        return Result(f"The archive of {address} has no messages for {month}. "
+                      "The index command lists the months there are.")
+    if not _allowed(mail, "archive-get"):
+        return _limited("archive-get")
+    data, included, total = archive_read.month_bytes(root, address, month, GET_MAX_BYTES)
+    notice = _reply(mail, "notice/user/archive-get.txt.j2", {
+        "month": month, "included": included, "total": total, "cut": included < total,
+        "max_bytes": GET_MAX_BYTES})
+    notice.add_attachment(data, maintype="application", subtype="mbox",
+                          filename=f"{mail.ml.name}-{month}.mbox")
+    send_notice(mail.session, mail.app, mail.lv, notice, [mail.sender])
+    what = f"{included} of {total} messages" if included < total else f"{total} messages"
+    return Result(f"The archive of {month} ({what}) was sent.", mail_needed=False)

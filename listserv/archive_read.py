@@ -1,0 +1,162 @@
+"""Reading the mbox archive (the truth; everything else is derived from it).
+
+The files are what listserv.archive writes: ``<data_dir>/archives/<list>/<yyyy-mm>.mbox``,
+mboxrd (every body line matching ``>*From `` got one more ``>``), each entry ended by a blank
+line. A crash between the append and its commit can write an entry twice: readers drop an
+entry whose Message-ID was already seen in the same month.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+from email import policy
+from email.header import decode_header, make_header
+from email.message import EmailMessage
+from email.parser import BytesHeaderParser, BytesParser
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Iterator
+
+MONTH_RE = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
+_QUOTED_FROM = re.compile(rb"^>(>*From )", re.MULTILINE)
+_FROM_LINE = re.compile(rb"^From ", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One archived message: its position in the month (1-based, after dropping duplicates),
+    the raw message (From_ line removed, mboxrd quoting undone, LF endings) and the From_
+    line's time (when it was archived)."""
+
+    number: int
+    raw: bytes
+    archived_at: dt.datetime | None
+
+    def headers(self) -> EmailMessage:
+        msg = BytesHeaderParser(policy=policy.default).parsebytes(self.raw)
+        assert isinstance(msg, EmailMessage)
+        return msg
+
+    def message(self) -> EmailMessage:
+        msg = BytesParser(policy=policy.default).parsebytes(self.raw)
+        assert isinstance(msg, EmailMessage)
+        return msg
+
+
+def list_dir(archive_root: Path, list_address: str) -> Path:
+    return archive_root / list_address.lower()
+
+
+def months(archive_root: Path, list_address: str) -> list[str]:
+    """The archived months of a list, oldest first ('2026-11')."""
+    base = list_dir(archive_root, list_address)
+    if not base.is_dir():
+        return []
+    return sorted(p.stem for p in base.glob("*.mbox") if MONTH_RE.match(p.stem))
+
+
+def month_path(archive_root: Path, list_address: str, month: str) -> Path:
+    if not MONTH_RE.match(month):
+        raise ValueError(f"not a month (YYYY-MM): {month!r}")
+    return list_dir(archive_root, list_address) / f"{month}.mbox"
+
+
+def _from_line_time(line: bytes) -> dt.datetime | None:
+    # "From sender Thu Nov 26 23:55:04 2026"
+    parts = line.decode("ascii", "replace").split()
+    if len(parts) < 7:
+        return None
+    try:
+        t = dt.datetime.strptime(" ".join(parts[-5:]), "%a %b %d %H:%M:%S %Y")
+    except ValueError:
+        return None
+    return t.replace(tzinfo=dt.timezone.utc)
+
+
+def split_mbox(data: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """(From_ line, raw message) pairs of an mboxrd file's bytes."""
+    starts = [m.start() for m in _FROM_LINE.finditer(data)]
+    for i, start in enumerate(starts):
+        end = starts[i + 1] if i + 1 < len(starts) else len(data)
+        chunk = data[start:end]
+        first, _, body = chunk.partition(b"\n")
+        if body.endswith(b"\n\n"):
+            body = body[:-1]        # the separating blank line the writer adds
+        yield first, _QUOTED_FROM.sub(rb"\1", body)
+
+
+def read_month(archive_root: Path, list_address: str, month: str) -> list[Entry]:
+    """The entries of one month (empty when the month has no file)."""
+    path = month_path(archive_root, list_address, month)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    out: list[Entry] = []
+    seen: set[str] = set()
+    for from_line, raw in split_mbox(data):
+        mid = message_id(BytesHeaderParser(policy=policy.default).parsebytes(raw))
+        if mid:
+            if mid in seen:
+                continue
+            seen.add(mid)
+        out.append(Entry(len(out) + 1, raw, _from_line_time(from_line)))
+    return out
+
+
+def month_bytes(archive_root: Path, list_address: str, month: str,
+                cap: int) -> tuple[bytes, int, int]:
+    """The month's mbox as stored, cut at a message boundary so that it fits in ``cap``
+    bytes: (bytes, messages included, messages in the month)."""
+    data = month_path(archive_root, list_address, month).read_bytes()
+    starts = [m.start() for m in _FROM_LINE.finditer(data)]
+    total = len(starts)
+    if len(data) <= cap:
+        return data, total, total
+    cut = max((s for s in starts if s <= cap), default=0)
+    included = sum(1 for s in starts if s < cut)
+    return data[:cut], included, total
+
+
+# ---------------------------------------------------------------------------- header helpers
+
+
+def text_header(msg: EmailMessage, name: str) -> str:
+    """A header as display text (RFC 2047 decoded, folded whitespace collapsed)."""
+    value = msg.get(name)
+    if value is None:
+        return ""
+    try:
+        text = str(value)
+    except Exception:  # noqa: BLE001 - a malformed header must not stop an archive page
+        raw = msg.get_all(name, [""])[0]
+        try:
+            text = str(make_header(decode_header(str(raw))))
+        except Exception:  # noqa: BLE001
+            text = str(raw)
+    return " ".join(text.split())
+
+
+def message_id(msg: EmailMessage) -> str:
+    ids = msg_ids(text_header(msg, "Message-ID"))
+    return ids[0] if ids else ""
+
+
+def msg_ids(value: str) -> list[str]:
+    """The <...> ids of an In-Reply-To / References / Message-ID value, without brackets."""
+    return re.findall(r"<([^<>\s]+)>", value)
+
+
+def sent_at(msg: EmailMessage, fallback: dt.datetime | None) -> dt.datetime | None:
+    value = text_header(msg, "Date")
+    if value:
+        try:
+            when = parsedate_to_datetime(value)
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=dt.timezone.utc)
+            return when.astimezone(dt.timezone.utc)
+        except (TypeError, ValueError, IndexError):
+            pass
+    return fallback

@@ -1,0 +1,57 @@
+"""Reading the mbox archive: mboxrd round trip, duplicates dropped, the size cap of 'get'."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from listserv import archive_read
+from listserv.archive import mbox_entry
+
+ADDR = "dev@example.org"
+
+
+def msg(n: int, body: str = "text\n", mid: str | None = None) -> bytes:
+    return (f"From: a{n}@x.example\r\nSubject: s{n}\r\nMessage-ID: <{mid or n}@x>\r\n\r\n"
+            f"{body}").encode()
+
+
+def write(root: Path, month: str, *messages: bytes) -> Path:
+    path = archive_read.month_path(root, ADDR, month)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"".join(mbox_entry(m, 1_790_000_000.0) for m in messages))
+    return path
+
+
+def test_round_trip_undoes_mboxrd_quoting(tmp_path: Path) -> None:
+    tricky = "From here\n>From there\n\nFrom\n"
+    write(tmp_path, "2026-11", msg(1, tricky), msg(2))
+    entries = archive_read.read_month(tmp_path, ADDR, "2026-11")
+    assert [e.number for e in entries] == [1, 2]
+    assert entries[0].raw.endswith(tricky.encode())
+    assert entries[1].raw.endswith(b"\n\ntext\n")
+    assert entries[0].archived_at is not None and entries[0].archived_at.year == 2026
+    assert archive_read.text_header(entries[1].headers(), "Subject") == "s2"
+
+
+def test_an_entry_appended_twice_is_read_once(tmp_path: Path) -> None:
+    write(tmp_path, "2026-11", msg(1), msg(2), msg(2))
+    assert len(archive_read.read_month(tmp_path, ADDR, "2026-11")) == 2
+
+
+def test_months_ignores_other_files(tmp_path: Path) -> None:
+    write(tmp_path, "2026-11", msg(1))
+    write(tmp_path, "2025-01", msg(1))
+    (tmp_path / ADDR / "notes.mbox").write_text("x")
+    (tmp_path / ADDR / "html").mkdir()
+    assert archive_read.months(tmp_path, ADDR) == ["2025-01", "2026-11"]
+    assert archive_read.months(tmp_path, "other@example.org") == []
+
+
+def test_month_bytes_cuts_at_a_message_boundary(tmp_path: Path) -> None:
+    path = write(tmp_path, "2026-11", *(msg(i, "x" * 500 + "\n") for i in range(10)))
+    whole, included, total = archive_read.month_bytes(tmp_path, ADDR, "2026-11", 10**6)
+    assert (whole, included, total) == (path.read_bytes(), 10, 10)
+    cut, included, total = archive_read.month_bytes(tmp_path, ADDR, "2026-11", 2000)
+    assert total == 10 and 0 < included < 10 and len(cut) <= 2000
+    assert len(list(archive_read.split_mbox(cut))) == included
+    assert whole.startswith(cut) and whole[len(cut):].startswith(b"From ")
