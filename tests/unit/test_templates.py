@@ -1,0 +1,217 @@
+"""Every packaged template renders (StrictUndefined) with the context its call site passes, and
+site overrides win over the packaged templates (architecture.md convention 10).
+
+A new template under templates/ is picked up by the glob below and fails until CONTEXTS has an
+entry for it: grep for its name in listserv/ and copy the keys of the dict passed there.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
+
+import pytest
+
+from listserv import config, notices, templating
+from listserv.app import App
+from listserv.digests.build import MESSAGE_SEPARATOR, PREAMBLE_SEPARATOR, Topic
+from listserv.models import (
+    ArchivePolicy,
+    DigestFrequency,
+    DmarcMitigation,
+    HeldMessage,
+    ReplyTo,
+)
+from listserv.views import ListView
+
+ROOT = templating.package_templates_dir()
+TEMPLATES = sorted(p.relative_to(ROOT).as_posix() for p in ROOT.rglob("*.j2"))
+NOW = dt.datetime(2026, 3, 14, 9, 26, 53, tzinfo=dt.timezone.utc)
+
+LIST = ListView(id=1, name="dev", domain="example.org", display_name="Developers",
+                subject_prefix="[{list}] ", reply_to=ReplyTo.poster,
+                dmarc_mitigation=DmarcMitigation.munge_from, archive=ArchivePolicy.private,
+                digest_frequency=DigestFrequency.daily, post_id=42, dkim_selector=None,
+                dkim_key=None)
+TOKEN = "3q2-7ZbX0f9kq1hHn5aVxQ8mWcTt"
+CONFIRM = LIST.sub("confirm", TOKEN)
+HELD = HeldMessage(id=17, sender="bob@example.net", subject="Café menu: draft ✓", size=4213,
+                   reasons=["post from a non-member", "the list address is in neither To nor Cc"])
+HELD_2 = HeldMessage(id=18, sender="eve@example.com", subject="Re: [Developers] build",
+                     size=900, reasons=["emergency moderation"])
+DIGEST = {   # digests.build._context
+    "list": LIST, "volume": 2026, "number": 12, "date": "Sat, 14 Mar 2026 09:26:53 +0000",
+    "day": "Sat, 14 Mar 2026", "subject": "Developers Digest, Vol 2026, Issue 12",
+    "topics": [Topic(1, "Release plan", "Ann <ann@example.org>"),
+               Topic(2, "Café menu ✓", "bob@example.net")],
+    "count": 2, "request": LIST.sub("request"),
+}
+MAILTO = f"mailto:{CONFIRM}?subject=Re%3A%20confirm%20{TOKEN}&body="
+
+# Template name -> the contexts its call sites pass (several when branches differ).
+# Notice templates also get ``list`` and ``settings``, added by notices.build_notice.
+CONTEXTS: dict[str, list[dict[str, Any]]] = {
+    "digest/footer.txt.j2": [DIGEST],
+    "digest/masthead.txt.j2": [DIGEST],          # included by plain and mime_toc
+    "digest/mime_toc.txt.j2": [DIGEST, {**DIGEST, "topics": [], "count": 0}],
+    "digest/plain.txt.j2": [{
+        **DIGEST, "messages": ["From: Ann <ann@example.org>\nSubject: Release plan\n\nSoon.",
+                               "From: bob@example.net\nSubject: Café menu ✓\n\nCoffee."],
+        "footer": "_____\nDevelopers mailing list -- dev@example.org",
+        "end_line": "End of Developers Digest, Vol 2026, Issue 12",
+        "preamble_separator": PREAMBLE_SEPARATOR, "separator": MESSAGE_SEPARATOR,
+    }],
+    "footer/list.txt.j2": [{"list": LIST}],      # posting.footer_text (adds settings)
+    # moderation.expire_holds
+    "notice/moderator/expired.txt.j2": [{"held_list": [HELD, HELD_2], "days": 14.0}],
+    # moderation.notify_moderators
+    "notice/moderator/held.txt.j2": [{
+        "held": HELD, "token": TOKEN, "confirm_address": CONFIRM,
+        "links": {w: MAILTO + w for w in ("approve", "reject", "discard")},
+        "excerpt": ["Hi all,", "", "here is the draft menu."], "expires_at": NOW,
+        "moderator": "mod@example.org",
+    }],
+    # subscriptions.ask_moderators (via _send_token)
+    "notice/moderator/subscription.txt.j2": [{
+        "token": TOKEN, "confirm_address": CONFIRM, "subscriber": "carol@example.com",
+        "display_name": "Carol", "expires_at": NOW}, {
+        "token": TOKEN, "confirm_address": CONFIRM, "subscriber": "carol@example.com",
+        "display_name": "", "expires_at": NOW}],
+    # bounces.disable (via bounce_report.notify_owners)
+    "notice/owner/bounce_disabled.txt.j2": [{
+        "email": "bob@example.net", "score": "5", "threshold": "5", "warnings": 3,
+        "interval": 7, "events": [
+            {"at": "2026-03-14 09:00", "kind": "hard", "status": "5.1.1",
+             "diagnostic": "550 5.1.1 user unknown"},
+            {"at": "2026-03-13 09:00", "kind": "hard", "status": None, "diagnostic": ""}]}, {
+        "email": "bob@example.net", "score": "5.5", "threshold": "5", "warnings": 0,
+        "interval": 7, "events": []}],
+    # bounce_report.summarise_policy
+    "notice/owner/bounce_policy.txt.j2": [{"total": 13, "domains": [
+        {"domain": "example.net", "count": 12,
+         "addresses": [f"u{i}@example.net" for i in range(12)], "status": "5.7.1",
+         "diagnostic": "550 5.7.1 blocked by policy"},
+        {"domain": "example.com", "count": 1, "addresses": ["eve@example.com"],
+         "status": None, "diagnostic": ""}]}],
+    # bounces.remove_member (owner and user notices)
+    "notice/owner/bounce_removed.txt.j2": [{"email": "bob@example.net", "warnings": 3}],
+    "notice/user/bounce_removed.txt.j2": [{"email": "bob@example.net", "warnings": 3}],
+    # bounces.warn
+    "notice/user/bounce_warning.txt.j2": [{
+        "email": "bob@example.net", "token": TOKEN, "confirm_address": CONFIRM,
+        "warning": 1, "warnings": 3, "left": 2, "removal_date": "2026-03-21", "score": "5"}, {
+        "email": "bob@example.net", "token": TOKEN, "confirm_address": CONFIRM,
+        "warning": 3, "warnings": 3, "left": 0, "removal_date": "2026-03-21", "score": "5"}],
+    # subscriptions.join / leave (via _send_token)
+    "notice/user/confirm-subscribe.txt.j2": [{
+        "token": TOKEN, "confirm_address": CONFIRM, "email": "carol@example.com",
+        "expires_at": NOW}],
+    "notice/user/confirm-unsubscribe.txt.j2": [{
+        "token": TOKEN, "confirm_address": CONFIRM, "email": "carol@example.com",
+        "expires_at": NOW}],
+    # subscriptions.unsubscribe_now / subscribe_now / ask_moderators / moderate reject
+    "notice/user/goodbye.txt.j2": [{"email": "carol@example.com"}],
+    "notice/user/welcome.txt.j2": [{"email": "carol@example.com"}],
+    "notice/user/subscription-pending.txt.j2": [{"email": "carol@example.com"}],
+    "notice/user/subscription-refused.txt.j2": [
+        {"email": "carol@example.com", "reason": "not a member of staff"},
+        {"email": "carol@example.com", "reason": ""}],
+    # moderation.notify_poster
+    "notice/user/held.txt.j2": [{
+        "held": HELD, "token": TOKEN, "confirm_address": CONFIRM,
+        "cancel_link": MAILTO + "cancel", "expires_at": NOW}],
+    # moderation reject (notify the poster)
+    "notice/user/moderation-rejected.txt.j2": [{"held": HELD, "reason": "off topic"},
+                                               {"held": HELD, "reason": ""}],
+    # posting.reject_post
+    "notice/user/rejected.txt.j2": [
+        {"reasons": ["post from a non-member"], "subject": "Café menu ✓",
+         "sender": "bob@example.net"},
+        {"reasons": ["message too big"], "subject": "", "sender": "bob@example.net"}],
+    # commands.answer
+    "notice/user/results.txt.j2": [{
+        "results": [("subscribe", "A confirmation request has been sent to carol@example.com."),
+                    ("", "Unknown command 'frobnicate'.")],
+        "show_help": True, "original_subject": "help me", "request_address":
+        LIST.sub("request")}, {
+        "results": [("set delivery nomail", "Delivery set to nomail.")], "show_help": False,
+        "original_subject": "", "request_address": LIST.sub("request")}],
+}
+
+HEADER_LINE = re.compile(r"[A-Za-z][A-Za-z0-9-]*: \S")
+
+
+def _settings(data_dir: Path) -> config.Settings:
+    return config.Settings(data_dir=str(data_dir), site_domain="lists.example.org")
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_template_renders(name: str, tmp_path: Path) -> None:
+    assert name in CONTEXTS, f"add a fixture context for {name} to CONTEXTS in {__file__}"
+    settings = _settings(tmp_path)
+    for context in CONTEXTS[name]:
+        ctx = {"list": LIST, "settings": settings, **context}
+        text = templating.render(settings.data_dir, name, ctx, domain=LIST.domain,
+                                 list_address=LIST.address)
+        assert text.strip(), f"{name} renders nothing"
+        assert "None" not in text, f"{name} shows a Python None:\n{text}"
+        if not name.startswith("notice/"):
+            continue
+        head, sep, body = text.partition("\n\n")
+        assert sep and body.strip(), f"{name}: no blank line then body:\n{text}"
+        lines = head.split("\n")
+        bad = [line for line in lines if not HEADER_LINE.match(line)]
+        assert not bad, f"{name}: not header lines {bad!r}"
+        assert lines[0].startswith("Subject: "), f"{name}: first line is not Subject:"
+        assert "\n\n\n" not in body.strip(), f"{name}: two blank lines in a row:\n{text}"
+        # And the real builder turns it into a message with that Subject.
+        app = cast(App, SimpleNamespace(settings=settings, now=lambda: NOW))
+        msg = notices.build_notice(app, LIST, name, "someone@example.com", context)
+        assert msg["Subject"] == lines[0][len("Subject: "):].strip()
+        assert msg.get_content().strip() == body.strip()
+
+
+def test_every_context_names_a_template() -> None:
+    assert sorted(set(CONTEXTS) - set(TEMPLATES)) == []
+
+
+def test_site_override_wins_and_can_extend_default(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    ctx = {"list": LIST, "settings": settings, "email": "carol@example.com"}
+    name = "notice/user/welcome.txt.j2"
+
+    def render(data_dir: Path) -> str:
+        return templating.render(str(data_dir), name, ctx, domain=LIST.domain,
+                                 list_address=LIST.address)
+
+    packaged = render(tmp_path / "none")
+    assert packaged.startswith("Subject: Welcome to Developers")
+
+    site = tmp_path / "a" / "templates" / "site" / name
+    site.parent.mkdir(parents=True)
+    site.write_text("Subject: Hello from {{ settings.site_domain }}\n\nHi {{ email }}.\n")
+    assert render(tmp_path / "a") == "Subject: Hello from lists.example.org\n\nHi carol@example.com.\n"
+
+    # A domain override comes before the site one, a list override before both.
+    for data_dir, levels in (("b", ("site", "domains/example.org")),
+                             ("c", ("site", "domains/example.org", "lists/dev@example.org"))):
+        for level in levels:
+            f = tmp_path / data_dir / "templates" / level / name
+            f.parent.mkdir(parents=True)
+            f.write_text(f"Subject: {level}\n\nbody\n")
+        assert render(tmp_path / data_dir) == f"Subject: {levels[-1]}\n\nbody\n"
+
+    # An override extending the packaged template (not itself: no recursion) and its blocks.
+    ext = tmp_path / "d" / "templates" / "site" / name
+    ext.parent.mkdir(parents=True)
+    ext.write_text('{% extends "default:' + name + '" %}\n')
+    assert render(tmp_path / "d") == packaged
+    footer = tmp_path / "d" / "templates" / "site" / "footer" / "list.txt.j2"
+    footer.parent.mkdir(parents=True)
+    footer.write_text('{% include "default:footer/list.txt.j2" %}Archive: https://x/\n')
+    text = templating.render(str(tmp_path / "d"), "footer/list.txt.j2", ctx)
+    assert text.startswith("_____") and text.endswith("Archive: https://x/\n")
+    assert "dev-leave@example.org" in text
