@@ -157,7 +157,8 @@ def _require(session: Session, ml: MailingList, emails: Iterable[str],
             missing.append(email)
         found.extend(rows)
     if missing:
-        what = f"a {role.value} of" if role is not None else "subscribed to"
+        article = "an" if role is not None and role.value[0] in "aeiou" else "a"
+        what = f"{article} {role.value} of" if role is not None else "subscribed to"
         raise UsageError(f"not {what} {ml.address}: {', '.join(missing)}")
     return found
 

@@ -124,7 +124,7 @@ def test_set_errors(cli: Cli) -> None:
                                       code=2).stderr
     assert "not subscribed" in cli.error("member", "set", "dev@example.org", "b@x.org",
                                          "--disable")
-    assert "not a owner" in cli.error("member", "set", "dev@example.org", "a@x.org",
+    assert "not an owner" in cli.error("member", "set", "dev@example.org", "a@x.org",
                                       "--role", "owner", "--disable")
     assert "no such list" in cli.error("member", "set", "x@example.org", "a@x.org",
                                        "--disable")
