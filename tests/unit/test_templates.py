@@ -131,6 +131,19 @@ CONTEXTS: dict[str, list[dict[str, Any]]] = {
         {"reasons": ["post from a non-member"], "subject": "Café menu ✓",
          "sender": "bob@example.net"},
         {"reasons": ["message too big"], "subject": "", "sender": "bob@example.net"}],
+    # archive_access._send_month / _send_index (via _reply, which adds request_address)
+    "notice/user/archive-get.txt.j2": [
+        {"request_address": LIST.sub("request"), "month": "2026-03", "included": 3,
+         "total": 3, "cut": False, "max_bytes": 10 * 1024 * 1024},
+        {"request_address": LIST.sub("request"), "month": "2026-03", "included": 250,
+         "total": 1200, "cut": True, "max_bytes": 10 * 1024 * 1024}],
+    "notice/user/archive-index.txt.j2": [
+        {"request_address": LIST.sub("request"), "max_bytes": 10 * 1024 * 1024, "months": [
+            {"month": "2026-02", "count": 1, "subjects": [("Release plan", 1)], "more": 0},
+            {"month": "2026-03", "count": 104,
+             "subjects": [("Café menu ✓", 3), ("build\nbroken", 1)], "more": 2}]},
+        {"request_address": LIST.sub("request"), "max_bytes": 10 * 1024 * 1024,
+         "months": []}],
     # commands.answer
     "notice/user/results.txt.j2": [{
         "results": [("subscribe", "A confirmation request has been sent to carol@example.com."),
