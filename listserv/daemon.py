@@ -15,7 +15,7 @@ import logging
 import threading
 from typing import Any, Callable, Coroutine
 
-from listserv import archive, bounces, digests, incoming, intake, moderation
+from listserv import archive, bounces, digests, incoming, intake, moderation, retention
 from listserv.app import App
 from listserv.errors import ListservError
 
@@ -33,6 +33,7 @@ TICKS: tuple[tuple[str, Callable[[App], Any]], ...] = (
     ("moderation", moderation.tick),
     ("digests", digests.tick),
     ("bounces", bounces.tick),
+    ("retention", retention.tick),     # prunes at most once an hour (listserv.retention)
 )
 
 

@@ -285,7 +285,7 @@ class PendingToken(Base):
     list_id: Mapped[int] = mapped_column(ForeignKey("mailing_list.id", ondelete="CASCADE"))
     email: Mapped[str] = mapped_column(String(320))         # the address it was sent to
     held_id: Mapped[Optional[int]] = mapped_column(
-        ForeignKey("held_message.id", ondelete="CASCADE"))
+        ForeignKey("held_message.id", ondelete="CASCADE"), index=True)
     payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     last_sent_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
@@ -317,7 +317,7 @@ class InboundMessage(Base):
     from_addr: Mapped[str] = mapped_column(String(400), default="")
     subject: Mapped[str] = mapped_column(Text, default="")
     size: Mapped[int] = mapped_column(default=0)
-    spool_sha: Mapped[str] = mapped_column(String(64))
+    spool_sha: Mapped[str] = mapped_column(String(64), index=True)
     received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     state: Mapped[InboundState] = mapped_column(_enum(InboundState), default=InboundState.new)
     locked_by: Mapped[Optional[str]] = mapped_column(String(64))
@@ -333,7 +333,8 @@ class HeldMessage(Base):
     __table_args__ = (Index("ix_held_list_open", "list_id", "decision"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    inbound_id: Mapped[int] = mapped_column(ForeignKey("inbound_message.id", ondelete="CASCADE"))
+    inbound_id: Mapped[int] = mapped_column(ForeignKey("inbound_message.id", ondelete="CASCADE"),
+                                            index=True)
     list_id: Mapped[int] = mapped_column(ForeignKey("mailing_list.id", ondelete="CASCADE"))
     sender: Mapped[str] = mapped_column(String(400))
     subject: Mapped[str] = mapped_column(Text, default="")
@@ -357,7 +358,7 @@ class ModerationLog(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     list_id: Mapped[int] = mapped_column(ForeignKey("mailing_list.id", ondelete="CASCADE"))
     held_id: Mapped[Optional[int]] = mapped_column(
-        ForeignKey("held_message.id", ondelete="SET NULL"))
+        ForeignKey("held_message.id", ondelete="SET NULL"), index=True)
     at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     actor: Mapped[str] = mapped_column(String(400))
     action: Mapped[str] = mapped_column(String(32))
@@ -391,7 +392,7 @@ class OutboundMessage(Base):
     list_id: Mapped[Optional[int]] = mapped_column(
         ForeignKey("mailing_list.id", ondelete="SET NULL"))
     kind: Mapped[str] = mapped_column(String(16))   # post | notice | digest | forward
-    spool_sha: Mapped[str] = mapped_column(String(64))
+    spool_sha: Mapped[str] = mapped_column(String(64), index=True)
     envelope_from: Mapped[str] = mapped_column(String(400))  # '' = null; base -bounces for VERP
     verp: Mapped[bool] = mapped_column(default=False)
     message_id: Mapped[str] = mapped_column(String(998), default="")
@@ -432,7 +433,7 @@ class Fanout(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     message_id_hash: Mapped[str] = mapped_column(String(64), index=True)
     list_id: Mapped[int] = mapped_column(ForeignKey("mailing_list.id", ondelete="CASCADE"))
-    at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
 
 
 class ArchiveEntry(Base):
@@ -444,7 +445,7 @@ class ArchiveEntry(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     list_id: Mapped[int] = mapped_column(ForeignKey("mailing_list.id", ondelete="CASCADE"))
     seq: Mapped[int] = mapped_column()              # the list's post_id
-    spool_sha: Mapped[str] = mapped_column(String(64))
+    spool_sha: Mapped[str] = mapped_column(String(64), index=True)
     message_id: Mapped[str] = mapped_column(String(998), default="")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     appended_at: Mapped[Optional[dt.datetime]] = mapped_column()
@@ -472,7 +473,7 @@ class DigestEntry(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     list_id: Mapped[int] = mapped_column(ForeignKey("mailing_list.id", ondelete="CASCADE"))
     seq: Mapped[int] = mapped_column()
-    spool_sha: Mapped[str] = mapped_column(String(64))   # the prepared post (before footer)
+    spool_sha: Mapped[str] = mapped_column(String(64), index=True)  # prepared post (no footer)
     size: Mapped[int] = mapped_column(default=0)
     subject: Mapped[str] = mapped_column(Text, default="")
     sender: Mapped[str] = mapped_column(String(400), default="")
@@ -513,7 +514,7 @@ class BounceEvent(Base):
     status: Mapped[str] = mapped_column(String(16), default="")   # e.g. 5.1.1
     diagnostic: Mapped[str] = mapped_column(Text, default="")
     inbound_id: Mapped[Optional[int]] = mapped_column(
-        ForeignKey("inbound_message.id", ondelete="SET NULL"))
+        ForeignKey("inbound_message.id", ondelete="SET NULL"), index=True)
     processed: Mapped[bool] = mapped_column(default=False)
 
 

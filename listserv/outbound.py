@@ -37,7 +37,8 @@ def queue_message(session: Session, app: App, data: bytes, recipients: Iterable[
     """
     sha = app.spool.put(data)
     out = OutboundMessage(list_id=list_id, kind=kind, spool_sha=sha,
-                          envelope_from=envelope_from, verp=verp, message_id=message_id)
+                          envelope_from=envelope_from, verp=verp, message_id=message_id,
+                          created_at=app.now())
     session.add(out)
     session.flush()
     now = app.now()

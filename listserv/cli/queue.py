@@ -1,4 +1,4 @@
-"""listserv queue status."""
+"""listserv queue status / prune."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import click
 
 from listserv.cli import Obj, cli, handle_errors, pass_obj
+from listserv import retention
 from listserv.queues import queue_status
 
 ROWS = [("pending", "pending (all)"), ("ready", "ready now"), ("retrying", "retrying (4xx)"),
@@ -42,3 +43,28 @@ def status(obj: Obj, as_json: bool) -> None:
     click.echo("incoming queue:")
     for key in ("new", "processing", "failed"):
         click.echo(f"  {key:<16} {inc[key]:>9} messages")
+
+
+@queue_group.command("prune")
+@click.option("--dry-run", is_flag=True, help="Only report what would be removed.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@pass_obj
+@handle_errors
+def prune(obj: Obj, dry_run: bool, as_json: bool) -> None:
+    """Remove finished deliveries, old inbound mail, sent digest and archived entries, old
+    bounce events, then the spool files nothing refers to any more (serve does this hourly).
+
+    Kept: delivered/failed batches 7 days, handled inbound mail 30 days (failed 90), held
+    posts until decided, digest entries 30 days after their digest, appended archive entries 7
+    days, bounce events 90 days, the moderation log for ever, spool files used in the last
+    hour."""
+    app = obj.ready_app()
+    now = app.now()
+    stats = retention.prune(app, now=now, dry_run=dry_run)
+    if not dry_run:
+        retention.record_run(app, now)
+    if as_json:
+        click.echo(json.dumps(stats.as_dict(), indent=2))
+        return
+    for line in stats.lines():
+        click.echo(line)

@@ -1,0 +1,433 @@
+"""Retention (listserv.retention): which rows go, which stay, the spool sweep, dry run, CLI."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import time
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from listserv import moderation, retention, tokens
+from listserv.app import App
+from listserv.models import (
+    ArchiveEntry,
+    BounceEvent,
+    BounceKind,
+    Decision,
+    Delivery,
+    DeliveryState,
+    Digest,
+    DigestEntry,
+    Fanout,
+    HeldMessage,
+    InboundMessage,
+    InboundState,
+    MailingList,
+    ModerationLog,
+    OutboundMessage,
+    PendingToken,
+    SiteSetting,
+)
+from listserv.outbound import queue_message
+from tests.clirun import Cli
+from tests.db.modsupport import make_list, message, post_held
+
+DAY = 86400.0
+
+
+def age_files(app: App, days: float) -> None:
+    """Make every spool file look ``days`` old (the sweep reads mtimes on the wall clock)."""
+    when = time.time() - days * DAY
+    for dirpath, _, names in os.walk(app.spool.root):
+        for n in names:
+            os.utime(os.path.join(dirpath, n), (when, when))
+
+
+def spool_shas(app: App) -> set[str]:
+    out = set()
+    for dirpath, _, names in os.walk(app.spool.root):
+        for n in names:
+            if n.endswith(".eml") and not n.startswith("."):
+                out.add(os.path.basename(dirpath) + n[:-4])
+    return out
+
+
+def count(app: App, model: Any) -> int:
+    with app.db.unit_of_work() as s:
+        return int(s.scalar(select(func.count()).select_from(model)) or 0)
+
+
+def inbound(app: App, list_id: int, state: InboundState, body: str = "x") -> tuple[int, str]:
+    data = message("p@out.example", "dev@example.org", body=body)
+    sha = app.spool.put(data)
+    with app.db.unit_of_work() as s:
+        ib = InboundMessage(list_id=list_id, subaddress="post", rcpt="dev@example.org",
+                            mail_from="p@out.example", spool_sha=sha, size=len(data),
+                            received_at=app.now(), state=state)
+        s.add(ib)
+        s.flush()
+        return ib.id, sha
+
+
+def outbound(app: App, *states: DeliveryState, body: str = "o") -> tuple[int, str]:
+    """An outbound message with one delivery row per state (finished now when final)."""
+    with app.db.unit_of_work() as s:
+        out = queue_message(s, app, f"Subject: x\r\n\r\n{body}\r\n".encode(), [],
+                            kind="notice", envelope_from="dev-bounces@example.org")
+        for i, state in enumerate(states):
+            final = state in (DeliveryState.done, DeliveryState.failed)
+            s.add(Delivery(outbound_id=out.id, recipients=f"u{i}@example.com", count=1,
+                           state=state, next_attempt_at=app.now(),
+                           finished_at=app.now() if final else None,
+                           locked_by="w:1:x" if state is DeliveryState.sending else None))
+        return out.id, out.spool_sha
+
+
+def exists(app: App, model: Any, row_id: int) -> bool:
+    with app.db.unit_of_work() as s:
+        return s.get(model, row_id) is not None
+
+
+@pytest.fixture
+def list_id(app: App) -> int:
+    return make_list(app, owners=("boss@example.org",), moderators=("mod@example.org",),
+                     people=("member@example.org",))
+
+
+# ---------------------------------------------------------------------------- deliveries
+
+
+def test_finished_deliveries_go_after_seven_days_with_their_message(app: App, clock: Any,
+                                                                    list_id: int) -> None:
+    done, done_sha = outbound(app, DeliveryState.done, DeliveryState.failed, body="done")
+    mixed, mixed_sha = outbound(app, DeliveryState.done, DeliveryState.pending, body="mixed")
+    claimed, _ = outbound(app, DeliveryState.sending, body="claimed")
+    clock.advance(days=6, hours=23)
+    recent, _ = outbound(app, DeliveryState.done, body="recent")
+    assert retention.prune(app).rows["delivery"] == 0
+    clock.advance(hours=2)
+    age_files(app, 8)
+    stats = retention.prune(app)
+    assert stats.rows["delivery"] == 3          # done+failed of 'done', done of 'mixed'
+    assert stats.rows["outbound_message"] == 1
+    assert not exists(app, OutboundMessage, done)
+    assert exists(app, OutboundMessage, mixed) and exists(app, OutboundMessage, claimed)
+    assert exists(app, OutboundMessage, recent)
+    with app.db.unit_of_work() as s:
+        left = {(d.outbound_id, d.state) for d in s.scalars(select(Delivery))}
+    assert left == {(mixed, DeliveryState.pending), (claimed, DeliveryState.sending),
+                    (recent, DeliveryState.done)}
+    shas = spool_shas(app)
+    assert done_sha not in shas and mixed_sha in shas
+    assert stats.spool_files == 1
+
+
+def test_ids_are_never_handed_out_again(app: App, clock: Any, list_id: int) -> None:
+    """The delivery workers cache message bytes by outbound id: a re-used id (SQLite gives the
+    highest one out again once deleted) would send old bytes. The newest row stays."""
+    ids = [outbound(app, DeliveryState.done, body=f"m{i}")[0] for i in range(3)]
+    clock.advance(days=8)
+    age_files(app, 8)
+    assert retention.prune(app).rows["outbound_message"] == 2
+    assert exists(app, OutboundMessage, ids[-1])
+    assert outbound(app, DeliveryState.pending, body="next")[0] > max(ids)
+
+
+# ---------------------------------------------------------------------------- inbound
+
+
+def test_inbound_rules(app: App, clock: Any, list_id: int) -> None:
+    accepted, acc_sha = inbound(app, list_id, InboundState.accepted, "a")
+    handled, _ = inbound(app, list_id, InboundState.handled, "h")
+    failed, failed_sha = inbound(app, list_id, InboundState.failed, "f")
+    new, _ = inbound(app, list_id, InboundState.new, "n")
+    processing, _ = inbound(app, list_id, InboundState.processing, "p")
+    with app.db.unit_of_work() as s:
+        s.add(BounceEvent(list_id=list_id, email="x@y.org", at=app.now(), kind=BounceKind.hard,
+                          source="dsn", inbound_id=handled, processed=True))
+    clock.advance(days=29)
+    young, _ = inbound(app, list_id, InboundState.rejected, "young")
+    clock.advance(days=2)
+    age_files(app, 31)
+    stats = retention.prune(app)
+    assert stats.rows["inbound_message"] == 2
+    assert not exists(app, InboundMessage, accepted) and not exists(app, InboundMessage, handled)
+    for kept in (failed, new, processing, young):
+        assert exists(app, InboundMessage, kept)
+    with app.db.unit_of_work() as s:
+        ev = s.scalars(select(BounceEvent)).one()
+        assert ev.inbound_id is None            # the event stays, its link is cleared
+    shas = spool_shas(app)
+    assert acc_sha not in shas and failed_sha in shas
+    clock.advance(days=60)                      # the failed one is now 91 days old
+    assert retention.prune(app).rows["inbound_message"] == 2   # failed + young
+    assert exists(app, InboundMessage, new) and exists(app, InboundMessage, processing)
+
+
+def test_held_post_stays_until_decided_and_its_tokens_are_gone(app: App, clock: Any,
+                                                               list_id: int) -> None:
+    data = message("Poster <poster@out.example>", "dev@example.org", "held one")
+    held_id = post_held(app, list_id, data)
+    with app.db.unit_of_work() as s:
+        held = s.get_one(HeldMessage, held_id)
+        inbound_id, raw_sha = held.inbound_id, s.get_one(InboundMessage, held.inbound_id).spool_sha
+    clock.advance(days=100)
+    age_files(app, 100)
+    retention.prune(app)
+    assert exists(app, HeldMessage, held_id) and exists(app, InboundMessage, inbound_id)
+    assert raw_sha in spool_shas(app)           # the moderators still need the post
+
+    with app.db.unit_of_work() as s:
+        moderation.decide(s, app, held_id, Decision.discard, actor="mod@example.org",
+                          via="cli")
+    clock.advance(days=31)
+    retention.prune(app)                        # its moderation tokens still exist
+    assert exists(app, InboundMessage, inbound_id)
+    with app.db.unit_of_work() as s:
+        assert s.scalar(select(func.count()).select_from(PendingToken)
+                        .where(PendingToken.held_id == held_id))
+        tokens.purge(s, app)                    # moderation.tick: 30 days after expiry
+        assert not s.scalar(select(func.count()).select_from(PendingToken)
+                            .where(PendingToken.held_id == held_id))
+    assert retention.prune(app).rows["inbound_message"] == 0   # the newest held id stays
+    newer = post_held(app, list_id, message("x@out.example", "dev@example.org", "newer"))
+    stats = retention.prune(app)
+    assert stats.rows["inbound_message"] == 1
+    assert not exists(app, InboundMessage, inbound_id) and not exists(app, HeldMessage, held_id)
+    assert exists(app, HeldMessage, newer) and newer > held_id
+    assert raw_sha not in spool_shas(app)
+    with app.db.unit_of_work() as s:        # the moderation log is kept, unlinked
+        entries = s.scalars(select(ModerationLog).order_by(ModerationLog.id)).all()
+        assert [(e.action, e.held_id) for e in entries] == [
+            ("hold", None), ("discard", None), ("hold", newer)]
+
+
+# ---------------------------------------------------------------------------- digests, archive
+
+
+def test_digest_entries_go_only_after_their_digest_was_sent(app: App, clock: Any,
+                                                            list_id: int) -> None:
+    sha = app.spool.put(b"Subject: p\r\n\r\nprepared\r\n")
+    with app.db.unit_of_work() as s:
+        d = Digest(list_id=list_id, volume=1, number=1, created_at=app.now(), sent_at=app.now())
+        s.add(d)
+        s.flush()
+        s.add(DigestEntry(list_id=list_id, seq=1, spool_sha=sha, digest_id=d.id,
+                          added_at=app.now()))
+        s.add(DigestEntry(list_id=list_id, seq=2, spool_sha="ab" * 32, added_at=app.now()))
+        s.add(ArchiveEntry(list_id=list_id, seq=1, spool_sha=sha, created_at=app.now(),
+                           appended_at=app.now()))
+        s.add(ArchiveEntry(list_id=list_id, seq=2, spool_sha="ab" * 32, created_at=app.now()))
+    clock.advance(days=8)
+    age_files(app, 8)
+    stats = retention.prune(app)
+    assert stats.rows["archive_entry"] == 1 and stats.rows["digest_entry"] == 0
+    assert sha in spool_shas(app)               # the sent digest entry still refers to it
+    clock.advance(days=23)
+    stats = retention.prune(app)
+    assert stats.rows["digest_entry"] == 1
+    assert sha not in spool_shas(app)
+    with app.db.unit_of_work() as s:           # the pending ones stay, however old
+        assert [e.seq for e in s.scalars(select(DigestEntry))] == [2]
+        assert [e.seq for e in s.scalars(select(ArchiveEntry))] == [2]
+        assert s.scalar(select(func.count()).select_from(Digest)) == 1
+
+
+# ---------------------------------------------------------------------------- bounces, fanout
+
+
+def test_bounce_events_keep_the_longer_of_90_days_and_four_stale_periods(
+        app: App, clock: Any, list_id: int) -> None:
+    slow = make_list(app, "slow@example.org", bounce_info_stale_after_days=30)
+
+    def event(lid: int, days_ago: int, processed: bool = True,
+              kind: BounceKind = BounceKind.hard) -> int:
+        with app.db.unit_of_work() as s:
+            e = BounceEvent(list_id=lid, email="x@y.org", kind=kind, source="dsn",
+                            at=app.now() - dt.timedelta(days=days_ago), processed=processed)
+            s.add(e)
+            s.flush()
+            return e.id
+
+    old = event(list_id, 91)
+    recent = event(list_id, 89)
+    unreported = event(list_id, 200, processed=False, kind=BounceKind.policy)
+    slow_kept = event(slow, 110)
+    slow_gone = event(slow, 121)
+    with app.db.unit_of_work() as s:
+        s.add(Fanout(message_id_hash="f" * 64, list_id=list_id, at=app.now() - dt.timedelta(
+            days=91)))
+        s.add(Fanout(message_id_hash="e" * 64, list_id=list_id, at=app.now()))
+    stats = retention.prune(app)
+    assert stats.rows["bounce_event"] == 2 and stats.rows["fanout"] == 1
+    assert not exists(app, BounceEvent, old) and not exists(app, BounceEvent, slow_gone)
+    for kept in (recent, unreported, slow_kept):
+        assert exists(app, BounceEvent, kept)
+
+
+# ---------------------------------------------------------------------------- spool
+
+
+def test_spool_files_go_only_when_unreferenced_and_old(app: App, clock: Any,
+                                                       list_id: int) -> None:
+    _, referenced = inbound(app, list_id, InboundState.new)
+    unused_old = app.spool.put(b"orphan, old")
+    unused_new = app.spool.put(b"orphan, just written")
+    age_files(app, 2)
+    os.utime(app.spool.path(unused_new))         # written a moment ago (intake may commit)
+    tmp = app.spool.path(unused_old).with_name(".leftover.123.456.tmp")
+    tmp.write_bytes(b"half")
+    os.utime(tmp, (time.time() - 7200, time.time() - 7200))
+    stats = retention.prune(app)
+    assert spool_shas(app) == {referenced, unused_new}
+    assert not tmp.exists()
+    assert (stats.spool_files, stats.temp_files) == (1, 1)
+    assert stats.spool_bytes == len(b"orphan, old")
+
+
+def test_reused_file_is_touched_and_survives(app: App, list_id: int) -> None:
+    data = b"the same bytes again"
+    sha = app.spool.put(data)
+    age_files(app, 3)
+    assert app.spool.put(data) == sha            # intake stores identical bytes again ...
+    retention.prune(app)                         # ... but has not committed its row yet
+    assert sha in spool_shas(app)
+
+
+def test_parked_files_of_an_interrupted_sweep(app: App, list_id: int) -> None:
+    _, referenced = inbound(app, list_id, InboundState.new)
+    orphan = app.spool.put(b"orphan")
+    age_files(app, 2)
+    for sha in (referenced, orphan):            # a sweep parked both, then crashed
+        os.rename(app.spool.path(sha), app.spool.parked_path(sha))
+    stats = retention.prune(app)
+    assert spool_shas(app) == {referenced}
+    assert not app.spool.parked_path(referenced).exists()
+    assert not app.spool.parked_path(orphan).exists()
+    assert stats.spool_files == 1
+
+
+def test_get_takes_a_parked_file_back(app: App) -> None:
+    sha = app.spool.put(b"being checked")
+    os.rename(app.spool.path(sha), app.spool.parked_path(sha))
+    assert app.spool.get(sha) == b"being checked"
+    assert app.spool.path(sha).exists() and not app.spool.parked_path(sha).exists()
+    os.unlink(app.spool.path(sha))
+    with pytest.raises(FileNotFoundError):
+        app.spool.get(sha)
+
+
+def test_file_referenced_by_a_row_committed_after_the_scan_survives(
+        app: App, list_id: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The final exact re-check: a row that appears between the directory scan and the
+    unlink keeps its file."""
+    data = message("late@out.example", "dev@example.org", body="late row")
+    sha = app.spool.put(data)
+    age_files(app, 2)
+    real = retention._referenced_in_range
+
+    def scan_then_commit(session: Any, prefix: str, now: Any, dry_run: bool) -> set[str]:
+        found = real(session, prefix, now, dry_run)
+        if prefix == sha[:2]:
+            with app.db.unit_of_work() as s:    # another process commits its row now
+                s.add(InboundMessage(list_id=list_id, subaddress="post", rcpt="x", mail_from="",
+                                     spool_sha=sha, received_at=app.now()))
+        return found
+
+    monkeypatch.setattr(retention, "_referenced_in_range", scan_then_commit)
+    stats = retention.prune(app)
+    assert sha in spool_shas(app) and stats.spool_files == 0
+    assert app.spool.get(sha) == data
+
+
+# ---------------------------------------------------------------------------- dry run, budget
+
+
+def test_dry_run_reports_exactly_what_a_run_removes(app: App, clock: Any, list_id: int) -> None:
+    outbound(app, DeliveryState.done, body="a")
+    outbound(app, DeliveryState.pending, body="b")
+    inbound(app, list_id, InboundState.accepted, "c")
+    inbound(app, list_id, InboundState.held, "d")
+    app.spool.put(b"orphan")
+    clock.advance(days=31)
+    age_files(app, 31)
+    before = spool_shas(app)
+    dry = retention.prune(app, dry_run=True)
+    assert spool_shas(app) == before
+    assert count(app, Delivery) == 2 and count(app, InboundMessage) == 2
+    real = retention.prune(app)
+    assert dry.dry_run and not real.dry_run
+    assert dry.rows == real.rows
+    assert (dry.spool_files, dry.spool_bytes) == (real.spool_files, real.spool_bytes)
+    assert real.spool_files == 3                # delivered notice, accepted post, orphan
+    assert len(spool_shas(app)) == 2
+
+
+def test_budget_stops_between_batches_and_the_next_run_goes_on(
+        app: App, clock: Any, list_id: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(retention, "BATCH", 3)
+    for i in range(7):
+        inbound(app, list_id, InboundState.handled, f"m{i}")
+    clock.advance(days=31)
+    stats = retention.prune(app, budget=0.0)    # one batch, then out of time
+    assert not stats.complete and stats.rows["inbound_message"] == 3
+    stats = retention.prune(app)
+    assert stats.complete and stats.rows["inbound_message"] == 4
+    assert count(app, InboundMessage) == 0
+
+
+# ---------------------------------------------------------------------------- tick, CLI
+
+
+def test_tick_runs_at_most_once_an_hour(app: App, clock: Any, list_id: int) -> None:
+    assert retention.tick(app) is not None
+    assert retention.tick(app) is None
+    clock.advance(minutes=59)
+    assert retention.tick(app) is None
+    clock.advance(minutes=2)
+    inbound(app, list_id, InboundState.handled)
+    clock.advance(days=31)
+    stats = retention.tick(app)
+    assert stats is not None and stats.rows["inbound_message"] == 1
+    with app.db.unit_of_work() as s:
+        assert s.get_one(SiteSetting, retention.LAST_RUN).value == app.now().isoformat()
+
+
+def test_daemon_schedules_retention() -> None:
+    from listserv import daemon
+
+    assert ("retention", retention.tick) in daemon.TICKS
+
+
+def test_cli_prune_and_dry_run(app: App, clock: Any, list_id: int,
+                               cli_env: dict[str, str]) -> None:
+    # The CLI runs on the real clock: date the rows a year back.
+    clock.t = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=365)
+    ib, sha = inbound(app, list_id, InboundState.accepted)
+    held_id = post_held(app, list_id, message("x@out.example", "dev@example.org", "held"))
+    age_files(app, 365)
+    cli = Cli(cli_env)
+    out = cli("queue", "prune", "--dry-run").stdout
+    assert out.splitlines()[0] == "would remove:"
+    assert "inbound_message            1 rows" in out
+    assert exists(app, InboundMessage, ib) and sha in spool_shas(app)
+    data = json.loads(cli("queue", "prune", "--json").stdout)
+    assert data["rows"]["inbound_message"] == 1 and data["spool"]["files"] >= 1
+    assert not data["dry_run"]
+    assert not exists(app, InboundMessage, ib) and sha not in spool_shas(app)
+    assert exists(app, HeldMessage, held_id)
+    out = cli("queue", "prune").stdout
+    assert out.splitlines()[0] == "removed:" and "inbound_message            0 rows" in out
+    with app.db.unit_of_work() as s:
+        assert s.get(SiteSetting, retention.LAST_RUN) is not None
+    assert "--dry-run" in cli("queue", "prune", "--help").stdout
+
+
+def test_cli_prune_refuses_an_uninitialised_database(tmp_path: Any) -> None:
+    cli = Cli({"LISTSERV_DATA_DIR": str(tmp_path / "none"),
+               "LISTSERV_DATABASE_URL": f"sqlite:///{tmp_path / 'none' / 'x.db'}"})
+    assert "not initialised" in cli.error("queue", "prune")
