@@ -21,6 +21,7 @@ from pathlib import Path
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from listserv import archive_html
 from listserv.app import App
 from listserv.models import ArchiveEntry, Domain, MailingList
 
@@ -54,7 +55,16 @@ def _list_addresses(session: Session, ids: set[int]) -> dict[int, str]:
 
 
 def append_pending(app: App, limit: int = BATCH) -> int:
-    """Append up to ``limit`` pending entries; return how many were written."""
+    """Append up to ``limit`` pending entries; return how many were written. Then refresh
+    the HTML pages of the months touched (listserv.archive_html; failures only logged)."""
+    touched: dict[str, set[str]] = {}
+    done = _append_batch(app, limit, touched)
+    if touched:
+        archive_html.refresh(app, touched)
+    return done
+
+
+def _append_batch(app: App, limit: int, touched: dict[str, set[str]]) -> int:
     with app.db.unit_of_work() as session:
         candidates = list(session.scalars(
             select(ArchiveEntry).where(ArchiveEntry.appended_at.is_(None))
@@ -78,6 +88,7 @@ def append_pending(app: App, limit: int = BATCH) -> int:
         for e in entries:
             when = e.created_at
             path = mbox_path(app, names[e.list_id], when.year, when.month)
+            touched.setdefault(names[e.list_id].lower(), set()).add(path.stem)
             by_file.setdefault(path, []).append(e)
         for path, group in by_file.items():
             chunks = [mbox_entry(app.spool.get(e.spool_sha), e.created_at.timestamp())

@@ -10,6 +10,7 @@ usage error is a line in the ordinary answer to the command mail.
 from __future__ import annotations
 
 from collections import Counter
+from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any
 
 from listserv import archive_read, members, ratelimit, replies
@@ -89,7 +90,7 @@ def _bare_subject(subject: str, prefix: str) -> str:
             return s or "(no subject)"
 
 
-def _reply(mail: "Mail", template: str, context: dict[str, Any]):  # type: ignore[no-untyped-def]
+def _reply(mail: "Mail", template: str, context: dict[str, Any]) -> EmailMessage:
     lv = mail.lv
     return build_notice(mail.app, lv, template, mail.sender,
                         {"request_address": lv.sub("request"), **context},

@@ -115,3 +115,23 @@ def test_get_without_a_month_answers_usage_and_help(harness: Harness) -> None:
     text = body(answer)
     assert "Usage: get YYYY-MM" in text
     assert "get YYYY-MM               one month of the archive" in text
+
+
+def test_archive_worker_refreshes_the_pages_of_the_months_it_touched(harness: Harness) -> None:
+    make_list(harness.app, LIST, members=MEMBERS)
+    html = harness.app.settings.archive_path / LIST / "html"
+    post_two(harness)
+    month = (html / "2026-11" / "index.html").read_text()
+    assert month.index('href="1.html">[dev] Kick-off<') < month.index('href="2.html">')
+    assert '<li style="margin-left: 1.5em"><a href="2.html">' in month
+    assert "Agreed." in (html / "2026-11" / "2.html").read_text()
+    assert '<td>2</td>' in (html / "index.html").read_text()
+
+
+def test_a_page_failure_does_not_stop_the_archive(harness: Harness) -> None:
+    make_list(harness.app, LIST, members=MEMBERS)
+    base = harness.app.settings.archive_path / LIST
+    base.mkdir(parents=True)
+    (base / "html").write_text("not a directory")      # the pages cannot be written
+    post_two(harness)
+    assert len(archive_read.read_month(harness.app.settings.archive_path, LIST, "2026-11")) == 2

@@ -1,0 +1,254 @@
+"""Static HTML pages derived from the mbox archive (public-inbox style: the mbox files are the
+truth, the pages can be deleted and rebuilt at any time).
+
+    build(app, info, out, months=None, new_only=False) -> Report
+
+renders templates/archive/*.html.j2 (autoescaped) into ``out``:
+``index.html`` (the months), ``YYYY-MM/index.html`` (the month's threads, by In-Reply-To and
+References) and ``YYYY-MM/N.html`` (one message: headers and text body, attachments listed, not
+rendered). A file is only rewritten when its content changes, so a rebuild is idempotent.
+Message pages never change once written (a message's number is its place in the append-only
+month), hence ``new_only`` for the archive worker's cheap refresh of the months it touched.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from email.utils import getaddresses
+from pathlib import Path
+from typing import Any, Iterable
+
+from sqlalchemy import select
+
+from listserv import archive_read, replies
+from listserv.app import App
+from listserv.models import ArchivePolicy, Domain, MailingList
+from listserv.templating import render
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ListInfo:
+    address: str
+    display_name: str
+    archive: ArchivePolicy
+
+    @classmethod
+    def of(cls, ml: MailingList) -> "ListInfo":
+        return cls(ml.address, ml.display_name or ml.name, ml.archive)
+
+    @property
+    def request_address(self) -> str:
+        name, _, domain = self.address.partition("@")
+        return f"{name}-request@{domain}"
+
+
+@dataclass
+class Report:
+    months: int = 0
+    pages: int = 0          # pages rendered
+    written: int = 0        # of which new or changed on disk
+    out: Path | None = None
+
+
+@dataclass
+class Summary:
+    """What the month page and threading need of one message."""
+
+    number: int
+    subject: str
+    sender: str
+    date: dt.datetime | None
+    message_id: str
+    parent_ids: list[str]           # In-Reply-To first, then References from the nearest
+    parent: int | None = None
+    children: list[int] = field(default_factory=list)
+
+
+def default_out(app: App, address: str) -> Path:
+    return archive_read.list_dir(app.settings.archive_path, address) / "html"
+
+
+def hide_address(text: str) -> str:
+    """'ann@a.example' -> 'ann at a.example' (pages are meant to be published)."""
+    return text.replace("@", " at ")
+
+
+def _sender(msg: EmailMessage) -> str:
+    pairs = getaddresses([archive_read.text_header(msg, "From")])
+    if not pairs:
+        return "(unknown)"
+    name, addr = pairs[0]
+    return name.strip() or hide_address(addr) or "(unknown)"
+
+
+def summarise(entry: archive_read.Entry) -> Summary:
+    h = entry.headers()
+    parents = archive_read.msg_ids(archive_read.text_header(h, "In-Reply-To"))[:1]
+    parents += reversed(archive_read.msg_ids(archive_read.text_header(h, "References")))
+    return Summary(entry.number, archive_read.text_header(h, "Subject") or "(no subject)",
+                   _sender(h), archive_read.sent_at(h, entry.archived_at),
+                   archive_read.message_id(h), parents)
+
+
+def threads(summaries: list[Summary]) -> list[list[tuple[Summary, int]]]:
+    """Messages grouped in threads: each thread a list of (message, depth) in reading order.
+    A parent is the first of In-Reply-To / References (nearest first) archived earlier in the
+    same month; a message without one starts a thread."""
+    by_id = {s.message_id: s for s in summaries if s.message_id}
+    by_number = {s.number: s for s in summaries}
+    for s in summaries:
+        for pid in s.parent_ids:
+            p = by_id.get(pid)
+            if p is not None and p.number < s.number:
+                s.parent = p.number
+                p.children.append(s.number)
+                break
+    out: list[list[tuple[Summary, int]]] = []
+    for root in (s for s in summaries if s.parent is None):
+        thread: list[tuple[Summary, int]] = []
+        stack = [(root, 0)]
+        while stack:
+            s, depth = stack.pop()
+            thread.append((s, depth))
+            stack.extend((by_number[c], depth + 1) for c in reversed(s.children))
+        out.append(thread)
+    return out
+
+
+def _attachments(msg: EmailMessage) -> list[dict[str, Any]]:
+    out = []
+    for part in msg.walk():
+        if part.is_multipart():
+            continue
+        if part.get_content_disposition() != "attachment" and not part.get_filename():
+            continue
+        payload = part.get_payload(decode=True)
+        out.append({"filename": part.get_filename() or "(no name)",
+                    "content_type": part.get_content_type(),
+                    "size": len(payload) if isinstance(payload, bytes) else 0})
+    return out
+
+
+MESSAGE_HEADERS = ("From", "To", "Cc", "Subject", "Date", "Message-ID", "In-Reply-To")
+
+
+def _message_context(entry: archive_read.Entry, summary: Summary) -> dict[str, Any]:
+    msg = entry.message()
+    headers = []
+    for name in MESSAGE_HEADERS:
+        value = archive_read.text_header(msg, name)
+        if value:
+            headers.append((name, hide_address(value) if name in ("From", "To", "Cc")
+                            else value))
+    return {"message": summary, "headers": headers, "body": replies.body_text(msg),
+            "attachments": _attachments(msg)}
+
+
+class _Writer:
+    def __init__(self, app: App, info: ListInfo, out: Path, report: Report) -> None:
+        self.app, self.info, self.out, self.report = app, info, out, report
+
+    def page(self, rel: str, template: str, context: dict[str, Any]) -> None:
+        domain = self.info.address.rpartition("@")[2]
+        text = render(self.app.settings.data_dir, template,
+                      {"list": self.info, "root": "../" * rel.count("/"), **context},
+                      domain=domain, list_address=self.info.address)
+        self.report.pages += 1
+        if write_if_changed(self.out / rel, text.encode("utf-8")):
+            self.report.written += 1
+
+
+def write_if_changed(path: Path, data: bytes) -> bool:
+    try:
+        if path.read_bytes() == data:
+            return False
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return True
+
+
+def build(app: App, info: ListInfo, out: Path, months: Iterable[str] | None = None, *,
+          new_only: bool = False) -> Report:
+    """Render the list index and ``months`` (all when None). ``new_only``: write only the
+    message pages that do not exist yet (month and index pages are always refreshed)."""
+    root = app.settings.archive_path
+    report = Report(out=out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)       # one builder at a time per output directory
+        writer = _Writer(app, info, out, report)
+        all_months = archive_read.months(root, info.address)
+        wanted = all_months if months is None else [m for m in months if m in all_months]
+        counts: dict[str, int] = {}
+        for month in wanted:
+            entries = archive_read.read_month(root, info.address, month)
+            summaries = [summarise(e) for e in entries]
+            writer.page(f"{month}/index.html", "archive/month.html.j2",
+                        {"month": month, "threads": threads(summaries),
+                         "count": len(entries)})
+            for entry, summary in zip(entries, summaries):
+                rel = f"{month}/{entry.number}.html"
+                if new_only and (out / rel).exists():
+                    continue
+                writer.page(rel, "archive/message.html.j2",
+                            {"month": month, **_message_context(entry, summary)})
+            counts[month] = len(entries)
+            report.months += 1
+        known = _read_counts(out)
+        known.update(counts)
+        for m in all_months:
+            if m not in known:
+                known[m] = len(archive_read.read_month(root, info.address, m))
+        known = {m: known[m] for m in all_months}
+        write_if_changed(out / "months.json", json.dumps(known, indent=1).encode())
+        writer.page("index.html", "archive/index.html.j2",
+                    {"months": [{"month": m, "count": known[m]} for m in reversed(all_months)]})
+    return report
+
+
+def _read_counts(out: Path) -> dict[str, int]:
+    """Message counts of the months built before (so that a refresh does not re-read them)."""
+    try:
+        data = json.loads((out / "months.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, int)}
+
+
+def refresh(app: App, touched: dict[str, set[str]]) -> None:
+    """After the archive worker appended: rebuild the touched months of each list into its
+    data_dir pages (never elsewhere). Errors are logged: the mbox is the truth, the pages
+    can be rebuilt with ``listserv archive build``."""
+    try:
+        with app.db.unit_of_work() as session:
+            infos = {}
+            for address in touched:
+                name, _, domain = address.partition("@")
+                ml = session.scalar(select(MailingList).join(Domain).where(
+                    MailingList.name == name, Domain.name == domain))
+                if ml is not None and ml.archive is not ArchivePolicy.none:
+                    infos[address] = ListInfo.of(ml)
+        for address, info in infos.items():
+            build(app, info, default_out(app, address), touched[address], new_only=True)
+    except Exception:  # noqa: BLE001 - derived pages must never stop the archive worker
+        log.exception("archive pages not refreshed (run: listserv archive build LIST)")

@@ -1,0 +1,45 @@
+"""CLI: listserv archive build LIST [--out DIR]."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from listserv.cli import Obj, cli, handle_errors, pass_obj
+
+
+@cli.group()
+def archive() -> None:
+    """The list archives: mbox files (the truth) and HTML pages derived from them."""
+
+
+@archive.command("build")
+@click.argument("list_address", metavar="LIST")
+@click.option("--out", "out_dir", metavar="DIR", type=click.Path(file_okay=False),
+              default=None,
+              help="Write the pages here (default: <data_dir>/archives/LIST/html/).")
+@pass_obj
+@handle_errors
+def build_cmd(obj: Obj, list_address: str, out_dir: str | None) -> None:
+    """Render LIST's static HTML archive from its mbox files.
+
+    One index page (the months), a page per month (its threads) and a page per message
+    (headers and text; attachments listed, not rendered). Only changed files are rewritten:
+    running it again is harmless. The pages of a private list are written only into the
+    data directory unless --out says otherwise.
+    """
+    from listserv import archive_html, lists
+    from listserv.errors import UsageError
+    from listserv.models import ArchivePolicy
+
+    app = obj.ready_app()
+    with app.db.unit_of_work() as session:
+        ml = lists.get_list(session, list_address)
+        if ml.archive is ArchivePolicy.none:
+            raise UsageError(f"{ml.address} is not archived (archive = none)")
+        info = archive_html.ListInfo.of(ml)
+    out = Path(out_dir) if out_dir else archive_html.default_out(app, info.address)
+    report = archive_html.build(app, info, out)
+    click.echo(f"{info.address}: {report.months} months, {report.pages} pages "
+               f"({report.written} written) in {out}")

@@ -1,0 +1,127 @@
+"""Static HTML archive: `listserv archive build` from the mbox files (escaping, threads,
+attachments, idempotent rebuild, --out, refusals)."""
+
+from __future__ import annotations
+
+import re
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from listserv import archive_read
+from listserv.archive import mbox_entry
+from listserv.models import ArchivePolicy
+from tests.clirun import Cli
+from tests.integration.harness import make_list
+
+LIST = "dev@example.org"
+WHEN = 1_793_600_000.0     # 2026-11-02
+
+
+def mail(mid: str, subject: str, body: str = "Hello.\n", *, sender: str = "Ann <ann@a.example>",
+         attach: bytes | None = None, **headers: str) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = LIST
+    msg["Subject"] = subject
+    msg["Date"] = "Mon, 02 Nov 2026 09:00:00 +0000"
+    msg["Message-ID"] = f"<{mid}@x.example>"
+    for name, value in headers.items():
+        msg[name.replace("_", "-")] = value
+    msg.set_content(body)
+    if attach is not None:
+        msg.add_attachment(attach, maintype="application", subtype="octet-stream",
+                           filename="secret<b>.bin")
+    return msg.as_bytes()
+
+
+def write_month(app: Any, month: str, *messages: bytes) -> None:
+    path = archive_read.month_path(app.settings.archive_path, LIST, month)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab") as f:
+        for m in messages:
+            f.write(mbox_entry(m, WHEN))
+
+
+@pytest.fixture
+def cli(cli_env: dict[str, str]) -> Cli:
+    return Cli(cli_env)
+
+
+@pytest.fixture
+def archived(app: Any) -> Path:
+    make_list(app, LIST, members=["ann@a.example"])
+    write_month(app, "2026-10", mail("old", "October news"))
+    write_month(app, "2026-11",
+                mail("a", "<script>alert(1)</script>", "x < y & z\n"),
+                mail("b", "Re: <script>alert(1)</script>", "Reply.\n",
+                     sender="bob@b.example", In_Reply_To="<a@x.example>"),
+                mail("c", "Other topic"),
+                mail("d", "Re: Re: deep", References="<a@x.example> <b@x.example>"),
+                mail("e", "With a file", attach=b"BINARY-PAYLOAD"))
+    out: Path = app.settings.archive_path / LIST / "html"
+    return out
+
+
+def thread_rows(page: str) -> list[tuple[float, int]]:
+    """(indent in em, message number) of each entry of a month page, in order."""
+    return [(float(m.group(1)), int(m.group(2))) for m in re.finditer(
+        r'<li style="margin-left: ([\d.]+)em"><a href="(\d+)\.html">', page)]
+
+
+def test_build_renders_escaped_threaded_pages(app: Any, cli: Cli, archived: Path) -> None:
+    result = cli("archive", "build", LIST)
+    assert f"{LIST}: 2 months, 9 pages (9 written) in {archived}" in result.stdout
+    index = (archived / "index.html").read_text()
+    assert index.index('href="2026-11/index.html"') < index.index('href="2026-10/index.html"')
+    assert '<meta name="robots" content="noindex, nofollow">' in index   # private list
+
+    month = (archived / "2026-11" / "index.html").read_text()
+    assert "<script>" not in month and "&lt;script&gt;alert(1)&lt;/script&gt;" in month
+    assert thread_rows(month) == [(0, 1), (1.5, 2), (3.0, 4), (0, 3), (0, 5)]
+    assert "bob at b.example" in month and "bob@b.example" not in month
+    assert "5 messages, 3 threads" in month
+
+    first = (archived / "2026-11" / "1.html").read_text()
+    assert "<script>" not in first and "x &lt; y &amp; z" in first
+    assert "ann at a.example" in first
+    reply = (archived / "2026-11" / "4.html").read_text()
+    assert '<a href="2.html">in reply to</a>' in reply
+    attached = (archived / "2026-11" / "5.html").read_text()
+    assert "secret&lt;b&gt;.bin" in attached and "application/octet-stream, 14 bytes" in attached
+    assert "BINARY-PAYLOAD" not in attached and "QklOQVJZ" not in attached
+
+
+def test_rebuild_is_idempotent_and_picks_up_new_messages(app: Any, cli: Cli,
+                                                          archived: Path) -> None:
+    cli("archive", "build", LIST)
+    pages = sorted(archived.rglob("*.html"))
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in pages}
+    again = cli("archive", "build", LIST).stdout
+    assert "9 pages (0 written)" in again
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in pages} == before
+
+    write_month(app, "2026-11", mail("f", "Re: Other topic", In_Reply_To="<c@x.example>"))
+    assert "10 pages (3 written)" in cli("archive", "build", LIST).stdout  # index, month, new
+    assert thread_rows((archived / "2026-11" / "index.html").read_text())[3:5] == [(0, 3),
+                                                                                  (1.5, 6)]
+
+
+def test_out_dir_and_refusals(app: Any, cli: Cli, archived: Path, tmp_path: Path) -> None:
+    out = tmp_path / "public-html"
+    cli("archive", "build", LIST, "--out", str(out))
+    assert (out / "2026-11" / "5.html").exists()
+    assert not archived.exists()                 # nothing written to the default place
+    assert "no such list: nope@example.org" in cli.error("archive", "build", "nope@example.org")
+    make_list(app, "quiet@example.org", archive=ArchivePolicy.none)
+    assert "quiet@example.org is not archived" in cli.error("archive", "build",
+                                                            "quiet@example.org")
+
+
+def test_public_list_pages_are_indexable(app: Any, cli: Cli) -> None:
+    make_list(app, LIST, archive=ArchivePolicy.public)
+    cli("archive", "build", LIST)
+    index = (app.settings.archive_path / LIST / "html" / "index.html").read_text()
+    assert "noindex" not in index and "Nothing has been archived yet." in index
