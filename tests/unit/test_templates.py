@@ -17,6 +17,7 @@ import pytest
 
 from listserv import config, notices, templating
 from listserv.app import App
+from listserv.archive_html import ListInfo, Summary
 from listserv.digests.build import MESSAGE_SEPARATOR, PREAMBLE_SEPARATOR, Topic
 from listserv.models import (
     ArchivePolicy,
@@ -49,6 +50,11 @@ DIGEST = {   # digests.build._context
                Topic(2, "Café menu ✓", "bob@example.net")],
     "count": 2, "request": LIST.sub("request"),
 }
+ARCHIVE_PAGE = {"list": ListInfo("dev@example.org", "Developers", ArchivePolicy.public),
+                "root": ""}
+SUMMARY = Summary(1, "Café menu ✓", "Ann", NOW, "a@example.org", [])
+REPLY = Summary(2, "Re: Café menu ✓", "bob at example.net", None, "", ["a@example.org"],
+                parent=1)
 MAILTO = f"mailto:{CONFIRM}?subject=Re%3A%20confirm%20{TOKEN}&body="
 
 # Template name -> the contexts its call sites pass (several when branches differ).
@@ -144,6 +150,21 @@ CONTEXTS: dict[str, list[dict[str, Any]]] = {
              "subjects": [("Café menu ✓", 3), ("build\nbroken", 1)], "more": 2}]},
         {"request_address": LIST.sub("request"), "max_bytes": 10 * 1024 * 1024,
          "months": []}],
+    # archive_html.build (via _Writer.page, which adds list and root)
+    "archive/base.html.j2": [ARCHIVE_PAGE],
+    "archive/index.html.j2": [{**ARCHIVE_PAGE, "months": [{"month": "2026-03", "count": 2}]},
+                              {**ARCHIVE_PAGE, "months": []}],
+    "archive/month.html.j2": [{
+        **ARCHIVE_PAGE, "root": "../", "month": "2026-03", "count": 2, "threads": [
+            [(SUMMARY, 0), (REPLY, 1)]]}],
+    "archive/message.html.j2": [{
+        **ARCHIVE_PAGE, "root": "../", "month": "2026-03", "message": SUMMARY,
+        "headers": [("From", "Ann <ann at example.org>"), ("Subject", "Café menu ✓")],
+        "body": "Coffee <b>.\n", "attachments": []}, {
+        **ARCHIVE_PAGE, "root": "../", "month": "2026-03", "message": REPLY,
+        "headers": [], "body": "",
+        "attachments": [{"filename": "menu.pdf", "content_type": "application/pdf",
+                         "size": 1234}]}],
     # commands.answer
     "notice/user/results.txt.j2": [{
         "results": [("subscribe", "A confirmation request has been sent to carol@example.com."),
