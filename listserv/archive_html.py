@@ -156,6 +156,8 @@ def _message_context(entry: archive_read.Entry, summary: Summary) -> dict[str, A
 class _Writer:
     def __init__(self, app: App, info: ListInfo, out: Path, report: Report) -> None:
         self.app, self.info, self.out, self.report = app, info, out, report
+        # A private list's pages are readable by the service's group only, as its mbox files.
+        self.mode = 0o644 if info.archive is ArchivePolicy.public else 0o640
 
     def page(self, rel: str, template: str, context: dict[str, Any]) -> None:
         domain = self.info.address.rpartition("@")[2]
@@ -163,11 +165,11 @@ class _Writer:
                       {"list": self.info, "root": "../" * rel.count("/"), **context},
                       domain=domain, list_address=self.info.address)
         self.report.pages += 1
-        if write_if_changed(self.out / rel, text.encode("utf-8")):
+        if write_if_changed(self.out / rel, text.encode("utf-8"), self.mode):
             self.report.written += 1
 
 
-def write_if_changed(path: Path, data: bytes) -> bool:
+def write_if_changed(path: Path, data: bytes, mode: int = 0o644) -> bool:
     try:
         if path.read_bytes() == data:
             return False
@@ -177,7 +179,7 @@ def write_if_changed(path: Path, data: bytes) -> bool:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
@@ -218,7 +220,8 @@ def build(app: App, info: ListInfo, out: Path, months: Iterable[str] | None = No
             if m not in known:
                 known[m] = len(archive_read.read_month(root, info.address, m))
         known = {m: known[m] for m in all_months}
-        write_if_changed(out / "months.json", json.dumps(known, indent=1).encode())
+        write_if_changed(out / "months.json", json.dumps(known, indent=1).encode(),
+                         writer.mode)
         writer.page("index.html", "archive/index.html.j2",
                     {"months": [{"month": m, "count": known[m]} for m in reversed(all_months)]})
     return report

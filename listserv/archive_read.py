@@ -109,15 +109,21 @@ def read_month(archive_root: Path, list_address: str, month: str) -> list[Entry]
 def month_bytes(archive_root: Path, list_address: str, month: str,
                 cap: int) -> tuple[bytes, int, int]:
     """The month's mbox as stored, cut at a message boundary so that it fits in ``cap``
-    bytes: (bytes, messages included, messages in the month)."""
-    data = month_path(archive_root, list_address, month).read_bytes()
-    starts = [m.start() for m in _FROM_LINE.finditer(data)]
-    total = len(starts)
-    if len(data) <= cap:
-        return data, total, total
-    cut = max((s for s in starts if s <= cap), default=0)
-    included = sum(1 for s in starts if s < cut)
-    return data[:cut], included, total
+    bytes: (bytes, messages included, messages in the month). Reads at most ``cap`` bytes
+    into memory (the rest of the file is only scanned for From_ lines)."""
+    total = included = 0
+    cut = offset = 0
+    with open(month_path(archive_root, list_address, month), "rb") as f:
+        for line in f:
+            if line.startswith(b"From "):
+                total += 1
+                if offset <= cap:
+                    cut, included = offset, total - 1
+            offset += len(line)
+        if offset <= cap:
+            cut, included = offset, total
+        f.seek(0)
+        return f.read(cut), included, total
 
 
 # ---------------------------------------------------------------------------- header helpers

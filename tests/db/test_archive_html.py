@@ -125,3 +125,8 @@ def test_public_list_pages_are_indexable(app: Any, cli: Cli) -> None:
     cli("archive", "build", LIST)
     index = (app.settings.archive_path / LIST / "html" / "index.html").read_text()
     assert "noindex" not in index and "Nothing has been archived yet." in index
+
+
+def test_private_pages_are_not_world_readable(app: Any, cli: Cli, archived: Path) -> None:
+    cli("archive", "build", LIST)
+    assert (archived / "2026-11" / "1.html").stat().st_mode & 0o777 == 0o640

@@ -55,3 +55,8 @@ def test_month_bytes_cuts_at_a_message_boundary(tmp_path: Path) -> None:
     assert total == 10 and 0 < included < 10 and len(cut) <= 2000
     assert len(list(archive_read.split_mbox(cut))) == included
     assert whole.startswith(cut) and whole[len(cut):].startswith(b"From ")
+
+
+def test_month_bytes_when_not_even_one_message_fits(tmp_path: Path) -> None:
+    write(tmp_path, "2026-11", msg(1, "x" * 5000 + "\n"), msg(2))
+    assert archive_read.month_bytes(tmp_path, ADDR, "2026-11", 100) == (b"", 0, 2)

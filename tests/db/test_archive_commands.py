@@ -1,0 +1,29 @@
+"""-request index / get: the daily limits of archive answers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from listserv import archive_access
+from listserv.archive import mbox_entry
+from listserv.models import ArchivePolicy
+from tests.db.modsupport import Outbox, command, make_list, message
+
+ADDR = "dev@example.org"
+
+
+def test_archive_answers_are_rate_limited(app: Any, clock: Any) -> None:
+    list_id = make_list(app, people=("ann@a.example",), archive=ArchivePolicy.private)
+    path = app.settings.archive_path / ADDR / "2026-11.mbox"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(mbox_entry(message("ann@a.example", ADDR, "First"), 1_793_600_000.0))
+    outbox = Outbox(app)
+    limit = archive_access.DAILY_LIMITS["archive-get"]
+    for _ in range(limit + 2):
+        command(app, list_id, "request", message("ann@a.example", "dev-request@x", "get 2026-11"))
+    got = outbox.new()
+    assert len(got) == limit
+    assert all(m.msg.get_content_type() == "multipart/mixed" for m in got)
+    clock.advance(days=1)
+    command(app, list_id, "request", message("ann@a.example", "dev-request@x", "index"))
+    assert [str(m.msg["Subject"]) for m in outbox.new()] == [f"Archive index of {ADDR}"]
