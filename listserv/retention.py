@@ -101,7 +101,9 @@ SPOOL_GRACE = dt.timedelta(hours=1)    # a spool file this recent is never remov
 INTERVAL = dt.timedelta(hours=1)       # the daemon prunes at most this often (all processes)
 TICK_BUDGET = 30.0           # seconds one daemon run may take; the next run goes on
 BATCH = 500
+BACKLOG_PAUSE = dt.timedelta(minutes=5)  # after a run stopped by its budget, go on this soon
 LAST_RUN = "retention_last_run"        # SiteSetting row: when prune last started (ISO 8601)
+SPOOL_CURSOR = "retention_spool_cursor"  # SiteSetting row: where a budgeted sweep goes on
 
 FINAL_STATES = (InboundState.accepted, InboundState.rejected, InboundState.discarded,
                 InboundState.handled)
@@ -417,13 +419,39 @@ def _unlink(path: str) -> None:
 def sweep_spool(app: App, now: dt.datetime, *, dry_run: bool, stats: Stats,
                 budget: _Budget, wall_clock: Callable[[], float] = time.time) -> bool:
     """Remove unreferenced spool files older than SPOOL_GRACE; True when every directory was
-    visited. The grace period is measured on the wall clock, like the files' mtimes."""
+    visited. The grace period is measured on the wall clock, like the files' mtimes.
+
+    A run stopped by its budget resumes at the next directory (SPOOL_CURSOR), so a spool too
+    big to sweep within one budget is still swept whole over a few runs."""
     cutoff = wall_clock() - SPOOL_GRACE.total_seconds()
-    for n in range(256):
-        if budget.out():
+    start = 0 if dry_run or budget.deadline is None else _get_cursor(app)
+    for i in range(256):
+        n = (start + i) % 256
+        if i and budget.out():
+            _set_cursor(app, n)
             return False
         _sweep_dir(app, f"{n:02x}", now, cutoff, dry_run, stats)
+    if not dry_run and start:
+        _set_cursor(app, 0)
     return True
+
+
+def _get_cursor(app: App) -> int:
+    with app.db.unit_of_work() as session:
+        value = session.scalar(select(SiteSetting.value).where(SiteSetting.name == SPOOL_CURSOR))
+    try:
+        return int(value or "0", 16) % 256
+    except ValueError:
+        return 0
+
+
+def _set_cursor(app: App, n: int) -> None:
+    with app.db.unit_of_work() as session:
+        row = session.get(SiteSetting, SPOOL_CURSOR)
+        if row is None:
+            session.add(SiteSetting(name=SPOOL_CURSOR, value=f"{n:02x}"))
+        else:
+            row.value = f"{n:02x}"
 
 
 # ---------------------------------------------------------------------------- entry points
@@ -490,8 +518,12 @@ def record_run(app: App, now: dt.datetime) -> None:
 
 
 def tick(app: App) -> Stats | None:
-    """The daemon's scheduler calls this every ~30 s; it prunes at most once per INTERVAL."""
+    """The daemon's scheduler calls this every ~30 s; it prunes at most once per INTERVAL
+    (sooner while a backlog is being worked off), for at most TICK_BUDGET seconds."""
     now = app.now()
     if not _claim_run(app, now):
         return None
-    return prune(app, now=now, budget=TICK_BUDGET)
+    stats = prune(app, now=now, budget=TICK_BUDGET)
+    if not stats.complete:      # a backlog (first run on an old installation): go on soon
+        record_run(app, now - INTERVAL + BACKLOG_PAUSE)
+    return stats

@@ -380,6 +380,42 @@ def test_budget_stops_between_batches_and_the_next_run_goes_on(
     assert count(app, InboundMessage) == 0
 
 
+def test_a_budgeted_sweep_goes_on_where_it_stopped(app: App, monkeypatch: pytest.MonkeyPatch
+                                                   ) -> None:
+    shas: dict[str, str] = {}
+    i = 0
+    while len(shas) < 2:                        # two orphans in different directories
+        sha = app.spool.put(b"orphan %d" % i)
+        shas.setdefault(sha[:2], sha)
+        i += 1
+    first, second = sorted(shas)
+    for sha in list(shas.values()):
+        if sha not in (shas[first], shas[second]):
+            os.unlink(app.spool.path(sha))
+    age_files(app, 2)
+    retention._set_cursor(app, int(first, 16))
+    stats = retention.prune(app, budget=0.0)    # one directory per run at this budget
+    assert not stats.complete and stats.spool_files == 1
+    assert spool_shas(app) == {shas[second]}
+    assert retention._get_cursor(app) == int(first, 16) + 1
+    assert retention.prune(app).spool_files == 1 and not spool_shas(app)
+
+
+def test_tick_returns_soon_while_a_backlog_remains(app: App, clock: Any, list_id: int,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(retention, "BATCH", 2)
+    monkeypatch.setattr(retention, "TICK_BUDGET", 0.0)
+    for i in range(5):
+        inbound(app, list_id, InboundState.handled, f"b{i}")
+    clock.advance(days=31)
+    stats = retention.tick(app)
+    assert stats is not None and not stats.complete and stats.rows["inbound_message"] == 2
+    assert retention.tick(app) is None
+    clock.advance(minutes=6)                    # BACKLOG_PAUSE, not a whole INTERVAL
+    stats = retention.tick(app)
+    assert stats is not None and stats.rows["inbound_message"] == 2
+
+
 # ---------------------------------------------------------------------------- tick, CLI
 
 
