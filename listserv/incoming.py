@@ -17,7 +17,7 @@ import socket
 from email.message import EmailMessage
 from typing import Callable
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -63,23 +63,59 @@ def _alive(locked_by: str | None) -> bool:
 
 
 def claim(app: App, worker: str, limit: int = CLAIM_BATCH) -> list[int]:
-    """Move up to ``limit`` new messages to 'processing' for ``worker``; return their ids."""
-    won: list[int] = []
+    """Move up to ``limit`` new messages of ONE list to 'processing' for ``worker``; return
+    their ids, oldest first.
+
+    A list's mail is processed in arrival order: a list with a message in 'processing' is
+    not claimed by anyone else, and the claim itself holds the list's row lock (SKIP LOCKED
+    on PostgreSQL), so two workers cannot take interleaved messages of one list. Different
+    lists are processed in parallel.
+    """
     with app.db.unit_of_work() as session:
-        ids = list(session.scalars(
-            select(InboundMessage.id).where(InboundMessage.state == InboundState.new)
-            .order_by(InboundMessage.id).limit(limit).with_for_update(skip_locked=True)))
-        now = app.now()
-        for inbound_id in ids:
-            result = session.execute(
-                update(InboundMessage)
-                .where(InboundMessage.id == inbound_id, InboundMessage.state == InboundState.new)
-                .values(state=InboundState.processing, locked_by=worker, locked_at=now,
-                        attempts=InboundMessage.attempts + 1)
-                .execution_options(synchronize_session=False))
-            if result.rowcount == 1:  # type: ignore[attr-defined]
-                won.append(inbound_id)
-    return won
+        busy = select(InboundMessage.list_id).where(
+            InboundMessage.state == InboundState.processing)
+        candidates = list(session.scalars(
+            select(InboundMessage.list_id)
+            .where(InboundMessage.state == InboundState.new, InboundMessage.list_id.not_in(busy))
+            .group_by(InboundMessage.list_id).order_by(func.min(InboundMessage.id)).limit(8)))
+        for list_id in candidates:
+            if not app.db.is_sqlite:
+                locked = session.scalar(select(MailingList.id).where(MailingList.id == list_id)
+                                        .with_for_update(skip_locked=True))
+                if locked is None:
+                    continue            # another worker is claiming this list right now
+                still_busy = session.scalar(select(InboundMessage.id).where(
+                    InboundMessage.list_id == list_id,
+                    InboundMessage.state == InboundState.processing).limit(1))
+                if still_busy is not None:
+                    continue
+            won = _claim_list(session, app, worker, list_id, limit)
+            if won:
+                return won
+    return []
+
+
+def _claim_list(session: Session, app: App, worker: str, list_id: int, limit: int
+                ) -> list[int]:
+    ids = list(session.scalars(
+        select(InboundMessage.id).where(InboundMessage.state == InboundState.new,
+                                        InboundMessage.list_id == list_id)
+        .order_by(InboundMessage.id).limit(limit)))
+    if not ids:
+        return []
+    now = app.now()
+    result = session.execute(
+        update(InboundMessage)
+        .where(InboundMessage.id.in_(ids), InboundMessage.state == InboundState.new)
+        .values(state=InboundState.processing, locked_by=worker, locked_at=now,
+                attempts=InboundMessage.attempts + 1)
+        .execution_options(synchronize_session=False))
+    if result.rowcount != len(ids):  # type: ignore[attr-defined]
+        # Someone else took part of it (SQLite with a second process): keep only ours.
+        return list(session.scalars(select(InboundMessage.id).where(
+            InboundMessage.id.in_(ids), InboundMessage.locked_by == worker,
+            InboundMessage.state == InboundState.processing).order_by(InboundMessage.id)))
+    return ids
 
 
 def release(app: App, ids: list[int], worker: str) -> None:
@@ -222,8 +258,6 @@ def run_pass(app: App, worker: str, *, limit: int = CLAIM_BATCH,
 
 def pending(app: App) -> int:
     """Messages waiting or in processing (for tests and status)."""
-    from sqlalchemy import func
-
     with app.db.unit_of_work() as session:
         return session.scalar(select(func.count()).select_from(InboundMessage).where(
             InboundMessage.state.in_([InboundState.new, InboundState.processing]))) or 0
