@@ -69,9 +69,12 @@ def add_domain(session: Session, name: str, *, dkim_selector: str | None = None,
 
 def generate_dkim_key(session: Session, name: str, selector: str, *,
                       replace: bool = False) -> Domain:
-    """Make and store a new RSA-2048 key for the hosted domain ``name``."""
-    d = get_domain(session, name)
+    """Make and store a new RSA-2048 key for ``name`` (hosted from now on if it was not, as
+    ``list create`` does)."""
     sel = normalise_selector(selector)
+    d = find_domain(session, name)
+    if d is None:
+        d, _ = add_domain(session, name)
     if d.dkim_private_key and not replace:
         raise UsageError(f"domain {d.name} already has a DKIM key (selector "
                          f"{d.dkim_selector}); use --force to replace it")

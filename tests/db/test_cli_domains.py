@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from pathlib import Path
 
 import dkim
@@ -74,11 +75,18 @@ def test_dkim_keygen_stores_key_and_prints_record(cli: Cli, app: App) -> None:
 
 
 def test_dkim_keygen_errors(cli: Cli) -> None:
-    assert "no such domain" in cli.error("domain", "dkim-keygen", "nope.org", "--selector", "s")
+    assert "invalid domain" in cli.error("domain", "dkim-keygen", "no pe.org", "--selector", "s")
     cli("domain", "add", "example.org")
     assert "invalid DKIM selector" in cli.error("domain", "dkim-keygen", "example.org",
                                                 "--selector", "bad sel")
     cli("domain", "dkim-keygen", "example.org", code=2)  # --selector is required
+
+
+def test_dkim_keygen_hosts_a_new_domain(cli: Cli) -> None:
+    out = cli("domain", "dkim-keygen", "New.Example", "--selector", "s1").stdout
+    assert "s1._domainkey.new.example" in out
+    rows = json.loads(cli("domain", "ls", "--json").stdout)
+    assert [(r["domain"], r["dkim_selector"]) for r in rows] == [("new.example", "s1")]
 
 
 def test_add_with_key_file(cli: Cli, tmp_path: Path) -> None:
