@@ -69,5 +69,5 @@ class ListView:
 
     @property
     def prefix(self) -> str:
-        """The subject prefix with {list} expanded."""
-        return self.subject_prefix.replace("{list}", self.display_name or self.name)
+        """The subject prefix with {list} expanded to the list name (interface.md)."""
+        return self.subject_prefix.replace("{list}", self.name)

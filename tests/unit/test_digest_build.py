@@ -22,7 +22,7 @@ from listserv.views import ListView
 
 DATE = dt.datetime(2026, 11, 2, 9, 30, tzinfo=dt.timezone.utc)
 LST = ListView(id=1, name="dev", domain="example.org", display_name="Dev",
-               subject_prefix="[{list}] ", reply_to=ReplyTo.poster,
+               subject_prefix="[Dev] ", reply_to=ReplyTo.poster,
                dmarc_mitigation=DmarcMitigation.none, archive=ArchivePolicy.private,
                digest_frequency=DigestFrequency.daily, post_id=3, dkim_selector=None,
                dkim_key=None)

@@ -53,7 +53,7 @@ def test_prefix_expands_list_and_empty_prefix_leaves_subject() -> None:
     msg = load("plain.eml")
     out = transforms.add_subject_prefix(copy.deepcopy(msg), lst(subject_prefix="({list}) "),
                                         transforms.Context(FakeDNS()))
-    assert out["Subject"] == "(Dev) Build is green again"
+    assert out["Subject"] == "(dev) Build is green again"   # the list name, not display name
     same = transforms.add_subject_prefix(copy.deepcopy(msg), lst(subject_prefix=""),
                                          transforms.Context(FakeDNS()))
     assert serialise(same) == serialise(msg)

@@ -15,7 +15,7 @@ from listserv.views import ListView
 DATA = Path(__file__).resolve().parent.parent / "data"
 
 LIST = ListView(id=1, name="dev", domain="example.org", display_name="Dev",
-                subject_prefix="[{list}] ", reply_to=ReplyTo.poster,
+                subject_prefix="[Dev] ", reply_to=ReplyTo.poster,
                 dmarc_mitigation=DmarcMitigation.munge_from, archive=ArchivePolicy.private,
                 digest_frequency=DigestFrequency.daily, post_id=7, dkim_selector=None,
                 dkim_key=None)
