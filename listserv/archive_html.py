@@ -20,7 +20,7 @@ import logging
 import os
 import tempfile
 from dataclasses import dataclass, field
-from email.message import EmailMessage
+from email.message import EmailMessage, Message
 from email.utils import getaddresses
 from pathlib import Path
 from typing import Any, Iterable
@@ -82,7 +82,7 @@ def hide_address(text: str) -> str:
     return text.replace("@", " at ")
 
 
-def _sender(msg: EmailMessage) -> str:
+def _sender(msg: Message) -> str:
     pairs = getaddresses([archive_read.text_header(msg, "From")])
     if not pairs:
         return "(unknown)"

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from email import policy
 from email.header import decode_header, make_header
-from email.message import EmailMessage
+from email.message import EmailMessage, Message
 from email.parser import BytesHeaderParser, BytesParser
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -22,6 +22,7 @@ from typing import Iterator
 MONTH_RE = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 _QUOTED_FROM = re.compile(rb"^>(>*From )", re.MULTILINE)
 _FROM_LINE = re.compile(rb"^From ", re.MULTILINE)
+_MESSAGE_ID = re.compile(rb"^message-id:\s*<([^<>\s]+)>", re.MULTILINE | re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -34,10 +35,10 @@ class Entry:
     raw: bytes
     archived_at: dt.datetime | None
 
-    def headers(self) -> EmailMessage:
-        msg = BytesHeaderParser(policy=policy.default).parsebytes(self.raw)
-        assert isinstance(msg, EmailMessage)
-        return msg
+    def headers(self) -> Message:
+        """The header block only, parsed the cheap way (compat32; text_header() decodes)."""
+        head = self.raw.split(b"\n\n", 1)[0] + b"\n\n"
+        return BytesHeaderParser(policy=policy.compat32).parsebytes(head)
 
     def message(self) -> EmailMessage:
         msg = BytesParser(policy=policy.default).parsebytes(self.raw)
@@ -97,7 +98,9 @@ def read_month(archive_root: Path, list_address: str, month: str) -> list[Entry]
     out: list[Entry] = []
     seen: set[str] = set()
     for from_line, raw in split_mbox(data):
-        mid = message_id(BytesHeaderParser(policy=policy.default).parsebytes(raw))
+        head = raw.split(b"\n\n", 1)[0]
+        found = _MESSAGE_ID.search(head)
+        mid = found.group(1).decode("ascii", "replace") if found else ""
         if mid:
             if mid in seen:
                 continue
@@ -129,23 +132,36 @@ def month_bytes(archive_root: Path, list_address: str, month: str,
 # ---------------------------------------------------------------------------- header helpers
 
 
-def text_header(msg: EmailMessage, name: str) -> str:
-    """A header as display text (RFC 2047 decoded, folded whitespace collapsed)."""
+def text_header(msg: Message, name: str) -> str:
+    """A header as display text (RFC 2047 decoded, folded whitespace collapsed), from a
+    message parsed with policy.default or compat32."""
     value = msg.get(name)
     if value is None:
         return ""
     try:
-        text = str(value)
+        if msg.policy is policy.compat32:
+            raw = next(v for k, v in msg.raw_items() if k.lower() == name.lower())
+            text = _decode_compat32(str(raw))
+        else:
+            text = str(value)
     except Exception:  # noqa: BLE001 - a malformed header must not stop an archive page
-        raw = msg.get_all(name, [""])[0]
-        try:
-            text = str(make_header(decode_header(str(raw))))
-        except Exception:  # noqa: BLE001
-            text = str(raw)
+        text = str(msg.get_all(name, [""])[0])
     return " ".join(text.split())
 
 
-def message_id(msg: EmailMessage) -> str:
+def _decode_compat32(text: str) -> str:
+    if re.search("[\udc80-\udcff]", text):          # raw 8-bit bytes: UTF-8, else cp1252
+        data = text.encode("ascii", "surrogateescape")
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            return data.decode("cp1252", "replace")
+    if "=?" not in text:
+        return text
+    return str(make_header(decode_header(text)))
+
+
+def message_id(msg: Message) -> str:
     ids = msg_ids(text_header(msg, "Message-ID"))
     return ids[0] if ids else ""
 
@@ -155,7 +171,7 @@ def msg_ids(value: str) -> list[str]:
     return re.findall(r"<([^<>\s]+)>", value)
 
 
-def sent_at(msg: EmailMessage, fallback: dt.datetime | None) -> dt.datetime | None:
+def sent_at(msg: Message, fallback: dt.datetime | None) -> dt.datetime | None:
     value = text_header(msg, "Date")
     if value:
         try:

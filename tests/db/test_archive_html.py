@@ -130,3 +130,16 @@ def test_public_list_pages_are_indexable(app: Any, cli: Cli) -> None:
 def test_private_pages_are_not_world_readable(app: Any, cli: Cli, archived: Path) -> None:
     cli("archive", "build", LIST)
     assert (archived / "2026-11" / "1.html").stat().st_mode & 0o777 == 0o640
+
+
+def test_encoded_and_raw_8bit_subjects_are_shown_decoded(app: Any, cli: Cli) -> None:
+    make_list(app, LIST)
+    raw = (b"From: =?utf-8?q?Zo=C3=AB?= <zoe@z.example>\nSubject: Men\xc3\xbc <b>\n"
+           b"Message-ID: <raw@x.example>\n\nBody\n")
+    encoded = mail("enc", "Café ✓ & co")
+    assert b"=?utf-8?" in encoded
+    write_month(app, "2026-11", encoded, raw)
+    cli("archive", "build", LIST)
+    month = (app.settings.archive_path / LIST / "html" / "2026-11" / "index.html").read_text()
+    assert "Café ✓ &amp; co" in month
+    assert "Menü &lt;b&gt;" in month and "Zoë" in month

@@ -171,3 +171,13 @@ def test_site_override_of_digest_footer(items: list[DigestItem], tmp_path: Path)
         "Custom footer {{ list.address }}\n")
     msg = roundtrip(build_mime_digest(items, LST, 1, 1, date=DATE, data_dir=str(tmp_path)))
     assert text(list(msg.iter_parts())[2]) == "Custom footer dev@example.org\n"
+
+
+@pytest.mark.parametrize("build", [build_mime_digest, build_plain_digest])
+def test_digests_carry_list_archive_when_archived(build, items: list[DigestItem],  # type: ignore[no-untyped-def]
+                                                  tmp_path: Path) -> None:
+    msg = roundtrip(build(items, LST, 1, 1, date=DATE, data_dir=str(tmp_path)))
+    assert msg["List-Archive"] == "<mailto:dev-request@example.org?subject=index>"
+    unarchived = ListView(**{**LST.__dict__, "archive": ArchivePolicy.none})
+    msg = roundtrip(build(items, unarchived, 1, 1, date=DATE, data_dir=str(tmp_path)))
+    assert "List-Archive" not in msg
