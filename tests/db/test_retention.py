@@ -344,6 +344,40 @@ def test_file_referenced_by_a_row_committed_after_the_scan_survives(
     assert app.spool.get(sha) == data
 
 
+def test_concurrent_prunes_remove_each_thing_once(app: App, clock: Any, list_id: int) -> None:
+    """The CLI and several serve processes may prune at the same time."""
+    import threading
+
+    keep = {inbound(app, list_id, InboundState.new, f"keep {i}")[1] for i in range(30)}
+    for i in range(30):
+        inbound(app, list_id, InboundState.handled, f"old {i}")
+        app.spool.put(b"orphan %d" % i)
+    clock.advance(days=31)
+    age_files(app, 31)
+    results: list[retention.Stats] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(3)
+
+    def run() -> None:
+        barrier.wait()
+        try:
+            results.append(retention.prune(app))
+        except BaseException as exc:     # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    assert sum(r.rows["inbound_message"] for r in results) == 30
+    assert sum(r.spool_files for r in results) == 60
+    assert spool_shas(app) == keep
+    assert not [n for _, _, names in os.walk(app.spool.root) for n in names
+                if n.startswith(".")]
+
+
 # ---------------------------------------------------------------------------- dry run, budget
 
 
