@@ -214,6 +214,8 @@ class MailingList(Base):
     bounce_warnings: Mapped[int] = mapped_column(default=3)
     bounce_warning_interval_days: Mapped[int] = mapped_column(default=7)
     notify_poster_on_hold: Mapped[bool] = mapped_column(default=True)
+    administrivia: Mapped[bool] = mapped_column(default=True)
+    max_recipients: Mapped[int] = mapped_column(default=10)
 
     # counters and state
     post_id: Mapped[int] = mapped_column(default=0)

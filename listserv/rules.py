@@ -8,6 +8,7 @@ No rule touches the database: build_context() takes the snapshot first.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Callable
@@ -48,6 +49,10 @@ class RuleContext:
     emergency: bool
     nonmember_action: Action
     member_action: Action
+    subject: str = ""              # decoded Subject
+    body_head: tuple[str, ...] = ()  # the first non-blank, non-quoted lines of the text body
+    administrivia: bool = True
+    max_recipients: int = 0        # 0 = no limit
 
     @property
     def is_member(self) -> bool:
@@ -125,6 +130,41 @@ def max_size(ctx: RuleContext) -> Hit | None:
     return None
 
 
+# Email commands and how many words may follow them (as the -request parser takes them).
+COMMAND_ARGS = {"subscribe": 2, "unsubscribe": 1, "join": 0, "leave": 0, "help": 0,
+                "confirm": 1, "set": 2, "signoff": 1, "remove": 1}
+BODY_LINES_CHECKED = 5
+_REPLY_MARK = re.compile(r"^((re|aw|sv|fwd?|wg)(\[\d+\])?\s*:\s*)+", re.IGNORECASE)
+
+
+def looks_like_command(line: str) -> bool:
+    words = _REPLY_MARK.sub("", line.strip()).split()
+    if not words:
+        return False
+    first = words[0].lower().rstrip(":")
+    return first in COMMAND_ARGS and len(words) - 1 <= COMMAND_ARGS[first]
+
+
+def administrivia(ctx: RuleContext) -> Hit | None:
+    """A 'subscribe'/'unsubscribe'/'help' sent to the whole list instead of -request@."""
+    if not ctx.administrivia:
+        return None
+    for line in (ctx.subject, *ctx.body_head[:BODY_LINES_CHECKED]):
+        if looks_like_command(line):
+            request = ctx.list_address.replace("@", "-request@", 1)
+            return Hit(Action.hold, f"looks like an email command ({line.strip()[:40]!r}) "
+                                    f"meant for {request}")
+    return None
+
+
+def max_recipients(ctx: RuleContext) -> Hit | None:
+    count = len(set(ctx.recipients))
+    if ctx.max_recipients and count >= ctx.max_recipients:
+        return Hit(Action.hold, f"too many recipients: {count} addresses in To and Cc "
+                                f"(the list holds posts with {ctx.max_recipients} or more)")
+    return None
+
+
 def nonmember(ctx: RuleContext) -> Hit | None:
     if ctx.is_member:
         return None
@@ -159,6 +199,8 @@ RULES: tuple[Rule, ...] = (
     automatic,
     emergency,
     max_size,
+    administrivia,
+    max_recipients,
     nonmember,
     moderated_member,
     implicit_destination,
@@ -234,4 +276,30 @@ def build_context(session: Session, ml: MailingList, inbound: InboundMessage,
         precedence=_first(msg, "Precedence").split(";")[0].strip(),
         recipients=recipients, size=inbound.size, max_message_size=ml.max_message_size,
         emergency=ml.emergency, nonmember_action=ml.nonmember_action,
-        member_action=ml.member_action)
+        member_action=ml.member_action, subject=_subject(msg), body_head=_body_head(msg),
+        administrivia=ml.administrivia, max_recipients=ml.max_recipients)
+
+
+def _subject(msg: EmailMessage) -> str:
+    try:
+        return str(msg.get("Subject", "") or "")
+    except Exception:
+        return ""
+
+
+def _body_head(msg: EmailMessage, n: int = BODY_LINES_CHECKED) -> tuple[str, ...]:
+    """The first ``n`` non-blank lines of the text/plain body that are not quoted."""
+    try:
+        part = msg.get_body(preferencelist=("plain",))
+        text = part.get_content() if part is not None else ""
+    except Exception:
+        return ()
+    lines: list[str] = []
+    for line in str(text).splitlines():
+        if line.rstrip() == "--":
+            break                       # signature
+        if line.strip() and not line.lstrip().startswith(">"):
+            lines.append(line)
+            if len(lines) >= n:
+                break
+    return tuple(lines)

@@ -66,6 +66,11 @@ SETTINGS: tuple[Setting, ...] = (
             "what happens to posts from members flagged --moderated",
             allowed=(Action.accept, Action.hold)),
     Setting("emergency", "bool", False, "hold every post for moderation"),
+    Setting("administrivia", "bool", True,
+            "hold posts that look like commands (subscribe, unsubscribe, help...) "
+            "meant for NAME-request@"),
+    Setting("max_recipients", "int", 10,
+            "hold posts with this many or more To/Cc addresses; 0 = no limit"),
     _choice("subscription_policy", SubscriptionPolicy, SubscriptionPolicy.confirm,
             "how join requests are handled"),
     Setting("subject_prefix", "text", "[{list}] ",

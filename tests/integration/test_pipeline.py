@@ -79,6 +79,20 @@ def test_every_hold_reason_is_collected(harness: Harness) -> None:
         assert "emergency" in held.reasons[0] and "implicit destination" in held.reasons[3]
 
 
+def test_administrivia_and_max_recipients_come_from_the_list_settings(harness: Harness
+                                                                     ) -> None:
+    make_list(harness.app, LIST, members=MEMBERS, max_recipients=3)
+    harness.send(make_message("ann@a.example", LIST, "Unsubscribe", "unsubscribe\n",
+                              cc=["x@x.example", "y@y.example"]))
+    harness.run_until_idle()
+    with harness.app.db.unit_of_work() as s:
+        [held] = s.scalars(select(HeldMessage))
+        assert len(held.reasons) == 2
+        assert "dev-request@example.org" in held.reasons[0]
+        assert "too many recipients: 3" in held.reasons[1]
+    assert "post" not in sent_kinds(harness)
+
+
 def test_nonmember_reject_notifies_the_poster_with_null_sender(harness: Harness) -> None:
     make_list(harness.app, LIST, members=MEMBERS, nonmember_action=Action.reject)
     harness.send(make_message("eve@e.example", LIST, "Buy now"))

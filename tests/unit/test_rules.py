@@ -117,8 +117,35 @@ def test_gate_stops_evaluation_even_after_holds() -> None:
 
 def test_rules_order_is_the_documented_chain() -> None:
     assert [r.__name__ for r in rules.RULES] == [
-        "loop", "automatic", "emergency", "max_size", "nonmember", "moderated_member",
-        "implicit_destination"]
+        "loop", "automatic", "emergency", "max_size", "administrivia", "max_recipients",
+        "nonmember", "moderated_member", "implicit_destination"]
+
+
+@pytest.mark.parametrize("subject, body, held", [
+    ("unsubscribe", (), True),
+    ("Re: Unsubscribe", (), True),
+    ("subscribe me@x.example", (), True),
+    ("help", (), True),
+    ("Help with the rota", (), False),          # a real post about help
+    ("Meeting notes", ("unsubscribe",), True),
+    ("Meeting notes", ("Hi all,", "unsubscribe me from this madness please"), False),
+    ("Meeting notes", ("a", "b", "c", "d", "e", "unsubscribe"), False),  # too far down
+])
+def test_administrivia(subject: str, body: tuple[str, ...], held: bool) -> None:
+    v = evaluate(ctx(subject=subject, body_head=body))
+    assert (v.action is Action.hold) is held
+    if held:
+        assert "dev-request@example.org" in v.reasons[0]
+    assert evaluate(ctx(subject=subject, body_head=body, administrivia=False)).action \
+        is Action.accept
+
+
+def test_max_recipients() -> None:
+    many = ("dev@example.org",) + tuple(f"p{i}@x.example" for i in range(9))
+    v = evaluate(ctx(recipients=many, max_recipients=10))
+    assert v.action is Action.hold and "too many recipients: 10" in v.reasons[0]
+    assert evaluate(ctx(recipients=many[:9], max_recipients=10)).action is Action.accept
+    assert evaluate(ctx(recipients=many, max_recipients=0)).action is Action.accept
 
 
 def test_is_auto() -> None:
