@@ -66,11 +66,6 @@ SETTINGS: tuple[Setting, ...] = (
             "what happens to posts from members flagged --moderated",
             allowed=(Action.accept, Action.hold)),
     Setting("emergency", "bool", False, "hold every post for moderation"),
-    Setting("administrivia", "bool", True,
-            "hold posts that look like commands (subscribe, unsubscribe, help...) "
-            "meant for NAME-request@"),
-    Setting("max_recipients", "int", 10,
-            "hold posts with this many or more To/Cc addresses; 0 = no limit"),
     _choice("subscription_policy", SubscriptionPolicy, SubscriptionPolicy.confirm,
             "how join requests are handled"),
     Setting("subject_prefix", "text", "[{list}] ",
@@ -93,6 +88,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("bounce_warning_interval_days", "int", 7, "days between those warnings"),
     Setting("notify_poster_on_hold", "bool", True,
             "tell the poster when a post is held for moderation"),
+    Setting("administrivia", "bool", True,
+            "hold posts that look like commands (subscribe, unsubscribe, help...) "
+            "meant for NAME-request@"),
+    Setting("max_recipients", "int", 10,
+            "hold posts with this many or more To/Cc addresses; 0 = no limit"),
     Setting("display_name", "text", "", "the list's human name (set by list create)",
             max_length=255),
     Setting("description", "text", "", "a one-line description of the list", max_length=1000),
