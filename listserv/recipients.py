@@ -48,6 +48,10 @@ def post_recipients_query(list_id: int, message_hash: str | None) -> Select[str]
 def post_recipients(session: Session, list_id: int, message_hash: str | None = None
                     ) -> Iterator[str]:
     """Stream the addresses a post to ``list_id`` goes to, in chunks of STREAM_CHUNK."""
+    if message_hash is not None and session.scalar(
+            select(Fanout.id).where(Fanout.message_id_hash == message_hash,
+                                    Fanout.list_id != list_id).limit(1)) is None:
+        message_hash = None     # no other list sent it: skip the per-member NOT EXISTS probe
     stmt = post_recipients_query(list_id, message_hash).execution_options(
         yield_per=STREAM_CHUNK)
     for email in session.scalars(stmt):
