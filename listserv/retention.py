@@ -337,7 +337,7 @@ def _restore(parked: str, final: str) -> None:
 def _sweep_dir(app: App, prefix: str, now: dt.datetime, cutoff: float, dry_run: bool,
                stats: Stats) -> None:
     d = os.path.join(str(app.spool.root), prefix)
-    old: dict[str, int] = {}          # sha -> size, message files older than the grace period
+    files: list[str] = []             # shas of the message files in the directory
     parked: list[str] = []            # shas parked by a sweep that did not finish
     try:
         entries = os.scandir(d)
@@ -346,12 +346,8 @@ def _sweep_dir(app: App, prefix: str, now: dt.datetime, cutoff: float, dry_run: 
     with entries:
         for e in entries:
             name = e.name
-            try:
-                st = e.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue
             if name.startswith("."):
-                if name.endswith(".tmp") and st.st_mtime < cutoff:
+                if name.endswith(".tmp") and (_mtime(e.path) or cutoff) < cutoff:
                     stats.temp_files += 1
                     if not dry_run:
                         _unlink(e.path)
@@ -360,21 +356,28 @@ def _sweep_dir(app: App, prefix: str, now: dt.datetime, cutoff: float, dry_run: 
                     if _SHA_TAIL.fullmatch(tail):
                         parked.append(prefix + tail)
                 continue
-            if not name.endswith(".eml") or not _SHA_TAIL.fullmatch(name[:-4]):
-                continue
-            if st.st_mtime >= cutoff:
-                stats.spool_kept += 1
-                continue
-            old[prefix + name[:-4]] = st.st_size
-    if not old and not parked:
+            if name.endswith(".eml") and _SHA_TAIL.fullmatch(name[:-4]):
+                files.append(prefix + name[:-4])
+    if not files and not parked:
         return
     with app.db.unit_of_work() as session:
         refs = _referenced_in_range(session, prefix, now, dry_run)
-    unused = [sha for sha in old if sha not in refs]
-    stats.spool_kept += len(old) - len(unused)
+    # Only the unreferenced files are stat'ed (most files of a spool are referenced).
+    old: dict[str, int] = {}          # sha -> size, unreferenced and older than the grace
+    for sha in files:
+        if sha in refs:
+            continue
+        try:
+            st = os.stat(os.path.join(d, sha[2:] + ".eml"))
+        except FileNotFoundError:
+            continue
+        if st.st_mtime < cutoff:
+            old[sha] = st.st_size
+    unused = list(old)
+    stats.spool_kept += len(files) - len(unused)
     if dry_run:
         stats.spool_files += len(unused)
-        stats.spool_bytes += sum(old[sha] for sha in unused)
+        stats.spool_bytes += sum(old.values())
         return
     spool = app.spool
     # Park, then check again what may have changed since the scan: the mtime (Spool.put
