@@ -24,6 +24,8 @@ from listserv.models import (
 
 TRUE_WORDS = ("true", "yes", "on", "1")
 FALSE_WORDS = ("false", "no", "off", "0")
+INT_MAX = 2**31 - 1      # the database's INTEGER
+DAYS_MAX = 36500         # day counts: date arithmetic must stay within datetime's range
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class Setting:
     choices: tuple[str, ...] = ()             # for kind == "choice"
     enum_type: type[enum.Enum] | None = None  # the model's enum for a choice
     max_length: int = 0                       # for kind == "text"
+    maximum: int = INT_MAX                    # for kind == "int"
 
     def describe(self) -> str:
         if self.kind == "choice":
@@ -82,10 +85,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("bounce_score_threshold", "number", 5.0,
             "disable delivery at this bounce score (one score per member per day)"),
     Setting("bounce_info_stale_after_days", "int", 7,
-            "forget bounce information older than this many days"),
+            "forget bounce information older than this many days", maximum=DAYS_MAX),
     Setting("bounce_warnings", "int", 3,
             "warnings sent to a bounce-disabled member before removal"),
-    Setting("bounce_warning_interval_days", "int", 7, "days between those warnings"),
+    Setting("bounce_warning_interval_days", "int", 7, "days between those warnings",
+            maximum=DAYS_MAX),
     Setting("notify_poster_on_hold", "bool", True,
             "tell the poster when a post is held for moderation"),
     Setting("administrivia", "bool", True,
@@ -140,6 +144,9 @@ def parse(name: str, text: str) -> Any:
         if value < 0:
             raise UsageError(f"invalid value {text!r} for {s.name}: "
                              "expected a whole number >= 0")
+        if value > s.maximum:
+            raise UsageError(f"invalid value {text!r} for {s.name}: "
+                             f"at most {s.maximum}")
         return value
     if s.kind == "number":
         try:

@@ -58,3 +58,15 @@ def test_format_value() -> None:
     assert settings.format_value(Action.hold) == "hold"
     assert settings.format_value(True) == "true"
     assert settings.format_value(5.0) == "5" and settings.format_value(2.5) == "2.5"
+
+
+@pytest.mark.parametrize("name,text", [
+    ("max_message_size", "99999999999999999999999"),     # beyond the database's INTEGER
+    ("max_recipients", str(2**31)),
+    ("bounce_info_stale_after_days", "1000000000"),      # beyond datetime arithmetic
+    ("bounce_warning_interval_days", "36501"),
+])
+def test_parse_refuses_out_of_range_integers(name: str, text: str) -> None:
+    with pytest.raises(UsageError, match=f"for {name}: at most"):
+        settings.parse(name, text)
+    assert settings.parse(name, "36500") == 36500
