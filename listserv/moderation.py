@@ -158,9 +158,14 @@ class Outcome:
         return f"held message {h.id} {what}{who}{via}"
 
 
+MAX_ID = 2**31 - 1
+
+
 def decide(session: Session, app: App, held_id: int, decision: Decision, *, actor: str,
            via: str, reason: str | None = None) -> Outcome:
     """Apply a decision once. The first caller wins; others get Outcome(won=False)."""
+    if not 0 < held_id <= MAX_ID:       # would overflow the database's INTEGER
+        raise UsageError(f"no held message with id {held_id}")
     now = app.now()
     res = session.execute(
         update(HeldMessage)

@@ -293,6 +293,9 @@ def test_cli_held(app: Any, setup: Any, cli_env: dict[str, str], accepted: list[
     assert r.exit_code == 1 and "already handled" in r.stderr and "approved by" in r.stderr
     r = runner.invoke(cli, ["held", "approve", "9999"], env=cli_env)
     assert r.exit_code == 1 and "no held message" in r.stderr
+    for bad in ("99999999999999999999999", "0", "-1"):   # no traceback on overflow
+        r = runner.invoke(cli, ["held", "approve", "--", bad], env=cli_env)
+        assert r.exit_code == 1 and "no held message" in r.stderr, r.output
     r = runner.invoke(cli, ["held", "ls", "nope@example.org"], env=cli_env)
     assert r.exit_code == 1 and "no such list" in r.stderr
     r = runner.invoke(cli, ["held", "ls", "--json"], env=cli_env)
