@@ -15,19 +15,33 @@ from typing import Callable
 
 from listserv import addresses
 
-AUTO_PRECEDENCE = {"bulk", "junk", "list"}
+AUTO_PRECEDENCE = ("bulk", "junk", "list")
 # Lines that start a quoted original in replies ("On ... wrote:", Outlook's separator).
 _QUOTE_INTRO = re.compile(r"^(on .* wrote:|-----\s*original message\s*-----|_{20,})$",
                           re.IGNORECASE)
 
 
-def is_auto_reply(msg: Message, mail_from: str) -> bool:
+def header_word(value: str | None) -> str:
+    """The first word of a structured header value, lower case ('Auto-Submitted: x; p=1')."""
+    return str(value or "").split(";")[0].strip().lower()
+
+
+def automatic_reason(mail_from: str, auto_submitted: str, precedence: str) -> str | None:
+    """Why mail is automatic by RFC 3834's tests (null reverse-path, Auto-Submitted other
+    than "no", Precedence bulk/junk/list), or None. The header values are header_word()s.
+    The one test the posting rules (rules.automatic) and the command addresses share."""
     if not mail_from.strip().strip("<>"):
-        return True
-    auto = str(msg.get("Auto-Submitted", "") or "").split(";")[0].strip().lower()
-    if auto and auto != "no":
-        return True
-    if str(msg.get("Precedence", "") or "").strip().lower() in AUTO_PRECEDENCE:
+        return "null reverse-path (a bounce or auto-reply)"
+    if auto_submitted not in ("", "no"):
+        return f"automatic message (Auto-Submitted: {auto_submitted})"
+    if precedence in AUTO_PRECEDENCE:
+        return f"automatic message (Precedence: {precedence})"
+    return None
+
+
+def is_auto_reply(msg: Message, mail_from: str) -> bool:
+    if automatic_reason(mail_from, header_word(msg.get("Auto-Submitted")),
+                        header_word(msg.get("Precedence"))) is not None:
         return True
     for header in ("X-Autoreply", "X-Autorespond"):
         value = str(msg.get(header, "") or "").strip().lower()

@@ -16,7 +16,7 @@ from typing import Callable
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from listserv import addresses
+from listserv import addresses, replies
 from listserv.models import (
     Action,
     Address,
@@ -25,9 +25,6 @@ from listserv.models import (
     Membership,
     Role,
 )
-
-AUTO_PRECEDENCE = ("bulk", "junk", "list")
-
 
 @dataclass(frozen=True)
 class RuleContext:
@@ -65,8 +62,8 @@ class RuleContext:
     @property
     def is_auto(self) -> bool:
         """Mail from a machine (RFC 3834 and friends): never answered automatically."""
-        return (self.mail_from == "" or self.auto_submitted not in ("", "no")
-                or self.precedence in AUTO_PRECEDENCE)
+        return replies.automatic_reason(self.mail_from, self.auto_submitted,
+                                        self.precedence) is not None
 
 
 @dataclass(frozen=True)
@@ -105,13 +102,8 @@ def loop(ctx: RuleContext) -> Hit | None:
 
 def automatic(ctx: RuleContext) -> Hit | None:
     """RFC 3834 auto-replies, bulk mail and bounces are not posts."""
-    if ctx.mail_from == "":
-        return Hit(Action.discard, "null reverse-path (a bounce or auto-reply) posted to the list")
-    if ctx.auto_submitted not in ("", "no"):
-        return Hit(Action.discard, f"automatic message (Auto-Submitted: {ctx.auto_submitted})")
-    if ctx.precedence in AUTO_PRECEDENCE:
-        return Hit(Action.discard, f"automatic message (Precedence: {ctx.precedence})")
-    return None
+    reason = replies.automatic_reason(ctx.mail_from, ctx.auto_submitted, ctx.precedence)
+    return None if reason is None else Hit(Action.discard, reason)
 
 
 # ---------------------------------------------------------------------------- hold rules
@@ -272,8 +264,8 @@ def build_context(session: Session, ml: MailingList, inbound: InboundMessage,
         list_address=ml.address.lower(), list_id=ml.list_id.lower(),
         mail_from=inbound.mail_from or "", sender=sender, roles=roles, moderated=moderated,
         list_ids=_values(msg, "List-Id"), x_loops=_values(msg, "X-Loop"),
-        auto_submitted=_first(msg, "Auto-Submitted").split(";")[0].strip(),
-        precedence=_first(msg, "Precedence").split(";")[0].strip(),
+        auto_submitted=replies.header_word(_first(msg, "Auto-Submitted")),
+        precedence=replies.header_word(_first(msg, "Precedence")),
         recipients=recipients, size=inbound.size, max_message_size=ml.max_message_size,
         emergency=ml.emergency, nonmember_action=ml.nonmember_action,
         member_action=ml.member_action, subject=_subject(msg), body_head=_body_head(msg),
