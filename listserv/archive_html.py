@@ -27,7 +27,7 @@ from typing import Any, Iterable
 
 from sqlalchemy import select
 
-from listserv import archive_read, replies
+from listserv import addresses, archive_read, replies
 from listserv.app import App
 from listserv.models import ArchivePolicy, Domain, MailingList
 from listserv.templating import render
@@ -47,8 +47,8 @@ class ListInfo:
 
     @property
     def request_address(self) -> str:
-        name, _, domain = self.address.partition("@")
-        return f"{name}-request@{domain}"
+        name, _, domain = self.address.rpartition("@")
+        return addresses.subaddress(name, domain, addresses.REQUEST)
 
 
 @dataclass

@@ -143,7 +143,8 @@ def administrivia(ctx: RuleContext) -> Hit | None:
         return None
     for line in (ctx.subject, *ctx.body_head[:BODY_LINES_CHECKED]):
         if looks_like_command(line):
-            request = ctx.list_address.replace("@", "-request@", 1)
+            name, _, domain = ctx.list_address.rpartition("@")
+            request = addresses.subaddress(name, domain, addresses.REQUEST)
             return Hit(Action.hold, f"looks like an email command ({line.strip()[:40]!r}) "
                                     f"meant for {request}")
     return None
