@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 
 import click
 
 from listserv import bounce_report, bounces
 from listserv.cli import Obj, cli, handle_errors, pass_obj
+from listserv.cli.output import json_array
 from listserv.lists import get_list
 
 
@@ -30,7 +30,7 @@ def bounces_ls(obj: Obj, list_address: str, include_all: bool, as_json: bool) ->
         rows = bounce_report.status(session, get_list(session, list_address),
                               include_all=include_all)
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        json_array(rows)
         return
     if not rows:
         click.echo("no bouncing or disabled members")
@@ -57,7 +57,7 @@ def bounces_events(obj: Obj, list_address: str, limit: int, as_json: bool) -> No
     with app.db.unit_of_work() as session:
         rows = bounce_report.events(session, get_list(session, list_address), limit=limit)
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        json_array(rows)
         return
     for r in rows:
         click.echo(f"{r['at'][:19].replace('T', ' ')}  {r['kind']:6} {r['source']:8} "

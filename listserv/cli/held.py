@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import getpass
-import json
 from typing import Any
 
 import click
 
 from listserv import lists, moderation
 from listserv.cli import Obj, cli, handle_errors, pass_obj
+from listserv.cli.output import json_array
 from listserv.errors import UsageError
 from listserv.models import Decision, MailingList
 
@@ -44,7 +44,7 @@ def held_ls(obj: Obj, list_address: str | None, as_json: bool) -> None:
                 names[h.list_id] = session.get_one(MailingList, h.list_id).address
         items = [moderation.held_json(h, names[h.list_id]) for h in rows]
     if as_json:
-        click.echo(json.dumps(items, indent=2))
+        json_array(items)
         return
     if not items:
         click.echo("no held messages")
@@ -109,7 +109,7 @@ def held_log(obj: Obj, list_address: str, as_json: bool) -> None:
                   "action": e.action, "via": e.via, "detail": e.detail}
                  for e in moderation.log_entries(session, ml)]
     if as_json:
-        click.echo(json.dumps(items, indent=2))
+        json_array(items)
         return
     for it in items:
         ref = f"#{it['held_id']}" if it["held_id"] is not None else "-"

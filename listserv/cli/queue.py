@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 
 import click
 
 from listserv.cli import Obj, cli, handle_errors, pass_obj
+from listserv.cli.output import json_object
 from listserv import retention
 from listserv.queues import queue_status
 
@@ -30,7 +30,7 @@ def status(obj: Obj, as_json: bool) -> None:
     with app.db.unit_of_work() as session:
         st = queue_status(session, app.now())
     if as_json:
-        click.echo(json.dumps(st, indent=2))
+        json_object(st)
         return
     out = st["outbound"]
     click.echo(f"outbound queue ({app.settings.outbound}):")
@@ -64,7 +64,7 @@ def prune(obj: Obj, dry_run: bool, as_json: bool) -> None:
     if not dry_run:
         retention.record_run(app, now)
     if as_json:
-        click.echo(json.dumps(stats.as_dict(), indent=2))
+        json_object(stats.as_dict())
         return
     for line in stats.lines():
         click.echo(line)
