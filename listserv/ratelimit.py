@@ -20,11 +20,15 @@ DAILY_LIMITS = {
 
 def allow(session: Session, app: App, list_id: int, email: str, kind: str,
           limit: int | None = None) -> bool:
-    """Count one automatic mail of ``kind`` to ``email`` today; False when over the limit."""
+    """Count one automatic mail of ``kind`` to ``email`` today; False when over the limit.
+
+    The counter row is read FOR UPDATE: two workers (several `serve` processes on
+    PostgreSQL) counting for the same address take turns, so the limit holds."""
     limit = DAILY_LIMITS.get(kind, 3) if limit is None else limit
     today = app.now().date()
     row = session.scalar(select(AutoResponse).where(
-        AutoResponse.list_id == list_id, AutoResponse.email == email, AutoResponse.kind == kind))
+        AutoResponse.list_id == list_id, AutoResponse.email == email, AutoResponse.kind == kind
+    ).with_for_update())
     if row is None:
         try:
             with session.begin_nested():     # a concurrent worker may insert the same row
