@@ -11,11 +11,11 @@ from typing import Any, Iterable
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from listserv import ratelimit
 from listserv.app import App
 from listserv.members import owners
 from listserv.models import (
     Address,
-    AutoResponse,
     BounceEvent,
     BounceKind,
     MailingList,
@@ -46,7 +46,6 @@ def notify_owners(session: Session, app: App, ml: MailingList, template: str,
 def summarise_policy(session: Session, app: App) -> int:
     """One owner notice per list per day summarising unreported policy refusals by domain."""
     now = app.now()
-    today = now.astimezone(dt.timezone.utc).date()
     events = session.scalars(select(BounceEvent).where(
         BounceEvent.kind == BounceKind.policy, BounceEvent.processed.is_(False)
     ).order_by(BounceEvent.list_id, BounceEvent.at)).all()
@@ -61,16 +60,8 @@ def summarise_policy(session: Session, app: App) -> int:
         if ml is None:
             continue
         lst = ListView.of(ml)
-        guard = session.scalar(select(AutoResponse).where(
-            AutoResponse.list_id == list_id, AutoResponse.email == lst.owner,
-            AutoResponse.kind == POLICY_NOTICE_KIND))
-        if guard is not None and guard.day >= today:
+        if not ratelimit.allow(session, app, list_id, lst.owner, POLICY_NOTICE_KIND, limit=1):
             continue
-        if guard is None:
-            guard = AutoResponse(list_id=list_id, email=lst.owner, kind=POLICY_NOTICE_KIND,
-                                 day=today, count=0)
-            session.add(guard)
-        guard.day, guard.count = today, guard.count + 1
         notify_owners(session, app, ml, "notice/owner/bounce_policy.txt.j2",
                        {"domains": policy_domains(evs), "total": len(evs)})
         for e in evs:
