@@ -17,7 +17,7 @@ from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from listserv import digests, moderation, notices, outbound, recipients, rules, signing, transforms
+from listserv import digests, moderation, notices, outbound, recipients, rules, transforms
 from listserv.app import App
 from listserv.models import (
     Action,
@@ -160,9 +160,7 @@ def accept_post(session: Session, app: App, inbound: InboundMessage, msg: EmailM
     session.flush()
 
     final = transforms.decorate(prepared, lv, render_footer(app, lv))
-    data = to_bytes(final)
-    if lv.dkim_key and lv.dkim_selector:
-        data = signing.sign(data, lv.domain, lv.dkim_selector, lv.dkim_key)
+    data = notices.finalise(final, lv)    # CRLF, then DKIM-signed when the domain has a key
     count = [0]
     outbound.queue_message(
         session, app, data, _counted(recipients.post_recipients(session, ml.id, mhash), count),
