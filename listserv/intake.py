@@ -135,8 +135,26 @@ def parse(raw: bytes) -> EmailMessage:
     return BytesParser(policy=policy.default).parsebytes(raw)  # type: ignore[return-value]
 
 
-def store(app: App, mail_from: str, resolved: list[Resolved], raw: bytes) -> None:
-    """Spool ``raw`` and commit one InboundMessage per distinct list address. Blocking."""
+@dataclass(frozen=True)
+class Spooled:
+    """A message of one DATA: inspected once and durable in the spool."""
+
+    mail_from: str          # the reverse-path without brackets, '' for the null one
+    info: Inspected
+    sha: str
+
+    def check_from(self, routes: list[Resolved]) -> None:
+        """MalformedMessage when a route other than -bounces needs a From: it does not have."""
+        if "@" not in self.info.from_addr and any(
+                r.route.subaddress != addresses.BOUNCES for r in routes):
+            raise MalformedMessage("message has no usable From: address")
+
+
+def spool(app: App, mail_from: str, raw: bytes, *, require_from: bool) -> Spooled:
+    """Check the size, inspect (adding a Message-ID when missing) and spool ``raw``. Blocking.
+
+    Done once per DATA, also when LMTP then records it for several lists: every list sees
+    the same bytes and Message-ID (the cross-list duplicate check relies on it)."""
     limit = app.settings.intake.max_message_size
     if limit and len(raw) > limit:
         raise MessageTooBig(f"message size {len(raw)} exceeds the limit of {limit} bytes")
@@ -145,9 +163,14 @@ def store(app: App, mail_from: str, resolved: list[Resolved], raw: bytes) -> Non
         mail_from = ""          # the null reverse-path
     elif mail_from.startswith("<") and mail_from.endswith(">"):
         mail_from = mail_from[1:-1]
-    need_from = any(r.route.subaddress != addresses.BOUNCES for r in resolved)
-    info = inspect_message(raw, app.settings.site_domain, require_from=need_from)
-    sha = app.spool.put(info.raw)
+    info = inspect_message(raw, app.settings.site_domain, require_from=require_from)
+    return Spooled(mail_from, info, app.spool.put(info.raw))
+
+
+def record(app: App, spooled: Spooled, resolved: list[Resolved]) -> None:
+    """Commit one InboundMessage per distinct list address of ``resolved``. Blocking."""
+    spooled.check_from(resolved)
+    info, mail_from = spooled.info, spooled.mail_from
     now = app.now()
     seen: set[tuple[int, str, str | None]] = set()
     try:
@@ -160,15 +183,21 @@ def store(app: App, mail_from: str, resolved: list[Resolved], raw: bytes) -> Non
                 session.add(InboundMessage(
                     list_id=r.list_id, subaddress=r.route.subaddress,
                     extra=_clip(r.route.extra, 400) if r.route.extra else None,
-                    rcpt=_clip(r.rcpt, 400), mail_from=_clip(mail_from or "", 400),
+                    rcpt=_clip(r.rcpt, 400), mail_from=_clip(mail_from, 400),
                     message_id=info.message_id, from_addr=info.from_addr,
-                    subject=info.subject, size=len(info.raw), spool_sha=sha,
+                    subject=info.subject, size=len(info.raw), spool_sha=spooled.sha,
                     received_at=now, state=InboundState.new, attempts=0))
     except SQLAlchemyError as exc:
         log.warning("intake: cannot record message %s: %s", info.message_id, exc)
         raise TemporaryFailure("cannot record the message now, try again later") from None
     log.info("accepted %s from <%s> for %s", info.message_id, mail_from,
              ", ".join(r.rcpt for r in resolved))
+
+
+def store(app: App, mail_from: str, resolved: list[Resolved], raw: bytes) -> None:
+    """Spool ``raw`` and commit one InboundMessage per distinct list address. Blocking."""
+    need_from = any(r.route.subaddress != addresses.BOUNCES for r in resolved)
+    record(app, spool(app, mail_from, raw, require_from=need_from), resolved)
 
 
 def list_exists(app: App, list_id: int) -> bool:
@@ -209,14 +238,7 @@ class IntakeHandler:
         self.active += 1
         try:
             if lmtp:
-                replies: list[str] = []
-                done: dict[tuple[int, str, str | None], str] = {}
-                for r in routes:
-                    key = (r.list_id, r.route.subaddress, r.route.extra)
-                    if key not in done:    # the same list address twice: stored once
-                        done[key] = await self._store_one(envelope.mail_from, r, raw)
-                    replies.append(done[key])
-                return "\r\n".join(replies)
+                return await self._store_lmtp(envelope.mail_from, routes, raw)
             return await self._store(envelope.mail_from, routes, raw)
         finally:
             self.active -= 1
@@ -229,20 +251,48 @@ class IntakeHandler:
         except OSError as exc:
             log.error("intake: spool write failed: %s", exc)
             return TemporaryFailure("cannot store the message now").smtp_reply()
+        self._committed()
+        return OK_DATA
+
+    def _committed(self) -> None:
         self.accepted += 1
         if self.on_commit is not None:
             self.on_commit()
-        return OK_DATA
 
-    async def _store_one(self, mail_from: str, route: Resolved, raw: bytes) -> str:
-        """LMTP: each recipient is stored in its own transaction and answered on its own."""
+    async def _store_lmtp(self, mail_from: str, routes: list[Resolved], raw: bytes) -> str:
+        """LMTP: spooled once, then each recipient recorded in its own transaction and
+        answered on its own (the same list address twice: recorded once)."""
+        try:
+            need_from = all(r.route.subaddress != addresses.BOUNCES for r in routes)
+            spooled = await asyncio.to_thread(spool, self.app, mail_from, raw,
+                                              require_from=need_from)
+        except ListservError as exc:
+            return "\r\n".join([exc.smtp_reply()] * len(routes))
+        except OSError as exc:
+            log.error("intake: spool write failed: %s", exc)
+            reply = TemporaryFailure("cannot store the message now").smtp_reply()
+            return "\r\n".join([reply] * len(routes))
+        replies: list[str] = []
+        done: dict[tuple[int, str, str | None], str] = {}
+        for r in routes:
+            key = (r.list_id, r.route.subaddress, r.route.extra)
+            if key not in done:
+                done[key] = await self._record_one(spooled, r)
+            replies.append(done[key])
+        return "\r\n".join(replies)
+
+    async def _record_one(self, spooled: Spooled, route: Resolved) -> str:
         try:
             if not await asyncio.to_thread(list_exists, self.app, route.list_id):
                 self.router.forget()
                 return UnknownRecipient(f"no such list address <{route.rcpt}>").smtp_reply()
+            await asyncio.to_thread(record, self.app, spooled, [route])
+        except ListservError as exc:
+            return exc.smtp_reply()
         except SQLAlchemyError:
             return TemporaryFailure("cannot record the message now").smtp_reply()
-        return await self._store(mail_from, [route], raw)
+        self._committed()
+        return OK_DATA
 
     async def handle_exception(self, error: Exception) -> str:
         if isinstance(error, ListservError):

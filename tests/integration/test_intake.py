@@ -156,6 +156,33 @@ def test_lmtp_answers_per_recipient(lmtp_harness: Harness) -> None:
     assert len(inbound_rows(lmtp_harness)) >= 2   # (the background worker may process them)
 
 
+def test_lmtp_two_lists_one_message_id(app, sink: SmtpSink) -> None:  # type: ignore[no-untyped-def]
+    """A message without Message-ID sent by LMTP to two lists gets ONE Message-ID and one
+    spool file: the cross-list duplicate check (one copy per person) works on it. A
+    recipient that needs a From (a post) is refused alone when there is none."""
+    h = Harness(app, sink, protocol="lmtp", background=False).start()
+    try:
+        make_list(h.app, LIST)
+        make_list(h.app, "users@example.org")
+        msg = make_message("ann@a.example", [LIST, "users@example.org"])
+        del msg["Message-ID"]
+        rcpt, replies = h.lmtp_transaction("ann@a.example", [LIST, "users@example.org"],
+                                           msg.as_bytes(policy=policy.SMTP))
+        assert [c for c, _ in replies] == [250, 250]
+        rows = inbound_rows(h)
+        assert len(rows) == 2 and rows[0].message_id.startswith("<")
+        assert {r.message_id for r in rows} == {rows[0].message_id}
+        assert {r.spool_sha for r in rows} == {rows[0].spool_sha}
+        no_from = make_message("ann@a.example", LIST)
+        del no_from["From"]
+        rcpt, replies = h.lmtp_transaction("", [LIST, "dev-bounces@example.org"],
+                                           no_from.as_bytes(policy=policy.SMTP))
+        assert [c for c, _ in replies] == [550, 250]
+        assert [r.subaddress for r in inbound_rows(h)[2:]] == ["bounces"]
+    finally:
+        h.stop()
+
+
 def test_lmtp_list_deleted_between_rcpt_and_data(app, sink: SmtpSink) -> None:  # type: ignore[no-untyped-def]
     h = Harness(app, sink, protocol="lmtp", background=False).start()
     try:
