@@ -27,12 +27,16 @@ def get_or_create_domain(session: Session, name: str) -> Domain:
 
 
 def find_list(session: Session, address: str) -> MailingList | None:
-    """The list NAME@DOMAIN (case-insensitive), or None."""
+    """The list NAME@DOMAIN (case-insensitive; a Unicode domain matches its IDNA form)."""
     if "@" not in address:
         return None
     name, _, domain = address.strip().lower().rpartition("@")
+    try:
+        domain = addresses.normalise_domain(domain)    # stored as create_list stores it (IDNA)
+    except UsageError:
+        return None
     return session.scalar(select(MailingList).join(Domain).where(
-        MailingList.name == name, Domain.name == domain.rstrip(".")))
+        MailingList.name == name, Domain.name == domain))
 
 
 def get_list(session: Session, address: str) -> MailingList:

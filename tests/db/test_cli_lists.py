@@ -58,6 +58,18 @@ def test_ls_table_and_domain_filter(cli: Cli) -> None:
         "a@one.org", "b@one.org"]
 
 
+def test_unicode_domain_is_found_in_either_form(cli: Cli, app: App) -> None:
+    """A list created as dev@exämple.org is stored in IDNA form and found by both spellings
+    (the CLI and RCPT routing share lists.find_list)."""
+    assert "dev@xn--exmple-cua.org" in cli("list", "create", "dev@exämple.org").stdout
+    for spelling in ("dev@exämple.org", "DEV@EXÄMPLE.ORG.", "dev@xn--exmple-cua.org"):
+        assert cli.json("list", "show", spelling)["address"] == "dev@xn--exmple-cua.org"
+    assert "no such list" in cli.error("list", "show", "dev@bad..domain")
+    from listserv import intake
+
+    assert intake.Router(app).resolve("dev-request@Exämple.org").route.subaddress == "request"
+
+
 def test_create_errors(cli: Cli, app: App) -> None:
     cli("list", "create", "dev@example.org")
     assert "already exists" in cli.error("list", "create", "DEV@example.org")
