@@ -37,7 +37,10 @@ def make_engine(url: str, **kw: Any) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
                                **kw)
         event.listen(engine, "connect", _sqlite_pragmas)
-        # Let SQLAlchemy emit BEGIN itself so that BEGIN IMMEDIATE can be used for writers.
+        # pysqlite's own transaction handling: BEGIN (deferred) before the first write, so a
+        # read-then-write is not atomic against another writer; SELECT ... FOR UPDATE is a
+        # no-op. Claims are therefore UPDATE ... WHERE state=... with a row count check, and
+        # SQLite deployments run one `serve` process with one incoming worker.
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://"):]
