@@ -307,11 +307,15 @@ def tick(app: App) -> None:
 
 
 def process_disabled(session: Session, app: App) -> int:
-    """Warn or remove bounce-disabled members whose interval has passed; returns actions."""
+    """Warn or remove bounce-disabled members whose interval has passed; returns actions.
+
+    The rows are locked (SKIP LOCKED on PostgreSQL): when two serve processes tick at once,
+    each member is warned or removed by one of them only."""
     now = app.now()
     rows = session.scalars(select(Membership).where(
         Membership.enabled.is_(False), Membership.disabled_reason == DISABLED_REASON,
-        Membership.role == Role.member).order_by(Membership.id)).all()
+        Membership.role == Role.member).order_by(Membership.id)
+        .with_for_update(skip_locked=True, of=Membership)).all()
     lists: dict[int, MailingList] = {}
     done = 0
     for m in rows:

@@ -8,7 +8,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from listserv import bounces
 from listserv.app import App
@@ -188,6 +188,23 @@ def test_warnings_then_removal(app: App, ml: str, clock) -> None:  # noqa: ANN00
     assert any("removed" in x for x in owner_subjects)
     with app.db.unit_of_work() as s:
         assert all(t.used_at is not None for t in s.scalars(select(PendingToken)))
+
+
+def test_two_processes_ticking_warn_once(app: App, ml: str, clock) -> None:  # noqa: ANN001
+    """Two serve processes on PostgreSQL run the bounce tick at the same moment: the member
+    gets one warning, not two (the second skips the rows the first has locked)."""
+    if app.db.is_sqlite:
+        pytest.skip("several serve processes share PostgreSQL only")
+    _disable(app, "hank@mailhost.example")
+    clock.advance(days=7)
+    with app.db.unit_of_work() as first:
+        assert bounces.process_disabled(first, app) == 1     # locked, not yet committed
+        with app.db.unit_of_work() as second:
+            second.execute(text("SET LOCAL lock_timeout = '5s'"))   # fail, never hang
+            assert bounces.process_disabled(second, app) == 0
+    assert member(app, "hank@mailhost.example").bounce_warnings_sent == 2
+    with app.db.unit_of_work() as third:                   # committed: not due again
+        assert bounces.process_disabled(third, app) == 0
 
 
 def test_reenable_by_token(app: App, ml: str, clock) -> None:  # noqa: ANN001
