@@ -25,11 +25,10 @@ from email.utils import getaddresses
 from pathlib import Path
 from typing import Any, Iterable
 
-from sqlalchemy import select
 
-from listserv import addresses, archive_read, replies
+from listserv import addresses, archive_read, lists, replies
 from listserv.app import App
-from listserv.models import ArchivePolicy, Domain, MailingList
+from listserv.models import ArchivePolicy, MailingList
 from listserv.templating import render
 
 log = logging.getLogger(__name__)
@@ -246,9 +245,7 @@ def refresh(app: App, touched: dict[str, set[str]]) -> None:
         with app.db.unit_of_work() as session:
             infos = {}
             for address in touched:
-                name, _, domain = address.partition("@")
-                ml = session.scalar(select(MailingList).join(Domain).where(
-                    MailingList.name == name, Domain.name == domain))
+                ml = lists.find_list(session, address)
                 if ml is not None and ml.archive is not ArchivePolicy.none:
                     infos[address] = ListInfo.of(ml)
         for address, info in infos.items():
