@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
-import secrets
-import socket
 from email.message import EmailMessage
 from typing import Callable
 
@@ -21,7 +18,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from listserv import addresses, bounces, commands, members, outbound, posting
+from listserv import addresses, bounces, commands, members, outbound, posting, queues
 from listserv.app import App
 from listserv.errors import TemporaryFailure
 from listserv.intake import parse
@@ -37,29 +34,8 @@ MAX_CRASHES = 5                          # a message that kills its worker this 
 COMMAND_SUBADDRESSES = (addresses.REQUEST, addresses.JOIN, addresses.LEAVE, addresses.CONFIRM)
 
 
-def worker_identity() -> str:
-    """host:pid:random — unique per worker process incarnation."""
-    return f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(3)}"
-
-
-def _alive(locked_by: str | None) -> bool:
-    """Whether the worker that wrote ``locked_by`` may still be running."""
-    if not locked_by:
-        return False
-    host, _, rest = locked_by.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host != socket.gethostname()[:40] or not pid_text.isdigit():
-        return True          # another machine: only staleness can tell
-    pid = int(pid_text)
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+# host:pid:random, unique per worker process incarnation (the outbound queue's claim owner).
+worker_identity = queues.make_owner
 
 
 def claim(app: App, worker: str, limit: int = CLAIM_BATCH) -> list[int]:
@@ -141,7 +117,7 @@ def reclaim(app: App, stale_after: dt.timedelta = STALE_AFTER) -> int:
                                .where(InboundMessage.state == InboundState.processing)).all()
         for row in rows:
             stale = row.locked_at is None or now - row.locked_at > stale_after
-            if not (stale or not _alive(row.locked_by)):
+            if not (stale or not row.locked_by or queues.claim_is_dead(row.locked_by)):
                 continue
             back.append(row.id)
             poison = row.attempts >= MAX_CRASHES

@@ -71,22 +71,24 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _is_dead_claim(owner: str | None, host: str) -> bool:
+def claim_is_dead(owner: str | None) -> bool:
+    """Whether the make_owner() id ``owner`` belongs to a process of this host that is gone
+    (another host's, or an unreadable, owner: only staleness can tell). Outbound and
+    incoming claims (listserv.incoming.reclaim) both use it."""
     parts = (owner or "").split(":")
-    if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
+    if len(parts) != 3 or parts[0] != socket.gethostname()[:40] or not parts[1].isdigit():
         return False
     return not _pid_alive(int(parts[1]))
 
 
 def recover(session: Session, now: dt.datetime, stale_after: dt.timedelta = STALE_AFTER) -> int:
     """Give claims of dead or stuck workers back to the queue; return how many rows."""
-    host = socket.gethostname()[:40]
     rows = session.execute(select(T.c.id, T.c.locked_by, T.c.locked_at)
                            .where(T.c.state == DeliveryState.sending)).all()
     by_owner: dict[str | None, list[int]] = {}
     for r in rows:
         if (r.locked_at is None or r.locked_at <= now - stale_after
-                or _is_dead_claim(r.locked_by, host)):
+                or claim_is_dead(r.locked_by)):
             by_owner.setdefault(r.locked_by, []).append(r.id)
     count = 0
     for owner, ids in by_owner.items():
