@@ -25,7 +25,8 @@ from listserv.db import Database
 from listserv.errors import UsageError
 from listserv.lists import get_list
 from listserv.members import parse_person
-from listserv.models import Address, DeliveryMode, Membership, Role, utcnow
+from listserv.digests.groups import DIGEST_MODES
+from listserv.models import Address, DeliveryMode, Membership, Role, _locked_post_id, utcnow
 
 EMAIL_COLUMNS = ("email", "e-mail", "email address", "email_address", "mail")
 NAME_COLUMNS = ("name", "display_name", "display name", "full name", "full_name")
@@ -218,9 +219,14 @@ def _insert_chunk(db: Database, list_id: int, chunk: list[tuple[str, str]], role
         have = set(session.scalars(select(Membership.address_id).where(
             Membership.list_id == list_id, Membership.role == role,
             Membership.address_id.in_(list(ids.values())))))
+        # A core INSERT skips the ORM hook that starts a digest member's digests at the
+        # list's current post (models._digest_start_on_insert): set it here, the same way.
+        from_seq = (_locked_post_id(session.connection(), list_id)
+                    if delivery_mode in DIGEST_MODES else 0)
         rows = [{"list_id": list_id, "address_id": ids[email], "role": role,
                  "delivery_mode": delivery_mode, "moderated": moderated, "enabled": True,
-                 "bounce_score": 0.0, "bounce_warnings_sent": 0, "joined_at": now}
+                 "bounce_score": 0.0, "bounce_warnings_sent": 0, "joined_at": now,
+                 "digest_from_seq": from_seq}
                 for email in emails if ids[email] not in have]
         if rows:
             session.execute(insert(MEMBERSHIP), rows)

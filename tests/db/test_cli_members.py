@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from listserv.app import App
-from listserv.models import Address, Membership
+from listserv.models import Address, MailingList, Membership
 from tests.clirun import Cli
 
 MEMBER_KEYS = {"email", "name", "role", "delivery", "moderated", "enabled", "disabled_reason"}
@@ -190,6 +190,25 @@ def test_import_all_good_exits_0_and_applies_options(cli: Cli, tmp_path: Path) -
     rows = cli.json("member", "ls", "dev@example.org")
     assert [(r["email"], r["name"], r["role"], r["delivery"]) for r in rows] == [
         ("a@x.org", "", "moderator", "nomail"), ("ann@x.org", "Ann Smith", "moderator", "nomail")]
+
+
+def test_import_digest_members_start_at_the_current_post(cli: Cli, app: App,
+                                                          tmp_path: Path) -> None:
+    """As for `member add`: an imported digest member's digests start after the posts the
+    list already sent (no earlier pending posts in their first digest)."""
+    with app.db.unit_of_work() as s:
+        s.execute(update(MailingList).values(post_id=7))
+    f = tmp_path / "m.txt"
+    f.write_text("d1@x.org\nd2@x.org\n")
+    cli("member", "add", "dev@example.org", "--file", str(f), "--delivery", "mime-digest")
+    cli("member", "add", "dev@example.org", "d3@x.org", "--delivery", "plain-digest")
+    cli("member", "add", "dev@example.org", "--file", str(f), "--role", "owner")
+    with app.db.unit_of_work() as s:
+        got = {(e, r.value): seq for e, r, seq in s.execute(
+            select(Address.email, Membership.role, Membership.digest_from_seq).join(Address))}
+    assert got == {("d1@x.org", "member"): 7, ("d2@x.org", "member"): 7,
+                   ("d3@x.org", "member"): 7, ("d1@x.org", "owner"): 0,
+                   ("d2@x.org", "owner"): 0}
 
 
 def test_import_csv(cli: Cli, tmp_path: Path) -> None:
