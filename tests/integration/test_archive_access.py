@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from email.message import EmailMessage
 
 from listserv import archive_read
@@ -121,6 +122,20 @@ def test_archive_worker_refreshes_the_pages_of_the_months_it_touched(harness: Ha
     make_list(harness.app, LIST, members=MEMBERS)
     html = harness.app.settings.archive_path / LIST / "html"
     post_two(harness)
+    # The daemon's own archive loop may have appended the second post (the harness pass then
+    # skipped the locked row) and still be rendering: wait for the pages, with a deadline.
+    deadline = time.monotonic() + 10
+    def pages_done() -> bool:
+        try:
+            return ("Agreed." in (html / "2026-11" / "2.html").read_text()
+                    and "<td>2</td>" in (html / "index.html").read_text()
+                    and 'href="2.html">' in (html / "2026-11" / "index.html").read_text())
+        except FileNotFoundError:
+            return False
+
+    while not pages_done():
+        assert time.monotonic() < deadline, "archive pages not refreshed"
+        time.sleep(0.01)   # polling a condition with a deadline
     month = (html / "2026-11" / "index.html").read_text()
     assert month.index('href="1.html">[dev] Kick-off<') < month.index('href="2.html">')
     assert '<li style="margin-left: 1.5em"><a href="2.html">' in month
