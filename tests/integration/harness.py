@@ -34,7 +34,14 @@ from listserv import archive, config, incoming, lists
 from listserv import members as members_mod
 from listserv.app import App
 from listserv.daemon import Daemon, delivery_runner
-from listserv.models import Delivery, DeliveryState, MailingList, OutboundMessage, Role
+from listserv.models import (
+    ArchiveEntry,
+    Delivery,
+    DeliveryState,
+    MailingList,
+    OutboundMessage,
+    Role,
+)
 from tests.sink import SmtpSink
 
 
@@ -189,7 +196,8 @@ class Harness:
                 busy += fallback_deliver(self.app)
             else:
                 self.daemon.wake()
-            if not busy and incoming.pending(self.app) == 0 and deliveries_due(self.app) == 0:
+            if not busy and incoming.pending(self.app) == 0 and deliveries_due(self.app) == 0 \
+                    and archive_pending(self.app) == 0:
                 return
             if time.monotonic() > deadline:
                 raise AssertionError(
@@ -209,6 +217,14 @@ def split_addrs(value: Any) -> list[str]:
     from email.utils import getaddresses
 
     return [a for _, a in getaddresses([str(value)]) if a] if value else []
+
+
+def archive_pending(app: App) -> int:
+    """Archive entries not yet appended to their mbox (also those a daemon's archive loop is
+    appending right now: its claim is committed only after the mbox fsync)."""
+    with app.db.unit_of_work() as session:
+        return session.scalar(select(func.count()).select_from(ArchiveEntry).where(
+            ArchiveEntry.appended_at.is_(None))) or 0
 
 
 def deliveries_due(app: App) -> int:
