@@ -58,13 +58,15 @@ class Mail:
     inbound: InboundMessage
     msg: EmailMessage
     sender: str
+    raw: bytes | None = None     # the spooled bytes, when the caller has them already
 
     @property
     def lv(self) -> ListView:
         return ListView.of(self.ml)
 
 
-def handle_mail(session: Session, app: App, inbound: InboundMessage, msg: EmailMessage) -> None:
+def handle_mail(session: Session, app: App, inbound: InboundMessage, msg: EmailMessage,
+                raw: bytes | None = None) -> None:
     ml = session.get_one(MailingList, inbound.list_id)
     inbound.state = InboundState.handled
     if replies.is_auto_reply(msg, inbound.mail_from):
@@ -78,7 +80,7 @@ def handle_mail(session: Session, app: App, inbound: InboundMessage, msg: EmailM
                                                                              inbound.mail_from):
         inbound.outcome = "ignored: mail from the list itself"
         return
-    mail = Mail(session, app, ml, inbound, msg, sender)
+    mail = Mail(session, app, ml, inbound, msg, sender, raw)
     sub = inbound.subaddress
     if sub == "confirm":
         token = inbound.extra or token_in_subject(str(msg.get("Subject", "") or ""))
@@ -177,10 +179,12 @@ def _already(session: Session, row: PendingToken) -> str:
 
 def _authenticated(mail: Mail) -> bool:
     settings = mail.app.settings.moderation
-    try:
-        data = mail.app.spool.get(mail.inbound.spool_sha)
-    except OSError:
-        return False
+    data = mail.raw
+    if data is None:
+        try:
+            data = mail.app.spool.get(mail.inbound.spool_sha)
+        except OSError:
+            return False
     return replies.authenticated(data, mail.msg, mail.sender,
                                  authserv_id=settings.trusted_authserv_id,
                                  resolve_txt=mail.app.resolve_txt)

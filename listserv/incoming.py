@@ -166,7 +166,7 @@ def dispatch(session: Session, app: App, inbound: InboundMessage, msg: EmailMess
     if sub == addresses.POST:
         posting.handle_post(session, app, inbound, msg)
     elif sub in COMMAND_SUBADDRESSES:
-        commands.handle_mail(session, app, inbound, msg)
+        commands.handle_mail(session, app, inbound, msg, raw)
     elif sub == addresses.BOUNCES:
         bounces.handle_mail(session, app, inbound, msg)
     elif sub == addresses.OWNER:
