@@ -77,7 +77,7 @@ def command(app: App, list_id: int, sub: str, data: bytes, *, mail_from: str | N
         _, mail_from = email.utils.parseaddr(str(parse(data).get("From", "")))
     with app.db.unit_of_work() as s:
         ib = _inbound(s, app, list_id, sub, data, mail_from, extra)
-        commands.handle_mail(s, app, ib, parse(data))
+        commands.handle_mail(s, app, ib, parse(data), data)   # as the incoming worker does
         return ib
 
 
