@@ -26,7 +26,7 @@ from email import policy
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import pytest
 from click.testing import CliRunner
@@ -35,6 +35,7 @@ from sqlalchemy import create_engine, text
 from listserv.cli import cli as click_cli
 from tests.conftest import PG_URL, _pg_admin_url
 from tests.sink import Captured, SmtpSink
+from tests.waiting import wait_until
 
 
 def free_port() -> int:
@@ -51,13 +52,6 @@ def listening(port: int) -> bool:
         return False
 
 
-def wait_until(predicate: Callable[[], object], timeout: float = 20.0,
-               what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def clean_env(**extra: str) -> dict[str, str]:

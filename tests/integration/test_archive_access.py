@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from email.message import EmailMessage
 
 from listserv import archive_read
 from listserv.models import ArchivePolicy
 from tests.integration.harness import Harness, make_list, make_message
 from tests.sink import Captured
+from tests.waiting import wait_until
 
 LIST = "dev@example.org"
 REQUEST = "dev-request@example.org"
@@ -124,7 +124,6 @@ def test_archive_worker_refreshes_the_pages_of_the_months_it_touched(harness: Ha
     post_two(harness)
     # The daemon's own archive loop may have appended the second post (the harness pass then
     # skipped the locked row) and still be rendering: wait for the pages, with a deadline.
-    deadline = time.monotonic() + 10
     def pages_done() -> bool:
         try:
             return ("Agreed." in (html / "2026-11" / "2.html").read_text()
@@ -133,9 +132,7 @@ def test_archive_worker_refreshes_the_pages_of_the_months_it_touched(harness: Ha
         except FileNotFoundError:
             return False
 
-    while not pages_done():
-        assert time.monotonic() < deadline, "archive pages not refreshed"
-        time.sleep(0.01)   # polling a condition with a deadline
+    wait_until(pages_done, 10, "the archive pages to be refreshed")
     month = (html / "2026-11" / "index.html").read_text()
     assert month.index('href="1.html">[dev] Kick-off<') < month.index('href="2.html">')
     assert '<li style="margin-left: 1.5em"><a href="2.html">' in month

@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 import threading
 import time
-from typing import Any, Callable
+from typing import Any
 
 from sqlalchemy import select
 
@@ -15,6 +15,7 @@ from listserv.app import App, system_clock
 from listserv.models import Delivery, DeliveryState
 from listserv.outbound import queue_message
 from tests.sink import SmtpSink
+from tests.waiting import wait_until
 
 MSG = b"From: a@example.net\r\nSubject: hi\r\nMessage-ID: <r1@example.net>\r\n\r\nbody\r\n"
 
@@ -50,11 +51,6 @@ class Daemon:
         assert self.error is None, self.error
 
 
-def wait_until(cond: Callable[[], bool], timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met"
-        time.sleep(0.01)
 
 
 def states(app: App) -> list[Any]:

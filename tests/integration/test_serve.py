@@ -8,7 +8,6 @@ import smtplib
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -29,6 +28,7 @@ from listserv.models import (
 )
 from tests.integration.harness import make_list, make_message
 from tests.sink import SmtpSink
+from tests.waiting import wait_until
 
 LIST = "dev@example.org"
 
@@ -39,12 +39,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_until(predicate, timeout: float = 20.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def listening(port: int) -> bool:
