@@ -158,27 +158,28 @@ def max_recipients(ctx: RuleContext) -> Hit | None:
     return None
 
 
+def _by_action(action: Action, who: str, refusal: str) -> Hit | None:
+    """The hit for a sender whose posts the list treats with ``action``."""
+    if action is Action.accept:
+        return None
+    reasons = {Action.hold: f"post by {who}", Action.reject: refusal,
+               Action.discard: f"post by {who} discarded"}
+    return Hit(action, reasons[action])
+
+
 def nonmember(ctx: RuleContext) -> Hit | None:
     if ctx.is_member:
         return None
     who = ctx.sender or ctx.mail_from or "unknown sender"
-    reasons = {Action.hold: f"post by non-member {who}",
-               Action.reject: f"non-members may not post to {ctx.list_address}",
-               Action.discard: f"post by non-member {who} discarded"}
-    if ctx.nonmember_action is Action.accept:
-        return None
-    return Hit(ctx.nonmember_action, reasons[ctx.nonmember_action])
+    return _by_action(ctx.nonmember_action, f"non-member {who}",
+                      f"non-members may not post to {ctx.list_address}")
 
 
 def moderated_member(ctx: RuleContext) -> Hit | None:
     if not ctx.is_member or ctx.is_privileged or not ctx.moderated:
         return None
-    reasons = {Action.hold: f"post by moderated member {ctx.sender}",
-               Action.reject: f"{ctx.sender} may not post to {ctx.list_address}",
-               Action.discard: f"post by moderated member {ctx.sender} discarded"}
-    if ctx.member_action is Action.accept:
-        return None
-    return Hit(ctx.member_action, reasons[ctx.member_action])
+    return _by_action(ctx.member_action, f"moderated member {ctx.sender}",
+                      f"{ctx.sender} may not post to {ctx.list_address}")
 
 
 def implicit_destination(ctx: RuleContext) -> Hit | None:
