@@ -55,6 +55,9 @@ ARCHIVE_PAGE = {"list": ListInfo("dev@example.org", "Developers", ArchivePolicy.
 SUMMARY = Summary(1, "Café menu ✓", "Ann", NOW, "a@example.org", [])
 REPLY = Summary(2, "Re: Café menu ✓", "bob at example.net", None, "", ["a@example.org"],
                 parent=1)
+# listserv.web.pages.render adds ``web`` to every page's context
+WEB = {"web": {"prefix": "/lists", "base_url": "https://example.org/lists",
+               "csrf": "1773480413.q2x7ZbX0f9kq1hHn5aVxQ8mW"}}
 MAILTO = f"mailto:{CONFIRM}?subject=Re%3A%20confirm%20{TOKEN}&body="
 
 # Template name -> the contexts its call sites pass (several when branches differ).
@@ -165,6 +168,13 @@ CONTEXTS: dict[str, list[dict[str, Any]]] = {
         "headers": [], "body": "",
         "attachments": [{"filename": "menu.pdf", "content_type": "application/pdf",
                          "size": 1234}]}],
+    # listserv.web.application (index, error_page) and the page modules
+    "web/base.html.j2": [WEB],
+    "web/index.html.j2": [WEB],
+    "web/error.html.j2": [{**WEB, "status": 404, "title": "Not found",
+                           "detail": "There is no page <here>."},
+                          {**WEB, "status": 500, "title": "Something went wrong", "detail": ""}],
+    "web/done.html.j2": [{**WEB, "title": "Unsubscribed", "lines": ["You left <dev>.", "Bye."]}],
     # commands.answer
     "notice/user/results.txt.j2": [{
         "results": [("subscribe", "A confirmation request has been sent to carol@example.com."),
