@@ -81,8 +81,21 @@ CONTEXTS: dict[str, list[dict[str, Any]]] = {
         "held": HELD, "token": TOKEN, "confirm_address": CONFIRM,
         "links": {w: MAILTO + w for w in ("approve", "reject", "discard")},
         "excerpt": ["Hi all,", "", "here is the draft menu."], "expires_at": NOW,
-        "moderator": "mod@example.org",
+        "moderator": "mod@example.org", "attached": True,
+    }, {
+        "held": HELD, "token": TOKEN, "confirm_address": CONFIRM,
+        "links": {w: MAILTO + w for w in ("approve", "reject", "discard")},
+        "excerpt": [], "expires_at": NOW, "moderator": "mod@example.org", "attached": False,
     }],
+    # commands._no_command
+    "notice/moderator/no-command.txt.j2": [
+        {"held": HELD, "line": "Hi, who is this?", "token": TOKEN, "confirm_address": CONFIRM},
+        {"held": HELD, "line": "", "token": TOKEN, "confirm_address": CONFIRM}],
+    # moderation.note_to_moderators
+    "notice/moderator/poster-note.txt.j2": [
+        {"held": HELD, "poster": "bob@example.net", "lines": ["let it through?"],
+         "truncated": False},
+        {"held": HELD, "poster": "bob@example.net", "lines": [], "truncated": True}],
     # subscriptions.ask_moderators (via _send_token)
     "notice/moderator/subscription.txt.j2": [{
         "token": TOKEN, "confirm_address": CONFIRM, "subscriber": "carol@example.com",
