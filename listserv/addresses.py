@@ -20,8 +20,8 @@ OWNER = "owner"
 BOUNCES = "bounces"
 CONFIRM = "confirm"
 SUFFIXES = (REQUEST, JOIN, LEAVE, OWNER, BOUNCES, CONFIRM)
-# Suffixes that take a "+EXTRA" part.
-PLUS_SUFFIXES = (BOUNCES, CONFIRM)
+# Suffixes that take a "+EXTRA" part (VERP recipient, confirmation or unsubscribe token).
+PLUS_SUFFIXES = (BOUNCES, CONFIRM, LEAVE)
 
 LIST_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._]*(-[a-z0-9._]+)*$")
 DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*"

@@ -1,4 +1,4 @@
-"""Email commands: -request, -join, -leave and -confirm+TOKEN.
+"""Email commands: -request, -join, -leave (and -leave+TOKEN), -confirm+TOKEN.
 
     handle_mail(session, app, inbound, msg) -> None
 is called by the incoming worker for every message to those sub-addresses.
@@ -31,9 +31,10 @@ from listserv import (
     replies,
     subscriptions,
     tokens,
+    unsubscribe,
 )
 from listserv.addresses import parse_from
-from listserv.app import App
+from listserv.app import App, site_secret
 from listserv.models import (
     Decision,
     HeldMessage,
@@ -96,6 +97,13 @@ def handle_mail(session: Session, app: App, inbound: InboundMessage, msg: EmailM
             kind = "help" if result.help else "results" if result.already else None
             answer(mail, [("", result)], kind=kind)
         inbound.outcome = result.text[:500]
+    elif sub == "leave" and inbound.extra and (
+            member := unsubscribe.find(session, site_secret(session), inbound.extra)
+    ) is not None and member.list_id == ml.id:
+        # NAME-leave+TOKEN@ from a member's own copy (RFC 8058's mailto): the token is the
+        # credential, so the member is removed at once and told so.
+        inbound.outcome = subscriptions.unsubscribe_now(session, app, ml,
+                                                        member.address.email).text[:500]
     elif sub in ("join", "leave"):
         display_name, _ = parse_from(str(msg.get("From", "")))
         result = (subscriptions.join(session, app, ml, sender, display_name) if sub == "join"

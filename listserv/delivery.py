@@ -10,7 +10,9 @@ send them through a transport (listserv.transport), record the results.
 Rows left in ``sending`` by a killed process (dead pid on this host, or ``locked_at`` older
 than queues.STALE_AFTER) go back to ``pending``: nothing accepted is lost, and what may be
 sent twice is bounded by the batches that were in flight. The spooled bytes of a message are
-read once and shared by all its batches and recipients; nothing is re-parsed or re-signed.
+read once and shared by all its batches and recipients; nothing is re-parsed or re-signed,
+except that a VERP'd post gives each member a copy with their own one-click unsubscribe
+headers and DKIM signature (listserv.unsubscribe: the body is hashed once per post).
 """
 
 from __future__ import annotations
@@ -23,11 +25,14 @@ from collections import OrderedDict
 from typing import Union
 
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
-from listserv.app import App
-from listserv.models import DeliveryState, OutboundMessage
+from listserv import signing, unsubscribe
+from listserv.app import App, site_secret
+from listserv.models import DeliveryState, MailingList, OutboundMessage
 from listserv.queues import T, claim, make_owner, record, recover
 from listserv.transport import Batch, MaildirTransport, Message, SmtpTransport
+from listserv.views import ListView
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +61,7 @@ class Runner:
         self.finished: list[Batch] = []
         self.changed = asyncio.Event()
         self.messages: OrderedDict[int, Message] = OrderedDict()
+        self.secret: str | None = None
         self.transport: Transport = self._make_transport()
 
     def _make_transport(self) -> Transport:
@@ -75,6 +81,7 @@ class Runner:
 
     def _claim_sync(self, limit: int) -> list[Batch]:
         now = self.app.now()
+        tokens: dict[int, dict[str, str]] = {}
         with self.app.db.unit_of_work() as session:
             rows = claim(session, self.owner, now, limit)
             need = {r.outbound_id for r in rows}
@@ -83,7 +90,7 @@ class Runner:
                 for out in session.scalars(select(OutboundMessage)
                                            .where(OutboundMessage.id.in_(need - set(have)))):
                     try:
-                        have[out.id] = self._load(out)
+                        have[out.id] = self._load(session, out)
                     except OSError as exc:
                         log.error("outbound message %s (Message-ID %s): cannot read spool "
                                   "file: %s", out.id, out.message_id, exc)
@@ -92,18 +99,52 @@ class Runner:
                 session.execute(update(T).where(T.c.id.in_(bad)).values(
                     state=DeliveryState.failed, locked_by=None, locked_at=None,
                     finished_at=now, last_error="spool file of the message is missing"))
+            for r in rows:        # the members' tokens, one query per batch
+                m = have.get(r.outbound_id)
+                if m is not None and m.maker is not None and m.list_id is not None:
+                    tokens[r.id] = unsubscribe.tokens_for(
+                        session, self._site_secret(session), m.list_id,
+                        [x for x in r.recipients.split("\n") if x])
         for m in have.values():
             self._remember(m)
-        return [Batch(r.id, have[r.outbound_id], [x for x in r.recipients.split("\n") if x],
-                      r.attempts, r.first_attempt_at)
-                for r in rows if r.outbound_id in have]
+        batches = [Batch(r.id, have[r.outbound_id], [x for x in r.recipients.split("\n") if x],
+                         r.attempts, r.first_attempt_at)
+                   for r in rows if r.outbound_id in have]
+        for b in batches:         # sign each member's copy (outside the transaction)
+            maker = b.message.maker
+            if maker is not None and b.id in tokens:
+                own = tokens[b.id]
+                b.heads = {rcpt: maker.copy_head(own[rcpt.lower()])
+                           for rcpt in b.recipients if rcpt.lower() in own}
+        return batches
 
-    def _load(self, out: OutboundMessage) -> Message:
-        data = next((m.data for m in self.messages.values() if m.sha == out.spool_sha), None)
+    def _site_secret(self, session: Session) -> str:
+        if self.secret is None:
+            self.secret = site_secret(session)
+        return self.secret
+
+    def _load(self, session: Session, out: OutboundMessage) -> Message:
+        data = next((m.data for m in self.messages.values() if m.sha == out.spool_sha
+                     and m.maker is None), None)
         if data is None:
             data = self.app.spool.get(out.spool_sha)
-        return Message(out.id, out.list_id, out.envelope_from, out.verp, data,
-                       not data.isascii(), sha=out.spool_sha, message_id=out.message_id)
+        msg = Message(out.id, out.list_id, out.envelope_from, out.verp, data,
+                      not data.isascii(), sha=out.spool_sha, message_id=out.message_id)
+        ml = session.get(MailingList, out.list_id) if out.per_member and out.list_id else None
+        if ml is not None:
+            # ``data`` is unsigned: members get their own copies (heads + rest); anyone
+            # else the generic copy, signed here once.
+            lv = unsubscribe.with_page(ListView.of(ml), self.app.settings.web.base_url)
+            try:
+                msg.maker = unsubscribe.CopyMaker.of(data, lv, self.app.settings.web.base_url)
+            except ValueError:
+                log.error("outbound message %s: no header/body separator; sent unpersonalised",
+                          out.id)
+            else:
+                msg.rest = msg.maker.rest
+                if lv.dkim_key and lv.dkim_selector:
+                    msg.data = signing.sign(data, lv.domain, lv.dkim_selector, lv.dkim_key)
+        return msg
 
     def _remember(self, m: Message) -> None:
         self.messages[m.outbound_id] = m

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import secrets
 from typing import Any, Optional
 
 from sqlalchemy import (
@@ -23,6 +24,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     event,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -30,6 +32,11 @@ from sqlalchemy.types import TypeDecorator
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
+
+
+def new_nonce() -> str:
+    """128 random bits, hex: the per-membership secret of unsubscribe tokens."""
+    return secrets.token_hex(16)
 
 
 class UTCDateTime(TypeDecorator[dt.datetime]):
@@ -270,6 +277,9 @@ class Membership(Base):
     # Digests: the list's post_id when this member last entered a digest mode; their digest
     # holds the pending posts after it (set by the listener at the end of this module).
     digest_from_seq: Mapped[int] = mapped_column(default=0, server_default="0")
+    # Secret per membership row, part of its one-click unsubscribe token (listserv.unsubscribe):
+    # a new row (leave and join again) gets a new one, so old links stop working.
+    unsub_nonce: Mapped[str] = mapped_column(String(32), default=new_nonce)
 
     address: Mapped[Address] = relationship(lazy="joined")
     mailing_list: Mapped[MailingList] = relationship()
@@ -401,6 +411,9 @@ class OutboundMessage(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     # when the owners were told that the next hop refused the message itself (once per message)
     failure_noticed_at: Mapped[Optional[dt.datetime]] = mapped_column()
+    # The spooled bytes are unsigned; each member's copy gets its own one-click unsubscribe
+    # headers and DKIM signature at delivery (listserv.unsubscribe.Personaliser).
+    per_member: Mapped[bool] = mapped_column(default=False, server_default=false())
 
 
 class Delivery(Base):

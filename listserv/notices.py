@@ -58,9 +58,14 @@ def build_notice(app: App, lst: ListView | None, template: str, to: str | list[s
     return msg
 
 
+def serialise(msg: EmailMessage) -> bytes:
+    """The bytes on the wire (CRLF line ends), not signed."""
+    return msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
+
+
 def finalise(msg: EmailMessage, lst: ListView | None) -> bytes:
     """Serialise (CRLF) and DKIM-sign with the list domain's key when it has one."""
-    data = msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
+    data = serialise(msg)
     if lst and lst.dkim_key and lst.dkim_selector:
         data = signing.sign(data, lst.domain, lst.dkim_selector, lst.dkim_key)
     return data

@@ -28,17 +28,20 @@ def _batches(recipients: Iterable[str], size: int) -> Iterator[list[str]]:
 
 def queue_message(session: Session, app: App, data: bytes, recipients: Iterable[str], *,
                   kind: str, envelope_from: str, list_id: int | None = None,
-                  verp: bool = False, message_id: str = "") -> OutboundMessage:
+                  verp: bool = False, message_id: str = "",
+                  per_member: bool = False) -> OutboundMessage:
     """Spool ``data`` (final, signed bytes) and queue it for ``recipients``.
 
     ``recipients`` may be a lazy iterator (a 100,000-member list is streamed). With ``verp``,
     ``envelope_from`` is the list's base -bounces address and each recipient gets its own
-    transaction with a VERP'd envelope sender. Returns the OutboundMessage (flushed).
+    transaction with a VERP'd envelope sender. With ``per_member`` (VERP'd posts), ``data``
+    is unsigned: each member's copy gets its own unsubscribe headers and DKIM signature at
+    delivery (listserv.unsubscribe). Returns the OutboundMessage (flushed).
     """
     sha = app.spool.put(data)
     out = OutboundMessage(list_id=list_id, kind=kind, spool_sha=sha,
                           envelope_from=envelope_from, verp=verp, message_id=message_id,
-                          created_at=app.now())
+                          created_at=app.now(), per_member=per_member and verp)
     session.add(out)
     session.flush()
     now = app.now()

@@ -17,7 +17,16 @@ from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from listserv import digests, moderation, notices, outbound, recipients, rules, transforms
+from listserv import (
+    digests,
+    moderation,
+    notices,
+    outbound,
+    recipients,
+    rules,
+    transforms,
+    unsubscribe,
+)
 from listserv.app import App
 from listserv.models import (
     Action,
@@ -132,7 +141,7 @@ def accept_post(session: Session, app: App, inbound: InboundMessage, msg: EmailM
 
     # DNS (DMARC) before taking any lock: a slow resolver must not hold the list row.
     resolver = _MemoResolver(app.resolve_txt)
-    guess = ListView.of(ml)
+    guess = unsubscribe.with_page(ListView.of(ml), app.settings.web.base_url)
     guess = _with_post_id(guess, ml.post_id + 1)
     early = transforms.prepare(msg, guess, resolve_txt=resolver)
 
@@ -147,7 +156,7 @@ def accept_post(session: Session, app: App, inbound: InboundMessage, msg: EmailM
         inbound.outcome = f"duplicate: {message_id} was already distributed by this list"
         return None
     set_committed_value(ml, "post_id", seq)
-    lv = ListView.of(ml)
+    lv = unsubscribe.with_page(ListView.of(ml), app.settings.web.base_url)
     prepared = early if seq == guess.post_id else transforms.prepare(
         msg, lv, resolve_txt=resolver)
     prepared_sha = app.spool.put(to_bytes(prepared))
@@ -160,12 +169,15 @@ def accept_post(session: Session, app: App, inbound: InboundMessage, msg: EmailM
     session.flush()
 
     final = transforms.decorate(prepared, lv, render_footer(app, lv))
-    data = notices.finalise(final, lv)    # CRLF, then DKIM-signed when the domain has a key
+    # VERP'd copies are one per member: each gets its own one-click unsubscribe headers and
+    # DKIM signature at delivery (listserv.unsubscribe), so the queued bytes stay unsigned.
+    verp = app.settings.delivery.verp
+    data = notices.serialise(final) if verp else notices.finalise(final, lv)
     count = [0]
     outbound.queue_message(
         session, app, data, _counted(recipients.post_recipients(session, ml.id, mhash), count),
         kind="post", envelope_from=lv.bounces, list_id=ml.id,
-        verp=app.settings.delivery.verp, message_id=message_id[:998])
+        verp=verp, message_id=message_id[:998], per_member=verp)
     inbound.state = InboundState.accepted
     inbound.outcome = (f"accepted as post {seq} to {count[0]} recipients"
                        + (f", approved by {approved_by}" if approved_by else ""))

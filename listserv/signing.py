@@ -112,7 +112,19 @@ class Signer:
         ``dkim.sign(data, selector, domain, key, canonicalize=(relaxed, relaxed),
         include_headers=...)`` returns, signed through OpenSSL."""
         headers, body = self._split(data)
-        bodyhash = self.body_hash(body)
+        return self.signature(headers, self.body_hash(body), timestamp)
+
+    @staticmethod
+    def parse_header_block(block: bytes) -> list[list[bytes]]:
+        """The header fields of a CRLF header block (dkimpy's [name, value] pairs)."""
+        headers, _ = dkim.rfc822_parse(block + b"\r\n")
+        return headers
+
+    def signature(self, headers: list[list[bytes]], bodyhash: bytes,
+                  timestamp: int | None = None) -> bytes:
+        """The DKIM-Signature field for parsed ``headers`` and a body hash (``body_hash``):
+        copies of one post that differ only in a few header fields hash the body once and
+        pay per copy only this header hash and one RSA signature."""
         # Only the header fields that can be selected need canonicalising.
         wanted = [h for h in headers if h[0].lower() in self._include_set]
         stamp = int(time.time()) if timestamp is None else int(timestamp)

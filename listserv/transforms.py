@@ -175,15 +175,19 @@ def list_id_value(lst: ListView) -> str:
 
 
 def list_headers(lst: ListView) -> list[tuple[str, str]]:
-    """The RFC 2919/2369 headers of every list copy, in order. mailto: only (no web UI, hence
-    no RFC 8058 List-Unsubscribe-Post); List-Archive for an archived list (archive != none):
-    its web URL when one is set, else the -request address's 'index' command."""
+    """The RFC 2919/2369 headers of every list copy, in order. List-Unsubscribe names the
+    list's web page when one is set, and the -leave address (members' own VERP'd copies get
+    RFC 8058 one-click headers at delivery, listserv.unsubscribe); List-Archive for an
+    archived list (archive != none): its web URL when one is set, else the -request address's
+    'index' command."""
+    leave = f"<mailto:{lst.sub('leave')}>"
     out = [
         ("List-Id", list_id_value(lst)),
         ("List-Post", f"<mailto:{lst.address}>"),
         ("List-Help", f"<mailto:{lst.sub('request')}?subject=help>"),
         ("List-Subscribe", f"<mailto:{lst.sub('join')}>"),
-        ("List-Unsubscribe", f"<mailto:{lst.sub('leave')}>"),
+        ("List-Unsubscribe",
+         f"<{lst.unsubscribe_url}>, {leave}" if lst.unsubscribe_url else leave),
         ("List-Owner", f"<mailto:{lst.owner}>"),
     ]
     if lst.archive_link:

@@ -15,13 +15,16 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 from urllib.parse import urlsplit
 
 import aiosmtplib
 
 from listserv.addresses import verp_encode
 from listserv.errors import ConfigError
+
+if TYPE_CHECKING:
+    from listserv.unsubscribe import CopyMaker
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,10 @@ class Message:
     eight_bit: bool
     sha: str = ""
     message_id: str = ""
+    # per-member copies (listserv.unsubscribe): ``data`` is then the generic signed copy,
+    # and a batch's ``heads[rcpt] + rest`` a member's own
+    rest: bytes | None = None
+    maker: "CopyMaker | None" = None
     _lf: bytes | None = None
 
     @property
@@ -73,6 +80,16 @@ class Batch:
     pending_tx: int = 0
     conn_failed: bool = False
     record_tries: int = 0
+    heads: dict[str, bytes] | None = None   # recipient -> header block of their own copy
+
+    def data_for(self, rcpts: list[str]) -> bytes:
+        """The bytes to send to ``rcpts``: a member's own copy when there is one."""
+        m = self.message
+        if self.heads and m.rest is not None and len(rcpts) == 1:
+            head = self.heads.get(rcpts[0])
+            if head is not None:
+                return head + m.rest
+        return m.data
 
     def outcome(self, rcpts: list[str], code: int | None, text: str,
                 whole: bool = False) -> None:
@@ -256,7 +273,8 @@ class SmtpTransport:
         if msg.eight_bit and smtp.supports_extension("8bitmime"):
             opts.append("BODY=8BITMIME")
         try:
-            errors, _reply = await smtp.sendmail(tx.sender, tx.rcpts, msg.data, mail_options=opts)
+            errors, _reply = await smtp.sendmail(tx.sender, tx.rcpts, batch.data_for(tx.rcpts),
+                                                 mail_options=opts)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             for err in exc.recipients:
                 batch.outcome([err.recipient], _rcpt_code(err.code), err.message)
@@ -343,9 +361,11 @@ class MaildirTransport:
             name = (f"{int(now)}.M{int(now * 1e6) % 1000000}P{pid}Q{self._seq}"
                     f"B{batch.id}.{self._host}")
             tmp = self.root / "tmp" / name
+            own = body if not batch.heads or rcpt not in batch.heads else \
+                batch.data_for([rcpt]).replace(b"\r\n", b"\n")
             with open(tmp, "wb") as fh:
                 fh.write(head)
-                fh.write(body)
+                fh.write(own)
             os.rename(tmp, self.root / "new" / name)
             batch.ok.append(rcpt)
             self.transactions += 1

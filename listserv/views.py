@@ -31,6 +31,9 @@ class ListView:
     # Web archive of this list (an https URL) when one is published; without it List-Archive
     # points at the -request address's 'index' command (archive_link).
     archive_url: str | None = None
+    # The list's web unsubscribe page (asks for the address, confirms by mail), named in
+    # List-Unsubscribe next to the mailto: when the web side is configured.
+    unsubscribe_url: str | None = None
 
     @classmethod
     def of(cls, ml: MailingList) -> "ListView":

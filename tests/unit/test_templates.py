@@ -195,6 +195,11 @@ CONTEXTS: dict[str, list[dict[str, Any]]] = {
     "web/error.html.j2": [{**WEB, "status": 404, "title": "Not found",
                            "detail": "There is no page <here>."},
                           {**WEB, "status": 500, "title": "Something went wrong", "detail": ""}],
+    # listserv.web.unsubscribe
+    "web/unsubscribe.html.j2": [{**WEB, "email": "carol@example.com"}],
+    "web/leave.html.j2": [{**WEB, "sent_to": None, "error": ""},
+                          {**WEB, "sent_to": None, "error": "Please give a valid address."},
+                          {**WEB, "sent_to": "carol@example.com", "error": ""}],
     "web/done.html.j2": [{**WEB, "title": "Unsubscribed", "lines": ["You left <dev>.", "Bye."]}],
     # commands.answer
     "notice/user/results.txt.j2": [{

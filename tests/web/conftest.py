@@ -10,7 +10,7 @@ from starlette.testclient import TestClient
 
 from listserv.app import App
 from listserv.web import create_app
-from tests.integration.harness import sink  # noqa: F401
+from tests.integration.harness import harness, sink  # noqa: F401
 
 BASE_URL = "http://testserver"
 

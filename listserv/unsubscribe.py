@@ -1,0 +1,157 @@
+"""One-click unsubscribe (RFC 8058): per-membership tokens and the per-member copies of a post.
+
+A token is ``MAC + membership id``: MAC is 128 bits of HMAC-SHA256, keyed with the site secret,
+over the membership id and that membership's random ``unsub_nonce``, written in lower-case
+base32 (26 characters) so it survives in the local part of ``NAME-leave+TOKEN@DOMAIN``. It
+cannot be derived from an address, and it dies with the membership row (leaving deletes the
+row; joining again makes a new row with a new nonce).
+
+Each member's copy of a VERP'd post carries
+
+    List-Unsubscribe: <BASE_URL/u/TOKEN>, <mailto:NAME-leave+TOKEN@DOMAIN>
+    List-Unsubscribe-Post: List-Unsubscribe=One-Click
+
+and its own DKIM signature over them. ``CopyMaker`` is built once per post: it parses the
+header block and hashes the body once; a copy then costs two header lines, one header hash and
+one RSA signature. Batched (non-VERP) copies cannot name the member: they point at the list's
+page ``BASE_URL/leave/NAME@DOMAIN``, which asks for the address and confirms by mail.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import hmac
+import re
+from dataclasses import dataclass
+from typing import Iterable
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from listserv import signing
+from listserv.models import Address, Membership, Role
+from listserv.views import ListView
+
+TOKEN_RE = re.compile(r"^([a-z2-7]{26})([1-9][0-9]{0,18})$")
+ONE_CLICK = "List-Unsubscribe=One-Click"
+_DROP = (b"list-unsubscribe", b"list-unsubscribe-post")
+
+
+def _mac(secret: str, membership_id: int, nonce: str) -> str:
+    digest = hmac.new(secret.encode(), f"unsubscribe\0{membership_id}\0{nonce}".encode(),
+                      hashlib.sha256).digest()[:16]
+    return base64.b32encode(digest).decode("ascii").rstrip("=").lower()
+
+
+def make_token(secret: str, membership_id: int, nonce: str) -> str:
+    return _mac(secret, membership_id, nonce) + str(membership_id)
+
+
+def find(session: Session, secret: str, token: str) -> Membership | None:
+    """The (member-role) membership a token belongs to, or None when it is not valid (any
+    more). Case-insensitive: an MTA may fold the local part."""
+    m = TOKEN_RE.match(token.strip().lower())
+    if m is None:
+        return None
+    row = session.get(Membership, int(m.group(2)))
+    if row is None or row.role is not Role.member:
+        return None
+    if not hmac.compare_digest(m.group(1), _mac(secret, row.id, row.unsub_nonce)):
+        return None
+    return row
+
+
+def page_url(base_url: str, token: str) -> str:
+    return f"{base_url.rstrip('/')}/u/{token}"
+
+
+def list_page_url(base_url: str, lv: ListView) -> str:
+    """The per-list page (asks for the address, confirms by mail) for batched copies."""
+    return f"{base_url.rstrip('/')}/leave/{lv.address}"
+
+
+def with_page(lv: ListView, base_url: str) -> ListView:
+    """``lv`` naming the list's unsubscribe page (List-Unsubscribe of every copy)."""
+    return dataclasses.replace(lv, unsubscribe_url=list_page_url(base_url, lv))
+
+
+def header_lines(base_url: str, lv: ListView, token: str) -> bytes:
+    """The two RFC 8058 header fields of one member's copy, CRLF-terminated."""
+    return (f"List-Unsubscribe: <{page_url(base_url, token)}>,\r\n"
+            f" <mailto:{lv.sub('leave', token)}>\r\n"
+            f"List-Unsubscribe-Post: {ONE_CLICK}\r\n").encode("ascii")
+
+
+def tokens_for(session: Session, secret: str, list_id: int, emails: Iterable[str]
+               ) -> dict[str, str]:
+    """address -> token for those of ``emails`` that are members of the list (one query)."""
+    wanted = list(dict.fromkeys(e.lower() for e in emails))
+    out: dict[str, str] = {}
+    for i in range(0, len(wanted), 500):
+        rows = session.execute(
+            select(Address.email, Membership.id, Membership.unsub_nonce)
+            .join(Membership, Membership.address_id == Address.id)
+            .where(Membership.list_id == list_id, Membership.role == Role.member,
+                   Address.email.in_(wanted[i:i + 500])))
+        for email, mid, nonce in rows:
+            out[email] = make_token(secret, mid, nonce)
+    return out
+
+
+def _strip_fields(head: bytes, names: tuple[bytes, ...]) -> bytes:
+    """``head`` (CRLF header block) without the fields named (folded lines included)."""
+    out: list[bytes] = []
+    skipping = False
+    for line in head.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t"):
+            if not skipping:
+                out.append(line)
+            continue
+        skipping = line.split(b":", 1)[0].strip().lower() in names
+        if not skipping:
+            out.append(line)
+    return b"\r\n".join(out)
+
+
+@dataclass
+class CopyMaker:
+    """Builds each member's copy of one post from its unsigned final bytes."""
+
+    head: bytes                        # header block without List-Unsubscribe*, ends in CRLF
+    rest: bytes                        # CRLF + body
+    lv: ListView
+    base_url: str
+    signer: signing.Signer | None
+    headers: list[list[bytes]]
+    bodyhash: bytes
+
+    @classmethod
+    def of(cls, data: bytes, lv: ListView, base_url: str) -> "CopyMaker":
+        end = data.find(b"\r\n\r\n")
+        if end < 0:
+            raise ValueError("message without a header/body separator")
+        head = _strip_fields(data[:end + 2], _DROP)
+        rest = data[end + 2:]
+        signer = (signing.signer(lv.domain, lv.dkim_selector, lv.dkim_key)
+                  if lv.dkim_key and lv.dkim_selector else None)
+        headers: list[list[bytes]] = []
+        bodyhash = b""
+        if signer is not None:
+            headers = signer.parse_header_block(head)
+            body = rest[2:]
+            bodyhash = signer.body_hash(body)
+        return cls(head, rest, lv, base_url, signer, headers, bodyhash)
+
+    def copy_head(self, token: str) -> bytes:
+        """Everything before ``rest`` of the copy for the member with ``token``."""
+        extra = header_lines(self.base_url, self.lv, token)
+        head = self.head + extra
+        if self.signer is None:
+            return head
+        fields = self.signer.parse_header_block(extra)
+        return self.signer.signature(self.headers + fields, self.bodyhash) + head
+
+    def copy(self, token: str) -> bytes:
+        return self.copy_head(token) + self.rest

@@ -1,0 +1,247 @@
+"""One-click unsubscribe (RFC 8058): tokens, the members' own signed copies, the pages, and
+mail to NAME-leave+TOKEN@."""
+
+from __future__ import annotations
+
+import re
+
+import dkim
+import pytest
+from sqlalchemy import select
+from starlette.testclient import TestClient
+
+from listserv import members, signing, unsubscribe
+from listserv.app import App, site_secret
+from listserv.models import Domain, MailingList, Membership, OutboundMessage
+from tests.integration.harness import Harness, make_list, make_message
+
+LIST = "dev@example.org"
+PEOPLE = ["ann@a.example", "bob@b.example", "cy@c.example"]
+URL_RE = re.compile(r"<(https?://[^>]+/u/([a-z2-7]+[0-9]+))>")
+
+
+def token_of(app: App, email: str, address: str = LIST) -> str:
+    with app.db.unit_of_work() as s:
+        ml = s.scalars(select(MailingList)).first()
+        assert ml is not None
+        m = members.find_membership(s, ml, email)
+        assert m is not None
+        return unsubscribe.make_token(site_secret(s), m.id, m.unsub_nonce)
+
+
+def is_member(app: App, email: str) -> bool:
+    with app.db.unit_of_work() as s:
+        ml = s.scalars(select(MailingList)).one()
+        return members.find_membership(s, ml, email) is not None
+
+
+def goodbyes(app: App) -> int:
+    with app.db.unit_of_work() as s:
+        rows = s.scalars(select(OutboundMessage).where(OutboundMessage.kind == "notice")).all()
+        return sum(b"You have left" in app.spool.get(r.spool_sha) for r in rows)
+
+
+# -- tokens ---------------------------------------------------------------------------------
+
+def test_tokens_are_per_membership_and_die_with_it(app: App) -> None:
+    make_list(app, LIST, members=PEOPLE)
+    ann = token_of(app, "ann@a.example")
+    assert ann != token_of(app, "bob@b.example")
+    assert unsubscribe.TOKEN_RE.match(ann)
+    with app.db.unit_of_work() as s:
+        secret = site_secret(s)
+        found = unsubscribe.find(s, secret, ann.upper())       # an MTA may fold the case
+        assert found is not None and found.address.email == "ann@a.example"
+        mid = found.id
+        # the id alone, another MAC, another secret: nothing
+        assert unsubscribe.find(s, secret, "a" * 26 + str(mid)) is None
+        assert unsubscribe.find(s, "other-secret", ann) is None
+        assert unsubscribe.find(s, secret, ann[:-len(str(mid))] + str(mid + 1)) is None
+        assert unsubscribe.find(s, secret, "x") is None
+    # leave and join again: the old token is dead, the new one differs
+    with app.db.unit_of_work() as s:
+        ml = s.scalars(select(MailingList)).one()
+        members.remove_members(s, ml, ["ann@a.example"])
+    with app.db.unit_of_work() as s:
+        assert unsubscribe.find(s, secret, ann) is None
+        ml = s.scalars(select(MailingList)).one()
+        members.add_member(s, ml, "ann@a.example")
+    again = token_of(app, "ann@a.example")
+    assert again != ann
+    with app.db.unit_of_work() as s:
+        assert unsubscribe.find(s, secret, ann) is None
+        assert unsubscribe.find(s, secret, again) is not None
+
+
+# -- the delivered copies -------------------------------------------------------------------
+
+def set_key(app: App) -> str:
+    key = signing.generate_key()
+    with app.db.unit_of_work() as s:
+        d = s.scalars(select(Domain)).one()
+        d.dkim_selector, d.dkim_private_key = "s1", key
+    return key
+
+
+def dns_for(key: str):  # type: ignore[no-untyped-def]
+    record = signing.dns_record(key).encode()
+
+    def dns(name: bytes, timeout: int = 5) -> bytes:
+        assert name == b"s1._domainkey.example.org."
+        return record
+    return dns
+
+
+def test_each_member_gets_a_signed_copy_with_its_own_one_click_link(harness: Harness) -> None:
+    h = harness
+    make_list(h.app, LIST, members=PEOPLE)
+    key = set_key(h.app)
+    h.send(make_message("ann@a.example", LIST, "per member"))
+    h.run_until_idle()
+    got = h.sink.wait_for(lambda m: len({r for x in m for r in x.rcpt_tos}) >= 3)
+    dns = dns_for(key)
+    base = h.app.settings.web.base_url
+    seen = {}
+    for m in got:
+        (rcpt,) = m.rcpt_tos
+        msg = m.message
+        assert dkim.verify(m.data, dnsfunc=dns), rcpt
+        sig = dkim.util.parse_tag_value(msg["DKIM-Signature"].encode().replace(b"\r\n", b""))
+        signed = {x.strip().lower() for x in sig[b"h"].split(b":")}
+        assert {b"list-unsubscribe", b"list-unsubscribe-post"} <= signed
+        assert msg.get_all("List-Unsubscribe-Post") == ["List-Unsubscribe=One-Click"]
+        (value,) = msg.get_all("List-Unsubscribe")
+        url, token = URL_RE.search(value).groups()  # type: ignore[union-attr]
+        assert url == f"{base}/u/{token}"
+        assert f"<mailto:dev-leave+{token}@example.org>" in value
+        assert token == token_of(h.app, rcpt)
+        # changing the member's link breaks the signature: it is covered
+        forged = m.data.replace(token.encode(), token_of(h.app, PEOPLE[0]).encode())
+        if forged != m.data:
+            assert not dkim.verify(forged, dnsfunc=dns)
+        seen[rcpt] = token
+    assert sorted(seen) == sorted(PEOPLE) and len(set(seen.values())) == 3
+
+
+def test_batched_copies_point_at_the_list_page(app: App, sink) -> None:  # type: ignore[no-untyped-def]
+    h = Harness(app, sink, delivery__verp=False).start()
+    try:
+        make_list(h.app, LIST, members=PEOPLE)
+        key = set_key(h.app)
+        h.send(make_message("ann@a.example", LIST, "batched"))
+        h.run_until_idle()
+        got = h.sink.wait_for(lambda m: len({r for x in m for r in x.rcpt_tos}) >= 3)
+    finally:
+        h.stop()
+    assert len(got) == 1 and len(got[0].rcpt_tos) == 3        # one transaction, one copy
+    msg = got[0].message
+    assert msg["List-Unsubscribe"].strip() == (f"<{h.app.settings.web.base_url}/leave/{LIST}>, "
+                                       "<mailto:dev-leave@example.org>")
+    assert msg["List-Unsubscribe-Post"] is None              # it cannot name the member
+    assert dkim.verify(got[0].data, dnsfunc=dns_for(key))
+
+
+def test_mail_to_the_leave_token_address_removes_at_once(harness: Harness) -> None:
+    h = harness
+    make_list(h.app, LIST, members=PEOPLE)
+    token = token_of(h.app, "bob@b.example")
+    # sent from another address (a provider's unsubscribe robot): the token is the credential
+    h.send(make_message("robot@mail.example", f"dev-leave+{token.upper()}@example.org",
+                        "unsubscribe"))
+    h.run_until_idle()
+    assert not is_member(h.app, "bob@b.example") and is_member(h.app, "ann@a.example")
+    bye = h.sink.wait_for(lambda m: any("bob@b.example" in x.rcpt_tos for x in m))
+    assert any("You have left" in str(x.message["Subject"]) for x in bye
+               if "bob@b.example" in x.rcpt_tos)
+    # a dead token is an ordinary -leave: a confirmation to the sender, nobody removed
+    h.send(make_message("ann@a.example", f"dev-leave+{token}@example.org", "again"))
+    h.run_until_idle()
+    assert is_member(h.app, "ann@a.example")
+    h.sink.wait_for(lambda m: any("confirm you want to leave" in str(x.message["Subject"])
+                                  for x in m if "ann@a.example" in x.rcpt_tos))
+
+
+# -- the pages ------------------------------------------------------------------------------
+
+def test_get_shows_a_button_and_changes_nothing(app: App, web: TestClient) -> None:
+    make_list(app, LIST, members=PEOPLE)
+    token = token_of(app, "ann@a.example")
+    for _ in range(3):                                      # link scanners fetch with GET
+        r = web.get(f"/u/{token}")
+        assert r.status_code == 200
+    assert is_member(app, "ann@a.example")
+    assert "ann@a.example" in r.text and 'method="post"' in r.text
+    assert 'name="List-Unsubscribe" value="One-Click"' in r.text
+    assert web.head(f"/u/{token}").status_code == 200
+    assert is_member(app, "ann@a.example")
+
+
+def test_one_click_post_removes_the_member(app: App, web: TestClient) -> None:
+    make_list(app, LIST, members=PEOPLE)
+    token = token_of(app, "ann@a.example")
+    # exactly what a mail provider sends (RFC 8058 section 3.2)
+    r = web.post(f"/u/{token}", content=b"List-Unsubscribe=One-Click",
+                 headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 200, r.text
+    assert not is_member(app, "ann@a.example") and is_member(app, "bob@b.example")
+    assert goodbyes(app) == 1
+    again = web.post(f"/u/{token}", data={"List-Unsubscribe": "One-Click"})
+    assert again.status_code == 404 and "not valid" in again.text
+    assert goodbyes(app) == 1
+
+
+def test_the_pages_button_posts_with_its_csrf_token(app: App, web: TestClient) -> None:
+    make_list(app, LIST, members=PEOPLE)
+    token = token_of(app, "bob@b.example")
+    page = web.get(f"/u/{token}").text
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)  # type: ignore[union-attr]
+    # a wrong CSRF token, a cross-site browser POST without ours, a body without One-Click
+    assert web.post(f"/u/{token}", data={"List-Unsubscribe": "One-Click",
+                                         "csrf": "1.x"}).status_code == 403
+    assert web.post(f"/u/{token}", data={"List-Unsubscribe": "One-Click"},
+                    headers={"Sec-Fetch-Site": "cross-site"}).status_code == 403
+    assert web.post(f"/u/{token}", data={"csrf": csrf}).status_code == 400
+    assert is_member(app, "bob@b.example")
+    r = web.post(f"/u/{token}", data={"List-Unsubscribe": "One-Click", "csrf": csrf},
+                 headers={"Sec-Fetch-Site": "same-origin", "Origin": "null"})
+    assert r.status_code == 200 and not is_member(app, "bob@b.example")
+
+
+def test_unknown_tokens_are_rate_limited(app: App, web: TestClient) -> None:
+    codes = [web.get(f"/u/{'a' * 26}{i + 1}").status_code for i in range(40)]
+    assert codes[0] == 404 and codes[-1] == 429
+
+
+def test_list_page_asks_for_the_address_and_confirms_by_mail(app: App,
+                                                            web: TestClient) -> None:
+    make_list(app, LIST, members=PEOPLE)
+    page = web.get(f"/leave/{LIST}")
+    assert page.status_code == 200 and 'type="email"' in page.text
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+    for email in ("cy@c.example", "stranger@x.example"):
+        r = web.post(f"/leave/{LIST}", data={"email": email, "csrf": csrf})
+        assert r.status_code == 200 and "confirmation" in r.text
+    assert is_member(app, "cy@c.example")                     # only confirmed by mail
+    with app.db.unit_of_work() as s:
+        sent = [app.spool.get(o.spool_sha) for o in s.scalars(select(OutboundMessage))]
+    assert sum(b"confirm you want to leave" in d for d in sent) == 1   # not to a stranger
+    assert web.post(f"/leave/{LIST}", data={"email": "nope", "csrf": csrf}).status_code == 400
+    assert web.post(f"/leave/{LIST}", data={"email": "cy@c.example"}).status_code == 403
+    assert web.get("/leave/none@example.org").status_code == 404
+
+
+@pytest.mark.parametrize("path", ["/u/{t}", "/leave/dev@example.org"])
+def test_token_pages_keep_the_token_to_themselves(app: App, web: TestClient, path: str) -> None:
+    make_list(app, LIST, members=PEOPLE)
+    r = web.get(path.format(t=token_of(app, "ann@a.example")))
+    assert r.headers["referrer-policy"] == "no-referrer"
+    assert r.headers["cache-control"] == "no-store"
+    assert "<script" not in r.text
+    assert not re.search(r'(src|href)="https?://', r.text)       # nothing from elsewhere
+
+
+def test_membership_rows_get_distinct_nonces(app: App) -> None:
+    make_list(app, LIST, members=PEOPLE)
+    with app.db.unit_of_work() as s:
+        nonces = s.scalars(select(Membership.unsub_nonce)).all()
+    assert len(set(nonces)) == len(nonces) == 3 and all(len(n) == 32 for n in nonces)
