@@ -22,7 +22,15 @@ from email.message import EmailMessage
 
 from sqlalchemy.orm import Session
 
-from listserv import archive_access, moderation, ratelimit, replies, subscriptions, tokens
+from listserv import (
+    archive_access,
+    modlog,
+    moderation,
+    ratelimit,
+    replies,
+    subscriptions,
+    tokens,
+)
 from listserv.addresses import parse_from
 from listserv.app import App
 from listserv.models import (
@@ -42,7 +50,7 @@ log = logging.getLogger(__name__)
 
 MAX_COMMANDS = 5
 REQUEST_WORDS = {"help", "subscribe", "join", "unsubscribe", "leave", "confirm", "set",
-                 "index", "get", "end", "stop"}
+                 "index", "get", "log", "end", "stop"}
 SUBJECT_TOKEN_RE = re.compile(r"\bconfirm\s+([A-Za-z0-9]{16,})\b", re.IGNORECASE)
 MODERATE_WORDS = {"approve": Decision.approve, "reject": Decision.reject,
                   "discard": Decision.discard}
@@ -274,4 +282,6 @@ def run_command(mail: Mail, line: str) -> Result:
         return _help("Usage: set delivery regular|mime-digest|plain-digest|nomail")
     if word in ("index", "get"):
         return archive_access.command(mail, word, words[1:])
+    if word == "log":
+        return modlog.command(mail)
     return _help(f"Unknown command: {line}")
