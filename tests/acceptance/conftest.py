@@ -57,6 +57,9 @@ def listening(port: int) -> bool:
 def clean_env(**extra: str) -> dict[str, str]:
     """The caller's environment without any LISTSERV_* setting (a new user's shell)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LISTSERV_")}
+    # `python -m listserv` run from another directory still runs the code under test
+    repo = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH", "")) if p)
     env.update(extra)
     return env
 
