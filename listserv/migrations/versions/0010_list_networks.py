@@ -1,7 +1,7 @@
 """networks of lists: list inclusions, posting rights of included members, moderation log access
 
 Revision ID: 0010_list_networks
-Revises: 0004_post_rules
+Revises: 0007_mta_front_door
 Create Date: 2026-12-02 18:40:00
 """
 from alembic import op
@@ -11,7 +11,7 @@ import listserv.models
 
 
 revision = '0010_list_networks'
-down_revision = '0004_post_rules'
+down_revision = '0007_mta_front_door'
 branch_labels = None
 depends_on = None
 
