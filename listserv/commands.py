@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from listserv import (
     archive_access,
+    modlog,
     moderation,
     modreply,
     ratelimit,
@@ -52,7 +53,7 @@ log = logging.getLogger(__name__)
 
 MAX_COMMANDS = 5
 REQUEST_WORDS = {"help", "subscribe", "join", "unsubscribe", "leave", "confirm", "set",
-                 "index", "get", "end", "stop"}
+                 "index", "get", "log", "end", "stop"}
 SUBJECT_TOKEN_RE = re.compile(r"\bconfirm\s+([A-Za-z0-9]{16,})\b", re.IGNORECASE)
 
 
@@ -97,13 +98,13 @@ def handle_mail(session: Session, app: App, inbound: InboundMessage, msg: EmailM
             kind = "help" if result.help else "results" if result.already else None
             answer(mail, [("", result)], kind=kind)
         inbound.outcome = result.text[:500]
-    elif sub == "leave" and inbound.extra and (
-            member := unsubscribe.find(session, site_secret(session), inbound.extra)
-    ) is not None and member.list_id == ml.id:
+    elif sub == "leave" and inbound.extra and (member := unsubscribe.find_for_list(
+            session, site_secret(session), inbound.extra, ml.id)) is not None:
         # NAME-leave+TOKEN@ from a member's own copy (RFC 8058's mailto): the token is the
-        # credential, so the member is removed at once and told so.
-        inbound.outcome = subscriptions.unsubscribe_now(session, app, ml,
-                                                        member.address.email).text[:500]
+        # credential, so the member is removed at once (from the list whose membership
+        # brought them the post) and told so.
+        inbound.outcome = subscriptions.unsubscribe_now(
+            session, app, member.mailing_list, member.address.email).text[:500]
     elif sub in ("join", "leave"):
         display_name, _ = parse_from(str(msg.get("From", "")))
         result = (subscriptions.join(session, app, ml, sender, display_name) if sub == "join"
@@ -339,4 +340,6 @@ def run_command(mail: Mail, line: str) -> Result:
         return _help("Usage: set delivery regular|mime-digest|plain-digest|nomail")
     if word in ("index", "get"):
         return archive_access.command(mail, word, words[1:])
+    if word == "log":
+        return modlog.command(mail)
     return _help(f"Unknown command: {line}")

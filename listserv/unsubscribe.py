@@ -30,8 +30,8 @@ from typing import Iterable
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from listserv import signing
-from listserv.models import Address, Membership, Role
+from listserv import network, signing
+from listserv.models import Address, DeliveryMode, Membership, Role
 from listserv.views import ListView
 
 TOKEN_RE = re.compile(r"^([a-z2-7]{26})([1-9][0-9]{0,18})$")
@@ -84,19 +84,37 @@ def header_lines(base_url: str, lv: ListView, token: str) -> bytes:
             f"List-Unsubscribe-Post: {ONE_CLICK}\r\n").encode("ascii")
 
 
+def find_for_list(session: Session, secret: str, token: str, list_id: int
+                  ) -> Membership | None:
+    """find(), when the membership is in ``list_id`` or a list it includes (a copy of a post
+    to a parent list names the membership that brought it to the member)."""
+    m = find(session, secret, token)
+    if m is None or m.list_id == list_id:
+        return m
+    tree = network.subtree_ids(list_id).subquery()
+    inside = session.scalar(select(tree.c.list_id).where(tree.c.list_id == m.list_id).limit(1))
+    return m if inside is not None else None
+
+
 def tokens_for(session: Session, secret: str, list_id: int, emails: Iterable[str]
                ) -> dict[str, str]:
-    """address -> token for those of ``emails`` that are members of the list (one query)."""
+    """address -> token for those of ``emails`` that get posts to the list as members (one
+    query per 500): its own members, else through a list it includes (that membership)."""
     wanted = list(dict.fromkeys(e.lower() for e in emails))
+    tree = network.subtree_ids(list_id).subquery()
     out: dict[str, str] = {}
     for i in range(0, len(wanted), 500):
         rows = session.execute(
-            select(Address.email, Membership.id, Membership.unsub_nonce)
+            select(Address.email, Membership.id, Membership.unsub_nonce, Membership.list_id)
             .join(Membership, Membership.address_id == Address.id)
-            .where(Membership.list_id == list_id, Membership.role == Role.member,
-                   Address.email.in_(wanted[i:i + 500])))
-        for email, mid, nonce in rows:
-            out[email] = make_token(secret, mid, nonce)
+            .where(Membership.list_id.in_(select(tree.c.list_id)),
+                   Membership.role == Role.member, Membership.enabled.is_(True),
+                   Membership.delivery_mode == DeliveryMode.regular,
+                   Address.email.in_(wanted[i:i + 500]))
+            .order_by(Membership.id))
+        for email, mid, nonce, lid in rows:
+            if email not in out or lid == list_id:      # the list's own membership first
+                out[email] = make_token(secret, mid, nonce)
     return out
 
 

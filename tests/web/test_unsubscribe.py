@@ -21,9 +21,10 @@ URL_RE = re.compile(r"<(https?://[^>]+/u/([a-z2-7]+[0-9]+))>")
 
 
 def token_of(app: App, email: str, address: str = LIST) -> str:
+    from listserv import lists
+
     with app.db.unit_of_work() as s:
-        ml = s.scalars(select(MailingList)).first()
-        assert ml is not None
+        ml = lists.get_list(s, address)
         m = members.find_membership(s, ml, email)
         assert m is not None
         return unsubscribe.make_token(site_secret(s), m.id, m.unsub_nonce)
@@ -245,3 +246,26 @@ def test_membership_rows_get_distinct_nonces(app: App) -> None:
     with app.db.unit_of_work() as s:
         nonces = s.scalars(select(Membership.unsub_nonce)).all()
     assert len(set(nonces)) == len(nonces) == 3 and all(len(n) == 32 for n in nonces)
+
+
+def test_members_of_an_included_list_get_their_own_lists_link(harness: Harness) -> None:
+    from listserv import lists, network
+
+    h = harness
+    make_list(h.app, LIST, members=["ann@a.example"])
+    make_list(h.app, "local@example.org", members=["dan@d.example"])
+    with h.app.db.unit_of_work() as s:
+        network.include(s, lists.get_list(s, LIST), ["local@example.org"])
+    h.send(make_message("ann@a.example", LIST, "network"))
+    h.run_until_idle()
+    got = h.sink.wait_for(lambda m: any("dan@d.example" in x.rcpt_tos for x in m))
+    dan = next(x for x in got if "dan@d.example" in x.rcpt_tos).message
+    token = URL_RE.search(dan["List-Unsubscribe"]).group(2)  # type: ignore[union-attr]
+    with h.app.db.unit_of_work() as s:
+        m = unsubscribe.find(s, site_secret(s), token)
+        assert m is not None and m.mailing_list.name == "local"
+    h.send(make_message("dan@d.example", f"dev-leave+{token}@example.org", "bye"))
+    h.run_until_idle()
+    with h.app.db.unit_of_work() as s:
+        assert members.find_membership(s, lists.get_list(s, "local@example.org"),
+                                       "dan@d.example") is None
