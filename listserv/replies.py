@@ -13,7 +13,7 @@ import re
 from email.message import EmailMessage, Message
 from typing import Callable
 
-from listserv import addresses
+from listserv import addresses, htmlmail
 
 AUTO_PRECEDENCE = ("bulk", "junk", "list")
 # Lines that start a quoted original in replies ("On ... wrote:", Outlook's separator).
@@ -56,8 +56,9 @@ def from_address(msg: Message) -> str:
     return (addresses.try_normalise(addr) or "") if addr else ""
 
 
-def body_text(msg: Message) -> str:
-    """The first text/plain part (or text/html stripped of tags) as text."""
+def body_text(msg: Message, *, reply: bool = False) -> str:
+    """The first text/plain part, else the text/html part as text (htmlmail.to_text; with
+    ``reply``, without the quoted original an HTML reply carries)."""
     if not isinstance(msg, EmailMessage):
         return ""
     part = msg.get_body(preferencelist=("plain", "html"))
@@ -71,17 +72,14 @@ def body_text(msg: Message) -> str:
     if not isinstance(text, str):
         return ""
     if part.get_content_subtype() == "html":
-        text = re.sub(r"<br\s*/?>|</p>|</div>", "\n", text, flags=re.IGNORECASE)
-        text = re.sub(r"<blockquote.*?</blockquote>", "", text,
-                      flags=re.IGNORECASE | re.DOTALL)
-        text = re.sub(r"<[^>]+>", "", text)
+        return htmlmail.reply_text(text) if reply else htmlmail.to_text(text)
     return text
 
 
 def command_lines(msg: Message, limit: int = 50) -> list[str]:
     """Non-blank, non-quoted lines of the body, up to a signature or a quoted original."""
     out: list[str] = []
-    for raw in body_text(msg).splitlines():
+    for raw in body_text(msg, reply=True).splitlines():
         if raw.rstrip() == "--" or raw.startswith("-- "):
             break
         line = raw.strip()
