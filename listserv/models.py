@@ -470,7 +470,7 @@ class ArchiveMessage(Base):
         UniqueConstraint("list_id", "message_id"),
         Index("ix_archive_message_month", "list_id", "month", "archived_at"),
         Index("ix_archive_message_date", "list_id", "archived_at"),
-        Index("ix_archive_message_thread", "list_id", "thread_id"),
+        Index("ix_archive_message_thread", "list_id", "thread_id", "archived_at"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -55,8 +55,12 @@ def listening(port: int) -> bool:
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """The caller's environment without any LISTSERV_* setting (a new user's shell)."""
+    """The caller's environment without any LISTSERV_* setting (a new user's shell). A
+    subprocess started in another directory still runs this checkout's listserv."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LISTSERV_")}
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(Path(__file__).resolve().parents[2])]
+        + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     env.update(extra)
     return env
 

@@ -75,7 +75,8 @@ def upgrade() -> None:
     op.create_index('ix_archive_message_month', 'archive_message',
                     ['list_id', 'month', 'archived_at'])
     op.create_index('ix_archive_message_date', 'archive_message', ['list_id', 'archived_at'])
-    op.create_index('ix_archive_message_thread', 'archive_message', ['list_id', 'thread_id'])
+    op.create_index('ix_archive_message_thread', 'archive_message',
+                    ['list_id', 'thread_id', 'archived_at'])
     dialect = op.get_bind().dialect.name
     for statement in _SQLITE if dialect == 'sqlite' else _POSTGRESQL:
         op.execute(statement)
