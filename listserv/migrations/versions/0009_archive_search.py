@@ -1,7 +1,7 @@
 """archive search: archive_message (one row per archived post) and its full-text index
 
 Revision ID: 0009_archive_search
-Revises: 0007_mta_front_door
+Revises: 0010_list_networks
 Create Date: 2026-12-02 18:40:00
 
 The full-text index is engine-specific and has no model (listserv.models.FULLTEXT_OBJECTS):
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 
 revision = '0009_archive_search'
-down_revision = '0007_mta_front_door'
+down_revision = '0010_list_networks'
 branch_labels = None
 depends_on = None
 
