@@ -26,7 +26,7 @@ from typing import Iterable
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from listserv import addresses, bounce_report, tokens
+from listserv import addresses, bounce_report, links, tokens
 from listserv.app import App
 from listserv.bounce_parse import Failure, find_status, is_policy, parse
 from listserv.bounce_report import notify_owners
@@ -233,6 +233,7 @@ def warn(session: Session, app: App, ml: MailingList, m: Membership,
         "email": m.address.email, "token": token, "confirm_address": confirm,
         "warning": m.bounce_warnings_sent, "warnings": ml.bounce_warnings, "left": left,
         "removal_date": removal.strftime("%Y-%m-%d"), "score": f"{m.bounce_score:g}",
+        "confirm_url": links.confirm(app.settings, token),
     }, reply_to=confirm)
     send_notice(session, app, lst, msg, [m.address.email])
     return token

@@ -25,6 +25,7 @@ from urllib.parse import quote
 from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session
 
+from listserv import links as web_links
 from listserv import members, notices, ratelimit, replies, tokens
 from listserv.app import App
 from listserv.errors import UsageError
@@ -136,7 +137,7 @@ def notify_moderators(session: Session, app: App, ml: MailingList, held: HeldMes
         notice = notices.build_notice(app, lv, "notice/moderator/held.txt.j2", moderator, {
             "held": held, "token": token, "confirm_address": confirm, "links": links,
             "excerpt": lines, "expires_at": row.expires_at, "moderator": moderator,
-            "attached": attached,
+            "attached": attached, "moderate_url": web_links.moderate(app.settings, token),
         }, reply_to=confirm)
         attach_original(notice, original if attached else None)
         notices.send_notice(session, app, lv, notice, [moderator])
@@ -174,7 +175,7 @@ def notify_poster(session: Session, app: App, ml: MailingList, held: HeldMessage
     notice = notices.build_notice(app, lv, "notice/user/held.txt.j2", poster, {
         "held": held, "token": token, "confirm_address": confirm,
         "cancel_link": mailto(confirm, f"Re: confirm {token}", "cancel"),
-        "expires_at": row.expires_at,
+        "cancel_url": web_links.confirm(app.settings, token), "expires_at": row.expires_at,
     }, reply_to=confirm, in_reply_to=inbound.message_id or None,
         auto_submitted="auto-replied")
     notices.send_notice(session, app, lv, notice, [poster])

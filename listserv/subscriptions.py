@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from listserv import members, notices, tokens
-from listserv.app import App
+from listserv import links, members, notices, tokens, unsubscribe
+from listserv.app import App, site_secret
 from listserv.models import (
     DeliveryMode,
     MailingList,
@@ -53,6 +53,7 @@ def _send_token(session: Session, app: App, ml: MailingList, to: str, template: 
                 token: str, context: dict[str, object]) -> None:
     confirm = ListView.of(ml).sub("confirm", token)
     _send(session, app, ml, to, template, {"token": token, "confirm_address": confirm,
+                                           "confirm_url": links.confirm(app.settings, token),
                                            **context}, reply_to=confirm)
 
 
@@ -83,9 +84,12 @@ def subscribe_now(session: Session, app: App, ml: MailingList, email: str,
                   display_name: str = "") -> Result:
     if members.find_membership(session, ml, email) is not None:
         return Result(f"{email} is already subscribed to {ml.address}.")
-    members.add_member(session, ml, email, display_name=display_name)
-    _send(session, app, ml, email, "notice/user/welcome.txt.j2", {"email": email},
-          auto_submitted="auto-generated")
+    m = members.add_member(session, ml, email, display_name=display_name)
+    session.flush()
+    token = unsubscribe.make_token(site_secret(session), m.id, m.unsub_nonce)
+    _send(session, app, ml, email, "notice/user/welcome.txt.j2", {
+        "email": email, "unsubscribe_url": links.unsubscribe(app.settings, token)},
+        auto_submitted="auto-generated")
     log.info("list_id=%s subscribed %s", ml.list_id, email)
     return Result(f"{email} is now subscribed to {ml.address}.", mail_needed=False)
 
@@ -139,8 +143,8 @@ def unsubscribe_now(session: Session, app: App, ml: MailingList, email: str) -> 
         return Result(f"{email} is not subscribed to {ml.address}.")
     session.delete(m)
     session.flush()
-    _send(session, app, ml, email, "notice/user/goodbye.txt.j2", {"email": email},
-          auto_submitted="auto-generated")
+    _send(session, app, ml, email, "notice/user/goodbye.txt.j2", {
+        "email": email, "site_url": links.site(app.settings)}, auto_submitted="auto-generated")
     log.info("list_id=%s unsubscribed %s", ml.list_id, email)
     return Result(f"{email} has left {ml.address}.", mail_needed=False)
 
@@ -168,12 +172,12 @@ CONFIRM_KINDS = (TokenKind.subscribe, TokenKind.unsubscribe, TokenKind.approve_s
 
 
 def confirm(session: Session, app: App, ml: MailingList, row: PendingToken, replier: str,
-            lines: list[str]) -> Result:
+            lines: list[str], *, via: str = "email") -> Result:
     """Act on a valid, open token of a confirmation kind (the caller checked the list, the
-    replier, expiry and use)."""
+    replier, expiry and use). ``via``: email (a reply) or web (its page)."""
     payload = row.payload or {}
     if row.kind is TokenKind.approve_subscription:
-        return _moderate_subscription(session, app, ml, row, replier, lines)
+        return _moderate_subscription(session, app, ml, row, replier, lines, via)
     if not tokens.consume(session, app, row, by=replier, outcome="confirmed"):
         return Result(f"This request was already handled by {row.used_by}.", already=True)
     if row.kind is TokenKind.subscribe:
@@ -186,7 +190,7 @@ def confirm(session: Session, app: App, ml: MailingList, row: PendingToken, repl
     if row.kind is TokenKind.reenable:
         from listserv import bounces
 
-        text = bounces.reenable_token(session, app, row, via="email")
+        text = bounces.reenable_token(session, app, row, via=via)
         return Result(text[:1].upper() + text[1:] + ".")
     return Result("This token cannot be confirmed here.")
 
@@ -205,7 +209,7 @@ def _close_approvals(session: Session, app: App, ml: MailingList, subscriber: st
 
 
 def _moderate_subscription(session: Session, app: App, ml: MailingList, row: PendingToken,
-                           replier: str, lines: list[str]) -> Result:
+                           replier: str, lines: list[str], via: str = "email") -> Result:
     from listserv.moderation import write_log
 
     subscriber = str((row.payload or {}).get("subscriber") or "")
@@ -216,7 +220,7 @@ def _moderate_subscription(session: Session, app: App, ml: MailingList, row: Pen
         return Result(f"This request was already handled by {row.used_by}.", already=True)
     _close_approvals(session, app, ml, subscriber, replier, outcome)
     write_log(session, app, ml.id, None, actor=replier, action=f"{outcome}_subscription",
-              via="email", detail=subscriber)
+              via=via, detail=subscriber)
     if deny:
         if word == "reject":
             reason = lines[0].split(None, 1)[1].strip() if len(lines[0].split(None, 1)) > 1 \

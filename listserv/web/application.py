@@ -23,7 +23,7 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from listserv import templating
 from listserv.app import App
-from listserv.web import pages, security, unsubscribe
+from listserv.web import confirm, moderate, pages, security, unsubscribe
 from listserv.web.pages import Web
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,8 @@ def page_routes() -> list[BaseRoute]:
         Route("/", index, methods=["GET", "HEAD"]),
         Route("/static/style.css", stylesheet, methods=["GET", "HEAD"]),
         *unsubscribe.ROUTES,
+        *confirm.ROUTES,
+        *moderate.ROUTES,
     ]
 
 

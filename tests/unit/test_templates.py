@@ -28,6 +28,10 @@ from listserv.models import (
     ReplyTo,
 )
 from listserv.views import ListView
+from listserv.web.confirm import View as ConfirmView
+from listserv.web.moderate import Part, Post
+from listserv.web.moderate import View as ModView
+from markupsafe import Markup
 
 ROOT = templating.package_templates_dir()
 TEMPLATES = sorted(p.relative_to(ROOT).as_posix() for p in ROOT.rglob("*.j2"))
@@ -56,6 +60,7 @@ ARCHIVE_PAGE = {"list": ListInfo("dev@example.org", "Developers", ArchivePolicy.
 SUMMARY = Summary(1, "Café menu ✓", "Ann", NOW, "a@example.org", [])
 REPLY = Summary(2, "Re: Café menu ✓", "bob at example.net", None, "", ["a@example.org"],
                 parent=1)
+URL = "https://lists.example.org"
 # listserv.web.pages.render adds ``web`` to every page's context
 WEB = {"web": {"prefix": "/lists", "base_url": "https://example.org/lists",
                "csrf": "1773480413.q2x7ZbX0f9kq1hHn5aVxQ8mW"}}
@@ -79,12 +84,12 @@ CONTEXTS: dict[str, list[dict[str, Any]]] = {
     "notice/moderator/expired.txt.j2": [{"held_list": [HELD, HELD_2], "days": 14.0}],
     # moderation.notify_moderators
     "notice/moderator/held.txt.j2": [{
-        "held": HELD, "token": TOKEN, "confirm_address": CONFIRM,
+        "moderate_url": URL + "/m/" + TOKEN, "held": HELD, "token": TOKEN, "confirm_address": CONFIRM,
         "links": {w: MAILTO + w for w in ("approve", "reject", "discard")},
         "excerpt": ["Hi all,", "", "here is the draft menu."], "expires_at": NOW,
         "moderator": "mod@example.org", "attached": True,
     }, {
-        "held": HELD, "token": TOKEN, "confirm_address": CONFIRM,
+        "moderate_url": URL + "/m/" + TOKEN, "held": HELD, "token": TOKEN, "confirm_address": CONFIRM,
         "links": {w: MAILTO + w for w in ("approve", "reject", "discard")},
         "excerpt": [], "expires_at": NOW, "moderator": "mod@example.org", "attached": False,
     }],
@@ -99,9 +104,9 @@ CONTEXTS: dict[str, list[dict[str, Any]]] = {
         {"held": HELD, "poster": "bob@example.net", "lines": [], "truncated": True}],
     # subscriptions.ask_moderators (via _send_token)
     "notice/moderator/subscription.txt.j2": [{
-        "token": TOKEN, "confirm_address": CONFIRM, "subscriber": "carol@example.com",
+        "confirm_url": URL + "/c/" + TOKEN, "token": TOKEN, "confirm_address": CONFIRM, "subscriber": "carol@example.com",
         "display_name": "Carol", "expires_at": NOW}, {
-        "token": TOKEN, "confirm_address": CONFIRM, "subscriber": "carol@example.com",
+        "confirm_url": URL + "/c/" + TOKEN, "token": TOKEN, "confirm_address": CONFIRM, "subscriber": "carol@example.com",
         "display_name": "", "expires_at": NOW}],
     # bounces.disable (via bounce_report.notify_owners)
     "notice/owner/bounce_disabled.txt.j2": [{
@@ -132,27 +137,27 @@ CONTEXTS: dict[str, list[dict[str, Any]]] = {
     "notice/user/bounce_removed.txt.j2": [{"email": "bob@example.net", "warnings": 3}],
     # bounces.warn
     "notice/user/bounce_warning.txt.j2": [{
-        "email": "bob@example.net", "token": TOKEN, "confirm_address": CONFIRM,
+        "confirm_url": URL + "/c/" + TOKEN, "email": "bob@example.net", "token": TOKEN, "confirm_address": CONFIRM,
         "warning": 1, "warnings": 3, "left": 2, "removal_date": "2026-03-21", "score": "5"}, {
-        "email": "bob@example.net", "token": TOKEN, "confirm_address": CONFIRM,
+        "confirm_url": URL + "/c/" + TOKEN, "email": "bob@example.net", "token": TOKEN, "confirm_address": CONFIRM,
         "warning": 3, "warnings": 3, "left": 0, "removal_date": "2026-03-21", "score": "5"}],
     # subscriptions.join / leave (via _send_token)
     "notice/user/confirm-subscribe.txt.j2": [{
-        "token": TOKEN, "confirm_address": CONFIRM, "email": "carol@example.com",
+        "confirm_url": URL + "/c/" + TOKEN, "token": TOKEN, "confirm_address": CONFIRM, "email": "carol@example.com",
         "expires_at": NOW}],
     "notice/user/confirm-unsubscribe.txt.j2": [{
-        "token": TOKEN, "confirm_address": CONFIRM, "email": "carol@example.com",
+        "confirm_url": URL + "/c/" + TOKEN, "token": TOKEN, "confirm_address": CONFIRM, "email": "carol@example.com",
         "expires_at": NOW}],
     # subscriptions.unsubscribe_now / subscribe_now / ask_moderators / moderate reject
-    "notice/user/goodbye.txt.j2": [{"email": "carol@example.com"}],
-    "notice/user/welcome.txt.j2": [{"email": "carol@example.com"}],
+    "notice/user/goodbye.txt.j2": [{"site_url": URL + "/", "email": "carol@example.com"}],
+    "notice/user/welcome.txt.j2": [{"unsubscribe_url": URL + "/u/" + TOKEN, "email": "carol@example.com"}],
     "notice/user/subscription-pending.txt.j2": [{"email": "carol@example.com"}],
     "notice/user/subscription-refused.txt.j2": [
         {"email": "carol@example.com", "reason": "not a member of staff"},
         {"email": "carol@example.com", "reason": ""}],
     # moderation.notify_poster
     "notice/user/held.txt.j2": [{
-        "held": HELD, "token": TOKEN, "confirm_address": CONFIRM,
+        "cancel_url": URL + "/c/" + TOKEN, "held": HELD, "token": TOKEN, "confirm_address": CONFIRM,
         "cancel_link": MAILTO + "cancel", "expires_at": NOW}],
     # moderation reject (notify the poster)
     "notice/user/moderation-rejected.txt.j2": [{"held": HELD, "reason": "off topic"},
@@ -208,6 +213,25 @@ CONTEXTS: dict[str, list[dict[str, Any]]] = {
     "web/leave.html.j2": [{**WEB, "sent_to": None, "error": ""},
                           {**WEB, "sent_to": None, "error": "Please give a valid address."},
                           {**WEB, "sent_to": "carol@example.com", "error": ""}],
+    # listserv.web.confirm (one per kind, and one already used)
+    "web/confirm.html.j2": [
+        {**WEB, "v": ConfirmView("ok", kind, "carol@example.com", LIST, "",
+                                 "dan@example.net", "Café ✓", actions)}
+        for kind, actions in (("subscribe", ("confirm",)), ("unsubscribe", ("confirm",)),
+                              ("reenable", ("confirm",)), ("cancel_post", ("cancel",)),
+                              ("approve_subscription", ("approve", "reject", "discard")))
+    ] + [{**WEB, "v": ConfirmView("used", "subscribe", "carol@example.com", LIST,
+                                  "Already handled by carol@example.com.")}],
+    # listserv.web.moderate
+    "web/moderate.html.j2": [
+        {**WEB, "token": TOKEN, "held": HELD, "v": ModView("ok", "", LIST, "mod@example.org"),
+         "post": Post([("From", "Bob <bob@example.net>"), ("Subject", "Café <menu>")],
+                      "Hi <all>\n", None, [Part(2, "menu.pdf", "application/pdf", 1234)])},
+        {**WEB, "token": TOKEN, "held": HELD, "v": ModView("ok", "", LIST, "mod@example.org"),
+         "post": Post([], "", Markup("<p>Hi <b>all</b></p>"), [])},
+        {**WEB, "token": TOKEN, "held": HELD, "post": None,
+         "v": ModView("used", "", LIST, "mod@example.org",
+                      outcome="held message 17 approved by mod@example.org via web")}],
     "web/done.html.j2": [{**WEB, "title": "Unsubscribed", "lines": ["You left <dev>.", "Bye."]}],
     # commands.answer
     "notice/user/results.txt.j2": [{
@@ -258,7 +282,8 @@ def test_every_context_names_a_template() -> None:
 
 def test_site_override_wins_and_can_extend_default(tmp_path: Path) -> None:
     settings = _settings(tmp_path)
-    ctx = {"list": LIST, "settings": settings, "email": "carol@example.com"}
+    ctx = {"list": LIST, "settings": settings, "email": "carol@example.com",
+           "unsubscribe_url": URL + "/u/" + TOKEN}
     name = "notice/user/welcome.txt.j2"
 
     def render(data_dir: Path) -> str:

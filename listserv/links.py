@@ -1,0 +1,33 @@
+"""Links to the web pages, for the mail we send (built from ``[web] base_url``).
+
+Pure functions of the settings: the token pages (listserv.web) are
+
+    BASE_URL/c/TOKEN   a confirmation (join, leave, subscription approval, re-enable,
+                       withdrawing one's held post): GET shows it, POST acts
+    BASE_URL/m/TOKEN   a moderator's page for one held post
+    BASE_URL/u/TOKEN   a member's one-click unsubscribe (listserv.unsubscribe)
+"""
+
+from __future__ import annotations
+
+from listserv.config import Settings
+
+
+def base(settings: Settings) -> str:
+    return settings.web.base_url.rstrip("/")
+
+
+def confirm(settings: Settings, token: str) -> str:
+    return f"{base(settings)}/c/{token}"
+
+
+def moderate(settings: Settings, token: str) -> str:
+    return f"{base(settings)}/m/{token}"
+
+
+def unsubscribe(settings: Settings, token: str) -> str:
+    return f"{base(settings)}/u/{token}"
+
+
+def site(settings: Settings) -> str:
+    return base(settings) + "/"
