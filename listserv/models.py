@@ -153,6 +153,19 @@ class DeliveryState(enum.Enum):
     failed = "failed"        # permanent failure or gave up
 
 
+class LogAccess(enum.Enum):
+    """Who may read a list's moderation log."""
+    public = "public"
+    members = "members"
+    owners = "owners"
+
+
+class LogNames(enum.Enum):
+    """How moderators are named in a moderation log read by non-moderators."""
+    show = "show"
+    hide = "hide"
+
+
 class BounceKind(enum.Enum):
     hard = "hard"            # permanent failure: scores
     soft = "soft"            # temporary failure: counted, does not score by default
@@ -216,6 +229,11 @@ class MailingList(Base):
     notify_poster_on_hold: Mapped[bool] = mapped_column(default=True)
     administrivia: Mapped[bool] = mapped_column(default=True)
     max_recipients: Mapped[int] = mapped_column(default=10)
+    included_members_can_post: Mapped[bool] = mapped_column(default=True)
+    moderation_log: Mapped[LogAccess] = mapped_column(_enum(LogAccess),
+                                                      default=LogAccess.owners)
+    moderation_log_names: Mapped[LogNames] = mapped_column(_enum(LogNames),
+                                                           default=LogNames.show)
 
     # counters and state
     post_id: Mapped[int] = mapped_column(default=0)
@@ -233,6 +251,26 @@ class MailingList(Base):
     def list_id(self) -> str:
         """RFC 2919 list identifier: NAME.DOMAIN."""
         return f"{self.name}.{self.domain.name}"
+
+
+class ListInclusion(Base):
+    """PARENT's posts also go to CHILD: one of our lists (child_id, expanded to its members,
+    recursively) or a list on another server (remote_address, sent one copy like a member).
+    Exactly one of child_id and remote_address is set."""
+
+    __tablename__ = "list_inclusion"
+    __table_args__ = (
+        UniqueConstraint("parent_id", "child_id"),
+        UniqueConstraint("parent_id", "remote_address"),
+        Index("ix_list_inclusion_child", "child_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    parent_id: Mapped[int] = mapped_column(ForeignKey("mailing_list.id", ondelete="CASCADE"))
+    child_id: Mapped[Optional[int]] = mapped_column(
+        ForeignKey("mailing_list.id", ondelete="CASCADE"))
+    remote_address: Mapped[Optional[str]] = mapped_column(String(320))  # normalised
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
 class Address(Base):
