@@ -1,9 +1,21 @@
 """Web fixtures: a Starlette test client over the application (``web``), and for the browser
-tests a real `listserv serve` (``live``) driven by Debian's chromium (``browser``)."""
+tests a real `listserv serve` with its web pages on a free port (``live``) driven by Debian's
+chromium through its chromedriver (``browser``).
+
+Browser tests are skipped when chromium or chromedriver is missing (`.ci/run` installs them
+with apt). Selenium is given the driver's path, so Selenium Manager never runs (no downloads);
+the ``browser`` fixture makes sure of it. When a test fails, a screenshot of the page the
+browser shows is saved as ``failure.png`` in the test's temp dir (printed in the report).
+"""
 
 from __future__ import annotations
 
-from typing import Iterator
+import re
+import shutil
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
 
 import pytest
 from starlette.testclient import TestClient
@@ -11,8 +23,11 @@ from starlette.testclient import TestClient
 from listserv.app import App
 from listserv.web import create_app
 from tests.integration.harness import harness, sink  # noqa: F401
+from tests.waiting import wait_until
 
 BASE_URL = "http://testserver"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
 
 @pytest.fixture
@@ -21,3 +36,104 @@ def web(app: App) -> Iterator[TestClient]:
     with TestClient(create_app(app, base_url=BASE_URL), base_url=BASE_URL,
                     raise_server_exceptions=False, follow_redirects=False) as client:
         yield client
+
+
+# ---------------------------------------------------------------------------- browser tests
+
+def have_browser() -> bool:
+    return Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file()
+
+
+needs_browser = pytest.mark.skipif(not have_browser(),
+                                   reason="chromium and chromedriver are not installed")
+
+
+@dataclass
+class Live:
+    """A running `listserv serve` (``site``: tests.acceptance.conftest.Site) and the base URL
+    of its web pages."""
+
+    site: Any
+    base: str
+
+    def run(self, *args: str) -> str:
+        return str(self.site.run(*args))
+
+
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    """One `listserv serve` per test module, web pages on a free port, mail to its own sink."""
+    from tests.acceptance.conftest import free_port, make_site
+    from tests.sink import SmtpSink
+
+    with SmtpSink() as sink_:
+        for site in make_site(tmp_path_factory.mktemp("live"), sink_):
+            port = free_port()
+            base = f"http://127.0.0.1:{port}"
+            site.config.write_text(site.config.read_text().replace(
+                'listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{port}"\nbase_url = "{base}"'))
+            site.serve()
+            wait_until(lambda: answers(base + "/"), 30, "the web pages to answer")
+            yield Live(site, base)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call":
+        item.stash[_FAILED] = report.failed
+
+
+_FAILED = pytest.StashKey[bool]()
+
+
+@pytest.fixture
+def browser(request: pytest.FixtureRequest, tmp_path: Path,
+            monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """Headless chromium (phone-sized window) through Debian's chromedriver."""
+    if not have_browser():
+        pytest.skip("chromium and chromedriver are not installed")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.selenium_manager import SeleniumManager
+
+    def no_manager(*args: Any, **kw: Any) -> Any:
+        raise AssertionError("Selenium Manager must not run (it downloads drivers)")
+
+    monkeypatch.setattr(SeleniumManager, "binary_paths", no_manager)
+    options = Options()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=420,900", "--disable-extensions", "--no-first-run"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        if request.node.stash.get(_FAILED, False):
+            shot = tmp_path / "failure.png"
+            try:
+                driver.save_screenshot(str(shot))
+                print(f"screenshot of the failing page: {shot}")
+            except Exception:  # noqa: BLE001 - the browser itself may be gone
+                pass
+        driver.quit()
+
+
+def assert_no_script(driver: Any) -> None:
+    """No script element and no event-handler attribute in the page the browser has."""
+    from selenium.webdriver.common.by import By
+
+    assert driver.find_elements(By.TAG_NAME, "script") == []
+    assert not re.search(r"<[^>]+\son[a-z]+\s*=", driver.page_source)
