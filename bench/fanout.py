@@ -211,7 +211,9 @@ def progress(cfg: Path, address: str = LIST) -> tuple[int, int, int]:
 _APP = None
 
 
-def signed(cfg: Path) -> bool:
+def signed(cfg: Path) -> str:
+    """'once' (one signature for all copies), 'per copy' (VERP'd posts: each member's copy
+    with its own one-click unsubscribe headers and signature) or 'no'."""
     from sqlalchemy import select
 
     from listserv.app import App
@@ -219,11 +221,12 @@ def signed(cfg: Path) -> bool:
 
     app = App.load(str(cfg))
     with app.db.unit_of_work() as session:
-        sha = session.scalar(select(OutboundMessage.spool_sha)
-                             .where(OutboundMessage.kind == "post"))
-    ok = sha is not None and app.spool.get(sha).startswith(b"DKIM-Signature:")
+        out = session.scalar(select(OutboundMessage).where(OutboundMessage.kind == "post"))
+        per_member = bool(getattr(out, "per_member", False))
+        sha = out.spool_sha if out is not None else None
+    once = sha is not None and app.spool.get(sha).startswith(b"DKIM-Signature:")
     app.db.dispose()
-    return ok
+    return "per copy" if per_member else "once" if once else "no"
 
 
 def vm_hwm_mb(pid: int) -> float:
@@ -300,7 +303,7 @@ def main() -> None:
         first = (sink.first - t_accepted) if sink.first else float("nan")
         print(f"sink: {sink.kind}")
         print(f"members={args.members} verp={args.verp} dkim={args.dkim} "
-              f"connections={args.connections} signed={signed(cfg) if args.dkim else False}")
+              f"connections={args.connections} signed={signed(cfg) if args.dkim else 'no'}")
         print(f"delivered: {done} recipients, failed: {failed}")
         print(f"seconds from the post's 250 to the last recipient delivered: {elapsed:.2f}")
         print(f"  (to the last result recorded in the queue: {t_recorded - t_accepted:.2f})")

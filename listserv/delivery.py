@@ -20,9 +20,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import os
 import time
 from collections import OrderedDict
-from typing import Union
+from typing import Callable, Union
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 RECOVER_EVERY = 60.0          # seconds between stale-claim sweeps in run()
 POLL = 0.5                    # idle poll when nobody sets ``wake``
 ERROR_PAUSE = 2.0             # after a database error in run()
+SIGNING_THREADS = max(1, min(4, os.cpu_count() or 1))   # per-member copies signed at once
 RECORD_TRIES = 3              # tries to write one batch's results (others succeeding)
 MESSAGE_CACHE = 64            # OutboundMessages whose bytes are kept in memory ...
 MESSAGE_CACHE_BYTES = 64 << 20  # ... and at most this many bytes of them
@@ -62,6 +64,7 @@ class Runner:
         self.changed = asyncio.Event()
         self.messages: OrderedDict[int, Message] = OrderedDict()
         self.secret: str | None = None
+        self.signing = _Pipeline()
         self.transport: Transport = self._make_transport()
 
     def _make_transport(self) -> Transport:
@@ -108,15 +111,26 @@ class Runner:
         for m in have.values():
             self._remember(m)
         batches = [Batch(r.id, have[r.outbound_id], [x for x in r.recipients.split("\n") if x],
-                         r.attempts, r.first_attempt_at)
+                         r.attempts, r.first_attempt_at, tokens=tokens.get(r.id))
                    for r in rows if r.outbound_id in have]
-        for b in batches:         # sign each member's copy (outside the transaction)
-            maker = b.message.maker
-            if maker is not None and b.id in tokens:
-                own = tokens[b.id]
-                b.heads = {rcpt: maker.copy_head(own[rcpt.lower()])
-                           for rcpt in b.recipients if rcpt.lower() in own}
         return batches
+
+    @staticmethod
+    def _personalise(batch: Batch, part: int, parts: int) -> dict[str, bytes] | None:
+        """Members' own copies (unsubscribe headers + DKIM signature) for every ``parts``-th
+        recipient of ``batch`` from ``part`` on: one RSA signature each, so this runs in
+        threads (OpenSSL releases the GIL). None on any error: the members then get the
+        generic copy (never a lost batch)."""
+        maker, own = batch.message.maker, batch.tokens
+        if maker is None or not own:
+            return {}
+        try:
+            return {rcpt: maker.copy_head(own[rcpt.lower()])
+                    for rcpt in batch.recipients[part::parts] if rcpt.lower() in own}
+        except Exception:
+            log.exception("delivery batch %s: per-member copies failed; sending the list copy",
+                          batch.id)
+            return None
 
     def _site_secret(self, session: Session) -> str:
         if self.secret is None:
@@ -213,9 +227,14 @@ class Runner:
         batches = await asyncio.to_thread(self._claim_sync, limit)
         if batches:
             log.debug("delivery: claimed %d batches", len(batches))
-        for b in batches:
+        plain = [b for b in batches if not b.tokens]
+        personal = [b for b in batches if b.tokens]
+        for b in plain:
             self.inflight += 1
             self.transport.submit(b)
+        if personal:
+            self.inflight += len(personal)
+            self.signing = self.signing.then(personal, self._personalise, self.transport.submit)
         return len(batches)
 
     async def serve(self, stop: asyncio.Event, wake: asyncio.Event,
@@ -260,7 +279,8 @@ class Runner:
                     await _wait_any([stop, wake, self.changed], left)
                 else:
                     await _wait_any([stop, self.changed], POLL)
-        # The transport has finished what was in progress and handed back what was not.
+            await self.signing.drain()    # copies being signed still go to the transport,
+        # which has finished what was in progress and handed back what was not.
         while self.finished:
             try:
                 await self._record()
@@ -269,6 +289,43 @@ class Runner:
                     raise
                 log.exception("delivery: cannot record results at stop; retrying")
                 await asyncio.sleep(ERROR_PAUSE)
+
+
+class _Pipeline:
+    """Batches waiting for their per-member copies: signed one batch at a time (by
+    SIGNING_THREADS threads), each handed to the transport as soon as it is ready, so the
+    first copies leave while later batches are still being signed."""
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task[None] | None = None
+
+    def then(self, batches: list[Batch],
+             work: Callable[[Batch, int, int], dict[str, bytes] | None],
+             submit: Callable[[Batch], None]) -> "_Pipeline":
+        before = self.task
+
+        async def run() -> None:
+            if before is not None:
+                await asyncio.gather(before, return_exceptions=True)
+            n = SIGNING_THREADS
+            for b in batches:
+                parts = await asyncio.gather(*(asyncio.to_thread(work, b, i, n)
+                                               for i in range(n)), return_exceptions=True)
+                heads: dict[str, bytes] = {}
+                for got in parts:
+                    if not isinstance(got, dict):
+                        heads = {}
+                        break
+                    heads.update(got)
+                b.heads = heads or None
+                submit(b)
+
+        self.task = asyncio.create_task(run())
+        return self
+
+    async def drain(self) -> None:
+        if self.task is not None:
+            await asyncio.gather(self.task, return_exceptions=True)
 
 
 async def _wait_any(events: list[asyncio.Event], timeout: float) -> None:

@@ -81,6 +81,7 @@ class Batch:
     conn_failed: bool = False
     record_tries: int = 0
     heads: dict[str, bytes] | None = None   # recipient -> header block of their own copy
+    tokens: dict[str, str] | None = None    # recipient -> unsubscribe token (to build heads)
 
     def data_for(self, rcpts: list[str]) -> bytes:
         """The bytes to send to ``rcpts``: a member's own copy when there is one."""
