@@ -27,7 +27,7 @@ def _show(value: Any) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
 
-def _mbox(app: App, address: str, mbox: str, dry_run: bool) -> "MboxReport":
+def _mbox(app: App, address: str, mbox: str, dry_run: bool, pages: bool) -> "MboxReport":
     from listserv.importers import mbox as mbox_import
 
     try:
@@ -37,13 +37,14 @@ def _mbox(app: App, address: str, mbox: str, dry_run: bool) -> "MboxReport":
     if sys.stdout.isatty() and not dry_run:
         with click.progressbar(length=size, label="archive", file=sys.stdout) as bar:
             step: Callable[[int], None] = bar.update
-            return mbox_import.import_mbox(app, address, mbox, dry_run=dry_run, progress=step)
-    return mbox_import.import_mbox(app, address, mbox, dry_run=dry_run)
+            return mbox_import.import_mbox(app, address, mbox, dry_run=dry_run, html=pages,
+                                           progress=step)
+    return mbox_import.import_mbox(app, address, mbox, dry_run=dry_run, html=pages)
 
 
 def _mbox_line(report: "MboxReport", dry_run: bool) -> str:
     verb = "would add" if dry_run else "added"
-    pages = "" if dry_run else f", {report.pages} pages rendered"
+    pages = "" if dry_run or not report.pages else f", {report.pages} pages rendered"
     return (f"archive: {report.messages} messages read, {verb} {report.added}, skipped "
             f"{report.duplicates} already archived, {len(report.months)} months{pages} "
             f"({report.seconds:.1f} s)")
@@ -57,10 +58,12 @@ def _mbox_line(report: "MboxReport", dry_run: bool) -> str:
 @click.option("--archive", "mbox", metavar="MBOX", type=click.Path(dir_okay=False),
               help="Also import this mbox archive (archives/private/NAME.mbox/NAME.mbox).")
 @click.option("--dry-run", is_flag=True, help="Show what would change; change nothing.")
+@click.option("--no-pages", is_flag=True,
+              help="Do not render the static HTML pages (later: listserv archive build).")
 @pass_obj
 @handle_errors
 def import_mailman2(obj: Obj, config_pck: str, list_address: str | None, mbox: str | None,
-                    dry_run: bool) -> None:
+                    dry_run: bool, no_pages: bool) -> None:
     """Import a GNU Mailman 2.1 list from its config.pck.
 
     Settings, members with their names, delivery (regular, MIME or plain digest, nomail),
@@ -95,7 +98,8 @@ def import_mailman2(obj: Obj, config_pck: str, list_address: str | None, mbox: s
         if dry_run and changes.created:
             click.echo("archive: the list does not exist yet (dry run): not read")
         else:
-            click.echo(_mbox_line(_mbox(app, changes.list_address, mbox, dry_run), dry_run))
+            report = _mbox(app, changes.list_address, mbox, dry_run, not no_pages)
+            click.echo(_mbox_line(report, dry_run))
     if plan.not_imported:
         click.echo("not imported:")
         for line in plan.not_imported:
@@ -106,9 +110,11 @@ def import_mailman2(obj: Obj, config_pck: str, list_address: str | None, mbox: s
 @click.argument("list_address", metavar="LIST")
 @click.argument("mbox", metavar="MBOX", type=click.Path(dir_okay=False))
 @click.option("--dry-run", is_flag=True, help="Count what would be added; write nothing.")
+@click.option("--no-pages", is_flag=True,
+              help="Do not render the static HTML pages (later: listserv archive build).")
 @pass_obj
 @handle_errors
-def import_mbox(obj: Obj, list_address: str, mbox: str, dry_run: bool) -> None:
+def import_mbox(obj: Obj, list_address: str, mbox: str, dry_run: bool, no_pages: bool) -> None:
     """Add the messages of MBOX to LIST's archive, without sending anything.
 
     Pipermail and HyperKitty exports and any mbox file are read; messages already in the
@@ -116,5 +122,5 @@ def import_mbox(obj: Obj, list_address: str, mbox: str, dry_run: bool) -> None:
     filed under the month of its Date; the HTML pages of those months are rebuilt.
     """
     app = obj.ready_app()
-    click.echo(f"{list_address}: " + _mbox_line(_mbox(app, list_address, mbox, dry_run),
-                                                dry_run))
+    report = _mbox(app, list_address, mbox, dry_run, not no_pages)
+    click.echo(f"{report.list_address}: " + _mbox_line(report, dry_run))

@@ -64,6 +64,10 @@ def test_dry_run_and_errors(cli: Cli, app: App, tmp_path: Path) -> None:
     out = cli("import", "mbox", ADDR, str(mbox), "--dry-run").stdout
     assert "would add 5" in out
     assert archive_read.months(app.settings.archive_path, ADDR) == []
+    out = cli("import", "mbox", ADDR, str(mbox), "--no-pages").stdout
+    assert "added 5" in out and "pages" not in out
+    assert len(archive_read.months(app.settings.archive_path, ADDR)) == 1
+    assert not (app.settings.archive_path / ADDR / "html").exists()
     assert "cannot read" in cli.error("import", "mbox", ADDR, str(tmp_path / "nope"))
     assert "no such list" in cli.error("import", "mbox", "x@lists.example.org", str(mbox))
     cli("list", "set", ADDR, "archive", "none")
