@@ -105,3 +105,4 @@ from listserv.cli import queue  # noqa: E402,F401
 from listserv.cli import archive  # noqa: E402,F401
 from listserv.cli import senders  # noqa: E402,F401
 from listserv.cli import imports  # noqa: E402,F401
+from listserv.cli import web  # noqa: E402,F401

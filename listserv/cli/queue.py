@@ -6,9 +6,9 @@ from __future__ import annotations
 import click
 
 from listserv.cli import Obj, cli, handle_errors, pass_obj
-from listserv.cli.output import json_object
+from listserv.cli.output import json_array, json_object
 from listserv import retention
-from listserv.queues import queue_status
+from listserv.queues import failed_deliveries, queue_status
 
 ROWS = [("pending", "pending (all)"), ("ready", "ready now"), ("retrying", "retrying (4xx)"),
         ("in_flight", "in flight"), ("failed_24h", "failed (24h)"), ("failed", "failed (all)"),
@@ -43,6 +43,36 @@ def status(obj: Obj, as_json: bool) -> None:
     click.echo("incoming queue:")
     for key in ("new", "processing", "failed"):
         click.echo(f"  {key:<16} {inc[key]:>9} messages")
+
+
+@queue_group.command("failed")
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Show at most this many rows, newest first.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON array.")
+@pass_obj
+@handle_errors
+def failed(obj: Obj, limit: int, as_json: bool) -> None:
+    """Mail that failed for good: outbound batches refused or given up (kind "outbound").
+
+    blame "message": the next hop refused the message itself (size 5.3.x, content 5.6.x,
+    policy 5.7.x, a refusal of the whole transaction, or the same refusal for every recipient);
+    no member was scored and the owners got one notice per message. blame "recipient": the
+    recipients' own failure, counted in their bounce scores (`listserv bounces ls`)."""
+    app = obj.ready_app()
+    with app.db.unit_of_work() as session:
+        rows = failed_deliveries(session, limit)
+    if as_json:
+        json_array(rows)
+        return
+    if not rows:
+        click.echo("no failed mail")
+        return
+    for r in rows:
+        first = (r["error"].splitlines() or [""])[0]
+        click.echo(f"{r['failed_at'] or '-'}  {r['kind']} #{r['id']}  {r['list'] or '-'}  "
+                   f"{r['message_kind']} {r['message_id']}  blame={r['blame']}  "
+                   f"{r['recipients']} recipient(s)")
+        click.echo(f"    {first[:200]}")
 
 
 @queue_group.command("prune")

@@ -54,9 +54,15 @@ def listening(port: int) -> bool:
 
 
 
+REPO = Path(__file__).resolve().parents[2]
+
+
 def clean_env(**extra: str) -> dict[str, str]:
-    """The caller's environment without any LISTSERV_* setting (a new user's shell)."""
+    """The caller's environment without any LISTSERV_* setting (a new user's shell). The
+    repository under test comes first on PYTHONPATH, so that ``python -m listserv`` run from
+    another directory runs this checkout, not whichever one is installed."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LISTSERV_")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
     env.update(extra)
     return env
 
@@ -84,6 +90,7 @@ class Site:
             f'data_dir = "{root / "data"}"\n'
             f'[database]\nurl = "{database_url}"\n'
             f'[intake]\nport = {self.port}\n'
+            f'[web]\nlisten = "127.0.0.1:0"\n'
             f'[delivery]\noutbound = "{sink.url}"\nretry_schedule = [1]\n' + extra)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = root / "serve.log"

@@ -55,6 +55,9 @@ ARCHIVE_PAGE = {"list": ListInfo("dev@example.org", "Developers", ArchivePolicy.
 SUMMARY = Summary(1, "Café menu ✓", "Ann", NOW, "a@example.org", [])
 REPLY = Summary(2, "Re: Café menu ✓", "bob at example.net", None, "", ["a@example.org"],
                 parent=1)
+# listserv.web.pages.render adds ``web`` to every page's context
+WEB = {"web": {"prefix": "/lists", "base_url": "https://example.org/lists",
+               "csrf": "1773480413.q2x7ZbX0f9kq1hHn5aVxQ8mW"}}
 MAILTO = f"mailto:{CONFIRM}?subject=Re%3A%20confirm%20{TOKEN}&body="
 
 # Template name -> the contexts its call sites pass (several when branches differ).
@@ -78,8 +81,21 @@ CONTEXTS: dict[str, list[dict[str, Any]]] = {
         "held": HELD, "token": TOKEN, "confirm_address": CONFIRM,
         "links": {w: MAILTO + w for w in ("approve", "reject", "discard")},
         "excerpt": ["Hi all,", "", "here is the draft menu."], "expires_at": NOW,
-        "moderator": "mod@example.org",
+        "moderator": "mod@example.org", "attached": True,
+    }, {
+        "held": HELD, "token": TOKEN, "confirm_address": CONFIRM,
+        "links": {w: MAILTO + w for w in ("approve", "reject", "discard")},
+        "excerpt": [], "expires_at": NOW, "moderator": "mod@example.org", "attached": False,
     }],
+    # commands._no_command
+    "notice/moderator/no-command.txt.j2": [
+        {"held": HELD, "line": "Hi, who is this?", "token": TOKEN, "confirm_address": CONFIRM},
+        {"held": HELD, "line": "", "token": TOKEN, "confirm_address": CONFIRM}],
+    # moderation.note_to_moderators
+    "notice/moderator/poster-note.txt.j2": [
+        {"held": HELD, "poster": "bob@example.net", "lines": ["let it through?"],
+         "truncated": False},
+        {"held": HELD, "poster": "bob@example.net", "lines": [], "truncated": True}],
     # subscriptions.ask_moderators (via _send_token)
     "notice/moderator/subscription.txt.j2": [{
         "token": TOKEN, "confirm_address": CONFIRM, "subscriber": "carol@example.com",
@@ -102,6 +118,14 @@ CONTEXTS: dict[str, list[dict[str, Any]]] = {
          "diagnostic": "550 5.7.1 blocked by policy"},
         {"domain": "example.com", "count": 1, "addresses": ["eve@example.com"],
          "status": None, "diagnostic": ""}]}],
+    # post_failures.report (via bounce_report.notify_owners)
+    "notice/owner/delivery_failed.txt.j2": [{
+        "message_id": "<m1@example.net>", "subject": "Release plan", "kind": "post",
+        "count": 3, "reply": "552 5.3.4 Message size exceeds fixed limit",
+        "outbound": "smtp://127.0.0.1:10025", "recipients": ["a@example.net"]}, {
+        "message_id": "<m1@example.net>", "subject": "", "kind": "digest", "count": 1,
+        "reply": "554 5.7.1 relay access denied", "outbound": "smtp://127.0.0.1:10025",
+        "recipients": []}],
     # bounces.remove_member (owner and user notices)
     "notice/owner/bounce_removed.txt.j2": [{"email": "bob@example.net", "warnings": 3}],
     "notice/user/bounce_removed.txt.j2": [{"email": "bob@example.net", "warnings": 3}],
@@ -165,6 +189,13 @@ CONTEXTS: dict[str, list[dict[str, Any]]] = {
         "headers": [], "body": "",
         "attachments": [{"filename": "menu.pdf", "content_type": "application/pdf",
                          "size": 1234}]}],
+    # listserv.web.application (index, error_page) and the page modules
+    "web/base.html.j2": [WEB],
+    "web/index.html.j2": [WEB],
+    "web/error.html.j2": [{**WEB, "status": 404, "title": "Not found",
+                           "detail": "There is no page <here>."},
+                          {**WEB, "status": 500, "title": "Something went wrong", "detail": ""}],
+    "web/done.html.j2": [{**WEB, "title": "Unsubscribed", "lines": ["You left <dev>.", "Bye."]}],
     # commands.answer
     "notice/user/results.txt.j2": [{
         "results": [("subscribe", "A confirmation request has been sent to carol@example.com."),
