@@ -16,7 +16,7 @@ from typing import Callable
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from listserv import addresses, replies, senders
+from listserv import addresses, network, replies, senders
 from listserv.models import (
     Action,
     Address,
@@ -50,6 +50,7 @@ class RuleContext:
     body_head: tuple[str, ...] = ()  # the first non-blank, non-quoted lines of the text body
     administrivia: bool = True
     max_recipients: int = 0        # 0 = no limit
+    relayed_by: str = ""           # a remote list this list accepts posts from (its copy)
     banned_by: str = ""            # the list's ban pattern that a sender address matches
     sender_rule: senders.SenderRule | None = None   # per-address non-member action
 
@@ -111,8 +112,11 @@ def banned(ctx: RuleContext) -> Hit | None:
 
 
 def automatic(ctx: RuleContext) -> Hit | None:
-    """RFC 3834 auto-replies, bulk mail and bounces are not posts."""
-    reason = replies.automatic_reason(ctx.mail_from, ctx.auto_submitted, ctx.precedence)
+    """RFC 3834 auto-replies, bulk mail and bounces are not posts. A copy relayed by a list
+    this list accepts (listserv.network.relaying_list) carries that list's Precedence: list
+    and is a post all the same."""
+    precedence = "" if ctx.relayed_by else ctx.precedence
+    reason = replies.automatic_reason(ctx.mail_from, ctx.auto_submitted, precedence)
     return None if reason is None else Hit(Action.discard, reason)
 
 
@@ -275,6 +279,15 @@ def build_context(session: Session, ml: MailingList, inbound: InboundMessage,
         candidates.append(inbound.mail_from.lower())
     sender, roles, moderated = _sender_roles(session, ml, candidates)
     banned_by = senders.first_match(senders.ban_patterns(session, ml.id), candidates) or ""
+    relayed_by = network.relaying_list(session, ml, inbound.mail_from or "",
+                                       _values(msg, "List-Id"))
+    if not roles and relayed_by:
+        sender, roles = relayed_by, frozenset({Role.member})
+    elif not roles and ml.included_members_can_post:
+        found = network.included_member(session, ml.id, candidates)
+        if found is not None:
+            sender, moderated = found
+            roles = frozenset({Role.member})
     sender_rule = (None if roles else
                    senders.action_for(senders.sender_rules(session, ml.id), candidates))
     try:
@@ -291,7 +304,7 @@ def build_context(session: Session, ml: MailingList, inbound: InboundMessage,
         emergency=ml.emergency, nonmember_action=ml.nonmember_action,
         member_action=ml.member_action, subject=_subject(msg), body_head=_body_head(msg),
         administrivia=ml.administrivia, max_recipients=ml.max_recipients,
-        banned_by=banned_by, sender_rule=sender_rule)
+        relayed_by=relayed_by, banned_by=banned_by, sender_rule=sender_rule)
 
 
 def _subject(msg: EmailMessage) -> str:

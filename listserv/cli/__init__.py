@@ -96,6 +96,7 @@ def main() -> None:
 from listserv.cli import admin  # noqa: E402,F401
 from listserv.cli import domains  # noqa: E402,F401
 from listserv.cli import lists  # noqa: E402,F401
+from listserv.cli import network  # noqa: E402,F401
 from listserv.cli import members  # noqa: E402,F401
 from listserv.cli import serve  # noqa: E402,F401
 from listserv.cli import held  # noqa: E402,F401

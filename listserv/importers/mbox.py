@@ -2,8 +2,9 @@
 
 Nothing is sent and nothing enters the posting pipeline: each message is appended to the
 list's month file ``<archive>/<list>/<yyyy-mm>.mbox`` (the month of its Date header, else of
-its From_ line, else of the import) in the archive's own mboxrd format, and the HTML pages of
-the touched months are rebuilt afterwards. Messages whose Message-ID the list's archive
+its From_ line, else of the import) in the archive's own mboxrd format and added to the
+search index (listserv.archive_index) as the archive worker does; the HTML pages of the
+touched months are rebuilt afterwards. Messages whose Message-ID the list's archive
 already holds (or that came earlier in the same file) are skipped, so importing twice adds
 nothing. A message without a Message-ID gets a stable one made from its content.
 
@@ -25,12 +26,13 @@ from email.utils import formataddr, parsedate_to_datetime
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
-from listserv import archive, archive_html, archive_read, lists
+from listserv import archive, archive_html, archive_index, archive_read, lists
 from listserv.app import App
 from listserv.errors import UsageError
 from listserv.models import ArchivePolicy
 
 FLUSH_BYTES = 8 * 1024 * 1024
+Pending = tuple[bytes, bytes, dt.datetime]      # mbox entry, message, archived_at
 _FROM_LINE = re.compile(rb"^From \S+(?: at \S+)?\s.*\d\d:\d\d.*\d{4}")
 _QUOTED_FROM = re.compile(rb"^>(>*From )", re.MULTILINE)
 _HEADER = {name: re.compile(rb"^" + name + rb":[ \t]*(.*(?:\n[ \t].*)*)",
@@ -49,6 +51,7 @@ class MboxReport:
     duplicates: int = 0          # Message-ID already archived or repeated in the file
     months: set[str] = field(default_factory=set)
     pages: int = 0
+    indexed: int = 0             # rows offered to the search index
     seconds: float = 0.0
 
 
@@ -97,7 +100,7 @@ def _when(head: bytes, from_line: bytes, default: dt.datetime) -> dt.datetime:
                 return when.astimezone(dt.timezone.utc)
         except (TypeError, ValueError, IndexError, OverflowError):
             pass
-    return archive_read._from_line_time(from_line) or default
+    return archive_read.from_line_time(from_line) or default
 
 
 def deobfuscate_from(value: str) -> str | None:
@@ -156,13 +159,19 @@ def import_mbox(app: App, list_address: str, path: str | Path, *, dry_run: bool 
             raise UsageError(f"{ml.address} is not archived (archive = none); "
                              "set archive to public or private first")
         info = archive_html.ListInfo.of(ml)
-        domain = ml.domain.name
+        domain, list_id = ml.domain.name, ml.id
     report = MboxReport(list_address=info.address)
     root = app.settings.archive_path
     seen = archived_ids(root, info.address)
     now = app.now()
-    pending: dict[str, list[bytes]] = {}
+    pending: dict[str, list[Pending]] = {}
     size = 0
+
+    def flush() -> None:
+        if not dry_run:
+            report.indexed += _flush(app, list_id, info.address, pending)
+        pending.clear()
+
     with open(path, "rb") as fh:
         for from_line, raw, consumed in split(fh):
             report.messages += 1
@@ -175,14 +184,14 @@ def import_mbox(app: App, list_address: str, path: str | Path, *, dry_run: bool 
                 month = f"{when.year:04d}-{when.month:02d}"
                 report.months.add(month)
                 entry = archive.mbox_entry(data, when.timestamp(), sender)
-                pending.setdefault(month, []).append(entry)
+                pending.setdefault(month, []).append((entry, data, when))
                 size += len(entry)
                 if size >= FLUSH_BYTES:
-                    _flush(root, info.address, pending, dry_run)
+                    flush()
                     size = 0
             if progress is not None:
                 progress(consumed)
-    _flush(root, info.address, pending, dry_run)
+    flush()
     if html and report.months and not dry_run:
         built = archive_html.build(app, info, archive_html.default_out(app, info.address),
                                    sorted(report.months), new_only=True)
@@ -191,8 +200,16 @@ def import_mbox(app: App, list_address: str, path: str | Path, *, dry_run: bool 
     return report
 
 
-def _flush(root: Path, address: str, pending: dict[str, list[bytes]], dry_run: bool) -> None:
-    if not dry_run:
-        for month, entries in pending.items():
-            archive.append_file(archive_read.month_path(root, address, month), b"".join(entries))
-    pending.clear()
+def _flush(app: App, list_id: int, address: str, pending: dict[str, list[Pending]]) -> int:
+    """Append each month's entries to its file (the truth first), then add them to the
+    search index in one transaction (listserv.archive_index; a crash in between is repaired
+    by ``listserv archive reindex``). Returns the rows offered to the index."""
+    items: list[tuple[bytes, str, int, int, dt.datetime]] = []
+    for month, entries in pending.items():
+        path = archive_read.month_path(app.settings.archive_path, address, month)
+        offset = archive.append_file(path, b"".join(e[0] for e in entries))
+        for entry, data, when in entries:
+            items.append((data, month, offset, len(entry), when))
+            offset += len(entry)
+    with app.db.unit_of_work() as session:
+        return archive_index.index_messages(session, list_id, items)

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 
 from listserv import archive_read
 from listserv.app import App
-from listserv.models import ArchiveEntry, InboundMessage, OutboundMessage
+from listserv.models import ArchiveEntry, ArchiveMessage, InboundMessage, OutboundMessage
 from tests.clirun import Cli
 from tests.mm2fixture import pipermail_mbox
 
@@ -47,6 +47,13 @@ def test_pipermail_archive_is_imported_once(cli: Cli, app: App, tmp_path: Path) 
     with app.db.unit_of_work() as s:
         for model in (InboundMessage, OutboundMessage, ArchiveEntry):
             assert s.scalar(select(func.count()).select_from(model)) == 0   # nothing sent
+        indexed = {r.message_id: r for r in s.scalars(select(ArchiveMessage))}
+    assert len(indexed) == 60                                        # the search index
+    reply = indexed["m6@example.org"]
+    assert reply.thread_id == "m4@example.org" and reply.parent_id == "m4@example.org"
+    assert reply.sender_address == "user6@example.org" and reply.month == "2011-03"
+    raw = archive_read.entry_raw(root, ADDR, reply.month, reply.mbox_offset, reply.mbox_length)
+    assert b"Message number 6." in raw
 
     sizes = [archive_read.month_path(root, ADDR, m).stat().st_size for m in months]
     again = cli("import", "mbox", ADDR, str(mbox)).stdout
@@ -56,6 +63,8 @@ def test_pipermail_archive_is_imported_once(cli: Cli, app: App, tmp_path: Path) 
     more = tmp_path / "more.mbox"
     pipermail_mbox(more, 70, start=1_300_000_000.0, step=86400.0)      # 10 new at the end
     assert "added 10, skipped 60" in cli("import", "mbox", ADDR, str(more)).stdout
+    with app.db.unit_of_work() as s:
+        assert s.scalar(select(func.count()).select_from(ArchiveMessage)) == 70
 
 
 def test_dry_run_and_errors(cli: Cli, app: App, tmp_path: Path) -> None:

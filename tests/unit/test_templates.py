@@ -18,6 +18,7 @@ import pytest
 from listserv import config, notices, templating
 from listserv.app import App
 from listserv.archive_html import ListInfo, Summary
+from listserv.modlog import Entry
 from listserv.digests.build import MESSAGE_SEPARATOR, PREAMBLE_SEPARATOR, Topic
 from listserv.models import (
     ArchivePolicy,
@@ -174,6 +175,13 @@ CONTEXTS: dict[str, list[dict[str, Any]]] = {
              "subjects": [("Café menu ✓", 3), ("build\nbroken", 1)], "more": 2}]},
         {"request_address": LIST.sub("request"), "max_bytes": 10 * 1024 * 1024,
          "months": []}],
+    # modlog.command
+    "notice/user/moderation-log.txt.j2": [
+        {"request_address": LIST.sub("request"), "days": 30, "entries": [
+            Entry(NOW, "Buy\nnow", "eve@e.example", "rejected", "off topic", "a moderator",
+                  "mail"),
+            Entry(NOW, "", "", "approved", "", "Mia Mod", "CLI")]},
+        {"request_address": LIST.sub("request"), "days": 30, "entries": []}],
     # archive_html.build (via _Writer.page, which adds list and root)
     "archive/base.html.j2": [ARCHIVE_PAGE],
     "archive/index.html.j2": [{**ARCHIVE_PAGE, "months": [{"month": "2026-03", "count": 2}]},

@@ -1,7 +1,7 @@
 """importers: per-address non-member actions (sender_action) and bans
 
 Revision ID: 0011_importers
-Revises: 0007_mta_front_door
+Revises: 0009_archive_search
 Create Date: 2026-12-02 18:40:00
 """
 from alembic import op
@@ -11,7 +11,7 @@ from listserv.models import UTCDateTime
 
 
 revision = '0011_importers'
-down_revision = '0007_mta_front_door'
+down_revision = '0009_archive_search'
 branch_labels = None
 depends_on = None
 
