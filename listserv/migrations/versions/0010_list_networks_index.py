@@ -1,14 +1,14 @@
 """recipients from the index alone: ix_membership_list_role also holds address_id
 
 Revision ID: 0010_list_networks_index
-Revises: 0009_archive_search
+Revises: 0011_importers
 Create Date: 2026-12-02 19:10:00
 """
 from alembic import op
 
 
 revision = '0010_list_networks_index'
-down_revision = '0009_archive_search'
+down_revision = '0011_importers'
 branch_labels = None
 depends_on = None
 
