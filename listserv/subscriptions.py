@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from listserv import links, members, notices, tokens, unsubscribe
+from listserv import links, members, notices, senders, tokens, unsubscribe
 from listserv.app import App, site_secret
 from listserv.models import (
     DeliveryMode,
@@ -64,6 +64,9 @@ def join(session: Session, app: App, ml: MailingList, email: str,
          display_name: str = "") -> Result:
     if members.find_membership(session, ml, email) is not None:
         return Result(f"{email} is already subscribed to {ml.address}.")
+    if senders.banned(session, ml, email):
+        log.info("list_id=%s refused the subscription of banned %s", ml.list_id, email)
+        return Result(f"{email} may not subscribe to {ml.address}.")
     policy = ml.subscription_policy
     if policy is SubscriptionPolicy.open:
         return subscribe_now(session, app, ml, email, display_name)
@@ -84,6 +87,8 @@ def subscribe_now(session: Session, app: App, ml: MailingList, email: str,
                   display_name: str = "") -> Result:
     if members.find_membership(session, ml, email) is not None:
         return Result(f"{email} is already subscribed to {ml.address}.")
+    if senders.banned(session, ml, email):       # banned after the request was made
+        return Result(f"{email} may not subscribe to {ml.address}.")
     m = members.add_member(session, ml, email, display_name=display_name)
     session.flush()
     token = unsubscribe.make_token(site_secret(session), m.id, m.unsub_nonce)

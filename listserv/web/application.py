@@ -23,7 +23,7 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from listserv import templating
 from listserv.app import App
-from listserv.web import confirm, moderate, pages, security, unsubscribe
+from listserv.web import confirm, moderate, modlog, pages, security, unsubscribe
 from listserv.web.pages import Web
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,7 @@ def page_routes() -> list[BaseRoute]:
         *unsubscribe.ROUTES,
         *confirm.ROUTES,
         *moderate.ROUTES,
+        *modlog.ROUTES,
     ]
 
 

@@ -1,7 +1,7 @@
 """one-click unsubscribe: membership.unsub_nonce, outbound_message.per_member
 
 Revision ID: 0008_web_unsubscribe
-Revises: 0009_archive_search
+Revises: 0010_list_networks_index
 Create Date: 2026-12-02 19:00:00
 """
 from alembic import op
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 
 revision = '0008_web_unsubscribe'
-down_revision = '0009_archive_search'
+down_revision = '0010_list_networks_index'
 branch_labels = None
 depends_on = None
 
