@@ -137,3 +137,16 @@ def assert_no_script(driver: Any) -> None:
 
     assert driver.find_elements(By.TAG_NAME, "script") == []
     assert not re.search(r"<[^>]+\son[a-z]+\s*=", driver.page_source)
+
+
+def press(driver: Any, element_id: str, timeout: float = 30) -> None:
+    """Click the button ``element_id`` and wait until the browser shows the next page."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    page = driver.find_element(By.TAG_NAME, "html")
+    driver.find_element(By.ID, element_id).click()
+    WebDriverWait(driver, timeout).until(expected_conditions.staleness_of(page))
+    WebDriverWait(driver, timeout).until(
+        lambda d: d.execute_script("return document.readyState") == "complete")

@@ -12,7 +12,7 @@ import pytest
 
 from tests.acceptance.conftest import message
 from tests.waiting import wait_until
-from tests.web.conftest import Live, assert_no_script, needs_browser
+from tests.web.conftest import Live, assert_no_script, needs_browser, press
 
 pytestmark = needs_browser
 By = pytest.importorskip("selenium.webdriver.common.by").By
@@ -42,7 +42,7 @@ def test_unsubscribe_from_a_delivered_copy(live: Live, browser: Any) -> None:
     assert_no_script(browser)
     assert "bob@b.example" in browser.find_element(By.TAG_NAME, "main").text
     assert "bob@b.example" in members_of(live, lst)          # opening the page did nothing
-    browser.find_element(By.ID, "unsubscribe").click()
+    press(browser, "unsubscribe")
     assert browser.find_element(By.TAG_NAME, "h1").text == "Unsubscribed"
     assert_no_script(browser)
     listed = members_of(live, lst)
@@ -59,7 +59,7 @@ def test_follow_a_confirmation_link(live: Live, browser: Any) -> None:
     browser.get(url)
     assert_no_script(browser)
     assert "carol@c.example" not in members_of(live, lst)
-    browser.find_element(By.ID, "confirm").click()
+    press(browser, "confirm")
     assert "now subscribed" in browser.find_element(By.TAG_NAME, "main").text
     assert "carol@c.example" in members_of(live, lst)
 
@@ -78,7 +78,7 @@ def test_approve_a_held_post_from_its_page(live: Live, browser: Any) -> None:
     assert "Minutes <draft>" in main and "<script>alert(1)</script> see you" in main
     assert "non-member" in main
     assert live.site.count_to("dora@d.example") == 0
-    browser.find_element(By.ID, "approve").click()
+    press(browser, "approve")
     assert "approved" in browser.find_element(By.TAG_NAME, "main").text
     [copy] = live.site.mail_to("dora@d.example")
     assert "Minutes <draft>" in str(copy.message["Subject"])
