@@ -269,3 +269,12 @@ def test_join_is_rate_limited_per_address_and_per_ip(site: App, web: TestClient)
     codes = [web.post(url(LIST, "join"), data={"email": f"p{i}@p.example", "csrf": csrf})
              .status_code for i in range(8)]
     assert codes[-1] == 429 and codes.count(200) == 10 - 4
+
+
+def test_directory_and_list_page_name_the_included_lists(site: App, web: TestClient) -> None:
+    from listserv import lists, network
+    with site.db.unit_of_work() as session:
+        network.include(session, lists.get_list(session, LIST), [PRIVATE, "far@remote.example"])
+    r = web.get("/")
+    assert f"Includes: {PRIVATE}, far@remote.example" in r.text
+    assert f"also reaches the members of: {PRIVATE}, far@remote.example" in web.get(url(LIST)).text
