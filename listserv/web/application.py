@@ -23,7 +23,7 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from listserv import templating
 from listserv.app import App
-from listserv.web import archive, directory, pages, security
+from listserv.web import archive, directory, modlog, pages, security
 from listserv.web.pages import Web
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ def page_routes() -> list[BaseRoute]:
         *directory.ROUTES,
         Route("/static/style.css", stylesheet, methods=["GET", "HEAD"]),
         *archive.ROUTES,
+        *modlog.ROUTES,
     ]
 
 

@@ -241,6 +241,12 @@ CONTEXTS: dict[str, list[dict[str, Any]]] = {
         **ARCHIVE_LIST, "message": ROW, "month": "2026-03", "month_url": URLS.month("2026-03"),
         "headers": [], "text": "", "html": Markup("<p>Hi</p>"), "attachments": [],
         "prev": None, "next": ROW, "thread": [ROW]}],
+    # web.modlog.moderation_log
+    "web/moderation-log.html.j2": [
+        {**WEB, "list": LIST, "days": 30, "entries": [
+            Entry(NOW, "Buy <now>", "eve@e.example", "rejected", "off topic", "a moderator",
+                  "mail")]},
+        {**WEB, "list": LIST, "days": 30, "entries": []}],
     "web/error.html.j2": [{**WEB, "status": 404, "title": "Not found",
                            "detail": "There is no page <here>."},
                           {**WEB, "status": 500, "title": "Something went wrong", "detail": ""}],
