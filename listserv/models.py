@@ -215,6 +215,8 @@ class MailingList(Base):
     bounce_warning_interval_days: Mapped[int] = mapped_column(default=7)
     notify_poster_on_hold: Mapped[bool] = mapped_column(default=True)
     administrivia: Mapped[bool] = mapped_column(default=True)
+    # ARC-seal posts with the domain's key (only when the domain has one)
+    arc: Mapped[bool] = mapped_column(default=True)
     max_recipients: Mapped[int] = mapped_column(default=10)
 
     # counters and state

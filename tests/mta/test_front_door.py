@@ -80,6 +80,9 @@ def test_post_reaches_every_member_signed_with_verp_and_a_dsn_scores_one(front: 
         user, _, host = rcpt.partition("@")
         assert d.mail_from == f"dev-bounces+{user}={host}@{LIST_DOMAIN}"
         assert d.message["List-Id"] is not None
+        # sealed once by the list (ARC), with the incoming post's DKIM result (unsigned: none)
+        cv, _, why = dkim.arc_verify(d.data, dnsfunc=dns_for(front))
+        assert cv == dkim.CV_Pass, why
         ars = [str(v) for v in d.message.get_all("Authentication-Results", [])]
         # the forged one naming our host was dropped by header_checks at the public smtpd
         assert not any("mx.test.example" in v and "forged" in v for v in ars), ars
