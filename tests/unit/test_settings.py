@@ -18,7 +18,7 @@ INTERFACE_KEYS = [
 
 def test_registry_has_interface_keys_plus_notify() -> None:
     assert list(settings.NAMES) == INTERFACE_KEYS + [
-        "notify_poster_on_hold", "administrivia", "max_recipients", "display_name",
+        "notify_poster_on_hold", "administrivia", "arc", "max_recipients", "display_name",
         "description"]
 
 
