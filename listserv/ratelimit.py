@@ -15,6 +15,8 @@ DAILY_LIMITS = {
     "help": 3,         # help text for a command mail we could not act on
     "results": 10,     # answers to -request commands
     "status": 2,       # "you are already subscribed" / "you are not subscribed"
+    "retry": 5,        # "your moderation reply had no command" (to a moderator)
+    "note": 3,         # a poster's note about their held post, passed to the moderators
 }
 
 

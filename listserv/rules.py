@@ -16,7 +16,7 @@ from typing import Callable
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from listserv import addresses, replies
+from listserv import addresses, network, replies
 from listserv.models import (
     Action,
     Address,
@@ -50,6 +50,7 @@ class RuleContext:
     body_head: tuple[str, ...] = ()  # the first non-blank, non-quoted lines of the text body
     administrivia: bool = True
     max_recipients: int = 0        # 0 = no limit
+    relayed_by: str = ""           # a remote list this list accepts posts from (its copy)
 
     @property
     def is_member(self) -> bool:
@@ -101,8 +102,11 @@ def loop(ctx: RuleContext) -> Hit | None:
 
 
 def automatic(ctx: RuleContext) -> Hit | None:
-    """RFC 3834 auto-replies, bulk mail and bounces are not posts."""
-    reason = replies.automatic_reason(ctx.mail_from, ctx.auto_submitted, ctx.precedence)
+    """RFC 3834 auto-replies, bulk mail and bounces are not posts. A copy relayed by a list
+    this list accepts (listserv.network.relaying_list) carries that list's Precedence: list
+    and is a post all the same."""
+    precedence = "" if ctx.relayed_by else ctx.precedence
+    reason = replies.automatic_reason(ctx.mail_from, ctx.auto_submitted, precedence)
     return None if reason is None else Hit(Action.discard, reason)
 
 
@@ -258,6 +262,15 @@ def build_context(session: Session, ml: MailingList, inbound: InboundMessage,
     if inbound.mail_from and inbound.mail_from.lower() not in candidates:
         candidates.append(inbound.mail_from.lower())
     sender, roles, moderated = _sender_roles(session, ml, candidates)
+    relayed_by = network.relaying_list(session, ml, inbound.mail_from or "",
+                                       _values(msg, "List-Id"))
+    if not roles and relayed_by:
+        sender, roles = relayed_by, frozenset({Role.member})
+    elif not roles and ml.included_members_can_post:
+        found = network.included_member(session, ml.id, candidates)
+        if found is not None:
+            sender, moderated = found
+            roles = frozenset({Role.member})
     try:
         recipients = tuple(addresses.all_addresses(*_values(msg, "To"), *_values(msg, "Cc")))
     except Exception:
@@ -271,7 +284,8 @@ def build_context(session: Session, ml: MailingList, inbound: InboundMessage,
         recipients=recipients, size=inbound.size, max_message_size=ml.max_message_size,
         emergency=ml.emergency, nonmember_action=ml.nonmember_action,
         member_action=ml.member_action, subject=_subject(msg), body_head=_body_head(msg),
-        administrivia=ml.administrivia, max_recipients=ml.max_recipients)
+        administrivia=ml.administrivia, max_recipients=ml.max_recipients,
+        relayed_by=relayed_by)
 
 
 def _subject(msg: EmailMessage) -> str:

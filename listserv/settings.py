@@ -17,6 +17,8 @@ from listserv.models import (
     ArchivePolicy,
     DigestFrequency,
     DmarcMitigation,
+    LogAccess,
+    LogNames,
     MailingList,
     ReplyTo,
     SubscriptionPolicy,
@@ -100,6 +102,14 @@ SETTINGS: tuple[Setting, ...] = (
             "incoming post's DKIM result; only when the domain has a key"),
     Setting("max_recipients", "int", 10,
             "hold posts with this many or more To/Cc addresses; 0 = no limit"),
+    Setting("included_members_can_post", "bool", True,
+            "members of the lists this list includes may post to it as members do"),
+    _choice("moderation_log", LogAccess, LogAccess.owners,
+            "who may read the moderation log ('log' to NAME-request@): anyone, members, "
+            "or only owners and moderators"),
+    _choice("moderation_log_names", LogNames, LogNames.show,
+            "whether the moderation log names the moderator (display name) or says "
+            "'a moderator' to readers who are not moderators"),
     Setting("display_name", "text", "", "the list's human name (set by list create)",
             max_length=255),
     Setting("description", "text", "", "a one-line description of the list", max_length=1000),

@@ -193,10 +193,19 @@ def list_headers(lst: ListView) -> list[tuple[str, str]]:
 
 
 def add_list_headers(msg: EmailMessage, lst: ListView, ctx: Context) -> EmailMessage:
+    """Our List-* headers replace any upstream ones, except that the List-Id values of the
+    lists a post already went through stay, after ours: the chain a list on another server
+    needs to recognise its own post coming back (a loop)."""
+    ours = lst.list_id.lower()
+    upstream = [str(v) for v in (msg.get_all("List-Id") or [])
+                if str(v).rpartition("<")[2].strip().rstrip(">").strip().lower() != ours]
     for name in LIST_HEADERS:
         del msg[name]
     for name, value in list_headers(lst):
         msg[name] = value
+        if name == "List-Id":
+            for previous in upstream:
+                msg["List-Id"] = previous
     return msg
 
 

@@ -83,7 +83,10 @@ def _arg(env: bytes, name: bytes) -> str:
 class Front:
     def __init__(self, root: Path, database_url: str) -> None:
         self.root = root
-        self.ports = {k: free_port() for k in ("public", "outbound", "lmtp", "world", "gone")}
+        self.ports = {k: free_port()
+                      for k in ("public", "outbound", "lmtp", "world", "gone", "web")}
+        # the web part (not in deploy/listserv.toml) on a free port too, not on 8080
+        self.env = clean_env(LISTSERV_WEB_LISTEN=f"127.0.0.1:{self.ports['web']}")
         self.world = SmtpSink(root / "world", self.ports["world"])
         self.gone = SmtpSink(root / "gone", self.ports["gone"],
                              ["-f", "RCPT", "-B", "550 5.1.1 No such user here"])
@@ -113,7 +116,7 @@ class Front:
     # -- listserv ------------------------------------------------------------------------
     def cli(self, *args: str) -> str:
         p = subprocess.run([sys.executable, "-m", "listserv", "--config", str(self.config),
-                            *args], capture_output=True, text=True, env=clean_env(),
+                            *args], capture_output=True, text=True, env=self.env,
                            cwd=REPO, timeout=60)
         assert p.returncode == 0, f"listserv {args}: {p.returncode}\n{p.stderr}"
         return p.stdout
@@ -125,7 +128,7 @@ class Front:
         out = open(self.log, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "listserv", "-v", "--config", str(self.config), "serve"],
-            stdout=out, stderr=out, env=clean_env(), cwd=REPO)
+            stdout=out, stderr=out, env=self.env, cwd=REPO)
         out.close()
         proc = self.proc
         wait_until(lambda: listening(self.ports["lmtp"]) or proc.poll() is not None, 30,

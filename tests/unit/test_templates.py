@@ -18,6 +18,7 @@ import pytest
 from listserv import config, notices, templating
 from listserv.app import App
 from listserv.archive_html import ListInfo, Summary
+from listserv.modlog import Entry
 from listserv.digests.build import MESSAGE_SEPARATOR, PREAMBLE_SEPARATOR, Topic
 from listserv.models import (
     ArchivePolicy,
@@ -55,6 +56,9 @@ ARCHIVE_PAGE = {"list": ListInfo("dev@example.org", "Developers", ArchivePolicy.
 SUMMARY = Summary(1, "Café menu ✓", "Ann", NOW, "a@example.org", [])
 REPLY = Summary(2, "Re: Café menu ✓", "bob at example.net", None, "", ["a@example.org"],
                 parent=1)
+# listserv.web.pages.render adds ``web`` to every page's context
+WEB = {"web": {"prefix": "/lists", "base_url": "https://example.org/lists",
+               "csrf": "1773480413.q2x7ZbX0f9kq1hHn5aVxQ8mW"}}
 MAILTO = f"mailto:{CONFIRM}?subject=Re%3A%20confirm%20{TOKEN}&body="
 
 # Template name -> the contexts its call sites pass (several when branches differ).
@@ -78,8 +82,21 @@ CONTEXTS: dict[str, list[dict[str, Any]]] = {
         "held": HELD, "token": TOKEN, "confirm_address": CONFIRM,
         "links": {w: MAILTO + w for w in ("approve", "reject", "discard")},
         "excerpt": ["Hi all,", "", "here is the draft menu."], "expires_at": NOW,
-        "moderator": "mod@example.org",
+        "moderator": "mod@example.org", "attached": True,
+    }, {
+        "held": HELD, "token": TOKEN, "confirm_address": CONFIRM,
+        "links": {w: MAILTO + w for w in ("approve", "reject", "discard")},
+        "excerpt": [], "expires_at": NOW, "moderator": "mod@example.org", "attached": False,
     }],
+    # commands._no_command
+    "notice/moderator/no-command.txt.j2": [
+        {"held": HELD, "line": "Hi, who is this?", "token": TOKEN, "confirm_address": CONFIRM},
+        {"held": HELD, "line": "", "token": TOKEN, "confirm_address": CONFIRM}],
+    # moderation.note_to_moderators
+    "notice/moderator/poster-note.txt.j2": [
+        {"held": HELD, "poster": "bob@example.net", "lines": ["let it through?"],
+         "truncated": False},
+        {"held": HELD, "poster": "bob@example.net", "lines": [], "truncated": True}],
     # subscriptions.ask_moderators (via _send_token)
     "notice/moderator/subscription.txt.j2": [{
         "token": TOKEN, "confirm_address": CONFIRM, "subscriber": "carol@example.com",
@@ -158,6 +175,13 @@ CONTEXTS: dict[str, list[dict[str, Any]]] = {
              "subjects": [("Café menu ✓", 3), ("build\nbroken", 1)], "more": 2}]},
         {"request_address": LIST.sub("request"), "max_bytes": 10 * 1024 * 1024,
          "months": []}],
+    # modlog.command
+    "notice/user/moderation-log.txt.j2": [
+        {"request_address": LIST.sub("request"), "days": 30, "entries": [
+            Entry(NOW, "Buy\nnow", "eve@e.example", "rejected", "off topic", "a moderator",
+                  "mail"),
+            Entry(NOW, "", "", "approved", "", "Mia Mod", "CLI")]},
+        {"request_address": LIST.sub("request"), "days": 30, "entries": []}],
     # archive_html.build (via _Writer.page, which adds list and root)
     "archive/base.html.j2": [ARCHIVE_PAGE],
     "archive/index.html.j2": [{**ARCHIVE_PAGE, "months": [{"month": "2026-03", "count": 2}]},
@@ -173,6 +197,13 @@ CONTEXTS: dict[str, list[dict[str, Any]]] = {
         "headers": [], "body": "",
         "attachments": [{"filename": "menu.pdf", "content_type": "application/pdf",
                          "size": 1234}]}],
+    # listserv.web.application (index, error_page) and the page modules
+    "web/base.html.j2": [WEB],
+    "web/index.html.j2": [WEB],
+    "web/error.html.j2": [{**WEB, "status": 404, "title": "Not found",
+                           "detail": "There is no page <here>."},
+                          {**WEB, "status": 500, "title": "Something went wrong", "detail": ""}],
+    "web/done.html.j2": [{**WEB, "title": "Unsubscribed", "lines": ["You left <dev>.", "Bye."]}],
     # commands.answer
     "notice/user/results.txt.j2": [{
         "results": [("subscribe", "A confirmation request has been sent to carol@example.com."),

@@ -1,5 +1,4 @@
-"""delivery failures of the message: delivery.blame, outbound_message.failure_noticed_at;
-list setting arc
+"""delivery failures of the message: delivery.blame, outbound_message.failure_noticed_at
 
 Revision ID: 0007_mta_front_door
 Revises: 0004_post_rules
@@ -18,9 +17,6 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table('mailing_list') as batch:
-        batch.add_column(sa.Column('arc', sa.Boolean(), nullable=False,
-                                   server_default=sa.true()))
     with op.batch_alter_table('delivery') as batch:
         batch.add_column(sa.Column('blame', sa.String(length=16), nullable=True))
     with op.batch_alter_table('outbound_message') as batch:
@@ -33,5 +29,3 @@ def downgrade() -> None:
         batch.drop_column('failure_noticed_at')
     with op.batch_alter_table('delivery') as batch:
         batch.drop_column('blame')
-    with op.batch_alter_table('mailing_list') as batch:
-        batch.drop_column('arc')
