@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable
 
 from sqlalchemy.orm import Session
 
-from listserv import signing
+from listserv import headers, signing
 from listserv.app import App
 from listserv.outbound import queue_message
 from listserv.templating import render
@@ -33,7 +33,8 @@ def build_notice(app: App, lst: ListView | None, template: str, to: str | list[s
     for line in head.splitlines():
         name, _, value = line.partition(":")
         if name.strip() and value.strip():
-            msg[name.strip()] = value.strip()
+            name, value = name.strip(), value.strip()
+            msg[name] = headers.unstructured(name, value) if name == "Subject" else value
     if "Subject" not in msg:
         raise ValueError(f"notice template {template} renders no Subject: header")
     domain = lst.domain if lst else app.settings.site_domain

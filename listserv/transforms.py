@@ -21,7 +21,7 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from typing import Callable
 
-from listserv import dmarc
+from listserv import dmarc, headers
 from listserv.decorate import decorate
 from listserv.dmarc import set_header
 from listserv.models import ReplyTo
@@ -143,7 +143,7 @@ def add_subject_prefix(msg: EmailMessage, lst: ListView, ctx: Context) -> EmailM
     old = _decoded_subject(msg)
     new = prefixed_subject(old, prefix)
     if new != old or len(msg.get_all("Subject", [])) != 1:
-        set_header(msg, "Subject", new)
+        set_header(msg, "Subject", headers.unstructured("Subject", new))
     return msg
 
 
