@@ -1,15 +1,15 @@
 """list setting arc: ARC-seal posts with the domain's key
 
-Revision ID: 0011_mta_arc
-Revises: 0009_archive_search
+Revision ID: 0012_mta_arc
+Revises: 0011_importers
 Create Date: 2026-12-02 19:10:00
 """
 from alembic import op
 import sqlalchemy as sa
 
 
-revision = '0011_mta_arc'
-down_revision = '0009_archive_search'
+revision = '0012_mta_arc'
+down_revision = '0011_importers'
 branch_labels = None
 depends_on = None
 
