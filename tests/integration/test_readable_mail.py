@@ -270,3 +270,69 @@ def test_non_ascii_subjects_keep_their_spaces_in_copies_archive_and_index(
     digest = [p for p in mime.walk() if p.get_content_type() == "multipart/digest"][0]
     inner = sorted(str(p.get_content()["Subject"]) for p in digest.iter_parts())
     assert inner == sorted(f"[dev] {s}" for s in SUBJECTS)
+
+
+# ---------------------------------------------------------------------------- -request@
+
+REQUEST = "dev-request@example.org"
+
+
+def answers(h: Harness, rcpt: str, n: int) -> list[Captured]:
+    h.sink.wait_for(lambda msgs: len(only(h, rcpt)) >= n)
+    return only(h, rcpt)
+
+
+def test_unknown_commands_are_answered_by_name_with_the_nearest(harness: Harness) -> None:
+    h = harness
+    make_list(h.app, LIST, members=["ann@a.example"])
+    h.send(make_message("ann@a.example", REQUEST, "", "who\nset digest on\n"))
+    h.run_until_idle()
+    body = text(answers(h, "ann@a.example", 1)[0])
+    assert "unknown command: who\n" in body
+    assert "unknown command: set digest on (the nearest command here is: " \
+        "set delivery mime-digest)" in body
+    # mixed with a command we have: that one runs, the unknown one is named, no help text
+    h.send(make_message("ann@a.example", REQUEST, "", "set delivery plain-digest\nsignoff\n"))
+    h.run_until_idle()
+    body = text(answers(h, "ann@a.example", 2)[1])
+    assert "now plain-digest" in body
+    assert "unknown command: signoff (the nearest command here is: unsubscribe)" in body
+    assert "The list understands these commands" not in body
+
+
+def test_confirm_token_in_a_reply_subject_to_request(harness: Harness) -> None:
+    h = harness
+    make_list(h.app, LIST)
+    h.send(make_message("cat@c.example", "dev-join@example.org", "", ""))
+    h.run_until_idle()
+    (confirmation,) = answers(h, "cat@c.example", 1)
+    # the client replied to the From (or the person wrote to -request@), token in the Subject
+    h.send(make_message("cat@c.example", REQUEST,
+                        "Re: " + str(confirmation.message["Subject"]), "Yes please\n"))
+    h.run_until_idle()
+    with h.app.db.unit_of_work() as s:
+        assert members.find_membership(s, lists.get_list(s, LIST), "cat@c.example") is not None
+
+
+def test_second_join_within_the_hour_says_when_and_check_spam(harness: Harness) -> None:
+    h = harness
+    make_list(h.app, LIST)
+    h.send(make_message("dan@d.example", "dev-join@example.org", "", ""))
+    h.run_until_idle()
+    h.send(make_message("dan@d.example", "dev-join@example.org", "", ""))
+    h.run_until_idle()
+    first, second = answers(h, "dan@d.example", 2)
+    assert "confirm" in str(first.message["Subject"])
+    body = text(second)
+    assert "already sent to dan@d.example at 20" in body and "spam" in body
+    assert second.message["Reply-To"] is None
+
+
+def test_held_command_post_names_the_leave_address(harness: Harness) -> None:
+    h = harness
+    make_list(h.app, LIST, members=["ann@a.example"], moderators=["mod@m.example"])
+    h.send(make_message("ann@a.example", LIST, "unsubscribe", "unsubscribe\n"))
+    h.run_until_idle()
+    (notice,) = answers(h, "ann@a.example", 1)
+    body = text(notice)
+    assert "send any message to dev-leave@example.org" in body
