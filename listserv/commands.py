@@ -278,7 +278,6 @@ def _decide(mail: Mail, row: PendingToken, decision: Decision, reason: str | Non
 
 
 MAX_UNKNOWN = 2          # unknown command lines answered before the rest is taken as prose
-COMMAND_LIKE_WORDS = 3   # a longer unknown line is prose, not a command attempt
 
 
 def parse_request(msg: EmailMessage) -> list[str]:
@@ -295,7 +294,7 @@ def parse_request(msg: EmailMessage) -> list[str]:
     unknown = 0
     for line in replies.command_lines(msg):
         if replies.first_word(line) not in REQUEST_WORDS:
-            if len(line.split()) > COMMAND_LIKE_WORDS or unknown >= MAX_UNKNOWN:
+            if not request_words.looks_like_command(line) or unknown >= MAX_UNKNOWN:
                 break
             unknown += 1
         candidates.append(line)

@@ -21,6 +21,11 @@ ALIASES = {
     "remove": "unsubscribe", "quit": "unsubscribe", "info": "help", "lists": "help",
     "commands": "help", "archive": "index", "archives": "index",
 }
+# Commands of Mailman 2, LISTSERV, Majordomo and Sympa with no counterpart here: answered by
+# name ("unknown command: who") rather than taken for the start of prose.
+FOREIGN = frozenset({"who", "review", "which", "password", "passwd", "options", "query",
+                     "stats", "recipients", "dir", "lindex", "intro", "digest", "nomail",
+                     "mode", "reminders", "remind", "register", "lists", "info"})
 # Mailman 2 "set OPTION on|off" (and a few spellings of it) -> our delivery modes.
 _SET = {
     ("digest", "on"): "set delivery mime-digest", ("digest", "mime"): "set delivery mime-digest",
@@ -30,6 +35,15 @@ _SET = {
     ("nomail", ""): "set delivery nomail", ("digest", ""): "set delivery mime-digest",
     ("mail", "on"): "set delivery regular", ("mail", "off"): "set delivery nomail",
 }
+
+
+def looks_like_command(line: str) -> bool:
+    """A line we do not know that someone meant as a command (a foreign command word, or one
+    close to ours), not a line of prose such as "Hi all"."""
+    words = line.split()
+    if not words or len(words) > 3:
+        return False
+    return words[0].strip(".,:;!").lower() in FOREIGN or nearest(line) is not None
 
 
 def nearest(line: str) -> str | None:

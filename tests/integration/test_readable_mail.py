@@ -336,3 +336,37 @@ def test_held_command_post_names_the_leave_address(harness: Harness) -> None:
     (notice,) = answers(h, "ann@a.example", 1)
     body = text(notice)
     assert "send any message to dev-leave@example.org" in body
+
+
+# ---------------------------------------------------------------------------- footers
+
+def alternative_post() -> EmailMessage:
+    msg = make_message("ann@a.example", LIST, "Plans", "Plain plans.\n")
+    msg.add_alternative("<html><body><p>HTML plans.</p></body></html>", subtype="html")
+    return msg
+
+
+def test_footer_goes_into_both_alternatives(harness: Harness, cli_env: dict[str, str]) -> None:
+    h = harness
+    make_list(h.app, LIST, members=["ann@a.example", "bob@b.example"])
+    h.send(alternative_post())
+    h.run_until_idle()
+    h.sink.wait_for(lambda msgs: len(only(h, "bob@b.example")) >= 1)
+    msg = only(h, "bob@b.example")[0].message
+    assert msg.get_content_type() == "multipart/alternative"
+    plain = str(msg.get_body(("plain",)).get_content())
+    html = str(msg.get_body(("html",)).get_content())
+    assert "Plain plans." in plain and "dev-leave@example.org" in plain
+    assert '<div class="list-footer">' in html and "dev-leave@example.org" in html
+    assert html.index("list-footer") < html.lower().index("</body>")
+    assert list(msg.iter_attachments()) == []        # no ATT00001.txt
+    # footer_placement part: the former wrapping
+    out = CliRunner().invoke(cli, ["list", "set", LIST, "footer_placement", "part"], env=cli_env)
+    assert out.exit_code == 0, out.output
+    h.send(alternative_post())
+    h.run_until_idle()
+    second = h.sink.wait_for(lambda msgs: len(only(h, "bob@b.example")) >= 2)
+    msg = [c for c in second if "bob@b.example" in c.rcpt_tos][-1].message
+    assert msg.get_content_type() == "multipart/mixed"
+    assert [p.get_content_type() for p in msg.iter_parts()] == \
+        ["multipart/alternative", "text/plain"]
