@@ -16,7 +16,7 @@ from typing import Callable
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from listserv import addresses, network, replies
+from listserv import addresses, network, replies, senders
 from listserv.models import (
     Action,
     Address,
@@ -51,6 +51,8 @@ class RuleContext:
     administrivia: bool = True
     max_recipients: int = 0        # 0 = no limit
     relayed_by: str = ""           # a remote list this list accepts posts from (its copy)
+    banned_by: str = ""            # the list's ban pattern that a sender address matches
+    sender_rule: senders.SenderRule | None = None   # per-address non-member action
 
     @property
     def is_member(self) -> bool:
@@ -98,6 +100,14 @@ def loop(ctx: RuleContext) -> Hit | None:
         return Hit(Action.discard, f"loop: message already carries List-Id <{ctx.list_id}>")
     if any(_bracketed(v) == ctx.list_address for v in ctx.x_loops):
         return Hit(Action.discard, f"loop: message already carries X-Loop {ctx.list_address}")
+    return None
+
+
+def banned(ctx: RuleContext) -> Hit | None:
+    """A banned sender's posts are dropped without a word."""
+    if ctx.banned_by:
+        return Hit(Action.discard, f"sender {ctx.sender or ctx.mail_from} is banned "
+                                   f"({ctx.banned_by})")
     return None
 
 
@@ -175,9 +185,14 @@ def _by_action(action: Action, who: str, refusal: str) -> Hit | None:
 
 
 def nonmember(ctx: RuleContext) -> Hit | None:
+    """The list's nonmember_action, unless a per-address sender rule decides first."""
     if ctx.is_member:
         return None
     who = ctx.sender or ctx.mail_from or "unknown sender"
+    if ctx.sender_rule is not None:
+        return _by_action(ctx.sender_rule.action,
+                          f"non-member {who} (sender rule {ctx.sender_rule.pattern})",
+                          f"{who} may not post to {ctx.list_address}")
     return _by_action(ctx.nonmember_action, f"non-member {who}",
                       f"non-members may not post to {ctx.list_address}")
 
@@ -197,6 +212,7 @@ def implicit_destination(ctx: RuleContext) -> Hit | None:
 
 RULES: tuple[Rule, ...] = (
     loop,
+    banned,
     automatic,
     emergency,
     max_size,
@@ -265,6 +281,7 @@ def build_context(session: Session, ml: MailingList, inbound: InboundMessage,
     if inbound.mail_from and inbound.mail_from.lower() not in candidates:
         candidates.append(inbound.mail_from.lower())
     sender, roles, moderated = _sender_roles(session, ml, candidates)
+    banned_by = senders.first_match(senders.ban_patterns(session, ml.id), candidates) or ""
     relayed_by = network.relaying_list(session, ml, inbound.mail_from or "",
                                        _values(msg, "List-Id"))
     if not roles and relayed_by:
@@ -274,6 +291,8 @@ def build_context(session: Session, ml: MailingList, inbound: InboundMessage,
         if found is not None:
             sender, moderated = found
             roles = frozenset({Role.member})
+    sender_rule = (None if roles else
+                   senders.action_for(senders.sender_rules(session, ml.id), candidates))
     try:
         recipients = tuple(addresses.all_addresses(*_values(msg, "To"), *_values(msg, "Cc")))
     except Exception:
@@ -288,7 +307,7 @@ def build_context(session: Session, ml: MailingList, inbound: InboundMessage,
         emergency=ml.emergency, nonmember_action=ml.nonmember_action,
         member_action=ml.member_action, subject=_subject(msg), body_head=_body_head(msg),
         administrivia=ml.administrivia, max_recipients=ml.max_recipients,
-        relayed_by=relayed_by)
+        relayed_by=relayed_by, banned_by=banned_by, sender_rule=sender_rule)
 
 
 def _subject(msg: EmailMessage) -> str:
