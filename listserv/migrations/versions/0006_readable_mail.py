@@ -1,7 +1,7 @@
 """readable mail: list setting footer_placement
 
 Revision ID: 0006_readable_mail
-Revises: 0011_importers
+Revises: 0010_list_networks_index
 Create Date: 2026-12-02 19:30:00
 """
 from alembic import op
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 
 revision = '0006_readable_mail'
-down_revision = '0011_importers'
+down_revision = '0010_list_networks_index'
 branch_labels = None
 depends_on = None
 
