@@ -9,6 +9,7 @@ from listserv.models import (
     ArchivePolicy,
     DigestFrequency,
     DmarcMitigation,
+    FooterPlacement,
     MailingList,
     ReplyTo,
 )
@@ -31,6 +32,8 @@ class ListView:
     # Web archive of this list (an https URL) when one is published; without it List-Archive
     # points at the -request address's 'index' command (archive_link).
     archive_url: str | None = None
+    footer_placement: FooterPlacement = FooterPlacement.inline
+    description: str = ""
     arc: bool = True            # ARC-seal posts (when the domain has a key)
 
     @classmethod
@@ -40,6 +43,7 @@ class ListView:
                    reply_to=ml.reply_to, dmarc_mitigation=ml.dmarc_mitigation,
                    archive=ml.archive, digest_frequency=ml.digest_frequency, post_id=ml.post_id,
                    dkim_selector=ml.domain.dkim_selector, dkim_key=ml.domain.dkim_private_key,
+                   footer_placement=ml.footer_placement, description=ml.description or "",
                    arc=ml.arc)
 
     @property

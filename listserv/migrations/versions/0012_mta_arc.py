@@ -1,7 +1,7 @@
 """list setting arc: ARC-seal posts with the domain's key
 
 Revision ID: 0012_mta_arc
-Revises: 0010_list_networks_index
+Revises: 0006_readable_mail
 Create Date: 2026-12-02 19:10:00
 """
 from alembic import op
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 
 revision = '0012_mta_arc'
-down_revision = '0010_list_networks_index'
+down_revision = '0006_readable_mail'
 branch_labels = None
 depends_on = None
 
