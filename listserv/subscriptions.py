@@ -79,8 +79,12 @@ def join(session: Session, app: App, ml: MailingList, email: str,
     issued = tokens.issue(session, app, TokenKind.subscribe, ml, email,
                           payload={"display_name": display_name, "then": then})
     if issued.token is None:
-        return Result(f"A confirmation request was sent to {email} less than an hour ago: "
-                      "reply to it.", mail_needed=False)
+        # Answered (within the daily limit of answers), so that a person who does not see the
+        # confirmation knows where to look; never a second confirmation within the hour.
+        sent = issued.row.last_sent_at.strftime("%Y-%m-%d %H:%M UTC")
+        return Result(f"A confirmation request was already sent to {email} at {sent}. "
+                      "Please check your spam or junk folder for it and reply to it; a new one "
+                      "can be sent an hour after the last.")
     _send_token(session, app, ml, email, "notice/user/confirm-subscribe.txt.j2", issued.token,
                 {"email": email, "expires_at": issued.row.expires_at})
     return Result(f"A confirmation request has been sent to {email}.", mail_needed=False)

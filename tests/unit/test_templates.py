@@ -166,7 +166,9 @@ CONTEXTS: dict[str, list[dict[str, Any]]] = {
     # moderation.notify_poster
     "notice/user/held.txt.j2": [{
         "held": HELD, "token": TOKEN, "confirm_address": CONFIRM,
-        "cancel_link": MAILTO + "cancel", "expires_at": NOW}],
+        "cancel_link": MAILTO + "cancel", "expires_at": NOW, "looks_like_command": False}, {
+        "held": HELD, "token": TOKEN, "confirm_address": CONFIRM,
+        "cancel_link": MAILTO + "cancel", "expires_at": NOW, "looks_like_command": True}],
     # moderation reject (notify the poster)
     "notice/user/moderation-rejected.txt.j2": [{"held": HELD, "reason": "off topic"},
                                                {"held": HELD, "reason": ""}],

@@ -1,25 +1,25 @@
-"""web directory: the list setting advertised
+"""list setting arc: ARC-seal posts with the domain's key
 
-Revision ID: 0012_list_advertised
-Revises: 0010_list_networks_index
+Revision ID: 0012_mta_arc
+Revises: 0006_readable_mail
 Create Date: 2026-12-02 19:10:00
 """
 from alembic import op
 import sqlalchemy as sa
 
 
-revision = '0012_list_advertised'
-down_revision = '0010_list_networks_index'
+revision = '0012_mta_arc'
+down_revision = '0006_readable_mail'
 branch_labels = None
 depends_on = None
 
 
 def upgrade() -> None:
     with op.batch_alter_table('mailing_list') as batch:
-        batch.add_column(sa.Column('advertised', sa.Boolean(), nullable=False,
+        batch.add_column(sa.Column('arc', sa.Boolean(), nullable=False,
                                    server_default=sa.true()))
 
 
 def downgrade() -> None:
     with op.batch_alter_table('mailing_list') as batch:
-        batch.drop_column('advertised')
+        batch.drop_column('arc')
