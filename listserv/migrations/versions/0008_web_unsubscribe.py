@@ -1,7 +1,7 @@
 """one-click unsubscribe: membership.unsub_nonce, outbound_message.per_member
 
 Revision ID: 0008_web_unsubscribe
-Revises: 0010_list_networks_index
+Revises: 0013_list_advertised
 Create Date: 2026-12-02 19:00:00
 """
 from alembic import op
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 
 revision = '0008_web_unsubscribe'
-down_revision = '0010_list_networks_index'
+down_revision = '0013_list_advertised'
 branch_labels = None
 depends_on = None
 
