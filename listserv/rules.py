@@ -202,7 +202,7 @@ def moderated_member(ctx: RuleContext) -> Hit | None:
 
 
 def implicit_destination(ctx: RuleContext) -> Hit | None:
-    if ctx.list_address in ctx.recipients:
+    if ctx.list_address in ctx.recipients or ctx.relayed_by in ctx.recipients:
         return None
     return Hit(Action.hold, f"implicit destination: {ctx.list_address} is in neither To nor Cc")
 
