@@ -56,7 +56,7 @@ def test_every_mapped_field(cli: Cli, app: App, pck: Path) -> None:
         "digest_size_threshold_kb": 45, "digest_frequency": "daily", "archive": "public",
         "bounce_score_threshold": 3.0, "bounce_info_stale_after_days": 5,
         "bounce_warnings": 4, "bounce_warning_interval_days": 2, "max_recipients": 7,
-        "administrivia": False, "dmarc_mitigation": "wrap"}
+        "administrivia": False, "dmarc_mitigation": "wrap", "advertised": False}
     assert {k: info[k] for k in expected_settings} == expected_settings
     assert info["owner_emails"] == ["owner@example.org", "second.owner@example.org"]
     assert info["moderator_emails"] == ["mod@example.org"]
