@@ -236,6 +236,8 @@ class MailingList(Base):
     footer_placement: Mapped[FooterPlacement] = mapped_column(
         _enum(FooterPlacement), default=FooterPlacement.inline)
     administrivia: Mapped[bool] = mapped_column(default=True)
+    # ARC-seal posts with the domain's key (only when the domain has one)
+    arc: Mapped[bool] = mapped_column(default=True)
     max_recipients: Mapped[int] = mapped_column(default=10)
     included_members_can_post: Mapped[bool] = mapped_column(default=True)
     moderation_log: Mapped[LogAccess] = mapped_column(_enum(LogAccess),

@@ -98,6 +98,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("administrivia", "bool", True,
             "hold posts that look like commands (subscribe, unsubscribe, help...) "
             "meant for NAME-request@"),
+    Setting("arc", "bool", True,
+            "ARC-seal each post (RFC 8617) with the list domain's DKIM key, carrying the "
+            "incoming post's DKIM result; only when the domain has a key"),
     Setting("max_recipients", "int", 10,
             "hold posts with this many or more To/Cc addresses; 0 = no limit"),
     Setting("included_members_can_post", "bool", True,

@@ -34,6 +34,7 @@ class ListView:
     archive_url: str | None = None
     footer_placement: FooterPlacement = FooterPlacement.inline
     description: str = ""
+    arc: bool = True            # ARC-seal posts (when the domain has a key)
 
     @classmethod
     def of(cls, ml: MailingList) -> "ListView":
@@ -42,7 +43,8 @@ class ListView:
                    reply_to=ml.reply_to, dmarc_mitigation=ml.dmarc_mitigation,
                    archive=ml.archive, digest_frequency=ml.digest_frequency, post_id=ml.post_id,
                    dkim_selector=ml.domain.dkim_selector, dkim_key=ml.domain.dkim_private_key,
-                   footer_placement=ml.footer_placement, description=ml.description or "")
+                   footer_placement=ml.footer_placement, description=ml.description or "",
+                   arc=ml.arc)
 
     @property
     def address(self) -> str:
