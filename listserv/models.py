@@ -239,6 +239,7 @@ class MailingList(Base):
     # ARC-seal posts with the domain's key (only when the domain has one)
     arc: Mapped[bool] = mapped_column(default=True)
     max_recipients: Mapped[int] = mapped_column(default=10)
+    advertised: Mapped[bool] = mapped_column(default=True)   # listed in the web directory
     included_members_can_post: Mapped[bool] = mapped_column(default=True)
     moderation_log: Mapped[LogAccess] = mapped_column(_enum(LogAccess),
                                                       default=LogAccess.owners)

@@ -117,6 +117,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("display_name", "text", "", "the list's human name (set by list create)",
             max_length=255),
     Setting("description", "text", "", "a one-line description of the list", max_length=1000),
+    Setting("advertised", "bool", True,
+            "show the list in the web directory (BASE_URL/); its page stays reachable"),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}

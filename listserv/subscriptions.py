@@ -60,18 +60,22 @@ def _send_token(session: Session, app: App, ml: MailingList, to: str, template: 
 
 
 def join(session: Session, app: App, ml: MailingList, email: str,
-         display_name: str = "") -> Result:
+         display_name: str = "", *, always_confirm: bool = False) -> Result:
+    """Join by the list's policy. ``always_confirm`` (the web form, where anyone can type
+    any address): the address confirms first whatever the policy, then the moderators
+    approve when the policy asks for them."""
     if members.find_membership(session, ml, email) is not None:
         return Result(f"{email} is already subscribed to {ml.address}.")
     if senders.banned(session, ml, email):
         log.info("list_id=%s refused the subscription of banned %s", ml.list_id, email)
         return Result(f"{email} may not subscribe to {ml.address}.")
     policy = ml.subscription_policy
-    if policy is SubscriptionPolicy.open:
+    moderated = (SubscriptionPolicy.moderate, SubscriptionPolicy.confirm_then_moderate)
+    if policy is SubscriptionPolicy.open and not always_confirm:
         return subscribe_now(session, app, ml, email, display_name)
-    if policy is SubscriptionPolicy.moderate:
+    if policy is SubscriptionPolicy.moderate and not always_confirm:
         return ask_moderators(session, app, ml, email, display_name)
-    then = "moderate" if policy is SubscriptionPolicy.confirm_then_moderate else ""
+    then = "moderate" if policy in moderated else ""
     issued = tokens.issue(session, app, TokenKind.subscribe, ml, email,
                           payload={"display_name": display_name, "then": then})
     if issued.token is None:
