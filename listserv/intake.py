@@ -17,7 +17,6 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
 from typing import Any, Callable
@@ -28,13 +27,14 @@ from aiosmtpd.smtp import SMTP
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
-from listserv import __version__, addresses, lists
+from listserv import __version__, addresses, lists, untrusted
 from listserv.app import App
 from listserv.config import Settings
 from listserv.errors import (
     ListservError,
     MalformedMessage,
     MessageTooBig,
+    StructureRefused,
     TemporaryFailure,
     UnknownRecipient,
 )
@@ -113,7 +113,7 @@ def inspect_message(raw: bytes, site_domain: str, *, require_from: bool = True) 
     usable From address.
     """
     try:
-        msg = BytesParser(policy=policy.default).parsebytes(raw, headersonly=True)
+        msg = BytesParser(policy=untrusted.POLICY).parsebytes(raw, headersonly=True)
         from_value = msg.get("From")
         _, from_addr = addresses.parse_from(str(from_value) if from_value is not None else "")
         subject = str(msg.get("Subject") or "")
@@ -127,12 +127,14 @@ def inspect_message(raw: bytes, site_domain: str, *, require_from: bool = True) 
     if not message_id:
         message_id = email.utils.make_msgid("listserv", domain=site_domain)
         raw = f"Message-ID: {message_id}\r\n".encode("ascii") + raw
-    return Inspected(raw, _clip(message_id, 998), _clip(from_addr, 400), subject)
+    return Inspected(raw, _clip(untrusted.one_line(message_id, 0), 998),
+                     _clip(untrusted.clean_text(from_addr), 400), untrusted.one_line(subject))
 
 
 def parse(raw: bytes) -> EmailMessage:
-    """The full message object of stored bytes (email.policy.default)."""
-    return BytesParser(policy=policy.default).parsebytes(raw)  # type: ignore[return-value]
+    """The full message object of stored bytes (untrusted.POLICY: email.policy.default with
+    hostile Date values read as invalid)."""
+    return BytesParser(policy=untrusted.POLICY).parsebytes(raw)  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,10 @@ def spool(app: App, mail_from: str, raw: bytes, *, require_from: bool) -> Spoole
         mail_from = ""          # the null reverse-path
     elif mail_from.startswith("<") and mail_from.endswith(">"):
         mail_from = mail_from[1:-1]
+    depth = untrusted.mime_depth(raw)
+    if depth > untrusted.MAX_MIME_DEPTH:
+        raise StructureRefused(f"MIME parts nested more than {untrusted.MAX_MIME_DEPTH} "
+                               "levels deep")
     info = inspect_message(raw, app.settings.site_domain, require_from=require_from)
     return Spooled(mail_from, info, app.spool.put(info.raw))
 

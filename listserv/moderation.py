@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import dataclass
-from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
 from typing import Any, Sequence
@@ -25,7 +24,7 @@ from urllib.parse import quote
 from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session
 
-from listserv import members, notices, ratelimit, replies, tokens
+from listserv import members, notices, ratelimit, replies, tokens, untrusted
 from listserv.app import App
 from listserv.errors import UsageError
 from listserv.models import (
@@ -211,7 +210,7 @@ def _accept_post(session: Session, app: App, inbound: InboundMessage, msg: Email
 
 def load_message(app: App, inbound: InboundMessage) -> EmailMessage:
     data = app.spool.get(inbound.spool_sha)
-    return BytesParser(policy=policy.default).parsebytes(data)  # type: ignore[return-value]
+    return BytesParser(policy=untrusted.POLICY).parsebytes(data)  # type: ignore[return-value]
 
 
 def _tell_poster_rejected(session: Session, app: App, ml: MailingList, held: HeldMessage,

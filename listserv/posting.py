@@ -9,7 +9,6 @@ Fanout record and the outbound queue rows all commit together or not at all.
 from __future__ import annotations
 
 import logging
-from email import policy
 from email.message import EmailMessage
 from typing import Callable, Iterable, Iterator
 
@@ -17,7 +16,16 @@ from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from listserv import digests, moderation, notices, outbound, recipients, rules, transforms
+from listserv import (
+    digests,
+    moderation,
+    notices,
+    outbound,
+    recipients,
+    rules,
+    transforms,
+    untrusted,
+)
 from listserv.app import App
 from listserv.models import (
     Action,
@@ -118,7 +126,7 @@ def render_footer(app: App, lv: ListView) -> str:
 
 
 def to_bytes(msg: EmailMessage) -> bytes:
-    return msg.as_bytes(policy=policy.SMTP)
+    return msg.as_bytes(policy=untrusted.SMTP_POLICY)
 
 
 def accept_post(session: Session, app: App, inbound: InboundMessage, msg: EmailMessage, *,

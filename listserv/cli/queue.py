@@ -1,4 +1,4 @@
-"""listserv queue status / prune."""
+"""listserv queue status / prune / failed / retry."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from __future__ import annotations
 import click
 
 from listserv.cli import Obj, cli, handle_errors, pass_obj
-from listserv.cli.output import json_object
-from listserv import retention
+from listserv.cli.output import json_array, json_object
+from listserv import failures, retention
 from listserv.queues import queue_status
 
 ROWS = [("pending", "pending (all)"), ("ready", "ready now"), ("retrying", "retrying (4xx)"),
@@ -68,3 +68,40 @@ def prune(obj: Obj, dry_run: bool, as_json: bool) -> None:
         return
     for line in stats.lines():
         click.echo(line)
+
+
+@queue_group.command("failed")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
+@pass_obj
+@handle_errors
+def failed(obj: Obj, as_json: bool) -> None:
+    """Accepted mail whose processing failed, held for the list owners (who were told).
+
+    Each row has a kind ("incoming": a message to a list address), an id for `queue retry`,
+    the list, sender, subject, Message-ID, when it arrived and the error."""
+    app = obj.ready_app()
+    with app.db.unit_of_work() as session:
+        items = failures.failed_items(session)
+    if as_json:
+        json_array(items)
+        return
+    if not items:
+        click.echo("no failed messages")
+        return
+    for it in items:
+        click.echo(f"{it['kind']:<9} {it['id']:>6}  {it['received_at'][:16]}  {it['list']}  "
+                   f"{it['sender']}  {it['subject']!r}  [{it['error']}]")
+
+
+@queue_group.command("retry")
+@click.argument("item_id", metavar="ID", type=int)
+@click.option("--kind", type=click.Choice(failures.KINDS), default="incoming",
+              show_default=True, help="Which kind of failed item ID names.")
+@pass_obj
+@handle_errors
+def retry(obj: Obj, item_id: int, kind: str) -> None:
+    """Process a failed item (see `queue failed`) again; `serve` picks it up at once."""
+    app = obj.ready_app()
+    with app.db.unit_of_work() as session:
+        text = failures.retry(session, app, item_id, kind)
+    click.echo(text)

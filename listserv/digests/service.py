@@ -25,14 +25,14 @@ import calendar
 import datetime as dt
 import logging
 from dataclasses import dataclass
-from email import message_from_bytes, policy
+from email import message_from_bytes
 from email.message import EmailMessage
 from typing import Sequence
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from listserv import notices
+from listserv import notices, untrusted
 from listserv.app import App
 from listserv.digests import groups
 from listserv.digests.build import DigestItem, build_mime_digest, build_plain_digest
@@ -181,7 +181,7 @@ def _rowcount(result: object) -> int:
 
 def load_items(app: App, entries: Sequence[DigestEntry]) -> list[DigestItem]:
     return [DigestItem(e.seq, message_from_bytes(app.spool.get(e.spool_sha),  # type: ignore[arg-type]
-                                                 policy=policy.default))
+                                                 policy=untrusted.POLICY))
             for e in entries]
 
 
