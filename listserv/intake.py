@@ -27,7 +27,7 @@ from aiosmtpd.smtp import SMTP
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
-from listserv import __version__, addresses, lists, untrusted
+from listserv import __version__, addresses, lists, replies, untrusted
 from listserv.app import App
 from listserv.config import Settings
 from listserv.errors import (
@@ -98,8 +98,9 @@ class Router:
 class Inspected:
     raw: bytes
     message_id: str
-    from_addr: str
+    from_addr: str          # '' when the From is missing, unparseable or ambiguous
     subject: str
+    has_from: bool = True   # a From header that at least looks like an address
 
 
 def _clip(value: str, size: int) -> str:
@@ -114,21 +115,25 @@ def inspect_message(raw: bytes, site_domain: str, *, require_from: bool = True) 
     """
     try:
         msg = BytesParser(policy=untrusted.POLICY).parsebytes(raw, headersonly=True)
-        from_value = msg.get("From")
-        _, from_addr = addresses.parse_from(str(from_value) if from_value is not None else "")
+        # The sender is the raw addr-spec of exactly one From (replies.sender_address); a
+        # From that only looks like an address is accepted and held by the rules, with why.
+        from_addr = replies.sender_address(msg)[0]
+        has_from = bool(from_addr) or any("@" in v for v in replies.raw_values(msg, "From")) \
+            or "@" in str(msg.get("From") or "")
         subject = str(msg.get("Subject") or "")
         message_id = str(msg.get("Message-ID") or "").strip()
     except Exception as exc:  # the email package raises many kinds on hostile input
         raise MalformedMessage(f"cannot parse message headers: {type(exc).__name__}") from None
     if not msg.keys():
         raise MalformedMessage("message has no header block")
-    if require_from and ("@" not in from_addr):
+    if require_from and not has_from:
         raise MalformedMessage("message has no usable From: address")
     if not message_id:
         message_id = email.utils.make_msgid("listserv", domain=site_domain)
         raw = f"Message-ID: {message_id}\r\n".encode("ascii") + raw
     return Inspected(raw, _clip(untrusted.one_line(message_id, 0), 998),
-                     _clip(untrusted.clean_text(from_addr), 400), untrusted.one_line(subject))
+                     _clip(untrusted.clean_text(from_addr), 400), untrusted.one_line(subject),
+                     has_from)
 
 
 def parse(raw: bytes) -> EmailMessage:
@@ -147,7 +152,7 @@ class Spooled:
 
     def check_from(self, routes: list[Resolved]) -> None:
         """MalformedMessage when a route other than -bounces needs a From: it does not have."""
-        if "@" not in self.info.from_addr and any(
+        if not self.info.has_from and any(
                 r.route.subaddress != addresses.BOUNCES for r in routes):
             raise MalformedMessage("message has no usable From: address")
 

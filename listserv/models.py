@@ -87,6 +87,13 @@ class Action(enum.Enum):
     discard = "discard"
 
 
+class SenderHeaders(enum.Enum):
+    """Which headers name a post's sender for the posting rules."""
+
+    from_ = "from"                   # exactly one From header, its raw addr-spec
+    from_sender = "from+sender"      # also Sender: and the envelope sender may stand in
+
+
 class SubscriptionPolicy(enum.Enum):
     open = "open"
     confirm = "confirm"
@@ -216,6 +223,9 @@ class MailingList(Base):
     notify_poster_on_hold: Mapped[bool] = mapped_column(default=True)
     administrivia: Mapped[bool] = mapped_column(default=True)
     max_recipients: Mapped[int] = mapped_column(default=10)
+    automatic_action: Mapped[Action] = mapped_column(_enum(Action), default=Action.hold)
+    sender_headers: Mapped[SenderHeaders] = mapped_column(_enum(SenderHeaders),
+                                                          default=SenderHeaders.from_)
 
     # counters and state
     post_id: Mapped[int] = mapped_column(default=0)

@@ -52,6 +52,11 @@ def handle_post(session: Session, app: App, inbound: InboundMessage, msg: EmailM
     assert ml is not None
     ctx = rules.build_context(session, ml, inbound, msg)
     verdict = rules.evaluate(ctx)
+    if verdict.action is Action.reject and ctx.is_auto:
+        # A machine is never sent a refusal: nobody would read it. A person decides instead.
+        action = Action.discard if ml.automatic_action is Action.discard else Action.hold
+        auto = rules.automatic(ctx)
+        verdict = rules.Verdict(action, ((auto.reason,) if auto else ()) + verdict.reasons)
     log.info("list %s message %s: %s %s", ml.list_id, inbound.message_id,
              verdict.action.value, "; ".join(verdict.reasons))
     if verdict.action is Action.accept:

@@ -24,6 +24,7 @@ from listserv.models import (
     MailingList,
     Membership,
     Role,
+    SenderHeaders,
 )
 
 @dataclass(frozen=True)
@@ -50,6 +51,8 @@ class RuleContext:
     body_head: tuple[str, ...] = ()  # the first non-blank, non-quoted lines of the text body
     administrivia: bool = True
     max_recipients: int = 0        # 0 = no limit
+    automatic_action: Action = Action.hold
+    sender_problem: str = ""       # why the From names nobody (ambiguous, unparseable...)
 
     @property
     def is_member(self) -> bool:
@@ -101,9 +104,13 @@ def loop(ctx: RuleContext) -> Hit | None:
 
 
 def automatic(ctx: RuleContext) -> Hit | None:
-    """RFC 3834 auto-replies, bulk mail and bounces are not posts."""
+    """RFC 3834 auto-replies, bulk mail and bounces: held for the moderators (the sender, a
+    machine, is never told), or discarded when the list's automatic_action says so."""
     reason = replies.automatic_reason(ctx.mail_from, ctx.auto_submitted, ctx.precedence)
-    return None if reason is None else Hit(Action.discard, reason)
+    if reason is None:
+        return None
+    action = Action.discard if ctx.automatic_action is Action.discard else Action.hold
+    return Hit(action, reason)
 
 
 # ---------------------------------------------------------------------------- hold rules
@@ -170,6 +177,8 @@ def _by_action(action: Action, who: str, refusal: str) -> Hit | None:
 def nonmember(ctx: RuleContext) -> Hit | None:
     if ctx.is_member:
         return None
+    if ctx.sender_problem:            # nobody to reject or to tell: a person decides
+        return Hit(Action.hold, f"post by non-member: {ctx.sender_problem}")
     who = ctx.sender or ctx.mail_from or "unknown sender"
     return _by_action(ctx.nonmember_action, f"non-member {who}",
                       f"non-members may not post to {ctx.list_address}")
@@ -249,15 +258,14 @@ def _sender_roles(session: Session, ml: MailingList,
 
 def build_context(session: Session, ml: MailingList, inbound: InboundMessage,
                   msg: EmailMessage) -> RuleContext:
-    candidates: list[str] = []
-    for header in ("From", "Sender"):
-        for value in _values(msg, header):
-            addr = addresses.parse_from(value)[1]
-            if addr and addr not in candidates:
-                candidates.append(addr)
-    if inbound.mail_from and inbound.mail_from.lower() not in candidates:
-        candidates.append(inbound.mail_from.lower())
+    sender, problem = replies.sender_address(msg)
+    candidates = [sender] if sender else []
+    if ml.sender_headers is SenderHeaders.from_sender:
+        also = [replies.sender_address(msg, "Sender")[0], inbound.mail_from.lower()]
+        candidates += [a for a in also if a and a not in candidates]
     sender, roles, moderated = _sender_roles(session, ml, candidates)
+    if roles:
+        problem = None
     try:
         recipients = tuple(addresses.all_addresses(*_values(msg, "To"), *_values(msg, "Cc")))
     except Exception:
@@ -271,7 +279,8 @@ def build_context(session: Session, ml: MailingList, inbound: InboundMessage,
         recipients=recipients, size=inbound.size, max_message_size=ml.max_message_size,
         emergency=ml.emergency, nonmember_action=ml.nonmember_action,
         member_action=ml.member_action, subject=_subject(msg), body_head=_body_head(msg),
-        administrivia=ml.administrivia, max_recipients=ml.max_recipients)
+        administrivia=ml.administrivia, max_recipients=ml.max_recipients,
+        automatic_action=ml.automatic_action, sender_problem=problem or "")
 
 
 def _subject(msg: EmailMessage) -> str:

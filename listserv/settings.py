@@ -19,6 +19,7 @@ from listserv.models import (
     DmarcMitigation,
     MailingList,
     ReplyTo,
+    SenderHeaders,
     SubscriptionPolicy,
 )
 
@@ -97,6 +98,13 @@ SETTINGS: tuple[Setting, ...] = (
             "meant for NAME-request@"),
     Setting("max_recipients", "int", 10,
             "hold posts with this many or more To/Cc addresses; 0 = no limit"),
+    _choice("automatic_action", Action, Action.hold,
+            "what happens to automatic mail posted to the list (Auto-Submitted other than "
+            "no, Precedence bulk/junk/list, a null envelope sender); the sender is never told",
+            allowed=(Action.hold, Action.discard)),
+    _choice("sender_headers", SenderHeaders, SenderHeaders.from_,
+            "who a post is from for the rules: 'from' (exactly one From header) or "
+            "'from+sender' (Sender: or the envelope sender may also be the member)"),
     Setting("display_name", "text", "", "the list's human name (set by list create)",
             max_length=255),
     Setting("description", "text", "", "a one-line description of the list", max_length=1000),
