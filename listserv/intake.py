@@ -46,6 +46,7 @@ POSITIVE_TTL = 5.0   # seconds a known list address is trusted without asking th
 NEGATIVE_TTL = 1.0   # seconds an unknown one is remembered
 OK_RCPT = "250 2.1.5 OK"
 OK_DATA = "250 2.0.0 Message accepted for delivery"
+TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
 
 
 @dataclass(frozen=True)
@@ -225,9 +226,13 @@ class IntakeHandler:
         self.on_commit = on_commit
         self.active = 0          # DATA transactions in flight (for a graceful stop)
         self.accepted = 0
+        self.sessions = 0        # open SMTP/LMTP sessions (intake.max_connections)
+        self.refused_sessions = 0
 
     async def handle_RCPT(self, server: SMTP, session: Any, envelope: Any, address: str,
                           rcpt_options: list[str]) -> str:
+        if len(envelope.rcpt_tos) >= self.app.settings.intake.max_recipients_per_message:
+            return TOO_MANY_RECIPIENTS
         try:
             resolved = await asyncio.to_thread(self.router.resolve, address)
         except ListservError as exc:
@@ -312,12 +317,51 @@ class IntakeHandler:
         return TemporaryFailure("internal error, try again later").smtp_reply()
 
 
-def make_protocol(handler: IntakeHandler, settings: Settings) -> SMTP:
-    """An SMTP or LMTP protocol instance per connection, as intake.protocol says."""
-    cls = LMTP if settings.intake.protocol == "lmtp" else SMTP
+class _Counted:
+    """Counts its open sessions in the handler (intake.max_connections)."""
+
+    def _count(self, handler: "IntakeHandler") -> None:
+        self._sessions_of = handler
+        handler.sessions += 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._sessions_of.sessions -= 1
+        super().connection_lost(exc)  # type: ignore[misc]
+
+
+class CountedSMTP(_Counted, SMTP):
+    pass
+
+
+class CountedLMTP(_Counted, LMTP):
+    pass
+
+
+class Refuser(asyncio.Protocol):
+    """A session over intake.max_connections: 421 4.7.0 and close, nothing else read."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(TOO_MANY_SESSIONS.encode("ascii") + b"\r\n")
+        transport.close()
+
+
+TOO_MANY_SESSIONS = "421 4.7.0 Too many connections, try again later"
+
+
+def make_protocol(handler: IntakeHandler, settings: Settings) -> asyncio.Protocol:
+    """An SMTP or LMTP protocol instance per connection, as intake.protocol says (a Refuser
+    beyond intake.max_connections). Silent clients are dropped after intake.idle_timeout."""
+    if handler.sessions >= settings.intake.max_connections:
+        handler.refused_sessions += 1
+        return Refuser()
+    cls = CountedLMTP if settings.intake.protocol == "lmtp" else CountedSMTP
     limit = settings.intake.max_message_size or None
-    return cls(handler, data_size_limit=limit, enable_SMTPUTF8=True, decode_data=False,
-               hostname=settings.site_domain, ident=f"listserv {__version__}")
+    proto = cls(handler, data_size_limit=limit, enable_SMTPUTF8=True, decode_data=False,
+                hostname=settings.site_domain, ident=f"listserv {__version__}",
+                timeout=settings.intake.idle_timeout)
+    proto._count(handler)
+    return proto
 
 
 class IntakeController(Controller):
@@ -330,7 +374,7 @@ class IntakeController(Controller):
         self.settings = settings
 
     def factory(self) -> SMTP:
-        return make_protocol(self.handler, self.settings)
+        return make_protocol(self.handler, self.settings)  # type: ignore[return-value]
 
     def _trigger_server(self) -> None:
         if self.port == 0 and self.server is not None:

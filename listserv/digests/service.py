@@ -32,7 +32,7 @@ from typing import Sequence
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from listserv import notices, untrusted
+from listserv import isolation, notices, untrusted
 from listserv.app import App
 from listserv.digests import groups
 from listserv.digests.build import DigestItem, build_mime_digest, build_plain_digest
@@ -288,21 +288,28 @@ def _send_one(app: App, list_id: int, force: bool) -> SendResult | None:
         return send(session, app, ml, force=force)
 
 
+FAILURES = isolation.Failures("digest", log)
+
+
 def tick(app: App) -> list[SendResult]:
     """Send every digest that is due. One transaction per list; a failing list is logged and
     retried at the next tick, the others go on."""
     with app.db.unit_of_work() as session:
         ids = due_lists(session, app.now())
     results = []
+    waiting = FAILURES.waiting()
     for list_id in ids:
+        if list_id in waiting:
+            continue
         try:
             r = _send_one(app, list_id, force=False)
         except DigestConflict as exc:
             log.info("digest: %s", exc)
             continue
-        except Exception:
-            log.exception("digest for list id %d failed; will retry", list_id)
+        except Exception as exc:
+            FAILURES.failed(list_id, f"list id {list_id}", exc)
             continue
+        FAILURES.succeeded(list_id)
         if r is not None:
             results.append(r)
     return results
