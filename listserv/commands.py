@@ -270,7 +270,10 @@ def run_command(mail: Mail, line: str) -> Result:
         return confirm(mail, words[1].strip("<>.,:;"), [], from_request=True)
     if word == "set":
         if len(words) == 3 and words[1].lower() == "delivery":
-            return subscriptions.set_delivery(session, ml, mail.sender, words[2])
+            trusted = app.settings.moderation.require_authenticated_replies \
+                and _authenticated(mail)
+            return subscriptions.set_delivery(session, app, ml, mail.sender, words[2],
+                                              confirmed=trusted)
         return _help("Usage: set delivery regular|mime-digest|plain-digest|nomail")
     if word in ("index", "get"):
         return archive_access.command(mail, word, words[1:])

@@ -151,6 +151,7 @@ class TokenKind(enum.Enum):
     moderate = "moderate"                # moderator acts on a held post
     cancel_post = "cancel_post"          # poster withdraws a held post
     reenable = "reenable"                # bounce-disabled member re-enables delivery
+    set_delivery = "set_delivery"        # confirm a delivery-mode change asked for by mail
 
 
 class DeliveryState(enum.Enum):

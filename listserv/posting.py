@@ -21,6 +21,7 @@ from listserv import (
     moderation,
     notices,
     outbound,
+    ratelimit,
     recipients,
     rules,
     transforms,
@@ -81,6 +82,8 @@ def reject_post(session: Session, app: App, ml: MailingList, inbound: InboundMes
     to = inbound.from_addr or inbound.mail_from
     if not notify or not to:
         return
+    if not ratelimit.allow(session, app, ml.id, to.lower(), "reject"):
+        return          # forged posts "from" a victim must not become a flood of notices
     lv = ListView.of(ml)
     notice = notices.build_notice(app, lv, REJECTED_TEMPLATE, to,
                                   {"reasons": reasons, "subject": inbound.subject,

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
 
+import pytest
+from sqlalchemy import text
+
+from listserv.db import Database
 from tests.clirun import Cli
 
 
@@ -38,3 +42,32 @@ def test_member_add_of_the_lists_own_addresses_is_refused(cli: Cli, own: str) ->
     assert "address of the list dev@example.org itself" in line
     assert cli.json("member", "ls", "dev@example.org") == []
     cli("member", "add", "dev@example.org", "devotee@example.org")   # similar, not the list
+
+
+def test_config_file_that_is_not_utf8(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    conf = tmp_path / "latin1.toml"
+    conf.write_bytes('site_domain = "b\xfccher.example"\n'.encode("latin-1"))
+    line = Cli(cli_env).error("--config", str(conf), "list", "ls")
+    assert "not UTF-8" in line
+
+
+@pytest.mark.parametrize("key,value", [
+    ("LISTSERV_MODERATION_TOKEN_LIFETIME_DAYS", "99999999999"),
+    ("LISTSERV_MODERATION_TOKEN_LIFETIME_DAYS", "0"),
+    ("LISTSERV_DELIVERY_GIVE_UP_AFTER_DAYS", "1e300"),
+    ("LISTSERV_INTAKE_MAX_CONNECTIONS", "0"),
+])
+def test_day_counts_and_limits_are_bounded(cli_env: dict[str, str], key: str,
+                                           value: str) -> None:
+    line = Cli(cli_env).error("list", "ls", env={key: value})
+    assert key.split("_", 2)[2].lower() in line.replace(".", "_")
+
+
+def test_database_from_a_newer_listserv(cli: Cli, cli_env: dict[str, str]) -> None:
+    db = Database(cli_env["LISTSERV_DATABASE_URL"])
+    with db.engine.begin() as c:
+        c.execute(text("UPDATE alembic_version SET version_num = '0099_from_the_future'"))
+    db.dispose()
+    for args in (("list", "ls"), ("db", "upgrade")):
+        line = cli.error(*args)
+        assert "0099_from_the_future" in line and "newer listserv" in line

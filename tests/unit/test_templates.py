@@ -119,6 +119,9 @@ CONTEXTS: dict[str, list[dict[str, Any]]] = {
     "notice/user/confirm-subscribe.txt.j2": [{
         "token": TOKEN, "confirm_address": CONFIRM, "email": "carol@example.com",
         "expires_at": NOW}],
+    "notice/user/confirm-delivery.txt.j2": [{
+        "token": TOKEN, "confirm_address": CONFIRM, "email": "carol@example.com",
+        "mode": "nomail", "expires_at": NOW}],
     "notice/user/confirm-unsubscribe.txt.j2": [{
         "token": TOKEN, "confirm_address": CONFIRM, "email": "carol@example.com",
         "expires_at": NOW}],
