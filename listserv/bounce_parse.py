@@ -113,12 +113,13 @@ def find_status(*texts: str) -> str:
 
 
 def is_policy(status: str, diagnostic: str) -> bool:
-    """A refusal that is not the recipient's fault: 5.7.x (or x.7.x) or blocklist/spam words.
+    """A refusal that is not the recipient's fault: x.7.x (policy), x.6.x (content), x.3.x
+    (the receiving system, e.g. 5.3.4 message too big) or blocklist/spam words.
 
     Address-class statuses (x.1.x: no such user) always count as the recipient's own failure.
     """
     parts = status.split(".")
-    if len(parts) == 3 and parts[1] == "7":
+    if len(parts) == 3 and parts[1] in ("3", "6", "7"):
         return True
     if len(parts) == 3 and parts[1] == "1":
         return False

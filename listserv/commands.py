@@ -19,10 +19,19 @@ import logging
 import re
 from dataclasses import dataclass
 from email.message import EmailMessage
+from typing import Mapping
 
 from sqlalchemy.orm import Session
 
-from listserv import archive_access, moderation, ratelimit, replies, subscriptions, tokens
+from listserv import (
+    archive_access,
+    moderation,
+    modreply,
+    ratelimit,
+    replies,
+    subscriptions,
+    tokens,
+)
 from listserv.addresses import parse_from
 from listserv.app import App
 from listserv.models import (
@@ -44,8 +53,6 @@ MAX_COMMANDS = 5
 REQUEST_WORDS = {"help", "subscribe", "join", "unsubscribe", "leave", "confirm", "set",
                  "index", "get", "end", "stop"}
 SUBJECT_TOKEN_RE = re.compile(r"\bconfirm\s+([A-Za-z0-9]{16,})\b", re.IGNORECASE)
-MODERATE_WORDS = {"approve": Decision.approve, "reject": Decision.reject,
-                  "discard": Decision.discard}
 
 
 @dataclass
@@ -114,7 +121,8 @@ def token_in_subject(subject: str) -> str:
 # ---------------------------------------------------------------------------- answers
 
 
-def answer(mail: Mail, results: list[tuple[str, Result]], *, kind: str | None) -> bool:
+def answer(mail: Mail, results: list[tuple[str, Result]], *, kind: str | None,
+           reply_to: str | None = None) -> bool:
     """Mail the results (and help text when asked for or needed) to the sender.
     ``kind`` names the daily rate limit to apply (None: not limited)."""
     if kind and not ratelimit.allow(mail.session, mail.app, mail.ml.id, mail.sender, kind):
@@ -125,7 +133,8 @@ def answer(mail: Mail, results: list[tuple[str, Result]], *, kind: str | None) -
     notice = build_notice(mail.app, lv, "notice/user/results.txt.j2", mail.sender, {
         "results": [(cmd, r.text) for cmd, r in results], "show_help": show_help,
         "original_subject": subject, "request_address": lv.sub("request"),
-    }, in_reply_to=mail.inbound.message_id or None, auto_submitted="auto-replied")
+    }, in_reply_to=mail.inbound.message_id or None, auto_submitted="auto-replied",
+        reply_to=reply_to)
     send_notice(mail.session, mail.app, lv, notice, [mail.sender])
     return True
 
@@ -159,11 +168,11 @@ def confirm(mail: Mail, token_text: str, lines: list[str], *,
         if from_request:
             return _help("Reply to the moderation notice itself with approve, reject or "
                          "discard.")
-        return _moderate(mail, row, lines)
+        return _moderate(mail, row, token_text)
     if row.kind is TokenKind.cancel_post:
-        if lines and replies.first_word(lines[0]) == "cancel" and not from_request:
-            return _decide(mail, row, Decision.cancel, None)
-        return _help("To withdraw your post, reply to the notice with the word 'cancel'.")
+        if from_request:
+            return _help("To withdraw your post, reply to the notice with the word 'cancel'.")
+        return _poster_reply(mail, row, token_text)
     if row.kind in subscriptions.CONFIRM_KINDS:
         return subscriptions.confirm(session, app, ml, row, mail.sender, lines)
     return _help("This token cannot be used here.")
@@ -190,15 +199,63 @@ def _authenticated(mail: Mail) -> bool:
                                  resolve_txt=mail.app.resolve_txt)
 
 
-def _moderate(mail: Mail, row: PendingToken, lines: list[str]) -> Result:
-    first = lines[0] if lines else ""
-    decision = MODERATE_WORDS.get(replies.first_word(first))
-    if decision is None:
-        return _help("Your reply has no command: its first line must begin with approve, "
-                     "reject (optionally followed by a reason) or discard.")
-    parts = first.split(None, 1)
-    reason = parts[1].strip() if decision is Decision.reject and len(parts) > 1 else None
-    return _decide(mail, row, decision, reason)
+def _reply(mail: Mail, words: Mapping[str, Decision]) -> modreply.Reply:
+    return modreply.parse(replies.body_text(mail.msg, reply=True), words)
+
+
+def _moderate(mail: Mail, row: PendingToken, token_text: str) -> Result:
+    reply = _reply(mail, modreply.MODERATOR_WORDS)
+    if reply.decision is None:
+        return _no_command(mail, row, token_text, reply.line)
+    return _decide(mail, row, reply.decision, reply.reason or None)
+
+
+def _held_of(mail: Mail, row: PendingToken) -> HeldMessage:
+    assert row.held_id is not None
+    return mail.session.get_one(HeldMessage, row.held_id)
+
+
+def _no_command(mail: Mail, row: PendingToken, token_text: str, line: str) -> Result:
+    """A moderator's reply without a command word: say which line was read and keep the
+    notice's Reply-To, so that replying to this answer works (rate-limited per day)."""
+    text = f"no command in the first typed line: {line!r}" if line else "no command: empty reply"
+    if not ratelimit.allow(mail.session, mail.app, mail.ml.id, mail.sender, "retry"):
+        return Result(text + " (not answered: daily limit)", mail_needed=False)
+    lv = mail.lv
+    token = tokens.normalise(token_text) or token_text
+    confirm_address = lv.sub("confirm", token)
+    notice = build_notice(mail.app, lv, "notice/moderator/no-command.txt.j2", mail.sender, {
+        "held": _held_of(mail, row), "line": line, "token": token,
+        "confirm_address": confirm_address,
+    }, reply_to=confirm_address, in_reply_to=mail.inbound.message_id or None,
+        auto_submitted="auto-replied")
+    send_notice(mail.session, mail.app, lv, notice, [mail.sender])
+    return Result(text, mail_needed=False)
+
+
+def _poster_reply(mail: Mail, row: PendingToken, token_text: str) -> Result:
+    """The poster answered their "awaits moderation" notice: 'cancel' withdraws the post,
+    anything else is passed to the moderators as a note about the held post."""
+    reply = _reply(mail, modreply.POSTER_WORDS)
+    if reply.decision is Decision.cancel:
+        return _decide(mail, row, Decision.cancel, None)
+    held = _held_of(mail, row)
+    if not reply.text.strip():
+        return _help("To withdraw your post, reply to the notice with the word 'cancel'.")
+    if not ratelimit.allow(mail.session, mail.app, mail.ml.id, mail.sender, "note"):
+        return Result("note to the moderators not passed on: daily limit", mail_needed=False)
+    recipients = moderation.note_to_moderators(mail.session, mail.app, mail.ml, held,
+                                               mail.sender, reply.text)
+    token = tokens.normalise(token_text) or token_text
+    text = (f"Your message was passed to the moderators of {mail.ml.address} as a note about "
+            f"your held post ({held.subject!r}); they decide whether it is posted. To "
+            "withdraw the post instead, reply to this message with the word 'cancel'.")
+    if not recipients:
+        text = (f"{mail.ml.address} has no moderators to pass your message to; your post "
+                "stays held. To withdraw it, reply to this message with the word 'cancel'.")
+    answer(mail, [("", Result(text))], kind=None, reply_to=mail.lv.sub("confirm", token))
+    return Result(f"note from the poster passed to {len(recipients)} moderator(s)",
+                  mail_needed=False)
 
 
 def _decide(mail: Mail, row: PendingToken, decision: Decision, reason: str | None) -> Result:

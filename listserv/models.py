@@ -410,6 +410,8 @@ class OutboundMessage(Base):
     verp: Mapped[bool] = mapped_column(default=False)
     message_id: Mapped[str] = mapped_column(String(998), default="")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # when the owners were told that the next hop refused the message itself (once per message)
+    failure_noticed_at: Mapped[Optional[dt.datetime]] = mapped_column()
 
 
 class Delivery(Base):
@@ -433,6 +435,9 @@ class Delivery(Base):
     last_code: Mapped[Optional[int]] = mapped_column()
     last_error: Mapped[Optional[str]] = mapped_column(Text)
     finished_at: Mapped[Optional[dt.datetime]] = mapped_column()
+    # a failed batch: "recipient" (scored as bounces) or "message" (the message or the next
+    # hop was refused: nobody scored; see listserv.post_failures)
+    blame: Mapped[Optional[str]] = mapped_column(String(16))
 
     outbound: Mapped[OutboundMessage] = relationship()
 

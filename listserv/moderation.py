@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 EXCERPT_LINES = 20
 EXCERPT_CHARS = 2000
+MAX_ATTACHED = 1024 * 1024     # a larger held post is described, not attached
+NOTE_LINES = 60
 PAST = {Decision.approve: "approved", Decision.reject: "rejected",
         Decision.discard: "discarded", Decision.cancel: "withdrawn by the poster",
         Decision.expire: "expired"}
@@ -64,7 +66,7 @@ def hold(session: Session, app: App, inbound: InboundMessage, msg: EmailMessage,
     ml = session.get_one(MailingList, inbound.list_id)
     write_log(session, app, ml.id, held.id, actor="listserv", action="hold", via="rules",
               detail="; ".join(reasons))
-    notify_moderators(session, app, ml, held, msg)
+    notify_moderators(session, app, ml, held, msg, original=_raw(app, inbound))
     if ml.notify_poster_on_hold:
         notify_poster(session, app, ml, held, inbound, msg)
     log.info("list_id=%s message_id=%s held #%d: %s", ml.list_id, inbound.message_id,
@@ -87,9 +89,35 @@ def mailto(address: str, subject: str, body: str) -> str:
     return f"mailto:{address}?subject={quote(subject, safe='')}&body={quote(body, safe='')}"
 
 
+def _raw(app: App, inbound: InboundMessage) -> bytes | None:
+    try:
+        return app.spool.get(inbound.spool_sha)
+    except OSError:
+        return None
+
+
+def attach_original(notice: EmailMessage, original: bytes | None) -> bool:
+    """Attach the held post as message/rfc822 (as Mailman does), so a moderator's client shows
+    it as it is. Not when larger than MAX_ATTACHED, or when it cannot be re-serialised."""
+    if original is None or len(original) > MAX_ATTACHED:
+        return False
+    try:
+        held_msg = BytesParser(policy=untrusted.POLICY).parsebytes(original)
+        part = EmailMessage()
+        part.set_content(held_msg, disposition="attachment")   # type: ignore[arg-type]
+        part.as_bytes(policy=untrusted.SMTP_POLICY)              # refuses what cannot be sent
+    except Exception:  # noqa: BLE001 - a hostile post must not stop the notice
+        log.warning("held post not attached to the moderators' notice: cannot serialise")
+        return False
+    notice.make_mixed()
+    notice.attach(part)
+    return True
+
+
 def notify_moderators(session: Session, app: App, ml: MailingList, held: HeldMessage,
-                      msg: EmailMessage) -> int:
-    """One notice per moderator and owner, each with its own token. Returns how many."""
+                      msg: EmailMessage, *, original: bytes | None = None) -> int:
+    """One notice per moderator and owner, each with its own token, the held post attached.
+    Returns how many."""
     lv = ListView.of(ml)
     recipients = members.moderators_and_owners(session, ml)
     if not recipients:
@@ -103,12 +131,30 @@ def notify_moderators(session: Session, app: App, ml: MailingList, held: HeldMes
         subject = f"Re: confirm {token}"
         links = {word: mailto(confirm, subject, word)
                  for word in ("approve", "reject", "discard")}
+        attached = original is not None and len(original) <= MAX_ATTACHED
         notice = notices.build_notice(app, lv, "notice/moderator/held.txt.j2", moderator, {
             "held": held, "token": token, "confirm_address": confirm, "links": links,
             "excerpt": lines, "expires_at": row.expires_at, "moderator": moderator,
+            "attached": attached,
         }, reply_to=confirm)
+        attach_original(notice, original if attached else None)
         notices.send_notice(session, app, lv, notice, [moderator])
     return len(recipients)
+
+
+def note_to_moderators(session: Session, app: App, ml: MailingList, held: HeldMessage,
+                       poster: str, text: str) -> list[str]:
+    """Pass a poster's note about their held post to the moderators (Reply-To: the poster)."""
+    lv = ListView.of(ml)
+    recipients = members.moderators_and_owners(session, ml)
+    if not recipients:
+        return []
+    lines = text.splitlines()[:NOTE_LINES]
+    notice = notices.build_notice(app, lv, "notice/moderator/poster-note.txt.j2", recipients, {
+        "held": held, "poster": poster, "lines": lines,
+        "truncated": len(text.splitlines()) > NOTE_LINES}, reply_to=poster)
+    notices.send_notice(session, app, lv, notice, recipients)
+    return recipients
 
 
 def notify_poster(session: Session, app: App, ml: MailingList, held: HeldMessage,

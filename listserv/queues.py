@@ -21,9 +21,17 @@ from sqlalchemy import Table, func, insert, select, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
-from listserv import bounces
+from listserv import bounces, post_failures
 from listserv.app import App
-from listserv.models import Delivery, DeliveryState, InboundMessage, InboundState
+from listserv.models import (
+    Delivery,
+    DeliveryState,
+    Domain,
+    InboundMessage,
+    InboundState,
+    MailingList,
+    OutboundMessage,
+)
 from listserv.transport import Batch
 
 log = logging.getLogger(__name__)
@@ -120,16 +128,20 @@ def record(session: Session, app: App, owner: str, batches: Iterable[Batch]) -> 
         first = b.first_attempt_at or now
         retry: list[tuple[str, Any, str]] = []
         failed: list[tuple[str, Any, str]] = list(b.perm)
+        gave_up: set[str] = set()
         for item in b.temp:
             if now - first >= give_up:
                 failed.append((item[0], item[1] if item[1] and item[1] >= 500 else 550,
                                f"gave up after {d.give_up_after_days:g} days: {item[2]}"))
+                gave_up.add(item[0])
             else:
                 retry.append(item)
+        rcpt_failed, msg_failed = post_failures.split(
+            b.recipients, failed, b.whole, gave_up)
         delay = d.retry_schedule[min(tries, len(d.retry_schedule)) - 1]
         groups: list[dict[str, Any]] = []
         base = {"outbound_id": b.message.outbound_id, "locked_by": None, "locked_at": None,
-                "first_attempt_at": first}
+                "first_attempt_at": first, "blame": None}
         if b.ok:
             groups.append({**base, "recipients": b.ok, "state": DeliveryState.done,
                            "attempts": tries, "next_attempt_at": now, "last_code": 250,
@@ -140,11 +152,13 @@ def record(session: Session, app: App, owner: str, batches: Iterable[Batch]) -> 
                            "next_attempt_at": now + dt.timedelta(seconds=delay),
                            "last_code": retry[0][1], "last_error": _error_text(retry),
                            "finished_at": None})
-        if failed:
-            groups.append({**base, "recipients": [r for r, _, _ in failed],
-                           "state": DeliveryState.failed, "attempts": tries,
-                           "next_attempt_at": now, "last_code": failed[0][1],
-                           "last_error": _error_text(failed), "finished_at": now})
+        for blame, items in (("recipient", rcpt_failed), ("message", msg_failed)):
+            if items:
+                groups.append({**base, "recipients": [r for r, _, _ in items],
+                               "state": DeliveryState.failed, "attempts": tries,
+                               "next_attempt_at": now, "last_code": items[0][1],
+                               "last_error": _error_text(items), "finished_at": now,
+                               "blame": blame})
         if b.unsent:
             groups.append({**base, "recipients": b.unsent, "state": DeliveryState.pending,
                            "attempts": b.attempts, "next_attempt_at": now,
@@ -166,10 +180,13 @@ def record(session: Session, app: App, owner: str, batches: Iterable[Batch]) -> 
             continue
         if rest:
             session.execute(insert(T), rest)
-        _report_failures(session, app, b, failed)
+        _report_failures(session, app, b, rcpt_failed)
+        if msg_failed:
+            _report_message_failure(session, app, b, msg_failed)
         log.info("delivery batch %s list_id=%s Message-ID=%s: %d delivered, %d to retry, "
-                 "%d failed, %d not sent", b.id, b.message.list_id, b.message.message_id,
-                 len(b.ok), len(retry), len(failed), len(b.unsent))
+                 "%d failed (%d of them the message's), %d not sent", b.id, b.message.list_id,
+                 b.message.message_id, len(b.ok), len(retry), len(failed), len(msg_failed),
+                 len(b.unsent))
 
 
 def _report_failures(session: Session, app: App, b: Batch,
@@ -184,6 +201,18 @@ def _report_failures(session: Session, app: App, b: Batch,
         except Exception:
             log.exception("delivery batch %s: bounce processing failed", b.id)
 
+
+def _report_message_failure(session: Session, app: App, b: Batch,
+                            failed: list[tuple[str, Any, str]]) -> None:
+    m = b.message
+    try:
+        with session.begin_nested():
+            kind = session.scalar(select(OutboundMessage.kind)
+                                  .where(OutboundMessage.id == m.outbound_id)) or ""
+            post_failures.report(session, app, m.outbound_id, m.list_id, kind, m.message_id,
+                                 m.data, failed)
+    except Exception:
+        log.exception("delivery batch %s: reporting the message failure failed", b.id)
 
 
 # ---------------------------------------------------------------------------- status
@@ -221,3 +250,30 @@ def queue_status(session: Session, now: dt.datetime) -> dict[str, Any]:
     incoming = {s.value: int(by_state.get(s.value, 0))
                 for s in (InboundState.new, InboundState.processing, InboundState.failed)}
     return {"outbound": outbound, "incoming": incoming}
+
+
+def failed_deliveries(session: Session, limit: int = 100) -> list[dict[str, Any]]:
+    """Failed outbound batches, newest first, as rows of `listserv queue failed` (``kind``
+    "outbound"; ``blame`` "message" when the message or the next hop was refused, nobody
+    scored, or "recipient" when the recipients' own failure went to bounce scoring)."""
+    O = OutboundMessage
+    q = (select(Delivery.id, Delivery.count, Delivery.recipients, Delivery.last_code,
+                Delivery.last_error, Delivery.finished_at, Delivery.attempts, Delivery.blame,
+                O.kind, O.message_id, MailingList.name, Domain.name.label("domain"))
+         .join(O, Delivery.outbound_id == O.id)
+         .outerjoin(MailingList, O.list_id == MailingList.id)
+         .outerjoin(Domain, MailingList.domain_id == Domain.id)
+         .where(Delivery.state == DeliveryState.failed)
+         .order_by(Delivery.finished_at.desc(), Delivery.id.desc()).limit(limit))
+    out = []
+    for r in session.execute(q):
+        out.append({
+            "kind": "outbound", "id": r.id,
+            "list": f"{r.name}@{r.domain}" if r.name else None,
+            "message_id": r.message_id, "message_kind": r.kind,
+            "blame": r.blame or "recipient", "recipients": r.count,
+            "sample": [x for x in r.recipients.split("\n") if x][:5],
+            "code": r.last_code, "error": r.last_error or "", "attempts": r.attempts,
+            "failed_at": r.finished_at.isoformat() if r.finished_at else None,
+        })
+    return out

@@ -16,6 +16,8 @@ DAILY_LIMITS = {
     "results": 10,     # answers to -request commands
     "status": 2,       # "you are already subscribed" / "you are not subscribed"
     "reject": 3,       # "your post was rejected" (nonmember_action reject, a moderator)
+    "retry": 5,        # "your moderation reply had no command" (to a moderator)
+    "note": 3,         # a poster's note about their held post, passed to the moderators
 }
 
 

@@ -67,12 +67,19 @@ class Batch:
     temp: list[tuple[str, int | None, str]] = field(default_factory=list)
     perm: list[tuple[str, int, str]] = field(default_factory=list)
     unsent: list[str] = field(default_factory=list)
+    # recipients whose reply was for the whole transaction (connection, EHLO, MAIL FROM, DATA):
+    # given by the next hop itself, never about one recipient's mailbox
+    whole: set[str] = field(default_factory=set)
     pending_tx: int = 0
     conn_failed: bool = False
     record_tries: int = 0
 
-    def outcome(self, rcpts: list[str], code: int | None, text: str) -> None:
-        """Record one reply for ``rcpts``: 2xx delivered, 5xx permanent, anything else temporary."""
+    def outcome(self, rcpts: list[str], code: int | None, text: str,
+                whole: bool = False) -> None:
+        """Record one reply for ``rcpts``: 2xx delivered, 5xx permanent, anything else temporary.
+        ``whole``: the reply was to the transaction, not to a RCPT command."""
+        if whole and not (code is not None and 200 <= code < 300):
+            self.whole.update(rcpts)
         if code is not None and 200 <= code < 300:
             self.ok.extend(rcpts)
         elif code is not None and 500 <= code < 600:
@@ -190,7 +197,7 @@ class SmtpTransport:
                     smtp = await self._send(smtp, tx)
                 except Exception as exc:  # never lose a batch to a bug in one transaction
                     log.exception("delivery batch %s: transaction failed", tx.batch.id)
-                    tx.batch.outcome(tx.rcpts, None, f"internal error: {exc!r}")
+                    tx.batch.outcome(tx.rcpts, None, f"internal error: {exc!r}", whole=True)
                 self.transactions += 1
                 self._finish(tx.batch)
         finally:
@@ -210,7 +217,8 @@ class SmtpTransport:
         """Run one transaction, recording each recipient's outcome; return the connection."""
         batch = tx.batch
         if batch.conn_failed or time.monotonic() < self.down_until:
-            batch.outcome(tx.rcpts, None, f"smarthost {self.host}:{self.port} unavailable")
+            batch.outcome(tx.rcpts, None, f"smarthost {self.host}:{self.port} unavailable",
+                          whole=True)
             return smtp
         for attempt in (1, 2):
             reused = smtp is not None and smtp.is_connected
@@ -221,7 +229,7 @@ class SmtpTransport:
                 self.down_until = time.monotonic() + DOWN_HOLD_SECONDS
                 batch.conn_failed = True
                 batch.outcome(tx.rcpts, None,
-                              f"cannot connect to {self.host}:{self.port}: {exc}")
+                              f"cannot connect to {self.host}:{self.port}: {exc}", whole=True)
                 return None
             assert smtp is not None
             try:
@@ -232,11 +240,11 @@ class SmtpTransport:
                 smtp = None
                 if attempt == 1 and reused:
                     continue  # a reused connection the server had dropped: try a fresh one
-                batch.outcome(tx.rcpts, None, f"connection lost: {exc}")
+                batch.outcome(tx.rcpts, None, f"connection lost: {exc}", whole=True)
                 return None
             except (aiosmtplib.SMTPTimeoutError, asyncio.TimeoutError, OSError) as exc:
                 smtp.close()
-                batch.outcome(tx.rcpts, None, f"timeout or network error: {exc}")
+                batch.outcome(tx.rcpts, None, f"timeout or network error: {exc}", whole=True)
                 return None
         return smtp
 
@@ -256,13 +264,13 @@ class SmtpTransport:
         except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
             raise
         except aiosmtplib.SMTPHeloError as exc:
-            batch.outcome(tx.rcpts, None, f"EHLO refused: {exc.code} {exc.message}")
+            batch.outcome(tx.rcpts, None, f"EHLO refused: {exc.code} {exc.message}", whole=True)
             return
         except aiosmtplib.SMTPResponseException as exc:   # MAIL FROM or DATA refused
-            batch.outcome(tx.rcpts, exc.code, exc.message)
+            batch.outcome(tx.rcpts, exc.code, exc.message, whole=True)
             return
         except (aiosmtplib.SMTPNotSupported, ValueError) as exc:  # e.g. SMTPUTF8 unsupported
-            batch.outcome(tx.rcpts, 550, f"cannot send: {exc}")
+            batch.outcome(tx.rcpts, 550, f"cannot send: {exc}", whole=True)
             return
         if errors:
             for rcpt, resp in errors.items():

@@ -5,7 +5,8 @@
         sink.wait_for(lambda msgs: len(msgs) >= 3, timeout=10)
 
 ``sink.fail_rcpt`` maps a recipient to an SMTP reply (e.g. "450 4.2.0 busy") for tests of
-retries and bounces; ``fail_times`` limits how often that reply is given.
+retries and bounces; ``fail_times`` limits how often that reply is given. ``fail_data``
+(data, recipients) -> reply or None answers the end of DATA (e.g. "552 5.3.4 too big").
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ class _Handler:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):  # type: ignore[no-untyped-def]
+        data = bytes(envelope.original_content or envelope.content)
+        if self.sink.fail_data is not None:
+            reply = self.sink.fail_data(data, list(envelope.rcpt_tos))
+            if reply:
+                return reply
         self.sink._record(Captured(envelope.mail_from, list(envelope.rcpt_tos),
                                    bytes(envelope.original_content or envelope.content)))
         return "250 Message accepted"
@@ -61,6 +67,7 @@ class SmtpSink:
         self.messages: list[Captured] = []
         self.fail_rcpt: dict[str, str] = {}
         self.fail_times: dict[str, int] = {}
+        self.fail_data: Callable[[bytes, list[str]], str | None] | None = None
         self._cond = threading.Condition()
         self.controller = _Controller(_Handler(self), hostname="127.0.0.1", port=0,
                                      decode_data=False, data_size_limit=0)

@@ -27,8 +27,9 @@ def member_group() -> None:
 @click.argument("list_address", metavar="LIST")
 @click.argument("emails", nargs=-1, metavar="[EMAIL]...")
 @click.option("--file", "path", metavar="PATH",
-              help="Bulk import: one address per line, or CSV with an 'email' "
-                   "(and optional 'name') column; '-' reads standard input.")
+              help="Bulk import: one address per line, or CSV with an 'email' column "
+                   "(optional: 'name', 'role', 'delivery', 'moderated'); Google Groups and "
+                   "groups.io member exports are read as they are; '-' reads standard input.")
 @click.option("--role", type=ROLE, default="member", show_default=True)
 @click.option("--delivery", type=DELIVERY, default="regular", show_default=True)
 @click.option("--moderated", is_flag=True, help="Hold this member's posts (member_action).")

@@ -8,7 +8,7 @@ import click
 from listserv.cli import Obj, cli, handle_errors, pass_obj
 from listserv.cli.output import json_array, json_object
 from listserv import failures, retention
-from listserv.queues import queue_status
+from listserv.queues import failed_deliveries, queue_status
 
 ROWS = [("pending", "pending (all)"), ("ready", "ready now"), ("retrying", "retrying (4xx)"),
         ("in_flight", "in flight"), ("failed_24h", "failed (24h)"), ("failed", "failed (all)"),
@@ -45,6 +45,44 @@ def status(obj: Obj, as_json: bool) -> None:
         click.echo(f"  {key:<16} {inc[key]:>9} messages")
 
 
+@queue_group.command("failed")
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Show at most this many rows, newest first.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON array.")
+@pass_obj
+@handle_errors
+def failed(obj: Obj, limit: int, as_json: bool) -> None:
+    """Mail that failed for good. Each row has a kind and an id:
+
+    kind "incoming": accepted mail whose processing failed; it is held for the list owners
+    (they got a notice with the error) and `listserv queue retry ID` processes it again.
+
+    kind "outbound": batches refused or given up. blame "message": the next hop refused the message itself (size 5.3.x, content 5.6.x,
+    policy 5.7.x, a refusal of the whole transaction, or the same refusal for every recipient);
+    no member was scored and the owners got one notice per message. blame "recipient": the
+    recipients' own failure, counted in their bounce scores (`listserv bounces ls`)."""
+    app = obj.ready_app()
+    with app.db.unit_of_work() as session:
+        incoming = failures.failed_items(session)[:limit]
+        rows = failed_deliveries(session, limit)
+    if as_json:
+        json_array(incoming + rows)
+        return
+    if not rows and not incoming:
+        click.echo("no failed mail")
+        return
+    for it in incoming:
+        click.echo(f"{it['received_at'][:19]}  {it['kind']} #{it['id']}  {it['list']}  "
+                   f"from {it['sender'] or '-'}  {it['message_id']}  {it['subject']!r}")
+        click.echo(f"    {it['error'][:200]}  (listserv queue retry {it['id']})")
+    for r in rows:
+        first = (r["error"].splitlines() or [""])[0]
+        click.echo(f"{r['failed_at'] or '-'}  {r['kind']} #{r['id']}  {r['list'] or '-'}  "
+                   f"{r['message_kind']} {r['message_id']}  blame={r['blame']}  "
+                   f"{r['recipients']} recipient(s)")
+        click.echo(f"    {first[:200]}")
+
+
 @queue_group.command("prune")
 @click.option("--dry-run", is_flag=True, help="Only report what would be removed.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
@@ -68,29 +106,6 @@ def prune(obj: Obj, dry_run: bool, as_json: bool) -> None:
         return
     for line in stats.lines():
         click.echo(line)
-
-
-@queue_group.command("failed")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON array.")
-@pass_obj
-@handle_errors
-def failed(obj: Obj, as_json: bool) -> None:
-    """Accepted mail whose processing failed, held for the list owners (who were told).
-
-    Each row has a kind ("incoming": a message to a list address), an id for `queue retry`,
-    the list, sender, subject, Message-ID, when it arrived and the error."""
-    app = obj.ready_app()
-    with app.db.unit_of_work() as session:
-        items = failures.failed_items(session)
-    if as_json:
-        json_array(items)
-        return
-    if not items:
-        click.echo("no failed messages")
-        return
-    for it in items:
-        click.echo(f"{it['kind']:<9} {it['id']:>6}  {it['received_at'][:16]}  {it['list']}  "
-                   f"{it['sender']}  {it['subject']!r}  [{it['error']}]")
 
 
 @queue_group.command("retry")

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
-import html
-import re
 from dataclasses import dataclass
 from email.message import EmailMessage, Message, MIMEPart
-from html.parser import HTMLParser
 from typing import Any, Sequence
 
-from listserv import addresses
+from listserv import addresses, htmlmail
 from listserv.templating import render
 from listserv.transforms import list_headers
 from listserv.views import ListView
@@ -169,41 +166,8 @@ def attachment_summary(part: Message) -> str:
     return f"[attachment: {name}, {part.get_content_type()}, {human_size(size)}]"
 
 
-class _HTMLText(HTMLParser):
-    """Crude HTML to text, for an HTML-only post in a plain digest."""
-
-    BLOCK = {"p", "div", "br", "li", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote",
-             "pre", "table", "ul", "ol"}
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.out: list[str] = []
-        self.skip = 0
-
-    def handle_starttag(self, tag: str, attrs: Any) -> None:
-        if tag in ("script", "style", "head"):
-            self.skip += 1
-        elif tag in self.BLOCK:
-            self.out.append("\n")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in ("script", "style", "head"):
-            self.skip = max(0, self.skip - 1)
-        elif tag in self.BLOCK:
-            self.out.append("\n")
-
-    def handle_data(self, data: str) -> None:
-        if not self.skip:
-            self.out.append(data)
-
-
 def html_to_text(source: str) -> str:
-    p = _HTMLText()
-    p.feed(source)
-    p.close()
-    text = html.unescape("".join(p.out))
-    lines = [" ".join(line.split()) for line in text.splitlines()]
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+    return htmlmail.to_text(source).strip("\n")
 
 
 def _text_of(part: Message) -> str:

@@ -54,9 +54,15 @@ def listening(port: int) -> bool:
 
 
 
+REPO = Path(__file__).resolve().parents[2]
+
+
 def clean_env(**extra: str) -> dict[str, str]:
-    """The caller's environment without any LISTSERV_* setting (a new user's shell)."""
+    """The caller's environment without any LISTSERV_* setting (a new user's shell). The
+    repository under test comes first on PYTHONPATH, so that ``python -m listserv`` run from
+    another directory runs this checkout, not whichever one is installed."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LISTSERV_")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
     env.update(extra)
     return env
 

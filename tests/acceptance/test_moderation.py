@@ -46,7 +46,7 @@ def test_moderation_by_reply(site: Site) -> None:
                                            "mod@lists.example", "Please post me",
                                            "First line of the post.\nSecond line.\n"))
     (notice,) = site.mail_to("mary@mods.example")
-    text = notice.message.get_content()
+    text = notice.message.get_body(("plain",)).get_content()
     for needle in ("stranger@else.example", "Please post me", "First line of the post.",
                    "mailto:", "approve", "reject", "discard"):
         assert needle in text, needle
@@ -82,7 +82,7 @@ def test_moderation_by_reply(site: Site) -> None:
     assert sorted(r for m in posts for r in m.rcpt_tos) == ["ann@members.example",
                                                             "ben@members.example"]
     (done,) = new_mail(site, start, "mary@mods.example")
-    assert "approved" in done.message.get_content()
+    assert "approved" in done.message.get_body(("plain",)).get_content()
     assert site.json("held", "ls", "mod@lists.example") == []
 
     # the same reply again: nothing delivered, told it was handled (and by whom)
@@ -90,19 +90,19 @@ def test_moderation_by_reply(site: Site) -> None:
     site.send(address, reply("mary@mods.example", address, "discard\n"))
     site.quiet()
     (again,) = new_mail(site, start, "mary@mods.example")
-    assert "already" in again.message.get_content().lower()
-    assert "mary@mods.example" in again.message.get_content()
+    assert "already" in again.message.get_body(("plain",)).get_content().lower()
+    assert "mary@mods.example" in again.message.get_body(("plain",)).get_content()
     assert not new_mail(site, start, "ann@members.example")
 
     # a reject: the poster is told, with the reason; members get nothing
     site.send("mod@lists.example", message("spammer@else.example", "mod@lists.example", "Buy"))
     notices = site.mail_to("modboss@own.example", 2)     # stranger's post, then this one
-    (notice,) = [n for n in notices if "spammer@else.example" in n.message.get_content()]
+    (notice,) = [n for n in notices if "spammer@else.example" in n.message.get_body(("plain",)).get_content()]
     address, _ = reply_to(notice)
     start = len(site.sink.messages)
     site.send(address, reply("modboss@own.example", address, "reject off topic here\n"))
     told = site.mail_to("spammer@else.example", 2)          # held notice, then the rejection
-    assert "off topic here" in told[-1].message.get_content()
+    assert "off topic here" in told[-1].message.get_body(("plain",)).get_content()
     site.quiet()
     assert not new_mail(site, start, "ann@members.example")
     assert site.json("held", "ls", "mod@lists.example") == []
@@ -160,7 +160,7 @@ def test_expired_token_does_nothing(tmp_path: Path, sink: SmtpSink) -> None:
         time.sleep(max(0.0, sent + lifetime + 0.5 - time.monotonic()))   # let it expire
         s.send(address, reply("slow@mods.example", address, "approve\n"))
         answer = s.mail_to("slow@mods.example", 2)[-1]
-        assert "expired" in answer.message.get_content()
+        assert "expired" in answer.message.get_body(("plain",)).get_content()
         s.quiet()
         assert s.count_to("kim@members.example") == 0     # not approved
         # (the scheduler may meanwhile discard the expired hold: never deliver it)

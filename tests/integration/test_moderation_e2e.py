@@ -47,7 +47,7 @@ def test_held_post_moderated_by_reply(harness: Harness) -> None:
     h.run_until_idle()
     h.sink.wait_for(lambda msgs: len(msgs) >= 3)
     (notice,) = only(h, "mod@m.example")
-    body = notice.message.get_content()
+    body = notice.message.get_body(("plain",)).get_content()
     assert "stranger@s.example" in body and "Let me in" in body and "second line" in body
     token = token_of(notice)
     assert token in str(notice.message["Subject"])
@@ -68,11 +68,11 @@ def test_held_post_moderated_by_reply(harness: Harness) -> None:
     reply(h, "mod@m.example", token, "approve")
     h.sink.wait_for(lambda msgs: len(posts(h, "ann@a.example")) == 1)
     assert "Let me in" in str(posts(h, "ann@a.example")[0].message["Subject"])
-    assert any("approved" in m.message.get_content() for m in only(h, "mod@m.example")[1:])
+    assert any("approved" in m.message.get_body(("plain",)).get_content() for m in only(h, "mod@m.example")[1:])
     # the same reply again: nothing delivered
     reply(h, "mod@m.example", token, "approve")
     assert len(posts(h, "ann@a.example")) == 1
-    assert "already handled" in only(h, "mod@m.example")[-1].message.get_content().lower()
+    assert "already handled" in only(h, "mod@m.example")[-1].message.get_body(("plain",)).get_content().lower()
 
 
 def test_reject_by_reply_and_cli(harness: Harness, cli_env: dict[str, str], clock: Any) -> None:
@@ -82,10 +82,10 @@ def test_reject_by_reply_and_cli(harness: Harness, cli_env: dict[str, str], cloc
     h.send(make_message("other@s.example", LIST, "Second", "Hi\n"))
     h.run_until_idle()
     h.sink.wait_for(lambda msgs: len(only(h, "mod@m.example")) == 2)
-    first = [m for m in only(h, "mod@m.example") if "Spam" in m.message.get_content()][0]
+    first = [m for m in only(h, "mod@m.example") if "Spam" in m.message.get_body(("plain",)).get_content()][0]
     reply(h, "mod@m.example", token_of(first), "reject no ads please")
     h.sink.wait_for(lambda msgs: len(only(h, "stranger@s.example")) == 2)
-    assert "no ads please" in only(h, "stranger@s.example")[-1].message.get_content()
+    assert "no ads please" in only(h, "stranger@s.example")[-1].message.get_body(("plain",)).get_content()
 
     runner = CliRunner()
     r = runner.invoke(cli, ["held", "ls", LIST, "--json"], env=cli_env)

@@ -141,7 +141,7 @@ def test_plain_alternative_prefers_text_and_html_only_is_converted() -> None:
     h.set_content("<html><head><style>p{}</style></head><body><p>Hello &amp; bye</p>"
                   "<script>x()</script></body></html>", subtype="html")
     assert body_blocks(roundtrip(h)) == ["Hello & bye"]
-    assert html_to_text("<ul><li>a</li><li>b</li></ul>") == "a\n\nb"
+    assert html_to_text("<ul><li>a</li><li>b</li></ul>") == "  * a\n  * b"
 
 
 def test_plain_escapes_separator_lines_in_bodies(tmp_path: Path) -> None:

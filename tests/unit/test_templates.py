@@ -78,8 +78,21 @@ CONTEXTS: dict[str, list[dict[str, Any]]] = {
         "held": HELD, "token": TOKEN, "confirm_address": CONFIRM,
         "links": {w: MAILTO + w for w in ("approve", "reject", "discard")},
         "excerpt": ["Hi all,", "", "here is the draft menu."], "expires_at": NOW,
-        "moderator": "mod@example.org",
+        "moderator": "mod@example.org", "attached": True,
+    }, {
+        "held": HELD, "token": TOKEN, "confirm_address": CONFIRM,
+        "links": {w: MAILTO + w for w in ("approve", "reject", "discard")},
+        "excerpt": [], "expires_at": NOW, "moderator": "mod@example.org", "attached": False,
     }],
+    # commands._no_command
+    "notice/moderator/no-command.txt.j2": [
+        {"held": HELD, "line": "Hi, who is this?", "token": TOKEN, "confirm_address": CONFIRM},
+        {"held": HELD, "line": "", "token": TOKEN, "confirm_address": CONFIRM}],
+    # moderation.note_to_moderators
+    "notice/moderator/poster-note.txt.j2": [
+        {"held": HELD, "poster": "bob@example.net", "lines": ["let it through?"],
+         "truncated": False},
+        {"held": HELD, "poster": "bob@example.net", "lines": [], "truncated": True}],
     # subscriptions.ask_moderators (via _send_token)
     "notice/moderator/subscription.txt.j2": [{
         "token": TOKEN, "confirm_address": CONFIRM, "subscriber": "carol@example.com",
@@ -106,6 +119,14 @@ CONTEXTS: dict[str, list[dict[str, Any]]] = {
          "diagnostic": "550 5.7.1 blocked by policy"},
         {"domain": "example.com", "count": 1, "addresses": ["eve@example.com"],
          "status": None, "diagnostic": ""}]}],
+    # post_failures.report (via bounce_report.notify_owners)
+    "notice/owner/delivery_failed.txt.j2": [{
+        "message_id": "<m1@example.net>", "subject": "Release plan", "kind": "post",
+        "count": 3, "reply": "552 5.3.4 Message size exceeds fixed limit",
+        "outbound": "smtp://127.0.0.1:10025", "recipients": ["a@example.net"]}, {
+        "message_id": "<m1@example.net>", "subject": "", "kind": "digest", "count": 1,
+        "reply": "554 5.7.1 relay access denied", "outbound": "smtp://127.0.0.1:10025",
+        "recipients": []}],
     # bounces.remove_member (owner and user notices)
     "notice/owner/bounce_removed.txt.j2": [{"email": "bob@example.net", "warnings": 3}],
     "notice/user/bounce_removed.txt.j2": [{"email": "bob@example.net", "warnings": 3}],

@@ -1,7 +1,7 @@
 """hostile mail: automatic_action and sender_headers list settings
 
 Revision ID: 0005_hostile_mail
-Revises: 0004_post_rules
+Revises: 0007_mta_front_door
 Create Date: 2026-12-02 18:40:00
 """
 from alembic import op
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 
 revision = '0005_hostile_mail'
-down_revision = '0004_post_rules'
+down_revision = '0007_mta_front_door'
 branch_labels = None
 depends_on = None
 

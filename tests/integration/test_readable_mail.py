@@ -1,0 +1,203 @@
+"""Mail people can read (issue: readable mail), through the real SMTP intake to the sink:
+HTML-only posts read as structured text in the moderators' notice and the plain digest."""
+
+from __future__ import annotations
+
+import datetime as dt
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from listserv import lists, members
+from listserv.cli import cli
+from listserv.models import DeliveryMode
+from tests.integration.harness import Harness, make_list, make_message
+from tests.sink import Captured
+
+LIST = "dev@example.org"
+HTML = Path(__file__).parent.parent / "data" / "html"
+
+
+def only(h: Harness, rcpt: str) -> list[Captured]:
+    return [m for m in h.sink.messages if rcpt in m.rcpt_tos]
+
+
+def html_post(sender: str, name: str, subject: str = "Meeting") -> EmailMessage:
+    msg = make_message(sender, LIST, subject, "x\n")
+    msg.set_content((HTML / f"{name}.html").read_text(encoding="utf-8"), subtype="html")
+    return msg
+
+
+def text(c: Captured) -> str:
+    return str(c.message.get_body(preferencelist=("plain",)).get_content()).replace("\r\n", "\n")
+
+
+def test_moderators_preview_of_html_only_post_keeps_structure(harness: Harness) -> None:
+    h = harness
+    make_list(h.app, LIST, members=["ann@a.example"], moderators=["mod@m.example"])
+    h.send(html_post("stranger@s.example", "outlook"))
+    h.run_until_idle()
+    h.sink.wait_for(lambda msgs: len(only(h, "mod@m.example")) >= 1)
+    body = text(only(h, "mod@m.example")[0])
+    assert "&nbsp;" not in body and "MsoNormal" not in body and "font-family" not in body
+    assert "Thursday at 19:00 in Room 4" in body
+    assert " 1. Minutes of the last meeting\n" in body
+
+
+def test_plain_digest_of_html_only_post_keeps_structure(harness: Harness,
+                                                        cli_env: dict[str, str],
+                                                        clock: Any) -> None:
+    h = harness
+    make_list(h.app, LIST, members=["ann@a.example", "plain@c.example"])
+    with h.app.db.unit_of_work() as s:
+        ml = lists.get_list(s, LIST)
+        m = members.find_membership(s, ml, "plain@c.example")
+        assert m is not None
+        m.delivery_mode = DeliveryMode.plain_digest
+    h.send(html_post("ann@a.example", "gmail", "Garden"))
+    h.run_until_idle()
+    out = CliRunner().invoke(cli, ["digest", "send", LIST], env=cli_env)
+    assert out.exit_code == 0, out.output
+    clock.t = dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=1)
+    h.run_until_idle()
+    h.sink.wait_for(lambda msgs: len(only(h, "plain@c.example")) >= 1)
+    body = text(only(h, "plain@c.example")[0])
+    assert "  * Seeds arrived today\n  * Watering rota is in the shared sheet" in body
+    assert "We plant on Saturday.\nGloves are provided.\n" in body
+    assert "&nbsp;" not in body
+
+
+# ---------------------------------------------------------------------------- moderation replies
+
+REPLIES = Path(__file__).parent.parent / "data" / "replies"
+
+
+def token_of(c: Captured) -> str:
+    return str(c.message["Reply-To"]).split("+", 1)[1].split("@")[0]
+
+
+def hold_one(h: Harness, subject: str = "Let me in") -> Captured:
+    h.send(make_message("stranger@s.example", LIST, subject, "Hello list\nsecond line\n"))
+    h.run_until_idle()
+    h.sink.wait_for(lambda msgs: len(only(h, "mod@m.example")) >= 1)
+    return only(h, "mod@m.example")[-1]
+
+
+def held_state(h: Harness) -> tuple[str | None, str | None]:
+    from sqlalchemy import select
+
+    from listserv.models import HeldMessage
+    with h.app.db.unit_of_work() as s:
+        held = s.scalars(select(HeldMessage)).one()
+        return (held.decision.value if held.decision else None), held.reason
+
+
+def send_reply_file(h: Harness, name: str, token: str, sender: str = "mod@m.example") -> None:
+    raw = (REPLIES / name).read_bytes().replace(b"TOKEN", token.encode())
+    from email import policy
+    from email.parser import BytesParser
+    msg = BytesParser(policy=policy.default).parsebytes(raw)
+    del msg["From"]
+    msg["From"] = sender
+    h.send(msg.as_bytes(policy=policy.SMTP), mail_from=sender,
+           rcpts=[f"dev-confirm+{token}@example.org"])
+    h.run_until_idle()
+
+
+@pytest.mark.parametrize("name, decision, reason", [
+    ("outlook-top.eml", "reject", "please use the vendors list\n\nKind regards\nMaria"),
+    ("outlook-original-message.eml", "reject", "off topic, sorry"),
+    ("gmail-top.eml", "approve", None),
+    ("gmail-html-only.eml", "reject", "duplicate of yesterday's post\n\nSam"),
+    ("apple-bottom.eml", "discard", None),
+    ("iphone.eml", "approve", None),
+    ("android-attribution.eml", "discard", None),
+])
+def test_real_client_replies_act_on_the_held_post(harness: Harness, name: str, decision: str,
+                                                  reason: str | None) -> None:
+    h = harness
+    make_list(h.app, LIST, members=["ann@a.example"], moderators=["mod@m.example"])
+    notice = hold_one(h)
+    send_reply_file(h, name, token_of(notice))
+    assert held_state(h) == (decision, reason)
+    if decision == "reject":
+        h.sink.wait_for(lambda msgs: len(only(h, "stranger@s.example")) >= 2)
+        told = text(only(h, "stranger@s.example")[-1])
+        assert reason is not None and reason.splitlines()[0] in told
+        assert "- off topic" not in told
+
+
+def test_reply_without_command_gets_a_short_answer_that_can_be_answered(
+        harness: Harness) -> None:
+    h = harness
+    make_list(h.app, LIST, members=["ann@a.example"], moderators=["mod@m.example"])
+    notice = hold_one(h)
+    token = token_of(notice)
+    send_reply_file(h, "no-command.eml", token)
+    assert held_state(h) == (None, None)
+    h.sink.wait_for(lambda msgs: len(only(h, "mod@m.example")) >= 2)
+    answer = only(h, "mod@m.example")[-1]
+    body = text(answer)
+    assert str(answer.message["Reply-To"]) == f"dev-confirm+{token}@example.org"
+    assert "Hi, who is this person? Do we know them?" in body
+    assert "approve, reject or discard" in body
+    assert "subscribe" not in body and "help" not in body.lower()
+    # answering the answer works
+    again = make_message("mod@m.example", str(answer.message["Reply-To"]),
+                         "Re: " + str(answer.message["Subject"]),
+                         "approve\n\n> " + body.replace("\n", "\n> "))
+    h.send(again)
+    h.run_until_idle()
+    assert held_state(h) == ("approve", None)
+
+
+def test_poster_note_goes_to_the_moderators(harness: Harness) -> None:
+    h = harness
+    make_list(h.app, LIST, members=["ann@a.example"], moderators=["mod@m.example"],
+              owners=["own@o.example"])
+    hold_one(h, "Garden day")
+    h.sink.wait_for(lambda msgs: len(only(h, "stranger@s.example")) >= 1)
+    held_notice = only(h, "stranger@s.example")[0]
+    assert "dropped without further notice" in text(held_notice)
+    token = token_of(held_notice)
+    h.send(make_message("stranger@s.example", f"dev-confirm+{token}@example.org",
+                        "Re: " + str(held_notice.message["Subject"]),
+                        "could you let it through? Olivia asked me to post\n\n"
+                        "On Tue, 1 Dec 2026, Dev list wrote:\n> Your message to dev\n"))
+    h.run_until_idle()
+    assert held_state(h) == (None, None)
+    h.sink.wait_for(lambda msgs: len(only(h, "own@o.example")) >= 2
+                    and len(only(h, "stranger@s.example")) >= 2)
+    note = only(h, "mod@m.example")[-1]
+    assert sorted(note.rcpt_tos) == ["mod@m.example", "own@o.example"]
+    assert "Olivia asked me to post" in text(note) and "Garden day" in text(note)
+    assert str(note.message["Reply-To"]) == "stranger@s.example"
+    told = only(h, "stranger@s.example")[-1]
+    assert "passed to the moderators" in text(told)
+    assert "The commands are" not in text(told) and "subscribe" not in text(told)
+    assert str(told.message["Reply-To"]) == f"dev-confirm+{token}@example.org"
+    # and 'cancel' still withdraws it
+    h.send(make_message("stranger@s.example", f"dev-confirm+{token}@example.org", "Re: x",
+                        "Cancel\n"))
+    h.run_until_idle()
+    assert held_state(h)[0] == "cancel"
+
+
+def test_moderators_notice_attaches_the_held_post(harness: Harness) -> None:
+    h = harness
+    make_list(h.app, LIST, members=["ann@a.example"], moderators=["mod@m.example"])
+    notice = hold_one(h, "Grüße aus Köln")
+    msg = notice.message
+    assert msg.get_content_type() == "multipart/mixed"
+    parts = list(msg.iter_attachments())
+    assert [p.get_content_type() for p in parts] == ["message/rfc822"]
+    held = parts[0].get_content()
+    assert str(held["Subject"]) == "Grüße aus Köln"
+    assert str(held["From"]) == "stranger@s.example"
+    assert "second line" in held.get_content()
+    body = text(notice)
+    assert "From a shell" not in body and "listserv held" not in body
+    assert "attached" in body
