@@ -288,7 +288,7 @@ def _send_one(app: App, list_id: int, force: bool) -> SendResult | None:
         return send(session, app, ml, force=force)
 
 
-FAILURES = isolation.Failures("digest", log)
+FAILURES = isolation.Failures("digest", log, retry_after=0)   # retried every tick, logged once
 
 
 def tick(app: App) -> list[SendResult]:
