@@ -227,6 +227,7 @@ class MailingList(Base):
     automatic_action: Mapped[Action] = mapped_column(_enum(Action), default=Action.hold)
     sender_headers: Mapped[SenderHeaders] = mapped_column(_enum(SenderHeaders),
                                                           default=SenderHeaders.from_)
+    sender_post_limit: Mapped[int] = mapped_column(default=10)
 
     # counters and state
     post_id: Mapped[int] = mapped_column(default=0)
@@ -318,7 +319,8 @@ class InboundMessage(Base):
     """
 
     __tablename__ = "inbound_message"
-    __table_args__ = (Index("ix_inbound_state", "state", "id"),)
+    __table_args__ = (Index("ix_inbound_state", "state", "id"),
+                      Index("ix_inbound_sender", "list_id", "from_addr", "received_at"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     list_id: Mapped[int] = mapped_column(ForeignKey("mailing_list.id", ondelete="CASCADE"))
@@ -337,6 +339,7 @@ class InboundMessage(Base):
     locked_at: Mapped[Optional[dt.datetime]] = mapped_column()
     attempts: Mapped[int] = mapped_column(default=0)
     outcome: Mapped[Optional[str]] = mapped_column(Text)    # reasons / error, for humans
+    body_sha: Mapped[Optional[str]] = mapped_column(String(64))  # a post's text (flood rules)
 
     mailing_list: Mapped[MailingList] = relationship()
 

@@ -51,6 +51,7 @@ def handle_post(session: Session, app: App, inbound: InboundMessage, msg: EmailM
     """Run the rules on a post and carry out the verdict."""
     ml = session.get(MailingList, inbound.list_id)
     assert ml is not None
+    inbound.body_sha = rules.body_digest(msg)
     ctx = rules.build_context(session, ml, inbound, msg)
     verdict = rules.evaluate(ctx)
     if verdict.action is Action.reject and ctx.is_auto:

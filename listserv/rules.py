@@ -8,19 +8,22 @@ No rule touches the database: build_context() takes the snapshot first.
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 import re
 from dataclasses import dataclass
 from email.message import EmailMessage
-from typing import Callable
+from typing import Any, Callable
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from listserv import addresses, replies
+from listserv import addresses, replies, untrusted
 from listserv.models import (
     Action,
     Address,
     InboundMessage,
+    InboundState,
     MailingList,
     Membership,
     Role,
@@ -53,6 +56,9 @@ class RuleContext:
     max_recipients: int = 0        # 0 = no limit
     automatic_action: Action = Action.hold
     sender_problem: str = ""       # why the From names nobody (ambiguous, unparseable...)
+    recent_posts: int = 0          # the sender's earlier posts to the list in FLOOD_WINDOW
+    sender_post_limit: int = 0     # 0 = no limit
+    repeats_post: str = ""         # Message-ID of an accepted post with the same text
 
     @property
     def is_member(self) -> bool:
@@ -129,6 +135,29 @@ def max_size(ctx: RuleContext) -> Hit | None:
     return None
 
 
+FLOOD_WINDOW = dt.timedelta(minutes=10)
+REPEAT_WINDOW = dt.timedelta(hours=1)
+
+
+def flood(ctx: RuleContext) -> Hit | None:
+    """More than sender_post_limit posts from one sender in FLOOD_WINDOW: a loop (an
+    auto-responder without RFC 3834 headers, with reply_to list) or a flood."""
+    if ctx.sender_post_limit and ctx.recent_posts >= ctx.sender_post_limit:
+        minutes = int(FLOOD_WINDOW.total_seconds() // 60)
+        return Hit(Action.hold, f"too many posts: {ctx.recent_posts + 1} from "
+                                f"{ctx.sender or ctx.mail_from} in {minutes} minutes (the "
+                                f"list holds more than {ctx.sender_post_limit})")
+    return None
+
+
+def repeated_text(ctx: RuleContext) -> Hit | None:
+    """The same text the same sender posted within REPEAT_WINDOW (a loop, a resend)."""
+    if ctx.repeats_post:
+        return Hit(Action.hold, f"same text as {ctx.repeats_post}, posted by the same sender "
+                                "less than an hour ago")
+    return None
+
+
 # Email commands and how many words may follow them (as the -request parser takes them).
 COMMAND_ARGS = {"subscribe": 2, "unsubscribe": 1, "join": 0, "leave": 0, "help": 0,
                 "confirm": 1, "set": 2, "signoff": 1, "remove": 1}
@@ -202,6 +231,8 @@ RULES: tuple[Rule, ...] = (
     automatic,
     emergency,
     max_size,
+    flood,
+    repeated_text,
     administrivia,
     max_recipients,
     nonmember,
@@ -280,7 +311,39 @@ def build_context(session: Session, ml: MailingList, inbound: InboundMessage,
         emergency=ml.emergency, nonmember_action=ml.nonmember_action,
         member_action=ml.member_action, subject=_subject(msg), body_head=_body_head(msg),
         administrivia=ml.administrivia, max_recipients=ml.max_recipients,
-        automatic_action=ml.automatic_action, sender_problem=problem or "")
+        automatic_action=ml.automatic_action, sender_problem=problem or "",
+        sender_post_limit=ml.sender_post_limit, **_history(session, inbound))
+
+
+def body_digest(msg: EmailMessage) -> str | None:
+    """SHA-256 of a post's text, whitespace collapsed; None when it has no text."""
+    try:
+        text = " ".join(replies.body_text(msg).split())
+    except Exception:  # noqa: BLE001 - hostile structure: no text to compare
+        return None
+    if not text:
+        return None
+    return hashlib.sha256(untrusted.clean_text(text).encode("utf-8")).hexdigest()
+
+
+def _history(session: Session, inbound: InboundMessage) -> dict[str, Any]:
+    """The sender's recent posts to the list: how many in FLOOD_WINDOW, and an accepted one
+    with the same text (inbound.body_sha) within REPEAT_WINDOW."""
+    sender = inbound.from_addr
+    if not sender:
+        return {}
+    I = InboundMessage
+    mine = (I.list_id == inbound.list_id, I.from_addr == sender, I.id < inbound.id,
+            I.subaddress == addresses.POST, I.received_at <= inbound.received_at)
+    recent = session.scalar(select(func.count(I.id)).where(
+        *mine, I.received_at >= inbound.received_at - FLOOD_WINDOW,
+        I.state != InboundState.failed)) or 0
+    repeats = ""
+    if inbound.body_sha:
+        repeats = session.scalar(select(I.message_id).where(
+            *mine, I.received_at >= inbound.received_at - REPEAT_WINDOW,
+            I.body_sha == inbound.body_sha, I.state == InboundState.accepted).limit(1)) or ""
+    return {"recent_posts": recent, "repeats_post": repeats}
 
 
 def _subject(msg: EmailMessage) -> str:

@@ -105,6 +105,9 @@ SETTINGS: tuple[Setting, ...] = (
     _choice("sender_headers", SenderHeaders, SenderHeaders.from_,
             "who a post is from for the rules: 'from' (exactly one From header) or "
             "'from+sender' (Sender: or the envelope sender may also be the member)"),
+    Setting("sender_post_limit", "int", 10,
+            "posts one sender may make in 10 minutes; more are held (a looping "
+            "auto-responder); 0 = no limit"),
     Setting("display_name", "text", "", "the list's human name (set by list create)",
             max_length=255),
     Setting("description", "text", "", "a one-line description of the list", max_length=1000),

@@ -7,6 +7,7 @@ from sqlalchemy import select
 
 from listserv.models import Action, Delivery, HeldMessage, InboundMessage, OutboundMessage, SenderHeaders
 from tests.clirun import Cli
+from tests.conftest import Clock
 from tests.integration.harness import Harness, make_list, make_message
 
 LIST = "dev@example.org"
@@ -110,3 +111,34 @@ def test_sender_headers_from_plus_sender(harness: Harness, cli_env: dict[str, st
     harness.send(msg, mail_from="bob@example.net", rcpts=[LIST])
     harness.run_until_idle()
     assert outcome(harness)[0] == "accepted"
+
+
+def test_auto_responder_loop_is_held_after_ten_posts(harness: Harness) -> None:
+    make_list(harness.app, LIST, members=MEMBERS, moderators=["mod@example.org"])
+    for n in range(12):
+        harness.send(make_message("bob@example.net", LIST, f"Re: out of office {n}",
+                                  f"I am away until Monday ({n}).\n"))
+    harness.run_until_idle()
+    with harness.app.db.unit_of_work() as s:
+        rows = list(s.scalars(select(InboundMessage).order_by(InboundMessage.id)))
+    assert [r.state.value for r in rows] == ["accepted"] * 10 + ["held"] * 2
+    assert "too many posts: 11 from bob@example.net in 10 minutes" in (rows[10].outcome or "")
+    harness.send(make_message("ann@a.example", LIST, "another sender"))   # others go on
+    harness.run_until_idle()
+
+
+def test_same_text_from_the_same_sender_within_an_hour_is_held(harness: Harness,
+                                                             clock: Clock) -> None:
+    make_list(harness.app, LIST, members=MEMBERS, moderators=["mod@example.org"])
+    for n in range(2):
+        harness.send(make_message("bob@example.net", LIST, f"Subject {n}", "Same  text.\n"))
+        harness.run_until_idle()
+    harness.send(make_message("ann@a.example", LIST, "Subject", "Same text.\n"))  # not bob
+    harness.run_until_idle()
+    clock.advance(hours=1, minutes=1)
+    harness.send(make_message("bob@example.net", LIST, "later", "Same text.\n"))
+    harness.run_until_idle()
+    with harness.app.db.unit_of_work() as s:
+        rows = list(s.scalars(select(InboundMessage).order_by(InboundMessage.id)))
+    assert [r.state.value for r in rows] == ["accepted", "held", "accepted", "accepted"]
+    assert "same text as <" in (rows[1].outcome or "")

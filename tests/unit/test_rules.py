@@ -127,7 +127,8 @@ def test_gate_stops_evaluation_even_after_holds() -> None:
 
 def test_rules_order_is_the_documented_chain() -> None:
     assert [r.__name__ for r in rules.RULES] == [
-        "loop", "automatic", "emergency", "max_size", "administrivia", "max_recipients",
+        "loop", "automatic", "emergency", "max_size", "flood", "repeated_text",
+        "administrivia", "max_recipients",
         "nonmember", "moderated_member", "implicit_destination"]
 
 

@@ -1,4 +1,5 @@
-"""hostile mail: automatic_action and sender_headers list settings
+"""hostile mail: automatic_action, sender_headers and sender_post_limit list settings;
+inbound_message.body_sha and an index by sender (the flood rules)
 
 Revision ID: 0005_hostile_mail
 Revises: 0007_mta_front_door
@@ -16,16 +17,28 @@ depends_on = None
 
 def upgrade() -> None:
     with op.batch_alter_table('mailing_list') as batch:
-        batch.add_column(sa.Column('automatic_action', sa.Enum(
-            'accept', 'hold', 'reject', 'discard', name='action', native_enum=False,
-            length=32), nullable=False,
-                                   server_default='hold'))
-        batch.add_column(sa.Column('sender_headers', sa.Enum(
-            'from', 'from+sender', name='senderheaders', native_enum=False, length=32), nullable=False,
-                                   server_default='from'))
+        batch.add_column(sa.Column(
+            'automatic_action',
+            sa.Enum('accept', 'hold', 'reject', 'discard', name='action', native_enum=False,
+                    length=32),
+            nullable=False, server_default='hold'))
+        batch.add_column(sa.Column(
+            'sender_headers',
+            sa.Enum('from', 'from+sender', name='senderheaders', native_enum=False, length=32),
+            nullable=False, server_default='from'))
+        batch.add_column(sa.Column('sender_post_limit', sa.Integer(), nullable=False,
+                                   server_default='10'))
+    with op.batch_alter_table('inbound_message') as batch:
+        batch.add_column(sa.Column('body_sha', sa.String(length=64), nullable=True))
+    op.create_index('ix_inbound_sender', 'inbound_message',
+                    ['list_id', 'from_addr', 'received_at'])
 
 
 def downgrade() -> None:
+    op.drop_index('ix_inbound_sender', table_name='inbound_message')
+    with op.batch_alter_table('inbound_message') as batch:
+        batch.drop_column('body_sha')
     with op.batch_alter_table('mailing_list') as batch:
+        batch.drop_column('sender_post_limit')
         batch.drop_column('sender_headers')
         batch.drop_column('automatic_action')
