@@ -66,7 +66,11 @@ def build_notice(app: App, lst: ListView | None, template: str, to: str | list[s
 
 def finalise(msg: EmailMessage, lst: ListView | None) -> bytes:
     """Serialise (CRLF) and DKIM-sign with the list domain's key when it has one."""
-    data = msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
+    policy = msg.policy.clone(linesep="\r\n")
+    try:
+        data = msg.as_bytes(policy=policy)
+    except UnicodeEncodeError:       # decoded hostile text: write its UTF-8 bytes instead
+        data = untrusted.serialisable(msg).as_bytes(policy=policy)
     if lst and lst.dkim_key and lst.dkim_selector:
         data = signing.sign(data, lst.domain, lst.dkim_selector, lst.dkim_key)
     return data

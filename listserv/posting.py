@@ -135,7 +135,10 @@ def render_footer(app: App, lv: ListView) -> str:
 
 
 def to_bytes(msg: EmailMessage) -> bytes:
-    return msg.as_bytes(policy=untrusted.SMTP_POLICY)
+    try:
+        return msg.as_bytes(policy=untrusted.SMTP_POLICY)
+    except UnicodeEncodeError:       # decoded hostile text: write its UTF-8 bytes instead
+        return untrusted.serialisable(msg).as_bytes(policy=untrusted.SMTP_POLICY)
 
 
 def accept_post(session: Session, app: App, inbound: InboundMessage, msg: EmailMessage, *,

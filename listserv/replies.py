@@ -90,7 +90,10 @@ def body_text(msg: Message, *, reply: bool = False) -> str:
     ``reply``, without the quoted original an HTML reply carries)."""
     if not isinstance(msg, EmailMessage):
         return ""
-    part = msg.get_body(preferencelist=("plain", "html"))
+    try:
+        part = msg.get_body(preferencelist=("plain", "html"))
+    except Exception:  # noqa: BLE001 - a multipart without parts (no boundary) and the like
+        return ""
     if part is None:
         return ""
     try:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from email import _header_value_parser, errors, headerregistry, policy
+from email.message import EmailMessage
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -146,3 +147,27 @@ def _registry() -> headerregistry.HeaderRegistry:
 
 POLICY = policy.default.clone(header_factory=_registry())
 SMTP_POLICY = POLICY.clone(linesep="\r\n")
+
+
+def serialisable(msg: EmailMessage) -> EmailMessage:
+    """``msg`` (in place) with every text payload, preamble and epilogue that is not ASCII
+    turned into its UTF-8 bytes (as surrogate escapes), so the generator can always write it:
+    a transform that decoded hostile 8-bit text leaves U+FFFD and the like behind."""
+    for part in msg.walk():
+        payload = getattr(part, "_payload", None)
+        if isinstance(payload, str) and part.get_content_maintype() == "multipart":
+            # A multipart without parts (no usable boundary): the generator re-decodes its
+            # text as ASCII, so only ASCII can be written; other bytes become '?'.
+            raw = payload.encode("utf-8", "surrogateescape")
+            part.set_payload(raw.decode("ascii", "replace").replace("\ufffd", "?"))
+        elif isinstance(payload, str) and not payload.isascii():
+            part.set_payload(_as_bytes_text(payload))
+        for name in ("preamble", "epilogue"):
+            value = getattr(part, name)
+            if isinstance(value, str) and not value.isascii():
+                setattr(part, name, _as_bytes_text(value))
+    return msg
+
+
+def _as_bytes_text(text: str) -> str:
+    return text.encode("utf-8", "surrogateescape").decode("ascii", "surrogateescape")
