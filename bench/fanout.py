@@ -258,7 +258,8 @@ def main() -> None:
                    f'\n[intake]\nhost = "127.0.0.1"\nport = {intake_port}\n'
                    f'\n[delivery]\noutbound = "smtp://127.0.0.1:{sink.port}"\n'
                    f'connections = {args.connections}\n'
-                   f'verp = {"true" if args.verp else "false"}\n')
+                   f'verp = {"true" if args.verp else "false"}\n'
+                   f'\n[web]\nlisten = "127.0.0.1:0"\n')
     daemon: subprocess.Popen[bytes] | None = None
     try:
         cli(cfg, "init")

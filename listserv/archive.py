@@ -2,7 +2,8 @@
 
 The ArchiveEntry rows are the queue (appended_at NULL = still to write). A pass appends each
 pending entry's prepared message (mboxrd: From_ line, '>From ' quoting), fsyncs the file and
-only then commits the rows' appended_at. A crash between the two can at worst append an entry twice, never
+only then commits the rows' appended_at, with each message's row in the search index
+(listserv.archive_index: where in the file it is, its headers and text). A crash between the two can at worst append an entry twice, never
 lose one. Rows are claimed FOR UPDATE SKIP LOCKED on PostgreSQL and files are flock'ed, so
 several processes may run passes.
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from listserv import archive_html, isolation
+from listserv import archive_html, archive_index, archive_read, isolation
 from listserv.app import App
 from listserv.models import ArchiveEntry, Domain, MailingList
 
@@ -102,7 +103,7 @@ def _append_batch(app: App, limit: int, touched: dict[str, set[str]]) -> int:
             key = (list_id, str(path))
             what = (f"list {names[list_id]} ({path.name}), Message-ID(s) "
                     + ", ".join(e.message_id or f"entry {e.id}" for e in group[:5]))
-            if FAILURES.run(key, what, lambda: _write_group(app, path, group)) is None:
+            if FAILURES.run(key, what, lambda: _write_group(app, session, path, group)) is None:
                 session.execute(update(ArchiveEntry)
                                 .where(ArchiveEntry.id.in_([e.id for e in group]))
                                 .values(appended_at=None)
@@ -113,17 +114,29 @@ def _append_batch(app: App, limit: int, touched: dict[str, set[str]]) -> int:
         return written
 
 
-def _write_group(app: App, path: Path, group: list[ArchiveEntry]) -> bool:
+def _write_group(app: App, session: Session, path: Path, group: list[ArchiveEntry]) -> bool:
+    """Append ``group`` to its mbox and index it (the index rows in a savepoint, so that a
+    failure leaves the transaction usable for the other files)."""
     chunks = [mbox_entry(app.spool.get(e.spool_sha), e.created_at.timestamp()) for e in group]
-    _append(path, b"".join(chunks))
+    with session.begin_nested():
+        offset = _append(path, b"".join(chunks))
+        for e, chunk in zip(group, chunks):
+            # The search index row commits with appended_at (a retry re-adds both).
+            archive_index.index_message(
+                session, e.list_id, archive_read.unquote_entry(chunk)[1],
+                month=path.stem, offset=offset, length=len(chunk),
+                archived_at=e.created_at)
+            offset += len(chunk)
     return True
 
 
-def _append(path: Path, data: bytes) -> None:
+def _append(path: Path, data: bytes) -> int:
+    """Append ``data`` to the mbox at ``path`` (flock'ed, fsynced); return where it starts."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
+        start = os.lseek(fd, 0, os.SEEK_END)
         view = memoryview(data)
         while view:
             written = os.write(fd, view)
@@ -131,3 +144,4 @@ def _append(path: Path, data: bytes) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+    return start

@@ -65,7 +65,7 @@ def month_path(archive_root: Path, list_address: str, month: str) -> Path:
     return list_dir(archive_root, list_address) / f"{month}.mbox"
 
 
-def _from_line_time(line: bytes) -> dt.datetime | None:
+def from_line_time(line: bytes) -> dt.datetime | None:
     # "From sender Thu Nov 26 23:55:04 2026"
     parts = line.decode("ascii", "replace").split()
     if len(parts) < 7:
@@ -79,14 +79,44 @@ def _from_line_time(line: bytes) -> dt.datetime | None:
 
 def split_mbox(data: bytes) -> Iterator[tuple[bytes, bytes]]:
     """(From_ line, raw message) pairs of an mboxrd file's bytes."""
+    for _, _, first, raw in scan_mbox(data):
+        yield first, raw
+
+
+def scan_mbox(data: bytes) -> Iterator[tuple[int, int, bytes, bytes]]:
+    """(offset, length, From_ line, raw message) of each entry of an mboxrd file's bytes:
+    the entry is ``data[offset:offset + length]`` (what entry_raw() reads back)."""
     starts = [m.start() for m in _FROM_LINE.finditer(data)]
     for i, start in enumerate(starts):
         end = starts[i + 1] if i + 1 < len(starts) else len(data)
-        chunk = data[start:end]
-        first, _, body = chunk.partition(b"\n")
-        if body.endswith(b"\n\n"):
-            body = body[:-1]        # the separating blank line the writer adds
-        yield first, _QUOTED_FROM.sub(rb"\1", body)
+        first, raw = unquote_entry(data[start:end])
+        yield start, end - start, first, raw
+
+
+def unquote_entry(chunk: bytes) -> tuple[bytes, bytes]:
+    """One mboxrd entry (From_ line to the next) -> (From_ line, raw message)."""
+    first, _, body = chunk.partition(b"\n")
+    if body.endswith(b"\n\n"):
+        body = body[:-1]        # the separating blank line the writer adds
+    return first, _QUOTED_FROM.sub(rb"\1", body)
+
+
+def entry_raw(archive_root: Path, list_address: str, month: str, offset: int,
+              length: int) -> bytes:
+    """The raw message stored at ``offset`` in a month's mbox (as the archive index records
+    it). Raises FileNotFoundError, or ValueError when no entry starts there."""
+    with open(month_path(archive_root, list_address, month), "rb") as f:
+        f.seek(offset)
+        chunk = f.read(length)
+    if not chunk.startswith(b"From "):
+        raise ValueError(f"no archived message at {month}:{offset}")
+    return unquote_entry(chunk)[1]
+
+
+def message_id_of(raw: bytes) -> str:
+    """The Message-ID of a raw message, found the cheap way ('' when it has none)."""
+    found = _MESSAGE_ID.search(raw.split(b"\n\n", 1)[0])
+    return found.group(1).decode("ascii", "replace") if found else ""
 
 
 def read_month(archive_root: Path, list_address: str, month: str) -> list[Entry]:
@@ -99,14 +129,12 @@ def read_month(archive_root: Path, list_address: str, month: str) -> list[Entry]
     out: list[Entry] = []
     seen: set[str] = set()
     for from_line, raw in split_mbox(data):
-        head = raw.split(b"\n\n", 1)[0]
-        found = _MESSAGE_ID.search(head)
-        mid = found.group(1).decode("ascii", "replace") if found else ""
+        mid = message_id_of(raw)
         if mid:
             if mid in seen:
                 continue
             seen.add(mid)
-        out.append(Entry(len(out) + 1, raw, _from_line_time(from_line)))
+        out.append(Entry(len(out) + 1, raw, from_line_time(from_line)))
     return out
 
 

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from listserv import (
     archive_access,
+    modlog,
     moderation,
     modreply,
     ratelimit,
@@ -51,7 +52,7 @@ log = logging.getLogger(__name__)
 
 MAX_COMMANDS = 5
 REQUEST_WORDS = {"help", "subscribe", "join", "unsubscribe", "leave", "confirm", "set",
-                 "index", "get", "end", "stop"}
+                 "index", "get", "log", "end", "stop"}
 SUBJECT_TOKEN_RE = re.compile(r"\bconfirm\s+([A-Za-z0-9]{16,})\b", re.IGNORECASE)
 
 
@@ -334,4 +335,6 @@ def run_command(mail: Mail, line: str) -> Result:
         return _help("Usage: set delivery regular|mime-digest|plain-digest|nomail")
     if word in ("index", "get"):
         return archive_access.command(mail, word, words[1:])
+    if word == "log":
+        return modlog.command(mail)
     return _help(f"Unknown command: {line}")

@@ -56,6 +56,12 @@ class ModerationSettings:
 
 
 @dataclass(frozen=True)
+class WebSettings:
+    listen: str = "127.0.0.1:8080"           # "" turns the web part off
+    base_url: str = "http://127.0.0.1:8080"  # the public URL that links in mail use
+
+
+@dataclass(frozen=True)
 class Settings:
     data_dir: str = "./listserv-data"
     site_domain: str = "localhost"
@@ -63,6 +69,7 @@ class Settings:
     intake: IntakeSettings = field(default_factory=IntakeSettings)
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     moderation: ModerationSettings = field(default_factory=ModerationSettings)
+    web: WebSettings = field(default_factory=WebSettings)
 
     # -- derived paths -------------------------------------------------
     @property
@@ -91,6 +98,7 @@ SECTIONS: dict[str, type] = {
     "intake": IntakeSettings,
     "delivery": DeliverySettings,
     "moderation": ModerationSettings,
+    "web": WebSettings,
 }
 
 CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
@@ -277,9 +285,25 @@ def _validate(s: Settings) -> None:
     if not _outbound_ok(out):
         raise ConfigError(
             f"configuration key 'delivery.outbound': {out!r} must be maildir:PATH or smtp://HOST:PORT")
+    if s.web.listen:
+        parse_listen(s.web.listen)
+    base = urlsplit(s.web.base_url)
+    if base.scheme not in ("http", "https") or not base.hostname or base.query or base.fragment:
+        raise ConfigError(
+            f"configuration key 'web.base_url': {s.web.base_url!r} must be http(s)://HOST[/PATH]")
     url = s.database_url
     if not (url.startswith("sqlite") or url.startswith("postgresql")):
         raise ConfigError(f"configuration key 'database.url': unsupported database {url!r}")
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """'HOST:PORT' or '[IPv6]:PORT' -> (host, port); ConfigError naming web.listen otherwise."""
+    host, sep, port = listen.strip().rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(
+            f"configuration key 'web.listen': {listen!r} must be HOST:PORT (or \"\" for off)")
+    return host, int(port)
 
 
 def replace(settings: Settings, **changes: Any) -> Settings:

@@ -1,7 +1,8 @@
 """The asyncio supervisor behind `listserv serve`.
 
-One event loop runs: the intake server (SMTP or LMTP), the incoming worker loop, the archive
-loop, the delivery loop (listserv.delivery.run) and a scheduler that calls each module's
+One event loop runs: the intake server (SMTP or LMTP), the web pages (uvicorn, when ``web``
+is on and ``[web] listen`` is set), the incoming worker loop, the archive loop, the delivery
+loop (listserv.delivery.run) and a scheduler that calls each module's
 tick(app) every TICK_INTERVAL seconds. Workers are plain sync functions run in threads.
 The intake wakes the incoming worker right after it commits; a short poll covers mail stored
 by other processes. stop.set() (SIGTERM/SIGINT) closes the listener, lets in-flight SMTP
@@ -94,7 +95,8 @@ async def _wait(event: asyncio.Event, timeout: float) -> None:
 class Daemon:
     def __init__(self, app: App, *, host: str | None = None, port: int | None = None,
                  intake_enabled: bool = True, scheduler: bool = True,
-                 incoming_worker: bool = True, delivery: bool = True) -> None:
+                 incoming_worker: bool = True, delivery: bool = True, web: bool = False,
+                 web_listen: str | None = None) -> None:
         self.app = app
         self.host = host if host is not None else app.settings.intake.host
         self.port = port if port is not None else app.settings.intake.port
@@ -102,6 +104,9 @@ class Daemon:
         self.scheduler_enabled = scheduler
         self.incoming_enabled = incoming_worker
         self.delivery_enabled = delivery
+        self.web_listen = (app.settings.web.listen if web_listen is None else web_listen
+                           ) if web else ""
+        self.web_port: int | None = None      # the bound web port, once listening
         self.worker = incoming.worker_identity()
         self.ready = threading.Event()        # set once listening (for embedding and tests)
         self.handler: intake.IntakeHandler | None = None
@@ -139,6 +144,8 @@ class Daemon:
         self.handler = intake.IntakeHandler(app, on_commit=on_commit)
         await asyncio.to_thread(incoming.reclaim, app)
 
+        web_stop = asyncio.Event()
+        web_task = await self._start_web(web_stop) if self.web_listen else None
         server = None
         if self.intake_enabled:
             handler = self.handler
@@ -177,10 +184,11 @@ class Daemon:
                 log.error("listserv: a worker failed; stopping", exc_info=task.exception())
                 stop.set()
 
-        for t in [*tasks, *([delivery_task] if delivery_task is not None else [])]:
+        for t in [*tasks, *(t for t in (delivery_task, web_task) if t is not None)]:
             t.add_done_callback(watch)
         await stop.wait()
         log.warning("listserv: stopping")
+        web_stop.set()
         if server is not None:
             server.close()
             await self._drain_intake()
@@ -195,6 +203,8 @@ class Daemon:
                 await asyncio.wait_for(delivery_task, DRAIN_TIMEOUT)
             except Exception:
                 log.exception("delivery did not stop cleanly")
+        if web_task is not None:
+            await asyncio.gather(web_task, return_exceptions=True)
         if server is not None:
             try:   # Python >= 3.12 waits here for idle client connections: bound it
                 await asyncio.wait_for(server.wait_closed(), 5)
@@ -203,6 +213,25 @@ class Daemon:
         log.warning("listserv: stopped")
         if failed:
             raise WorkerFailed(f"a worker failed: {failed[0]}") from failed[0]
+
+    async def _start_web(self, web_stop: asyncio.Event) -> asyncio.Task[Any]:
+        """Start the web server; return once it listens (a busy port raises here)."""
+        from listserv.web import server as web_server
+
+        listening = asyncio.Event()
+
+        def on_listening(port: int) -> None:
+            self.web_port = port
+            listening.set()
+
+        task = asyncio.create_task(web_server.run(self.app, web_stop, listen=self.web_listen,
+                                                  on_listening=on_listening))
+        ready = asyncio.create_task(listening.wait())
+        await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        if task.done():
+            task.result()
+        return task
 
     async def _drain_intake(self) -> None:
         """Wait (bounded) for SMTP DATA transactions already being stored."""
@@ -273,6 +302,6 @@ def serve(app: App) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await Daemon(app).run(stop)
+        await Daemon(app, web=True).run(stop)
 
     asyncio.run(main())

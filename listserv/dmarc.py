@@ -25,6 +25,7 @@ from email.message import EmailMessage
 from email.utils import getaddresses
 from typing import Callable
 
+from listserv import headers
 from listserv.decorate import boundary_for
 from listserv.models import DmarcMitigation, ReplyTo
 from listserv.views import ListView
@@ -160,7 +161,9 @@ def wrap(msg: EmailMessage, lst: ListView, name: str, addr: str) -> EmailMessage
     outer = EmailMessage(policy=msg.policy)
     for header in WRAP_HEADERS:
         for value in msg.get_all(header, []):
-            outer[header] = value
+            # Subject: folded by us (CPython's folder can drop a space next to an encoded word)
+            outer[header] = headers.unstructured(header, str(value)) if header == "Subject" \
+                else value
     outer["MIME-Version"] = "1.0"
     _munge_headers(outer, lst, name, addr)
     inner_bytes = msg.as_bytes()

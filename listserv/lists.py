@@ -92,6 +92,8 @@ def summary(ml: MailingList, counts: dict[Role, int]) -> dict[str, Any]:
 
 def details(session: Session, ml: MailingList) -> dict[str, Any]:
     """Everything `list show` prints: the summary plus owners, moderators and delivery stats."""
+    from listserv import network
+
     out = summary(ml, role_counts(session, [ml.id]).get(ml.id, {}))
     member_rows = select(Membership.delivery_mode, Membership.enabled, func.count()).where(
         Membership.list_id == ml.id, Membership.role == Role.member).group_by(
@@ -116,6 +118,8 @@ def details(session: Session, ml: MailingList) -> dict[str, Any]:
         "disabled": disabled,
         "dkim_selector": ml.domain.dkim_selector if ml.domain.dkim_private_key else None,
         "posts": ml.post_id,
+        "includes": network.includes_of(session, ml),
+        "included_in": network.included_in(session, ml),
         "created_at": ml.created_at.isoformat(timespec="seconds"),
     })
     return out

@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Enum,
@@ -161,6 +162,19 @@ class DeliveryState(enum.Enum):
     failed = "failed"        # permanent failure or gave up
 
 
+class LogAccess(enum.Enum):
+    """Who may read a list's moderation log."""
+    public = "public"
+    members = "members"
+    owners = "owners"
+
+
+class LogNames(enum.Enum):
+    """How moderators are named in a moderation log read by non-moderators."""
+    show = "show"
+    hide = "hide"
+
+
 class BounceKind(enum.Enum):
     hard = "hard"            # permanent failure: scores
     soft = "soft"            # temporary failure: counted, does not score by default
@@ -224,6 +238,11 @@ class MailingList(Base):
     notify_poster_on_hold: Mapped[bool] = mapped_column(default=True)
     administrivia: Mapped[bool] = mapped_column(default=True)
     max_recipients: Mapped[int] = mapped_column(default=10)
+    included_members_can_post: Mapped[bool] = mapped_column(default=True)
+    moderation_log: Mapped[LogAccess] = mapped_column(_enum(LogAccess),
+                                                      default=LogAccess.owners)
+    moderation_log_names: Mapped[LogNames] = mapped_column(_enum(LogNames),
+                                                           default=LogNames.show)
     automatic_action: Mapped[Action] = mapped_column(_enum(Action), default=Action.hold)
     sender_headers: Mapped[SenderHeaders] = mapped_column(_enum(SenderHeaders),
                                                           default=SenderHeaders.from_)
@@ -245,6 +264,26 @@ class MailingList(Base):
     def list_id(self) -> str:
         """RFC 2919 list identifier: NAME.DOMAIN."""
         return f"{self.name}.{self.domain.name}"
+
+
+class ListInclusion(Base):
+    """PARENT's posts also go to CHILD: one of our lists (child_id, expanded to its members,
+    recursively) or a list on another server (remote_address, sent one copy like a member).
+    Exactly one of child_id and remote_address is set."""
+
+    __tablename__ = "list_inclusion"
+    __table_args__ = (
+        UniqueConstraint("parent_id", "child_id"),
+        UniqueConstraint("parent_id", "remote_address"),
+        Index("ix_list_inclusion_child", "child_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    parent_id: Mapped[int] = mapped_column(ForeignKey("mailing_list.id", ondelete="CASCADE"))
+    child_id: Mapped[Optional[int]] = mapped_column(
+        ForeignKey("mailing_list.id", ondelete="CASCADE"))
+    remote_address: Mapped[Optional[str]] = mapped_column(String(320))  # normalised
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
 class Address(Base):
@@ -470,6 +509,65 @@ class ArchiveEntry(Base):
     message_id: Mapped[str] = mapped_column(String(998), default="")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     appended_at: Mapped[Optional[dt.datetime]] = mapped_column()
+
+
+class ArchiveMessage(Base):
+    """One archived post as the web archive and its search see it: where it is in the mbox
+    (month file, byte offset and length of its entry), its headers, thread and body text.
+
+    Derived from the mbox files (the truth): the archive worker adds a row when it appends,
+    ``listserv archive reindex`` rebuilds them. The full-text index over subject, sender and
+    body is made by migration 0009 per engine (SQLite: the FTS5 table ``archive_message_fts``
+    kept in step by triggers; PostgreSQL: the generated ``tsvector`` column ``fts`` with a GIN
+    index) and is not part of these models (see FULLTEXT_OBJECTS).
+    """
+
+    __tablename__ = "archive_message"
+    __table_args__ = (
+        UniqueConstraint("list_id", "message_id"),
+        Index("ix_archive_message_month", "list_id", "month", "archived_at"),
+        Index("ix_archive_message_date", "list_id", "archived_at"),
+        Index("ix_archive_message_thread", "list_id", "thread_id", "archived_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    list_id: Mapped[int] = mapped_column(ForeignKey("mailing_list.id", ondelete="CASCADE"))
+    message_id: Mapped[str] = mapped_column(String(998))
+    month: Mapped[str] = mapped_column(String(7))             # the mbox file: YYYY-MM
+    mbox_offset: Mapped[int] = mapped_column(BigInteger)      # of its From_ line
+    mbox_length: Mapped[int] = mapped_column()                # up to the next entry
+    archived_at: Mapped[dt.datetime] = mapped_column()
+    sent_at: Mapped[Optional[dt.datetime]] = mapped_column()  # its Date header
+    sender_name: Mapped[str] = mapped_column(String(255), default="")
+    sender_address: Mapped[str] = mapped_column(String(320), default="")
+    subject: Mapped[str] = mapped_column(Text, default="")
+    parent_id: Mapped[Optional[str]] = mapped_column(String(998))  # archived message replied to
+    thread_id: Mapped[str] = mapped_column(String(998))       # Message-ID of the thread's first
+    body: Mapped[str] = mapped_column(Text, default="")       # text (HTML converted), capped
+    attachments: Mapped[int] = mapped_column(default=0)
+
+
+# Engine-specific full-text objects that only the migrations create (names, by kind).
+FULLTEXT_OBJECTS = {
+    "table": ("archive_message_fts",),           # SQLite FTS5 and its shadow tables (prefix)
+    "column": ("fts",),                          # PostgreSQL tsvector on archive_message
+    "index": ("ix_archive_message_fts",),        # PostgreSQL GIN index on it
+}
+
+
+def include_in_comparison(name: str | None, type_: str, parent_names: Any) -> bool:
+    """Alembic ``include_name`` hook: leave the full-text objects out of the comparison of
+    the models with the database (they have no model; migration 0009 owns them)."""
+    if name is None:
+        return True
+    if type_ == "table":
+        return not name.startswith(FULLTEXT_OBJECTS["table"])
+    if type_ == "column":
+        return not (name in FULLTEXT_OBJECTS["column"]
+                    and parent_names.get("table_name") == "archive_message")
+    if type_ == "index":
+        return name not in FULLTEXT_OBJECTS["index"]
+    return True
 
 
 # ---------------------------------------------------------------------------- digests

@@ -13,7 +13,7 @@ from typing import Any, Iterable
 
 from sqlalchemy.orm import Session
 
-from listserv import signing, untrusted
+from listserv import headers, signing, untrusted
 from listserv.app import App
 from listserv.outbound import queue_message
 from listserv.templating import render
@@ -39,7 +39,8 @@ def build_notice(app: App, lst: ListView | None, template: str, to: str | list[s
     for line in head.split("\n"):
         name, _, value = line.partition(":")
         if name.strip() and value.strip():
-            msg[name.strip()] = untrusted.one_line(value, HEADER_LIMIT)
+            name, value = name.strip(), untrusted.one_line(value, HEADER_LIMIT)
+            msg[name] = headers.unstructured(name, value) if name == "Subject" else value
     if "Subject" not in msg:
         raise ValueError(f"notice template {template} renders no Subject: header")
     domain = lst.domain if lst else app.settings.site_domain

@@ -19,6 +19,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from listserv import (
     digests,
     moderation,
+    network,
     notices,
     outbound,
     ratelimit,
@@ -67,6 +68,11 @@ def handle_post(session: Session, app: App, inbound: InboundMessage, msg: EmailM
         moderation.hold(session, app, inbound, msg, list(verdict.reasons))
         inbound.state = InboundState.held
         inbound.outcome = inbound.outcome or "; ".join(verdict.reasons)
+    elif verdict.action is Action.discard and verdict.reasons[0].startswith("loop:"):
+        log.warning("list %s dropped a looping message %s from %s: %s", ml.list_id,
+                    inbound.message_id, inbound.mail_from, verdict.reasons[0])
+        inbound.state = InboundState.discarded
+        inbound.outcome = "; ".join(verdict.reasons)
     elif verdict.action is Action.reject:
         reject_post(session, app, ml, inbound, msg, list(verdict.reasons), notify=not ctx.is_auto)
     else:
@@ -183,7 +189,8 @@ def accept_post(session: Session, app: App, inbound: InboundMessage, msg: EmailM
     data = notices.finalise(final, lv)    # CRLF, then DKIM-signed when the domain has a key
     count = [0]
     outbound.queue_message(
-        session, app, data, _counted(recipients.post_recipients(session, ml.id, mhash), count),
+        session, app, data, _counted(recipients.post_recipients(
+            session, ml.id, mhash, skip_remote=network.came_through(msg)), count),
         kind="post", envelope_from=lv.bounces, list_id=ml.id,
         verp=app.settings.delivery.verp, message_id=message_id[:998])
     inbound.state = InboundState.accepted

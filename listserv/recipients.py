@@ -3,16 +3,20 @@
 A post goes to every enabled member (role member) with regular delivery, the poster included
 (as Mailman does by default), except people already reached by another list's fan-out of the
 same Message-ID: one NOT EXISTS against the Fanout table, no per-recipient round trip.
+
+A list that includes other lists (listserv.network), or a cross-post to a list that does,
+takes the network query instead: one recursive CTE, deduplicated by the database.
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from sqlalchemy import Select, exists, select
 from sqlalchemy.orm import Session, aliased
 
+from listserv import network
 from listserv.models import Address, DeliveryMode, Fanout, Membership, Role
 
 STREAM_CHUNK = 5000
@@ -45,14 +49,20 @@ def post_recipients_query(list_id: int, message_hash: str | None) -> Select[str]
     return stmt.order_by(Membership.id)
 
 
-def post_recipients(session: Session, list_id: int, message_hash: str | None = None
-                    ) -> Iterator[str]:
-    """Stream the addresses a post to ``list_id`` goes to, in chunks of STREAM_CHUNK."""
-    if message_hash is not None and session.scalar(
-            select(Fanout.id).where(Fanout.message_id_hash == message_hash,
-                                    Fanout.list_id != list_id).limit(1)) is None:
-        message_hash = None     # no other list sent it: skip the per-member NOT EXISTS probe
-    stmt = post_recipients_query(list_id, message_hash).execution_options(
-        yield_per=STREAM_CHUNK)
-    for email in session.scalars(stmt):
+def post_recipients(session: Session, list_id: int, message_hash: str | None = None,
+                    skip_remote: Iterable[str] = ()) -> Iterator[str]:
+    """Stream the addresses a post to ``list_id`` goes to, in chunks of STREAM_CHUNK.
+
+    ``skip_remote``: remote included lists not to send to (those the post came through)."""
+    others: list[int] = []
+    if message_hash is not None:
+        others = list(session.scalars(select(Fanout.list_id).where(
+            Fanout.message_id_hash == message_hash, Fanout.list_id != list_id)))
+        if not others:
+            message_hash = None  # no other list sent it: skip the per-member NOT EXISTS probe
+    if network.has_children(session, [list_id, *others]):
+        stmt: Select[str] = network.post_recipients_query(list_id, message_hash, skip_remote)
+    else:
+        stmt = post_recipients_query(list_id, message_hash)
+    for email in session.scalars(stmt.execution_options(yield_per=STREAM_CHUNK)):
         yield email

@@ -18,7 +18,7 @@ from typing import Any, Callable
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from listserv import addresses, replies, untrusted
+from listserv import addresses, network, replies, untrusted
 from listserv.models import (
     Action,
     Address,
@@ -54,6 +54,7 @@ class RuleContext:
     body_head: tuple[str, ...] = ()  # the first non-blank, non-quoted lines of the text body
     administrivia: bool = True
     max_recipients: int = 0        # 0 = no limit
+    relayed_by: str = ""           # a remote list this list accepts posts from (its copy)
     automatic_action: Action = Action.hold
     sender_problem: str = ""       # why the From names nobody (ambiguous, unparseable...)
     recent_posts: int = 0          # the sender's earlier posts to the list in FLOOD_WINDOW
@@ -111,8 +112,11 @@ def loop(ctx: RuleContext) -> Hit | None:
 
 def automatic(ctx: RuleContext) -> Hit | None:
     """RFC 3834 auto-replies, bulk mail and bounces: held for the moderators (the sender, a
-    machine, is never told), or discarded when the list's automatic_action says so."""
-    reason = replies.automatic_reason(ctx.mail_from, ctx.auto_submitted, ctx.precedence)
+    machine, is never told), or discarded when the list's automatic_action says so. A copy
+    relayed by a list this list accepts (listserv.network.relaying_list) carries that list's
+    Precedence: list and is a post all the same."""
+    precedence = "" if ctx.relayed_by else ctx.precedence
+    reason = replies.automatic_reason(ctx.mail_from, ctx.auto_submitted, precedence)
     if reason is None:
         return None
     action = Action.discard if ctx.automatic_action is Action.discard else Action.hold
@@ -295,6 +299,15 @@ def build_context(session: Session, ml: MailingList, inbound: InboundMessage,
         also = [replies.sender_address(msg, "Sender")[0], inbound.mail_from.lower()]
         candidates += [a for a in also if a and a not in candidates]
     sender, roles, moderated = _sender_roles(session, ml, candidates)
+    relayed_by = network.relaying_list(session, ml, inbound.mail_from or "",
+                                       _values(msg, "List-Id"))
+    if not roles and relayed_by:
+        sender, roles = relayed_by, frozenset({Role.member})
+    elif not roles and ml.included_members_can_post:
+        found = network.included_member(session, ml.id, candidates)
+        if found is not None:
+            sender, moderated = found
+            roles = frozenset({Role.member})
     if roles:
         problem = None
     try:
@@ -312,7 +325,8 @@ def build_context(session: Session, ml: MailingList, inbound: InboundMessage,
         member_action=ml.member_action, subject=_subject(msg), body_head=_body_head(msg),
         administrivia=ml.administrivia, max_recipients=ml.max_recipients,
         automatic_action=ml.automatic_action, sender_problem=problem or "",
-        sender_post_limit=ml.sender_post_limit, **_history(session, inbound))
+        sender_post_limit=ml.sender_post_limit, relayed_by=relayed_by,
+        **_history(session, inbound))
 
 
 def body_digest(msg: EmailMessage) -> str | None:

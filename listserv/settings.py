@@ -17,6 +17,8 @@ from listserv.models import (
     ArchivePolicy,
     DigestFrequency,
     DmarcMitigation,
+    LogAccess,
+    LogNames,
     MailingList,
     ReplyTo,
     SenderHeaders,
@@ -98,6 +100,14 @@ SETTINGS: tuple[Setting, ...] = (
             "meant for NAME-request@"),
     Setting("max_recipients", "int", 10,
             "hold posts with this many or more To/Cc addresses; 0 = no limit"),
+    Setting("included_members_can_post", "bool", True,
+            "members of the lists this list includes may post to it as members do"),
+    _choice("moderation_log", LogAccess, LogAccess.owners,
+            "who may read the moderation log ('log' to NAME-request@): anyone, members, "
+            "or only owners and moderators"),
+    _choice("moderation_log_names", LogNames, LogNames.show,
+            "whether the moderation log names the moderator (display name) or says "
+            "'a moderator' to readers who are not moderators"),
     _choice("automatic_action", Action, Action.hold,
             "what happens to automatic mail posted to the list (Auto-Submitted other than "
             "no, Precedence bulk/junk/list, a null envelope sender); the sender is never told",

@@ -21,7 +21,7 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from typing import Callable
 
-from listserv import dmarc
+from listserv import dmarc, headers
 from listserv.decorate import decorate
 from listserv.dmarc import set_header
 from listserv.models import ReplyTo
@@ -143,7 +143,7 @@ def add_subject_prefix(msg: EmailMessage, lst: ListView, ctx: Context) -> EmailM
     old = _decoded_subject(msg)
     new = prefixed_subject(old, prefix)
     if new != old or len(msg.get_all("Subject", [])) != 1:
-        set_header(msg, "Subject", new)
+        set_header(msg, "Subject", headers.unstructured("Subject", new))
     return msg
 
 
@@ -193,10 +193,19 @@ def list_headers(lst: ListView) -> list[tuple[str, str]]:
 
 
 def add_list_headers(msg: EmailMessage, lst: ListView, ctx: Context) -> EmailMessage:
+    """Our List-* headers replace any upstream ones, except that the List-Id values of the
+    lists a post already went through stay, after ours: the chain a list on another server
+    needs to recognise its own post coming back (a loop)."""
+    ours = lst.list_id.lower()
+    upstream = [str(v) for v in (msg.get_all("List-Id") or [])
+                if str(v).rpartition("<")[2].strip().rstrip(">").strip().lower() != ours]
     for name in LIST_HEADERS:
         del msg[name]
     for name, value in list_headers(lst):
         msg[name] = value
+        if name == "List-Id":
+            for previous in upstream:
+                msg["List-Id"] = previous
     return msg
 
 

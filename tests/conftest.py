@@ -126,4 +126,6 @@ def app(settings: config.Settings, clock: Clock) -> Iterator[App]:
 def cli_env(settings: config.Settings) -> dict[str, str]:
     """Environment for running the CLI (CliRunner or subprocess) against this test's db."""
     return {"LISTSERV_DATA_DIR": settings.data_dir,
-            "LISTSERV_DATABASE_URL": settings.database.url}
+            "LISTSERV_DATABASE_URL": settings.database.url,
+            # `serve` also serves the web pages: on a free port, not the shared default 8080
+            "LISTSERV_WEB_LISTEN": "127.0.0.1:0"}

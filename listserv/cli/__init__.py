@@ -96,6 +96,7 @@ def main() -> None:
 from listserv.cli import admin  # noqa: E402,F401
 from listserv.cli import domains  # noqa: E402,F401
 from listserv.cli import lists  # noqa: E402,F401
+from listserv.cli import network  # noqa: E402,F401
 from listserv.cli import members  # noqa: E402,F401
 from listserv.cli import serve  # noqa: E402,F401
 from listserv.cli import held  # noqa: E402,F401
@@ -103,3 +104,4 @@ from listserv.cli import digest  # noqa: E402,F401
 from listserv.cli import bounces  # noqa: E402,F401
 from listserv.cli import queue  # noqa: E402,F401
 from listserv.cli import archive  # noqa: E402,F401
+from listserv.cli import web  # noqa: E402,F401

@@ -1,4 +1,4 @@
-"""CLI: listserv archive build LIST [--out DIR]."""
+"""CLI: listserv archive build LIST [--out DIR]; listserv archive reindex [LIST]."""
 
 from __future__ import annotations
 
@@ -43,3 +43,27 @@ def build_cmd(obj: Obj, list_address: str, out_dir: str | None) -> None:
     report = archive_html.build(app, info, out)
     click.echo(f"{info.address}: {report.months} months, {report.pages} pages "
                f"({report.written} written) in {out}")
+
+
+@archive.command("reindex")
+@click.argument("list_address", metavar="[LIST]", required=False)
+@pass_obj
+@handle_errors
+def reindex_cmd(obj: Obj, list_address: str | None) -> None:
+    """Rebuild the search index of LIST's archive (of every list without LIST) from its
+    mbox files.
+
+    The archive worker keeps the index up to date as it appends; run this after restoring
+    or editing mbox files, or to index an archive from before the index existed. The
+    archive pages and search answer from the rebuilt index once it is committed.
+    """
+    from listserv import archive_index, lists
+
+    app = obj.ready_app()
+    with app.db.unit_of_work() as session:
+        addresses = ([lists.get_list(session, list_address).address] if list_address
+                     else [ml.address for ml in lists.all_lists(session)])
+    for address in addresses:
+        with app.db.unit_of_work() as session:
+            count = archive_index.reindex(app, session, lists.get_list(session, address))
+        click.echo(f"{address}: {count} messages indexed")

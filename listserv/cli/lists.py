@@ -6,6 +6,7 @@ import click
 
 from listserv import lists as service
 from listserv import members as members_service
+from listserv import network
 from listserv import settings as settings_mod
 from listserv.cli import Obj, cli, handle_errors, pass_obj
 from listserv.cli.output import json_array, json_object, pairs, table
@@ -46,10 +47,18 @@ def list_create(obj: Obj, address: str, owners: tuple[str, ...], moderators: tup
 @click.option("--domain", metavar="DOMAIN", help="Only the lists of DOMAIN.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print a JSON array: address, display_name, members and every setting.")
+@click.option("--tree", "as_tree", is_flag=True,
+              help="Show the whole network: every list with the lists it includes "
+                   "(as `list tree`).")
 @pass_obj
 @handle_errors
-def list_ls(obj: Obj, domain: str | None, as_json: bool) -> None:
+def list_ls(obj: Obj, domain: str | None, as_json: bool, as_tree: bool) -> None:
     """List the mailing lists."""
+    if as_tree:
+        from listserv.cli.network import list_tree
+
+        click.get_current_context().invoke(list_tree, address=None, as_json=as_json)
+        return
     app = obj.ready_app()
     with app.db.unit_of_work() as session:
         lists = service.all_lists(session, domain)
@@ -85,6 +94,8 @@ def list_show(obj: Obj, address: str, as_json: bool) -> None:
         ("owners", ", ".join(info["owner_emails"]) or None),
         ("moderators", ", ".join(info["moderator_emails"]) or None),
         ("members", f"{info['members']} ({delivery}; {info['disabled']} disabled)"),
+        ("includes", ", ".join(info["includes"]) or None),
+        ("included_in", ", ".join(info["included_in"]) or None),
         ("dkim_selector", info["dkim_selector"]),
         ("posts", info["posts"]),
         ("created_at", info["created_at"]),
@@ -124,8 +135,10 @@ def list_delete(obj: Obj, address: str, yes: bool) -> None:
     app = obj.ready_app()
     with app.db.unit_of_work() as session:
         ml = service.get_list(session, address)
+        parents = network.included_in(session, ml)
+        where = f" (it is included in {', '.join(parents)})" if parents else ""
         if not yes:
-            raise UsageError(f"not deleting {ml.address} without --yes")
+            raise UsageError(f"not deleting {ml.address} without --yes{where}")
         name = ml.address
         service.delete_list(session, ml)
-    click.echo(f"deleted list {name}")
+    click.echo(f"deleted list {name}{where.replace('it is', 'it was')}")

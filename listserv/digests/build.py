@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from email.message import EmailMessage, Message, MIMEPart
 from typing import Any, Sequence
 
-from listserv import addresses, htmlmail
+from listserv import addresses, headers, htmlmail
 from listserv.templating import render
 from listserv.transforms import list_headers
 from listserv.views import ListView
@@ -96,7 +96,7 @@ def _new_digest(lst: ListView, volume: int, number: int, date: dt.datetime,
     msg["From"] = email.utils.formataddr((lst.display_name, lst.sub(addresses.REQUEST)))
     msg["To"] = lst.address
     msg["Reply-To"] = lst.address
-    msg["Subject"] = digest_subject(lst, volume, number)
+    msg["Subject"] = headers.unstructured("Subject", digest_subject(lst, volume, number))
     msg["Date"] = email.utils.format_datetime(date)
     msg["Message-ID"] = email.utils.make_msgid(f"digest.{kind}.{volume}.{number}",
                                                domain=lst.domain)

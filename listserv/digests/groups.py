@@ -17,6 +17,7 @@ from typing import Any, Iterator, Sequence
 from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.orm import Session
 
+from listserv import network
 from listserv.models import Address, DeliveryMode, FinalDigest, Membership, Role
 
 DIGEST_MODES = (DeliveryMode.mime_digest, DeliveryMode.plain_digest)
@@ -61,12 +62,19 @@ def plan(session: Session, list_id: int, seqs: Sequence[int]) -> list[Slice]:
             slices[key] = Slice(mode, lo, hi)
         return slices[key]
 
+    # A list that includes others: whoever a post reaches as a regular copy through any list
+    # of the network gets no digest of it; digest-only people of the included lists get one.
+    networked = network.has_children(session, [list_id])
+    regular = network.regular_members(network.subtree_ids(list_id)) if networked else None
+
     for mode in DIGEST_MODES:
-        rows = session.execute(
-            select(Membership.digest_from_seq, func.count(Membership.id))
-            .where(Membership.list_id == list_id, Membership.role == Role.member,
-                   Membership.enabled.is_(True), Membership.delivery_mode == mode)
-            .group_by(Membership.digest_from_seq)).all()
+        counted = (select(Membership.digest_from_seq, func.count(Membership.id))
+                   .where(Membership.list_id == list_id, Membership.role == Role.member,
+                          Membership.enabled.is_(True), Membership.delivery_mode == mode)
+                   .group_by(Membership.digest_from_seq))
+        if regular is not None:
+            counted = counted.where(Membership.address_id.not_in(regular))
+        rows = session.execute(counted).all()
         per_lo: dict[int, int] = {}
         for from_seq, count in rows:
             lo = bisect.bisect_right(seqs, from_seq)
@@ -79,7 +87,16 @@ def plan(session: Session, list_id: int, seqs: Sequence[int]) -> list[Slice]:
             q = _members(list_id, mode).where(Membership.digest_from_seq < seqs[lo])
             if lo > 0:
                 q = q.where(Membership.digest_from_seq >= seqs[lo - 1])
+            if regular is not None:
+                q = q.where(Membership.address_id.not_in(regular))
             s.queries.append(q.order_by(Address.email))
+    if networked and n:
+        for mode, q in network.included_digest_queries(list_id):
+            count = int(session.scalar(select(func.count()).select_from(q.subquery())) or 0)
+            if count:
+                s = slot(mode, 0, n)
+                s.count += count
+                s.queries.append(q.order_by(Address.email))
 
     finals = session.execute(
         select(FinalDigest.mode, FinalDigest.from_seq, FinalDigest.to_seq,

@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from listserv.models import Base
+from listserv.models import Base, include_in_comparison
 
 config = context.config
 target_metadata = Base.metadata
@@ -23,6 +23,7 @@ def run_migrations_online() -> None:
             target_metadata=target_metadata,
             render_as_batch=connection.dialect.name == "sqlite",
             compare_type=True,
+            include_name=include_in_comparison,
         )
         context.run_migrations()
 

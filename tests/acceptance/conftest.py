@@ -90,6 +90,7 @@ class Site:
             f'data_dir = "{root / "data"}"\n'
             f'[database]\nurl = "{database_url}"\n'
             f'[intake]\nport = {self.port}\n'
+            f'[web]\nlisten = "127.0.0.1:0"\n'
             f'[delivery]\noutbound = "{sink.url}"\nretry_schedule = [1]\n' + extra)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = root / "serve.log"

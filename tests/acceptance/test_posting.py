@@ -141,7 +141,7 @@ def test_defaults_deliver_to_the_maildir_outbox(tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """`listserv init && listserv serve` with no configuration at all (only a free port)."""
     port = free_port()
-    env = clean_env(LISTSERV_INTAKE_PORT=str(port))
+    env = clean_env(LISTSERV_INTAKE_PORT=str(port), LISTSERV_WEB_LISTEN="127.0.0.1:0")
     p = subprocess.run([sys.executable, "-m", "listserv", "init"], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr

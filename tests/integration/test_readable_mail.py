@@ -201,3 +201,72 @@ def test_moderators_notice_attaches_the_held_post(harness: Harness) -> None:
     body = text(notice)
     assert "From a shell" not in body and "listserv held" not in body
     assert "attached" in body
+
+
+# ---------------------------------------------------------------------------- subjects
+
+SUBJECTS = [
+    "Treffen — Übersicht",
+    "Einladung zum Treffen am Donnerstag im Gemeindehaus — Übersicht der Termine",
+    "Protokoll der Sitzung vom 3. März — Beschlüsse, offene Punkte und nächste Schritte",
+    "Treffen xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx — Übersicht",
+    "日本語 の 件名 — テスト",
+]
+
+
+def encoded_post(subject: str, n: int) -> bytes:
+    """A post whose Subject is encoded as a sending client would (all encoded words)."""
+    from email import policy
+    from email.header import Header
+
+    msg = make_message("ann@a.example", LIST, "PLACEHOLDER", f"Body {n}.\n",
+                       message_id=f"<s{n}@a.example>")
+    value = Header(subject, "utf-8").encode(linesep="\r\n").encode("ascii")
+    return msg.as_bytes(policy=policy.SMTP).replace(b"PLACEHOLDER", value, 1)
+
+
+def test_non_ascii_subjects_keep_their_spaces_in_copies_archive_and_index(
+        harness: Harness, cli_env: dict[str, str], clock: Any) -> None:
+    h = harness
+    make_list(h.app, LIST, members=["ann@a.example", "plain@c.example", "mime@d.example"])
+    with h.app.db.unit_of_work() as s:
+        ml = lists.get_list(s, LIST)
+        for email, mode in (("plain@c.example", DeliveryMode.plain_digest),
+                            ("mime@d.example", DeliveryMode.mime_digest)):
+            m = members.find_membership(s, ml, email)
+            assert m is not None
+            m.delivery_mode = mode
+    for n, subject in enumerate(SUBJECTS):
+        h.send(encoded_post(subject, n), mail_from="ann@a.example", rcpts=[LIST])
+        h.run_until_idle()
+    copies = h.sink.wait_for(lambda msgs: len(only(h, "ann@a.example")) >= len(SUBJECTS))
+    got = sorted(str(c.message["Subject"]) for c in copies if "ann@a.example" in c.rcpt_tos)
+    assert got == sorted(f"[dev] {s}" for s in SUBJECTS)
+    # the index by mail
+    h.send(make_message("ann@a.example", "dev-request@example.org", "index", ""))
+    h.run_until_idle()
+    h.sink.wait_for(lambda msgs: any("Archive index" in str(m.message["Subject"])
+                                     for m in only(h, "ann@a.example")))
+    index = [m for m in only(h, "ann@a.example") if "Archive index" in str(m.message["Subject"])]
+    for s in SUBJECTS:
+        assert f"    {s}\n" in text(index[0])
+    # the archive's mbox (read back by the archive reader)
+    from listserv import archive_read
+    months = archive_read.months(h.app.settings.archive_path, LIST)
+    entries = [e for m in months for e in archive_read.read_month(
+        h.app.settings.archive_path, LIST, m)]
+    assert sorted(archive_read.text_header(e.message(), "Subject") for e in entries) == \
+        sorted(f"[dev] {s}" for s in SUBJECTS)
+    # digests: the MIME digest's enclosed posts and the plain digest's text
+    out = CliRunner().invoke(cli, ["digest", "send", LIST], env=cli_env)
+    assert out.exit_code == 0, out.output
+    clock.t = dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=1)
+    h.run_until_idle()
+    h.sink.wait_for(lambda msgs: only(h, "plain@c.example") and only(h, "mime@d.example"))
+    plain = text(only(h, "plain@c.example")[0])
+    for s in SUBJECTS:
+        assert f"Subject: [dev] {s}" in plain
+    mime = only(h, "mime@d.example")[0].message
+    digest = [p for p in mime.walk() if p.get_content_type() == "multipart/digest"][0]
+    inner = sorted(str(p.get_content()["Subject"]) for p in digest.iter_parts())
+    assert inner == sorted(f"[dev] {s}" for s in SUBJECTS)

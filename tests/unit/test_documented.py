@@ -69,10 +69,15 @@ def readme_config_keys(markdown: str) -> set[str]:
 
 
 def interface_config_keys(markdown: str) -> set[str]:
-    """The keys of the first ```toml block of the '## Configuration' section."""
-    section = markdown.split("\n## Configuration", 1)[1].split("\n## ", 1)[0]
-    blocks, _ = code_of(section)
-    return next(toml_keys(block) for lang, block in blocks if lang == "toml")
+    """The keys of the first ```toml block of the '## Configuration' section, and of the
+    first one of each section headed with its own config table (``## Web (`[web]`)``)."""
+    keys: set[str] = set()
+    for section in markdown.split("\n## ")[1:]:
+        heading = section.split("\n", 1)[0]
+        if heading.strip() == "Configuration" or re.search(r"`\[\w+\]`", heading):
+            blocks, _ = code_of(section)
+            keys |= next((toml_keys(block) for lang, block in blocks if lang == "toml"), set())
+    return keys
 
 
 def test_every_list_setting_is_documented() -> None:
@@ -110,4 +115,6 @@ def test_readme_parser_finds_what_it_should() -> None:
     assert readme_config_keys(text) == {"delivery.verp", "intake.port", "data_dir",
                                         "moderation.token_lifetime_days"}
     assert interface_config_keys("# x\n## Configuration\n```toml\n[intake]\nhost = 1\n```\n"
-                                 "## Other\n```toml\nsite_domain = 1\n```\n") == {"intake.host"}
+                                 "## Other\n```toml\nsite_domain = 1\n```\n"
+                                 "## Web (`[web]`)\nText.\n```toml\n[web]\nlisten = 1\n```\n"
+                                 ) == {"intake.host", "web.listen"}

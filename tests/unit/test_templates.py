@@ -18,6 +18,7 @@ import pytest
 from listserv import config, notices, templating
 from listserv.app import App
 from listserv.archive_html import ListInfo, Summary
+from listserv.modlog import Entry
 from listserv.digests.build import MESSAGE_SEPARATOR, PREAMBLE_SEPARATOR, Topic
 from listserv.models import (
     ArchivePolicy,
@@ -55,6 +56,9 @@ ARCHIVE_PAGE = {"list": ListInfo("dev@example.org", "Developers", ArchivePolicy.
 SUMMARY = Summary(1, "Café menu ✓", "Ann", NOW, "a@example.org", [])
 REPLY = Summary(2, "Re: Café menu ✓", "bob at example.net", None, "", ["a@example.org"],
                 parent=1)
+# listserv.web.pages.render adds ``web`` to every page's context
+WEB = {"web": {"prefix": "/lists", "base_url": "https://example.org/lists",
+               "csrf": "1773480413.q2x7ZbX0f9kq1hHn5aVxQ8mW"}}
 MAILTO = f"mailto:{CONFIRM}?subject=Re%3A%20confirm%20{TOKEN}&body="
 
 # Template name -> the contexts its call sites pass (several when branches differ).
@@ -178,6 +182,13 @@ CONTEXTS: dict[str, list[dict[str, Any]]] = {
              "subjects": [("Café menu ✓", 3), ("build\nbroken", 1)], "more": 2}]},
         {"request_address": LIST.sub("request"), "max_bytes": 10 * 1024 * 1024,
          "months": []}],
+    # modlog.command
+    "notice/user/moderation-log.txt.j2": [
+        {"request_address": LIST.sub("request"), "days": 30, "entries": [
+            Entry(NOW, "Buy\nnow", "eve@e.example", "rejected", "off topic", "a moderator",
+                  "mail"),
+            Entry(NOW, "", "", "approved", "", "Mia Mod", "CLI")]},
+        {"request_address": LIST.sub("request"), "days": 30, "entries": []}],
     # archive_html.build (via _Writer.page, which adds list and root)
     "archive/base.html.j2": [ARCHIVE_PAGE],
     "archive/index.html.j2": [{**ARCHIVE_PAGE, "months": [{"month": "2026-03", "count": 2}]},
@@ -193,6 +204,13 @@ CONTEXTS: dict[str, list[dict[str, Any]]] = {
         "headers": [], "body": "",
         "attachments": [{"filename": "menu.pdf", "content_type": "application/pdf",
                          "size": 1234}]}],
+    # listserv.web.application (index, error_page) and the page modules
+    "web/base.html.j2": [WEB],
+    "web/index.html.j2": [WEB],
+    "web/error.html.j2": [{**WEB, "status": 404, "title": "Not found",
+                           "detail": "There is no page <here>."},
+                          {**WEB, "status": 500, "title": "Something went wrong", "detail": ""}],
+    "web/done.html.j2": [{**WEB, "title": "Unsubscribed", "lines": ["You left <dev>.", "Bye."]}],
     # commands.answer
     "notice/user/results.txt.j2": [{
         "results": [("subscribe", "A confirmation request has been sent to carol@example.com."),

@@ -98,8 +98,10 @@ def test_prepare_does_not_modify_its_input_and_is_stable() -> None:
 
 
 def test_list_headers_replace_upstream_ones() -> None:
+    """...except the upstream List-Id, kept after ours (the chain that detects loops)."""
     out = transforms.prepare(load("inbound-headers.eml"), lst(), resolve_txt=FakeDNS())
-    assert out.get_all("List-Id") == ["Dev <dev.example.org>"]
+    assert out.get_all("List-Id") == ["Dev <dev.example.org>",
+                                      "Upstream <upstream.lists.example.com>"]
     assert out.get_all("List-Post") == ["<mailto:dev@example.org>"]
     assert out.get_all("List-Unsubscribe") == ["<mailto:dev-leave@example.org>"]
     assert out.get_all("List-Subscribe") == ["<mailto:dev-join@example.org>"]

@@ -68,6 +68,8 @@ CASES: dict[str, tuple[str, Callable]] = {
     "subject-2047-prefixed.prefix": ("subject-2047-prefixed.eml",
                                      step(transforms.add_subject_prefix)),
     "re-chain.prefix": ("re-chain.eml", step(transforms.add_subject_prefix)),
+    "subject-dash.full": ("subject-dash.eml", prepare_and_decorate()),
+    "subject-long-unicode.full": ("subject-long-unicode.eml", prepare_and_decorate()),
     "inbound-headers.cleanse": ("inbound-headers.eml", step(transforms.cleanse)),
     "inbound-headers.strip-dkim": ("inbound-headers.eml", step(transforms.strip_dkim)),
     "inbound-headers.list-headers": ("inbound-headers.eml", step(transforms.add_list_headers)),

@@ -2,7 +2,7 @@
 inbound_message.body_sha and an index by sender (the flood rules)
 
 Revision ID: 0005_hostile_mail
-Revises: 0007_mta_front_door
+Revises: 0009_archive_search
 Create Date: 2026-12-02 18:40:00
 """
 from alembic import op
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 
 revision = '0005_hostile_mail'
-down_revision = '0007_mta_front_door'
+down_revision = '0009_archive_search'
 branch_labels = None
 depends_on = None
 
