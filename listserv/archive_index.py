@@ -17,7 +17,6 @@ import datetime as dt
 import hashlib
 import logging
 from dataclasses import dataclass
-from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
 from email.utils import getaddresses
@@ -27,7 +26,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from listserv import archive_read, htmlmail
+from listserv import archive_read, htmlmail, untrusted
 from listserv.app import App
 from listserv.models import ArchiveMessage, MailingList
 
@@ -82,7 +81,7 @@ def is_attachment(part: Any) -> bool:
 
 def extract(raw: bytes) -> Fields:
     """The index fields of a raw message (LF or CRLF line ends). Never raises on bad mail."""
-    msg = BytesParser(policy=policy.default).parsebytes(raw)
+    msg = BytesParser(policy=untrusted.POLICY).parsebytes(raw)
     assert isinstance(msg, EmailMessage)
     mid = archive_read.message_id(msg)
     if not mid:     # stable across reindexing: derived from the content

@@ -92,7 +92,7 @@ def test_hostile_dates_do_not_break_digests_or_archive(harness: Harness, clock: 
     dates = [b"Mon, 02 Nov 2026 09:00:00 +99999999999999999999",
              b"Fri, 31 Dec 9999 23:59:59 -1200", b"Mon, 02 Nov 2026 09:00:00 +0000"]
     for n, date in enumerate(dates):
-        harness.send(raw_post("a@x.example", f"Topic {n}", b"text\r\n", date=date,
+        harness.send(raw_post("a@x.example", f"Topic {n}", b"text %d\r\n" % n, date=date,
                               message_id=f"<d{n}@x.example>"),
                      mail_from="a@x.example", rcpts=[LIST])
         harness.run_until_idle()
