@@ -356,7 +356,8 @@ def _history(session: Session, inbound: InboundMessage) -> dict[str, Any]:
     if inbound.body_sha:
         repeats = session.scalar(select(I.message_id).where(
             *mine, I.received_at >= inbound.received_at - REPEAT_WINDOW,
-            I.body_sha == inbound.body_sha, I.state == InboundState.accepted).limit(1)) or ""
+            I.body_sha == inbound.body_sha, I.state == InboundState.accepted,
+            I.message_id != inbound.message_id).limit(1)) or ""    # that is a duplicate
     return {"recent_posts": recent, "repeats_post": repeats}
 
 
