@@ -36,11 +36,14 @@ def mbox_path(app: App, list_address: str, when_year: int, when_month: int) -> P
     return app.settings.archive_path / list_address.lower() / f"{when_year:04d}-{when_month:02d}.mbox"
 
 
-def mbox_entry(data: bytes, when: float) -> bytes:
-    """One mboxrd entry: From_ line, body with LF endings and '>From ' quoting, blank line."""
+def mbox_entry(data: bytes, when: float, sender: str | None = None) -> bytes:
+    """One mboxrd entry: From_ line, body with LF endings and '>From ' quoting, blank line.
+    ``sender`` (the From_ line's address) is read from the From header when not given."""
     data = data.replace(b"\r\n", b"\n")
-    headers = BytesHeaderParser().parsebytes(data)
-    sender = parseaddr(str(headers.get("From") or ""))[1] or "MAILER-DAEMON"
+    if sender is None:
+        headers = BytesHeaderParser().parsebytes(data)
+        sender = parseaddr(str(headers.get("From") or ""))[1]
+    sender = sender or "MAILER-DAEMON"
     sender = "".join(sender.split()) or "MAILER-DAEMON"
     stamp = time.asctime(time.gmtime(when))
     body = _FROM_LINE.sub(lambda m: b">" + m.group(0), data)
@@ -128,6 +131,12 @@ def _write_group(app: App, session: Session, path: Path, group: list[ArchiveEntr
                 archived_at=e.created_at)
             offset += len(chunk)
     return True
+
+
+def append_file(path: Path, data: bytes) -> int:
+    """Append ``data`` to the mbox file ``path`` under its lock, fsynced; return where it
+    starts (also used by listserv.importers.mbox)."""
+    return _append(path, data)
 
 
 def _append(path: Path, data: bytes) -> int:

@@ -20,7 +20,9 @@ import logging
 import os
 import tempfile
 from dataclasses import dataclass, field
-from email.message import EmailMessage, Message
+from email import policy
+from email.message import Message
+from email.parser import BytesParser
 from email.utils import getaddresses
 from pathlib import Path
 from typing import Any, Iterable
@@ -123,7 +125,7 @@ def threads(summaries: list[Summary]) -> list[list[tuple[Summary, int]]]:
     return out
 
 
-def _attachments(msg: EmailMessage) -> list[dict[str, Any]]:
+def _attachments(msg: Message) -> list[dict[str, Any]]:
     out = []
     for part in msg.walk():
         if part.is_multipart():
@@ -140,15 +142,34 @@ def _attachments(msg: EmailMessage) -> list[dict[str, Any]]:
 MESSAGE_HEADERS = ("From", "To", "Cc", "Subject", "Date", "Message-ID", "In-Reply-To")
 
 
+def _plain_body(msg: Message) -> str | None:
+    """The text of a single-part text/plain message, decoded cheaply (compat32); None for
+    anything else (then the full policy.default parse decides)."""
+    if msg.is_multipart() or msg.get_content_type() != "text/plain":
+        return None
+    payload = msg.get_payload(decode=True)
+    if not isinstance(payload, bytes):
+        return None
+    try:
+        return payload.decode(msg.get_content_charset() or "us-ascii", "replace")
+    except LookupError:
+        return payload.decode("utf-8", "replace")
+
+
 def _message_context(entry: archive_read.Entry, summary: Summary) -> dict[str, Any]:
-    msg = entry.message()
+    # compat32 parsing is several times cheaper than policy.default's header registry; the
+    # full parse is only needed for the body of a multipart or non-plain message.
+    msg = BytesParser(policy=policy.compat32).parsebytes(entry.raw)
     headers = []
     for name in MESSAGE_HEADERS:
         value = archive_read.text_header(msg, name)
         if value:
             headers.append((name, hide_address(value) if name in ("From", "To", "Cc")
                             else value))
-    return {"message": summary, "headers": headers, "body": replies.body_text(msg),
+    body = _plain_body(msg)
+    if body is None:
+        body = replies.body_text(entry.message())
+    return {"message": summary, "headers": headers, "body": body,
             "attachments": _attachments(msg)}
 
 

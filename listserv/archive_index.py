@@ -208,3 +208,31 @@ def reindex(app: App, session: Session, ml: MailingList) -> int:
         _insert(session, batch)
         count += len(batch)
     return count
+
+
+def index_messages(session: Session, list_id: int,
+                   items: Iterable[tuple[bytes, str, int, int, dt.datetime]]) -> int:
+    """Bulk form of index_message for importers (listserv.importers.mbox): each item is
+    (raw message, month, offset, length, archived_at). The list's known threads are read
+    once and the rows inserted in batches; an unreadable message is logged and skipped.
+    Returns how many rows were offered."""
+    threads = _Threads(session, list_id, cache=True)
+    assert threads.known is not None
+    for mid, tid in session.execute(select(ArchiveMessage.message_id, ArchiveMessage.thread_id)
+                                    .where(ArchiveMessage.list_id == list_id)):
+        threads.known[mid] = tid
+    batch: list[dict[str, Any]] = []
+    count = 0
+    for raw, month, offset, length, archived_at in items:
+        try:
+            fields = extract(raw)
+        except Exception:  # noqa: BLE001 - the archive goes on; reindex can retry later
+            log.exception("archive index: message at %s:%d not indexed", month, offset)
+            continue
+        batch.append(_row(list_id, fields, threads, month, offset, length, archived_at))
+        if len(batch) >= REINDEX_BATCH:
+            _insert(session, batch)
+            count += len(batch)
+            batch = []
+    _insert(session, batch)
+    return count + len(batch)

@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from listserv import addresses
+from listserv import addresses, senders
 from listserv import settings as settings_mod
 from listserv.errors import UsageError
 from listserv.models import Address, DeliveryMode, Domain, MailingList, Membership, Role
@@ -118,6 +118,9 @@ def details(session: Session, ml: MailingList) -> dict[str, Any]:
         "disabled": disabled,
         "dkim_selector": ml.domain.dkim_selector if ml.domain.dkim_private_key else None,
         "posts": ml.post_id,
+        "sender_rules": [{"pattern": r.pattern, "action": r.action.value}
+                         for r in senders.sender_rules(session, ml.id)],
+        "bans": senders.ban_patterns(session, ml.id),
         "includes": network.includes_of(session, ml),
         "included_in": network.included_in(session, ml),
         "created_at": ml.created_at.isoformat(timespec="seconds"),

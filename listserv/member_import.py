@@ -23,6 +23,7 @@ from typing import Callable, Iterable, Iterator, cast
 from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from listserv import senders
 from listserv.db import Database
 from listserv.errors import UsageError
 from listserv.importers import member_csv
@@ -170,6 +171,7 @@ def import_members(db: Database, list_address: str, lines: Iterable[ImportLine],
     with db.unit_of_work() as session:
         ml = get_list(session, list_address)
         list_id, report = ml.id, ImportReport(list_address=ml.address)
+        bans = senders.ban_patterns(session, list_id)
     seen: set[tuple[str, Role]] = set()
     chunk: list[Row] = []
     consumed = 0
@@ -179,6 +181,8 @@ def import_members(db: Database, list_address: str, lines: Iterable[ImportLine],
         r = opts.role or role
         if line.email is None:
             report.invalid.append((line.lineno, line.error or "invalid line"))
+        elif bans and (pattern := senders.first_match(bans, [line.email])):
+            report.invalid.append((line.lineno, f"{line.email} is banned ({pattern})"))
         elif (line.email, r) in seen:
             report.duplicates += 1
         else:

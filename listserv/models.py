@@ -300,7 +300,10 @@ class Membership(Base):
     __tablename__ = "membership"
     __table_args__ = (
         UniqueConstraint("list_id", "address_id", "role"),
-        Index("ix_membership_list_role", "list_id", "role", "delivery_mode", "enabled"),
+        # address_id last: the recipient queries (flat and through includes) are answered
+        # from the index alone
+        Index("ix_membership_list_role", "list_id", "role", "delivery_mode", "enabled",
+              "address_id"),
         Index("ix_membership_address", "address_id"),
     )
 
@@ -346,6 +349,35 @@ class PendingToken(Base):
     used_at: Mapped[Optional[dt.datetime]] = mapped_column()
     used_by: Mapped[Optional[str]] = mapped_column(String(320))
     outcome: Mapped[Optional[str]] = mapped_column(String(64))
+
+
+class SenderAction(Base):
+    """What happens to posts from a non-member address or address pattern (Mailman's
+    accept/hold/reject/discard_these_nonmembers), before the list's nonmember_action.
+    A pattern starting with ``^`` is a regular expression matched case-insensitively from the
+    start of the address; anything else is one address (stored lower case)."""
+
+    __tablename__ = "sender_action"
+    __table_args__ = (UniqueConstraint("list_id", "pattern"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    list_id: Mapped[int] = mapped_column(ForeignKey("mailing_list.id", ondelete="CASCADE"))
+    pattern: Mapped[str] = mapped_column(String(400))
+    action: Mapped[Action] = mapped_column(_enum(Action))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Ban(Base):
+    """An address or ``^pattern`` banned from a list: its posts are discarded, its
+    subscriptions refused."""
+
+    __tablename__ = "ban"
+    __table_args__ = (UniqueConstraint("list_id", "pattern"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    list_id: Mapped[int] = mapped_column(ForeignKey("mailing_list.id", ondelete="CASCADE"))
+    pattern: Mapped[str] = mapped_column(String(400))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
 # ---------------------------------------------------------------------------- intake

@@ -18,7 +18,7 @@ from typing import Any, Callable
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from listserv import addresses, network, replies, untrusted
+from listserv import addresses, network, replies, senders, untrusted
 from listserv.models import (
     Action,
     Address,
@@ -55,6 +55,8 @@ class RuleContext:
     administrivia: bool = True
     max_recipients: int = 0        # 0 = no limit
     relayed_by: str = ""           # a remote list this list accepts posts from (its copy)
+    banned_by: str = ""            # the list's ban pattern that a sender address matches
+    sender_rule: senders.SenderRule | None = None   # per-address non-member action
     automatic_action: Action = Action.hold
     sender_problem: str = ""       # why the From names nobody (ambiguous, unparseable...)
     recent_posts: int = 0          # the sender's earlier posts to the list in FLOOD_WINDOW
@@ -107,6 +109,14 @@ def loop(ctx: RuleContext) -> Hit | None:
         return Hit(Action.discard, f"loop: message already carries List-Id <{ctx.list_id}>")
     if any(_bracketed(v) == ctx.list_address for v in ctx.x_loops):
         return Hit(Action.discard, f"loop: message already carries X-Loop {ctx.list_address}")
+    return None
+
+
+def banned(ctx: RuleContext) -> Hit | None:
+    """A banned sender's posts are dropped without a word."""
+    if ctx.banned_by:
+        return Hit(Action.discard, f"sender {ctx.sender or ctx.mail_from} is banned "
+                                   f"({ctx.banned_by})")
     return None
 
 
@@ -208,11 +218,16 @@ def _by_action(action: Action, who: str, refusal: str) -> Hit | None:
 
 
 def nonmember(ctx: RuleContext) -> Hit | None:
+    """The list's nonmember_action, unless a per-address sender rule decides first."""
     if ctx.is_member:
         return None
     if ctx.sender_problem:            # nobody to reject or to tell: a person decides
         return Hit(Action.hold, f"post by non-member: {ctx.sender_problem}")
     who = ctx.sender or ctx.mail_from or "unknown sender"
+    if ctx.sender_rule is not None:
+        return _by_action(ctx.sender_rule.action,
+                          f"non-member {who} (sender rule {ctx.sender_rule.pattern})",
+                          f"{who} may not post to {ctx.list_address}")
     return _by_action(ctx.nonmember_action, f"non-member {who}",
                       f"non-members may not post to {ctx.list_address}")
 
@@ -225,13 +240,14 @@ def moderated_member(ctx: RuleContext) -> Hit | None:
 
 
 def implicit_destination(ctx: RuleContext) -> Hit | None:
-    if ctx.list_address in ctx.recipients:
+    if ctx.list_address in ctx.recipients or ctx.relayed_by in ctx.recipients:
         return None
     return Hit(Action.hold, f"implicit destination: {ctx.list_address} is in neither To nor Cc")
 
 
 RULES: tuple[Rule, ...] = (
     loop,
+    banned,
     automatic,
     emergency,
     max_size,
@@ -299,6 +315,7 @@ def build_context(session: Session, ml: MailingList, inbound: InboundMessage,
         also = [replies.sender_address(msg, "Sender")[0], inbound.mail_from.lower()]
         candidates += [a for a in also if a and a not in candidates]
     sender, roles, moderated = _sender_roles(session, ml, candidates)
+    banned_by = senders.first_match(senders.ban_patterns(session, ml.id), candidates) or ""
     relayed_by = network.relaying_list(session, ml, inbound.mail_from or "",
                                        _values(msg, "List-Id"))
     if not roles and relayed_by:
@@ -308,6 +325,8 @@ def build_context(session: Session, ml: MailingList, inbound: InboundMessage,
         if found is not None:
             sender, moderated = found
             roles = frozenset({Role.member})
+    sender_rule = (None if roles else
+                   senders.action_for(senders.sender_rules(session, ml.id), candidates))
     if roles:
         problem = None
     try:
@@ -325,7 +344,8 @@ def build_context(session: Session, ml: MailingList, inbound: InboundMessage,
         member_action=ml.member_action, subject=_subject(msg), body_head=_body_head(msg),
         administrivia=ml.administrivia, max_recipients=ml.max_recipients,
         automatic_action=ml.automatic_action, sender_problem=problem or "",
-        sender_post_limit=ml.sender_post_limit, relayed_by=relayed_by,
+        sender_post_limit=ml.sender_post_limit, relayed_by=relayed_by, banned_by=banned_by,
+        sender_rule=sender_rule,
         **_history(session, inbound))
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from listserv import members, notices, tokens
+from listserv import members, notices, senders, tokens
 from listserv.app import App
 from listserv.models import (
     DeliveryMode,
@@ -63,6 +63,9 @@ def join(session: Session, app: App, ml: MailingList, email: str,
          display_name: str = "") -> Result:
     if members.find_membership(session, ml, email) is not None:
         return Result(f"{email} is already subscribed to {ml.address}.")
+    if senders.banned(session, ml, email):
+        log.info("list_id=%s refused the subscription of banned %s", ml.list_id, email)
+        return Result(f"{email} may not subscribe to {ml.address}.")
     policy = ml.subscription_policy
     if policy is SubscriptionPolicy.open:
         return subscribe_now(session, app, ml, email, display_name)
@@ -83,6 +86,8 @@ def subscribe_now(session: Session, app: App, ml: MailingList, email: str,
                   display_name: str = "") -> Result:
     if members.find_membership(session, ml, email) is not None:
         return Result(f"{email} is already subscribed to {ml.address}.")
+    if senders.banned(session, ml, email):       # banned after the request was made
+        return Result(f"{email} may not subscribe to {ml.address}.")
     members.add_member(session, ml, email, display_name=display_name)
     _send(session, app, ml, email, "notice/user/welcome.txt.j2", {"email": email},
           auto_submitted="auto-generated")

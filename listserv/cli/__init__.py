@@ -104,4 +104,6 @@ from listserv.cli import digest  # noqa: E402,F401
 from listserv.cli import bounces  # noqa: E402,F401
 from listserv.cli import queue  # noqa: E402,F401
 from listserv.cli import archive  # noqa: E402,F401
+from listserv.cli import senders  # noqa: E402,F401
+from listserv.cli import imports  # noqa: E402,F401
 from listserv.cli import web  # noqa: E402,F401

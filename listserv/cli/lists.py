@@ -99,6 +99,9 @@ def list_show(obj: Obj, address: str, as_json: bool) -> None:
         ("dkim_selector", info["dkim_selector"]),
         ("posts", info["posts"]),
         ("created_at", info["created_at"]),
+        ("sender rules", ", ".join(f"{r['pattern']} -> {r['action']}"
+                                   for r in info["sender_rules"]) or None),
+        ("bans", ", ".join(info["bans"]) or None),
     ])
     click.echo("")
     pairs((s.name, repr(info[s.name]) if s.kind == "text" else

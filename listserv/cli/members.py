@@ -8,7 +8,7 @@ import click
 
 from listserv import lists as lists_service
 from listserv import members as service
-from listserv import member_import
+from listserv import member_import, senders
 from listserv.cli import Obj, cli, handle_errors, pass_obj
 from listserv.cli.output import json_array, table
 from listserv.errors import UsageError
@@ -55,6 +55,11 @@ def member_add(obj: Obj, list_address: str, emails: tuple[str, ...], path: str |
     app = obj.ready_app()
     with app.db.unit_of_work() as session:
         ml = lists_service.get_list(session, list_address)
+        for _, email in people:
+            pattern = senders.banned(session, ml, email)
+            if pattern:
+                raise UsageError(f"{email} is banned from {ml.address} ({pattern}); "
+                                 "lift the ban first: listserv list ban remove")
         added, existing = service.add_members(session, ml, people, role=r, delivery_mode=d,
                                               moderated=moderated)
         address = ml.address

@@ -23,7 +23,7 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from listserv import templating
 from listserv.app import App
-from listserv.web import pages, security
+from listserv.web import modlog, pages, security
 from listserv.web.pages import Web
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,7 @@ def page_routes() -> list[BaseRoute]:
     return [
         Route("/", index, methods=["GET", "HEAD"]),
         Route("/static/style.css", stylesheet, methods=["GET", "HEAD"]),
+        *modlog.ROUTES,
     ]
 
 

@@ -80,3 +80,21 @@ def test_members_log(harness: Harness) -> None:
     set_access(harness, LogAccess.members)
     assert "open to its members only" in body(ask(harness, "stranger@s.example"))
     assert "Buy now" in body(ask(harness, "ann@x.org"))
+
+
+def test_public_log_on_the_web(harness: Harness) -> None:
+    from starlette.testclient import TestClient
+
+    from listserv.web import create_app
+
+    setup(harness)
+    with TestClient(create_app(harness.app, base_url="http://testserver"),
+                    base_url="http://testserver", raise_server_exceptions=False) as web:
+        page = web.get(f"/lists/{LIST}/moderation-log")
+        assert page.status_code == 403 and "send &#39;log&#39; to dev-request@" in page.text
+        set_access(harness, LogAccess.public, LogNames.hide)
+        page = web.get(f"/lists/{LIST}/moderation-log")
+        assert page.status_code == 200
+        assert "Buy now" in page.text and "off topic" in page.text
+        assert "a moderator" in page.text and "mod@x.org" not in page.text
+        assert web.get("/lists/nope@example.org/moderation-log").status_code == 404

@@ -122,3 +122,42 @@ def test_digest_only_person_gets_the_parents_digest(harness: Harness, cli_env: d
     kinds = [(m.rcpt_tos, m.message["Subject"]) for m in harness.sink.messages
              if "Digest" in str(m.message["Subject"])]
     assert sorted(r for rcpts, _ in kinds for r in rcpts) == ["dig@x.org", "nat@x.org"]
+
+
+def test_remote_parent_posts_and_loops(harness: Harness) -> None:
+    """A list on another server that includes ours one way: its address is a (nomail) member
+    here, so its relayed copies are posts; forged or looping copies are not."""
+    make_list(harness.app, "regional@example.org", members=["r1@x.org", "r2@x.org"])
+    with harness.app.db.unit_of_work() as s:
+        ml = lists.get_list(s, "regional@example.org")
+        members.add_member(s, ml, "national@other.example", delivery_mode=DeliveryMode.nomail)
+        network.include(s, ml, ["peer@third.example"])
+    relayed = dict(List_Id="National <national.other.example>", Precedence="list")
+    harness.send(make_message("poster@p.example", "national@other.example", "Relayed",
+                              **relayed),
+                 mail_from="national-bounces+regional=example.org@other.example",
+                 rcpts=["regional@example.org"])
+    harness.run_until_idle()
+    got = harness.sink.wait_for(lambda m: len(per_person(m)) >= 3)
+    assert per_person(got) == Counter({"r1@x.org": 1, "r2@x.org": 1, "peer@third.example": 1})
+    ids = got[0].message.get_all("List-Id")
+    assert [v.split("<")[1] for v in ids] == ["regional.example.org>",
+                                              "national.other.example>"]
+    # the same List-Id from anyone else's envelope is no relay (Precedence: list = automatic)
+    harness.send(make_message("poster@p.example", "national@other.example", "Forged",
+                              **relayed), mail_from="poster@p.example",
+                 rcpts=["regional@example.org"])
+    # a copy carrying our own List-Id came back: a loop
+    harness.send(make_message("r1@x.org", "regional@example.org", "Again",
+                              List_Id="<regional.example.org>"))
+    # a remote peer that came through the chain does not get it back
+    harness.send(make_message("r1@x.org", "regional@example.org", "From peer",
+                              List_Id="<peer.third.example>"))
+    harness.run_until_idle()
+    states = [(o[1], o[2].split(":")[0]) for o in outcomes(harness)]
+    assert states[1:3] == [("discarded", "automatic message (Precedence"),
+                           ("discarded", "loop")]
+    assert states[3][0] == "accepted"
+    got = harness.sink.wait_for(lambda m: len(m) >= 4)
+    last = [m for m in got if "From peer" in str(m.message["Subject"])]
+    assert sorted(r for m in last for r in m.rcpt_tos) == ["r1@x.org", "r2@x.org"]

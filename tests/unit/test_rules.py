@@ -127,7 +127,7 @@ def test_gate_stops_evaluation_even_after_holds() -> None:
 
 def test_rules_order_is_the_documented_chain() -> None:
     assert [r.__name__ for r in rules.RULES] == [
-        "loop", "automatic", "emergency", "max_size", "flood", "repeated_text",
+        "loop", "banned", "automatic", "emergency", "max_size", "flood", "repeated_text",
         "administrivia", "max_recipients",
         "nonmember", "moderated_member", "implicit_destination"]
 
@@ -162,3 +162,22 @@ def test_max_recipients() -> None:
 def test_is_auto() -> None:
     assert ctx(mail_from="").is_auto and ctx(precedence="bulk").is_auto
     assert not BASE.is_auto
+
+
+def test_banned_sender_is_discarded_before_anything_else() -> None:
+    v = evaluate(ctx(banned_by="^.*@spam\\.example", emergency=True))
+    assert v.action is Action.discard and "banned" in v.reasons[0]
+    assert rules.banned(BASE) is None
+
+
+@pytest.mark.parametrize("action, expected", [
+    (Action.accept, Action.accept), (Action.hold, Action.hold),
+    (Action.reject, Action.reject), (Action.discard, Action.discard)])
+def test_sender_rule_decides_before_nonmember_action(action: Action, expected: Action) -> None:
+    from listserv.senders import SenderRule
+
+    rule = SenderRule("^bot@", action)
+    v = evaluate(ctx(roles=frozenset(), nonmember_action=Action.reject, sender_rule=rule))
+    assert v.action is expected
+    if expected is Action.hold:
+        assert "sender rule ^bot@" in v.reasons[0]

@@ -207,6 +207,12 @@ CONTEXTS: dict[str, list[dict[str, Any]]] = {
     # listserv.web.application (index, error_page) and the page modules
     "web/base.html.j2": [WEB],
     "web/index.html.j2": [WEB],
+    # web.modlog.moderation_log
+    "web/moderation-log.html.j2": [
+        {**WEB, "list": LIST, "days": 30, "entries": [
+            Entry(NOW, "Buy <now>", "eve@e.example", "rejected", "off topic", "a moderator",
+                  "mail")]},
+        {**WEB, "list": LIST, "days": 30, "entries": []}],
     "web/error.html.j2": [{**WEB, "status": 404, "title": "Not found",
                            "detail": "There is no page <here>."},
                           {**WEB, "status": 500, "title": "Something went wrong", "detail": ""}],

@@ -2,7 +2,7 @@
 inbound_message.body_sha and an index by sender (the flood rules)
 
 Revision ID: 0005_hostile_mail
-Revises: 0009_archive_search
+Revises: 0010_list_networks_index
 Create Date: 2026-12-02 18:40:00
 """
 from alembic import op
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 
 revision = '0005_hostile_mail'
-down_revision = '0009_archive_search'
+down_revision = '0010_list_networks_index'
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,215 @@
+"""Add an existing mbox archive (Pipermail, HyperKitty export, any mbox) to a list's archive.
+
+Nothing is sent and nothing enters the posting pipeline: each message is appended to the
+list's month file ``<archive>/<list>/<yyyy-mm>.mbox`` (the month of its Date header, else of
+its From_ line, else of the import) in the archive's own mboxrd format and added to the
+search index (listserv.archive_index) as the archive worker does; the HTML pages of the
+touched months are rebuilt afterwards. Messages whose Message-ID the list's archive
+already holds (or that came earlier in the same file) are skipped, so importing twice adds
+nothing. A message without a Message-ID gets a stable one made from its content.
+
+Reading: a message starts at a ``From `` line that follows a blank line (or the start of the
+file) and carries a date — Pipermail's ``From ann at example.org  Mon Jan  5 10:00:00 2004``
+included. One level of ``>From `` quoting is undone (mboxrd; for mboxo that is the escaping
+the writer added). Pipermail's obfuscated headers (``From: ann at example.org (Ann)``) are
+given their address back.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import re
+import time
+from dataclasses import dataclass, field
+from email.utils import formataddr, parsedate_to_datetime
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterator
+
+from listserv import archive, archive_html, archive_index, archive_read, lists
+from listserv.app import App
+from listserv.errors import UsageError
+from listserv.models import ArchivePolicy
+
+FLUSH_BYTES = 8 * 1024 * 1024
+Pending = tuple[bytes, bytes, dt.datetime]      # mbox entry, message, archived_at
+_FROM_LINE = re.compile(rb"^From \S+(?: at \S+)?\s.*\d\d:\d\d.*\d{4}")
+_QUOTED_FROM = re.compile(rb"^>(>*From )", re.MULTILINE)
+_HEADER = {name: re.compile(rb"^" + name + rb":[ \t]*(.*(?:\n[ \t].*)*)",
+                            re.MULTILINE | re.IGNORECASE)
+           for name in (b"message-id", b"date", b"from")}
+_MSGID = re.compile(rb"<([^<>\s]+)>")
+_OBFUSCATED = re.compile(r"^\s*([^\s@()<>\"]+) at ([^\s@()<>\"]+)\s*(?:\((.*)\))?\s*$")
+_ADDRESS = re.compile(rb"[^\s<>\"'(),:;]+@[^\s<>\"'(),:;]+")
+
+
+@dataclass
+class MboxReport:
+    list_address: str = ""
+    messages: int = 0            # read from the file
+    added: int = 0
+    duplicates: int = 0          # Message-ID already archived or repeated in the file
+    months: set[str] = field(default_factory=set)
+    pages: int = 0
+    indexed: int = 0             # rows offered to the search index
+    seconds: float = 0.0
+
+
+def split(fh: BinaryIO) -> Iterator[tuple[bytes, bytes, int]]:
+    """(From_ line, raw message with LF endings, bytes consumed) for each message."""
+    from_line: bytes | None = None
+    lines: list[bytes] = []
+    consumed = 0
+    prev_blank = True
+    for line in fh:
+        consumed += len(line)
+        if line.endswith(b"\r\n"):
+            line = line[:-2] + b"\n"
+        if prev_blank and line.startswith(b"From ") and _FROM_LINE.match(line):
+            if from_line is not None or lines:
+                yield from_line or b"", _finish(lines), consumed - len(line)
+                consumed = len(line)
+            from_line, lines = line.rstrip(b"\n"), []
+        else:
+            lines.append(line)
+        prev_blank = line in (b"\n", b"")
+    if from_line is not None or any(x.strip() for x in lines):
+        yield from_line or b"", _finish(lines), consumed
+
+
+def _finish(lines: list[bytes]) -> bytes:
+    data = b"".join(lines)
+    if data.endswith(b"\n\n"):
+        data = data[:-1]             # the blank line that separates messages
+    return _QUOTED_FROM.sub(rb"\1", data)
+
+
+def _header(head: bytes, name: bytes) -> bytes | None:
+    m = _HEADER[name].search(head)
+    return m.group(1) if m else None
+
+
+def _when(head: bytes, from_line: bytes, default: dt.datetime) -> dt.datetime:
+    value = _header(head, b"date")
+    if value:
+        try:
+            when = parsedate_to_datetime(" ".join(value.decode("latin-1").split()))
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=dt.timezone.utc)
+            if 1970 <= when.year <= default.year + 1:
+                return when.astimezone(dt.timezone.utc)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            pass
+    return archive_read.from_line_time(from_line) or default
+
+
+def deobfuscate_from(value: str) -> str | None:
+    """'ann at example.org (Ann Smith)' -> 'Ann Smith <ann@example.org>' (Pipermail's
+    published form); None when ``value`` is not in that form."""
+    m = _OBFUSCATED.match(value)
+    if m is None or "@" in value:
+        return None
+    return formataddr(((m.group(3) or "").strip(), f"{m.group(1)}@{m.group(2)}"))
+
+
+def prepare(raw: bytes, from_line: bytes, list_domain: str,
+            default: dt.datetime) -> tuple[bytes, str, dt.datetime, str]:
+    """(message bytes, Message-ID, date, sender) of one mbox message, repaired as described
+    in the module docstring."""
+    head, sep, body = raw.partition(b"\n\n")
+    if not sep:
+        head, body = raw.rstrip(b"\n"), b""
+    from_value = _header(head, b"from")
+    if from_value is not None and b"@" not in from_value:
+        fixed = deobfuscate_from(" ".join(from_value.decode("utf-8", "replace").split()))
+        if fixed is not None:
+            head = _HEADER[b"from"].sub(lambda _: b"From: " + fixed.encode("utf-8"), head,
+                                        count=1)
+            from_value = fixed.encode("utf-8")
+    found = _MSGID.search(_header(head, b"message-id") or b"")
+    if found is not None:
+        msgid = found.group(1).decode("ascii", "replace")
+    else:
+        digest = hashlib.sha256(raw).hexdigest()[:32]
+        msgid = f"imported.{digest}@{list_domain}"
+        head = f"Message-ID: <{msgid}>\n".encode() + head
+    sender_match = _ADDRESS.search(from_value or b"")
+    sender = sender_match.group(0).decode("ascii", "replace") if sender_match else ""
+    return head + b"\n\n" + body, msgid, _when(head, from_line, default), sender
+
+
+def archived_ids(root: Path, list_address: str) -> set[str]:
+    """Every Message-ID in the list's archive (read from the mbox files, the truth)."""
+    ids: set[str] = set()
+    for month in archive_read.months(root, list_address):
+        data = archive_read.month_path(root, list_address, month).read_bytes()
+        for m in archive_read._MESSAGE_ID.finditer(data):
+            ids.add(m.group(1).decode("ascii", "replace"))
+    return ids
+
+
+def import_mbox(app: App, list_address: str, path: str | Path, *, dry_run: bool = False,
+                html: bool = True, progress: Callable[[int], None] | None = None
+                ) -> MboxReport:
+    """Append the messages of the mbox file ``path`` to the list's archive (see module doc)."""
+    started = time.monotonic()
+    with app.db.unit_of_work() as session:
+        ml = lists.get_list(session, list_address)
+        if ml.archive is ArchivePolicy.none:
+            raise UsageError(f"{ml.address} is not archived (archive = none); "
+                             "set archive to public or private first")
+        info = archive_html.ListInfo.of(ml)
+        domain, list_id = ml.domain.name, ml.id
+    report = MboxReport(list_address=info.address)
+    root = app.settings.archive_path
+    seen = archived_ids(root, info.address)
+    now = app.now()
+    pending: dict[str, list[Pending]] = {}
+    size = 0
+
+    def flush() -> None:
+        if not dry_run:
+            report.indexed += _flush(app, list_id, info.address, pending)
+        pending.clear()
+
+    with open(path, "rb") as fh:
+        for from_line, raw, consumed in split(fh):
+            report.messages += 1
+            data, msgid, when, sender = prepare(raw, from_line, domain, now)
+            if msgid in seen:
+                report.duplicates += 1
+            else:
+                seen.add(msgid)
+                report.added += 1
+                month = f"{when.year:04d}-{when.month:02d}"
+                report.months.add(month)
+                entry = archive.mbox_entry(data, when.timestamp(), sender)
+                pending.setdefault(month, []).append((entry, data, when))
+                size += len(entry)
+                if size >= FLUSH_BYTES:
+                    flush()
+                    size = 0
+            if progress is not None:
+                progress(consumed)
+    flush()
+    if html and report.months and not dry_run:
+        built = archive_html.build(app, info, archive_html.default_out(app, info.address),
+                                   sorted(report.months), new_only=True)
+        report.pages = built.pages
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _flush(app: App, list_id: int, address: str, pending: dict[str, list[Pending]]) -> int:
+    """Append each month's entries to its file (the truth first), then add them to the
+    search index in one transaction (listserv.archive_index; a crash in between is repaired
+    by ``listserv archive reindex``). Returns the rows offered to the index."""
+    items: list[tuple[bytes, str, int, int, dt.datetime]] = []
+    for month, entries in pending.items():
+        path = archive_read.month_path(app.settings.archive_path, address, month)
+        offset = archive.append_file(path, b"".join(e[0] for e in entries))
+        for entry, data, when in entries:
+            items.append((data, month, offset, len(entry), when))
+            offset += len(entry)
+    with app.db.unit_of_work() as session:
+        return archive_index.index_messages(session, list_id, items)
