@@ -314,8 +314,13 @@ def build_context(session: Session, ml: MailingList, inbound: InboundMessage,
     if ml.sender_headers is SenderHeaders.from_sender:
         also = [replies.sender_address(msg, "Sender")[0], inbound.mail_from.lower()]
         candidates += [a for a in also if a and a not in candidates]
+    # A ban is matched against every identity the message claims (From, Sender, envelope),
+    # whatever sender_headers allows for membership.
+    identities = [*candidates, replies.sender_address(msg, "Sender")[0],
+                  (inbound.mail_from or "").lower()]
+    banned_by = senders.first_match(senders.ban_patterns(session, ml.id),
+                                    [a for a in dict.fromkeys(identities) if a]) or ""
     sender, roles, moderated = _sender_roles(session, ml, candidates)
-    banned_by = senders.first_match(senders.ban_patterns(session, ml.id), candidates) or ""
     relayed_by = network.relaying_list(session, ml, inbound.mail_from or "",
                                        _values(msg, "List-Id"))
     if not roles and relayed_by:
