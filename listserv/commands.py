@@ -30,6 +30,7 @@ from listserv import (
     modreply,
     ratelimit,
     replies,
+    request_words,
     subscriptions,
     tokens,
 )
@@ -276,17 +277,26 @@ def _decide(mail: Mail, row: PendingToken, decision: Decision, reason: str | Non
 # ---------------------------------------------------------------------------- -request
 
 
+MAX_UNKNOWN = 2          # unknown command lines answered before the rest is taken as prose
+
+
 def parse_request(msg: EmailMessage) -> list[str]:
-    """Command lines: the Subject when it is one, then body lines up to the first unknown one
-    (quoted text and the signature are skipped), at most MAX_COMMANDS, duplicates dropped."""
+    """Command lines: the Subject when it is one (or names 'confirm TOKEN' anywhere), then
+    typed body lines (quotes and signature skipped) up to the first line of prose, at most
+    MAX_COMMANDS, duplicates dropped. Short unknown lines are kept (answered by name), at most
+    MAX_UNKNOWN of them."""
     candidates: list[str] = []
     subject = replies.strip_reply_prefix(str(msg.get("Subject", "") or ""))
     if subject and replies.first_word(subject) in REQUEST_WORDS:
         candidates.append(subject)
-    body = replies.command_lines(msg)
-    for line in body:
+    elif token_in_subject(subject):
+        candidates.append(f"confirm {token_in_subject(subject)}")
+    unknown = 0
+    for line in replies.command_lines(msg):
         if replies.first_word(line) not in REQUEST_WORDS:
-            break
+            if not request_words.looks_like_command(line) or unknown >= MAX_UNKNOWN:
+                break
+            unknown += 1
         candidates.append(line)
     out: list[str] = []
     for line in candidates:
@@ -299,6 +309,17 @@ def parse_request(msg: EmailMessage) -> list[str]:
     return out
 
 
+def unknown_command(line: str) -> Result:
+    """'unknown command: who', with the nearest command we have when there is one."""
+    word = replies.first_word(line)
+    name = " ".join(line.split()[:3]) if word == "set" else word
+    text = f"unknown command: {name[:80]}"
+    near = request_words.nearest(line)
+    if near:
+        text += f" (the nearest command here is: {near})"
+    return Result(text)
+
+
 def request(mail: Mail) -> str:
     commands = parse_request(mail.msg)
     if not commands:
@@ -306,8 +327,11 @@ def request(mail: Mail) -> str:
                kind="help")
         return "no command: help sent"
     results = [(line, run_command(mail, line)) for line in commands]
+    known = any(replies.first_word(line) in REQUEST_WORDS for line in commands)
+    if not known:       # nothing we understood: the answer also lists the commands
+        results = [(line, Result(r.text, help=True)) for line, r in results]
     if any(r.mail_needed for _, r in results):
-        answer(mail, results, kind="results")
+        answer(mail, results, kind="results" if known else "help")
     return "; ".join(f"{c}: {r.text}" for c, r in results)
 
 
@@ -327,14 +351,17 @@ def run_command(mail: Mail, line: str) -> Result:
             return _help("confirm needs the token: confirm TOKEN")
         return confirm(mail, words[1].strip("<>.,:;"), [], from_request=True)
     if word == "set":
-        if len(words) == 3 and words[1].lower() == "delivery":
+        if len(words) == 3 and words[1].lower() == "delivery" \
+                and words[2].lower() not in ("on", "off"):
             trusted = app.settings.moderation.require_authenticated_replies \
                 and _authenticated(mail)
             return subscriptions.set_delivery(session, app, ml, mail.sender, words[2],
                                               confirmed=trusted)
+        if len(words) >= 2:
+            return unknown_command(line)
         return _help("Usage: set delivery regular|mime-digest|plain-digest|nomail")
     if word in ("index", "get"):
         return archive_access.command(mail, word, words[1:])
     if word == "log":
         return modlog.command(mail)
-    return _help(f"Unknown command: {line}")
+    return unknown_command(line)

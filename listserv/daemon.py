@@ -152,8 +152,8 @@ class Daemon:
             server = await loop.create_server(
                 lambda: intake.make_protocol(handler, app.settings), self.host, self.port)
             self.bound_port = server.sockets[0].getsockname()[1]
-            log.warning("listserv: %s intake listening on %s:%d", app.settings.intake.protocol,
-                        self.host, self.bound_port)
+            log.info("listserv: %s intake listening on %s:%d", app.settings.intake.protocol,
+                     self.host, self.bound_port)
         self.ready.set()
 
         workers_stop = asyncio.Event()
@@ -187,7 +187,7 @@ class Daemon:
         for t in [*tasks, *(t for t in (delivery_task, web_task) if t is not None)]:
             t.add_done_callback(watch)
         await stop.wait()
-        log.warning("listserv: stopping")
+        log.info("listserv: stopping")
         web_stop.set()
         if server is not None:
             server.close()
@@ -210,7 +210,7 @@ class Daemon:
                 await asyncio.wait_for(server.wait_closed(), 5)
             except asyncio.TimeoutError:
                 log.warning("listserv: closing with SMTP clients still connected")
-        log.warning("listserv: stopped")
+        log.info("listserv: stopped")
         if failed:
             raise WorkerFailed(f"a worker failed: {failed[0]}") from failed[0]
 

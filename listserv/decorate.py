@@ -6,6 +6,11 @@ signing.
   (switched to UTF-8 only when the footer does not fit it) and Content-Transfer-Encoding
   (7bit becomes quoted-printable when the text stops being ASCII); format=flowed and other
   Content-Type parameters are kept;
+* with ``footer_placement = inline`` (the default): a multipart/alternative gets the footer in
+  its plain alternative (as above) and in its HTML one (HTML-escaped, in a ``<div>`` before
+  ``</body>``), also inside multipart/related and as the first part of a multipart/mixed; a lone
+  HTML body likewise. HTML readers see it, and Outlook shows no ``ATT00001.txt``. When a text
+  cannot be decoded exactly, the footer goes in a part of its own instead;
 * multipart/mixed: the footer becomes a new last text/plain part;
 * anything else (multipart/alternative, /related, a lone HTML or attachment, a text part we
   cannot decode safely) and multipart/signed or /encrypted: the body is wrapped in a new
@@ -18,9 +23,13 @@ from __future__ import annotations
 import base64
 import copy
 import hashlib
+import html
 import quopri
+import re
 from email.message import EmailMessage
+from typing import Callable
 
+from listserv.models import FooterPlacement
 from listserv.views import ListView
 
 FOOTER_SEPARATOR = "\n"
@@ -31,6 +40,8 @@ def decorate(msg: EmailMessage, lst: ListView, footer: str) -> EmailMessage:
     out = copy.deepcopy(msg)
     if not footer.strip():
         return out
+    if lst.footer_placement is FooterPlacement.inline and _inline(out, footer):
+        return out
     if out.is_multipart():
         if out.get_content_type() == "multipart/mixed":
             out.attach(footer_part(footer))
@@ -40,6 +51,95 @@ def decorate(msg: EmailMessage, lst: ListView, footer: str) -> EmailMessage:
             and append_to_text(out, footer)):
         return out
     return wrap_mixed(out, footer)
+
+
+def _is_body(part: EmailMessage, subtype: str) -> bool:
+    return (part.get_content_type() == f"text/{subtype}"
+            and part.get_content_disposition() != "attachment")
+
+
+def _children(part: EmailMessage) -> list[EmailMessage]:
+    payload = part.get_payload()
+    return [c for c in payload if isinstance(c, EmailMessage)] if isinstance(payload, list) \
+        else []
+
+
+def _inline(msg: EmailMessage, footer: str) -> bool:
+    """Put the footer into the message's text bodies in place; False (unchanged) when it has
+    none we can edit exactly."""
+    ctype = msg.get_content_type()
+    if ctype == "multipart/alternative":
+        return _into_alternative(msg, footer)
+    if ctype == "multipart/mixed":
+        first = next(iter(_children(msg)), None)
+        if first is not None and first.get_content_type() == "multipart/alternative":
+            return _into_alternative(first, footer)
+        if first is None or not _is_body(first, "plain"):
+            return False
+        had_version = "MIME-Version" in first
+        if not append_to_text(first, footer):
+            return False
+        if not had_version:
+            del first["MIME-Version"]
+        return True
+    if _is_body(msg, "html"):
+        return append_to_html(msg, footer)
+    return False
+
+
+def _into_alternative(alt: EmailMessage, footer: str) -> bool:
+    """The footer into every plain and HTML alternative (HTML also inside multipart/related),
+    all or none."""
+    trial = copy.deepcopy(alt)
+    edited = 0
+    for child in _children(trial):
+        if child.get_content_type() == "multipart/related":
+            inner = next(iter(_children(child)), None)
+            if inner is None or not _is_body(inner, "html"):
+                return False
+            child = inner
+        had_version = "MIME-Version" in child
+        if _is_body(child, "plain"):
+            ok = append_to_text(child, footer)
+        elif _is_body(child, "html"):
+            ok = append_to_html(child, footer)
+        else:
+            continue
+        if not ok:
+            return False
+        if not had_version:         # a body part needs none (append_to_* add it for a message)
+            del child["MIME-Version"]
+        edited += 1
+    if not edited:
+        return False
+    alt.set_payload(trial.get_payload())
+    return True
+
+
+def html_footer(footer: str) -> str:
+    lines = [html.escape(line) for line in footer.strip("\n").splitlines()]
+    return '\n<div class="list-footer">' + "<br>\n".join(lines) + "</div>\n"
+
+
+_BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)
+_HTML_END = re.compile(r"</html\s*>", re.IGNORECASE)
+
+
+def _insert_html(text: str, footer: str) -> str:
+    addition = html_footer(footer)
+    if "\r\n" in text:
+        addition = addition.replace("\n", "\r\n")
+    for end in (_BODY_END, _HTML_END):
+        found = list(end.finditer(text))
+        if found:
+            at = found[-1].start()
+            return text[:at] + addition + text[at:]
+    return text + addition
+
+
+def append_to_html(part: EmailMessage, footer: str) -> bool:
+    """Insert the HTML-escaped footer before ``</body>`` of a text/html ``part`` in place."""
+    return _edit_text(part, lambda text: _insert_html(text, footer))
 
 
 def footer_part(footer: str) -> EmailMessage:
@@ -64,6 +164,24 @@ def _python_charset(charset: str) -> str | None:
 def append_to_text(part: EmailMessage, footer: str) -> bool:
     """Append ``footer`` to a text/plain ``part`` in place. False (part unchanged) when its
     content cannot be decoded exactly (unknown charset, bytes invalid in it)."""
+    def add(text: str) -> str:
+        crlf = "\r\n" in text
+        if text and not text.endswith("\n"):
+            text += "\n"
+        addition = FOOTER_SEPARATOR + footer
+        if not addition.endswith("\n"):
+            addition += "\n"
+        if crlf:
+            addition = addition.replace("\r\n", "\n").replace("\n", "\r\n")
+        return text + addition
+
+    return _edit_text(part, add)
+
+
+def _edit_text(part: EmailMessage, edit: Callable[[str], str]) -> bool:
+    """Replace a text part's decoded text with ``edit(text)``, keeping its charset (UTF-8 when
+    the new text does not fit it) and transfer encoding. False (unchanged) when the content
+    cannot be decoded exactly."""
     declared = part.get_content_charset() or "us-ascii"
     codec = _python_charset(declared)
     cte = (part.get("Content-Transfer-Encoding") or "7bit").strip().lower()
@@ -82,15 +200,7 @@ def append_to_text(part: EmailMessage, footer: str) -> bool:
             text = raw.decode(codec)
         except UnicodeDecodeError:
             return False
-    crlf = "\r\n" in text
-    if text and not text.endswith("\n"):
-        text += "\n"
-    addition = FOOTER_SEPARATOR + footer
-    if not addition.endswith("\n"):
-        addition += "\n"
-    if crlf:
-        addition = addition.replace("\r\n", "\n").replace("\n", "\r\n")
-    new = text + addition
+    new = edit(text)
     try:
         data = new.encode(codec)
     except UnicodeEncodeError:

@@ -107,6 +107,11 @@ class ReplyTo(enum.Enum):
     poster = "poster"
 
 
+class FooterPlacement(enum.Enum):
+    inline = "inline"     # in the text bodies (plain and HTML alternatives)
+    part = "part"         # in a MIME part of its own unless the post is plain text
+
+
 class DmarcMitigation(enum.Enum):
     none = "none"
     munge_from = "munge_from"
@@ -236,8 +241,13 @@ class MailingList(Base):
     bounce_warnings: Mapped[int] = mapped_column(default=3)
     bounce_warning_interval_days: Mapped[int] = mapped_column(default=7)
     notify_poster_on_hold: Mapped[bool] = mapped_column(default=True)
+    footer_placement: Mapped[FooterPlacement] = mapped_column(
+        _enum(FooterPlacement), default=FooterPlacement.inline)
     administrivia: Mapped[bool] = mapped_column(default=True)
+    # ARC-seal posts with the domain's key (only when the domain has one)
+    arc: Mapped[bool] = mapped_column(default=True)
     max_recipients: Mapped[int] = mapped_column(default=10)
+    advertised: Mapped[bool] = mapped_column(default=True)   # listed in the web directory
     included_members_can_post: Mapped[bool] = mapped_column(default=True)
     moderation_log: Mapped[LogAccess] = mapped_column(_enum(LogAccess),
                                                       default=LogAccess.owners)

@@ -24,7 +24,7 @@ from urllib.parse import quote
 from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session
 
-from listserv import members, notices, ratelimit, replies, tokens, untrusted
+from listserv import members, notices, ratelimit, replies, rules, tokens, untrusted
 from listserv.app import App
 from listserv.errors import UsageError
 from listserv.models import (
@@ -174,6 +174,7 @@ def notify_poster(session: Session, app: App, ml: MailingList, held: HeldMessage
         "held": held, "token": token, "confirm_address": confirm,
         "cancel_link": mailto(confirm, f"Re: confirm {token}", "cancel"),
         "expires_at": row.expires_at,
+        "looks_like_command": any(r.startswith(rules.COMMAND_REASON) for r in held.reasons),
     }, reply_to=confirm, in_reply_to=inbound.message_id or None,
         auto_submitted="auto-replied")
     notices.send_notice(session, app, lv, notice, [poster])

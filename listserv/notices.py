@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import email.utils
 from email.message import EmailMessage
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from sqlalchemy.orm import Session
 
@@ -65,13 +65,17 @@ def build_notice(app: App, lst: ListView | None, template: str, to: str | list[s
     return msg
 
 
-def finalise(msg: EmailMessage, lst: ListView | None) -> bytes:
-    """Serialise (CRLF) and DKIM-sign with the list domain's key when it has one."""
+def finalise(msg: EmailMessage, lst: ListView | None,
+             seal: Callable[[bytes], bytes] | None = None) -> bytes:
+    """Serialise (CRLF), apply ``seal`` (the post's ARC set), and DKIM-sign with the list
+    domain's key when it has one."""
     policy = msg.policy.clone(linesep="\r\n")
     try:
         data = msg.as_bytes(policy=policy)
     except UnicodeEncodeError:       # decoded hostile text: write its UTF-8 bytes instead
         data = untrusted.serialisable(msg).as_bytes(policy=policy)
+    if seal is not None:
+        data = seal(data)
     if lst and lst.dkim_key and lst.dkim_selector:
         data = signing.sign(data, lst.domain, lst.dkim_selector, lst.dkim_key)
     return data

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from listserv import (
+    arc,
     digests,
     moderation,
     network,
@@ -161,6 +162,7 @@ def accept_post(session: Session, app: App, inbound: InboundMessage, msg: EmailM
     guess = ListView.of(ml)
     guess = _with_post_id(guess, ml.post_id + 1)
     early = transforms.prepare(msg, guess, resolve_txt=resolver)
+    found = _arc_results(app, guess, inbound)   # DNS too: before the locks
 
     _lock_message(session, mhash)
     seq = _next_post_id(session, ml.id)   # from here on we hold the list's write lock
@@ -186,7 +188,9 @@ def accept_post(session: Session, app: App, inbound: InboundMessage, msg: EmailM
     session.flush()
 
     final = transforms.decorate(prepared, lv, render_footer(app, lv))
-    data = notices.finalise(final, lv)    # CRLF, then DKIM-signed when the domain has a key
+    # CRLF, the ARC set, then DKIM-signed when the domain has a key
+    data = notices.finalise(final, lv, None if found is None
+                            else (lambda b: arc.seal(b, lv, found)))
     count = [0]
     outbound.queue_message(
         session, app, data, _counted(recipients.post_recipients(
@@ -199,6 +203,19 @@ def accept_post(session: Session, app: App, inbound: InboundMessage, msg: EmailM
     log.info("list %s message %s: post %d queued for %d recipients", ml.list_id, message_id,
              seq, count[0])
     return seq
+
+
+def _arc_results(app: App, lv: ListView, inbound: InboundMessage) -> list[str] | None:
+    """The incoming post's authentication results for its ARC seal; None: not sealed."""
+    if not (lv.arc and lv.dkim_key and lv.dkim_selector):
+        return None
+    try:
+        raw = app.spool.get(inbound.spool_sha)
+    except OSError as exc:
+        log.warning("list %s message %s: not ARC-sealed, original unreadable: %s",
+                    lv.list_id, inbound.message_id, exc)
+        return None
+    return arc.results(raw, app.resolve_txt, app.settings.moderation.trusted_authserv_id)
 
 
 def _with_post_id(lv: ListView, post_id: int) -> ListView:

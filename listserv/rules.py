@@ -187,6 +187,9 @@ def looks_like_command(line: str) -> bool:
     return first in COMMAND_ARGS and len(words) - 1 <= COMMAND_ARGS[first]
 
 
+COMMAND_REASON = "looks like an email command"
+
+
 def administrivia(ctx: RuleContext) -> Hit | None:
     """A 'subscribe'/'unsubscribe'/'help' sent to the whole list instead of -request@."""
     if not ctx.administrivia:
@@ -195,7 +198,7 @@ def administrivia(ctx: RuleContext) -> Hit | None:
         if looks_like_command(line):
             name, _, domain = ctx.list_address.rpartition("@")
             request = addresses.subaddress(name, domain, addresses.REQUEST)
-            return Hit(Action.hold, f"looks like an email command ({line.strip()[:40]!r}) "
+            return Hit(Action.hold, f"{COMMAND_REASON} ({line.strip()[:40]!r}) "
                                     f"meant for {request}")
     return None
 

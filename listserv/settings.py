@@ -20,6 +20,7 @@ from listserv.models import (
     LogAccess,
     LogNames,
     MailingList,
+    FooterPlacement,
     ReplyTo,
     SenderHeaders,
     SubscriptionPolicy,
@@ -98,6 +99,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("administrivia", "bool", True,
             "hold posts that look like commands (subscribe, unsubscribe, help...) "
             "meant for NAME-request@"),
+    Setting("arc", "bool", True,
+            "ARC-seal each post (RFC 8617) with the list domain's DKIM key, carrying the "
+            "incoming post's DKIM result; only when the domain has a key"),
     Setting("max_recipients", "int", 10,
             "hold posts with this many or more To/Cc addresses; 0 = no limit"),
     Setting("included_members_can_post", "bool", True,
@@ -108,6 +112,9 @@ SETTINGS: tuple[Setting, ...] = (
     _choice("moderation_log_names", LogNames, LogNames.show,
             "whether the moderation log names the moderator (display name) or says "
             "'a moderator' to readers who are not moderators"),
+    _choice("footer_placement", FooterPlacement, FooterPlacement.inline,
+            "inline: the footer goes into the plain and HTML bodies; part: a MIME part of its "
+            "own unless the post is plain text"),
     _choice("automatic_action", Action, Action.hold,
             "what happens to automatic mail posted to the list (Auto-Submitted other than "
             "no, Precedence bulk/junk/list, a null envelope sender); the sender is never told",
@@ -121,6 +128,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("display_name", "text", "", "the list's human name (set by list create)",
             max_length=255),
     Setting("description", "text", "", "a one-line description of the list", max_length=1000),
+    Setting("advertised", "bool", True,
+            "show the list in the web directory (BASE_URL/); its page stays reachable"),
 )
 
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}

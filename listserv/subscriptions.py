@@ -60,23 +60,31 @@ def _send_token(session: Session, app: App, ml: MailingList, to: str, template: 
 
 
 def join(session: Session, app: App, ml: MailingList, email: str,
-         display_name: str = "") -> Result:
+         display_name: str = "", *, always_confirm: bool = False) -> Result:
+    """Join by the list's policy. ``always_confirm`` (the web form, where anyone can type
+    any address): the address confirms first whatever the policy, then the moderators
+    approve when the policy asks for them."""
     if members.find_membership(session, ml, email) is not None:
         return Result(f"{email} is already subscribed to {ml.address}.")
     if senders.banned(session, ml, email):
         log.info("list_id=%s refused the subscription of banned %s", ml.list_id, email)
         return Result(f"{email} may not subscribe to {ml.address}.")
     policy = ml.subscription_policy
-    if policy is SubscriptionPolicy.open:
+    moderated = (SubscriptionPolicy.moderate, SubscriptionPolicy.confirm_then_moderate)
+    if policy is SubscriptionPolicy.open and not always_confirm:
         return subscribe_now(session, app, ml, email, display_name)
-    if policy is SubscriptionPolicy.moderate:
+    if policy is SubscriptionPolicy.moderate and not always_confirm:
         return ask_moderators(session, app, ml, email, display_name)
-    then = "moderate" if policy is SubscriptionPolicy.confirm_then_moderate else ""
+    then = "moderate" if policy in moderated else ""
     issued = tokens.issue(session, app, TokenKind.subscribe, ml, email,
                           payload={"display_name": display_name, "then": then})
     if issued.token is None:
-        return Result(f"A confirmation request was sent to {email} less than an hour ago: "
-                      "reply to it.", mail_needed=False)
+        # Answered (within the daily limit of answers), so that a person who does not see the
+        # confirmation knows where to look; never a second confirmation within the hour.
+        sent = issued.row.last_sent_at.strftime("%Y-%m-%d %H:%M UTC")
+        return Result(f"A confirmation request was already sent to {email} at {sent}. "
+                      "Please check your spam or junk folder for it and reply to it; a new one "
+                      "can be sent an hour after the last.")
     _send_token(session, app, ml, email, "notice/user/confirm-subscribe.txt.j2", issued.token,
                 {"email": email, "expires_at": issued.row.expires_at})
     return Result(f"A confirmation request has been sent to {email}.", mail_needed=False)

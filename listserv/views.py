@@ -9,6 +9,7 @@ from listserv.models import (
     ArchivePolicy,
     DigestFrequency,
     DmarcMitigation,
+    FooterPlacement,
     MailingList,
     ReplyTo,
 )
@@ -31,6 +32,9 @@ class ListView:
     # Web archive of this list (an https URL) when one is published; without it List-Archive
     # points at the -request address's 'index' command (archive_link).
     archive_url: str | None = None
+    footer_placement: FooterPlacement = FooterPlacement.inline
+    description: str = ""
+    arc: bool = True            # ARC-seal posts (when the domain has a key)
 
     @classmethod
     def of(cls, ml: MailingList) -> "ListView":
@@ -38,7 +42,9 @@ class ListView:
                    display_name=ml.display_name or ml.name, subject_prefix=ml.subject_prefix,
                    reply_to=ml.reply_to, dmarc_mitigation=ml.dmarc_mitigation,
                    archive=ml.archive, digest_frequency=ml.digest_frequency, post_id=ml.post_id,
-                   dkim_selector=ml.domain.dkim_selector, dkim_key=ml.domain.dkim_private_key)
+                   dkim_selector=ml.domain.dkim_selector, dkim_key=ml.domain.dkim_private_key,
+                   footer_placement=ml.footer_placement, description=ml.description or "",
+                   arc=ml.arc)
 
     @property
     def address(self) -> str:

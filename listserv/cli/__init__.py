@@ -77,7 +77,9 @@ pass_obj = click.make_pass_decorator(Obj)
 @click.option("--config", "config_path", metavar="PATH", envvar="LISTSERV_CONFIG",
               type=click.Path(dir_okay=False), default=None,
               help="TOML configuration file (or $LISTSERV_CONFIG). Defaults are built in.")
-@click.option("-v", "--verbose", count=True, help="More logging (repeat for debug).")
+@click.option("-v", "--verbose", count=True,
+              help="More logging to stderr: -v adds INFO (one line per message handled), "
+                   "-vv DEBUG and every SMTP command.")
 @click.version_option(__version__, prog_name="listserv")
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None, verbose: int) -> None:
@@ -85,6 +87,8 @@ def cli(ctx: click.Context, config_path: str | None, verbose: int) -> None:
     level = logging.WARNING - 10 * verbose
     logging.basicConfig(level=max(level, logging.DEBUG),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if verbose < 2:   # aiosmtpd logs every SMTP command at INFO
+        logging.getLogger("mail.log").setLevel(logging.WARNING)
     ctx.obj = Obj(config_path)
 
 

@@ -23,7 +23,7 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from listserv import templating
 from listserv.app import App
-from listserv.web import modlog, pages, security
+from listserv.web import archive, directory, modlog, pages, security
 from listserv.web.pages import Web
 
 log = logging.getLogger(__name__)
@@ -31,10 +31,6 @@ log = logging.getLogger(__name__)
 STYLESHEET = "web/style.css"
 TITLES = {400: "Bad request", 403: "Forbidden", 404: "Not found", 405: "Method not allowed",
           413: "Too large", 429: "Too many requests", 500: "Something went wrong"}
-
-
-def index(request: Request) -> Response:
-    return pages.render(request, "web/index.html.j2", {})
 
 
 def stylesheet(request: Request) -> Response:
@@ -55,8 +51,9 @@ def stylesheet(request: Request) -> Response:
 def page_routes() -> list[BaseRoute]:
     """Every page, in matching order. Each web module contributes its ROUTES."""
     return [
-        Route("/", index, methods=["GET", "HEAD"]),
+        *directory.ROUTES,
         Route("/static/style.css", stylesheet, methods=["GET", "HEAD"]),
+        *archive.ROUTES,
         *modlog.ROUTES,
     ]
 

@@ -75,8 +75,8 @@ async def run(app: App, stop: asyncio.Event, *, listen: str | None = None,
         if task.done():
             task.result()                     # raises what stopped it
             raise ConfigError(f"web.listen {listen!r}: the web server did not start")
-        log.warning("listserv: web pages on http://%s (links in mail: %s)",
-                    _show(sock.getsockname()), app.settings.web.base_url)
+        log.info("listserv: web pages on http://%s (links in mail: %s)",
+                 _show(sock.getsockname()), app.settings.web.base_url)
         if on_listening is not None:
             on_listening(port)
         stop_wait = asyncio.create_task(stop.wait())

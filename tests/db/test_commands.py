@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from listserv import members
+from listserv import members, ratelimit
 from listserv.models import (
     DeliveryMode,
     InboundState,
@@ -97,13 +97,18 @@ def test_no_mail_bombing(app: Any, outbox: Outbox, clock: Any) -> None:
     for _ in range(5):
         join(app, list_id, "victim@example.net")
     got = outbox.new()
-    assert len(got) == 1
+    # one confirmation, then short answers ("check your spam folder") up to the daily limit
+    assert len(got) == 1 + ratelimit.DAILY_LIMITS["status"]
     first = token_of(got[0].msg)
+    for answer in got[1:]:
+        text = answer.msg.get_body(("plain",)).get_content()
+        assert "already sent to victim@example.net at" in text and "spam" in text
+        assert "Reply-To" not in answer.msg
     clock.advance(minutes=61)
     join(app, list_id, "victim@example.net")
     join(app, list_id, "victim@example.net")
     got = outbox.new()
-    assert len(got) == 1
+    assert len(got) == 1      # a new confirmation; the daily limit of short answers is spent
     second = token_of(got[0].msg)
     with app.db.unit_of_work() as s:
         rows = s.scalars(select(PendingToken).where(PendingToken.kind == TokenKind.subscribe)

@@ -25,7 +25,7 @@ def test_example_config_loads_and_matches_postfix() -> None:
 
 def test_systemd_unit_runs_serve_with_the_config() -> None:
     unit = (DEPLOY / "listserv.service").read_text()
-    assert re.search(r"^ExecStart=\S+/listserv serve$", unit, re.M)
+    assert re.search(r"^ExecStart=\S+/listserv (-v )?serve$", unit, re.M)
     assert "LISTSERV_CONFIG=/etc/listserv/listserv.toml" in unit
     assert "KillSignal=SIGTERM" in unit
 

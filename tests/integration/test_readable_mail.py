@@ -270,3 +270,103 @@ def test_non_ascii_subjects_keep_their_spaces_in_copies_archive_and_index(
     digest = [p for p in mime.walk() if p.get_content_type() == "multipart/digest"][0]
     inner = sorted(str(p.get_content()["Subject"]) for p in digest.iter_parts())
     assert inner == sorted(f"[dev] {s}" for s in SUBJECTS)
+
+
+# ---------------------------------------------------------------------------- -request@
+
+REQUEST = "dev-request@example.org"
+
+
+def answers(h: Harness, rcpt: str, n: int) -> list[Captured]:
+    h.sink.wait_for(lambda msgs: len(only(h, rcpt)) >= n)
+    return only(h, rcpt)
+
+
+def test_unknown_commands_are_answered_by_name_with_the_nearest(harness: Harness) -> None:
+    h = harness
+    make_list(h.app, LIST, members=["ann@a.example"])
+    h.send(make_message("ann@a.example", REQUEST, "", "who\nset digest on\n"))
+    h.run_until_idle()
+    body = text(answers(h, "ann@a.example", 1)[0])
+    assert "unknown command: who\n" in body
+    assert "unknown command: set digest on (the nearest command here is: " \
+        "set delivery mime-digest)" in body
+    # mixed with a command we have: that one runs, the unknown one is named, no help text
+    h.send(make_message("ann@a.example", REQUEST, "", "set delivery plain-digest\nsignoff\n"))
+    h.run_until_idle()
+    body = text(answers(h, "ann@a.example", 2)[1])
+    assert "now plain-digest" in body
+    assert "unknown command: signoff (the nearest command here is: unsubscribe)" in body
+    assert "The list understands these commands" not in body
+
+
+def test_confirm_token_in_a_reply_subject_to_request(harness: Harness) -> None:
+    h = harness
+    make_list(h.app, LIST)
+    h.send(make_message("cat@c.example", "dev-join@example.org", "", ""))
+    h.run_until_idle()
+    (confirmation,) = answers(h, "cat@c.example", 1)
+    # the client replied to the From (or the person wrote to -request@), token in the Subject
+    h.send(make_message("cat@c.example", REQUEST,
+                        "Re: " + str(confirmation.message["Subject"]), "Yes please\n"))
+    h.run_until_idle()
+    with h.app.db.unit_of_work() as s:
+        assert members.find_membership(s, lists.get_list(s, LIST), "cat@c.example") is not None
+
+
+def test_second_join_within_the_hour_says_when_and_check_spam(harness: Harness) -> None:
+    h = harness
+    make_list(h.app, LIST)
+    h.send(make_message("dan@d.example", "dev-join@example.org", "", ""))
+    h.run_until_idle()
+    h.send(make_message("dan@d.example", "dev-join@example.org", "", ""))
+    h.run_until_idle()
+    first, second = answers(h, "dan@d.example", 2)
+    assert "confirm" in str(first.message["Subject"])
+    body = text(second)
+    assert "already sent to dan@d.example at 20" in body and "spam" in body
+    assert second.message["Reply-To"] is None
+
+
+def test_held_command_post_names_the_leave_address(harness: Harness) -> None:
+    h = harness
+    make_list(h.app, LIST, members=["ann@a.example"], moderators=["mod@m.example"])
+    h.send(make_message("ann@a.example", LIST, "unsubscribe", "unsubscribe\n"))
+    h.run_until_idle()
+    (notice,) = answers(h, "ann@a.example", 1)
+    body = text(notice)
+    assert "send any message to dev-leave@example.org" in body
+
+
+# ---------------------------------------------------------------------------- footers
+
+def alternative_post() -> EmailMessage:
+    msg = make_message("ann@a.example", LIST, "Plans", "Plain plans.\n")
+    msg.add_alternative("<html><body><p>HTML plans.</p></body></html>", subtype="html")
+    return msg
+
+
+def test_footer_goes_into_both_alternatives(harness: Harness, cli_env: dict[str, str]) -> None:
+    h = harness
+    make_list(h.app, LIST, members=["ann@a.example", "bob@b.example"])
+    h.send(alternative_post())
+    h.run_until_idle()
+    h.sink.wait_for(lambda msgs: len(only(h, "bob@b.example")) >= 1)
+    msg = only(h, "bob@b.example")[0].message
+    assert msg.get_content_type() == "multipart/alternative"
+    plain = str(msg.get_body(("plain",)).get_content())
+    html = str(msg.get_body(("html",)).get_content())
+    assert "Plain plans." in plain and "dev-leave@example.org" in plain
+    assert '<div class="list-footer">' in html and "dev-leave@example.org" in html
+    assert html.index("list-footer") < html.lower().index("</body>")
+    assert list(msg.iter_attachments()) == []        # no ATT00001.txt
+    # footer_placement part: the former wrapping
+    out = CliRunner().invoke(cli, ["list", "set", LIST, "footer_placement", "part"], env=cli_env)
+    assert out.exit_code == 0, out.output
+    h.send(alternative_post())
+    h.run_until_idle()
+    second = h.sink.wait_for(lambda msgs: len(only(h, "bob@b.example")) >= 2)
+    msg = [c for c in second if "bob@b.example" in c.rcpt_tos][-1].message
+    assert msg.get_content_type() == "multipart/mixed"
+    assert [p.get_content_type() for p in msg.iter_parts()] == \
+        ["multipart/alternative", "text/plain"]

@@ -59,8 +59,8 @@ class Server:
 
     def start(self) -> "Server":
         out = open(self.log, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "listserv", "serve"], env=self.env,
-                                     stdout=out, stderr=out)
+        self.proc = subprocess.Popen([sys.executable, "-m", "listserv", "-v", "serve"],
+                                     env=self.env, stdout=out, stderr=out)
         wait_until(lambda: listening(self.port) or self.proc.poll() is not None,  # type: ignore[union-attr]
                    30, "listserv serve to listen")
         assert self.proc.poll() is None, self.log.read_text()

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
+from markupsafe import Markup
 
 from listserv import config, notices, templating
 from listserv.app import App
@@ -28,6 +29,7 @@ from listserv.models import (
     ReplyTo,
 )
 from listserv.views import ListView
+from listserv.web.archive import Urls
 
 ROOT = templating.package_templates_dir()
 TEMPLATES = sorted(p.relative_to(ROOT).as_posix() for p in ROOT.rglob("*.j2"))
@@ -56,9 +58,20 @@ ARCHIVE_PAGE = {"list": ListInfo("dev@example.org", "Developers", ArchivePolicy.
 SUMMARY = Summary(1, "Café menu ✓", "Ann", NOW, "a@example.org", [])
 REPLY = Summary(2, "Re: Café menu ✓", "bob at example.net", None, "", ["a@example.org"],
                 parent=1)
+URLS = Urls("/lists", "dev@example.org")
+ROW = {"subject": "Café <menu> ✓", "sender": "Ann", "date": "2026-03-14 09:26 UTC",
+       "url": URLS.message("a@example.org"), "depth": 0, "attachments": 1,
+       "message_id": "a@example.org"}
+DIRECTORY_ENTRY = {"address": "dev@example.org", "name": "Developers",
+                   "description": "Talk <code>", "members": 3, "included": ["local@example.org"],
+                   "url": URLS.page(), "public_archive": True, "archive_url": URLS.archive(),
+                   "search_url": URLS.search(), "feed_url": URLS.feed(),
+                   "join_url": URLS.join()}
 # listserv.web.pages.render adds ``web`` to every page's context
 WEB = {"web": {"prefix": "/lists", "base_url": "https://example.org/lists",
                "csrf": "1773480413.q2x7ZbX0f9kq1hHn5aVxQ8mW"}}
+ARCHIVE_LIST = {**WEB, "list": {"address": "dev@example.org", "name": "Developers",
+                                 "description": "Talk <code>"}, "urls": URLS}
 MAILTO = f"mailto:{CONFIRM}?subject=Re%3A%20confirm%20{TOKEN}&body="
 
 # Template name -> the contexts its call sites pass (several when branches differ).
@@ -160,7 +173,9 @@ CONTEXTS: dict[str, list[dict[str, Any]]] = {
     # moderation.notify_poster
     "notice/user/held.txt.j2": [{
         "held": HELD, "token": TOKEN, "confirm_address": CONFIRM,
-        "cancel_link": MAILTO + "cancel", "expires_at": NOW}],
+        "cancel_link": MAILTO + "cancel", "expires_at": NOW, "looks_like_command": False}, {
+        "held": HELD, "token": TOKEN, "confirm_address": CONFIRM,
+        "cancel_link": MAILTO + "cancel", "expires_at": NOW, "looks_like_command": True}],
     # moderation reject (notify the poster)
     "notice/user/moderation-rejected.txt.j2": [{"held": HELD, "reason": "off topic"},
                                                {"held": HELD, "reason": ""}],
@@ -206,7 +221,35 @@ CONTEXTS: dict[str, list[dict[str, Any]]] = {
                          "size": 1234}]}],
     # listserv.web.application (index, error_page) and the page modules
     "web/base.html.j2": [WEB],
-    "web/index.html.j2": [WEB],
+    # listserv.web.directory and listserv.web.archive
+    "web/index.html.j2": [{**WEB, "lists": [DIRECTORY_ENTRY]}, {**WEB, "lists": []}],
+    "web/list.html.j2": [
+        {**WEB, "list": DIRECTORY_ENTRY, "urls": URLS, "error": "", "email": ""},
+        {**WEB, "list": {**DIRECTORY_ENTRY, "public_archive": False, "included": []},
+         "urls": URLS, "error": "That is not an email address.", "email": "x<y"}],
+    "web/archive.html.j2": [{**ARCHIVE_LIST, "months": [
+        {"month": "2026-03", "count": 2, "url": URLS.month("2026-03")}]},
+        {**ARCHIVE_LIST, "months": []}],
+    "web/archive-month.html.j2": [{**ARCHIVE_LIST, "month": "2026-03", "count": 2,
+                                   "threads": [[ROW, {**ROW, "depth": 1}]],
+                                   "nav": {"newer": "", "older": URLS.month("2026-02")}}],
+    "web/message-list.html.j2": [{**WEB, "items": [ROW, {**ROW, "depth": 1}]}],
+    "web/search-form.html.j2": [{**WEB, "urls": URLS}],
+    "web/search.html.j2": [{**ARCHIVE_LIST, "query": "café <menu>", "order": "relevance",
+                            "hits": [{**ROW, "snippet": [("We serve ", False), ("café", True)]}],
+                            "error": "", "page": 1, "newer": "", "older": URLS.search("x", 2)},
+                           {**ARCHIVE_LIST, "query": "-x", "order": "date", "hits": [],
+                            "error": "Type at least one word to search for.", "page": 1,
+                            "newer": "", "older": ""}],
+    "web/message.html.j2": [{
+        **ARCHIVE_LIST, "message": ROW, "month": "2026-03", "month_url": URLS.month("2026-03"),
+        "headers": [("From", "Ann"), ("Subject", "Café menu ✓")], "text": "Coffee <b>.\n",
+        "html": None, "attachments": [{"filename": "menu.pdf", "content_type": "application/pdf",
+                                       "size": 1234, "url": URLS.attachment("a@x", 1)}],
+        "prev": ROW, "next": None, "thread": [ROW, {**ROW, "depth": 1}]}, {
+        **ARCHIVE_LIST, "message": ROW, "month": "2026-03", "month_url": URLS.month("2026-03"),
+        "headers": [], "text": "", "html": Markup("<p>Hi</p>"), "attachments": [],
+        "prev": None, "next": ROW, "thread": [ROW]}],
     # web.modlog.moderation_log
     "web/moderation-log.html.j2": [
         {**WEB, "list": LIST, "days": 30, "entries": [

@@ -10,7 +10,7 @@ import pytest
 
 from listserv import dmarc, transforms
 from listserv.decorate import decorate
-from listserv.models import ArchivePolicy, DmarcMitigation, ReplyTo
+from listserv.models import ArchivePolicy, DmarcMitigation, FooterPlacement, ReplyTo
 from tests.unit.transforms_cases import (
     DATA, FOOTER, FOOTER_UTF8, FakeDNS, load, lst, parse, serialise,
 )
@@ -317,8 +317,17 @@ def test_decorate_does_not_modify_its_input() -> None:
         assert serialise(msg) == before, name
 
 
-def test_mixed_gets_a_last_part_and_keeps_the_attachment() -> None:
+def test_mixed_gets_the_footer_in_its_text_and_keeps_the_attachment() -> None:
     out = decorate(load("mixed-attachment.eml"), lst(), FOOTER)
+    parts = list(out.iter_parts())
+    assert [p.get_content_type() for p in parts] == ["text/plain", "application/gzip"]
+    assert parts[1].get_content() == load("mixed-attachment.eml").get_payload()[1].get_content()
+    assert parts[0].get_content().endswith("\n" + FOOTER)
+
+
+def test_mixed_gets_a_last_part_with_footer_placement_part() -> None:
+    out = decorate(load("mixed-attachment.eml"), lst(footer_placement=FooterPlacement.part),
+                   FOOTER)
     parts = list(out.iter_parts())
     assert [p.get_content_type() for p in parts] == \
         ["text/plain", "application/gzip", "text/plain"]
@@ -326,8 +335,24 @@ def test_mixed_gets_a_last_part_and_keeps_the_attachment() -> None:
     assert parts[2].get_content() == FOOTER
 
 
-def test_alternative_is_wrapped_in_mixed() -> None:
+def test_alternative_gets_the_footer_in_both_bodies() -> None:
     out = decorate(load("alternative.eml"), lst(), FOOTER)
+    assert out.get_content_type() == "multipart/alternative"
+    plain, html = out.iter_parts()
+    assert plain.get_content().endswith("\n" + FOOTER)
+    body = html.get_content()
+    assert '<div class="list-footer">-- <br>' in body
+    assert body.index('class="list-footer"') < body.index("</body>")
+    assert "dev-leave@example.org</div>" in body
+
+
+def test_html_footer_is_escaped() -> None:
+    from listserv.decorate import html_footer
+    assert html_footer("<b>x</b> & y\n") == '\n<div class="list-footer">&lt;b&gt;x&lt;/b&gt; &amp; y</div>\n'
+
+
+def test_alternative_is_wrapped_in_mixed_with_footer_placement_part() -> None:
+    out = decorate(load("alternative.eml"), lst(footer_placement=FooterPlacement.part), FOOTER)
     assert out.get_content_type() == "multipart/mixed"
     first, second = out.iter_parts()
     assert first.get_content_type() == "multipart/alternative"
@@ -361,8 +386,9 @@ def test_signed_and_encrypted_parts_survive_byte_for_byte(name: str, boundary: b
 
 
 def test_boundary_is_deterministic_and_absent_from_content() -> None:
-    a = decorate(load("alternative.eml"), lst(), FOOTER)
-    b = decorate(load("alternative.eml"), lst(), FOOTER)
+    part = lst(footer_placement=FooterPlacement.part)
+    a = decorate(load("alternative.eml"), part, FOOTER)
+    b = decorate(load("alternative.eml"), part, FOOTER)
     assert a.get_boundary() == b.get_boundary()
     body = a.get_payload()[0].as_bytes()
     assert a.get_boundary().encode() not in body

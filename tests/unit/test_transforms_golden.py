@@ -13,7 +13,7 @@ from typing import Any, Callable
 import pytest
 
 from listserv import transforms
-from listserv.models import ArchivePolicy, DmarcMitigation, ReplyTo
+from listserv.models import ArchivePolicy, DmarcMitigation, FooterPlacement, ReplyTo
 from tests.unit.transforms_cases import (
     DATA, FOOTER, FOOTER_UTF8, FakeDNS, load, lst, parse, serialise,
 )
@@ -52,6 +52,11 @@ CASES: dict[str, tuple[str, Callable]] = {
                                                archive_url="https://lists.example.org/dev/")),
     "plain.reply-to-list": ("plain.eml", prepare(reply_to=ReplyTo.list)),
     "alternative.full": ("alternative.eml", prepare_and_decorate()),
+    "alternative.part": ("alternative.eml",
+                         prepare_and_decorate(footer_placement=FooterPlacement.part)),
+    "alternative.utf8-footer": ("alternative.eml", prepare_and_decorate(FOOTER_UTF8)),
+    "outlook-related.full": ("outlook-related.eml", prepare_and_decorate()),
+    "mixed-alternative.full": ("mixed-alternative.eml", prepare_and_decorate()),
     "mixed-attachment.full": ("mixed-attachment.eml", prepare_and_decorate()),
     "signed.full": ("signed.eml", prepare_and_decorate()),
     "encrypted.full": ("encrypted.eml", prepare_and_decorate()),
@@ -62,6 +67,8 @@ CASES: dict[str, tuple[str, Callable]] = {
     "koi8r-8bit.utf8-footer": ("koi8r-8bit.eml", prepare_and_decorate(FOOTER_UTF8)),
     "plain.utf8-footer": ("plain.eml", prepare_and_decorate(FOOTER_UTF8)),
     "html-only.full": ("html-only.eml", prepare_and_decorate()),
+    "html-only.part": ("html-only.eml",
+                       prepare_and_decorate(footer_placement=FooterPlacement.part)),
     "subject-8bit.full": ("subject-8bit.eml", prepare_and_decorate()),
     "no-subject.full": ("no-subject.eml", prepare_and_decorate()),
     "subject-2047-plain.prefix": ("subject-2047-plain.eml", step(transforms.add_subject_prefix)),

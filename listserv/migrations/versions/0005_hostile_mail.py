@@ -2,7 +2,7 @@
 inbound_message.body_sha and an index by sender (the flood rules)
 
 Revision ID: 0005_hostile_mail
-Revises: 0010_list_networks_index
+Revises: 0013_list_advertised
 Create Date: 2026-12-02 18:40:00
 """
 from alembic import op
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 
 revision = '0005_hostile_mail'
-down_revision = '0010_list_networks_index'
+down_revision = '0013_list_advertised'
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,149 @@
+"""In a real browser (Debian's chromium through chromedriver, Selenium) against a real
+`listserv serve`: join a list from the directory and confirm; post, then search the archive
+and open the hit; no page runs or carries script. A screenshot of the page is saved under the
+test's temp dir when a test fails."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import urllib.request
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from tests.acceptance.conftest import Site, free_port, make_site, message
+from tests.sink import SmtpSink
+from tests.waiting import wait_until
+
+webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.webdriver.chrome.options import Options  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not (shutil.which("chromium") and shutil.which("chromedriver")),
+                                reason="chromium and chromedriver are not installed")
+
+LIST = "garden@example.org"
+
+
+@pytest.fixture(scope="module")
+def browser_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Site, str]]:
+    """`listserv serve` with its web pages on a free port: (site, base URL)."""
+    with SmtpSink() as sink:
+        for site in make_site(tmp_path_factory.mktemp("browser-site"), sink):
+            port = free_port()
+            base = f"http://127.0.0.1:{port}"
+            site.config.write_text(site.config.read_text().replace(
+                'listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{port}"\nbase_url = "{base}"'))
+            site.run("list", "create", LIST)
+            for key, value in (("archive", "public"), ("nonmember_action", "accept"),
+                               ("display_name", "Community garden"),
+                               ("description", "Seeds, tools <and> weekends")):
+                site.run("list", "set", LIST, key, value)
+            site.run("member", "add", LIST, "ann@a.example")
+            site.serve()
+            wait_until(lambda: _answers(base + "/"), 30, "the web pages to answer")
+            yield site, base
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def browser(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    options = Options()
+    options.binary_location = shutil.which("chromium") or "chromium"
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=420,900"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    driver.implicitly_wait(5)
+    failures = request.session.testsfailed
+    try:
+        yield driver
+    finally:
+        if request.session.testsfailed > failures:      # the call phase has been reported
+            driver.save_screenshot(str(tmp_path / "failure.png"))
+        driver.quit()
+
+
+def assert_no_script(driver: Any) -> None:
+    """No script element and no event-handler attribute in the page as the browser has it."""
+    assert driver.find_elements(By.TAG_NAME, "script") == []
+    assert not re.search(r"<[^>]+\son[a-z]+\s*=", driver.page_source)
+
+
+def test_join_from_the_directory_and_confirm(browser_site: tuple[Site, str],
+                                             browser: Any) -> None:
+    site, base = browser_site
+    browser.get(base + "/")
+    assert_no_script(browser)
+    browser.find_element(By.LINK_TEXT, "Community garden").click()
+    assert "Seeds, tools <and> weekends" in browser.find_element(By.TAG_NAME, "main").text
+    browser.find_element(By.NAME, "email").send_keys("carol@c.example")
+    browser.find_element(By.CSS_SELECTOR, "form[action$='/join'] button").click()
+    assert "Check your mail" in browser.find_element(By.TAG_NAME, "h1").text
+    assert_no_script(browser)
+
+    [mail] = site.mail_to("carol@c.example")
+    confirm = mail.message
+    link = re.search(re.escape(base) + r"/\S+", _text(confirm))
+    if link:            # the confirmation page: GET shows a button, the POST confirms
+        browser.get(link.group(0).rstrip(".>)"))
+        assert_no_script(browser)
+        browser.find_element(By.CSS_SELECTOR, "main form button").click()
+    else:               # confirmation by reply
+        reply = EmailMessage()
+        reply["From"] = "carol@c.example"
+        reply["To"] = str(confirm["Reply-To"])
+        reply["Subject"] = "Re: " + str(confirm["Subject"])
+        reply.set_content("yes\n")
+        site.send(str(confirm["Reply-To"]), reply.as_bytes())
+    wait_until(lambda: "carol@c.example" in site.run("member", "ls", LIST), 20,
+               "carol to be a member")
+
+
+def _text(msg: Any) -> str:
+    part = msg.get_body(preferencelist=("plain",))
+    return str(part.get_content()) if part is not None else ""
+
+
+def test_search_the_archive_and_open_a_hit(browser_site: tuple[Site, str],
+                                           browser: Any) -> None:
+    site, base = browser_site
+    site.send(LIST, message("ann@a.example", LIST, "Tomato seedlings",
+                            "The zucchinivariety <b>sprouted</b> on Tuesday.\n"))
+    search = f"{base}/lists/{LIST}/archive/search?q=zucchinivariety"
+    wait_until(lambda: "Tomato seedlings" in _fetch(search), 30,
+               "the post to be archived and indexed")
+
+    browser.get(f"{base}/lists/{LIST}/")
+    box = browser.find_element(By.NAME, "q")
+    box.send_keys("zucchini*")
+    box.submit()
+    assert "search" in browser.current_url
+    assert browser.find_elements(By.TAG_NAME, "mark")
+    assert_no_script(browser)
+    browser.find_element(By.PARTIAL_LINK_TEXT, "Tomato seedlings").click()
+    body = browser.find_element(By.CSS_SELECTOR, ".message-body").text
+    assert "The zucchinivariety <b>sprouted</b> on Tuesday." in body
+    assert "/message/" in browser.current_url
+    assert_no_script(browser)
+    browser.find_element(By.LINK_TEXT, "archive").click()
+    assert "Archive of Community garden" in browser.find_element(By.TAG_NAME, "h1").text
+
+
+def _fetch(url: str) -> str:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return str(r.read().decode("utf-8"))
+    except OSError:
+        return ""
