@@ -18,17 +18,20 @@ import fcntl
 import json
 import logging
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from email import policy
-from email.message import Message
+from email.message import EmailMessage, Message
 from email.parser import BytesParser
 from email.utils import getaddresses
 from pathlib import Path
 from typing import Any, Iterable
 
+from markupsafe import Markup
 
-from listserv import addresses, archive_read, isolation, lists, replies
+
+from listserv import addresses, archive_read, htmlmail, isolation, lists, replies
 from listserv.app import App
 from listserv.models import ArchivePolicy, MailingList
 from listserv.templating import render
@@ -125,18 +128,60 @@ def threads(summaries: list[Summary]) -> list[list[tuple[Summary, int]]]:
     return out
 
 
+# Saved with ".txt" appended: a web server must never serve an attachment as a page or script
+# of the archive's own site.
+_ACTIVE_EXTENSIONS = frozenset({"html", "htm", "xhtml", "shtml", "xht", "svg", "svgz", "js",
+                                "mjs", "xml", "xsl", "xslt", "php", "swf", "mht", "mhtml"})
+
+
+def safe_filename(name: str, index: int) -> str:
+    """A file name for the ``index``-th attachment: ASCII letters, digits, '.', '-', '_' only,
+    no path, at most about 100 characters, an active extension neutralised."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("._")[:100] or "attachment"
+    ext = base.rsplit(".", 1)[-1].lower() if "." in base else ""
+    if ext in _ACTIVE_EXTENSIONS:
+        base += ".txt"
+    return f"{index}-{base}"
+
+
 def _attachments(msg: Message) -> list[dict[str, Any]]:
-    out = []
+    """The message's attachments (and inline parts with a file name), each with its bytes and
+    the file name it is saved under next to the message page."""
+    out: list[dict[str, Any]] = []
     for part in msg.walk():
         if part.is_multipart():
             continue
         if part.get_content_disposition() != "attachment" and not part.get_filename():
             continue
         payload = part.get_payload(decode=True)
-        out.append({"filename": part.get_filename() or "(no name)",
-                    "content_type": part.get_content_type(),
-                    "size": len(payload) if isinstance(payload, bytes) else 0})
+        data = payload if isinstance(payload, bytes) else b""
+        name = part.get_filename() or "(no name)"
+        out.append({"filename": name, "content_type": part.get_content_type(),
+                    "size": len(data), "data": data,
+                    "file": safe_filename(name if part.get_filename() else "", len(out) + 1),
+                    "content_id": str(part.get("Content-ID", "") or "").strip().strip("<>")})
     return out
+
+
+def _html_body(msg: EmailMessage, number: int, attachments: list[dict[str, Any]]) -> Markup | None:
+    """The post's HTML body, sanitised, with cid: images pointing at their saved files;
+    None when the post has no HTML body."""
+    part = msg.get_body(preferencelist=("html",))
+    if part is None:
+        return None
+    try:
+        source = part.get_content()
+    except (LookupError, ValueError, AssertionError):
+        raw = part.get_payload(decode=True)
+        source = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else ""
+    if not isinstance(source, str):
+        return None
+    html = htmlmail.sanitise(source)
+    for a in attachments:
+        if a["content_id"]:
+            html = html.replace(f'src="cid:{a["content_id"]}"', f'src="{number}/{a["file"]}"')
+    return Markup(html)
 
 
 MESSAGE_HEADERS = ("From", "To", "Cc", "Subject", "Date", "Message-ID", "In-Reply-To")
@@ -166,11 +211,15 @@ def _message_context(entry: archive_read.Entry, summary: Summary) -> dict[str, A
         if value:
             headers.append((name, hide_address(value) if name in ("From", "To", "Cc")
                             else value))
+    attachments = _attachments(msg)
     body = _plain_body(msg)
+    html = None
     if body is None:
-        body = replies.body_text(entry.message())
-    return {"message": summary, "headers": headers, "body": body,
-            "attachments": _attachments(msg)}
+        full = entry.message()
+        body = replies.body_text(full)
+        html = _html_body(full, entry.number, attachments)
+    return {"message": summary, "headers": headers, "body": body, "html": html,
+            "attachments": attachments}
 
 
 class _Writer:
@@ -187,6 +236,11 @@ class _Writer:
         self.report.pages += 1
         if write_if_changed(self.out / rel, text.encode("utf-8"), self.mode):
             self.report.written += 1
+
+    def attachments(self, month: str, number: int, attachments: list[dict[str, Any]]) -> None:
+        """Save a message's attachments next to its page: MONTH/NUMBER/INDEX-NAME."""
+        for a in attachments:
+            write_if_changed(self.out / month / str(number) / a["file"], a["data"], self.mode)
 
 
 def write_if_changed(path: Path, data: bytes, mode: int = 0o644) -> bool:
@@ -230,8 +284,9 @@ def build(app: App, info: ListInfo, out: Path, months: Iterable[str] | None = No
                 rel = f"{month}/{entry.number}.html"
                 if new_only and (out / rel).exists():
                     continue
-                writer.page(rel, "archive/message.html.j2",
-                            {"month": month, **_message_context(entry, summary)})
+                context = _message_context(entry, summary)
+                writer.attachments(month, entry.number, context["attachments"])
+                writer.page(rel, "archive/message.html.j2", {"month": month, **context})
             counts[month] = len(entries)
             report.months += 1
         known = _read_counts(out)

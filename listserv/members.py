@@ -128,8 +128,13 @@ def member_rows(session: Session, ml: MailingList, role: Role | None = None,
     if role is not None:
         stmt = stmt.where(Membership.role == role)
     for row in session.execute(stmt.execution_options(yield_per=batch)):
+        # Posts go to member rows only: a moderator's or owner's row shows the truth (nomail),
+        # whatever mode it was created with; the same person's member row shows their mode.
+        staff = row[2] is not Role.member
         yield {"email": row[0], "name": row[1], "role": row[2].value,
-               "delivery": row[3].value, "moderated": row[4], "enabled": row[5],
+               "delivery": "nomail" if staff else row[3].value,
+               "receives_posts": not staff and row[5] and row[3] is not DeliveryMode.nomail,
+               "moderated": row[4], "enabled": row[5],
                "disabled_reason": row[6], "bounce_score": row[7],
                "joined_at": row[8].isoformat(timespec="seconds")}
 

@@ -17,16 +17,16 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from listserv import members, notices, senders, tokens
+from listserv import members, modreply, notices, senders, tokens
 from listserv.app import App
 from listserv.models import (
+    Decision,
     DeliveryMode,
     MailingList,
     PendingToken,
     SubscriptionPolicy,
     TokenKind,
 )
-from listserv.replies import first_word
 from listserv.views import ListView
 
 log = logging.getLogger(__name__)
@@ -241,8 +241,11 @@ def _moderate_subscription(session: Session, app: App, ml: MailingList, row: Pen
     from listserv.moderation import write_log
 
     subscriber = str((row.payload or {}).get("subscriber") or "")
-    word = first_word(lines[0]) if lines else ""
-    deny = word in ("reject", "discard")
+    # The moderation grammar: "Rejected: not a member of staff", "Decline - sorry", "delete";
+    # a reply without a refusal approves (no command word is needed).
+    reply = modreply.parse("\n".join(lines))
+    deny = reply.decision in (Decision.reject, Decision.discard)
+    word = "reject" if reply.decision is Decision.reject else "discard"
     outcome = word if deny else "approve"
     if not tokens.consume(session, app, row, by=replier, outcome=outcome):
         return Result(f"This request was already handled by {row.used_by}.", already=True)
@@ -251,11 +254,10 @@ def _moderate_subscription(session: Session, app: App, ml: MailingList, row: Pen
               via="email", detail=subscriber)
     if deny:
         if word == "reject":
-            reason = lines[0].split(None, 1)[1].strip() if len(lines[0].split(None, 1)) > 1 \
-                else ""
             _send(session, app, ml, subscriber, "notice/user/subscription-refused.txt.j2",
-                  {"email": subscriber, "reason": reason})
-        return Result(f"The subscription of {subscriber} to {ml.address} was {word}ed.")
+                  {"email": subscriber, "reason": reply.reason})
+        return Result(f"The subscription of {subscriber} to {ml.address} was "
+                      f"{'rejected' if word == 'reject' else 'discarded'}.")
     dn = str((row.payload or {}).get("display_name") or "")
     subscribe_now(session, app, ml, subscriber, dn)
     return Result(f"The subscription of {subscriber} to {ml.address} was approved.")

@@ -68,7 +68,7 @@ def base_config(name: bytes = b"Dev", host: bytes = b"lists.example.org") -> dic
         b"msg_header": b"", b"msg_footer": b"_______________________________________________\n"
                                             b"%(real_name)s mailing list\n",
         b"welcome_msg": b"Welcome!", b"goodbye_msg": b"", b"send_welcome_msg": 1,
-        b"advertised": 1, b"private_roster": 1, b"obscure_addresses": 1,
+        b"advertised": 0, b"private_roster": 1, b"obscure_addresses": 1,
         b"anonymous_list": 0, b"personalize": 0, b"topics": [], b"topics_enabled": 0,
         b"password": b"{SSHA}c2VjcmV0", b"mod_password": None,
         b"post_id": 20001, b"last_post_time": 1700000000.0, b"created_at": 1300000000.0,

@@ -20,8 +20,11 @@ def domain_group() -> None:
 
 def _record_lines(d: Domain) -> list[str]:
     name, value = service.txt_record(d)
+    split = " ".join(f'"{value[i:i + 255]}"' for i in range(0, len(value), 255))
     return [f"Publish this DNS TXT record for {d.name}:", f"name:  {name}", "type:  TXT",
-            f"value: {value}"]
+            f"value: {value}",
+            "value as strings of at most 255 characters (for DNS panels and zone files that "
+            "need them):", f"       {split}"]
 
 
 @domain_group.command("add")

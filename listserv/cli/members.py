@@ -127,12 +127,15 @@ def member_remove(obj: Obj, list_address: str, emails: tuple[str, ...],
 @click.argument("list_address", metavar="LIST")
 @click.option("--role", type=ROLE, default=None, help="Only this role.")
 @click.option("--json", "as_json", is_flag=True,
-              help="Print a JSON array (email, name, role, delivery, moderated, enabled, "
-                   "disabled_reason, bounce_score, joined_at).")
+              help="Print a JSON array (email, name, role, delivery, receives_posts, "
+                   "moderated, enabled, disabled_reason, bounce_score, joined_at).")
 @pass_obj
 @handle_errors
 def member_ls(obj: Obj, list_address: str, role: str | None, as_json: bool) -> None:
-    """List the people of LIST: one row per address and role."""
+    """List the people of LIST: one row per address and role.
+
+    Posts reach member rows only: a moderator or owner who is not also a member gets none,
+    and their row shows delivery 'nomail (not a member)'."""
     app = obj.ready_app()
     with app.db.unit_of_work() as session:
         ml = lists_service.get_list(session, list_address)
@@ -141,7 +144,9 @@ def member_ls(obj: Obj, list_address: str, role: str | None, as_json: bool) -> N
             json_array(rows)
             return
         table(["email", "name", "role", "delivery", "moderated", "enabled", "disabled"],
-              [(r["email"], r["name"] or None, r["role"], r["delivery"], r["moderated"],
+              [(r["email"], r["name"] or None, r["role"],
+                r["delivery"] if r["role"] == "member" else "nomail (not a member)",
+                r["moderated"],
                 r["enabled"], r["disabled_reason"]) for r in rows],
               empty=f"{ml.address} has no {role or 'member'}s")
 

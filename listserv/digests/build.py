@@ -207,7 +207,10 @@ def body_blocks(part: Message) -> list[str]:
 def _clean_body(text: str) -> str:
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     # RFC 1153: a body line of exactly 30 hyphens would read as a separator: blank its first char.
-    lines = [" " + line[1:] if line == MESSAGE_SEPARATOR else line.rstrip() for line in lines]
+    # The signature separator "-- " keeps its trailing space (readers' clients look for it).
+    lines = [" " + line[1:] if line == MESSAGE_SEPARATOR else
+             "-- " if line.rstrip() == "--" and line.startswith("-- ") else line.rstrip()
+             for line in lines]
     return "\n".join(lines).strip("\n")
 
 

@@ -73,14 +73,27 @@ class SendResult:
     reason: str
     bytes_queued: int = 0
     messages: int = 0    # distinct digest messages built (one per format and slice)
+    # (posts held, recipients) per digest message: members who switched to a digest mode
+    # during the period get only the posts since their switch.
+    holds: tuple[tuple[int, int], ...] = ()
 
     def describe(self) -> str:
         if not self.number:
             return (f"{self.list_address}: {self.posts} pending post(s) consumed, "
                     "no digest members")
-        return (f"{self.list_address}: Vol {self.volume}, Issue {self.number}: {self.posts} "
-                f"post(s) to {self.mime_recipients + self.plain_recipients} digest member(s) "
-                f"({self.mime_recipients} MIME, {self.plain_recipients} plain)")
+        head = f"{self.list_address}: Vol {self.volume}, Issue {self.number}: "
+        members = self.mime_recipients + self.plain_recipients
+        by_posts: dict[int, int] = {}
+        for posts, recipients in self.holds:
+            by_posts[posts] = by_posts.get(posts, 0) + recipients
+        if len(by_posts) <= 1:
+            posts = next(iter(by_posts), self.posts)
+            return (head + f"{posts} post(s) to {members} digest member(s) "
+                    f"({self.mime_recipients} MIME, {self.plain_recipients} plain)")
+        parts = ", ".join(f"{p} post(s) to {r} member(s)"
+                          for p, r in sorted(by_posts.items(), reverse=True))
+        return (head + f"{parts} ({self.mime_recipients} MIME, {self.plain_recipients} "
+                "plain)")
 
 
 # ---------------------------------------------------------------------------- collecting
@@ -234,6 +247,7 @@ def send(session: Session, app: App, ml: MailingList, *, force: bool = False
     items = load_items(app, entries)
     total = 0
     counts = {mode: 0 for mode in groups.DIGEST_MODES}
+    holds: list[tuple[int, int]] = []
     for sl in slices:
         build = BUILDERS[sl.mode]
         msg = build(items[sl.lo:sl.hi], lv, volume, number, date=now,
@@ -244,13 +258,15 @@ def send(session: Session, app: App, ml: MailingList, *, force: bool = False
                       verp=app.settings.delivery.verp, message_id=str(msg["Message-ID"]))
         total += len(data)
         counts[sl.mode] += sl.count
+        holds.append((sl.hi - sl.lo, sl.count))
     groups.settle_finals(session, ml.id, seqs[-1])
     ml.digest_volume, ml.digest_number, ml.digest_last_sent_at = volume, number, now
     log.info("digest %s: Vol %d, Issue %d (%s): %d post(s), %d message(s), %d MIME + %d plain "
              "recipient(s)", ml.address, volume, number, reason, len(ids), len(slices),
              counts[DeliveryMode.mime_digest], counts[DeliveryMode.plain_digest])
     return SendResult(ml.address, volume, number, len(ids), counts[DeliveryMode.mime_digest],
-                      counts[DeliveryMode.plain_digest], reason, total, len(slices))
+                      counts[DeliveryMode.plain_digest], reason, total, len(slices),
+                      tuple(holds))
 
 
 # ---------------------------------------------------------------------------- boundaries

@@ -17,6 +17,7 @@ Mailman 2.1 facts used (Defaults.py / MemberAdaptor.py / Bouncer.py):
   actions: 0 defer, 1 approve, 2 reject, 3 discard, 4 subscribe, 5 unsubscribe, 6 accept,
   7 hold; dmarc_moderation_action / from_is_list: 1 munge From, 2 wrap.
 - max_message_size and digest_size_threshhold are in KB; bounce intervals in seconds.
+- advertised: shown in the web directory.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ MAPPED = {
     "header_filter_rules", "ban_list", "bounce_score_threshold", "bounce_info_stale_after",
     "bounce_you_are_disabled_warnings", "bounce_you_are_disabled_warnings_interval",
     "max_num_recipients", "administrivia", "dmarc_moderation_action", "from_is_list",
-    "preferred_language", "host_name", "passwords", "password", "mod_password",
+    "preferred_language", "host_name", "passwords", "password", "mod_password", "advertised",
 }
 BOOKKEEPING = {
     "data_version", "last_post_time", "post_id", "volume", "next_digest_number",
@@ -83,7 +84,7 @@ BOOKKEEPING = {
 }
 # Options whose Mailman default needs nothing here: named only when set otherwise.
 DEFAULT_OK: dict[str, Any] = {
-    "require_explicit_destination": 1, "advertised": 1, "bounce_processing": 1,
+    "require_explicit_destination": 1, "bounce_processing": 1,
     "include_rfc2369_headers": 1, "include_list_post_header": 1, "send_welcome_msg": 1,
     "send_goodbye_msg": 1, "respond_to_post_requests": 1, "admin_immed_notify": 1,
     "archive_volume_frequency": 1, "digest_volume_frequency": 1, "bounce_notify_owner_on_disable": 1,
@@ -246,6 +247,8 @@ def _settings(cfg: dict[str, Any], out: Mm2List) -> None:
         s["max_recipients"] = max(0, _int(cfg["max_num_recipients"]))
     if "administrivia" in cfg:
         s["administrivia"] = bool(cfg["administrivia"])
+    if "advertised" in cfg:
+        s["advertised"] = bool(cfg["advertised"])
     dmarc = max(_int(cfg.get("from_is_list")), _int(cfg.get("dmarc_moderation_action")))
     if "dmarc_moderation_action" in cfg or "from_is_list" in cfg:
         s["dmarc_mitigation"] = DMARC.get(dmarc, DmarcMitigation.munge_from)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from pathlib import Path
 
 import dkim
@@ -142,3 +143,12 @@ def test_key_is_kept_when_stdout_is_closed(cli: Cli, cli_env: dict[str, str]) ->
     proc.wait(timeout=60)
     assert "Traceback" not in err and err == ""
     assert cli.json("domain", "ls")[0]["dkim_selector"] == "s1"
+
+
+def test_dkim_keygen_prints_the_value_in_strings_of_at_most_255(cli: Cli) -> None:
+    out = cli("domain", "dkim-keygen", "example.net", "--selector", "s1").stdout
+    value = next(line for line in out.splitlines() if line.startswith("value: "))[7:]
+    split = out.splitlines()[-1].strip()
+    parts = re.findall(r'"([^"]*)"', split)
+    assert len(parts) >= 2 and all(len(p) <= 255 for p in parts)
+    assert "".join(parts) == value

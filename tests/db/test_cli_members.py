@@ -93,7 +93,7 @@ def test_set(cli: Cli, app: App) -> None:
         "nomail", "--moderated", "--name", "Ann")
     rows = {r["role"]: r for r in cli.json("member", "ls", "dev@example.org")}
     assert (rows["member"]["delivery"], rows["member"]["moderated"]) == ("nomail", True)
-    assert (rows["owner"]["delivery"], rows["owner"]["moderated"]) == ("regular", False)
+    assert (rows["owner"]["delivery"], rows["owner"]["moderated"]) == ("nomail", False)  # no posts
     assert rows["member"]["name"] == "Ann"
     cli("member", "set", "dev@example.org", "a@x.org", "--disable")
     rows = {r["role"]: r for r in cli.json("member", "ls", "dev@example.org")}
@@ -247,3 +247,16 @@ def test_import_from_stdin(cli: Cli) -> None:
     assert result.stdout.count("\n") == 1  # no progress bar when stdout is not a terminal
     assert [r["email"] for r in cli.json("member", "ls", "dev@example.org")] == [
         "a@x.org", "b@x.org"]
+
+
+def test_moderators_and_owners_show_the_delivery_that_happens(cli: Cli) -> None:
+    cli("member", "add", "dev@example.org", "mem@x.org", "--delivery", "mime-digest")
+    cli("member", "add", "dev@example.org", "mod@x.org", "mem@x.org", "--role", "moderator")
+    cli("member", "add", "dev@example.org", "own@x.org", "--role", "owner")
+    rows = {(r["email"], r["role"]): r for r in cli.json("member", "ls", "dev@example.org")}
+    assert (rows[("mem@x.org", "member")]["delivery"],
+            rows[("mem@x.org", "member")]["receives_posts"]) == ("mime-digest", True)
+    for key in (("mem@x.org", "moderator"), ("mod@x.org", "moderator"), ("own@x.org", "owner")):
+        assert (rows[key]["delivery"], rows[key]["receives_posts"]) == ("nomail", False)
+    table = cli("member", "ls", "dev@example.org").stdout
+    assert "nomail (not a member)" in table

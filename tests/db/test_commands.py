@@ -168,11 +168,13 @@ def test_moderate_policy_reject(app: Any, outbox: Outbox) -> None:
                         subscription_policy=SubscriptionPolicy.moderate)
     join(app, list_id, "dan@example.net")
     mod = [m for m in outbox.new() if m.recipients == ["mod@example.org"]][0]
-    confirm_reply(app, list_id, token_of(mod.msg), "mod@example.org", "reject not a fit")
+    confirm_reply(app, list_id, token_of(mod.msg), "mod@example.org",
+                  "Rejected: not a fit\n\n> dan@example.net asks to join")
     assert not is_member(app, list_id, "dan@example.net")
     got = outbox.new()
     dan = [m for m in got if m.recipients == ["dan@example.net"]]
     assert len(dan) == 1 and "not a fit" in dan[0].msg.get_content()
+    assert "Rejected" not in dan[0].msg.get_content() and "> dan" not in dan[0].msg.get_content()
 
 
 def test_confirm_then_moderate(app: Any, outbox: Outbox) -> None:

@@ -56,7 +56,7 @@ def test_every_mapped_field(cli: Cli, app: App, pck: Path) -> None:
         "digest_size_threshold_kb": 45, "digest_frequency": "daily", "archive": "public",
         "bounce_score_threshold": 3.0, "bounce_info_stale_after_days": 5,
         "bounce_warnings": 4, "bounce_warning_interval_days": 2, "max_recipients": 7,
-        "administrivia": False, "dmarc_mitigation": "wrap"}
+        "administrivia": False, "dmarc_mitigation": "wrap", "advertised": False}
     assert {k: info[k] for k in expected_settings} == expected_settings
     assert info["owner_emails"] == ["owner@example.org", "second.owner@example.org"]
     assert info["moderator_emails"] == ["mod@example.org"]
@@ -162,3 +162,35 @@ def test_unsafe_and_unreadable_pickles_are_refused(cli: Cli, tmp_path: Path) -> 
     assert "cannot read" in cli.error("import", "mailman2", str(tmp_path / "missing.pck"))
     evil.write_bytes(dumps({b"real_name": b"x"}))
     assert "--list" in cli.error("import", "mailman2", str(evil))
+
+
+def test_generated_list_nothing_lost(cli: Cli, app: App, tmp_path: Path) -> None:
+    """A generated list with mixed options (the benchmark's generator, smaller): every
+    member arrives with the option the Mailman file gives, and the whole archive."""
+    from tests.mm2fixture import BYADMIN, BYBOUNCE, BYUSER, big_config
+
+    cfg = big_config(400)
+    pck = write_config(tmp_path, cfg)
+    mbox = tmp_path / "dev.mbox"
+    pipermail_mbox(mbox, 400, step=7200.0)
+    out = cli("import", "mailman2", str(pck), "--archive", str(mbox), "--no-pages").stdout
+    assert "add 400 members, 1 moderator, 2 owners" in out
+    assert "400 messages read, added 400" in out
+    opts, status = cfg[b"user_options"], cfg[b"delivery_status"]
+    expected = {}
+    for table, digest in ((b"members", False), (b"digest_members", True)):
+        for key in cfg[table]:
+            bits, st = opts[key], status.get(key, (0, 0))[0]
+            mode = ("plain-digest" if bits & 8 else "mime-digest") if digest else "regular"
+            if bits & 1 and st == BYUSER:
+                mode = "nomail"
+            reason = {BYADMIN: "admin", BYBOUNCE: "bounce"}.get(st) if bits & 1 else None
+            expected[key.decode()] = (mode, bool(bits & 128), reason is None, reason)
+    got = {r["email"]: (r["delivery"], r["moderated"], r["enabled"], r["disabled_reason"])
+           for r in cli.json("member", "ls", ADDR, "--role", "member")}
+    assert got == expected
+    kinds = {v for v in expected.values()}
+    assert {k[0] for k in kinds} == {"regular", "mime-digest", "plain-digest", "nomail"}
+    assert {k[3] for k in kinds} == {None, "admin", "bounce"} and any(k[1] for k in kinds)
+    assert "nothing changed" in cli("import", "mailman2", str(pck), "--archive", str(mbox),
+                                    "--no-pages").stdout

@@ -372,3 +372,84 @@ def test_footer_goes_into_both_alternatives(harness: Harness, cli_env: dict[str,
     assert msg.get_content_type() == "multipart/mixed"
     assert [p.get_content_type() for p in msg.iter_parts()] == \
         ["multipart/alternative", "text/plain"]
+
+
+# ---------------------------------------------------------------------------- archive pages
+
+def test_archive_page_shows_sanitised_html_and_saves_attachments(harness: Harness) -> None:
+    from tests.waiting import wait_until
+
+    h = harness
+    make_list(h.app, LIST, members=["ann@a.example"])
+    msg = make_message("ann@a.example", LIST, "Flyer", "Plain flyer text.\n")
+    msg.add_alternative('<html><body><p onclick="x()">See the <b>flyer</b>'
+                        '<script>alert(1)</script><img src="https://tracker.example/p.gif" '
+                        'alt="pixel"><a href="https://example.org/">site</a></p></body></html>',
+                        subtype="html")
+    msg.make_mixed()
+    msg.add_attachment(b"%PDF-1.4 flyer", maintype="application", subtype="pdf",
+                       filename="Flyer (final).pdf")
+    msg.add_attachment("<script>alert(2)</script>", subtype="html", filename="../../evil.html")
+    h.send(msg)
+    h.run_until_idle()
+    html_dir = h.app.settings.archive_path / LIST / "html"
+    pages = lambda: sorted(html_dir.glob("*/1.html"))  # noqa: E731
+    wait_until(lambda: bool(pages()), 10, "the message page")
+    page = pages()[0].read_text()
+    month_dir = pages()[0].parent
+    assert '<div class="body html">' in page and "<b>flyer</b>" in page
+    assert "alert(1)" not in page and "onclick" not in page
+    assert "tracker.example" not in page and 'alt="pixel"' in page
+    assert 'rel="nofollow noopener"' in page
+    files = sorted(p.name for p in (month_dir / "1").iterdir())
+    assert files == ["1-Flyer_final_.pdf", "2-evil.html.txt"]
+    assert (month_dir / "1" / "1-Flyer_final_.pdf").read_bytes() == b"%PDF-1.4 flyer"
+    assert 'href="1/1-Flyer_final_.pdf" download="1-Flyer_final_.pdf"' in page
+    assert "alert(2)" not in page
+
+
+# ---------------------------------------------------------------------------- digests, welcome
+
+def test_digest_send_reports_what_each_digest_holds_and_keeps_the_signature_space(
+        harness: Harness, cli_env: dict[str, str], clock: Any) -> None:
+    h = harness
+    make_list(h.app, LIST, members=["ann@a.example", "plain@c.example", "late@d.example"])
+    with h.app.db.unit_of_work() as s:
+        ml = lists.get_list(s, LIST)
+        m = members.find_membership(s, ml, "plain@c.example")
+        assert m is not None
+        m.delivery_mode = DeliveryMode.plain_digest
+    for n in (1, 2):
+        h.send(make_message("ann@a.example", LIST, f"Post {n}", f"Text {n}.\n\n-- \nAnn\n",
+                            message_id=f"<d{n}@a.example>"))
+        h.run_until_idle()
+    h.send(make_message("late@d.example", "dev-request@example.org", "",
+                        "set delivery plain-digest\n"))
+    h.run_until_idle()
+    h.send(make_message("ann@a.example", LIST, "Post 3", "Text 3.\n",
+                        message_id="<d3@a.example>"))
+    h.run_until_idle()
+    out = CliRunner().invoke(cli, ["digest", "send", LIST], env=cli_env)
+    assert out.exit_code == 0, out.output
+    assert "Vol 1, Issue 1: 3 post(s) to 1 member(s), 1 post(s) to 1 member(s) " \
+        "(0 MIME, 2 plain)" in out.output
+    clock.t = dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=1)
+    h.run_until_idle()
+    h.sink.wait_for(lambda msgs: only(h, "plain@c.example"))
+    plain = only(h, "plain@c.example")[0]
+    assert b"\r\n-- \r\nAnn\r\n" in plain.data
+    assert "\n-- \nAnn\n" in text(plain)
+
+
+def test_welcome_has_description_and_digest_switch(harness: Harness) -> None:
+    from listserv.models import SubscriptionPolicy
+
+    h = harness
+    make_list(h.app, LIST, subscription_policy=SubscriptionPolicy.open,
+              description="Planning the garden group's work days.")
+    h.send(make_message("eve@e.example", "dev-join@example.org", "", ""))
+    h.run_until_idle()
+    (welcome,) = answers(h, "eve@e.example", 1)
+    body = text(welcome)
+    assert "Planning the garden group's work days." in body
+    assert '"set delivery mime-digest"' in body and "dev-request@example.org" in body

@@ -214,11 +214,11 @@ CONTEXTS: dict[str, list[dict[str, Any]]] = {
     "archive/message.html.j2": [{
         **ARCHIVE_PAGE, "root": "../", "month": "2026-03", "message": SUMMARY,
         "headers": [("From", "Ann <ann at example.org>"), ("Subject", "Café menu ✓")],
-        "body": "Coffee <b>.\n", "attachments": []}, {
+        "body": "Coffee <b>.\n", "html": None, "attachments": []}, {
         **ARCHIVE_PAGE, "root": "../", "month": "2026-03", "message": REPLY,
-        "headers": [], "body": "",
+        "headers": [], "body": "", "html": Markup("<p>Coffee <b>now</b></p>"),
         "attachments": [{"filename": "menu.pdf", "content_type": "application/pdf",
-                         "size": 1234}]}],
+                         "size": 1234, "file": "1-menu.pdf"}]}],
     # listserv.web.application (index, error_page) and the page modules
     "web/base.html.j2": [WEB],
     # listserv.web.directory and listserv.web.archive
