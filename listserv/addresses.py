@@ -23,6 +23,9 @@ SUFFIXES = (REQUEST, JOIN, LEAVE, OWNER, BOUNCES, CONFIRM)
 # Suffixes that take a "+EXTRA" part (VERP recipient, confirmation or unsubscribe token).
 PLUS_SUFFIXES = (BOUNCES, CONFIRM, LEAVE)
 
+MAX_LOCAL_PART = 64                      # RFC 5321 local-part limit, octets
+MAX_LIST_NAME = MAX_LOCAL_PART - len("-request")   # the longest fixed sub-address suffix
+MAX_ADDRESS = 254                        # RFC 5321 path limit, minus the angle brackets
 LIST_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._]*(-[a-z0-9._]+)*$")
 DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*"
                        r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -89,8 +92,16 @@ def split_list_address(address: str) -> tuple[str, str]:
     name, _, domain = address.strip().rpartition("@")
     name = name.lower()
     domain = normalise_domain(domain)
-    if not LIST_NAME_RE.match(name):
-        raise UsageError(f"invalid list name {name!r}: use letters, digits, '.', '_' and '-'")
+    if not LIST_NAME_RE.match(name) or ".." in name or name.endswith("."):
+        raise UsageError(f"invalid list name {name!r}: use letters, digits, '.', '_' and '-' "
+                         "(no '..', no '.' at the end)")
+    if len(name) > MAX_LIST_NAME:
+        raise UsageError(f"invalid list name {name!r}: longer than {MAX_LIST_NAME} characters "
+                         f"(NAME-request@ must fit the {MAX_LOCAL_PART}-octet limit of a "
+                         "mailbox name)")
+    if len(name) + 1 + len(domain) > MAX_ADDRESS:
+        raise UsageError(f"invalid list address {name}@{domain}: longer than {MAX_ADDRESS} "
+                         "characters")
     for suffix in SUFFIXES:
         if name.endswith("-" + suffix):
             raise UsageError(f"invalid list name {name!r}: '-{suffix}' is reserved")

@@ -22,7 +22,7 @@ from pathlib import Path
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from listserv import archive_html, archive_index, archive_read
+from listserv import archive_html, archive_index, archive_read, isolation
 from listserv.app import App
 from listserv.models import ArchiveEntry, Domain, MailingList
 
@@ -68,11 +68,17 @@ def append_pending(app: App, limit: int = BATCH) -> int:
     return done
 
 
+FAILURES = isolation.Failures("archive append", log)
+
+
 def _append_batch(app: App, limit: int, touched: dict[str, set[str]]) -> int:
     with app.db.unit_of_work() as session:
+        query = select(ArchiveEntry).where(ArchiveEntry.appended_at.is_(None))
+        waiting = {key[0] for key in FAILURES.waiting() if isinstance(key, tuple)}
+        if waiting:                      # lists whose mbox failed lately wait for their retry
+            query = query.where(ArchiveEntry.list_id.not_in(waiting))
         candidates = list(session.scalars(
-            select(ArchiveEntry).where(ArchiveEntry.appended_at.is_(None))
-            .order_by(ArchiveEntry.id).limit(limit).with_for_update(skip_locked=True)))
+            query.order_by(ArchiveEntry.id).limit(limit).with_for_update(skip_locked=True)))
         now = app.now()
         entries = []
         for e in candidates:
@@ -88,24 +94,43 @@ def _append_batch(app: App, limit: int, touched: dict[str, set[str]]) -> int:
         if not entries:
             return 0
         names = _list_addresses(session, {e.list_id for e in entries})
-        by_file: dict[Path, list[ArchiveEntry]] = {}
+        by_file: dict[tuple[int, Path], list[ArchiveEntry]] = {}
         for e in entries:
             when = e.created_at
             path = mbox_path(app, names[e.list_id], when.year, when.month)
-            touched.setdefault(names[e.list_id].lower(), set()).add(path.stem)
-            by_file.setdefault(path, []).append(e)
-        for path, group in by_file.items():
-            chunks = [mbox_entry(app.spool.get(e.spool_sha), e.created_at.timestamp())
-                      for e in group]
-            offset = _append(path, b"".join(chunks))
-            for e, chunk in zip(group, chunks):
-                # The search index row commits with appended_at (a retry re-adds both).
-                archive_index.index_message(
-                    session, e.list_id, archive_read.unquote_entry(chunk)[1],
-                    month=path.stem, offset=offset, length=len(chunk),
-                    archived_at=e.created_at)
-                offset += len(chunk)
-        return len(entries)
+            by_file.setdefault((e.list_id, path), []).append(e)
+        written = 0
+        for (list_id, path), group in by_file.items():
+            # One file that cannot be written (a full disk, a bad path) leaves its entries
+            # pending for a later pass; the other lists' files are still written.
+            key = (list_id, str(path))
+            what = (f"list {names[list_id]} ({path.name}), Message-ID(s) "
+                    + ", ".join(e.message_id or f"entry {e.id}" for e in group[:5]))
+            if FAILURES.run(key, what, lambda: _write_group(app, session, path, group)) is None:
+                session.execute(update(ArchiveEntry)
+                                .where(ArchiveEntry.id.in_([e.id for e in group]))
+                                .values(appended_at=None)
+                                .execution_options(synchronize_session=False))
+                continue
+            touched.setdefault(names[list_id].lower(), set()).add(path.stem)
+            written += len(group)
+        return written
+
+
+def _write_group(app: App, session: Session, path: Path, group: list[ArchiveEntry]) -> bool:
+    """Append ``group`` to its mbox and index it (the index rows in a savepoint, so that a
+    failure leaves the transaction usable for the other files)."""
+    chunks = [mbox_entry(app.spool.get(e.spool_sha), e.created_at.timestamp()) for e in group]
+    with session.begin_nested():
+        offset = _append(path, b"".join(chunks))
+        for e, chunk in zip(group, chunks):
+            # The search index row commits with appended_at (a retry re-adds both).
+            archive_index.index_message(
+                session, e.list_id, archive_read.unquote_entry(chunk)[1],
+                month=path.stem, offset=offset, length=len(chunk),
+                archived_at=e.created_at)
+            offset += len(chunk)
+    return True
 
 
 def append_file(path: Path, data: bytes) -> int:

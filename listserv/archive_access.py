@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from listserv.commands import Mail
 
 GET_MAX_BYTES = 10 * 1024 * 1024     # the largest mbox attachment one 'get' sends
+GET_DAILY_BYTES = 10 * 1024 * 1024   # what 'get' sends one address per list per day, in all
 SUBJECTS_PER_MONTH = 100             # subjects listed per month in the index
 DAILY_LIMITS = {"archive-index": 5, "archive-get": 5}
 GET_USAGE = "Usage: get YYYY-MM (the months are listed by the index command)"
@@ -57,7 +58,8 @@ def _allowed(mail: "Mail", kind: str) -> bool:
 
 def _limited(kind: str) -> Result:
     return Result(f"Daily limit of {DAILY_LIMITS[kind]} {kind.replace('archive-', '')} "
-                  "answers reached: nothing was sent, try again tomorrow.", mail_needed=False)
+                  f"answers or {GET_DAILY_BYTES // (1024 * 1024)} MB reached: nothing was "
+                  "sent, try again tomorrow.", mail_needed=False)
 
 
 def month_summaries(mail: "Mail") -> list[dict[str, Any]]:
@@ -113,9 +115,18 @@ def _send_month(mail: "Mail", month: str) -> Result:
     if month not in archive_read.months(root, address):
         return Result(f"The archive of {address} has no messages for {month}. "
                       "The index command lists the months there are.")
-    if not _allowed(mail, "archive-get"):
+    left = GET_DAILY_BYTES - ratelimit.used(mail.session, mail.app, mail.ml.id, mail.sender,
+                                            "archive-bytes")
+    if left <= 0 or not _allowed(mail, "archive-get"):
         return _limited("archive-get")
-    data, included, total = archive_read.month_bytes(root, address, month, GET_MAX_BYTES)
+    data, included, total = archive_read.month_bytes(root, address, month,
+                                                     min(GET_MAX_BYTES, left))
+    if not included or not ratelimit.allow(mail.session, mail.app, mail.ml.id, mail.sender,
+                                           "archive-bytes", limit=GET_DAILY_BYTES,
+                                           amount=len(data)):
+        return Result(f"The archive of {month} is larger than what is left of today's "
+                      f"{GET_DAILY_BYTES // (1024 * 1024)} MB for {mail.sender}: nothing was "
+                      "sent, try again tomorrow.", mail_needed=True)
     notice = _reply(mail, "notice/user/archive-get.txt.j2", {
         "month": month, "included": included, "total": total, "cut": included < total,
         "max_bytes": GET_MAX_BYTES})

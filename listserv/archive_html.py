@@ -31,7 +31,7 @@ from typing import Any, Iterable
 from markupsafe import Markup
 
 
-from listserv import addresses, archive_read, htmlmail, lists, replies
+from listserv import addresses, archive_read, htmlmail, isolation, lists, replies
 from listserv.app import App
 from listserv.models import ArchivePolicy, MailingList
 from listserv.templating import render
@@ -313,6 +313,9 @@ def _read_counts(out: Path) -> dict[str, int]:
     return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, int)}
 
 
+PAGE_FAILURES = isolation.Failures("archive pages", log)
+
+
 def refresh(app: App, touched: dict[str, set[str]]) -> None:
     """After the archive worker appended: rebuild the touched months of each list into its
     data_dir pages (never elsewhere). Errors are logged: the mbox is the truth, the pages
@@ -324,7 +327,11 @@ def refresh(app: App, touched: dict[str, set[str]]) -> None:
                 ml = lists.find_list(session, address)
                 if ml is not None and ml.archive is not ArchivePolicy.none:
                     infos[address] = ListInfo.of(ml)
-        for address, info in infos.items():
-            build(app, info, default_out(app, address), touched[address], new_only=True)
     except Exception:  # noqa: BLE001 - derived pages must never stop the archive worker
         log.exception("archive pages not refreshed (run: listserv archive build LIST)")
+        return
+    for address, info in infos.items():     # one list's pages failing spares the others
+        PAGE_FAILURES.run(address, f"list {address} months {', '.join(sorted(touched[address]))}"
+                          " (run: listserv archive build LIST)",
+                          lambda: build(app, info, default_out(app, address), touched[address],
+                                        new_only=True))

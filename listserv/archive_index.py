@@ -27,7 +27,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from listserv import archive_read, htmlmail
+from listserv import archive_read, htmlmail, untrusted
 from listserv.app import App
 from listserv.models import ArchiveMessage, MailingList
 
@@ -106,7 +106,7 @@ def extract(raw: bytes) -> Fields:
     body = _plain_text(simple)
     if body is not None:
         return _fields(simple, raw, body, 0)
-    msg = BytesParser(policy=policy.default).parsebytes(raw)
+    msg = BytesParser(policy=untrusted.POLICY).parsebytes(raw)
     assert isinstance(msg, EmailMessage)
     try:
         body = body_text(msg)

@@ -15,9 +15,10 @@ from email import policy
 from email.header import decode_header, make_header
 from email.message import EmailMessage, Message
 from email.parser import BytesHeaderParser, BytesParser
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Iterator
+
+from listserv import untrusted
 
 MONTH_RE = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 _QUOTED_FROM = re.compile(rb"^>(>*From )", re.MULTILINE)
@@ -41,7 +42,7 @@ class Entry:
         return BytesHeaderParser(policy=policy.compat32).parsebytes(head)
 
     def message(self) -> EmailMessage:
-        msg = BytesParser(policy=policy.default).parsebytes(self.raw)
+        msg = BytesParser(policy=untrusted.POLICY).parsebytes(self.raw)
         assert isinstance(msg, EmailMessage)
         return msg
 
@@ -200,13 +201,6 @@ def msg_ids(value: str) -> list[str]:
 
 
 def sent_at(msg: Message, fallback: dt.datetime | None) -> dt.datetime | None:
-    value = text_header(msg, "Date")
-    if value:
-        try:
-            when = parsedate_to_datetime(value)
-            if when.tzinfo is None:
-                when = when.replace(tzinfo=dt.timezone.utc)
-            return when.astimezone(dt.timezone.utc)
-        except (TypeError, ValueError, IndexError):
-            pass
-    return fallback
+    """The Date header as UTC, or ``fallback`` when it is missing or hostile."""
+    when = untrusted.header_date(text_header(msg, "Date"))
+    return fallback if when is None else when

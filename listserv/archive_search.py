@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
 from typing import Any, Sequence
@@ -26,7 +25,7 @@ from typing import Any, Sequence
 from sqlalchemy import func, select, text, tuple_
 from sqlalchemy.orm import Session, defer
 
-from listserv import archive_read
+from listserv import archive_read, untrusted
 from listserv.app import App
 from listserv.archive_index import is_attachment
 from listserv.models import ArchiveMessage
@@ -283,7 +282,7 @@ def raw(app: App, list_address: str, m: ArchiveMessage) -> bytes:
 
 
 def parse(data: bytes) -> EmailMessage:
-    msg = BytesParser(policy=policy.default).parsebytes(data)
+    msg = BytesParser(policy=untrusted.POLICY).parsebytes(data)
     assert isinstance(msg, EmailMessage)
     return msg
 

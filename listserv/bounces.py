@@ -26,7 +26,7 @@ from typing import Iterable
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from listserv import addresses, bounce_report, links, tokens
+from listserv import addresses, bounce_report, isolation, links, tokens
 from listserv.app import App
 from listserv.bounce_parse import Failure, find_status, is_policy, parse
 from listserv.bounce_report import notify_owners
@@ -327,12 +327,24 @@ def process_disabled(session: Session, app: App) -> int:
         interval = dt.timedelta(days=ml.bounce_warning_interval_days)
         if m.last_warning_at is not None and m.last_warning_at + interval > now:
             continue
-        if m.bounce_warnings_sent < ml.bounce_warnings:
-            warn(session, app, ml, m, now)
-        else:
-            remove(session, app, ml, m)
+        key, what = m.id, f"list {ml.address} member id {m.id}"
+        if not FAILURES.due(key):
+            continue
+        try:
+            with session.begin_nested():    # one member failing spares the others
+                if m.bounce_warnings_sent < ml.bounce_warnings:
+                    warn(session, app, ml, m, now)
+                else:
+                    remove(session, app, ml, m)
+        except Exception as exc:  # noqa: BLE001 - isolated, logged once, retried later
+            FAILURES.failed(key, what, exc)
+            continue
+        FAILURES.succeeded(key, what)
         done += 1
     return done
+
+
+FAILURES = isolation.Failures("bounce warning", log)
 
 
 def forget_stale(session: Session, app: App) -> None:

@@ -361,7 +361,10 @@ def run_command(mail: Mail, line: str) -> Result:
     if word == "set":
         if len(words) == 3 and words[1].lower() == "delivery" \
                 and words[2].lower() not in ("on", "off"):
-            return subscriptions.set_delivery(session, ml, mail.sender, words[2])
+            trusted = app.settings.moderation.require_authenticated_replies \
+                and _authenticated(mail)
+            return subscriptions.set_delivery(session, app, ml, mail.sender, words[2],
+                                              confirmed=trusted)
         if len(words) >= 2:
             return unknown_command(line)
         return _help("Usage: set delivery regular|mime-digest|plain-digest|nomail")

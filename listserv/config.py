@@ -19,6 +19,9 @@ from listserv.errors import ConfigError
 DATA_DIR_MARK = "<data_dir>"
 
 
+DAYS_MAX = 36500      # day counts: date arithmetic stays within datetime's range
+
+
 @dataclass(frozen=True)
 class DatabaseSettings:
     url: str = "sqlite:///<data_dir>/listserv.db"
@@ -30,6 +33,9 @@ class IntakeSettings:
     port: int = 8025
     protocol: str = "smtp"
     max_message_size: int = 10485760
+    max_connections: int = 500               # concurrent sessions; over it: 421 4.7.0, close
+    idle_timeout: float = 60.0               # seconds a client may stay silent
+    max_recipients_per_message: int = 100    # RCPTs per transaction; then 452 4.5.3
 
 
 @dataclass(frozen=True)
@@ -197,6 +203,9 @@ def load(path: str | os.PathLike[str] | None = None,
             raise ConfigError(f"configuration path is a directory: {p}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"configuration file {p} is not valid TOML: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"configuration file {p} is not UTF-8 text (byte "
+                              f"{exc.start}: {exc.object[exc.start:exc.start + 1]!r})") from None
 
     top: dict[str, Any] = {}
     sections: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
@@ -250,6 +259,23 @@ def _outbound_ok(out: str) -> bool:
 def _validate(s: Settings) -> None:
     if not (0 < s.intake.port < 65536):
         raise ConfigError(f"configuration key 'intake.port': {s.intake.port} is not a TCP port")
+    for key, value in (("intake.max_connections", s.intake.max_connections),
+                       ("intake.max_recipients_per_message",
+                        s.intake.max_recipients_per_message)):
+        if value < 1:
+            raise ConfigError(f"configuration key {key!r} must be at least 1")
+    if not 0 < s.intake.idle_timeout <= 86400:
+        raise ConfigError("configuration key 'intake.idle_timeout' must be between 0 and "
+                          "86400 seconds")
+    # Day counts: dates computed from them must stay within what datetime can represent.
+    for key, days in (("moderation.token_lifetime_days", s.moderation.token_lifetime_days),
+                      ("delivery.give_up_after_days", s.delivery.give_up_after_days)):
+        if not 0 < days <= DAYS_MAX:
+            raise ConfigError(f"configuration key {key!r}: {days} is not a number of days "
+                              f"between 0 and {DAYS_MAX}")
+    if any(not 0 <= delay <= DAYS_MAX * 86400 for delay in s.delivery.retry_schedule):
+        raise ConfigError("configuration key 'delivery.retry_schedule': each delay must be "
+                          f"between 0 and {DAYS_MAX * 86400} seconds")
     if s.delivery.connections < 1:
         raise ConfigError("configuration key 'delivery.connections' must be at least 1")
     if s.delivery.max_recipients_per_transaction < 1:

@@ -14,9 +14,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from typing import Any, Callable, Coroutine
 
-from listserv import archive, bounces, digests, incoming, intake, moderation, retention
+from listserv import (
+    archive,
+    bounces,
+    digests,
+    incoming,
+    intake,
+    isolation,
+    moderation,
+    retention,
+)
 from listserv.app import App
 from listserv.errors import ListservError
 
@@ -38,6 +48,9 @@ TICKS: tuple[tuple[str, Callable[[App], Any]], ...] = (
 )
 
 
+TICK_FAILURES = isolation.Failures("scheduler", log, retry_after=0)
+
+
 def delivery_runner() -> Callable[[App, asyncio.Event, asyncio.Event], Coroutine[Any, Any, Any]] | None:
     """listserv.delivery.run when the delivery module is installed."""
     try:
@@ -45,6 +58,31 @@ def delivery_runner() -> Callable[[App, asyncio.Event, asyncio.Event], Coroutine
     except ImportError:
         return None
     return getattr(delivery, "run", None)
+
+
+class AcceptErrors:
+    """The event loop's exception handler: when accept() fails for lack of file descriptors
+    (EMFILE/ENFILE), asyncio pauses the listener for a second and reports it each time;
+    report it at most once a minute (with how often it happened), everything else as usual."""
+
+    INTERVAL = 60.0
+
+    def __init__(self) -> None:
+        self.last = -self.INTERVAL
+        self.suppressed = 0
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if not str(context.get("message", "")).startswith("socket.accept() out of system"):
+            loop.default_exception_handler(context)
+            return
+        now = time.monotonic()
+        if now - self.last < self.INTERVAL:
+            self.suppressed += 1
+            return
+        more = f" ({self.suppressed} more since the last report)" if self.suppressed else ""
+        log.error("intake: cannot accept connections: %s; the listener pauses and retries%s",
+                  context.get("exception"), more)
+        self.last, self.suppressed = now, 0
 
 
 async def _wait(event: asyncio.Event, timeout: float) -> None:
@@ -91,6 +129,7 @@ class Daemon:
     async def run(self, stop: asyncio.Event) -> None:
         app = self.app
         loop = self.loop = asyncio.get_running_loop()
+        loop.set_exception_handler(AcceptErrors())
         self.incoming_wake = asyncio.Event()
         self.delivery_wake = asyncio.Event()
         self.archive_wake = asyncio.Event()
@@ -244,8 +283,11 @@ class Daemon:
                     break
                 try:
                     await asyncio.to_thread(tick, self.app)
-                except Exception:
-                    log.exception("%s tick failed", name)
+                except Exception as exc:
+                    # the same error every 30 s is logged once; the tick is still retried
+                    TICK_FAILURES.failed(name, f"the {name} tick", exc)
+                else:
+                    TICK_FAILURES.succeeded(name, f"the {name} tick")
             if self.delivery_wake is not None:
                 self.delivery_wake.set()
             await _wait(self.scheduler_wake, TICK_INTERVAL)

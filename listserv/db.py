@@ -114,6 +114,8 @@ def upgrade(db: Database, revision: str = "head") -> None:
     """Apply migrations up to ``revision``."""
     from alembic import command
 
+    if inspect(db.engine).has_table("alembic_version"):
+        refuse_newer(db)
     try:
         command.upgrade(alembic_config(db), revision)
     except OperationalError as exc:
@@ -134,11 +136,31 @@ def head_revision(db: Database) -> str | None:
     return ScriptDirectory.from_config(alembic_config(db)).get_current_head()
 
 
+def known_revision(db: Database, revision: str) -> bool:
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    try:
+        return ScriptDirectory.from_config(alembic_config(db)).get_revision(revision) is not None
+    except CommandError:
+        return False
+
+
+def refuse_newer(db: Database) -> None:
+    """ConfigError when the database was migrated by a newer listserv than this one."""
+    cur = current_revision(db)
+    if cur is not None and not known_revision(db, cur):
+        raise ConfigError(f"database schema is at {cur}, which this listserv "
+                          f"(schema {head_revision(db)}) does not know: it was upgraded by a "
+                          "newer listserv; run that version")
+
+
 def require_schema(db: Database) -> None:
     """Raise a one-line error when the database was never initialised or is behind."""
     db.check()
     if not inspect(db.engine).has_table("alembic_version"):
         raise ConfigError(f"database {safe_url(db.url)} is not initialised: run 'listserv init'")
+    refuse_newer(db)
     cur, head = current_revision(db), head_revision(db)
     if cur != head:
         raise ConfigError(f"database schema is at {cur}, expected {head}: "

@@ -157,7 +157,7 @@ def _python_charset(charset: str) -> str | None:
 
     try:
         return codecs.lookup(charset).name
-    except LookupError:
+    except (LookupError, ValueError):     # unknown, or not even a name ('utf-8\x00')
         return None
 
 
@@ -255,8 +255,8 @@ def wrap_mixed(msg: EmailMessage, footer: str) -> EmailMessage:
     its Content-* headers, and whose second part is the footer. Other headers stay untouched."""
     inner = EmailMessage(policy=msg.policy)
     for name, value in msg.items():
-        if name.lower().startswith("content-"):
-            inner[name] = value
+        if name.lower().startswith("content-") and name not in inner:
+            inner[name] = value     # the first of each: a hostile duplicate cannot be set
     inner.set_payload(_raw_payload(msg))  # type: ignore[call-overload]
     inner.preamble, inner.epilogue = msg.preamble, msg.epilogue
     if msg.get_default_type() != "text/plain":
@@ -278,6 +278,9 @@ def _raw_payload(msg: EmailMessage) -> object:
     neither be serialised nor match the original: carry the raw bytes through instead."""
     if msg.is_multipart():
         return msg.get_payload()
+    parsed = getattr(msg, "_payload", None)   # as parsed: 8-bit bytes as surrogate escapes,
+    if isinstance(parsed, str):               # whatever the transfer encoding claims
+        return parsed
     cte = (msg.get("Content-Transfer-Encoding") or "7bit").strip().lower()
     if cte in ("7bit", "8bit", "binary"):
         raw = msg.get_payload(decode=True)

@@ -36,6 +36,13 @@ class MalformedMessage(ListservError):
     enhanced = "5.6.0"
 
 
+class StructureRefused(ListservError):
+    """Absurd structure (MIME nested deeper than untrusted.MAX_MIME_DEPTH): refused at DATA."""
+
+    smtp_code = 554
+    enhanced = "5.6.0"
+
+
 class MessageTooBig(ListservError):
     smtp_code = 552
     enhanced = "5.3.4"

@@ -3,7 +3,8 @@
 Claiming is safe with several workers and processes: FOR UPDATE SKIP LOCKED on PostgreSQL,
 and on both databases an UPDATE ... WHERE state='new' whose row count says who won. Each
 message is then processed in its own transaction. A message whose processing raises is parked
-in state 'failed' with the error (a human looks at it); a temporary database failure puts it
+in state 'failed' with the error and the list owners are told (listserv.failures: `queue
+failed` lists it, `queue retry ID` processes it again); a temporary database failure puts it
 back to 'new'. Rows left in 'processing' by a worker that died are reclaimed.
 """
 
@@ -18,7 +19,17 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from listserv import addresses, bounces, commands, members, outbound, posting, queues
+from listserv import (
+    addresses,
+    bounces,
+    commands,
+    failures,
+    members,
+    outbound,
+    posting,
+    queues,
+    untrusted,
+)
 from listserv.app import App
 from listserv.errors import TemporaryFailure
 from listserv.intake import parse
@@ -111,6 +122,7 @@ def reclaim(app: App, stale_after: dt.timedelta = STALE_AFTER) -> int:
     """Put back to 'new' the messages whose worker died or whose lock went stale."""
     now = app.now()
     back: list[int] = []
+    poisoned: list[int] = []
     with app.db.unit_of_work() as session:
         rows = session.execute(select(InboundMessage.id, InboundMessage.locked_by,
                                       InboundMessage.locked_at, InboundMessage.attempts)
@@ -124,6 +136,7 @@ def reclaim(app: App, stale_after: dt.timedelta = STALE_AFTER) -> int:
             values: dict[str, object] = {"state": InboundState.new, "locked_by": None,
                                          "locked_at": None}
             if poison:
+                poisoned.append(row.id)
                 values = {"state": InboundState.failed, "locked_by": None, "locked_at": None,
                           "outcome": f"the worker died {row.attempts} times processing it"}
             session.execute(update(InboundMessage)
@@ -131,6 +144,8 @@ def reclaim(app: App, stale_after: dt.timedelta = STALE_AFTER) -> int:
                                    InboundMessage.state == InboundState.processing)
                             .values(**values)
                             .execution_options(synchronize_session=False))
+    for inbound_id in poisoned:
+        failures.tell_owners(app, inbound_id)
     if back:
         log.warning("reclaimed %d message(s) left in processing by dead workers", len(back))
     return len(back)
@@ -192,10 +207,13 @@ def process(app: App, inbound_id: int, worker: str) -> InboundState | None:
             return inbound.state
     except (OperationalError, TemporaryFailure) as exc:
         log.warning("message %d: temporary failure, will retry: %s", inbound_id, exc)
-        return _park(app, inbound_id, f"temporary failure: {exc}", retry=True)
+        state = _park(app, inbound_id, f"temporary failure: {exc}", retry=True)
     except Exception as exc:
-        log.exception("message %d: processing failed; parked as failed", inbound_id)
-        return _park(app, inbound_id, f"{type(exc).__name__}: {exc}", retry=False)
+        log.exception("message %d: processing failed; held for the list owners", inbound_id)
+        state = _park(app, inbound_id, f"{type(exc).__name__}: {exc}", retry=False)
+    if state is InboundState.failed:
+        failures.tell_owners(app, inbound_id)
+    return state
 
 
 def _park(app: App, inbound_id: int, outcome: str, *, retry: bool) -> InboundState | None:
@@ -208,7 +226,7 @@ def _park(app: App, inbound_id: int, outcome: str, *, retry: bool) -> InboundSta
                 inbound.state = InboundState.new
             else:
                 inbound.state = InboundState.failed
-            inbound.outcome = outcome[:2000]
+            inbound.outcome = untrusted.one_line(outcome, 2000)
             inbound.locked_by = None
             inbound.locked_at = None
             return inbound.state

@@ -17,7 +17,6 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
 from typing import Any, Callable
@@ -28,13 +27,14 @@ from aiosmtpd.smtp import SMTP
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
-from listserv import __version__, addresses, lists
+from listserv import __version__, addresses, lists, replies, untrusted
 from listserv.app import App
 from listserv.config import Settings
 from listserv.errors import (
     ListservError,
     MalformedMessage,
     MessageTooBig,
+    StructureRefused,
     TemporaryFailure,
     UnknownRecipient,
 )
@@ -46,6 +46,7 @@ POSITIVE_TTL = 5.0   # seconds a known list address is trusted without asking th
 NEGATIVE_TTL = 1.0   # seconds an unknown one is remembered
 OK_RCPT = "250 2.1.5 OK"
 OK_DATA = "250 2.0.0 Message accepted for delivery"
+TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
 
 
 @dataclass(frozen=True)
@@ -98,8 +99,9 @@ class Router:
 class Inspected:
     raw: bytes
     message_id: str
-    from_addr: str
+    from_addr: str          # '' when the From is missing, unparseable or ambiguous
     subject: str
+    has_from: bool = True   # a From header that at least looks like an address
 
 
 def _clip(value: str, size: int) -> str:
@@ -113,26 +115,32 @@ def inspect_message(raw: bytes, site_domain: str, *, require_from: bool = True) 
     usable From address.
     """
     try:
-        msg = BytesParser(policy=policy.default).parsebytes(raw, headersonly=True)
-        from_value = msg.get("From")
-        _, from_addr = addresses.parse_from(str(from_value) if from_value is not None else "")
+        msg = BytesParser(policy=untrusted.POLICY).parsebytes(raw, headersonly=True)
+        # The sender is the raw addr-spec of exactly one From (replies.sender_address); a
+        # From that only looks like an address is accepted and held by the rules, with why.
+        from_addr = replies.sender_address(msg)[0]
+        has_from = bool(from_addr) or any("@" in v for v in replies.raw_values(msg, "From")) \
+            or "@" in str(msg.get("From") or "")
         subject = str(msg.get("Subject") or "")
         message_id = str(msg.get("Message-ID") or "").strip()
     except Exception as exc:  # the email package raises many kinds on hostile input
         raise MalformedMessage(f"cannot parse message headers: {type(exc).__name__}") from None
     if not msg.keys():
         raise MalformedMessage("message has no header block")
-    if require_from and ("@" not in from_addr):
+    if require_from and not has_from:
         raise MalformedMessage("message has no usable From: address")
     if not message_id:
         message_id = email.utils.make_msgid("listserv", domain=site_domain)
         raw = f"Message-ID: {message_id}\r\n".encode("ascii") + raw
-    return Inspected(raw, _clip(message_id, 998), _clip(from_addr, 400), subject)
+    return Inspected(raw, _clip(untrusted.one_line(message_id, 0), 998),
+                     _clip(untrusted.clean_text(from_addr), 400), untrusted.one_line(subject),
+                     has_from)
 
 
 def parse(raw: bytes) -> EmailMessage:
-    """The full message object of stored bytes (email.policy.default)."""
-    return BytesParser(policy=policy.default).parsebytes(raw)  # type: ignore[return-value]
+    """The full message object of stored bytes (untrusted.POLICY: email.policy.default with
+    hostile Date values read as invalid)."""
+    return BytesParser(policy=untrusted.POLICY).parsebytes(raw)  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -145,7 +153,7 @@ class Spooled:
 
     def check_from(self, routes: list[Resolved]) -> None:
         """MalformedMessage when a route other than -bounces needs a From: it does not have."""
-        if "@" not in self.info.from_addr and any(
+        if not self.info.has_from and any(
                 r.route.subaddress != addresses.BOUNCES for r in routes):
             raise MalformedMessage("message has no usable From: address")
 
@@ -163,6 +171,10 @@ def spool(app: App, mail_from: str, raw: bytes, *, require_from: bool) -> Spoole
         mail_from = ""          # the null reverse-path
     elif mail_from.startswith("<") and mail_from.endswith(">"):
         mail_from = mail_from[1:-1]
+    depth = untrusted.mime_depth(raw)
+    if depth > untrusted.MAX_MIME_DEPTH:
+        raise StructureRefused(f"MIME parts nested more than {untrusted.MAX_MIME_DEPTH} "
+                               "levels deep")
     info = inspect_message(raw, app.settings.site_domain, require_from=require_from)
     return Spooled(mail_from, info, app.spool.put(info.raw))
 
@@ -214,9 +226,13 @@ class IntakeHandler:
         self.on_commit = on_commit
         self.active = 0          # DATA transactions in flight (for a graceful stop)
         self.accepted = 0
+        self.sessions = 0        # open SMTP/LMTP sessions (intake.max_connections)
+        self.refused_sessions = 0
 
     async def handle_RCPT(self, server: SMTP, session: Any, envelope: Any, address: str,
                           rcpt_options: list[str]) -> str:
+        if len(envelope.rcpt_tos) >= self.app.settings.intake.max_recipients_per_message:
+            return TOO_MANY_RECIPIENTS
         try:
             resolved = await asyncio.to_thread(self.router.resolve, address)
         except ListservError as exc:
@@ -301,12 +317,51 @@ class IntakeHandler:
         return TemporaryFailure("internal error, try again later").smtp_reply()
 
 
-def make_protocol(handler: IntakeHandler, settings: Settings) -> SMTP:
-    """An SMTP or LMTP protocol instance per connection, as intake.protocol says."""
-    cls = LMTP if settings.intake.protocol == "lmtp" else SMTP
+class _Counted:
+    """Counts its open sessions in the handler (intake.max_connections)."""
+
+    def _count(self, handler: "IntakeHandler") -> None:
+        self._sessions_of = handler
+        handler.sessions += 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._sessions_of.sessions -= 1
+        super().connection_lost(exc)  # type: ignore[misc]
+
+
+class CountedSMTP(_Counted, SMTP):
+    pass
+
+
+class CountedLMTP(_Counted, LMTP):
+    pass
+
+
+class Refuser(asyncio.Protocol):
+    """A session over intake.max_connections: 421 4.7.0 and close, nothing else read."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(TOO_MANY_SESSIONS.encode("ascii") + b"\r\n")
+        transport.close()
+
+
+TOO_MANY_SESSIONS = "421 4.7.0 Too many connections, try again later"
+
+
+def make_protocol(handler: IntakeHandler, settings: Settings) -> asyncio.Protocol:
+    """An SMTP or LMTP protocol instance per connection, as intake.protocol says (a Refuser
+    beyond intake.max_connections). Silent clients are dropped after intake.idle_timeout."""
+    if handler.sessions >= settings.intake.max_connections:
+        handler.refused_sessions += 1
+        return Refuser()
+    cls = CountedLMTP if settings.intake.protocol == "lmtp" else CountedSMTP
     limit = settings.intake.max_message_size or None
-    return cls(handler, data_size_limit=limit, enable_SMTPUTF8=True, decode_data=False,
-               hostname=settings.site_domain, ident=f"listserv {__version__}")
+    proto = cls(handler, data_size_limit=limit, enable_SMTPUTF8=True, decode_data=False,
+                hostname=settings.site_domain, ident=f"listserv {__version__}",
+                timeout=settings.intake.idle_timeout)
+    proto._count(handler)
+    return proto
 
 
 class IntakeController(Controller):
@@ -319,7 +374,7 @@ class IntakeController(Controller):
         self.settings = settings
 
     def factory(self) -> SMTP:
-        return make_protocol(self.handler, self.settings)
+        return make_protocol(self.handler, self.settings)  # type: ignore[return-value]
 
     def _trigger_server(self) -> None:
         if self.port == 0 and self.server is not None:

@@ -45,7 +45,13 @@ def find_membership(session: Session, ml: MailingList, email: str,
 def add_member(session: Session, ml: MailingList, email: str, *, role: Role = Role.member,
                delivery_mode: DeliveryMode = DeliveryMode.regular, moderated: bool = False,
                display_name: str = "") -> Membership:
-    """Add (or return the existing) membership of ``email`` in ``role``."""
+    """Add (or return the existing) membership of ``email`` in ``role``.
+
+    One of the list's own addresses (NAME@, NAME-request@, NAME-bounces+x@...) is refused:
+    every post would come back to the list."""
+    if any(r.list_name == ml.name and addresses.normalise_domain(r.domain) == ml.domain.name
+           for r in addresses.route_candidates(email) if _domain_ok(r.domain)):
+        raise UsageError(f"{email.strip()} is an address of the list {ml.address} itself")
     addr = get_or_create_address(session, email, display_name)
     m = find_membership(session, ml, addr.email, role)
     if m is None:
@@ -54,6 +60,14 @@ def add_member(session: Session, ml: MailingList, email: str, *, role: Role = Ro
         session.add(m)
         session.flush()
     return m
+
+
+def _domain_ok(domain: str) -> bool:
+    try:
+        addresses.normalise_domain(domain)
+    except UsageError:
+        return False
+    return True
 
 
 def roles_of(session: Session, ml: MailingList, email: str) -> set[Role]:

@@ -95,6 +95,13 @@ class Action(enum.Enum):
     discard = "discard"
 
 
+class SenderHeaders(enum.Enum):
+    """Which headers name a post's sender for the posting rules."""
+
+    from_ = "from"                   # exactly one From header, its raw addr-spec
+    from_sender = "from+sender"      # also Sender: and the envelope sender may stand in
+
+
 class SubscriptionPolicy(enum.Enum):
     open = "open"
     confirm = "confirm"
@@ -157,6 +164,7 @@ class TokenKind(enum.Enum):
     moderate = "moderate"                # moderator acts on a held post
     cancel_post = "cancel_post"          # poster withdraws a held post
     reenable = "reenable"                # bounce-disabled member re-enables delivery
+    set_delivery = "set_delivery"        # confirm a delivery-mode change asked for by mail
 
 
 class DeliveryState(enum.Enum):
@@ -252,6 +260,10 @@ class MailingList(Base):
                                                       default=LogAccess.owners)
     moderation_log_names: Mapped[LogNames] = mapped_column(_enum(LogNames),
                                                            default=LogNames.show)
+    automatic_action: Mapped[Action] = mapped_column(_enum(Action), default=Action.hold)
+    sender_headers: Mapped[SenderHeaders] = mapped_column(_enum(SenderHeaders),
+                                                          default=SenderHeaders.from_)
+    sender_post_limit: Mapped[int] = mapped_column(default=10)
 
     # counters and state
     post_id: Mapped[int] = mapped_column(default=0)
@@ -398,7 +410,8 @@ class InboundMessage(Base):
     """
 
     __tablename__ = "inbound_message"
-    __table_args__ = (Index("ix_inbound_state", "state", "id"),)
+    __table_args__ = (Index("ix_inbound_state", "state", "id"),
+                      Index("ix_inbound_sender", "list_id", "from_addr", "received_at"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     list_id: Mapped[int] = mapped_column(ForeignKey("mailing_list.id", ondelete="CASCADE"))
@@ -417,6 +430,7 @@ class InboundMessage(Base):
     locked_at: Mapped[Optional[dt.datetime]] = mapped_column()
     attempts: Mapped[int] = mapped_column(default=0)
     outcome: Mapped[Optional[str]] = mapped_column(Text)    # reasons / error, for humans
+    body_sha: Mapped[Optional[str]] = mapped_column(String(64))  # a post's text (flood rules)
 
     mailing_list: Mapped[MailingList] = relationship()
 

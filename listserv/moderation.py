@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import dataclass
-from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
 from typing import Any, Sequence
@@ -26,7 +25,7 @@ from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session
 
 from listserv import links as web_links
-from listserv import members, notices, ratelimit, replies, rules, tokens
+from listserv import members, notices, ratelimit, replies, rules, tokens, untrusted
 from listserv.app import App
 from listserv.errors import UsageError
 from listserv.models import (
@@ -104,10 +103,10 @@ def attach_original(notice: EmailMessage, original: bytes | None) -> bool:
     if original is None or len(original) > MAX_ATTACHED:
         return False
     try:
-        held_msg = BytesParser(policy=policy.default).parsebytes(original)
+        held_msg = BytesParser(policy=untrusted.POLICY).parsebytes(original)
         part = EmailMessage()
         part.set_content(held_msg, disposition="attachment")   # type: ignore[arg-type]
-        part.as_bytes(policy=policy.SMTP)                        # refuses what cannot be sent
+        part.as_bytes(policy=untrusted.SMTP_POLICY)              # refuses what cannot be sent
     except Exception:  # noqa: BLE001 - a hostile post must not stop the notice
         log.warning("held post not attached to the moderators' notice: cannot serialise")
         return False
@@ -259,7 +258,7 @@ def _accept_post(session: Session, app: App, inbound: InboundMessage, msg: Email
 
 def load_message(app: App, inbound: InboundMessage) -> EmailMessage:
     data = app.spool.get(inbound.spool_sha)
-    return BytesParser(policy=policy.default).parsebytes(data)  # type: ignore[return-value]
+    return BytesParser(policy=untrusted.POLICY).parsebytes(data)  # type: ignore[return-value]
 
 
 def _tell_poster_rejected(session: Session, app: App, ml: MailingList, held: HeldMessage,

@@ -13,11 +13,14 @@ from typing import Any, Callable, Iterable
 
 from sqlalchemy.orm import Session
 
-from listserv import headers, signing
+from listserv import headers, signing, untrusted
 from listserv.app import App
 from listserv.outbound import queue_message
 from listserv.templating import render
 from listserv.views import ListView
+
+
+HEADER_LIMIT = 300      # characters of one rendered notice header value
 
 
 def build_notice(app: App, lst: ListView | None, template: str, to: str | list[str],
@@ -28,12 +31,15 @@ def build_notice(app: App, lst: ListView | None, template: str, to: str | list[s
     text = render(app.settings.data_dir, template, ctx,
                   domain=lst.domain if lst else None,
                   list_address=lst.address if lst else None)
-    head, _, body = text.partition("\n\n")
+    # Text from a message (a Subject, an excerpt) may hold lone surrogates: replace, never
+    # raise. Header lines are split on LF only and each is one capped line, so an echoed
+    # Subject can never add a header.
+    head, _, body = untrusted.clean_text(text).partition("\n\n")
     msg = EmailMessage()
-    for line in head.splitlines():
+    for line in head.split("\n"):
         name, _, value = line.partition(":")
         if name.strip() and value.strip():
-            name, value = name.strip(), value.strip()
+            name, value = name.strip(), untrusted.one_line(value, HEADER_LIMIT)
             msg[name] = headers.unstructured(name, value) if name == "Subject" else value
     if "Subject" not in msg:
         raise ValueError(f"notice template {template} renders no Subject: header")
@@ -62,7 +68,11 @@ def build_notice(app: App, lst: ListView | None, template: str, to: str | list[s
 def serialise(msg: EmailMessage, seal: Callable[[bytes], bytes] | None = None) -> bytes:
     """The bytes on the wire (CRLF line ends) with ``seal`` applied (the post's ARC set),
     not DKIM-signed."""
-    data = msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
+    policy = msg.policy.clone(linesep="\r\n")
+    try:
+        data = msg.as_bytes(policy=policy)
+    except UnicodeEncodeError:       # decoded hostile text: write its UTF-8 bytes instead
+        data = untrusted.serialisable(msg).as_bytes(policy=policy)
     return seal(data) if seal is not None else data
 
 

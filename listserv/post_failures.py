@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import logging
 from email.parser import BytesHeaderParser
-from email import policy
 from typing import AbstractSet, Any, Sequence
 
 from sqlalchemy import update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Session
 
+from listserv import untrusted
 from listserv.app import App
 from listserv.bounce_parse import find_status
 from listserv.bounce_report import notify_owners
@@ -70,8 +70,8 @@ def split(recipients: Sequence[str], failed: Sequence[Item], whole: AbstractSet[
 
 def subject_of(data: bytes) -> str:
     """The Subject of final message bytes (headers only are parsed)."""
-    head = BytesHeaderParser(policy=policy.default).parsebytes(data)
-    return str(head.get("subject", "") or "")
+    head = BytesHeaderParser(policy=untrusted.POLICY).parsebytes(data)
+    return untrusted.one_line(head.get("subject", "") or "")
 
 
 def report(session: Session, app: App, outbound_id: int, list_id: int | None, kind: str,

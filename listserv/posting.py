@@ -9,7 +9,6 @@ Fanout record and the outbound queue rows all commit together or not at all.
 from __future__ import annotations
 
 import logging
-from email import policy
 from email.message import EmailMessage
 from typing import Callable, Iterable, Iterator
 
@@ -24,10 +23,12 @@ from listserv import (
     network,
     notices,
     outbound,
+    ratelimit,
     recipients,
     rules,
     transforms,
     unsubscribe,
+    untrusted,
 )
 from listserv.app import App
 from listserv.models import (
@@ -53,8 +54,14 @@ def handle_post(session: Session, app: App, inbound: InboundMessage, msg: EmailM
     """Run the rules on a post and carry out the verdict."""
     ml = session.get(MailingList, inbound.list_id)
     assert ml is not None
+    inbound.body_sha = rules.body_digest(msg)
     ctx = rules.build_context(session, ml, inbound, msg)
     verdict = rules.evaluate(ctx)
+    if verdict.action is Action.reject and ctx.is_auto:
+        # A machine is never sent a refusal: nobody would read it. A person decides instead.
+        action = Action.discard if ml.automatic_action is Action.discard else Action.hold
+        auto = rules.automatic(ctx)
+        verdict = rules.Verdict(action, ((auto.reason,) if auto else ()) + verdict.reasons)
     log.info("list %s message %s: %s %s", ml.list_id, inbound.message_id,
              verdict.action.value, "; ".join(verdict.reasons))
     if verdict.action is Action.accept:
@@ -84,6 +91,8 @@ def reject_post(session: Session, app: App, ml: MailingList, inbound: InboundMes
     to = inbound.from_addr or inbound.mail_from
     if not notify or not to:
         return
+    if not ratelimit.allow(session, app, ml.id, to.lower(), "reject"):
+        return          # forged posts "from" a victim must not become a flood of notices
     lv = ListView.of(ml)
     notice = notices.build_notice(app, lv, REJECTED_TEMPLATE, to,
                                   {"reasons": reasons, "subject": inbound.subject,
@@ -134,7 +143,10 @@ def render_footer(app: App, lv: ListView) -> str:
 
 
 def to_bytes(msg: EmailMessage) -> bytes:
-    return msg.as_bytes(policy=policy.SMTP)
+    try:
+        return msg.as_bytes(policy=untrusted.SMTP_POLICY)
+    except UnicodeEncodeError:       # decoded hostile text: write its UTF-8 bytes instead
+        return untrusted.serialisable(msg).as_bytes(policy=untrusted.SMTP_POLICY)
 
 
 def accept_post(session: Session, app: App, inbound: InboundMessage, msg: EmailMessage, *,

@@ -15,14 +15,16 @@ DAILY_LIMITS = {
     "help": 3,         # help text for a command mail we could not act on
     "results": 10,     # answers to -request commands
     "status": 2,       # "you are already subscribed" / "you are not subscribed"
+    "reject": 3,       # "your post was rejected" (nonmember_action reject, a moderator)
     "retry": 5,        # "your moderation reply had no command" (to a moderator)
     "note": 3,         # a poster's note about their held post, passed to the moderators
 }
 
 
 def allow(session: Session, app: App, list_id: int, email: str, kind: str,
-          limit: int | None = None) -> bool:
-    """Count one automatic mail of ``kind`` to ``email`` today; False when over the limit.
+          limit: int | None = None, amount: int = 1) -> bool:
+    """Count one automatic mail of ``kind`` to ``email`` today (``amount``: what it costs,
+    e.g. bytes); False when it would go over the limit.
 
     The counter row is read FOR UPDATE: two workers (several `serve` processes on
     PostgreSQL) counting for the same address take turns, so the limit holds."""
@@ -35,20 +37,27 @@ def allow(session: Session, app: App, list_id: int, email: str, kind: str,
         try:
             with session.begin_nested():     # a concurrent worker may insert the same row
                 session.add(AutoResponse(list_id=list_id, email=email, kind=kind, day=today,
-                                         count=1))
-            return True
+                                         count=0))
         except IntegrityError:
-            row = session.scalar(select(AutoResponse).where(
-                AutoResponse.list_id == list_id, AutoResponse.email == email,
-                AutoResponse.kind == kind).with_for_update())
-            if row is None:
-                return False
+            pass
+        row = session.scalar(select(AutoResponse).where(
+            AutoResponse.list_id == list_id, AutoResponse.email == email,
+            AutoResponse.kind == kind).with_for_update())
+        if row is None:
+            return False
     if row.day != today:
         row.day, row.count = today, 0
-    if row.count >= limit:
+    if row.count + amount > limit:
         return False
-    row.count += 1
+    row.count += amount
     return True
+
+
+def used(session: Session, app: App, list_id: int, email: str, kind: str) -> int:
+    """How much of ``kind`` ``email`` has used today."""
+    row = session.scalar(select(AutoResponse).where(
+        AutoResponse.list_id == list_id, AutoResponse.email == email, AutoResponse.kind == kind))
+    return row.count if row is not None and row.day == app.now().date() else 0
 
 
 def purge(session: Session, app: App) -> None:

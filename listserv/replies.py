@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from email.message import EmailMessage, Message
+from email.utils import getaddresses
 from typing import Callable
 
 from listserv import addresses, htmlmail
@@ -48,9 +49,40 @@ def is_auto_reply(msg: Message, mail_from: str) -> bool:
 
 
 def from_address(msg: Message) -> str:
-    """The normalised (lower-case) From address, '' when absent or invalid."""
-    _, addr = addresses.parse_from(str(msg.get("From", "") or ""))
-    return (addresses.try_normalise(addr) or "") if addr else ""
+    """The normalised (lower-case) From address, '' when absent, invalid or ambiguous."""
+    return sender_address(msg)[0]
+
+
+def raw_values(msg: Message, name: str) -> list[str]:
+    """The values of header ``name`` as they came (encoded words not decoded), unfolded."""
+    return [re.sub(r"\r?\n(?=[ \t])", "", str(v)) for k, v in msg.raw_items()
+            if k.lower() == name.lower()]
+
+
+def sender_address(msg: Message, header: str = "From") -> tuple[str, str | None]:
+    """(normalised address, None) from the raw addr-spec of exactly one ``header``, or
+    ('', why) when there is none, several, or one that is unparseable or ambiguous.
+
+    RFC 2047 forbids encoded words in an addr-spec, so '=?utf-8?q?bob=40x?=' names nobody;
+    'bob@x <eve@y>' and two From headers could be read as two people: nobody either."""
+    from listserv import untrusted
+
+    values = raw_values(msg, header)
+    if not values:
+        return "", f"no {header} header"
+    if len(values) > 1:
+        return "", f"{len(values)} {header} headers"
+    shown = untrusted.one_line(values[0], 100)
+    pairs = getaddresses([values[0]])
+    if len(pairs) != 1 or not pairs[0][1]:
+        return "", f"ambiguous {header}: {shown}"
+    addr = pairs[0][1].strip()
+    if "=?" in addr or addr.count("@") != 1:
+        return "", f"unparseable {header}: {shown}"
+    normal = addresses.try_normalise(addr)
+    if normal is None:
+        return "", f"unparseable {header}: {shown}"
+    return normal, None
 
 
 def body_text(msg: Message, *, reply: bool = False) -> str:
@@ -58,7 +90,10 @@ def body_text(msg: Message, *, reply: bool = False) -> str:
     ``reply``, without the quoted original an HTML reply carries)."""
     if not isinstance(msg, EmailMessage):
         return ""
-    part = msg.get_body(preferencelist=("plain", "html"))
+    try:
+        part = msg.get_body(preferencelist=("plain", "html"))
+    except Exception:  # noqa: BLE001 - a multipart without parts (no boundary) and the like
+        return ""
     if part is None:
         return ""
     try:

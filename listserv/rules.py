@@ -8,22 +8,26 @@ No rule touches the database: build_context() takes the snapshot first.
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 import re
 from dataclasses import dataclass
 from email.message import EmailMessage
-from typing import Callable
+from typing import Any, Callable
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from listserv import addresses, network, replies, senders
+from listserv import addresses, network, replies, senders, untrusted
 from listserv.models import (
     Action,
     Address,
     InboundMessage,
+    InboundState,
     MailingList,
     Membership,
     Role,
+    SenderHeaders,
 )
 
 @dataclass(frozen=True)
@@ -53,6 +57,11 @@ class RuleContext:
     relayed_by: str = ""           # a remote list this list accepts posts from (its copy)
     banned_by: str = ""            # the list's ban pattern that a sender address matches
     sender_rule: senders.SenderRule | None = None   # per-address non-member action
+    automatic_action: Action = Action.hold
+    sender_problem: str = ""       # why the From names nobody (ambiguous, unparseable...)
+    recent_posts: int = 0          # the sender's earlier posts to the list in FLOOD_WINDOW
+    sender_post_limit: int = 0     # 0 = no limit
+    repeats_post: str = ""         # Message-ID of an accepted post with the same text
 
     @property
     def is_member(self) -> bool:
@@ -112,12 +121,16 @@ def banned(ctx: RuleContext) -> Hit | None:
 
 
 def automatic(ctx: RuleContext) -> Hit | None:
-    """RFC 3834 auto-replies, bulk mail and bounces are not posts. A copy relayed by a list
-    this list accepts (listserv.network.relaying_list) carries that list's Precedence: list
-    and is a post all the same."""
+    """RFC 3834 auto-replies, bulk mail and bounces: held for the moderators (the sender, a
+    machine, is never told), or discarded when the list's automatic_action says so. A copy
+    relayed by a list this list accepts (listserv.network.relaying_list) carries that list's
+    Precedence: list and is a post all the same."""
     precedence = "" if ctx.relayed_by else ctx.precedence
     reason = replies.automatic_reason(ctx.mail_from, ctx.auto_submitted, precedence)
-    return None if reason is None else Hit(Action.discard, reason)
+    if reason is None:
+        return None
+    action = Action.discard if ctx.automatic_action is Action.discard else Action.hold
+    return Hit(action, reason)
 
 
 # ---------------------------------------------------------------------------- hold rules
@@ -133,6 +146,29 @@ def max_size(ctx: RuleContext) -> Hit | None:
     if ctx.max_message_size and ctx.size > ctx.max_message_size:
         return Hit(Action.hold, f"message size {ctx.size} bytes exceeds the list limit of "
                                 f"{ctx.max_message_size} bytes")
+    return None
+
+
+FLOOD_WINDOW = dt.timedelta(minutes=10)
+REPEAT_WINDOW = dt.timedelta(hours=1)
+
+
+def flood(ctx: RuleContext) -> Hit | None:
+    """More than sender_post_limit posts from one sender in FLOOD_WINDOW: a loop (an
+    auto-responder without RFC 3834 headers, with reply_to list) or a flood."""
+    if ctx.sender_post_limit and ctx.recent_posts >= ctx.sender_post_limit:
+        minutes = int(FLOOD_WINDOW.total_seconds() // 60)
+        return Hit(Action.hold, f"too many posts: {ctx.recent_posts + 1} from "
+                                f"{ctx.sender or ctx.mail_from} in {minutes} minutes (the "
+                                f"list holds more than {ctx.sender_post_limit})")
+    return None
+
+
+def repeated_text(ctx: RuleContext) -> Hit | None:
+    """The same text the same sender posted within REPEAT_WINDOW (a loop, a resend)."""
+    if ctx.repeats_post:
+        return Hit(Action.hold, f"same text as {ctx.repeats_post}, posted by the same sender "
+                                "less than an hour ago")
     return None
 
 
@@ -188,6 +224,8 @@ def nonmember(ctx: RuleContext) -> Hit | None:
     """The list's nonmember_action, unless a per-address sender rule decides first."""
     if ctx.is_member:
         return None
+    if ctx.sender_problem:            # nobody to reject or to tell: a person decides
+        return Hit(Action.hold, f"post by non-member: {ctx.sender_problem}")
     who = ctx.sender or ctx.mail_from or "unknown sender"
     if ctx.sender_rule is not None:
         return _by_action(ctx.sender_rule.action,
@@ -216,6 +254,8 @@ RULES: tuple[Rule, ...] = (
     automatic,
     emergency,
     max_size,
+    flood,
+    repeated_text,
     administrivia,
     max_recipients,
     nonmember,
@@ -272,16 +312,18 @@ def _sender_roles(session: Session, ml: MailingList,
 
 def build_context(session: Session, ml: MailingList, inbound: InboundMessage,
                   msg: EmailMessage) -> RuleContext:
-    candidates: list[str] = []
-    for header in ("From", "Sender"):
-        for value in _values(msg, header):
-            addr = addresses.parse_from(value)[1]
-            if addr and addr not in candidates:
-                candidates.append(addr)
-    if inbound.mail_from and inbound.mail_from.lower() not in candidates:
-        candidates.append(inbound.mail_from.lower())
+    sender, problem = replies.sender_address(msg)
+    candidates = [sender] if sender else []
+    if ml.sender_headers is SenderHeaders.from_sender:
+        also = [replies.sender_address(msg, "Sender")[0], inbound.mail_from.lower()]
+        candidates += [a for a in also if a and a not in candidates]
+    # A ban is matched against every identity the message claims (From, Sender, envelope),
+    # whatever sender_headers allows for membership.
+    identities = [*candidates, replies.sender_address(msg, "Sender")[0],
+                  (inbound.mail_from or "").lower()]
+    banned_by = senders.first_match(senders.ban_patterns(session, ml.id),
+                                    [a for a in dict.fromkeys(identities) if a]) or ""
     sender, roles, moderated = _sender_roles(session, ml, candidates)
-    banned_by = senders.first_match(senders.ban_patterns(session, ml.id), candidates) or ""
     relayed_by = network.relaying_list(session, ml, inbound.mail_from or "",
                                        _values(msg, "List-Id"))
     if not roles and relayed_by:
@@ -293,6 +335,8 @@ def build_context(session: Session, ml: MailingList, inbound: InboundMessage,
             roles = frozenset({Role.member})
     sender_rule = (None if roles else
                    senders.action_for(senders.sender_rules(session, ml.id), candidates))
+    if roles:
+        problem = None
     try:
         recipients = tuple(addresses.all_addresses(*_values(msg, "To"), *_values(msg, "Cc")))
     except Exception:
@@ -307,7 +351,42 @@ def build_context(session: Session, ml: MailingList, inbound: InboundMessage,
         emergency=ml.emergency, nonmember_action=ml.nonmember_action,
         member_action=ml.member_action, subject=_subject(msg), body_head=_body_head(msg),
         administrivia=ml.administrivia, max_recipients=ml.max_recipients,
-        relayed_by=relayed_by, banned_by=banned_by, sender_rule=sender_rule)
+        automatic_action=ml.automatic_action, sender_problem=problem or "",
+        sender_post_limit=ml.sender_post_limit, relayed_by=relayed_by, banned_by=banned_by,
+        sender_rule=sender_rule,
+        **_history(session, inbound))
+
+
+def body_digest(msg: EmailMessage) -> str | None:
+    """SHA-256 of a post's text, whitespace collapsed; None when it has no text."""
+    try:
+        text = " ".join(replies.body_text(msg).split())
+    except Exception:  # noqa: BLE001 - hostile structure: no text to compare
+        return None
+    if not text:
+        return None
+    return hashlib.sha256(untrusted.clean_text(text).encode("utf-8")).hexdigest()
+
+
+def _history(session: Session, inbound: InboundMessage) -> dict[str, Any]:
+    """The sender's recent posts to the list: how many in FLOOD_WINDOW, and an accepted one
+    with the same text (inbound.body_sha) within REPEAT_WINDOW."""
+    sender = inbound.from_addr
+    if not sender:
+        return {}
+    I = InboundMessage
+    mine = (I.list_id == inbound.list_id, I.from_addr == sender, I.id < inbound.id,
+            I.subaddress == addresses.POST, I.received_at <= inbound.received_at)
+    recent = session.scalar(select(func.count(I.id)).where(
+        *mine, I.received_at >= inbound.received_at - FLOOD_WINDOW,
+        I.state != InboundState.failed)) or 0
+    repeats = ""
+    if inbound.body_sha:
+        repeats = session.scalar(select(I.message_id).where(
+            *mine, I.received_at >= inbound.received_at - REPEAT_WINDOW,
+            I.body_sha == inbound.body_sha, I.state == InboundState.accepted,
+            I.message_id != inbound.message_id).limit(1)) or ""    # that is a duplicate
+    return {"recent_posts": recent, "repeats_post": repeats}
 
 
 def _subject(msg: EmailMessage) -> str:

@@ -22,6 +22,7 @@ from listserv.models import (
     MailingList,
     FooterPlacement,
     ReplyTo,
+    SenderHeaders,
     SubscriptionPolicy,
 )
 
@@ -114,6 +115,16 @@ SETTINGS: tuple[Setting, ...] = (
     _choice("footer_placement", FooterPlacement, FooterPlacement.inline,
             "inline: the footer goes into the plain and HTML bodies; part: a MIME part of its "
             "own unless the post is plain text"),
+    _choice("automatic_action", Action, Action.hold,
+            "what happens to automatic mail posted to the list (Auto-Submitted other than "
+            "no, Precedence bulk/junk/list, a null envelope sender); the sender is never told",
+            allowed=(Action.hold, Action.discard)),
+    _choice("sender_headers", SenderHeaders, SenderHeaders.from_,
+            "who a post is from for the rules: 'from' (exactly one From header) or "
+            "'from+sender' (Sender: or the envelope sender may also be the member)"),
+    Setting("sender_post_limit", "int", 10,
+            "posts one sender may make in 10 minutes; more are held (a looping "
+            "auto-responder); 0 = no limit"),
     Setting("display_name", "text", "", "the list's human name (set by list create)",
             max_length=255),
     Setting("description", "text", "", "a one-line description of the list", max_length=1000),

@@ -165,7 +165,11 @@ def unsubscribe_now(session: Session, app: App, ml: MailingList, email: str) -> 
 # ---------------------------------------------------------------------------- settings
 
 
-def set_delivery(session: Session, ml: MailingList, email: str, value: str) -> Result:
+def set_delivery(session: Session, app: App, ml: MailingList, email: str, value: str, *,
+                 confirmed: bool = False) -> Result:
+    """A delivery-mode change asked for by mail. A From header is easily forged (a forged
+    'set delivery nomail' would silence a member), so unless ``confirmed`` (a DKIM-verified
+    sender) it is confirmed by reply first, as 'unsubscribe' is."""
     try:
         mode = DeliveryMode(value.strip().lower())
     except ValueError:
@@ -174,14 +178,26 @@ def set_delivery(session: Session, ml: MailingList, email: str, value: str) -> R
     m = members.find_membership(session, ml, email)
     if m is None:
         return Result(f"{email} is not subscribed to {ml.address}.")
-    m.delivery_mode = mode
-    return Result(f"Delivery for {email} is now {mode.value}.")
+    if m.delivery_mode is mode:
+        return Result(f"Delivery for {email} is already {mode.value}.")
+    if confirmed:
+        m.delivery_mode = mode
+        return Result(f"Delivery for {email} is now {mode.value}.")
+    issued = tokens.issue(session, app, TokenKind.set_delivery, ml, email,
+                          payload={"mode": mode.value}, match={"mode": mode.value})
+    if issued.token is None:
+        return Result(f"A confirmation request was sent to {email} less than an hour ago: "
+                      "reply to it.", mail_needed=False)
+    _send_token(session, app, ml, email, "notice/user/confirm-delivery.txt.j2",
+                issued.token, {"email": email, "mode": mode.value,
+                               "expires_at": issued.row.expires_at})
+    return Result(f"A confirmation request has been sent to {email}.", mail_needed=False)
 
 
 # ---------------------------------------------------------------------------- confirmations
 
 CONFIRM_KINDS = (TokenKind.subscribe, TokenKind.unsubscribe, TokenKind.approve_subscription,
-                 TokenKind.reenable)
+                 TokenKind.reenable, TokenKind.set_delivery)
 
 
 def confirm(session: Session, app: App, ml: MailingList, row: PendingToken, replier: str,
@@ -200,6 +216,9 @@ def confirm(session: Session, app: App, ml: MailingList, row: PendingToken, repl
         return subscribe_now(session, app, ml, row.email, dn)
     if row.kind is TokenKind.unsubscribe:
         return unsubscribe_now(session, app, ml, row.email)
+    if row.kind is TokenKind.set_delivery:
+        return set_delivery(session, app, ml, row.email, str(payload.get("mode") or ""),
+                            confirmed=True)
     if row.kind is TokenKind.reenable:
         from listserv import bounces
 

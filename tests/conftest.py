@@ -90,6 +90,16 @@ def db_url(_template_db: str, tmp_path: Path) -> Iterator[str]:
         yield f"sqlite:///{path}"
 
 
+@pytest.fixture(autouse=True)
+def _fresh_failure_registries() -> Iterator[None]:
+    """Periodic passes remember failed items per process; each test starts with none."""
+    yield
+    from listserv import isolation
+
+    for registry in isolation.REGISTRIES:
+        registry.clear()
+
+
 @pytest.fixture
 def clock() -> Clock:
     return Clock()

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import getpass
+import logging
 from typing import Any
 
 import click
 
-from listserv import lists, moderation
+from sqlalchemy.exc import SQLAlchemyError
+
+from listserv import lists, moderation, untrusted
 from listserv.cli import Obj, cli, handle_errors, pass_obj
 from listserv.cli.output import json_array
-from listserv.errors import UsageError
+from listserv.errors import ListservError, UsageError
 from listserv.models import Decision, MailingList
+
+
+log = logging.getLogger(__name__)
 
 
 @cli.group("held")
@@ -56,11 +62,19 @@ def held_ls(obj: Obj, list_address: str | None, as_json: bool) -> None:
 
 def _decide(obj: Obj, held_id: int, decision: Decision, reason: str | None = None) -> None:
     app = obj.ready_app()
-    with app.db.unit_of_work() as session:
-        outcome = moderation.decide(session, app, held_id, decision, actor=_actor(), via="cli",
-                                    reason=reason)
-        text = outcome.describe()
-        won = outcome.won
+    try:
+        with app.db.unit_of_work() as session:
+            outcome = moderation.decide(session, app, held_id, decision, actor=_actor(),
+                                        via="cli", reason=reason)
+            text = outcome.describe()
+            won = outcome.won
+    except (ListservError, SQLAlchemyError, OSError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a post we cannot process: say so, keep it held
+        log.exception("held message %d: %s failed", held_id, decision.value)
+        raise UsageError(f"cannot {decision.value} held message {held_id}: "
+                         f"{type(exc).__name__}: {untrusted.one_line(exc, 200)}; "
+                         "it stays held") from None
     if not won:
         raise UsageError(f"already handled: {text}")
     click.echo(text)

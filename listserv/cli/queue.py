@@ -1,4 +1,4 @@
-"""listserv queue status / prune."""
+"""listserv queue status / prune / failed / retry."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import click
 
 from listserv.cli import Obj, cli, handle_errors, pass_obj
 from listserv.cli.output import json_array, json_object
-from listserv import retention
+from listserv import failures, retention
 from listserv.queues import failed_deliveries, queue_status
 
 ROWS = [("pending", "pending (all)"), ("ready", "ready now"), ("retrying", "retrying (4xx)"),
@@ -52,21 +52,29 @@ def status(obj: Obj, as_json: bool) -> None:
 @pass_obj
 @handle_errors
 def failed(obj: Obj, limit: int, as_json: bool) -> None:
-    """Mail that failed for good: outbound batches refused or given up (kind "outbound").
+    """Mail that failed for good. Each row has a kind and an id:
 
-    blame "message": the next hop refused the message itself (size 5.3.x, content 5.6.x,
+    kind "incoming": accepted mail whose processing failed; it is held for the list owners
+    (they got a notice with the error) and `listserv queue retry ID` processes it again.
+
+    kind "outbound": batches refused or given up. blame "message": the next hop refused the message itself (size 5.3.x, content 5.6.x,
     policy 5.7.x, a refusal of the whole transaction, or the same refusal for every recipient);
     no member was scored and the owners got one notice per message. blame "recipient": the
     recipients' own failure, counted in their bounce scores (`listserv bounces ls`)."""
     app = obj.ready_app()
     with app.db.unit_of_work() as session:
+        incoming = failures.failed_items(session)[:limit]
         rows = failed_deliveries(session, limit)
     if as_json:
-        json_array(rows)
+        json_array(incoming + rows)
         return
-    if not rows:
+    if not rows and not incoming:
         click.echo("no failed mail")
         return
+    for it in incoming:
+        click.echo(f"{it['received_at'][:19]}  {it['kind']} #{it['id']}  {it['list']}  "
+                   f"from {it['sender'] or '-'}  {it['message_id']}  {it['subject']!r}")
+        click.echo(f"    {it['error'][:200]}  (listserv queue retry {it['id']})")
     for r in rows:
         first = (r["error"].splitlines() or [""])[0]
         click.echo(f"{r['failed_at'] or '-'}  {r['kind']} #{r['id']}  {r['list'] or '-'}  "
@@ -98,3 +106,17 @@ def prune(obj: Obj, dry_run: bool, as_json: bool) -> None:
         return
     for line in stats.lines():
         click.echo(line)
+
+
+@queue_group.command("retry")
+@click.argument("item_id", metavar="ID", type=int)
+@click.option("--kind", type=click.Choice(failures.KINDS), default="incoming",
+              show_default=True, help="Which kind of failed item ID names.")
+@pass_obj
+@handle_errors
+def retry(obj: Obj, item_id: int, kind: str) -> None:
+    """Process a failed item (see `queue failed`) again; `serve` picks it up at once."""
+    app = obj.ready_app()
+    with app.db.unit_of_work() as session:
+        text = failures.retry(session, app, item_id, kind)
+    click.echo(text)

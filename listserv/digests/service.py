@@ -25,14 +25,14 @@ import calendar
 import datetime as dt
 import logging
 from dataclasses import dataclass
-from email import message_from_bytes, policy
+from email import message_from_bytes
 from email.message import EmailMessage
 from typing import Sequence
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from listserv import notices
+from listserv import isolation, notices, untrusted
 from listserv.app import App
 from listserv.digests import groups
 from listserv.digests.build import DigestItem, build_mime_digest, build_plain_digest
@@ -194,7 +194,7 @@ def _rowcount(result: object) -> int:
 
 def load_items(app: App, entries: Sequence[DigestEntry]) -> list[DigestItem]:
     return [DigestItem(e.seq, message_from_bytes(app.spool.get(e.spool_sha),  # type: ignore[arg-type]
-                                                 policy=policy.default))
+                                                 policy=untrusted.POLICY))
             for e in entries]
 
 
@@ -304,21 +304,28 @@ def _send_one(app: App, list_id: int, force: bool) -> SendResult | None:
         return send(session, app, ml, force=force)
 
 
+FAILURES = isolation.Failures("digest", log, retry_after=0)   # retried every tick, logged once
+
+
 def tick(app: App) -> list[SendResult]:
     """Send every digest that is due. One transaction per list; a failing list is logged and
     retried at the next tick, the others go on."""
     with app.db.unit_of_work() as session:
         ids = due_lists(session, app.now())
     results = []
+    waiting = FAILURES.waiting()
     for list_id in ids:
+        if list_id in waiting:
+            continue
         try:
             r = _send_one(app, list_id, force=False)
         except DigestConflict as exc:
             log.info("digest: %s", exc)
             continue
-        except Exception:
-            log.exception("digest for list id %d failed; will retry", list_id)
+        except Exception as exc:
+            FAILURES.failed(list_id, f"list id {list_id}", exc)
             continue
+        FAILURES.succeeded(list_id)
         if r is not None:
             results.append(r)
     return results

@@ -67,7 +67,7 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def message(frm: str, to: str, subject: str, body: str = "Hello list.\n",
+def message(frm: str, to: str, subject: str, body: str | None = None,
             **headers: str) -> bytes:
     """A post as a mail client would send it (CRLF line ends)."""
     m = EmailMessage()
@@ -76,7 +76,7 @@ def message(frm: str, to: str, subject: str, body: str = "Hello list.\n",
     m["Message-ID"] = make_msgid(domain="client.example")
     for name, value in headers.items():
         m[name.replace("_", "-")] = value
-    m.set_content(body)
+    m.set_content(body if body is not None else f"Hello list.\n\n{m['Message-ID']}\n")
     return m.as_bytes(policy=policy.SMTP)
 
 

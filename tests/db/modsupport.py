@@ -32,7 +32,7 @@ def make_list(app: App, address: str = "dev@example.org", *, owners: tuple[str, 
         return ml.id
 
 
-def message(sender: str, to: str, subject: str = "hello", body: str = "Hi all\n",
+def message(sender: str, to: str, subject: str = "hello", body: str | None = None,
             **headers: str) -> bytes:
     msg = EmailMessage()
     msg["From"] = sender
@@ -42,7 +42,7 @@ def message(sender: str, to: str, subject: str = "hello", body: str = "Hi all\n"
     msg["Message-ID"] = email.utils.make_msgid(domain="test.example")
     for k, v in headers.items():
         msg[k.replace("_", "-")] = v
-    msg.set_content(body)
+    msg.set_content(body if body is not None else f"Hi all\n\n{msg['Message-ID']}\n")
     return msg.as_bytes()
 
 

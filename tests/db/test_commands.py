@@ -196,17 +196,25 @@ def test_request_commands(app: Any, outbox: Outbox) -> None:
     body = ("set delivery plain-digest\n\nhelp\nthanks for the list\nunsubscribe\n")
     command(app, list_id, "request", message("fay@example.net", "dev-request@example.org",
                                              "Re: subscribe", body))
-    assert mode_of(app, list_id, "fay@example.net") is DeliveryMode.plain_digest
+    # a From is easily forged: the change waits for a reply to a confirmation request
+    assert mode_of(app, list_id, "fay@example.net") is DeliveryMode.regular
     got = outbox.new()
-    assert len(got) == 1
-    text = got[0].msg.get_content()
+    assert len(got) == 2
+    [request] = [m for m in got if "confirm the delivery change" in str(m.msg["Subject"])]
+    [answer] = [m for m in got if m is not request]
+    text = answer.msg.get_content()
     assert "already subscribed" in text          # the Subject command
-    assert "now plain-digest" in text
+    assert "confirmation request has been sent" in text
     assert "set delivery MODE" in text           # help text
     assert "> help" in text and "> unsubscribe" not in text
     # the unsubscribe after the unknown line was not run
     with app.db.unit_of_work() as s:
-        assert s.scalars(select(PendingToken)).all() == []
+        assert [t.kind for t in s.scalars(select(PendingToken))] == [TokenKind.set_delivery]
+    confirm_reply(app, list_id, token_of(request.msg), "eve@example.net")   # not hers
+    assert mode_of(app, list_id, "fay@example.net") is DeliveryMode.regular
+    confirm_reply(app, list_id, token_of(request.msg), "fay@example.net")
+    assert mode_of(app, list_id, "fay@example.net") is DeliveryMode.plain_digest
+    outbox.new()
 
     command(app, list_id, "request", message("fay@example.net", "dev-request@example.org",
                                              "", "set delivery weekly\n"))

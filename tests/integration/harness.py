@@ -45,10 +45,12 @@ from listserv.models import (
 from tests.sink import SmtpSink
 
 
-def make_message(sender: str, to: str | list[str], subject: str = "Hello", body: str = "Hi.\n",
+def make_message(sender: str, to: str | list[str], subject: str = "Hello",
+                 body: str | None = None,
                  *, cc: str | list[str] | None = None, message_id: str | None = None,
                  **headers: str) -> EmailMessage:
-    """A simple text message; extra headers as keyword arguments (Auto_Submitted=...)."""
+    """A simple text message; extra headers as keyword arguments (Auto_Submitted=...). The
+    default body names the Message-ID: the list holds a sender's repeated text."""
     msg = EmailMessage()
     msg["From"] = sender
     msg["To"] = to if isinstance(to, str) else ", ".join(to)
@@ -59,7 +61,7 @@ def make_message(sender: str, to: str | list[str], subject: str = "Hello", body:
     msg["Date"] = "Mon, 02 Nov 2026 09:00:00 +0000"
     for name, value in headers.items():
         msg[name.replace("_", "-")] = value
-    msg.set_content(body)
+    msg.set_content(body if body is not None else f"Hi.\n\n{msg['Message-ID']}\n")
     return msg
 
 

@@ -196,6 +196,11 @@ def test_mode_changes_by_email_command_and_cli(harness: Harness, cli_env: dict[s
     harness.run_until_idle()
     harness.send(make_message("reg@a.example", "dev-request@example.org", "commands",
                               "set delivery plain-digest\n"))
+    harness.run_until_idle()            # the change waits for the member's confirmation
+    request = harness.sink.wait_for(lambda ms: any(
+        "confirm the delivery change" in str(m.message["Subject"]) for m in ms))
+    [req] = [m.message for m in request if "confirm the delivery" in str(m.message["Subject"])]
+    harness.send(make_message("reg@a.example", str(req["Reply-To"]), "Re: confirm", "ok\n"))
     out = CliRunner().invoke(cli, ["member", "set", LIST, "mime@b.example",
                                    "--delivery", "regular"], env=cli_env)
     assert out.exit_code == 0, out.output

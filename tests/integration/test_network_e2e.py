@@ -143,7 +143,8 @@ def test_remote_parent_posts_and_loops(harness: Harness) -> None:
     ids = got[0].message.get_all("List-Id")
     assert [v.split("<")[1] for v in ids] == ["regional.example.org>",
                                               "national.other.example>"]
-    # the same List-Id from anyone else's envelope is no relay (Precedence: list = automatic)
+    # the same List-Id from anyone else's envelope is no relay (Precedence: list = automatic,
+    # held for the moderators: automatic_action)
     harness.send(make_message("poster@p.example", "national@other.example", "Forged",
                               **relayed), mail_from="poster@p.example",
                  rcpts=["regional@example.org"])
@@ -155,7 +156,7 @@ def test_remote_parent_posts_and_loops(harness: Harness) -> None:
                               List_Id="<peer.third.example>"))
     harness.run_until_idle()
     states = [(o[1], o[2].split(":")[0]) for o in outcomes(harness)]
-    assert states[1:3] == [("discarded", "automatic message (Precedence"),
+    assert states[1:3] == [("held", "automatic message (Precedence"),
                            ("discarded", "loop")]
     assert states[3][0] == "accepted"
     got = harness.sink.wait_for(lambda m: len(m) >= 4)

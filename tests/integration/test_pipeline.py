@@ -116,12 +116,9 @@ def test_nonmember_discard_sends_nothing(harness: Harness) -> None:
 @pytest.mark.parametrize("headers,mail_from", [
     ({"List_Id": "Dev <dev.example.org>"}, "ann@a.example"),
     ({"X_Loop": LIST}, "ann@a.example"),
-    ({"Auto_Submitted": "auto-replied"}, "ann@a.example"),
-    ({"Precedence": "bulk"}, "ann@a.example"),
-    ({}, ""),
 ])
-def test_loops_and_automatic_mail_are_discarded(harness: Harness, headers: dict[str, str],
-                                                mail_from: str) -> None:
+def test_loops_are_discarded(harness: Harness, headers: dict[str, str],
+                             mail_from: str) -> None:
     make_list(harness.app, LIST, members=MEMBERS, nonmember_action=Action.reject)
     harness.send(make_message("ann@a.example", LIST, **headers), mail_from=mail_from)
     harness.run_until_idle()
@@ -382,8 +379,8 @@ def test_concurrent_workers_process_each_message_once(quiet_harness: Harness) ->
     from sqlalchemy import func
 
     h = quiet_harness
-    make_list(h.app, LIST, members=MEMBERS)
-    make_list(h.app, "users@example.org", members=MEMBERS)
+    make_list(h.app, LIST, members=MEMBERS, sender_post_limit=0)   # 15 posts from one sender
+    make_list(h.app, "users@example.org", members=MEMBERS, sender_post_limit=0)
     for i in range(15):
         h.send(make_message("ann@a.example", [LIST, "users@example.org"], f"n{i}"))
     errors: list[BaseException] = []

@@ -48,9 +48,19 @@ def test_other_lists_list_id_is_not_a_loop() -> None:
     ({"precedence": "junk"}, "Precedence"),
     ({"precedence": "list"}, "Precedence"),
 ])
-def test_automatic_mail_is_discarded(kw: dict[str, object], word: str) -> None:
+def test_automatic_mail_is_held_or_discarded_as_the_list_says(kw: dict[str, object],
+                                                              word: str) -> None:
     v = evaluate(ctx(**kw))
+    assert v.action is Action.hold and word in v.reasons[0]
+    v = evaluate(ctx(automatic_action=Action.discard, **kw))
     assert v.action is Action.discard and word in v.reasons[0]
+
+
+def test_ambiguous_sender_is_held_whatever_the_nonmember_action() -> None:
+    for action in Action:
+        v = evaluate(ctx(roles=frozenset(), sender="", nonmember_action=action,
+                         sender_problem="2 From headers"))
+        assert v == rules.Verdict(Action.hold, ("post by non-member: 2 From headers",))
 
 
 def test_auto_submitted_no_is_a_person() -> None:
@@ -117,8 +127,8 @@ def test_gate_stops_evaluation_even_after_holds() -> None:
 
 def test_rules_order_is_the_documented_chain() -> None:
     assert [r.__name__ for r in rules.RULES] == [
-        "loop", "banned", "automatic", "emergency", "max_size", "administrivia",
-        "max_recipients",
+        "loop", "banned", "automatic", "emergency", "max_size", "flood", "repeated_text",
+        "administrivia", "max_recipients",
         "nonmember", "moderated_member", "implicit_destination"]
 
 

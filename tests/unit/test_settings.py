@@ -20,7 +20,8 @@ def test_registry_has_interface_keys_plus_notify() -> None:
     assert list(settings.NAMES) == INTERFACE_KEYS + [
         "notify_poster_on_hold", "administrivia", "arc", "max_recipients",
         "included_members_can_post", "moderation_log", "moderation_log_names",
-        "footer_placement", "display_name", "description", "advertised"]
+        "footer_placement", "automatic_action", "sender_headers", "sender_post_limit",
+        "display_name", "description", "advertised"]
 
 
 @pytest.mark.parametrize("s", settings.SETTINGS, ids=lambda s: s.name)

@@ -122,6 +122,10 @@ CONTEXTS: dict[str, list[dict[str, Any]]] = {
         "confirm_url": URL + "/c/" + TOKEN, "token": TOKEN, "confirm_address": CONFIRM, "subscriber": "carol@example.com",
         "display_name": "", "expires_at": NOW}],
     # bounces.disable (via bounce_report.notify_owners)
+    "notice/owner/failed.txt.j2": [{
+        "id": 12, "rcpt": "dev@example.org", "sender": "bob@example.net", "subject": "",
+        "message_id": "<x@example.net>", "received_at": "2026-03-14 09:00 UTC",
+        "error": "RecursionError: maximum recursion depth exceeded"}],
     "notice/owner/bounce_disabled.txt.j2": [{
         "email": "bob@example.net", "score": "5", "threshold": "5", "warnings": 3,
         "interval": 7, "events": [
@@ -158,6 +162,9 @@ CONTEXTS: dict[str, list[dict[str, Any]]] = {
     "notice/user/confirm-subscribe.txt.j2": [{
         "confirm_url": URL + "/c/" + TOKEN, "token": TOKEN, "confirm_address": CONFIRM, "email": "carol@example.com",
         "expires_at": NOW}],
+    "notice/user/confirm-delivery.txt.j2": [{
+        "token": TOKEN, "confirm_address": CONFIRM, "email": "carol@example.com",
+        "mode": "nomail", "expires_at": NOW}],
     "notice/user/confirm-unsubscribe.txt.j2": [{
         "confirm_url": URL + "/c/" + TOKEN, "token": TOKEN, "confirm_address": CONFIRM, "email": "carol@example.com",
         "expires_at": NOW}],

@@ -1,7 +1,7 @@
 """one-click unsubscribe: membership.unsub_nonce, outbound_message.per_member
 
 Revision ID: 0008_web_unsubscribe
-Revises: 0013_list_advertised
+Revises: 0005_hostile_mail
 Create Date: 2026-12-02 19:00:00
 """
 from alembic import op
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 
 revision = '0008_web_unsubscribe'
-down_revision = '0013_list_advertised'
+down_revision = '0005_hostile_mail'
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,173 @@
+"""Pure helpers for text and structure that come from strangers (no DB, no clock).
+
+- clean_text(): lone surrogates (surrogate-escaped bytes, UTF-7 halves) become U+FFFD, so that
+  text taken from a message can always be encoded again (notices, database, logs).
+- one_line(): one line, control and line-separator characters as spaces, length-capped: the
+  form in which a Subject or address given by a sender is ever echoed.
+- mime_depth(): how deeply the MIME parts of raw bytes nest, found without recursion, so that
+  absurd structure is refused before the email package recurses into it.
+- POLICY / SMTP_POLICY: email.policy.default (and its CRLF form) whose Date headers read a
+  hostile value as an invalid date instead of raising OverflowError on access. Every parse of
+  mail listserv stores goes through POLICY.
+- header_date(): a Date header value as an aware UTC datetime, or None for hostile values
+  (overflowing offsets, year 9999 with a negative offset...).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from email import _header_value_parser, errors, headerregistry, policy
+from email.message import EmailMessage
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+MAX_MIME_DEPTH = 50          # deeper nesting is refused at intake (554 5.6.0)
+ECHO_LIMIT = 200             # characters of a sender's Subject we ever echo
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# C0/C1 controls, DEL and the Unicode line/paragraph separators: anything that could end a line.
+_BREAKS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+_SPACES = re.compile(r"\s+")
+
+
+def clean_text(text: str) -> str:
+    """``text`` with every lone surrogate replaced by U+FFFD (always UTF-8 encodable)."""
+    return _SURROGATE.sub("\ufffd", text)
+
+
+def one_line(text: object, limit: int = ECHO_LIMIT) -> str:
+    """A single line of at most ``limit`` characters ('…' marks a cut)."""
+    value = _SPACES.sub(" ", _BREAKS.sub(" ", clean_text(str(text or "")))).strip()
+    if limit and len(value) > limit:
+        value = value[: max(limit - 1, 0)].rstrip() + "…"
+    return value
+
+
+_BOUNDARY = re.compile(rb'boundary\s*=\s*(?:"([^"\r\n]*)"|([^\s;"]+))', re.IGNORECASE)
+_CONTENT_TYPE = re.compile(rb"^content-type\s*:", re.IGNORECASE)
+
+
+def _part_type(header_lines: list[bytes]) -> tuple[bytes, bytes | None]:
+    """(main/sub type lower case, boundary or None) from a part's raw header lines."""
+    value = b""
+    collecting = False
+    for line in header_lines:           # the first Content-Type counts, as in the email package
+        if collecting and line[:1] in (b" ", b"\t"):
+            value += line
+        elif collecting:
+            break
+        elif _CONTENT_TYPE.match(line):
+            value, collecting = line.split(b":", 1)[1], True
+    ctype = value.split(b";", 1)[0].strip().lower()
+    if not ctype.startswith(b"multipart/"):
+        return ctype, None
+    m = _BOUNDARY.search(value)
+    boundary = (m.group(1) if m and m.group(1) is not None else m.group(2) if m else None)
+    return ctype, boundary.strip() if boundary else None
+
+
+def mime_depth(raw: bytes, stop_at: int = MAX_MIME_DEPTH + 1) -> int:
+    """The nesting depth of the MIME tree of ``raw`` (1 = a single part), without recursion.
+
+    It follows multipart boundaries and message/* parts as the email package's feed parser
+    does, and stops counting once ``stop_at`` is reached (hostile input can be deep)."""
+    stack: list[bytes | None] = []      # open containers: a boundary, or None for message/*
+    depth = 1
+    headers: list[bytes] | None = []    # collecting a header block (None: in a body)
+    for line in raw.splitlines():
+        if headers is not None:
+            if line.strip():
+                headers.append(line)
+                continue
+            ctype, boundary = _part_type(headers)
+            headers = None
+            if boundary is not None:
+                stack.append(b"--" + boundary)
+            elif ctype.startswith(b"message/") and ctype not in (
+                    b"message/delivery-status", b"message/disposition-notification",
+                    b"message/external-body", b"message/feedback-report"):
+                stack.append(None)
+                headers = []            # the enclosed message's own header block follows
+            depth = max(depth, len(stack) + 1)
+            if depth >= stop_at:
+                return depth
+            continue
+        if not line.startswith(b"--"):
+            continue
+        text = line.rstrip()
+        for i in range(len(stack) - 1, -1, -1):
+            marker = stack[i]
+            if marker is None:
+                continue
+            if text == marker:
+                del stack[i + 1:]       # a new part of this multipart begins
+                headers = []
+                break
+            if text == marker + b"--":
+                del stack[i:]           # this multipart (and all inside it) ends
+                break
+    return depth
+
+
+def header_date(value: object) -> dt.datetime | None:
+    """A Date header value as an aware UTC datetime, or None when absent or unusable."""
+    text = str(value or "").strip()
+    if not text:
+        return None
+    try:
+        when = parsedate_to_datetime(text)
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.timezone.utc)
+        return when.astimezone(dt.timezone.utc)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+class _SafeDateHeader(headerregistry.DateHeader):
+    """A Date header whose unusable value (an offset of 20 digits...) is a defect, not a raise."""
+
+    @classmethod
+    def parse(cls, value: Any, kwds: dict[str, Any]) -> None:
+        try:
+            super().parse(value, kwds)
+        except (OverflowError, ValueError):
+            kwds["defects"].append(errors.InvalidDateDefect("Invalid date value or format"))
+            kwds["datetime"] = None
+            kwds["decoded"] = str(value)
+            kwds["parse_tree"] = _header_value_parser.TokenList()
+
+
+def _registry() -> headerregistry.HeaderRegistry:
+    registry = headerregistry.HeaderRegistry()
+    for name in ("date", "resent-date", "orig-date"):
+        registry.map_to_type(name, _SafeDateHeader)  # type: ignore[arg-type]
+    return registry
+
+
+POLICY = policy.default.clone(header_factory=_registry())
+SMTP_POLICY = POLICY.clone(linesep="\r\n")
+
+
+def serialisable(msg: EmailMessage) -> EmailMessage:
+    """``msg`` (in place) with every text payload, preamble and epilogue that is not ASCII
+    turned into its UTF-8 bytes (as surrogate escapes), so the generator can always write it:
+    a transform that decoded hostile 8-bit text leaves U+FFFD and the like behind."""
+    for part in msg.walk():
+        payload = getattr(part, "_payload", None)
+        if isinstance(payload, str) and part.get_content_maintype() == "multipart":
+            # A multipart without parts (no usable boundary): the generator re-decodes its
+            # text as ASCII, so only ASCII can be written; other bytes become '?'.
+            raw = payload.encode("utf-8", "surrogateescape")
+            part.set_payload(raw.decode("ascii", "replace").replace("\ufffd", "?"))
+        elif isinstance(payload, str) and not payload.isascii():
+            part.set_payload(_as_bytes_text(payload))
+        for name in ("preamble", "epilogue"):
+            value = getattr(part, name)
+            if isinstance(value, str) and not value.isascii():
+                setattr(part, name, _as_bytes_text(value))
+    return msg
+
+
+def _as_bytes_text(text: str) -> str:
+    return text.encode("utf-8", "surrogateescape").decode("ascii", "surrogateescape")
