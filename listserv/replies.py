@@ -14,14 +14,14 @@ from email.message import EmailMessage, Message
 from email.utils import getaddresses
 from typing import Callable
 
-from listserv import addresses, htmlmail
+from listserv import addresses, htmlmail, untrusted
 
 AUTO_PRECEDENCE = ("bulk", "junk", "list")
 
 
 def header_word(value: str | None) -> str:
     """The first word of a structured header value, lower case ('Auto-Submitted: x; p=1')."""
-    return str(value or "").split(";")[0].strip().lower()
+    return untrusted.one_line(str(value or "").split(";")[0], 100).lower()
 
 
 def automatic_reason(mail_from: str, auto_submitted: str, precedence: str) -> str | None:
@@ -65,8 +65,6 @@ def sender_address(msg: Message, header: str = "From") -> tuple[str, str | None]
 
     RFC 2047 forbids encoded words in an addr-spec, so '=?utf-8?q?bob=40x?=' names nobody;
     'bob@x <eve@y>' and two From headers could be read as two people: nobody either."""
-    from listserv import untrusted
-
     values = raw_values(msg, header)
     if not values:
         return "", f"no {header} header"

@@ -391,7 +391,7 @@ def _history(session: Session, inbound: InboundMessage) -> dict[str, Any]:
 
 def _subject(msg: EmailMessage) -> str:
     try:
-        return str(msg.get("Subject", "") or "")
+        return untrusted.one_line(msg.get("Subject", "") or "", 998)
     except Exception:
         return ""
 
@@ -408,7 +408,7 @@ def _body_head(msg: EmailMessage, n: int = BODY_LINES_CHECKED) -> tuple[str, ...
         if line.rstrip() == "--":
             break                       # signature
         if line.strip() and not line.lstrip().startswith(">"):
-            lines.append(line)
+            lines.append(untrusted.clean_text(line).replace("\x00", " "))
             if len(lines) >= n:
                 break
     return tuple(lines)

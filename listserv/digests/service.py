@@ -106,8 +106,8 @@ def add_post(session: Session, app: App, ml: MailingList, seq: int, prepared_sha
         size = app.spool.path(prepared_sha).stat().st_size
     except OSError:
         size = len(msg.as_bytes())
-    subject = str(msg.get("Subject", "") or "")
-    sender = str(msg.get("From", "") or "")[:400]
+    subject = untrusted.one_line(msg.get("Subject", "") or "", 998)   # no NUL for PostgreSQL
+    sender = untrusted.one_line(msg.get("From", "") or "", 400)
     session.add(DigestEntry(list_id=ml.id, seq=seq, spool_sha=prepared_sha, size=size,
                             subject=subject, sender=sender, added_at=app.now()))
     session.flush()

@@ -425,6 +425,11 @@ def test_digest_send_reports_what_each_digest_holds_and_keeps_the_signature_spac
         h.run_until_idle()
     h.send(make_message("late@d.example", "dev-request@example.org", "",
                         "set delivery plain-digest\n"))
+    h.run_until_idle()                  # a change by mail waits for the member's confirmation
+    got = h.sink.wait_for(lambda ms: any("confirm the delivery change" in str(m.message["Subject"])
+                                         for m in ms))
+    [req] = [m.message for m in got if "confirm the delivery" in str(m.message["Subject"])]
+    h.send(make_message("late@d.example", str(req["Reply-To"]), "Re: confirm", "ok\n"))
     h.run_until_idle()
     h.send(make_message("ann@a.example", LIST, "Post 3", "Text 3.\n",
                         message_id="<d3@a.example>"))
