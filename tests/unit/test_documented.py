@@ -93,6 +93,15 @@ def test_every_list_setting_is_documented() -> None:
     assert not missing_help, f"list settings missing from `list set --help`: {missing_help}"
 
 
+# Keys an issue asked for that the contract's config block does not list yet (the contract is
+# read-only here; each is documented in README and named in the issue's note as an addition).
+BEYOND_CONTRACT = {
+    "intake.max_connections": "issue 9",
+    "intake.idle_timeout": "issue 9",
+    "intake.max_recipients_per_message": "issue 9",
+}
+
+
 def test_every_config_key_is_documented() -> None:
     known = config_keys()
     readme = readme_config_keys(README.read_text(encoding="utf-8"))
@@ -102,8 +111,10 @@ def test_every_config_key_is_documented() -> None:
     assert not stale, f"README.md documents configuration keys that do not exist: {stale}"
     if INTERFACE.is_file():   # the contract, next to the repository (CI: ../shared)
         interface = interface_config_keys(INTERFACE.read_text(encoding="utf-8"))
-        missing = sorted(known - interface)
+        missing = sorted(known - interface - set(BEYOND_CONTRACT))
         assert not missing, f"keys missing from the config block of {INTERFACE}: {missing}"
+        listed = sorted(set(BEYOND_CONTRACT) & interface)
+        assert not listed, f"{INTERFACE} lists these now; drop them from BEYOND_CONTRACT: {listed}"
         stale = sorted(interface - known)
         assert not stale, f"{INTERFACE} names keys that config.py lacks: {stale}"
 

@@ -139,8 +139,9 @@ def assert_no_script(driver: Any) -> None:
     assert not re.search(r"<[^>]+\son[a-z]+\s*=", driver.page_source)
 
 
-def press(driver: Any, element_id: str, timeout: float = 30) -> None:
-    """Click the button ``element_id`` and wait until the browser shows the next page."""
+def press(driver: Any, element: Any, timeout: float = 30) -> None:
+    """Click ``element`` (a WebElement, or the id of one) and wait until the browser shows the
+    next page, so that later lookups never find an element of the page being left."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
@@ -148,7 +149,9 @@ def press(driver: Any, element_id: str, timeout: float = 30) -> None:
     from selenium.common.exceptions import WebDriverException
 
     page = driver.find_element(By.TAG_NAME, "html")
-    driver.find_element(By.ID, element_id).click()
+    if isinstance(element, str):
+        element = driver.find_element(By.ID, element)
+    element.click()
     # mid-navigation chromedriver may answer "node does not belong to the document": ask again
     wait = WebDriverWait(driver, timeout, ignored_exceptions=(WebDriverException,))
     wait.until(expected_conditions.staleness_of(page))

@@ -9,7 +9,6 @@ import re
 import shutil
 import urllib.request
 from email.message import EmailMessage
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
@@ -17,10 +16,9 @@ import pytest
 from tests.acceptance.conftest import Site, free_port, make_site, message
 from tests.sink import SmtpSink
 from tests.waiting import wait_until
+from tests.web.conftest import assert_no_script, press
 
 webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.webdriver.chrome.options import Options  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not (shutil.which("chromium") and shutil.which("chromedriver")),
@@ -57,39 +55,15 @@ def _answers(url: str) -> bool:
         return False
 
 
-@pytest.fixture
-def browser(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
-    options = Options()
-    options.binary_location = shutil.which("chromium") or "chromium"
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=420,900"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
-    driver.implicitly_wait(5)
-    failures = request.session.testsfailed
-    try:
-        yield driver
-    finally:
-        if request.session.testsfailed > failures:      # the call phase has been reported
-            driver.save_screenshot(str(tmp_path / "failure.png"))
-        driver.quit()
-
-
-def assert_no_script(driver: Any) -> None:
-    """No script element and no event-handler attribute in the page as the browser has it."""
-    assert driver.find_elements(By.TAG_NAME, "script") == []
-    assert not re.search(r"<[^>]+\son[a-z]+\s*=", driver.page_source)
-
-
 def test_join_from_the_directory_and_confirm(browser_site: tuple[Site, str],
                                              browser: Any) -> None:
     site, base = browser_site
     browser.get(base + "/")
     assert_no_script(browser)
-    browser.find_element(By.LINK_TEXT, "Community garden").click()
+    press(browser, browser.find_element(By.LINK_TEXT, "Community garden"))
     assert "Seeds, tools <and> weekends" in browser.find_element(By.TAG_NAME, "main").text
     browser.find_element(By.NAME, "email").send_keys("carol@c.example")
-    browser.find_element(By.CSS_SELECTOR, "form[action$='/join'] button").click()
+    press(browser, browser.find_element(By.CSS_SELECTOR, "form[action$='/join'] button"))
     assert "Check your mail" in browser.find_element(By.TAG_NAME, "h1").text
     assert_no_script(browser)
 
@@ -99,7 +73,7 @@ def test_join_from_the_directory_and_confirm(browser_site: tuple[Site, str],
     if link:            # the confirmation page: GET shows a button, the POST confirms
         browser.get(link.group(0).rstrip(".>)"))
         assert_no_script(browser)
-        browser.find_element(By.CSS_SELECTOR, "main form button").click()
+        press(browser, browser.find_element(By.CSS_SELECTOR, "main form button"))
     else:               # confirmation by reply
         reply = EmailMessage()
         reply["From"] = "carol@c.example"
@@ -128,16 +102,16 @@ def test_search_the_archive_and_open_a_hit(browser_site: tuple[Site, str],
     browser.get(f"{base}/lists/{LIST}/")
     box = browser.find_element(By.NAME, "q")
     box.send_keys("zucchini*")
-    box.submit()
+    press(browser, browser.find_element(By.CSS_SELECTOR, "form[role='search'] button"))
     assert "search" in browser.current_url
     assert browser.find_elements(By.TAG_NAME, "mark")
     assert_no_script(browser)
-    browser.find_element(By.PARTIAL_LINK_TEXT, "Tomato seedlings").click()
+    press(browser, browser.find_element(By.PARTIAL_LINK_TEXT, "Tomato seedlings"))
     body = browser.find_element(By.CSS_SELECTOR, ".message-body").text
     assert "The zucchinivariety <b>sprouted</b> on Tuesday." in body
     assert "/message/" in browser.current_url
     assert_no_script(browser)
-    browser.find_element(By.LINK_TEXT, "archive").click()
+    press(browser, browser.find_element(By.LINK_TEXT, "archive"))
     assert "Archive of Community garden" in browser.find_element(By.TAG_NAME, "h1").text
 
 
