@@ -160,13 +160,16 @@ def claim(app: App, owner: str, *, kinds: Collection[str] | None = None,
     worker) is made dead instead of being run again."""
     db = app.db
     now = app.now()
+    query = (select(Job).where(_due_clause(now), _partition_free(now))
+             .order_by(Job.run_after, Job.id).limit(CLAIM_CANDIDATES))
+    if kinds is not None:
+        query = query.where(Job.kind.in_(list(kinds)))
+    with db.unit_of_work() as session:      # a plain read first: idle polls take no lock
+        if session.scalar(query.with_only_columns(Job.id).limit(1)) is None:
+            return None
     with db.unit_of_work() as session:
         if db.is_sqlite:
             session.connection().exec_driver_sql("BEGIN IMMEDIATE")
-        query = (select(Job).where(_due_clause(now), _partition_free(now))
-                 .order_by(Job.run_after, Job.id).limit(CLAIM_CANDIDATES))
-        if kinds is not None:
-            query = query.where(Job.kind.in_(list(kinds)))
         if not db.is_sqlite:
             query = query.with_for_update(skip_locked=True, of=Job)
         for job in session.scalars(query).all():
