@@ -6,11 +6,14 @@ from __future__ import annotations
 
 from email.message import EmailMessage
 
+import pytest
+
 from listserv import archive_access, lists, members
+from listserv.app import App
 from listserv.archive import mbox_entry
 from listserv.models import Action, ArchivePolicy, DeliveryMode
 from tests.integration.harness import Harness, make_list, make_message
-from tests.sink import Captured
+from tests.sink import Captured, SmtpSink
 
 LIST = "dev@example.org"
 
@@ -61,6 +64,77 @@ def test_archive_get_is_capped_in_bytes_per_day(harness: Harness) -> None:
         for part in msg.iter_attachments():
             sent += len(part.get_content())
     assert size <= sent <= archive_access.GET_DAILY_BYTES
+
+
+def write_month(h: Harness, month: str, count: int, lines: int) -> int:
+    """An archived month of ``count`` posts of ``lines`` 77-byte lines; its size."""
+    path = h.app.settings.archive_path / LIST / f"{month}.mbox"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = ("x" * 76 + "\n") * lines
+    chunks = [mbox_entry(make_message("ann@a.example", LIST, f"{month} {n}", body,
+                                      message_id=f"<{month}.{n}@a.example>").as_bytes(),
+                         1_790_000_000.0 + n) for n in range(count)]
+    path.write_bytes(b"".join(chunks))
+    return path.stat().st_size
+
+
+def ask(h: Harness, month: str, n: int) -> tuple[list[bytes], str]:
+    """Send 'get MONTH' from the stranger; the mbox attachments and the answer's text."""
+    before = len(to(list(h.sink.messages), "stranger@s.example"))
+    h.send(make_message("stranger@s.example", "dev-request@example.org", "archive please",
+                        f"get {month}\n", message_id=f"<get{n}@s.example>"))
+    h.run_until_idle()
+    got = to(h.sink.wait_for(lambda ms: len(to(ms, "stranger@s.example")) > before),
+             "stranger@s.example")[before:]
+    [answer] = got
+    data = [p.get_content() for p in answer.iter_attachments()]
+    text = answer.get_body(preferencelist=("plain",)).get_content()
+    return data, text
+
+
+@pytest.fixture
+def small_caps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One answer holds at most 300 kB, an address gets 500 kB a day."""
+    monkeypatch.setattr(archive_access, "GET_MAX_BYTES", 300_000)
+    monkeypatch.setattr(archive_access, "GET_DAILY_BYTES", 500_000)
+
+
+def test_large_public_month_is_answered_with_its_web_page(harness: Harness,
+                                                          small_caps: None) -> None:
+    make_list(harness.app, LIST, members=["ann@a.example"], archive=ArchivePolicy.public)
+    large = write_month(harness, "2026-09", 4, 1300)          # about 400 kB: over one answer
+    small = write_month(harness, "2026-10", 3, 1200)          # about 280 kB: fits
+    assert large > 300_000 >= small > 500_000 - small
+    base = harness.app.settings.web.base_url.rstrip("/")
+
+    data, text = ask(harness, "2026-09", 1)
+    assert data == []                                         # nothing cut, nothing attached
+    assert f"{base}/lists/dev@example.org/archive/2026-09/" in text.split()
+    assert "larger than one answer" in text
+
+    data, text = ask(harness, "2026-10", 2)                   # fits: sent whole
+    assert [len(d) for d in data] == [small]
+
+    data, text = ask(harness, "2026-10", 3)                   # over what is left today
+    assert data == []
+    assert "left of today's" in text
+    assert f"{base}/lists/dev@example.org/archive/2026-10/" in text.split()
+
+
+@pytest.mark.parametrize("archive, web", [(ArchivePolicy.private, True),
+                                          (ArchivePolicy.public, False)])
+def test_large_month_without_a_public_web_archive_is_cut(
+        app: App, sink: SmtpSink, small_caps: None, archive: ArchivePolicy, web: bool) -> None:
+    h = Harness(app, sink, **({} if web else {"web__listen": ""})).start()
+    try:
+        make_list(h.app, LIST, members=["stranger@s.example"], archive=archive)
+        large = write_month(h, "2026-09", 4, 1300)
+        data, text = ask(h, "2026-09", 1)
+        [mbox] = data
+        assert 0 < len(mbox) <= 300_000 < large               # the first posts that fit
+        assert "/archive/" not in text
+    finally:
+        h.stop()
 
 
 def test_forged_set_delivery_needs_the_members_confirmation(harness: Harness) -> None:
