@@ -1,7 +1,7 @@
 """the job table: one engine for background work (listserv.jobs)
 
-Revision ID: 0014_jobs
-Revises: 0008_web_unsubscribe
+Revision ID: 0015_jobs
+Revises: 0014_digest_crosspost
 Create Date: 2026-12-02 22:30:00
 """
 from alembic import op
@@ -9,8 +9,8 @@ import sqlalchemy as sa
 
 from listserv.models import UTCDateTime
 
-revision = '0014_jobs'
-down_revision = '0008_web_unsubscribe'
+revision = '0015_jobs'
+down_revision = '0014_digest_crosspost'
 branch_labels = None
 depends_on = None
 
