@@ -152,8 +152,8 @@ class Daemon:
             # list) should not delay the small posts queued behind it.
             for _ in range(1 if app.db.is_sqlite else INCOMING_LOOPS_PG):
                 tasks.append(asyncio.create_task(self._incoming_loop(workers_stop)))
-        # the job handlers' own threads (plus one per loop for the lease heartbeat)
-        executor = concurrent.futures.ThreadPoolExecutor(2 * JOB_WORKERS,
+        # the job loops' own threads: a long pass never waits for, nor holds up, the intake's
+        executor = concurrent.futures.ThreadPoolExecutor(JOB_WORKERS,
                                                          thread_name_prefix="listserv-job")
         if self.job_kinds:
             for _ in range(JOB_WORKERS):

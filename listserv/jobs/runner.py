@@ -161,9 +161,10 @@ async def _wait(event: asyncio.Event, timeout: float) -> None:
 async def work(app: App, stop: asyncio.Event, wake: asyncio.Event, *, kinds: Registry,
                owner: str, executor: concurrent.futures.Executor,
                lease: dt.timedelta = engine.LEASE, poll: float = POLL_INTERVAL) -> None:
-    """Claim and run jobs until ``stop`` (the job in hand is finished first). Handlers run in
-    ``executor`` (the daemon's own threads, not the intake's); the lease is renewed every
-    third of its length while a handler runs. ``wake`` is set to look for work at once."""
+    """Claim and run jobs until ``stop`` (the job in hand is finished first). Claims and
+    handlers run in ``executor`` (the daemon's own threads, not the intake's); the lease is
+    renewed every third of its length while a handler runs. ``wake`` is set to look for work
+    at once."""
     loop = asyncio.get_running_loop()
     names = list(kinds)
     next_ensure = loop.time() + ENSURE_INTERVAL
@@ -190,8 +191,8 @@ async def work(app: App, stop: asyncio.Event, wake: asyncio.Event, *, kinds: Reg
             done, _ = await asyncio.wait({running}, timeout=lease.total_seconds() / 3)
             if done:
                 break
-            try:
-                kept = await loop.run_in_executor(executor, engine.renew, app, job, lease)
+            try:     # a short write: the default executor, the handler's thread is busy
+                kept = await asyncio.to_thread(engine.renew, app, job, lease)
             except Exception:
                 log.exception("job %d (%s): renewing its lease failed", job.id, job.kind)
             else:
