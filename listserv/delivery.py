@@ -28,7 +28,7 @@ from typing import Callable, Union
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from listserv import signing, unsubscribe
+from listserv import signing, signpool, unsubscribe
 from listserv.app import App, site_secret
 from listserv.models import DeliveryState, MailingList, OutboundMessage
 from listserv.queues import T, claim, make_owner, record, recover
@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 RECOVER_EVERY = 60.0          # seconds between stale-claim sweeps in run()
 POLL = 0.5                    # idle poll when nobody sets ``wake``
 ERROR_PAUSE = 2.0             # after a database error in run()
-SIGNING_THREADS = max(1, min(4, os.cpu_count() or 1))   # per-member copies signed at once
 RECORD_TRIES = 3              # tries to write one batch's results (others succeeding)
 MESSAGE_CACHE = 64            # OutboundMessages whose bytes are kept in memory ...
 MESSAGE_CACHE_BYTES = 64 << 20  # ... and at most this many bytes of them
@@ -116,17 +115,17 @@ class Runner:
         return batches
 
     @staticmethod
-    def _personalise(batch: Batch, part: int, parts: int) -> dict[str, bytes] | None:
-        """Members' own copies (unsubscribe headers + DKIM signature) for every ``parts``-th
-        recipient of ``batch`` from ``part`` on: one RSA signature each, so this runs in
-        threads (OpenSSL releases the GIL). None on any error: the members then get the
-        generic copy (never a lost batch)."""
+    def _personalise(batch: Batch) -> dict[str, bytes] | None:
+        """Members' own copies of ``batch`` (unsubscribe headers + DKIM signature): one RSA
+        signature each, made in worker processes (listserv.signpool), so this runs in a
+        thread. None on any error: the members then get the generic copy (never a lost
+        batch)."""
         maker, own = batch.message.maker, batch.tokens
         if maker is None or not own:
             return {}
         try:
-            return {rcpt: maker.copy_head(own[rcpt.lower()])
-                    for rcpt in batch.recipients[part::parts] if rcpt.lower() in own}
+            rcpts = [r for r in batch.recipients if r.lower() in own]
+            return dict(zip(rcpts, maker.copy_heads([own[r.lower()] for r in rcpts])))
         except Exception:
             log.exception("delivery batch %s: per-member copies failed; sending the list copy",
                           batch.id)
@@ -292,32 +291,26 @@ class Runner:
 
 
 class _Pipeline:
-    """Batches waiting for their per-member copies: signed one batch at a time (by
-    SIGNING_THREADS threads), each handed to the transport as soon as it is ready, so the
-    first copies leave while later batches are still being signed."""
+    """Batches waiting for their per-member copies: made one batch at a time in a thread
+    (the RSA signatures in worker processes), each handed to the transport as soon as it is
+    ready, so the first copies leave while later batches are still being signed."""
 
     def __init__(self) -> None:
         self.task: asyncio.Task[None] | None = None
 
     def then(self, batches: list[Batch],
-             work: Callable[[Batch, int, int], dict[str, bytes] | None],
+             work: Callable[[Batch], dict[str, bytes] | None],
              submit: Callable[[Batch], None]) -> "_Pipeline":
         before = self.task
 
         async def run() -> None:
             if before is not None:
                 await asyncio.gather(before, return_exceptions=True)
-            n = SIGNING_THREADS
             for b in batches:
-                parts = await asyncio.gather(*(asyncio.to_thread(work, b, i, n)
-                                               for i in range(n)), return_exceptions=True)
-                heads: dict[str, bytes] = {}
-                for got in parts:
-                    if not isinstance(got, dict):
-                        heads = {}
-                        break
-                    heads.update(got)
-                b.heads = heads or None
+                try:
+                    b.heads = await asyncio.to_thread(work, b) or None
+                except Exception:         # work() logs its own; never lose the batch
+                    b.heads = None
                 submit(b)
 
         self.task = asyncio.create_task(run())
@@ -344,6 +337,8 @@ async def run(app: App, stop: asyncio.Event, wake: asyncio.Event) -> None:
     """The daemon's delivery loop: deliver what is ready, wait on ``wake`` (set after a
     message is queued) or a short poll; on ``stop`` finish transactions in progress, give the
     rest back to the queue and return."""
+    if app.settings.delivery.verp:
+        signpool.start()         # members' own copies: many RSA signatures per post
     await Runner(app).serve(stop, wake)
 
 

@@ -30,13 +30,14 @@ from typing import Iterable
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from listserv import network, signing
+from listserv import network, signing, signpool
 from listserv.models import Address, DeliveryMode, Membership, Role
 from listserv.views import ListView
 
 TOKEN_RE = re.compile(r"^([a-z2-7]{26})([1-9][0-9]{0,18})$")
 ONE_CLICK = "List-Unsubscribe=One-Click"
-_DROP = (b"list-unsubscribe", b"list-unsubscribe-post")
+_NAMES = (b"List-Unsubscribe", b"List-Unsubscribe-Post")     # each member's own fields
+_DROP = tuple(n.lower() for n in _NAMES)
 
 
 def _mac(secret: str, membership_id: int, nonce: str) -> str:
@@ -77,11 +78,17 @@ def with_page(lv: ListView, base_url: str) -> ListView:
     return dataclasses.replace(lv, unsubscribe_url=list_page_url(base_url, lv))
 
 
+def header_values(base_url: str, lv: ListView, token: str) -> tuple[bytes, bytes]:
+    """The values (after "Name:", CRLF-terminated) of the two RFC 8058 fields of one
+    member's copy: List-Unsubscribe and List-Unsubscribe-Post."""
+    return ((f" <{page_url(base_url, token)}>,\r\n <mailto:{lv.sub('leave', token)}>\r\n"
+             ).encode("ascii"), f" {ONE_CLICK}\r\n".encode("ascii"))
+
+
 def header_lines(base_url: str, lv: ListView, token: str) -> bytes:
     """The two RFC 8058 header fields of one member's copy, CRLF-terminated."""
-    return (f"List-Unsubscribe: <{page_url(base_url, token)}>,\r\n"
-            f" <mailto:{lv.sub('leave', token)}>\r\n"
-            f"List-Unsubscribe-Post: {ONE_CLICK}\r\n").encode("ascii")
+    unsub, post = header_values(base_url, lv, token)
+    return b"List-Unsubscribe:" + unsub + b"List-Unsubscribe-Post:" + post
 
 
 def find_for_list(session: Session, secret: str, token: str, list_id: int
@@ -141,9 +148,7 @@ class CopyMaker:
     rest: bytes                        # CRLF + body
     lv: ListView
     base_url: str
-    signer: signing.Signer | None
-    headers: list[list[bytes]]
-    bodyhash: bytes
+    copies: signing.CopySigner | None
 
     @classmethod
     def of(cls, data: bytes, lv: ListView, base_url: str) -> "CopyMaker":
@@ -152,24 +157,36 @@ class CopyMaker:
             raise ValueError("message without a header/body separator")
         head = _strip_fields(data[:end + 2], _DROP)
         rest = data[end + 2:]
-        signer = (signing.signer(lv.domain, lv.dkim_selector, lv.dkim_key)
-                  if lv.dkim_key and lv.dkim_selector else None)
-        headers: list[list[bytes]] = []
-        bodyhash = b""
-        if signer is not None:
-            headers = signer.parse_header_block(head)
-            body = rest[2:]
-            bodyhash = signer.body_hash(body)
-        return cls(head, rest, lv, base_url, signer, headers, bodyhash)
+        copies = None
+        if lv.dkim_key and lv.dkim_selector:
+            signer = signing.signer(lv.domain, lv.dkim_selector, lv.dkim_key)
+            copies = signer.for_copies(signer.parse_header_block(head),
+                                       signer.body_hash(rest[2:]), _NAMES)
+        return cls(head, rest, lv, base_url, copies)
 
     def copy_head(self, token: str) -> bytes:
-        """Everything before ``rest`` of the copy for the member with ``token``."""
-        extra = header_lines(self.base_url, self.lv, token)
-        head = self.head + extra
-        if self.signer is None:
+        """Everything before ``rest`` of the copy for the member with ``token``: the shared
+        header block, the member's two fields and, first, their own DKIM signature (one
+        header hash and one RSA signature: the body hash and the shared fields' canonical
+        form are computed once per post)."""
+        unsub, post = header_values(self.base_url, self.lv, token)
+        head = self.head + b"List-Unsubscribe:" + unsub + b"List-Unsubscribe-Post:" + post
+        if self.copies is None:
             return head
-        fields = self.signer.parse_header_block(extra)
-        return self.signer.signature(self.headers + fields, self.bodyhash) + head
+        return self.copies.signature([unsub, post]) + head
+
+    def copy_heads(self, tokens: list[str]) -> list[bytes]:
+        """copy_head() of each token, the RSA signatures made together (listserv.signpool:
+        in worker processes when there are many)."""
+        values = [header_values(self.base_url, self.lv, t) for t in tokens]
+        heads = [self.head + b"List-Unsubscribe:" + unsub + b"List-Unsubscribe-Post:" + post
+                 for unsub, post in values]
+        if self.copies is None:
+            return heads
+        prepared = [self.copies.prepare(list(v)) for v in values]
+        sigs = signpool.sign(self.copies.signer, [digest for _, digest in prepared])
+        return [self.copies.finish(sig_head, sig) + head
+                for (sig_head, _), sig, head in zip(prepared, sigs, heads)]
 
     def copy(self, token: str) -> bytes:
         return self.copy_head(token) + self.rest
