@@ -22,6 +22,7 @@ from typing import Callable, Iterable
 import dkim
 from dkim.canonicalization import CanonicalizationPolicy
 
+from listserv import copies
 from listserv.errors import UsageError
 
 SIGNED_HEADERS = [b"From", b"To", b"Cc", b"Subject", b"Date", b"Message-ID", b"Reply-To",
@@ -34,8 +35,6 @@ CANONICALIZE = (b"relaxed", b"relaxed")
 _SIG_NAME = b"DKIM-Signature"
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _NEWLINE = re.compile(rb"\r?\n")
-_UNFOLD = re.compile(rb"\r?\n")
-_WSP = re.compile(rb"[\t ]+")
 
 DnsFunc = Callable[[str], "str | bytes | list[str] | list[bytes] | None"]
 
@@ -187,8 +186,8 @@ class CopySigner:
     Built once per message: the shared fields are selected and canonicalised once, in h=
     order, with a slot for each per-copy field; the DKIM-Signature field without b= is built
     and canonicalised once per second (its t=). A copy then costs the canonical form of its
-    own fields, one SHA-256 over ~1 KB and one RSA signature (OpenSSL; the GIL is released,
-    so copies can be signed in threads)."""
+    own fields, one SHA-256 over ~1 KB and one RSA signature (listserv.copies, which can run
+    in worker processes: listserv.signpool)."""
 
     def __init__(self, signer: Signer, headers: list[list[bytes]], bodyhash: bytes,
                  names: tuple[bytes, ...]) -> None:
@@ -204,8 +203,10 @@ class CopySigner:
         def name_of(x: list[bytes] | int) -> bytes:
             return self.names[x] if isinstance(x, int) else x[0].lower()
 
-        # dkim.select_headers over shared fields + slots: per h= name, the last unused one.
-        parts: list[bytes | int] = []
+        # dkim.select_headers over shared fields + slots: per h= name, the last unused one;
+        # hashed = pieces[0] + own[slots[0]] + pieces[1] + ... + pieces[-1] (+ the signature)
+        self.slots: list[int] = []
+        self.pieces: list[bytes] = [b""]
         last: dict[bytes, int] = {}
         for h in signer.include:
             i = last.get(h, len(slots))
@@ -214,28 +215,19 @@ class CopySigner:
                 if name_of(slots[i]) == h:
                     x = slots[i]
                     if isinstance(x, int):
-                        parts.append(x)
+                        self.slots.append(x)
+                        self.pieces.append(b"")
                     else:
                         (n, v), = policy.canonicalize_headers([x])
-                        if parts and isinstance(parts[-1], bytes):
-                            parts[-1] += n + b":" + v
-                        else:
-                            parts.append(n + b":" + v)
+                        self.pieces[-1] += n + b":" + v
                     break
             last[h] = i
-        # hashed = pieces[0] + own[slots[0]] + pieces[1] + ... + pieces[-1] (+ the signature)
-        self._slots = [p for p in parts if isinstance(p, int)]
-        self._pieces = [b""]
-        for p in parts:
-            if isinstance(p, int):
-                self._pieces.append(b"")
-            else:
-                self._pieces[-1] += p
         self._stamp: tuple[int, bytes, bytes] | None = None   # (t=, output head, hash tail)
         self._lock = threading.Lock()
 
-    def _for_stamp(self, stamp: int) -> tuple[bytes, bytes]:
-        """(the DKIM-Signature field up to ``b=``, its canonical form for the hash)."""
+    def for_stamp(self, stamp: int) -> tuple[bytes, bytes]:
+        """(the DKIM-Signature field up to ``b=``, its canonical form for the hash) with
+        t=``stamp``."""
         cached = self._stamp
         if cached is not None and cached[0] == stamp:
             return cached[1], cached[2]
@@ -261,32 +253,14 @@ class CopySigner:
             self._stamp = (stamp, head, tail)
         return head, tail
 
-    def prepare(self, values: list[bytes], timestamp: int | None = None
-                ) -> tuple[bytes, bytes]:
-        """(the copy's DKIM-Signature field up to b=, the SHA-256 digest to sign) for the copy
-        whose own fields (``names``, in order) have these raw ``values`` (as after "Name:",
-        folding and CRLF included). ``finish`` makes the field from the RSA signature."""
-        head, tail = self._for_stamp(int(time.time()) if timestamp is None else int(timestamp))
-        # relaxed canonicalisation (dkimpy's, for these few fields): unfold, compress, strip
-        own = [n + b":" + _WSP.sub(b" ", _UNFOLD.sub(b"", v)).strip() + b"\r\n"
-               for n, v in zip(self.names, values)]
-        pieces = self._pieces
-        hashed = [pieces[0]]
-        for k, slot in enumerate(self._slots):
-            hashed += (own[slot], pieces[k + 1])
-        hashed.append(tail)
-        return head, hashlib.sha256(b"".join(hashed)).digest()
-
-    @staticmethod
-    def finish(head: bytes, rsa_signature: bytes) -> bytes:
-        """The DKIM-Signature field (ending in CRLF): ``head`` from ``prepare`` + b=."""
-        sig = base64.b64encode(rsa_signature)
-        return head + b"\r\n ".join(sig[i:i + 70] for i in range(0, len(sig), 70)) + b"\r\n"
-
     def signature(self, values: list[bytes], timestamp: int | None = None) -> bytes:
-        """The DKIM-Signature field (ending in CRLF) of one copy, signed here."""
-        head, digest = self.prepare(values, timestamp)
-        return self.finish(head, self.signer._rsa(digest))
+        """The DKIM-Signature field (ending in CRLF) of the copy whose own fields (``names``,
+        in order) have these raw ``values`` (as after "Name:", folding and CRLF included),
+        signed here."""
+        head, tail = self.for_stamp(int(time.time()) if timestamp is None else int(timestamp))
+        own = [copies.relaxed(n, v) for n, v in zip(self.names, values)]
+        digest = copies.digest(self.pieces, self.slots, own, tail)
+        return copies.finish(head, self.signer._rsa(digest))
 
 
 @lru_cache(maxsize=64)

@@ -12,26 +12,29 @@ Each member's copy of a VERP'd post carries
     List-Unsubscribe-Post: List-Unsubscribe=One-Click
 
 and its own DKIM signature over them. ``CopyMaker`` is built once per post: it parses the
-header block and hashes the body once; a copy then costs two header lines, one header hash and
-one RSA signature. Batched (non-VERP) copies cannot name the member: they point at the list's
-page ``BASE_URL/leave/NAME@DOMAIN``, which asks for the address and confirms by mail.
+header block, hashes the body and canonicalises the shared fields once; a copy then costs
+a token, two header fields, one header hash and one RSA signature (listserv.copies, run in
+worker processes by listserv.signpool). Batched (non-VERP) copies cannot name the member:
+they point at the list's page ``BASE_URL/leave/NAME@DOMAIN``, which asks for the address and
+confirms by mail.
 """
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import hashlib
 import hmac
 import re
+import time
 from dataclasses import dataclass
 from typing import Iterable
+from urllib.parse import quote
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from listserv import network, signing, signpool
-from listserv.models import Address, DeliveryMode, Membership, Role
+from listserv import copies, network, signing, signpool
+from listserv.config import WebSettings
+from listserv.models import Address, ArchivePolicy, DeliveryMode, Membership, Role
 from listserv.views import ListView
 
 TOKEN_RE = re.compile(r"^([a-z2-7]{26})([1-9][0-9]{0,18})$")
@@ -40,14 +43,7 @@ _NAMES = (b"List-Unsubscribe", b"List-Unsubscribe-Post")     # each member's own
 _DROP = tuple(n.lower() for n in _NAMES)
 
 
-def _mac(secret: str, membership_id: int, nonce: str) -> str:
-    digest = hmac.new(secret.encode(), f"unsubscribe\0{membership_id}\0{nonce}".encode(),
-                      hashlib.sha256).digest()[:16]
-    return base64.b32encode(digest).decode("ascii").rstrip("=").lower()
-
-
-def make_token(secret: str, membership_id: int, nonce: str) -> str:
-    return _mac(secret, membership_id, nonce) + str(membership_id)
+make_token = copies.make_token
 
 
 def find(session: Session, secret: str, token: str) -> Membership | None:
@@ -59,7 +55,7 @@ def find(session: Session, secret: str, token: str) -> Membership | None:
     row = session.get(Membership, int(m.group(2)))
     if row is None or row.role is not Role.member:
         return None
-    if not hmac.compare_digest(m.group(1), _mac(secret, row.id, row.unsub_nonce)):
+    if not hmac.compare_digest(m.group(1), copies.mac(secret, row.id, row.unsub_nonce)):
         return None
     return row
 
@@ -73,9 +69,19 @@ def list_page_url(base_url: str, lv: ListView) -> str:
     return f"{base_url.rstrip('/')}/leave/{lv.address}"
 
 
-def with_page(lv: ListView, base_url: str) -> ListView:
-    """``lv`` naming the list's unsubscribe page (List-Unsubscribe of every copy)."""
-    return dataclasses.replace(lv, unsubscribe_url=list_page_url(base_url, lv))
+def archive_url(base_url: str, lv: ListView) -> str:
+    """The list's web archive (listserv.web.archive.Urls.archive under ``base_url``)."""
+    return f"{base_url.rstrip('/')}/lists/{quote(lv.address, safe='@')}/archive/"
+
+
+def with_web(lv: ListView, web: WebSettings) -> ListView:
+    """``lv`` naming the list's unsubscribe page (List-Unsubscribe of every copy) and, when
+    the web side is on (``web.listen``) and the archive is public, its web archive
+    (List-Archive; else the archive-by-mail address)."""
+    archive = (archive_url(web.base_url, lv)
+               if web.listen and lv.archive is ArchivePolicy.public else None)
+    return dataclasses.replace(lv, unsubscribe_url=list_page_url(web.base_url, lv),
+                               archive_url=archive)
 
 
 def header_values(base_url: str, lv: ListView, token: str) -> tuple[bytes, bytes]:
@@ -103,13 +109,14 @@ def find_for_list(session: Session, secret: str, token: str, list_id: int
     return m if inside is not None else None
 
 
-def tokens_for(session: Session, secret: str, list_id: int, emails: Iterable[str]
-               ) -> dict[str, str]:
-    """address -> token for those of ``emails`` that get posts to the list as members (one
-    query per 500): its own members, else through a list it includes (that membership)."""
+def memberships_for(session: Session, list_id: int, emails: Iterable[str]
+                    ) -> dict[str, tuple[int, str]]:
+    """address -> (membership id, nonce) for those of ``emails`` that get posts to the list
+    as members (one query per 500): its own members, else through a list it includes (that
+    membership)."""
     wanted = list(dict.fromkeys(e.lower() for e in emails))
     tree = network.subtree_ids(list_id).subquery()
-    out: dict[str, str] = {}
+    out: dict[str, tuple[int, str]] = {}
     for i in range(0, len(wanted), 500):
         rows = session.execute(
             select(Address.email, Membership.id, Membership.unsub_nonce, Membership.list_id)
@@ -121,8 +128,15 @@ def tokens_for(session: Session, secret: str, list_id: int, emails: Iterable[str
             .order_by(Membership.id))
         for email, mid, nonce, lid in rows:
             if email not in out or lid == list_id:      # the list's own membership first
-                out[email] = make_token(secret, mid, nonce)
+                out[email] = (mid, nonce)
     return out
+
+
+def tokens_for(session: Session, secret: str, list_id: int, emails: Iterable[str]
+               ) -> dict[str, str]:
+    """address -> token (memberships_for)."""
+    return {e: make_token(secret, mid, nonce)
+            for e, (mid, nonce) in memberships_for(session, list_id, emails).items()}
 
 
 def _strip_fields(head: bytes, names: tuple[bytes, ...]) -> bytes:
@@ -142,13 +156,14 @@ def _strip_fields(head: bytes, names: tuple[bytes, ...]) -> bytes:
 
 @dataclass
 class CopyMaker:
-    """Builds each member's copy of one post from its unsigned final bytes."""
+    """Builds the members' copies of one post from its unsigned final bytes: each copy is
+    ``DKIM-Signature + head + the member's two fields + rest``."""
 
     head: bytes                        # header block without List-Unsubscribe*, ends in CRLF
     rest: bytes                        # CRLF + body
     lv: ListView
     base_url: str
-    copies: signing.CopySigner | None
+    signer: signing.CopySigner | None
 
     @classmethod
     def of(cls, data: bytes, lv: ListView, base_url: str) -> "CopyMaker":
@@ -157,36 +172,32 @@ class CopyMaker:
             raise ValueError("message without a header/body separator")
         head = _strip_fields(data[:end + 2], _DROP)
         rest = data[end + 2:]
-        copies = None
+        signer = None
         if lv.dkim_key and lv.dkim_selector:
-            signer = signing.signer(lv.domain, lv.dkim_selector, lv.dkim_key)
-            copies = signer.for_copies(signer.parse_header_block(head),
-                                       signer.body_hash(rest[2:]), _NAMES)
-        return cls(head, rest, lv, base_url, copies)
+            key = signing.signer(lv.domain, lv.dkim_selector, lv.dkim_key)
+            signer = key.for_copies(key.parse_header_block(head), key.body_hash(rest[2:]),
+                                    _NAMES)
+        return cls(head, rest, lv, base_url, signer)
 
-    def copy_head(self, token: str) -> bytes:
-        """Everything before ``rest`` of the copy for the member with ``token``: the shared
-        header block, the member's two fields and, first, their own DKIM signature (one
-        header hash and one RSA signature: the body hash and the shared fields' canonical
-        form are computed once per post)."""
-        unsub, post = header_values(self.base_url, self.lv, token)
-        head = self.head + b"List-Unsubscribe:" + unsub + b"List-Unsubscribe-Post:" + post
-        if self.copies is None:
-            return head
-        return self.copies.signature([unsub, post]) + head
+    def job(self, secret: str, timestamp: int | None = None) -> copies.CopyJob:
+        """What copies.make() needs for copies signed now (or at ``timestamp``)."""
+        unsub, post = header_values(self.base_url, self.lv, "\0")
+        parts = tuple(unsub.split(b"\0"))
+        if self.signer is None:
+            return copies.CopyJob(secret, parts, post)
+        s = self.signer
+        head, tail = s.for_stamp(int(time.time()) if timestamp is None else int(timestamp))
+        return copies.CopyJob(secret, parts, post, s.signer.key_pem, s.names,
+                              tuple(s.pieces), tuple(s.slots), head, tail)
 
-    def copy_heads(self, tokens: list[str]) -> list[bytes]:
-        """copy_head() of each token, the RSA signatures made together (listserv.signpool:
-        in worker processes when there are many)."""
-        values = [header_values(self.base_url, self.lv, t) for t in tokens]
-        heads = [self.head + b"List-Unsubscribe:" + unsub + b"List-Unsubscribe-Post:" + post
-                 for unsub, post in values]
-        if self.copies is None:
-            return heads
-        prepared = [self.copies.prepare(list(v)) for v in values]
-        sigs = signpool.sign(self.copies.signer, [digest for _, digest in prepared])
-        return [self.copies.finish(sig_head, sig) + head
-                for (sig_head, _), sig, head in zip(prepared, sigs, heads)]
+    def own(self, secret: str, members: list[tuple[int, str]]) -> list[copies.Own]:
+        """(DKIM-Signature field, the member's two fields) of each member's copy, made in
+        worker processes when there are many (listserv.signpool)."""
+        return signpool.make(self.job(secret), members,
+                             self.signer.signer if self.signer is not None else None)
 
-    def copy(self, token: str) -> bytes:
-        return self.copy_head(token) + self.rest
+    def copy(self, secret: str, membership_id: int, nonce: str) -> bytes:
+        """One member's whole copy."""
+        (sig, fields), = copies.make(self.job(secret), [(membership_id, nonce)],
+                                     self.signer.signer.rsa_many if self.signer else None)
+        return sig + self.head + fields + self.rest

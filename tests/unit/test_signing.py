@@ -161,8 +161,8 @@ COPY_NAMES = (b"List-Unsubscribe", b"List-Unsubscribe-Post")
                                      # pick earlier instances (or none)
                                      [b"From", b"List-Unsubscribe", b"Subject", b"From",
                                       b"List-Unsubscribe", b"List-Unsubscribe-Post"]])
-def test_copies_differing_in_own_fields_verify_with_dkimpy(data: bytes, include, key: str
-                                                           ) -> None:  # type: ignore[no-untyped-def]
+def test_copies_differing_in_own_fields_verify_with_dkimpy(  # type: ignore[no-untyped-def]
+        data: bytes, include, key: str) -> None:
     s = signing.Signer(DOMAIN, SELECTOR, key, include)
     crlf = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
     end = crlf.index(b"\r\n\r\n") + 2
