@@ -44,6 +44,7 @@ _ready: "cf.Future[None] | None" = None        # done when a worker has started
 _failed_at = -RETRY_AFTER
 _lock = threading.Lock()
 _registered: list[bool] = []
+made_in_workers = 0           # copies made by the workers (for tests and benchmarks)
 _keys: dict[str, Any] = {}    # in a worker: PEM -> the parsed key
 
 
@@ -122,9 +123,17 @@ def make(job: copies.CopyJob, members: list[tuple[int, str]], signer: "Signer | 
         log.warning("signing processes failed (%r); signing in the daemon instead", exc)
         _drop(pool)
         return copies.make(job, members, here)
+    global made_in_workers
+    made_in_workers += len(out)
     if signer is not None and job.key_pem:
         signer.signatures += len(out)
     return out
+
+
+def ready() -> bool:
+    """Are the workers up (after start())?"""
+    with _lock:
+        return _ready is not None and _ready.done() and _ready.exception() is None
 
 
 def start() -> None:
