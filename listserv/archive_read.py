@@ -47,6 +47,22 @@ class Entry:
         return msg
 
 
+def parse_compat32(raw: bytes) -> Message:
+    """``raw`` parsed with compat32, the same Message as BytesParser(policy=compat32) gives,
+    made cheaper for the common single-part message: only the header block goes through the
+    feed parser (which works line by line), the body is set as the payload in one piece, as
+    the parser would. Multipart and message/* bodies, and header blocks the parser ends
+    early (a line that is no header), get the full parse."""
+    head, sep, body = raw.partition(b"\n\n")
+    if sep and b"\r" not in head:
+        msg = BytesParser(policy=policy.compat32).parsebytes(head + b"\n\n", headersonly=True)
+        if msg.get_payload() == "" and msg.get_content_maintype() not in ("multipart",
+                                                                          "message"):
+            msg.set_payload(body.decode("ascii", "surrogateescape"))
+            return msg
+    return BytesParser(policy=policy.compat32).parsebytes(raw)
+
+
 def list_dir(archive_root: Path, list_address: str) -> Path:
     return archive_root / list_address.lower()
 
@@ -169,7 +185,10 @@ def text_header(msg: Message, name: str) -> str:
         return ""
     try:
         if msg.policy is policy.compat32:
-            raw = next(v for k, v in msg.raw_items() if k.lower() == name.lower())
+            # compat32 hands back the stored string itself unless it holds raw 8-bit bytes
+            # (then a Header object): only that case needs the stored value looked up.
+            raw = value if isinstance(value, str) else next(
+                v for k, v in msg.raw_items() if k.lower() == name.lower())
             text = _decode_compat32(str(raw))
         else:
             text = str(value)
