@@ -60,3 +60,30 @@ def test_month_bytes_cuts_at_a_message_boundary(tmp_path: Path) -> None:
 def test_month_bytes_when_not_even_one_message_fits(tmp_path: Path) -> None:
     write(tmp_path, "2026-11", msg(1, "x" * 5000 + "\n"), msg(2))
     assert archive_read.month_bytes(tmp_path, ADDR, "2026-11", 100) == (b"", 0, 2)
+
+
+def test_parse_compat32_gives_what_the_full_parser_gives() -> None:
+    """The cheap parse (headers through the feed parser, a single-part body set whole) is
+    the same Message as BytesParser(policy=compat32), for every shape of message."""
+    from email import policy
+    from email.parser import BytesParser
+
+    samples = [
+        b"From: a@x\nSubject: Caf\xc3\xa9 =?utf-8?q?x?=\nMessage-ID: <1@x>\n\nline\n\nmore\n",
+        b"From: a@x\nContent-Type: text/plain; charset=iso-8859-1\n"
+        b"Content-Transfer-Encoding: quoted-printable\n\nCaf=E9\n",
+        b"From: a@x\nContent-Type: multipart/mixed; boundary=b\n\n--b\n\nx\n--b--\n",
+        b"From: a@x\nContent-Type: message/rfc822\n\nSubject: inner\n\nbody\n",
+        b"From: a@x\nnot a header line\nSubject: s\n\nbody\n",
+        b"From: a@x\nSubject: no body",
+        b"\n\nonly a body\n",
+        b"From: a@x\r\nSubject: crlf\r\n\r\nbody\r\n",
+        b"From: a@x\n  folded\nSubject: s\n\n\n\nbody after blank lines\n",
+    ]
+    for raw in samples:
+        full = BytesParser(policy=policy.compat32).parsebytes(raw)
+        cheap = archive_read.parse_compat32(raw)
+        assert cheap.items() == full.items(), raw
+        assert cheap.is_multipart() == full.is_multipart(), raw
+        assert cheap.get_payload(decode=True) == full.get_payload(decode=True), raw
+        assert cheap.as_bytes() == full.as_bytes(), raw
