@@ -32,7 +32,7 @@ from typing import Any, Iterable
 import jinja2
 from markupsafe import Markup
 
-from listserv import addresses, archive_read, htmlmail, isolation, lists, replies
+from listserv import addresses, archive_read, htmlmail, isolation, lists, replies, untrusted
 from listserv.app import App
 from listserv.models import ArchivePolicy, MailingList
 from listserv.templating import environment
@@ -88,22 +88,35 @@ def hide_address(text: str) -> str:
 
 
 def _sender(msg: Message) -> str:
-    pairs = getaddresses([archive_read.text_header(msg, "From")])
+    return _sender_of(archive_read.text_header(msg, "From"))
+
+
+def _sender_of(from_text: str) -> str:
+    pairs = getaddresses([from_text])
     if not pairs:
         return "(unknown)"
     name, addr = pairs[0]
     return name.strip() or hide_address(addr) or "(unknown)"
 
 
+SUMMARY_HEADERS = ("From", "Subject", "Date", "Message-ID", "In-Reply-To", "References")
+
+
 def summarise(entry: archive_read.Entry, parsed: Message | None = None) -> Summary:
     """The summary of ``entry``, from its headers (``parsed``: the message already parsed,
     compat32, to spare a second parse)."""
     h = entry.headers() if parsed is None else parsed
-    parents = archive_read.msg_ids(archive_read.text_header(h, "In-Reply-To"))[:1]
-    parents += reversed(archive_read.msg_ids(archive_read.text_header(h, "References")))
-    return Summary(entry.number, archive_read.text_header(h, "Subject") or "(no subject)",
-                   _sender(h), archive_read.sent_at(h, entry.archived_at),
-                   archive_read.message_id(h), parents)
+    return _summary(entry, archive_read.text_headers(h, SUMMARY_HEADERS))
+
+
+def _summary(entry: archive_read.Entry, texts: dict[str, str]) -> Summary:
+    """A summary from the message's text_header() values (``texts``)."""
+    parents = archive_read.msg_ids(texts["In-Reply-To"])[:1]
+    parents += reversed(archive_read.msg_ids(texts["References"]))
+    when = untrusted.header_date(texts["Date"])
+    ids = archive_read.msg_ids(texts["Message-ID"])
+    return Summary(entry.number, texts["Subject"] or "(no subject)", _sender_of(texts["From"]),
+                   entry.archived_at if when is None else when, ids[0] if ids else "", parents)
 
 
 def threads(summaries: list[Summary]) -> list[list[tuple[Summary, int]]]:
@@ -188,6 +201,7 @@ def _html_body(msg: EmailMessage, number: int, attachments: list[dict[str, Any]]
 
 
 MESSAGE_HEADERS = ("From", "To", "Cc", "Subject", "Date", "Message-ID", "In-Reply-To")
+PAGE_HEADERS = tuple(dict.fromkeys(MESSAGE_HEADERS + SUMMARY_HEADERS))
 
 
 def _plain_body(msg: Message) -> str | None:
@@ -211,13 +225,16 @@ def parse_compat32(entry: archive_read.Entry) -> Message:
 
 
 def _message_context(entry: archive_read.Entry, summary: Summary,
-                     parsed: Message | None = None) -> dict[str, Any]:
+                     parsed: Message | None = None,
+                     texts: dict[str, str] | None = None) -> dict[str, Any]:
     # The full policy.default parse is only needed for the body of a multipart or non-plain
-    # message.
+    # message. ``texts``: text_header() values already read (MESSAGE_HEADERS at least).
     msg = parse_compat32(entry) if parsed is None else parsed
+    if texts is None:
+        texts = archive_read.text_headers(msg, MESSAGE_HEADERS)
     headers = []
     for name in MESSAGE_HEADERS:
-        value = archive_read.text_header(msg, name)
+        value = texts[name]
         if value:
             headers.append((name, hide_address(value) if name in ("From", "To", "Cc")
                             else value))
@@ -349,22 +366,24 @@ def _build_month(writer: _Writer, root: Path, month: str, new_only: bool) -> int
         marker.touch()
     # One directory listing instead of a stat per message page.
     existing = {n for n in os.listdir(month_dir) if n.endswith(".html")}
-    parsed: dict[int, Message] = {}
+    parsed: dict[int, tuple[Message, dict[str, str]]] = {}
     summaries = []
     for entry in entries:
         if new_only and f"{entry.number}.html" in existing:
             summaries.append(summarise(entry))
         else:
-            msg = parsed[entry.number] = parse_compat32(entry)
-            summaries.append(summarise(entry, msg))
+            msg = parse_compat32(entry)
+            texts = archive_read.text_headers(msg, PAGE_HEADERS)
+            parsed[entry.number] = msg, texts
+            summaries.append(_summary(entry, texts))
     writer.page(f"{month}/index.html", "archive/month.html.j2",
                 {"month": month, "threads": threads(summaries), "count": len(entries)})
     for entry, summary in zip(entries, summaries):
         if entry.number not in parsed:
             continue
-        msg = parsed.pop(entry.number)
+        msg, texts = parsed.pop(entry.number)
         name = f"{entry.number}.html"
-        context = _message_context(entry, summary, msg)
+        context = _message_context(entry, summary, msg, texts)
         writer.attachments(month, entry.number, context["attachments"])
         writer.page(f"{month}/{name}", "archive/message.html.j2", {"month": month, **context},
                     fresh=name not in existing)

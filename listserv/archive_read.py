@@ -16,7 +16,7 @@ from email.header import decode_header, make_header
 from email.message import EmailMessage, Message
 from email.parser import BytesHeaderParser, BytesParser
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterable, Iterator
 
 from listserv import untrusted
 
@@ -81,11 +81,27 @@ def month_path(archive_root: Path, list_address: str, month: str) -> Path:
     return list_dir(archive_root, list_address) / f"{month}.mbox"
 
 
+_MONTHS = {m: i for i, m in enumerate(("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug",
+                                        "Sep", "Oct", "Nov", "Dec"), 1)}
+_DAYS = frozenset(("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"))
+_CLOCK = re.compile(r"(\d\d):(\d\d):(\d\d)\Z")
+
+
 def from_line_time(line: bytes) -> dt.datetime | None:
     # "From sender Thu Nov 26 23:55:04 2026"
     parts = line.decode("ascii", "replace").split()
     if len(parts) < 7:
         return None
+    day, month, date, clock, year = parts[-5:]
+    hms = _CLOCK.match(clock)
+    if (day in _DAYS and month in _MONTHS and hms is not None and date.isdigit()
+            and len(date) <= 2 and year.isdigit() and len(year) == 4):
+        # The form time.asctime writes (every From_ line listserv writes), without strptime.
+        try:
+            return dt.datetime(int(year), _MONTHS[month], int(date), int(hms[1]), int(hms[2]),
+                               int(hms[3]), tzinfo=dt.timezone.utc)
+        except ValueError:
+            return None
     try:
         t = dt.datetime.strptime(" ".join(parts[-5:]), "%a %b %d %H:%M:%S %Y")
     except ValueError:
@@ -195,6 +211,31 @@ def text_header(msg: Message, name: str) -> str:
     except Exception:  # noqa: BLE001 - a malformed header must not stop an archive page
         text = str(msg.get_all(name, [""])[0])
     return " ".join(text.split())
+
+
+def text_headers(msg: Message, names: Iterable[str]) -> dict[str, str]:
+    """text_header() of each name, from one walk over a compat32 message's headers (the
+    same values; any other message: text_header() per name)."""
+    names = list(names)
+    if msg.policy is not policy.compat32:
+        return {n: text_header(msg, n) for n in names}
+    wanted = {n.lower(): n for n in names}
+    raw: dict[str, Any] = {}
+    for key, value in msg.raw_items():
+        name = wanted.get(key.lower())
+        if name is not None and name not in raw:
+            raw[name] = value
+    out: dict[str, str] = {}
+    for name in names:
+        if name not in raw:
+            out[name] = ""
+            continue
+        try:
+            text = _decode_compat32(str(raw[name]))
+        except Exception:  # noqa: BLE001 - as text_header
+            text = str(msg.get_all(name, [""])[0])
+        out[name] = " ".join(text.split())
+    return out
 
 
 def _decode_compat32(text: str) -> str:

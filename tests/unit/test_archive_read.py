@@ -87,3 +87,22 @@ def test_parse_compat32_gives_what_the_full_parser_gives() -> None:
         assert cheap.is_multipart() == full.is_multipart(), raw
         assert cheap.get_payload(decode=True) == full.get_payload(decode=True), raw
         assert cheap.as_bytes() == full.as_bytes(), raw
+
+
+def test_text_headers_and_from_line_time_agree_with_the_slow_way() -> None:
+    import datetime as dt
+
+    raw = (b"From: =?utf-8?q?Zo=C3=AB?= <z@x>\nSubject: Men\xc3\xbc\n  folded\n"
+           b"subject: second\nTo: a@x\nDate: Mon, 02 Nov 2026 09:00:00 +0000\n\nbody\n")
+    msg = archive_read.parse_compat32(raw)
+    names = ("From", "Subject", "To", "Cc", "Date", "References")
+    got = archive_read.text_headers(msg, names)
+    assert got == {n: archive_read.text_header(msg, n) for n in names}
+    assert got["Subject"] == "Menü folded" and got["From"] == "Zoë <z@x>" and got["Cc"] == ""
+    assert archive_read.from_line_time(b"From a@b Mon Jan  5 10:00:00 2004") == dt.datetime(
+        2004, 1, 5, 10, 0, tzinfo=dt.timezone.utc)
+    for odd in (b"From a@b Thu Feb 30 10:00:00 2023", b"From a@b Thu Feb 28 24:00:00 2023",
+                b"From a@b", b"From a@b Xyz Feb 28 10:00:00 2023"):
+        assert archive_read.from_line_time(odd) is None, odd
+    assert archive_read.from_line_time(b"From a@b thu FEB 28 1:02:03 2023") == dt.datetime(
+        2023, 2, 28, 1, 2, 3, tzinfo=dt.timezone.utc)               # strptime's leniency kept
