@@ -5,6 +5,11 @@ Who may read: archive=public, anyone; private, the list's members, moderators an
 From address, as for every -request command); none, nobody (a clear line says so). The index
 and the month arrive as separate mails, each rate-limited per address per day; a refusal or a
 usage error is a line in the ordinary answer to the command mail.
+
+A month that does not fit in one answer, or in what is left of the sender's bytes for the
+day, is not cut when the archive is public and this site serves its web pages: the answer
+names the month's web archive page instead (nothing is attached, no bytes are counted).
+Otherwise the first messages that fit are sent, or nothing once the day's bytes are used.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from collections import Counter
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any
 
-from listserv import archive_read, members, ratelimit, replies
+from listserv import archive_read, links, members, ratelimit, replies
 from listserv.models import ArchivePolicy
 from listserv.notices import build_notice, send_notice
 from listserv.subscriptions import Result
@@ -110,13 +115,33 @@ def _send_index(mail: "Mail") -> Result:
     return Result(f"The archive index ({len(summaries)} months) was sent.", mail_needed=False)
 
 
+def web_month(mail: "Mail", month: str) -> str | None:
+    """The month's page in the web archive, when anyone may read it there."""
+    settings = mail.app.settings
+    if mail.ml.archive is not ArchivePolicy.public or not links.web_on(settings):
+        return None
+    return links.archive_month(settings, mail.ml.address, month)
+
+
 def _send_month(mail: "Mail", month: str) -> Result:
     root, address = mail.app.settings.archive_path, mail.ml.address
     if month not in archive_read.months(root, address):
         return Result(f"The archive of {address} has no messages for {month}. "
                       "The index command lists the months there are.")
+    daily_mb = GET_DAILY_BYTES // (1024 * 1024)
     left = GET_DAILY_BYTES - ratelimit.used(mail.session, mail.app, mail.ml.id, mail.sender,
                                             "archive-bytes")
+    url = web_month(mail, month)
+    if url is not None:
+        size = archive_read.month_path(root, address, month).stat().st_size
+        if size > GET_MAX_BYTES:
+            return Result(f"The archive of {month} ({_mb(size)}) is larger than one answer "
+                          f"may be ({GET_MAX_BYTES // (1024 * 1024)} MB): nothing was "
+                          f"attached. Read it on the web:\n{url}")
+        if size > left:
+            return Result(f"The archive of {month} ({_mb(size)}) is larger than what is left "
+                          f"of today's {daily_mb} MB for {mail.sender}: nothing was attached. "
+                          f"Read it on the web:\n{url}")
     if left <= 0 or not _allowed(mail, "archive-get"):
         return _limited("archive-get")
     data, included, total = archive_read.month_bytes(root, address, month,
@@ -125,8 +150,8 @@ def _send_month(mail: "Mail", month: str) -> Result:
                                            "archive-bytes", limit=GET_DAILY_BYTES,
                                            amount=len(data)):
         return Result(f"The archive of {month} is larger than what is left of today's "
-                      f"{GET_DAILY_BYTES // (1024 * 1024)} MB for {mail.sender}: nothing was "
-                      "sent, try again tomorrow.", mail_needed=True)
+                      f"{daily_mb} MB for {mail.sender}: nothing was sent, try again "
+                      "tomorrow.", mail_needed=True)
     notice = _reply(mail, "notice/user/archive-get.txt.j2", {
         "month": month, "included": included, "total": total, "cut": included < total,
         "max_bytes": GET_MAX_BYTES})
@@ -135,3 +160,7 @@ def _send_month(mail: "Mail", month: str) -> Result:
     send_notice(mail.session, mail.app, mail.lv, notice, [mail.sender])
     what = f"{included} of {total} messages" if included < total else f"{total} messages"
     return Result(f"The archive of {month} ({what}) was sent.", mail_needed=False)
+
+
+def _mb(size: int) -> str:
+    return f"{size / (1024 * 1024):.1f} MB"

@@ -6,9 +6,13 @@ Pure functions of the settings: the token pages (listserv.web) are
                        withdrawing one's held post): GET shows it, POST acts
     BASE_URL/m/TOKEN   a moderator's page for one held post
     BASE_URL/u/TOKEN   a member's one-click unsubscribe (listserv.unsubscribe)
+
+and a public archive's month is BASE_URL/lists/ADDRESS/archive/YYYY-MM/ (listserv.web.archive).
 """
 
 from __future__ import annotations
+
+from urllib.parse import quote
 
 from listserv.config import Settings
 
@@ -31,3 +35,13 @@ def unsubscribe(settings: Settings, token: str) -> str:
 
 def site(settings: Settings) -> str:
     return base(settings) + "/"
+
+
+def web_on(settings: Settings) -> bool:
+    """Whether this site serves its web pages (``[web] listen`` is not empty)."""
+    return bool(settings.web.listen)
+
+
+def archive_month(settings: Settings, list_address: str, month: str) -> str:
+    """The web archive page of one month (YYYY-MM) of a public archive."""
+    return f"{base(settings)}/lists/{quote(list_address, safe='@')}/archive/{month}/"

@@ -653,6 +653,9 @@ class DigestEntry(Base):
     sender: Mapped[str] = mapped_column(String(400), default="")
     added_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     digest_id: Mapped[Optional[int]] = mapped_column(ForeignKey("digest.id", ondelete="SET NULL"))
+    # recipients.message_hash of the post's Message-ID (as in Fanout): a cross-posted
+    # message enters one digest per person (listserv.digests.crosspost)
+    message_id_hash: Mapped[Optional[str]] = mapped_column(String(64))
 
 
 class FinalDigest(Base):

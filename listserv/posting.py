@@ -182,7 +182,7 @@ def accept_post(session: Session, app: App, inbound: InboundMessage, msg: EmailM
     prepared_sha = app.spool.put(to_bytes(prepared))
     now = app.now()
     session.add(Fanout(message_id_hash=mhash, list_id=ml.id, at=now))
-    digests.add_post(session, app, ml, seq, prepared_sha, prepared)
+    digests.add_post(session, app, ml, seq, prepared_sha, prepared, message_hash=mhash)
     if ml.archive is not ArchivePolicy.none:
         session.add(ArchiveEntry(list_id=ml.id, seq=seq, spool_sha=prepared_sha,
                                  message_id=message_id[:998], created_at=now))

@@ -27,14 +27,14 @@ import logging
 from dataclasses import dataclass
 from email import message_from_bytes
 from email.message import EmailMessage
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from listserv import isolation, notices, untrusted
 from listserv.app import App
-from listserv.digests import groups
+from listserv.digests import crosspost, groups
 from listserv.digests.build import DigestItem, build_mime_digest, build_plain_digest
 from listserv.errors import ListservError
 from listserv.lists import get_list
@@ -100,8 +100,9 @@ class SendResult:
 
 
 def add_post(session: Session, app: App, ml: MailingList, seq: int, prepared_sha: str,
-             msg: EmailMessage) -> None:
-    """Record an accepted post (prepared bytes in the spool) for the list's next digest."""
+             msg: EmailMessage, *, message_hash: str | None = None) -> None:
+    """Record an accepted post (prepared bytes in the spool) for the list's next digest;
+    ``message_hash``: its Message-ID's hash, as recorded in Fanout (listserv.recipients)."""
     try:
         size = app.spool.path(prepared_sha).stat().st_size
     except OSError:
@@ -109,7 +110,8 @@ def add_post(session: Session, app: App, ml: MailingList, seq: int, prepared_sha
     subject = untrusted.one_line(msg.get("Subject", "") or "", 998)   # no NUL for PostgreSQL
     sender = untrusted.one_line(msg.get("From", "") or "", 400)
     session.add(DigestEntry(list_id=ml.id, seq=seq, spool_sha=prepared_sha, size=size,
-                            subject=subject, sender=sender, added_at=app.now()))
+                            subject=subject, sender=sender, added_at=app.now(),
+                            message_id_hash=message_hash))
     session.flush()
     limit = ml.digest_size_threshold_kb * 1024
     wake = app.extra.get(WAKEUP_KEY)
@@ -248,24 +250,48 @@ def send(session: Session, app: App, ml: MailingList, *, force: bool = False
     total = 0
     counts = {mode: 0 for mode in groups.DIGEST_MODES}
     holds: list[tuple[int, int]] = []
-    for sl in slices:
-        build = BUILDERS[sl.mode]
-        msg = build(items[sl.lo:sl.hi], lv, volume, number, date=now,
-                    data_dir=app.settings.data_dir)
+    built = 0
+
+    def queue(mode: DeliveryMode, chosen: Sequence[DigestItem], to: Iterable[str]) -> int:
+        msg = BUILDERS[mode](list(chosen), lv, volume, number, date=now,
+                             data_dir=app.settings.data_dir)
         data = notices.finalise(msg, lv)   # CRLF, then DKIM-signed when the domain has a key
-        queue_message(session, app, data, sl.recipients(session), kind="digest",
-                      envelope_from=lv.bounces, list_id=ml.id,
-                      verp=app.settings.delivery.verp, message_id=str(msg["Message-ID"]))
-        total += len(data)
-        counts[sl.mode] += sl.count
-        holds.append((sl.hi - sl.lo, sl.count))
+        queue_message(session, app, data, to, kind="digest", envelope_from=lv.bounces,
+                      list_id=ml.id, verp=app.settings.delivery.verp,
+                      message_id=str(msg["Message-ID"]))
+        return len(data)
+
+    # a cross-posted entry reaches each person in one digest only (listserv.digests.crosspost)
+    skip = crosspost.exclusions(session, ml.id, [e.message_id_hash for e in entries])
+    for sl in slices:
+        if not skip:
+            total += queue(sl.mode, items[sl.lo:sl.hi], sl.recipients(session))
+            counts[sl.mode] += sl.count
+            holds.append((sl.hi - sl.lo, sl.count))
+            built += 1
+            continue
+        split = crosspost.Split(sl.recipients(session), skip, sl.lo, sl.hi)
+        if split.any_whole:
+            total += queue(sl.mode, items[sl.lo:sl.hi], split.whole_recipients())
+            built += 1
+        parts = [(sl.hi - sl.lo, split.whole)]
+        for left_out, emails in sorted(split.fewer.items(), key=lambda kv: sorted(kv[0])):
+            chosen = [items[i] for i in range(sl.lo, sl.hi) if i not in left_out]
+            if chosen:      # else every entry reached them through another list
+                total += queue(sl.mode, chosen, emails)
+                built += 1
+                parts.append((len(chosen), len(emails)))
+        for posts, people in parts:
+            if people:
+                counts[sl.mode] += people
+                holds.append((posts, people))
     groups.settle_finals(session, ml.id, seqs[-1])
     ml.digest_volume, ml.digest_number, ml.digest_last_sent_at = volume, number, now
     log.info("digest %s: Vol %d, Issue %d (%s): %d post(s), %d message(s), %d MIME + %d plain "
-             "recipient(s)", ml.address, volume, number, reason, len(ids), len(slices),
+             "recipient(s)", ml.address, volume, number, reason, len(ids), built,
              counts[DeliveryMode.mime_digest], counts[DeliveryMode.plain_digest])
     return SendResult(ml.address, volume, number, len(ids), counts[DeliveryMode.mime_digest],
-                      counts[DeliveryMode.plain_digest], reason, total, len(slices),
+                      counts[DeliveryMode.plain_digest], reason, total, built,
                       tuple(holds))
 
 

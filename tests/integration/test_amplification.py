@@ -4,13 +4,19 @@ delivery' changes nothing without the member's confirmation. Real SMTP in and ou
 
 from __future__ import annotations
 
+import dataclasses
 from email.message import EmailMessage
+from typing import Iterator
 
-from listserv import archive_access, lists, members
+import dkim
+import pytest
+
+from listserv import archive_access, config, lists, members, signing
+from listserv.app import App
 from listserv.archive import mbox_entry
 from listserv.models import Action, ArchivePolicy, DeliveryMode
 from tests.integration.harness import Harness, make_list, make_message
-from tests.sink import Captured
+from tests.sink import Captured, SmtpSink
 
 LIST = "dev@example.org"
 
@@ -63,6 +69,77 @@ def test_archive_get_is_capped_in_bytes_per_day(harness: Harness) -> None:
     assert size <= sent <= archive_access.GET_DAILY_BYTES
 
 
+def write_month(h: Harness, month: str, count: int, lines: int) -> int:
+    """An archived month of ``count`` posts of ``lines`` 77-byte lines; its size."""
+    path = h.app.settings.archive_path / LIST / f"{month}.mbox"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = ("x" * 76 + "\n") * lines
+    chunks = [mbox_entry(make_message("ann@a.example", LIST, f"{month} {n}", body,
+                                      message_id=f"<{month}.{n}@a.example>").as_bytes(),
+                         1_790_000_000.0 + n) for n in range(count)]
+    path.write_bytes(b"".join(chunks))
+    return path.stat().st_size
+
+
+def ask(h: Harness, month: str, n: int) -> tuple[list[bytes], str]:
+    """Send 'get MONTH' from the stranger; the mbox attachments and the answer's text."""
+    before = len(to(list(h.sink.messages), "stranger@s.example"))
+    h.send(make_message("stranger@s.example", "dev-request@example.org", "archive please",
+                        f"get {month}\n", message_id=f"<get{n}@s.example>"))
+    h.run_until_idle()
+    got = to(h.sink.wait_for(lambda ms: len(to(ms, "stranger@s.example")) > before),
+             "stranger@s.example")[before:]
+    [answer] = got
+    data = [p.get_content() for p in answer.iter_attachments()]
+    text = answer.get_body(preferencelist=("plain",)).get_content()
+    return data, text
+
+
+@pytest.fixture
+def small_caps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One answer holds at most 300 kB, an address gets 500 kB a day."""
+    monkeypatch.setattr(archive_access, "GET_MAX_BYTES", 300_000)
+    monkeypatch.setattr(archive_access, "GET_DAILY_BYTES", 500_000)
+
+
+def test_large_public_month_is_answered_with_its_web_page(harness: Harness,
+                                                          small_caps: None) -> None:
+    make_list(harness.app, LIST, members=["ann@a.example"], archive=ArchivePolicy.public)
+    large = write_month(harness, "2026-09", 4, 1300)          # about 400 kB: over one answer
+    small = write_month(harness, "2026-10", 3, 1200)          # about 280 kB: fits
+    assert large > 300_000 >= small > 500_000 - small
+    base = harness.app.settings.web.base_url.rstrip("/")
+
+    data, text = ask(harness, "2026-09", 1)
+    assert data == []                                         # nothing cut, nothing attached
+    assert f"{base}/lists/dev@example.org/archive/2026-09/" in text.split()
+    assert "larger than one answer" in text
+
+    data, text = ask(harness, "2026-10", 2)                   # fits: sent whole
+    assert [len(d) for d in data] == [small]
+
+    data, text = ask(harness, "2026-10", 3)                   # over what is left today
+    assert data == []
+    assert "left of today's" in text
+    assert f"{base}/lists/dev@example.org/archive/2026-10/" in text.split()
+
+
+@pytest.mark.parametrize("archive, web", [(ArchivePolicy.private, True),
+                                          (ArchivePolicy.public, False)])
+def test_large_month_without_a_public_web_archive_is_cut(
+        app: App, sink: SmtpSink, small_caps: None, archive: ArchivePolicy, web: bool) -> None:
+    h = Harness(app, sink, **({} if web else {"web__listen": ""})).start()
+    try:
+        make_list(h.app, LIST, members=["stranger@s.example"], archive=archive)
+        large = write_month(h, "2026-09", 4, 1300)
+        data, text = ask(h, "2026-09", 1)
+        [mbox] = data
+        assert 0 < len(mbox) <= 300_000 < large               # the first posts that fit
+        assert "/archive/" not in text
+    finally:
+        h.stop()
+
+
 def test_forged_set_delivery_needs_the_members_confirmation(harness: Harness) -> None:
     make_list(harness.app, LIST, members=["bob@b.example"])
     harness.send(make_message("bob@b.example", "dev-request@example.org", "",
@@ -83,3 +160,98 @@ def test_forged_set_delivery_needs_the_members_confirmation(harness: Harness) ->
     harness.send(make_message("bob@b.example", str(request["Reply-To"]), "Re: confirm", "yes"))
     harness.run_until_idle()
     assert mode() is DeliveryMode.nomail
+
+
+BOB_KEY = signing.generate_key()
+EVE_KEY = signing.generate_key()
+DNS = {"k1._domainkey.b.example": signing.dns_record(BOB_KEY),
+       "k1._domainkey.evil.example": signing.dns_record(EVE_KEY)}
+
+
+def resolve(name: str) -> list[str]:
+    value = DNS.get(name.rstrip(".").lower())
+    return [value] if value else []
+
+
+@pytest.fixture
+def authenticating(app: App, sink: SmtpSink) -> Iterator[Harness]:
+    """require_authenticated_replies on, the MTA's Authentication-Results trusted, DNS
+    answering the test's DKIM keys."""
+    a = dataclasses.replace(app, resolve_txt=resolve, settings=config.replace(
+        app.settings, moderation__require_authenticated_replies=True,
+        moderation__trusted_authserv_id="mx.example.org"))
+    h = Harness(a, sink).start()
+    yield h
+    h.stop()
+
+
+def set_delivery_mail(message_id: str, *, signer: tuple[bytes, str] | None = None,
+                      **headers: str) -> bytes:
+    """'set delivery nomail' from bob@b.example, DKIM-signed by (domain, key) if given."""
+    msg = make_message("Bob <bob@b.example>", "dev-request@example.org", "delivery",
+                       "set delivery nomail\n", message_id=message_id, **headers)
+    data = msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
+    if signer is None:
+        return data
+    domain, key = signer
+    return dkim.sign(data, b"k1", domain, key.encode(),
+                     include_headers=[b"From", b"To", b"Subject", b"Date",
+                                      b"Message-ID"]) + data
+
+
+def bob_mode(h: Harness) -> DeliveryMode:
+    with h.app.db.unit_of_work() as s:
+        m = members.find_membership(s, lists.get_list(s, LIST), "bob@b.example")
+        assert m is not None
+        return m.delivery_mode
+
+
+def confirmations_to_bob(h: Harness) -> int:
+    return sum(1 for m in to(list(h.sink.messages), "bob@b.example")
+               if "confirm the delivery change" in str(m["Subject"]))
+
+
+def test_dkim_verified_set_delivery_acts_at_once(authenticating: Harness) -> None:
+    h = authenticating
+    make_list(h.app, LIST, members=["bob@b.example"])
+    h.send(set_delivery_mail("<s1@b.example>", signer=(b"b.example", BOB_KEY)),
+           mail_from="bob@b.example", rcpts=["dev-request@example.org"])
+    h.run_until_idle()
+    assert bob_mode(h) is DeliveryMode.nomail
+    answer = to(h.sink.wait_for(lambda ms: len(to(ms, "bob@b.example")) >= 1),
+                "bob@b.example")
+    text = answer[0].get_body(preferencelist=("plain",)).get_content()
+    assert "now nomail" in text and confirmations_to_bob(h) == 0
+
+
+@pytest.mark.parametrize("how", ["unsigned", "signed by another domain", "tampered",
+                                 "untrusted Authentication-Results"])
+def test_unverified_set_delivery_waits_for_confirmation(authenticating: Harness,
+                                                        how: str) -> None:
+    h = authenticating
+    make_list(h.app, LIST, members=["bob@b.example"])
+    if how == "unsigned":
+        data = set_delivery_mail("<u1@evil.example>")
+    elif how == "signed by another domain":
+        data = set_delivery_mail("<u2@evil.example>", signer=(b"evil.example", EVE_KEY))
+    elif how == "tampered":
+        data = set_delivery_mail("<u3@evil.example>", signer=(b"b.example", BOB_KEY)).replace(
+            b"set delivery nomail", b"set delivery nomail ")
+    else:
+        data = set_delivery_mail("<u4@evil.example>",
+                                 Authentication_Results="evil.example; dkim=pass "
+                                                        "header.d=b.example")
+    h.send(data, mail_from="eve@evil.example", rcpts=["dev-request@example.org"])
+    h.run_until_idle()
+    h.sink.wait_for(lambda ms: confirmations_to_bob(h) >= 1)
+    assert bob_mode(h) is DeliveryMode.regular
+
+
+def test_trusted_authentication_results_act_at_once(authenticating: Harness) -> None:
+    h = authenticating
+    make_list(h.app, LIST, members=["bob@b.example"])
+    h.send(set_delivery_mail("<t1@b.example>", Authentication_Results=(
+        "mx.example.org; dkim=pass header.d=b.example")),
+        mail_from="bob@b.example", rcpts=["dev-request@example.org"])
+    h.run_until_idle()
+    assert bob_mode(h) is DeliveryMode.nomail
