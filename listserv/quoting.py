@@ -137,8 +137,7 @@ def attribution(lines: list[str], i: int) -> int:
     for n in (1, 2, 3):
         if n > 1:
             last = clean_line(lines[i + n - 1]) if i + n - 1 < len(lines) else ""
-            if not last or last.startswith(">") or not _ATTRIBUTION_START.match(first) \
-                    or attribution(lines, i + n - 1) or _command_like(last):
+            if not last or last.startswith(">") or not _continues(first, last):
                 return 0
         text = " ".join(clean_line(x) for x in lines[i:i + n])
         if len(text) > 400:
@@ -151,10 +150,11 @@ def attribution(lines: list[str], i: int) -> int:
     return 0
 
 
-def _command_like(line: str) -> bool:
-    """A short line that is not part of a wrapped attribution ("approve", "reject: spam")."""
-    return bool(re.match(r"^[^\W\d_]+\s*[:!.,-]?\s*$", line)) and not re.search(
-        _WROTE, line, re.IGNORECASE)
+def _continues(first: str, last: str) -> bool:
+    """``last`` goes on with the attribution that ``first`` starts (clients wrap long ones:
+    the address after "<", the "wrote:" or "<address> wrote:" on a line of its own)."""
+    return first.endswith("<") or bool(_ATTRIBUTION_START.match(first)) or "@" in first \
+        or bool(re.match(r"^\(?<[^<>\s]+@", last))
 
 
 def header_block(lines: list[str], i: int) -> bool:
@@ -274,10 +274,12 @@ _SIGNATURES = " | ".join((
     "//*[@id='ms-outlook-android-signature']", f"//*[{_class('protonmail_signature_block')}]",
 ))
 # Where Outlook's unquoted original starts: it and everything after it is cut.
+_ID = "translate(@id, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz')"
 _CUTS = " | ".join((
-    "//*[@id='appendonsend']", "//*[@id='divRplyFwdMsg']",
-    "//*[@id='mail-editor-reference-message-container']", "//*[@id='OLK_SRC_BODY_SECTION']",
-    f"//*[{_class('OutlookMessageHeader')}]",
+    f"//*[{_ID}='appendonsend']", f"//*[{_ID}='divrplyfwdmsg']",
+    f"//*[{_ID}='mail-editor-reference-message-container']",
+    f"//*[{_ID}='olk_src_body_section']", f"//*[{_class('OutlookMessageHeader')}]",
+    f"//*[{_class('ms-outlook-cite')}]",
 ))
 
 
