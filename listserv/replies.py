@@ -123,7 +123,8 @@ def body_text(msg: Message, *, reply: bool = False) -> str:
 
 def command_lines(msg: Message, limit: int = 50) -> list[str]:
     """Non-blank typed lines of the body (typed_blocks), at most ``limit``."""
-    out = [line for block in quoting.typed_blocks(body_text(msg, reply=True)) for line in block if line]
+    blocks = quoting.typed_blocks(body_text(msg, reply=True))
+    out = [line for block in blocks for line in block if line]
     return out[:limit]
 
 

@@ -225,3 +225,74 @@ def test_format_flowed_unflows_within_one_quote_depth() -> None:
     text = "Reject: a long \nreason here\n> quoted \n> on\nlast\n-- \nsig\n"
     assert quoting.unflow(text) == "Reject: a long reason here\n> quoted on\nlast\n-- \nsig\n"
     assert quoting.unflow("a \nb", delsp=True) == "ab"
+
+
+# The quoted notice as each client wraps it in HTML; {typed} marks where a bottom-poster types.
+HTML_QUOTES = {
+    "gmail": '<div class="gmail_quote gmail_quote_container"><div dir="ltr" class="gmail_attr">'
+             'On Tue, Dec 1, 2026 at 10:00\u202fAM Dev list &lt;<a href="mailto:dev-owner@'
+             'example.org">dev-owner@example.org</a>&gt; wrote:<br></div><blockquote class='
+             '"gmail_quote" style="margin:0px 0px 0px 0.8ex">approve<br>held for moderation'
+             '</blockquote>{typed}</div>',
+    "apple": '<div><br><blockquote type="cite"><div>On 1 Dec 2026, at 10:00, Dev list &lt;'
+             'dev-owner@example.org&gt; wrote:</div><br class="Apple-interchange-newline">'
+             '<div><div>approve<br>held for moderation</div></div></blockquote></div>{typed}',
+    "apple-old": '<div><div>On 1 Dec 2026, at 10:00, Dev list &lt;dev-owner@example.org&gt; '
+                 'wrote:</div><br class="Apple-interchange-newline"><blockquote type="cite">'
+                 '<div>approve<br>held for moderation</div></blockquote></div>{typed}',
+    "thunderbird": '<div class="moz-cite-prefix">On 01/12/2026 10:00, Dev list wrote:<br></div>'
+                   '<blockquote type="cite" cite="mid:n@example.org">approve<br>held for '
+                   'moderation</blockquote>{typed}',
+    "yahoo": '<div id="ydp1yahoo_quoted_42" class="ydp1yahoo_quoted"><div style="font-family:'
+             'Helvetica"><div>On Tuesday, December 1, 2026 at 10:00:00 AM GMT, Dev list &lt;'
+             'dev-owner@example.org&gt; wrote:</div><div><br></div><div><div dir="ltr">approve'
+             '<br>held for moderation</div></div></div></div>{typed}',
+    "proton": '<div class="protonmail_quote">------- Original Message -------<br>On Tuesday, '
+              'December 1st, 2026 at 10:00, Dev list &lt;dev-owner@example.org&gt; wrote:<br>'
+              '<br><blockquote class="protonmail_quote" type="cite">approve<br>held for '
+              'moderation</blockquote><br></div>{typed}',
+    "zoho": '<div class="zmail_extra"><div>---- On Tue, 01 Dec 2026 10:00:00 +0000 <b>Dev list'
+            ' &lt;dev-owner@example.org&gt;</b> wrote ---</div><blockquote style="border-left:'
+            '1px solid #ccc">approve<br>held for moderation</blockquote></div>{typed}',
+    "outlook-owa": '<div id="appendonsend"></div><hr style="display:inline-block;width:98%" '
+                   'tabindex="-1"><div id="divRplyFwdMsg" dir="ltr"><font><b>From:</b> Dev list'
+                   '<br><b>Sent:</b> Tuesday<br><b>To:</b> Mod<br><b>Subject:</b> held</font>'
+                   '</div><div>approve<br>held for moderation</div>',
+    "outlook-desktop": '<div><div style="border:none;border-top:solid #B5C4DF 1.0pt;padding:3.0'
+                       'pt 0cm 0cm 0cm"><p class="MsoNormal"><b>Von:</b> Dev list<br><b>Gesendet:'
+                       '</b> Dienstag<br><b>An:</b> Mod<br><b>Betreff:</b> held</p></div></div>'
+                       '<p class="MsoNormal">approve</p><p class="MsoNormal">held for moderation'
+                       '</p>',
+    "outlook-hr": '<hr><p><b>De&nbsp;:</b> Dev list<br><b>Envoyé&nbsp;:</b> mardi<br><b>À&nbsp;:'
+                  '</b> Mod<br><b>Objet&nbsp;:</b> held</p><p>approve</p>',
+}
+BOTTOM_POSTABLE = {"gmail", "apple", "apple-old", "thunderbird", "yahoo", "proton", "zoho"}
+
+
+@pytest.mark.parametrize("client", sorted(HTML_QUOTES))
+def test_html_quotes_are_cut_before_reading(client: str) -> None:
+    quote = HTML_QUOTES[client]
+    top = ('<html><body><div dir="ltr">Reject: wrong list<br></div><div><br></div>'
+           + quote.replace("{typed}", "") + "</body></html>")
+    got = modreply.parse(quoting.html_reply_text(top))
+    assert (got.decision, got.reason) == (Decision.reject, "wrong list")
+    if client in BOTTOM_POSTABLE:
+        bottom = ('<html><body><div dir="ltr"><br></div>'
+                  + quote.replace("{typed}", "<div><br></div><div>Discard.</div>")
+                  + "</body></html>")
+        got = modreply.parse(quoting.html_reply_text(bottom))
+        assert got.decision is Decision.discard
+    nothing = "<html><body>" + quote.replace("{typed}", "") + "</body></html>"
+    assert modreply.parse(quoting.html_reply_text(nothing)).decision is None
+
+
+def test_long_and_hostile_replies_are_read_quickly() -> None:
+    import time
+
+    lines = ["-" * 50_000, "=" * 3 + "x" * 50_000, "On " + "x" * 50_000 + " wrote:",
+             "From: " + "a " * 20_000, "> " * 20_000, "\u200b" * 50_000, "a@" * 20_000 + ":"]
+    text = "\n".join(lines * 20) + "\napprove\n"
+    start = time.monotonic()
+    modreply.parse(text)
+    quoting.html_reply_text("<div>" + "<blockquote>" * 500 + "x" + "</div>" * 5000)
+    assert time.monotonic() - start < 5
