@@ -111,7 +111,9 @@ _ATTRIBUTION = re.compile(rf"^{_LEAD}.{{0,300}}?{_WROTE}[^:：]{{0,160}}[:：]\s
                           re.IGNORECASE)
 # "<someone> wrote:", "<date> <someone> <addr>:" (weaker: only when a quote follows).
 _WROTE_END = re.compile(rf"^.{{0,300}}{_WROTE}[^:：]{{0,160}}[:：]\s*$", re.IGNORECASE)
-_DATE_ADDRESS = re.compile(r"^.{0,120}\d.{0,200}<?[^\s<>@]+@[^\s<>@]+\.[^\s<>@]+>?\)?\s*[:：]\s*$")
+_DATE_ADDRESS = re.compile(
+    r"^.{0,120}\d.{0,200}<?[^\s<>@]+@[^\s<>@]+\.[^\s<>@]+>?\)?\s*[:：]\s*$")
+_ENDS_WITH_ADDRESS = re.compile(r"^[^:]*\S@[^\s@]+\.[^\s@]+$")
 # Where a wrapped attribution may start: its lead word, a date, a weekday before a date.
 _ATTRIBUTION_START = re.compile(rf"^({_LEAD}|\W*\d|[^\W\d_]{{1,5}}\.?,?\s+\d)", re.IGNORECASE)
 
@@ -153,8 +155,8 @@ def attribution(lines: list[str], i: int) -> int:
 def _continues(first: str, last: str) -> bool:
     """``last`` goes on with the attribution that ``first`` starts (clients wrap long ones:
     the address after "<", the "wrote:" or "<address> wrote:" on a line of its own)."""
-    return first.endswith("<") or bool(_ATTRIBUTION_START.match(first)) or "@" in first \
-        or bool(re.match(r"^\(?<[^<>\s]+@", last))
+    return first.endswith("<") or bool(_ATTRIBUTION_START.match(first)) \
+        or bool(_ENDS_WITH_ADDRESS.match(first)) or bool(re.match(r"^\(?<[^<>\s]+@", last))
 
 
 def header_block(lines: list[str], i: int) -> bool:

@@ -296,3 +296,15 @@ def test_long_and_hostile_replies_are_read_quickly() -> None:
     modreply.parse(text)
     quoting.html_reply_text("<div>" + "<blockquote>" * 500 + "x" + "</div>" * 5000)
     assert time.monotonic() - start < 5
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("reject: use jobs@example.org\nKim wrote:\n> approve\n", "use jobs@example.org"),
+    ("Reject: 2 posts already today\nOn Tue, 1 Dec 2026, Kim wrote:\n> approve\n",
+     "2 posts already today"),
+    ("reject\nthe reason\nOn Tue, 1 Dec 2026, Kim <kim@k.example> wrote:\n> approve\n",
+     "the reason"),
+])
+def test_a_typed_line_right_above_an_attribution_stays_typed(text: str, reason: str) -> None:
+    got = modreply.parse(text)
+    assert (got.decision, got.reason) == (Decision.reject, reason)
