@@ -14,12 +14,13 @@ month), hence ``new_only`` for the archive worker's cheap refresh of the months 
 from __future__ import annotations
 
 import datetime as dt
+import contextlib
 import fcntl
 import json
 import logging
 import os
 import re
-import tempfile
+import threading
 from dataclasses import dataclass, field
 from email import policy
 from email.message import EmailMessage, Message
@@ -28,13 +29,13 @@ from email.utils import getaddresses
 from pathlib import Path
 from typing import Any, Iterable
 
+import jinja2
 from markupsafe import Markup
 
-
-from listserv import addresses, archive_read, htmlmail, isolation, lists, replies
+from listserv import addresses, archive_read, htmlmail, isolation, lists, replies, untrusted
 from listserv.app import App
 from listserv.models import ArchivePolicy, MailingList
-from listserv.templating import render
+from listserv.templating import environment
 
 log = logging.getLogger(__name__)
 
@@ -87,20 +88,35 @@ def hide_address(text: str) -> str:
 
 
 def _sender(msg: Message) -> str:
-    pairs = getaddresses([archive_read.text_header(msg, "From")])
+    return _sender_of(archive_read.text_header(msg, "From"))
+
+
+def _sender_of(from_text: str) -> str:
+    pairs = getaddresses([from_text])
     if not pairs:
         return "(unknown)"
     name, addr = pairs[0]
     return name.strip() or hide_address(addr) or "(unknown)"
 
 
-def summarise(entry: archive_read.Entry) -> Summary:
-    h = entry.headers()
-    parents = archive_read.msg_ids(archive_read.text_header(h, "In-Reply-To"))[:1]
-    parents += reversed(archive_read.msg_ids(archive_read.text_header(h, "References")))
-    return Summary(entry.number, archive_read.text_header(h, "Subject") or "(no subject)",
-                   _sender(h), archive_read.sent_at(h, entry.archived_at),
-                   archive_read.message_id(h), parents)
+SUMMARY_HEADERS = ("From", "Subject", "Date", "Message-ID", "In-Reply-To", "References")
+
+
+def summarise(entry: archive_read.Entry, parsed: Message | None = None) -> Summary:
+    """The summary of ``entry``, from its headers (``parsed``: the message already parsed,
+    compat32, to spare a second parse)."""
+    h = entry.headers() if parsed is None else parsed
+    return _summary(entry, archive_read.text_headers(h, SUMMARY_HEADERS))
+
+
+def _summary(entry: archive_read.Entry, texts: dict[str, str]) -> Summary:
+    """A summary from the message's text_header() values (``texts``)."""
+    parents = archive_read.msg_ids(texts["In-Reply-To"])[:1]
+    parents += reversed(archive_read.msg_ids(texts["References"]))
+    when = untrusted.header_date(texts["Date"])
+    ids = archive_read.msg_ids(texts["Message-ID"])
+    return Summary(entry.number, texts["Subject"] or "(no subject)", _sender_of(texts["From"]),
+                   entry.archived_at if when is None else when, ids[0] if ids else "", parents)
 
 
 def threads(summaries: list[Summary]) -> list[list[tuple[Summary, int]]]:
@@ -185,6 +201,7 @@ def _html_body(msg: EmailMessage, number: int, attachments: list[dict[str, Any]]
 
 
 MESSAGE_HEADERS = ("From", "To", "Cc", "Subject", "Date", "Message-ID", "In-Reply-To")
+PAGE_HEADERS = tuple(dict.fromkeys(MESSAGE_HEADERS + SUMMARY_HEADERS))
 
 
 def _plain_body(msg: Message) -> str | None:
@@ -201,13 +218,23 @@ def _plain_body(msg: Message) -> str | None:
         return payload.decode("utf-8", "replace")
 
 
-def _message_context(entry: archive_read.Entry, summary: Summary) -> dict[str, Any]:
-    # compat32 parsing is several times cheaper than policy.default's header registry; the
-    # full parse is only needed for the body of a multipart or non-plain message.
-    msg = BytesParser(policy=policy.compat32).parsebytes(entry.raw)
+def parse_compat32(entry: archive_read.Entry) -> Message:
+    """The whole message parsed the cheap way (compat32: several times cheaper than
+    policy.default's header registry; enough for the headers and a plain body)."""
+    return archive_read.parse_compat32(entry.raw)
+
+
+def _message_context(entry: archive_read.Entry, summary: Summary,
+                     parsed: Message | None = None,
+                     texts: dict[str, str] | None = None) -> dict[str, Any]:
+    # The full policy.default parse is only needed for the body of a multipart or non-plain
+    # message. ``texts``: text_header() values already read (MESSAGE_HEADERS at least).
+    msg = parse_compat32(entry) if parsed is None else parsed
+    if texts is None:
+        texts = archive_read.text_headers(msg, MESSAGE_HEADERS)
     headers = []
     for name in MESSAGE_HEADERS:
-        value = archive_read.text_header(msg, name)
+        value = texts[name]
         if value:
             headers.append((name, hide_address(value) if name in ("From", "To", "Cc")
                             else value))
@@ -227,14 +254,20 @@ class _Writer:
         self.app, self.info, self.out, self.report = app, info, out, report
         # A private list's pages are readable by the service's group only, as its mbox files.
         self.mode = 0o644 if info.archive is ArchivePolicy.public else 0o640
+        # Templates are looked up once per build (Jinja would stat their files per render).
+        self.env = environment(app.settings.data_dir, info.address.rpartition("@")[2],
+                               info.address)
+        self.templates: dict[str, jinja2.Template] = {}
 
-    def page(self, rel: str, template: str, context: dict[str, Any]) -> None:
-        domain = self.info.address.rpartition("@")[2]
-        text = render(self.app.settings.data_dir, template,
-                      {"list": self.info, "root": "../" * rel.count("/"), **context},
-                      domain=domain, list_address=self.info.address)
+    def page(self, rel: str, template: str, context: dict[str, Any], *,
+             fresh: bool = False) -> None:
+        """Render ``template`` into ``rel``; ``fresh``: the file is known not to exist."""
+        compiled = self.templates.get(template)
+        if compiled is None:
+            compiled = self.templates[template] = self.env.get_template(template)
+        text = compiled.render(list=self.info, root="../" * rel.count("/"), **context)
         self.report.pages += 1
-        if write_if_changed(self.out / rel, text.encode("utf-8"), self.mode):
+        if _write(self.out / rel, text.encode("utf-8"), self.mode, fresh=fresh):
             self.report.written += 1
 
     def attachments(self, month: str, number: int, attachments: list[dict[str, Any]]) -> None:
@@ -244,27 +277,56 @@ class _Writer:
 
 
 def write_if_changed(path: Path, data: bytes, mode: int = 0o644) -> bool:
+    """Write ``data`` to ``path`` (atomically: a temporary file renamed over it) unless the
+    file already holds it; return whether it was written. No fsync: the pages are derived
+    from the mbox files and a crash is repaired by rebuilding them."""
+    return _write(path, data, mode)
+
+
+def _write(path: Path, data: bytes, mode: int, *, fresh: bool = False) -> bool:
+    """``fresh``: the file does not exist and its directory does, and the caller repairs a
+    partial file after a crash (_build_month's marker): written in place, one file creation
+    instead of two metadata operations."""
+    if fresh:
+        _write_file(path, data, mode)
+        return True
     try:
-        if path.read_bytes() == data:
-            return False
+        with open(path, "rb") as f:
+            if f.read() == data:
+                return False
     except FileNotFoundError:
         path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    # A name of this process and thread: concurrent writers never share a temporary file.
+    tmp = path.with_name(f".tmp-{os.getpid()}-{threading.get_ident()}-{path.name}")
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, mode)
+        _write_file(tmp, data, mode)
         os.replace(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
         raise
     return True
+
+
+def _write_file(path: Path, data: bytes, mode: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        if os.fstat(fd).st_mode & 0o7777 != mode:      # exactly ``mode``, whatever the umask
+            os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
 
 
 def build(app: App, info: ListInfo, out: Path, months: Iterable[str] | None = None, *,
           new_only: bool = False) -> Report:
     """Render the list index and ``months`` (all when None). ``new_only``: write only the
-    message pages that do not exist yet (month and index pages are always refreshed)."""
+    message pages that do not exist yet (month and index pages are always refreshed).
+
+    Each month is read once and each message parsed once; every page is rendered once per
+    build, so a bulk import that touched many months builds each of them a single time."""
     root = app.settings.archive_path
     report = Report(out=out)
     out.mkdir(parents=True, exist_ok=True)
@@ -275,19 +337,7 @@ def build(app: App, info: ListInfo, out: Path, months: Iterable[str] | None = No
         wanted = all_months if months is None else [m for m in months if m in all_months]
         counts: dict[str, int] = {}
         for month in wanted:
-            entries = archive_read.read_month(root, info.address, month)
-            summaries = [summarise(e) for e in entries]
-            writer.page(f"{month}/index.html", "archive/month.html.j2",
-                        {"month": month, "threads": threads(summaries),
-                         "count": len(entries)})
-            for entry, summary in zip(entries, summaries):
-                rel = f"{month}/{entry.number}.html"
-                if new_only and (out / rel).exists():
-                    continue
-                context = _message_context(entry, summary)
-                writer.attachments(month, entry.number, context["attachments"])
-                writer.page(rel, "archive/message.html.j2", {"month": month, **context})
-            counts[month] = len(entries)
+            counts[month] = _build_month(writer, root, month, new_only)
             report.months += 1
         known = _read_counts(out)
         known.update(counts)
@@ -300,6 +350,45 @@ def build(app: App, info: ListInfo, out: Path, months: Iterable[str] | None = No
         writer.page("index.html", "archive/index.html.j2",
                     {"months": [{"month": m, "count": known[m]} for m in reversed(all_months)]})
     return report
+
+
+def _build_month(writer: _Writer, root: Path, month: str, new_only: bool) -> int:
+    """The month's page and its message pages; returns the month's message count."""
+    entries = archive_read.read_month(root, writer.info.address, month)
+    month_dir = writer.out / month
+    month_dir.mkdir(parents=True, exist_ok=True)
+    # New message pages are written in place (not renamed over): the marker says a build of
+    # this month was under way, so after a crash every page of the month is checked again.
+    marker = writer.out / f".building-{month}"
+    if marker.exists():
+        new_only = False
+    else:
+        marker.touch()
+    # One directory listing instead of a stat per message page.
+    existing = {n for n in os.listdir(month_dir) if n.endswith(".html")}
+    parsed: dict[int, tuple[Message, dict[str, str]]] = {}
+    summaries = []
+    for entry in entries:
+        if new_only and f"{entry.number}.html" in existing:
+            summaries.append(summarise(entry))
+        else:
+            msg = parse_compat32(entry)
+            texts = archive_read.text_headers(msg, PAGE_HEADERS)
+            parsed[entry.number] = msg, texts
+            summaries.append(_summary(entry, texts))
+    writer.page(f"{month}/index.html", "archive/month.html.j2",
+                {"month": month, "threads": threads(summaries), "count": len(entries)})
+    for entry, summary in zip(entries, summaries):
+        if entry.number not in parsed:
+            continue
+        msg, texts = parsed.pop(entry.number)
+        name = f"{entry.number}.html"
+        context = _message_context(entry, summary, msg, texts)
+        writer.attachments(month, entry.number, context["attachments"])
+        writer.page(f"{month}/{name}", "archive/message.html.j2", {"month": month, **context},
+                    fresh=name not in existing)
+    marker.unlink()
+    return len(entries)
 
 
 def _read_counts(out: Path) -> dict[str, int]:

@@ -102,7 +102,7 @@ def extract(raw: bytes) -> Fields:
     Plain single-part text messages (most list mail, and most of an imported archive) are
     read with the compat32 parser, several times cheaper than policy.default's header
     registry; anything else gets the full parse."""
-    simple = BytesParser(policy=policy.compat32).parsebytes(raw)
+    simple = archive_read.parse_compat32(raw)
     body = _plain_text(simple)
     if body is not None:
         return _fields(simple, raw, body, 0)

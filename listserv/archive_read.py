@@ -16,7 +16,7 @@ from email.header import decode_header, make_header
 from email.message import EmailMessage, Message
 from email.parser import BytesHeaderParser, BytesParser
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterable, Iterator
 
 from listserv import untrusted
 
@@ -47,6 +47,22 @@ class Entry:
         return msg
 
 
+def parse_compat32(raw: bytes) -> Message:
+    """``raw`` parsed with compat32, the same Message as BytesParser(policy=compat32) gives,
+    made cheaper for the common single-part message: only the header block goes through the
+    feed parser (which works line by line), the body is set as the payload in one piece, as
+    the parser would. Multipart and message/* bodies, and header blocks the parser ends
+    early (a line that is no header), get the full parse."""
+    head, sep, body = raw.partition(b"\n\n")
+    if sep and b"\r" not in head:
+        msg = BytesParser(policy=policy.compat32).parsebytes(head + b"\n\n", headersonly=True)
+        if msg.get_payload() == "" and msg.get_content_maintype() not in ("multipart",
+                                                                          "message"):
+            msg.set_payload(body.decode("ascii", "surrogateescape"))
+            return msg
+    return BytesParser(policy=policy.compat32).parsebytes(raw)
+
+
 def list_dir(archive_root: Path, list_address: str) -> Path:
     return archive_root / list_address.lower()
 
@@ -65,11 +81,27 @@ def month_path(archive_root: Path, list_address: str, month: str) -> Path:
     return list_dir(archive_root, list_address) / f"{month}.mbox"
 
 
+_MONTHS = {m: i for i, m in enumerate(("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug",
+                                        "Sep", "Oct", "Nov", "Dec"), 1)}
+_DAYS = frozenset(("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"))
+_CLOCK = re.compile(r"(\d\d):(\d\d):(\d\d)\Z")
+
+
 def from_line_time(line: bytes) -> dt.datetime | None:
     # "From sender Thu Nov 26 23:55:04 2026"
     parts = line.decode("ascii", "replace").split()
     if len(parts) < 7:
         return None
+    day, month, date, clock, year = parts[-5:]
+    hms = _CLOCK.match(clock)
+    if (day in _DAYS and month in _MONTHS and hms is not None and date.isdigit()
+            and len(date) <= 2 and year.isdigit() and len(year) == 4):
+        # The form time.asctime writes (every From_ line listserv writes), without strptime.
+        try:
+            return dt.datetime(int(year), _MONTHS[month], int(date), int(hms[1]), int(hms[2]),
+                               int(hms[3]), tzinfo=dt.timezone.utc)
+        except ValueError:
+            return None
     try:
         t = dt.datetime.strptime(" ".join(parts[-5:]), "%a %b %d %H:%M:%S %Y")
     except ValueError:
@@ -169,13 +201,41 @@ def text_header(msg: Message, name: str) -> str:
         return ""
     try:
         if msg.policy is policy.compat32:
-            raw = next(v for k, v in msg.raw_items() if k.lower() == name.lower())
+            # compat32 hands back the stored string itself unless it holds raw 8-bit bytes
+            # (then a Header object): only that case needs the stored value looked up.
+            raw = value if isinstance(value, str) else next(
+                v for k, v in msg.raw_items() if k.lower() == name.lower())
             text = _decode_compat32(str(raw))
         else:
             text = str(value)
     except Exception:  # noqa: BLE001 - a malformed header must not stop an archive page
         text = str(msg.get_all(name, [""])[0])
     return " ".join(text.split())
+
+
+def text_headers(msg: Message, names: Iterable[str]) -> dict[str, str]:
+    """text_header() of each name, from one walk over a compat32 message's headers (the
+    same values; any other message: text_header() per name)."""
+    names = list(names)
+    if msg.policy is not policy.compat32:
+        return {n: text_header(msg, n) for n in names}
+    wanted = {n.lower(): n for n in names}
+    raw: dict[str, Any] = {}
+    for key, value in msg.raw_items():
+        name = wanted.get(key.lower())
+        if name is not None and name not in raw:
+            raw[name] = value
+    out: dict[str, str] = {}
+    for name in names:
+        if name not in raw:
+            out[name] = ""
+            continue
+        try:
+            text = _decode_compat32(str(raw[name]))
+        except Exception:  # noqa: BLE001 - as text_header
+            text = str(msg.get_all(name, [""])[0])
+        out[name] = " ".join(text.split())
+    return out
 
 
 def _decode_compat32(text: str) -> str:

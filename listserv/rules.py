@@ -334,7 +334,8 @@ def build_context(session: Session, ml: MailingList, inbound: InboundMessage,
             sender, moderated = found
             roles = frozenset({Role.member})
     sender_rule = (None if roles else
-                   senders.action_for(senders.sender_rules(session, ml.id), candidates))
+                   senders.action_for(senders.sender_rules(session, ml.id), candidates,
+                                      senders.list_member_check(session)))
     if roles:
         problem = None
     try:

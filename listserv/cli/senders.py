@@ -14,6 +14,8 @@ from listserv.models import Action
 PATTERN_HELP = ("PATTERN is one address, or a regular expression starting with ^ matched "
                 "case-insensitively against the whole sender address (GNU Mailman's "
                 "convention), e.g. '^.*@example\\.com$'.")
+SENDER_PATTERN_HELP = (PATTERN_HELP + " For sender rules, @LIST (e.g. @team@example.org) "
+                       "stands for the members of that other list on this server.")
 
 
 @list_group.group("sender")
@@ -25,7 +27,7 @@ def sender_group() -> None:
     """
 
 
-@sender_group.command("add", epilog=PATTERN_HELP)
+@sender_group.command("add", epilog=SENDER_PATTERN_HELP)
 @click.argument("list_address", metavar="LIST")
 @click.argument("patterns", nargs=-1, required=True, metavar="PATTERN...")
 @click.option("--action", type=click.Choice([a.value for a in Action]), required=True,
@@ -35,7 +37,7 @@ def sender_group() -> None:
 def sender_add(obj: Obj, list_address: str, patterns: tuple[str, ...], action: str) -> None:
     """Set ACTION for posts from non-members matching PATTERN (replaces its old action)."""
     for p in patterns:
-        senders.normalise_pattern(p)          # refuse a bad pattern before the database
+        senders.normalise_pattern(p, list_members=True)   # a bad pattern: before the database
     app = obj.ready_app()
     with app.db.unit_of_work() as session:
         ml = lists_service.get_list(session, list_address)
@@ -45,7 +47,7 @@ def sender_add(obj: Obj, list_address: str, patterns: tuple[str, ...], action: s
         click.echo(f"{address}: {stored} -> {action}" + ("" if changed else " (unchanged)"))
 
 
-@sender_group.command("remove", epilog=PATTERN_HELP)
+@sender_group.command("remove", epilog=SENDER_PATTERN_HELP)
 @click.argument("list_address", metavar="LIST")
 @click.argument("patterns", nargs=-1, required=True, metavar="PATTERN...")
 @pass_obj

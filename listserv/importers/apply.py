@@ -16,7 +16,7 @@ from typing import Any, cast
 from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
-from listserv import addresses, lists, settings as settings_mod
+from listserv import addresses, lists, senders, settings as settings_mod
 from listserv.db import Database
 from listserv.digests.groups import DIGEST_MODES
 from listserv.errors import UsageError
@@ -149,6 +149,21 @@ def _differs(old: Any, new: Any) -> bool:
 def _senders(session: Session, ml: MailingList, plan: Mm2List, changes: Changes) -> None:
     rules = {r.pattern: r for r in session.scalars(
         select(SenderAction).where(SenderAction.list_id == ml.id))}
+    kept = []
+    for pattern, action in plan.sender_rules:
+        # '@list': the members of another list, honoured when that list is here.
+        other = pattern[1:] if pattern.startswith("@") else None
+        if other is not None and (other == ml.address.lower()
+                                  or not senders.list_exists(session, other)):
+            why = ("this list itself: its members are not non-members"
+                   if other == ml.address.lower() else
+                   f"the members of {other}: no such list here; import that list first, "
+                   "then run this import again")
+            plan.not_imported.append(f"{action.value}_these_nonmembers "
+                                     f"'@{other.partition('@')[0]}' ({why})")
+            continue
+        kept.append((pattern, action))
+    plan.sender_rules = kept
     for pattern, action in plan.sender_rules:
         row = rules.get(pattern)
         if row is None:

@@ -18,6 +18,9 @@ Mailman 2.1 facts used (Defaults.py / MemberAdaptor.py / Bouncer.py):
   7 hold; dmarc_moderation_action / from_is_list: 1 munge From, 2 wrap.
 - max_message_size and digest_size_threshhold are in KB; bounce intervals in seconds.
 - advertised: shown in the web directory.
+- accept/hold/reject/discard_these_nonmembers entries: an address, ``^regex``, or
+  ``@listname`` (the members of that list of the same site: here ``@listname@<our domain>``,
+  kept by the import only when that list exists on this server).
 """
 
 from __future__ import annotations
@@ -329,10 +332,20 @@ def _strings(value: Any) -> list[str]:
     return []
 
 
-def _pattern(text: str, notes: list[str], what: str) -> str | None:
+def _pattern(text: str, notes: list[str], what: str, domain: str | None = None) -> str | None:
+    """Our pattern for a Mailman one; ``domain``: where ``@listname`` (the members of another
+    list of the same Mailman site) is taken to live (sender rules only; None for bans)."""
     if text.startswith("@"):
-        notes.append(f"{what} {text!r} (members of another list: no equivalent)")
-        return None
+        if domain is None:
+            notes.append(f"{what} {text!r} (members of another list: bans name addresses "
+                         "and patterns only)")
+            return None
+        other = text[1:] if "@" in text[1:] else f"{text[1:]}@{domain}"
+        try:
+            return "@" + addresses.normalise(other)
+        except UsageError:
+            notes.append(f"{what} {text!r} (not a list name)")
+            return None
     if text.startswith("^"):
         try:
             re.compile(text, re.IGNORECASE)
@@ -348,7 +361,7 @@ def _senders(cfg: dict[str, Any], out: Mm2List) -> None:
     have: set[str] = set()
     for attr, action in SENDER_LISTS:
         for text in _strings(cfg.get(attr)):
-            p = _pattern(text, notes, attr)
+            p = _pattern(text, notes, attr, out.domain)
             if p is not None and p not in have:      # Mailman checks the lists in this order
                 have.add(p)
                 out.sender_rules.append((p, action))

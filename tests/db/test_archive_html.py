@@ -143,3 +143,30 @@ def test_encoded_and_raw_8bit_subjects_are_shown_decoded(app: Any, cli: Cli) -> 
     month = (app.settings.archive_path / LIST / "html" / "2026-11" / "index.html").read_text()
     assert "Café ✓ &amp; co" in month
     assert "Menü &lt;b&gt;" in month and "Zoë" in month
+
+
+def test_an_interrupted_build_is_repaired_by_the_next(app: Any, archived: Path) -> None:
+    """New message pages are written in place; a build that died half-way (its month
+    marker left behind, a page cut short) is finished by the next refresh, which checks
+    every page of that month instead of only the missing ones."""
+    from listserv import archive_html
+
+    info = archive_html.ListInfo(LIST, "Dev", ArchivePolicy.private)
+    archive_html.build(app, info, archived)
+    assert not list(archived.glob(".building-*")) and not list(archived.rglob(".tmp-*"))
+    whole = (archived / "2026-11" / "2.html").read_bytes()
+    (archived / "2026-11" / "2.html").write_bytes(whole[:40])         # cut short by a crash
+    (archived / ".building-2026-11").touch()
+    (archived / "2026-11" / "4.html").unlink()
+    report = archive_html.build(app, info, archived, ["2026-11"], new_only=True)
+    assert (archived / "2026-11" / "2.html").read_bytes() == whole
+    assert (archived / "2026-11" / "4.html").exists()
+    assert not (archived / ".building-2026-11").exists()
+    assert report.pages == 7 and report.written == 2                  # 5 messages, month, index
+    # Without a marker, a refresh only adds the missing pages.
+    (archived / "2026-11" / "2.html").write_bytes(b"edited by hand")
+    (archived / "2026-11" / "3.html").unlink()
+    report = archive_html.build(app, info, archived, ["2026-11"], new_only=True)
+    assert (archived / "2026-11" / "2.html").read_bytes() == b"edited by hand"
+    assert (archived / "2026-11" / "3.html").stat().st_mode & 0o777 == 0o640
+    assert report.pages == 3 and report.written == 1

@@ -194,3 +194,19 @@ def test_generated_list_nothing_lost(cli: Cli, app: App, tmp_path: Path) -> None
     assert {k[3] for k in kinds} == {None, "admin", "bounce"} and any(k[1] for k in kinds)
     assert "nothing changed" in cli("import", "mailman2", str(pck), "--archive", str(mbox),
                                     "--no-pages").stdout
+
+
+def test_members_of_another_list(cli: Cli, app: App, pck: Path) -> None:
+    """accept_these_nonmembers '@otherlist' (Mailman 2.1: the members of that list of the
+    same site): kept as the sender rule '@otherlist@DOMAIN' when that list is here, else
+    named under 'not imported' until it is (importing again then adds the rule)."""
+    out = cli("import", "mailman2", str(pck)).stdout
+    assert ("accept_these_nonmembers '@otherlist' (the members of otherlist@lists.example.org:"
+            " no such list here; import that list first, then run this import again)") in out
+    assert "add or change 5 of 5" in out
+    cli("list", "create", "otherlist@lists.example.org")
+    again = cli("import", "mailman2", str(pck)).stdout
+    assert "add or change 1 of 6" in again and "'@otherlist'" not in again
+    rules = cli.json("list", "show", ADDR)["sender_rules"]
+    assert rules[-1] == {"pattern": "@otherlist@lists.example.org", "action": "accept"}
+    assert "nothing changed" in cli("import", "mailman2", str(pck)).stdout

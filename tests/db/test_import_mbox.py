@@ -81,3 +81,24 @@ def test_dry_run_and_errors(cli: Cli, app: App, tmp_path: Path) -> None:
     assert "no such list" in cli.error("import", "mbox", "x@lists.example.org", str(mbox))
     cli("list", "set", ADDR, "archive", "none")
     assert "archive = none" in cli.error("import", "mbox", ADDR, str(mbox))
+
+
+def test_progress_reports_every_byte_and_every_page_is_built(cli: Cli, app: App,
+                                                             tmp_path: Path) -> None:
+    """The progress bar (shown on a terminal) is fed the bytes read, up to the file's size;
+    each imported message gets its page, each month its index."""
+    from listserv.importers.mbox import import_mbox
+
+    mbox = tmp_path / "dev.mbox"
+    pipermail_mbox(mbox, 120, start=1_300_000_000.0, step=43200.0)
+    steps: list[int] = []
+    report = import_mbox(app, ADDR, mbox, progress=steps.append)
+    assert sum(steps) == mbox.stat().st_size and all(s > 0 for s in steps)
+    assert report.added == 120 and len(report.months) == 3
+    html = app.settings.archive_path / ADDR / "html"
+    pages = {m: len(list((html / m).glob("[0-9]*.html"))) for m in sorted(report.months)}
+    counts = {m: len(archive_read.read_month(app.settings.archive_path, ADDR, m))
+              for m in report.months}
+    assert pages == counts and sum(pages.values()) == 120
+    assert report.pages == 120 + 3 + 1                   # messages, month pages, the index
+    assert not list(html.glob(".building-*")) and not list(html.rglob(".tmp-*"))

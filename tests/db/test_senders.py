@@ -29,7 +29,8 @@ def cli(cli_env: dict[str, str]) -> Cli:
 def _verdict(app: Any, sender: str, mail_from: str | None = None) -> rules.Verdict:
     data = message(sender, ADDR)
     with app.db.unit_of_work() as s:
-        ml = s.scalars(select(MailingList)).one()
+        ml = s.scalars(select(MailingList).order_by(MailingList.id)).first()
+        assert ml is not None and ml.name == "dev"
         ib = _inbound(s, app, ml.id, "post", data, mail_from or sender, None)
         return rules.evaluate(rules.build_context(s, ml, ib, parse(data)))
 
@@ -108,3 +109,34 @@ def test_banned_address_cannot_subscribe(cli: Cli, app: Any, tmp_path: Path) -> 
     assert "may not subscribe" in outbox.new()[0].msg.get_content()
     command(app, list_id, "join", message("fine@good.example", "dev-join@example.org", "", ""))
     assert is_member(app, list_id, "fine@good.example")
+
+
+def test_members_of_another_list_as_a_sender_rule(cli: Cli, app: Any) -> None:
+    """'@LIST' (Mailman 2.1's @listname): the members of that other list of this server."""
+    cli("list", "set", ADDR, "nonmember_action", "reject")
+    assert "no such list: staff@example.org" in cli.error(
+        "list", "sender", "add", ADDR, "@staff@example.org", "--action", "accept")
+    assert "not non-members" in cli.error("list", "sender", "add", ADDR, "@dev@example.org",
+                                          "--action", "accept")
+    assert "@LIST is for sender rules" in cli.error("list", "ban", "add", ADDR,
+                                                    "@dev@example.org")
+    cli("list", "create", "staff@example.org")
+    cli("member", "add", "staff@example.org", "Sam <sam@corp.example>", "nomail@corp.example")
+    cli("member", "set", "staff@example.org", "nomail@corp.example", "--delivery", "nomail")
+    cli("list", "create", "other@example.org", "--owner", "olga@corp.example")
+    out = cli("list", "sender", "add", ADDR, "@Staff@Example.org", "--action", "accept").stdout
+    assert "@staff@example.org -> accept" in out
+    cli("list", "sender", "add", ADDR, "@other@example.org", "--action", "discard")
+    assert {"pattern": "@staff@example.org", "action": "accept"} in cli.json(
+        "list", "show", ADDR)["sender_rules"]
+    v = _verdict(app, "Sam <SAM@corp.example>")
+    assert v.action is Action.accept
+    assert _verdict(app, "nomail@corp.example").action is Action.accept   # member, any delivery
+    assert _verdict(app, "stranger@corp.example").action is Action.reject
+    assert _verdict(app, "olga@corp.example").action is Action.reject     # an owner only
+    cli("member", "add", "other@example.org", "sam@corp.example")
+    assert _verdict(app, "sam@corp.example").action is Action.accept      # accept wins
+    cli("list", "sender", "remove", ADDR, "@staff@example.org")
+    assert _verdict(app, "sam@corp.example").action is Action.discard
+    cli("list", "delete", "other@example.org", "--yes")
+    assert _verdict(app, "sam@corp.example").action is Action.reject      # list gone: no match

@@ -60,3 +60,49 @@ def test_month_bytes_cuts_at_a_message_boundary(tmp_path: Path) -> None:
 def test_month_bytes_when_not_even_one_message_fits(tmp_path: Path) -> None:
     write(tmp_path, "2026-11", msg(1, "x" * 5000 + "\n"), msg(2))
     assert archive_read.month_bytes(tmp_path, ADDR, "2026-11", 100) == (b"", 0, 2)
+
+
+def test_parse_compat32_gives_what_the_full_parser_gives() -> None:
+    """The cheap parse (headers through the feed parser, a single-part body set whole) is
+    the same Message as BytesParser(policy=compat32), for every shape of message."""
+    from email import policy
+    from email.parser import BytesParser
+
+    samples = [
+        b"From: a@x\nSubject: Caf\xc3\xa9 =?utf-8?q?x?=\nMessage-ID: <1@x>\n\nline\n\nmore\n",
+        b"From: a@x\nContent-Type: text/plain; charset=iso-8859-1\n"
+        b"Content-Transfer-Encoding: quoted-printable\n\nCaf=E9\n",
+        b"From: a@x\nContent-Type: multipart/mixed; boundary=b\n\n--b\n\nx\n--b--\n",
+        b"From: a@x\nContent-Type: message/rfc822\n\nSubject: inner\n\nbody\n",
+        b"From: a@x\nnot a header line\nSubject: s\n\nbody\n",
+        b"From: a@x\nSubject: no body",
+        b"\n\nonly a body\n",
+        b"From: a@x\r\nSubject: crlf\r\n\r\nbody\r\n",
+        b"From: a@x\n  folded\nSubject: s\n\n\n\nbody after blank lines\n",
+    ]
+    for raw in samples:
+        full = BytesParser(policy=policy.compat32).parsebytes(raw)
+        cheap = archive_read.parse_compat32(raw)
+        assert cheap.items() == full.items(), raw
+        assert cheap.is_multipart() == full.is_multipart(), raw
+        assert cheap.get_payload(decode=True) == full.get_payload(decode=True), raw
+        assert cheap.as_bytes() == full.as_bytes(), raw
+
+
+def test_text_headers_and_from_line_time_agree_with_the_slow_way() -> None:
+    import datetime as dt
+
+    raw = (b"From: =?utf-8?q?Zo=C3=AB?= <z@x>\nSubject: Men\xc3\xbc\n  folded\n"
+           b"subject: second\nTo: a@x\nDate: Mon, 02 Nov 2026 09:00:00 +0000\n\nbody\n")
+    msg = archive_read.parse_compat32(raw)
+    names = ("From", "Subject", "To", "Cc", "Date", "References")
+    got = archive_read.text_headers(msg, names)
+    assert got == {n: archive_read.text_header(msg, n) for n in names}
+    assert got["Subject"] == "Menü folded" and got["From"] == "Zoë <z@x>" and got["Cc"] == ""
+    assert archive_read.from_line_time(b"From a@b Mon Jan  5 10:00:00 2004") == dt.datetime(
+        2004, 1, 5, 10, 0, tzinfo=dt.timezone.utc)
+    for odd in (b"From a@b Thu Feb 30 10:00:00 2023", b"From a@b Thu Feb 28 24:00:00 2023",
+                b"From a@b", b"From a@b Xyz Feb 28 10:00:00 2023"):
+        assert archive_read.from_line_time(odd) is None, odd
+    assert archive_read.from_line_time(b"From a@b thu FEB 28 1:02:03 2023") == dt.datetime(
+        2023, 2, 28, 1, 2, 3, tzinfo=dt.timezone.utc)               # strptime's leniency kept
