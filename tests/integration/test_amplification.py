@@ -14,7 +14,8 @@ import pytest
 from listserv import archive_access, config, lists, members, signing
 from listserv.app import App
 from listserv.archive import mbox_entry
-from listserv.models import Action, ArchivePolicy, DeliveryMode
+from listserv.models import Action, ArchivePolicy, DeliveryMode, SubscriptionPolicy
+from tests.conftest import Clock
 from tests.integration.harness import Harness, make_list, make_message
 from tests.sink import Captured, SmtpSink
 
@@ -255,3 +256,37 @@ def test_trusted_authentication_results_act_at_once(authenticating: Harness) -> 
         mail_from="bob@b.example", rcpts=["dev-request@example.org"])
     h.run_until_idle()
     assert bob_mode(h) is DeliveryMode.nomail
+
+
+def test_forged_joins_get_a_few_confirmation_requests_a_day(harness: Harness,
+                                                            clock: Clock) -> None:
+    """A join in a stranger's name costs them a confirmation request; forged joins an hour
+    apart (past the re-send interval) cost them at most five a day, per list."""
+    make_list(harness.app, LIST, members=["ann@a.example"],
+              subscription_policy=SubscriptionPolicy.confirm)
+
+    def forge(n: int) -> None:
+        harness.send(make_message("victim@v.example", "dev-join@example.org", "join", "",
+                                  message_id=f"<join{n}@evil.example>"),
+                     mail_from="attacker@evil.example")
+        harness.run_until_idle()
+        clock.advance(minutes=61)
+
+    def requests() -> list[EmailMessage]:
+        return [m for m in to(list(harness.sink.messages), "victim@v.example")
+                if "confirm your subscription" in str(m["Subject"])]
+
+    for n in range(8):
+        forge(n)
+    harness.sink.wait_for(lambda ms: len(requests()) >= 5)
+    harness.run_until_idle()
+    assert len(requests()) == 5
+    clock.advance(days=1)
+    forge(8)
+    harness.sink.wait_for(lambda ms: len(requests()) >= 6)
+    # the latest request's token still works: the victim (or a person who really asked) joins
+    harness.send(make_message("victim@v.example", str(requests()[-1]["Reply-To"]), "Re: confirm",
+                              "yes"))
+    harness.run_until_idle()
+    with harness.app.db.unit_of_work() as s:
+        assert members.find_membership(s, lists.get_list(s, LIST), "victim@v.example")
