@@ -83,10 +83,12 @@ def write_month(h: Harness, month: str, count: int, lines: int) -> int:
 
 
 def ask(h: Harness, month: str, n: int) -> tuple[list[bytes], str]:
-    """Send 'get MONTH' from the stranger; the mbox attachments and the answer's text."""
+    """Send 'get MONTH' (or 'index') from the stranger; the mbox attachments and the
+    answer's text."""
     before = len(to(list(h.sink.messages), "stranger@s.example"))
+    command = "index" if month == "index" else f"get {month}"
     h.send(make_message("stranger@s.example", "dev-request@example.org", "archive please",
-                        f"get {month}\n", message_id=f"<get{n}@s.example>"))
+                        f"{command}\n", message_id=f"<get{n}@s.example>"))
     h.run_until_idle()
     got = to(h.sink.wait_for(lambda ms: len(to(ms, "stranger@s.example")) > before),
              "stranger@s.example")[before:]
@@ -124,6 +126,9 @@ def test_large_public_month_is_answered_with_its_web_page(harness: Harness,
     assert "left of today's" in text
     assert f"{base}/lists/dev@example.org/archive/2026-10/" in text.split()
 
+    data, text = ask(harness, "index", 4)                     # the index names the web archive
+    assert f"{base}/lists/dev@example.org/archive/" in text.split()
+
 
 @pytest.mark.parametrize("archive, web", [(ArchivePolicy.private, True),
                                           (ArchivePolicy.public, False)])
@@ -137,6 +142,8 @@ def test_large_month_without_a_public_web_archive_is_cut(
         [mbox] = data
         assert 0 < len(mbox) <= 300_000 < large               # the first posts that fit
         assert "/archive/" not in text
+        data, text = ask(h, "index", 2)
+        assert "2026-09" in text and "/archive/" not in text
     finally:
         h.stop()
 
