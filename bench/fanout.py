@@ -2,6 +2,7 @@
 
     python bench/fanout.py --members 10000 --verp --dkim
     python bench/fanout.py --members 100000 --no-verp --dkim
+    python bench/fanout.py --members 10000 --verp --dkim --no-per-member   # the baseline
 
 It starts a fast SMTP sink (Postfix's `smtp-sink`; `apt-get install postfix` provides it — an
 in-process aiosmtpd sink is the fallback, and says so), initialises a temporary data_dir, makes
@@ -9,6 +10,11 @@ the list (DKIM key via `listserv domain dkim-keygen`, members by direct SQL inse
 `python -m listserv serve`, posts one message with smtplib and prints: seconds from the post's
 250 to the last recipient delivered, deliveries per second, SMTP transactions, the latency to
 the first delivery, and the daemon's peak RSS (VmHWM).
+
+VERP'd posts give each member a copy with their own one-click unsubscribe headers and DKIM
+signature. ``--no-per-member`` runs the same daemon with that switched off (the post is then
+signed once for everyone, as batched copies are): the baseline the per-copy figure is compared
+with. ``--repeat N`` runs N times and prints the median.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import shutil
 import signal
 import smtplib
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -229,6 +236,43 @@ def signed(cfg: Path) -> str:
     return "per copy" if per_member else "once" if once else "no"
 
 
+# `listserv serve` with per-member copies switched off: posts are queued signed once (what
+# notices.finalise does) and without per_member. Only for the baseline of this benchmark.
+NO_PER_MEMBER = """
+from listserv import outbound, signing
+from listserv.models import MailingList
+from listserv.views import ListView
+real = outbound.queue_message
+def queue_message(session, app, data, recipients, **kw):
+    if kw.get("per_member"):
+        kw["per_member"] = False
+        lv = ListView.of(session.get(MailingList, kw["list_id"]))
+        if lv.dkim_key and lv.dkim_selector:
+            data = signing.sign(data, lv.domain, lv.dkim_selector, lv.dkim_key)
+    return real(session, app, data, recipients, **kw)
+outbound.queue_message = queue_message
+from listserv.cli import main
+main()
+"""
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User + system CPU seconds so far of process ``pid`` (all its threads) and of its child
+    processes (the signing workers)."""
+    own = kids = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if stat.parent.name == str(pid):
+            own += int(fields[11]) + int(fields[12])
+        elif fields[1] == str(pid):
+            kids += int(fields[11]) + int(fields[12])
+    tck = os.sysconf("SC_CLK_TCK")
+    return own / tck, kids / tck
+
+
 def vm_hwm_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -241,6 +285,9 @@ def main() -> None:
     ap.add_argument("--members", type=int, default=10000)
     ap.add_argument("--verp", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--dkim", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--per-member", action=argparse.BooleanOptionalAction, default=True,
+                    help="VERP'd copies with their own unsubscribe headers and signature "
+                         "(--no-per-member: the baseline, one signature per post)")
     ap.add_argument("--connections", type=int, default=8)
     ap.add_argument("--database-url", default="", help="default: SQLite in the temp data_dir")
     ap.add_argument("--sink", choices=("auto", "aiosmtpd"), default="auto",
@@ -248,9 +295,25 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=300.0)
     ap.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
                     help="post once to a one-member list first (a running daemon is warm)")
+    ap.add_argument("--repeat", type=int, default=1, help="runs; the median is printed")
     ap.add_argument("--keep", action="store_true", help="keep the temp data_dir")
     args = ap.parse_args()
+    rates = []
+    for i in range(args.repeat):
+        if args.repeat > 1:
+            print(f"-- run {i + 1} of {args.repeat}")
+        rates.append(run(args))
+    if args.repeat > 1:
+        print(f"median deliveries per second over {args.repeat} runs: "
+              f"{statistics.median(rates):,.0f} (all: {', '.join(f'{r:,.0f}' for r in rates)})")
 
+
+def run(args: argparse.Namespace) -> float:
+    """One fan-out; returns the deliveries per second."""
+    global _APP
+    if _APP is not None:
+        _APP.db.dispose()
+    _APP = None
     tmp = Path(tempfile.mkdtemp(prefix="listserv-fanout-"))
     sink = Sink()
     sink.start(args.sink)
@@ -280,7 +343,8 @@ def main() -> None:
 
         log = open(tmp / "serve.log", "wb")
         flags = os.environ.get("BENCH_SERVE_FLAGS", "").split()   # e.g. "-vv"
-        daemon = subprocess.Popen([sys.executable, "-m", "listserv", "--config", str(cfg),
+        how = ["-m", "listserv"] if args.per_member else ["-c", NO_PER_MEMBER]
+        daemon = subprocess.Popen([sys.executable, *how, "--config", str(cfg),
                                    *flags, "serve"], stdout=log, stderr=subprocess.STDOUT,
                                   cwd=ROOT)
         wait_port(intake_port, 30, daemon)
@@ -291,6 +355,8 @@ def main() -> None:
                 smtp.sendmail(POSTER, [WARMUP], message(WARMUP, "warm-up"))
             wait_delivered(cfg, WARMUP, 1, 60, daemon, tmp)
             sink.reset()
+        cpu0 = cpu_seconds(daemon.pid)
+        load0 = os.getloadavg()[0]
         with smtplib.SMTP("127.0.0.1", intake_port) as smtp:
             smtp.sendmail(POSTER, [LIST], message(LIST, "fan-out benchmark"))
             t_accepted = time.time()
@@ -298,6 +364,7 @@ def main() -> None:
         t_recorded = time.time()
         time.sleep(0.2)           # let the sink's counter catch up
         hwm = vm_hwm_mb(daemon.pid)
+        cpu = [b - a for a, b in zip(cpu0, cpu_seconds(daemon.pid))]
         last = sink.last or t_recorded
         elapsed = last - t_accepted
         first = (sink.first - t_accepted) if sink.first else float("nan")
@@ -312,6 +379,9 @@ def main() -> None:
         print(f"first delivery latency: {first:.3f} s "
               f"({'warm daemon' if args.warmup else 'first post after start'})")
         print(f"daemon peak RSS (VmHWM): {hwm:.0f} MB")
+        print(f"CPU during the fan-out: daemon {cpu[0]:.2f} s, its signing workers "
+              f"{cpu[1]:.2f} s; load average before: {load0:.2f}")
+        return done / elapsed
     finally:
         if daemon is not None and daemon.poll() is None:
             daemon.send_signal(signal.SIGTERM)

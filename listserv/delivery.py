@@ -28,7 +28,7 @@ from typing import Callable, Union
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from listserv import signing, unsubscribe
+from listserv import signing, signpool, unsubscribe
 from listserv.app import App, site_secret
 from listserv.models import DeliveryState, MailingList, OutboundMessage
 from listserv.queues import T, claim, make_owner, record, recover
@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 RECOVER_EVERY = 60.0          # seconds between stale-claim sweeps in run()
 POLL = 0.5                    # idle poll when nobody sets ``wake``
 ERROR_PAUSE = 2.0             # after a database error in run()
-SIGNING_THREADS = max(1, min(4, os.cpu_count() or 1))   # per-member copies signed at once
 RECORD_TRIES = 3              # tries to write one batch's results (others succeeding)
 MESSAGE_CACHE = 64            # OutboundMessages whose bytes are kept in memory ...
 MESSAGE_CACHE_BYTES = 64 << 20  # ... and at most this many bytes of them
@@ -84,7 +83,7 @@ class Runner:
 
     def _claim_sync(self, limit: int) -> list[Batch]:
         now = self.app.now()
-        tokens: dict[int, dict[str, str]] = {}
+        members: dict[int, dict[str, tuple[int, str]]] = {}
         with self.app.db.unit_of_work() as session:
             rows = claim(session, self.owner, now, limit)
             need = {r.outbound_id for r in rows}
@@ -102,31 +101,30 @@ class Runner:
                 session.execute(update(T).where(T.c.id.in_(bad)).values(
                     state=DeliveryState.failed, locked_by=None, locked_at=None,
                     finished_at=now, last_error="spool file of the message is missing"))
-            for r in rows:        # the members' tokens, one query per batch
+            for r in rows:        # the members' memberships, one query per 500 recipients
                 m = have.get(r.outbound_id)
                 if m is not None and m.maker is not None and m.list_id is not None:
-                    tokens[r.id] = unsubscribe.tokens_for(
-                        session, self._site_secret(session), m.list_id,
-                        [x for x in r.recipients.split("\n") if x])
+                    self._site_secret(session)
+                    members[r.id] = unsubscribe.memberships_for(
+                        session, m.list_id, [x for x in r.recipients.split("\n") if x])
         for m in have.values():
             self._remember(m)
         batches = [Batch(r.id, have[r.outbound_id], [x for x in r.recipients.split("\n") if x],
-                         r.attempts, r.first_attempt_at, tokens=tokens.get(r.id))
+                         r.attempts, r.first_attempt_at, members=members.get(r.id))
                    for r in rows if r.outbound_id in have]
         return batches
 
-    @staticmethod
-    def _personalise(batch: Batch, part: int, parts: int) -> dict[str, bytes] | None:
-        """Members' own copies (unsubscribe headers + DKIM signature) for every ``parts``-th
-        recipient of ``batch`` from ``part`` on: one RSA signature each, so this runs in
-        threads (OpenSSL releases the GIL). None on any error: the members then get the
-        generic copy (never a lost batch)."""
-        maker, own = batch.message.maker, batch.tokens
-        if maker is None or not own:
+    def _personalise(self, batch: Batch) -> dict[str, tuple[bytes, bytes]] | None:
+        """Members' own parts of their copies of ``batch`` (unsubscribe fields + DKIM
+        signature), made in worker processes (listserv.signpool) when there are many, so
+        this runs in a thread. None on any error: the members then get the generic copy
+        (never a lost batch)."""
+        maker, members = batch.message.maker, batch.members
+        if maker is None or not members or self.secret is None:
             return {}
         try:
-            return {rcpt: maker.copy_head(own[rcpt.lower()])
-                    for rcpt in batch.recipients[part::parts] if rcpt.lower() in own}
+            rcpts = [r for r in batch.recipients if r.lower() in members]
+            return dict(zip(rcpts, maker.own(self.secret, [members[r.lower()] for r in rcpts])))
         except Exception:
             log.exception("delivery batch %s: per-member copies failed; sending the list copy",
                           batch.id)
@@ -146,16 +144,15 @@ class Runner:
                       not data.isascii(), sha=out.spool_sha, message_id=out.message_id)
         ml = session.get(MailingList, out.list_id) if out.per_member and out.list_id else None
         if ml is not None:
-            # ``data`` is unsigned: members get their own copies (heads + rest); anyone
+            # ``data`` is unsigned: members get their own copies (CopyMaker); anyone
             # else the generic copy, signed here once.
-            lv = unsubscribe.with_page(ListView.of(ml), self.app.settings.web.base_url)
+            lv = unsubscribe.with_web(ListView.of(ml), self.app.settings.web)
             try:
                 msg.maker = unsubscribe.CopyMaker.of(data, lv, self.app.settings.web.base_url)
             except ValueError:
                 log.error("outbound message %s: no header/body separator; sent unpersonalised",
                           out.id)
             else:
-                msg.rest = msg.maker.rest
                 if lv.dkim_key and lv.dkim_selector:
                     msg.data = signing.sign(data, lv.domain, lv.dkim_selector, lv.dkim_key)
         return msg
@@ -227,8 +224,8 @@ class Runner:
         batches = await asyncio.to_thread(self._claim_sync, limit)
         if batches:
             log.debug("delivery: claimed %d batches", len(batches))
-        plain = [b for b in batches if not b.tokens]
-        personal = [b for b in batches if b.tokens]
+        plain = [b for b in batches if not b.members]
+        personal = [b for b in batches if b.members]
         for b in plain:
             self.inflight += 1
             self.transport.submit(b)
@@ -292,32 +289,26 @@ class Runner:
 
 
 class _Pipeline:
-    """Batches waiting for their per-member copies: signed one batch at a time (by
-    SIGNING_THREADS threads), each handed to the transport as soon as it is ready, so the
-    first copies leave while later batches are still being signed."""
+    """Batches waiting for their per-member copies: made one batch at a time in a thread
+    (the RSA signatures in worker processes), each handed to the transport as soon as it is
+    ready, so the first copies leave while later batches are still being signed."""
 
     def __init__(self) -> None:
         self.task: asyncio.Task[None] | None = None
 
     def then(self, batches: list[Batch],
-             work: Callable[[Batch, int, int], dict[str, bytes] | None],
+             work: Callable[[Batch], dict[str, tuple[bytes, bytes]] | None],
              submit: Callable[[Batch], None]) -> "_Pipeline":
         before = self.task
 
         async def run() -> None:
             if before is not None:
                 await asyncio.gather(before, return_exceptions=True)
-            n = SIGNING_THREADS
             for b in batches:
-                parts = await asyncio.gather(*(asyncio.to_thread(work, b, i, n)
-                                               for i in range(n)), return_exceptions=True)
-                heads: dict[str, bytes] = {}
-                for got in parts:
-                    if not isinstance(got, dict):
-                        heads = {}
-                        break
-                    heads.update(got)
-                b.heads = heads or None
+                try:
+                    b.heads = await asyncio.to_thread(work, b) or None
+                except Exception:         # work() logs its own; never lose the batch
+                    b.heads = None
                 submit(b)
 
         self.task = asyncio.create_task(run())
@@ -344,6 +335,8 @@ async def run(app: App, stop: asyncio.Event, wake: asyncio.Event) -> None:
     """The daemon's delivery loop: deliver what is ready, wait on ``wake`` (set after a
     message is queued) or a short poll; on ``stop`` finish transactions in progress, give the
     rest back to the queue and return."""
+    if app.settings.delivery.verp:
+        signpool.start()         # members' own copies: many RSA signatures per post
     await Runner(app).serve(stop, wake)
 
 

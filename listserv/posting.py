@@ -160,7 +160,7 @@ def accept_post(session: Session, app: App, inbound: InboundMessage, msg: EmailM
 
     # DNS (DMARC) before taking any lock: a slow resolver must not hold the list row.
     resolver = _MemoResolver(app.resolve_txt)
-    guess = unsubscribe.with_page(ListView.of(ml), app.settings.web.base_url)
+    guess = unsubscribe.with_web(ListView.of(ml), app.settings.web)
     guess = _with_post_id(guess, ml.post_id + 1)
     early = transforms.prepare(msg, guess, resolve_txt=resolver)
     found = _arc_results(app, guess, inbound)   # DNS too: before the locks
@@ -176,7 +176,7 @@ def accept_post(session: Session, app: App, inbound: InboundMessage, msg: EmailM
         inbound.outcome = f"duplicate: {message_id} was already distributed by this list"
         return None
     set_committed_value(ml, "post_id", seq)
-    lv = unsubscribe.with_page(ListView.of(ml), app.settings.web.base_url)
+    lv = unsubscribe.with_web(ListView.of(ml), app.settings.web)
     prepared = early if seq == guess.post_id else transforms.prepare(
         msg, lv, resolve_txt=resolver)
     prepared_sha = app.spool.put(to_bytes(prepared))

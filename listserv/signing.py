@@ -22,6 +22,7 @@ from typing import Callable, Iterable
 import dkim
 from dkim.canonicalization import CanonicalizationPolicy
 
+from listserv import copies
 from listserv.errors import UsageError
 
 SIGNED_HEADERS = [b"From", b"To", b"Cc", b"Subject", b"Date", b"Message-ID", b"Reply-To",
@@ -46,8 +47,8 @@ class Signer:
 
     def __init__(self, domain: str, selector: str, key_pem: str,
                  include_headers: Iterable[bytes] = SIGNED_HEADERS) -> None:
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric import rsa
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
 
         # The key was validated when it was stored (load_key); skipping OpenSSL's RSA
         # consistency check makes this ~100 ms faster.
@@ -59,6 +60,9 @@ class Signer:
         if not isinstance(key, rsa.RSAPrivateKey):
             raise UsageError("DKIM key must be an RSA private key")
         self._key = key
+        self.key_pem = key_pem
+        self._padding = padding.PKCS1v15()
+        self._prehashed = utils.Prehashed(hashes.SHA256())
         self.domain = domain.encode("ascii")
         self.selector = selector.encode("ascii")
         self.include = tuple(h.lower() for h in include_headers)
@@ -72,11 +76,12 @@ class Signer:
         self.signatures = 0   # RSA operations done (for tests and benchmarks)
 
     def _rsa(self, digest: bytes) -> bytes:
-        from cryptography.hazmat.primitives import hashes
-        from cryptography.hazmat.primitives.asymmetric import padding, utils
-
         self.signatures += 1
-        return self._key.sign(digest, padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
+        return self._key.sign(digest, self._padding, self._prehashed)
+
+    def rsa_many(self, digests: list[bytes]) -> list[bytes]:
+        """RSA signatures of SHA-256 ``digests``, here (see listserv.signpool for processes)."""
+        return [self._rsa(d) for d in digests]
 
     def _split(self, data: bytes) -> tuple[list[list[bytes]], bytes]:
         """dkim.rfc822_parse, but the body is only line-ending-normalised (not split into
@@ -151,6 +156,12 @@ class Signer:
                           namelen=len(_SIG_NAME))
         return _SIG_NAME + b": " + value
 
+    def for_copies(self, headers: list[list[bytes]], bodyhash: bytes,
+                   names: tuple[bytes, ...]) -> "CopySigner":
+        """A CopySigner for copies of one message: the parsed ``headers`` they share, the
+        body hash, and the ``names`` of the fields each copy adds after them."""
+        return CopySigner(self, headers, bodyhash, names)
+
     def sign(self, data: bytes, timestamp: int | None = None) -> bytes:
         """``data`` with a DKIM-Signature prepended; identical ``data`` is signed only once
         (while it stays in the cache)."""
@@ -166,6 +177,90 @@ class Signer:
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
         return sig + data
+
+
+class CopySigner:
+    """Signs many copies of one message that differ only in a few header fields, added by
+    each copy after the shared ones (a member's own List-Unsubscribe, ...).
+
+    Built once per message: the shared fields are selected and canonicalised once, in h=
+    order, with a slot for each per-copy field; the DKIM-Signature field without b= is built
+    and canonicalised once per second (its t=). A copy then costs the canonical form of its
+    own fields, one SHA-256 over ~1 KB and one RSA signature (listserv.copies, which can run
+    in worker processes: listserv.signpool)."""
+
+    def __init__(self, signer: Signer, headers: list[list[bytes]], bodyhash: bytes,
+                 names: tuple[bytes, ...]) -> None:
+        self.signer = signer
+        self.bodyhash = bodyhash
+        self.names = tuple(n.lower() for n in names)
+        policy = signer._policy
+        if policy.header_algorithm.name != b"relaxed":
+            raise ValueError("CopySigner canonicalises its own fields as relaxed")
+        shared = [h for h in headers if h[0].lower() not in self.names]
+        slots: list[list[bytes] | int] = [*shared, *range(len(self.names))]
+
+        def name_of(x: list[bytes] | int) -> bytes:
+            return self.names[x] if isinstance(x, int) else x[0].lower()
+
+        # dkim.select_headers over shared fields + slots: per h= name, the last unused one;
+        # hashed = pieces[0] + own[slots[0]] + pieces[1] + ... + pieces[-1] (+ the signature)
+        self.slots: list[int] = []
+        self.pieces: list[bytes] = [b""]
+        last: dict[bytes, int] = {}
+        for h in signer.include:
+            i = last.get(h, len(slots))
+            while i > 0:
+                i -= 1
+                if name_of(slots[i]) == h:
+                    x = slots[i]
+                    if isinstance(x, int):
+                        self.slots.append(x)
+                        self.pieces.append(b"")
+                    else:
+                        (n, v), = policy.canonicalize_headers([x])
+                        self.pieces[-1] += n + b":" + v
+                    break
+            last[h] = i
+        self._stamp: tuple[int, bytes, bytes] | None = None   # (t=, output head, hash tail)
+        self._lock = threading.Lock()
+
+    def for_stamp(self, stamp: int) -> tuple[bytes, bytes]:
+        """(the DKIM-Signature field up to ``b=``, its canonical form for the hash) with
+        t=``stamp``."""
+        cached = self._stamp
+        if cached is not None and cached[0] == stamp:
+            return cached[1], cached[2]
+        s = self.signer
+        fields = [
+            (b"v", b"1"),
+            (b"a", b"rsa-sha256"),
+            (b"c", s._policy.to_c_value()),
+            (b"d", s.domain),
+            (b"i", b"@" + s.domain),
+            (b"q", b"dns/txt"),
+            (b"s", s.selector),
+            (b"t", str(stamp).encode("ascii")),
+            (b"h", b" : ".join(s.include)),
+            (b"bh", self.bodyhash),
+        ]
+        head = (_SIG_NAME + b": " + dkim.fold(b"; ".join(b"=".join(x) for x in fields) + b";",
+                                              namelen=len(_SIG_NAME)) + b"\r\n b=")
+        value = dkim.RE_BTAG.sub(b"\\1", head[len(_SIG_NAME) + 1:])
+        (n, v), = s._policy.canonicalize_headers([(_SIG_NAME, value)])
+        tail = n + b":" + v.rstrip()
+        with self._lock:
+            self._stamp = (stamp, head, tail)
+        return head, tail
+
+    def signature(self, values: list[bytes], timestamp: int | None = None) -> bytes:
+        """The DKIM-Signature field (ending in CRLF) of the copy whose own fields (``names``,
+        in order) have these raw ``values`` (as after "Name:", folding and CRLF included),
+        signed here."""
+        head, tail = self.for_stamp(int(time.time()) if timestamp is None else int(timestamp))
+        own = [copies.relaxed(n, v) for n, v in zip(self.names, values)]
+        digest = copies.digest(self.pieces, self.slots, own, tail)
+        return copies.finish(head, self.signer._rsa(digest))
 
 
 @lru_cache(maxsize=64)

@@ -48,8 +48,8 @@ class Message:
     sha: str = ""
     message_id: str = ""
     # per-member copies (listserv.unsubscribe): ``data`` is then the generic signed copy,
-    # and a batch's ``heads[rcpt] + rest`` a member's own
-    rest: bytes | None = None
+    # and a member's own is ``sig + maker.head + fields + rest`` with (sig, fields) from
+    # the batch's ``heads[rcpt]``
     maker: "CopyMaker | None" = None
     _lf: bytes | None = None
 
@@ -80,16 +80,18 @@ class Batch:
     pending_tx: int = 0
     conn_failed: bool = False
     record_tries: int = 0
-    heads: dict[str, bytes] | None = None   # recipient -> header block of their own copy
-    tokens: dict[str, str] | None = None    # recipient -> unsubscribe token (to build heads)
+    # recipient -> (DKIM-Signature field, own List-Unsubscribe fields) of their own copy
+    heads: dict[str, tuple[bytes, bytes]] | None = None
+    # recipient -> (membership id, nonce): the members to make own copies for
+    members: dict[str, tuple[int, str]] | None = None
 
     def data_for(self, rcpts: list[str]) -> bytes:
         """The bytes to send to ``rcpts``: a member's own copy when there is one."""
         m = self.message
-        if self.heads and m.rest is not None and len(rcpts) == 1:
-            head = self.heads.get(rcpts[0])
-            if head is not None:
-                return head + m.rest
+        if self.heads and m.maker is not None and len(rcpts) == 1:
+            own = self.heads.get(rcpts[0])
+            if own is not None:
+                return b"".join((own[0], m.maker.head, own[1], m.maker.rest))
         return m.data
 
     def outcome(self, rcpts: list[str], code: int | None, text: str,

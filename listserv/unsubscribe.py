@@ -12,41 +12,38 @@ Each member's copy of a VERP'd post carries
     List-Unsubscribe-Post: List-Unsubscribe=One-Click
 
 and its own DKIM signature over them. ``CopyMaker`` is built once per post: it parses the
-header block and hashes the body once; a copy then costs two header lines, one header hash and
-one RSA signature. Batched (non-VERP) copies cannot name the member: they point at the list's
-page ``BASE_URL/leave/NAME@DOMAIN``, which asks for the address and confirms by mail.
+header block, hashes the body and canonicalises the shared fields once; a copy then costs
+a token, two header fields, one header hash and one RSA signature (listserv.copies, run in
+worker processes by listserv.signpool). Batched (non-VERP) copies cannot name the member:
+they point at the list's page ``BASE_URL/leave/NAME@DOMAIN``, which asks for the address and
+confirms by mail.
 """
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import hashlib
 import hmac
 import re
+import time
 from dataclasses import dataclass
 from typing import Iterable
+from urllib.parse import quote
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from listserv import network, signing
-from listserv.models import Address, DeliveryMode, Membership, Role
+from listserv import copies, network, signing, signpool
+from listserv.config import WebSettings
+from listserv.models import Address, ArchivePolicy, DeliveryMode, Membership, Role
 from listserv.views import ListView
 
 TOKEN_RE = re.compile(r"^([a-z2-7]{26})([1-9][0-9]{0,18})$")
 ONE_CLICK = "List-Unsubscribe=One-Click"
-_DROP = (b"list-unsubscribe", b"list-unsubscribe-post")
+_NAMES = (b"List-Unsubscribe", b"List-Unsubscribe-Post")     # each member's own fields
+_DROP = tuple(n.lower() for n in _NAMES)
 
 
-def _mac(secret: str, membership_id: int, nonce: str) -> str:
-    digest = hmac.new(secret.encode(), f"unsubscribe\0{membership_id}\0{nonce}".encode(),
-                      hashlib.sha256).digest()[:16]
-    return base64.b32encode(digest).decode("ascii").rstrip("=").lower()
-
-
-def make_token(secret: str, membership_id: int, nonce: str) -> str:
-    return _mac(secret, membership_id, nonce) + str(membership_id)
+make_token = copies.make_token
 
 
 def find(session: Session, secret: str, token: str) -> Membership | None:
@@ -58,7 +55,7 @@ def find(session: Session, secret: str, token: str) -> Membership | None:
     row = session.get(Membership, int(m.group(2)))
     if row is None or row.role is not Role.member:
         return None
-    if not hmac.compare_digest(m.group(1), _mac(secret, row.id, row.unsub_nonce)):
+    if not hmac.compare_digest(m.group(1), copies.mac(secret, row.id, row.unsub_nonce)):
         return None
     return row
 
@@ -72,16 +69,32 @@ def list_page_url(base_url: str, lv: ListView) -> str:
     return f"{base_url.rstrip('/')}/leave/{lv.address}"
 
 
-def with_page(lv: ListView, base_url: str) -> ListView:
-    """``lv`` naming the list's unsubscribe page (List-Unsubscribe of every copy)."""
-    return dataclasses.replace(lv, unsubscribe_url=list_page_url(base_url, lv))
+def archive_url(base_url: str, lv: ListView) -> str:
+    """The list's web archive (listserv.web.archive.Urls.archive under ``base_url``)."""
+    return f"{base_url.rstrip('/')}/lists/{quote(lv.address, safe='@')}/archive/"
+
+
+def with_web(lv: ListView, web: WebSettings) -> ListView:
+    """``lv`` naming the list's unsubscribe page (List-Unsubscribe of every copy) and, when
+    the web side is on (``web.listen``) and the archive is public, its web archive
+    (List-Archive; else the archive-by-mail address)."""
+    archive = (archive_url(web.base_url, lv)
+               if web.listen and lv.archive is ArchivePolicy.public else None)
+    return dataclasses.replace(lv, unsubscribe_url=list_page_url(web.base_url, lv),
+                               archive_url=archive)
+
+
+def header_values(base_url: str, lv: ListView, token: str) -> tuple[bytes, bytes]:
+    """The values (after "Name:", CRLF-terminated) of the two RFC 8058 fields of one
+    member's copy: List-Unsubscribe and List-Unsubscribe-Post."""
+    return ((f" <{page_url(base_url, token)}>,\r\n <mailto:{lv.sub('leave', token)}>\r\n"
+             ).encode("ascii"), f" {ONE_CLICK}\r\n".encode("ascii"))
 
 
 def header_lines(base_url: str, lv: ListView, token: str) -> bytes:
     """The two RFC 8058 header fields of one member's copy, CRLF-terminated."""
-    return (f"List-Unsubscribe: <{page_url(base_url, token)}>,\r\n"
-            f" <mailto:{lv.sub('leave', token)}>\r\n"
-            f"List-Unsubscribe-Post: {ONE_CLICK}\r\n").encode("ascii")
+    unsub, post = header_values(base_url, lv, token)
+    return b"List-Unsubscribe:" + unsub + b"List-Unsubscribe-Post:" + post
 
 
 def find_for_list(session: Session, secret: str, token: str, list_id: int
@@ -96,13 +109,14 @@ def find_for_list(session: Session, secret: str, token: str, list_id: int
     return m if inside is not None else None
 
 
-def tokens_for(session: Session, secret: str, list_id: int, emails: Iterable[str]
-               ) -> dict[str, str]:
-    """address -> token for those of ``emails`` that get posts to the list as members (one
-    query per 500): its own members, else through a list it includes (that membership)."""
+def memberships_for(session: Session, list_id: int, emails: Iterable[str]
+                    ) -> dict[str, tuple[int, str]]:
+    """address -> (membership id, nonce) for those of ``emails`` that get posts to the list
+    as members (one query per 500): its own members, else through a list it includes (that
+    membership)."""
     wanted = list(dict.fromkeys(e.lower() for e in emails))
     tree = network.subtree_ids(list_id).subquery()
-    out: dict[str, str] = {}
+    out: dict[str, tuple[int, str]] = {}
     for i in range(0, len(wanted), 500):
         rows = session.execute(
             select(Address.email, Membership.id, Membership.unsub_nonce, Membership.list_id)
@@ -114,8 +128,15 @@ def tokens_for(session: Session, secret: str, list_id: int, emails: Iterable[str
             .order_by(Membership.id))
         for email, mid, nonce, lid in rows:
             if email not in out or lid == list_id:      # the list's own membership first
-                out[email] = make_token(secret, mid, nonce)
+                out[email] = (mid, nonce)
     return out
+
+
+def tokens_for(session: Session, secret: str, list_id: int, emails: Iterable[str]
+               ) -> dict[str, str]:
+    """address -> token (memberships_for)."""
+    return {e: make_token(secret, mid, nonce)
+            for e, (mid, nonce) in memberships_for(session, list_id, emails).items()}
 
 
 def _strip_fields(head: bytes, names: tuple[bytes, ...]) -> bytes:
@@ -135,15 +156,14 @@ def _strip_fields(head: bytes, names: tuple[bytes, ...]) -> bytes:
 
 @dataclass
 class CopyMaker:
-    """Builds each member's copy of one post from its unsigned final bytes."""
+    """Builds the members' copies of one post from its unsigned final bytes: each copy is
+    ``DKIM-Signature + head + the member's two fields + rest``."""
 
     head: bytes                        # header block without List-Unsubscribe*, ends in CRLF
     rest: bytes                        # CRLF + body
     lv: ListView
     base_url: str
-    signer: signing.Signer | None
-    headers: list[list[bytes]]
-    bodyhash: bytes
+    signer: signing.CopySigner | None
 
     @classmethod
     def of(cls, data: bytes, lv: ListView, base_url: str) -> "CopyMaker":
@@ -152,24 +172,32 @@ class CopyMaker:
             raise ValueError("message without a header/body separator")
         head = _strip_fields(data[:end + 2], _DROP)
         rest = data[end + 2:]
-        signer = (signing.signer(lv.domain, lv.dkim_selector, lv.dkim_key)
-                  if lv.dkim_key and lv.dkim_selector else None)
-        headers: list[list[bytes]] = []
-        bodyhash = b""
-        if signer is not None:
-            headers = signer.parse_header_block(head)
-            body = rest[2:]
-            bodyhash = signer.body_hash(body)
-        return cls(head, rest, lv, base_url, signer, headers, bodyhash)
+        signer = None
+        if lv.dkim_key and lv.dkim_selector:
+            key = signing.signer(lv.domain, lv.dkim_selector, lv.dkim_key)
+            signer = key.for_copies(key.parse_header_block(head), key.body_hash(rest[2:]),
+                                    _NAMES)
+        return cls(head, rest, lv, base_url, signer)
 
-    def copy_head(self, token: str) -> bytes:
-        """Everything before ``rest`` of the copy for the member with ``token``."""
-        extra = header_lines(self.base_url, self.lv, token)
-        head = self.head + extra
+    def job(self, secret: str, timestamp: int | None = None) -> copies.CopyJob:
+        """What copies.make() needs for copies signed now (or at ``timestamp``)."""
+        unsub, post = header_values(self.base_url, self.lv, "\0")
+        parts = tuple(unsub.split(b"\0"))
         if self.signer is None:
-            return head
-        fields = self.signer.parse_header_block(extra)
-        return self.signer.signature(self.headers + fields, self.bodyhash) + head
+            return copies.CopyJob(secret, parts, post)
+        s = self.signer
+        head, tail = s.for_stamp(int(time.time()) if timestamp is None else int(timestamp))
+        return copies.CopyJob(secret, parts, post, s.signer.key_pem, s.names,
+                              tuple(s.pieces), tuple(s.slots), head, tail)
 
-    def copy(self, token: str) -> bytes:
-        return self.copy_head(token) + self.rest
+    def own(self, secret: str, members: list[tuple[int, str]]) -> list[copies.Own]:
+        """(DKIM-Signature field, the member's two fields) of each member's copy, made in
+        worker processes when there are many (listserv.signpool)."""
+        return signpool.make(self.job(secret), members,
+                             self.signer.signer if self.signer is not None else None)
+
+    def copy(self, secret: str, membership_id: int, nonce: str) -> bytes:
+        """One member's whole copy."""
+        (sig, fields), = copies.make(self.job(secret), [(membership_id, nonce)],
+                                     self.signer.signer.rsa_many if self.signer else None)
+        return sig + self.head + fields + self.rest

@@ -6,6 +6,7 @@ from email.message import EmailMessage
 
 from listserv import archive_read
 from listserv.models import ArchivePolicy
+from listserv.web.archive import Urls
 from tests.integration.harness import Harness, make_list, make_message
 from tests.sink import Captured
 from tests.waiting import wait_until
@@ -86,6 +87,13 @@ def test_non_member_is_refused_on_a_private_list(harness: Harness) -> None:
 def test_public_list_is_open_to_anyone(harness: Harness) -> None:
     make_list(harness.app, LIST, members=MEMBERS, archive=ArchivePolicy.public)
     post_two(harness)
+    # the web side is on (web.listen): List-Archive is the archive's page, as the site links it
+    copy = harness.sink.wait_for(lambda m: len(m) >= 4)[0].message
+    web = harness.app.settings.web
+    assert web.listen
+    page = Urls(web.base_url.rstrip("/"), LIST).archive()
+    assert page == "http://127.0.0.1:8080/lists/dev@example.org/archive/"
+    assert copy["List-Archive"] == f"<{page}>"
     harness.send(make_message("zed@z.example", REQUEST, "index", ""))
     harness.run_until_idle()
     [answer] = answers_to(harness, "zed@z.example")

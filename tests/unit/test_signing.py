@@ -150,3 +150,51 @@ def test_prepared_and_decorated_posts_verify(name: str, key: str) -> None:
     checker = dkim.DKIM(wire)
     assert checker.verify(dnsfunc=lambda n, timeout=5: record(key).encode())
     assert {b"from", b"subject", b"list-id", b"list-unsubscribe"} <= set(checker.include_headers)
+
+
+COPY_NAMES = (b"List-Unsubscribe", b"List-Unsubscribe-Post")
+
+
+@pytest.mark.parametrize("data", MESSAGES[:4])   # dkimpy fails any message with two From
+@pytest.mark.parametrize("include", [signing.SIGNED_HEADERS,
+                                     # oversigned: the second From/List-Unsubscribe
+                                     # pick earlier instances (or none)
+                                     [b"From", b"List-Unsubscribe", b"Subject", b"From",
+                                      b"List-Unsubscribe", b"List-Unsubscribe-Post"]])
+def test_copies_differing_in_own_fields_verify_with_dkimpy(  # type: ignore[no-untyped-def]
+        data: bytes, include, key: str) -> None:
+    s = signing.Signer(DOMAIN, SELECTOR, key, include)
+    crlf = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    end = crlf.index(b"\r\n\r\n") + 2
+    head, rest = crlf[:end], crlf[end:]
+    copies = s.for_copies(s.parse_header_block(head), s.body_hash(rest[2:]), COPY_NAMES)
+    dns = dns_for((f"{SELECTOR}|{DOMAIN}", record(key)))
+    made = set()
+    for i, stamp in enumerate((T, T, T + 1, None)):
+        values = [b" <https://lists.example.org/u/tok%d>,\r\n  <mailto:dev-leave+tok%d@"
+                  b"example.org>\r\n" % (i, i), b"  List-Unsubscribe=One-Click \r\n"]
+        own = head + b"List-Unsubscribe:" + values[0] + b"List-Unsubscribe-Post:" + values[1]
+        sig = copies.signature(values, stamp)
+        copy = sig + own + rest
+        assert dkim.verify(copy, dnsfunc=signing._dkimpy_dnsfunc(dns)), (i, copy)
+        made.add(sig)
+        # each copy's own fields are covered: another member's link breaks it
+        other = copy.replace(b"tok%d" % i, b"tokX")
+        assert not dkim.verify(other, dnsfunc=signing._dkimpy_dnsfunc(dns))
+        # and the headers it shares with the others, and the body
+        assert not dkim.verify(copy.replace(b"a@example.org", b"z@example.org", 1),
+                               dnsfunc=signing._dkimpy_dnsfunc(dns))
+        assert not dkim.verify(copy + b"more\r\n", dnsfunc=signing._dkimpy_dnsfunc(dns))
+    assert len(made) == 4 and s.signatures == 4
+
+
+def test_copy_signature_names_its_fields_in_h(key: str) -> None:
+    s = signing.Signer(DOMAIN, SELECTOR, key)
+    copies = s.for_copies(s.parse_header_block(b"From: a@example.org\r\n"),
+                          s.body_hash(b"x\r\n"), COPY_NAMES)
+    sig = copies.signature([b" <https://x.example/u/t>\r\n", b" List-Unsubscribe=One-Click\r\n"],
+                           T)
+    tags = dkim.util.parse_tag_value(sig.split(b":", 1)[1])
+    h = {x.strip().lower() for x in tags[b"h"].split(b":")}
+    assert {b"list-unsubscribe", b"list-unsubscribe-post", b"from"} <= h
+    assert tags[b"t"] == str(T).encode() and all(len(x) <= 78 for x in sig.split(b"\r\n"))

@@ -419,3 +419,26 @@ def test_undecodable_8bit_body_is_wrapped_byte_for_byte(content_type: str | None
     assert first.get_payload(decode=True) == b"na\xefve body\r\n"
     assert b"na\xefve body" in wire
     assert footer.get_content() == FOOTER
+
+
+@pytest.mark.parametrize("archive, listen, expected", [
+    (ArchivePolicy.public, "127.0.0.1:8080",
+     "<https://lists.example.org/lists/dev@example.org/archive/>"),
+    (ArchivePolicy.public, "", INDEX_LINK),               # no web side: archive by mail
+    (ArchivePolicy.private, "127.0.0.1:8080", INDEX_LINK),  # private archives are not served
+    (ArchivePolicy.none, "127.0.0.1:8080", None),
+])
+def test_list_archive_names_the_web_archive_when_served(  # type: ignore[no-untyped-def]
+        archive, listen, expected) -> None:
+    from listserv import unsubscribe
+    from listserv.config import WebSettings
+    from listserv.web.archive import Urls
+
+    web = WebSettings(listen=listen, base_url="https://lists.example.org/")
+    lv = unsubscribe.with_web(lst(archive=archive), web)
+    out = transforms.prepare(load("plain.eml"), lv, resolve_txt=FakeDNS())
+    assert out.get("List-Archive") == expected
+    if archive is ArchivePolicy.public and listen:   # the URL the pages themselves use
+        assert lv.archive_url == Urls("https://lists.example.org", lv.address).archive()
+    assert out.get("List-Unsubscribe") == ("<https://lists.example.org/leave/dev@example.org>, "
+                                           "<mailto:dev-leave@example.org>")

@@ -124,6 +124,68 @@ def test_each_member_gets_a_signed_copy_with_its_own_one_click_link(harness: Har
     assert sorted(seen) == sorted(PEOPLE) and len(set(seen.values())) == 3
 
 
+def check_copies(got, key: str, app: App) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """rcpt -> token of each copy, after checking its signature and one-click headers."""
+    seen = {}
+    for m in got:
+        (rcpt,) = m.rcpt_tos
+        assert dkim.verify(m.data, dnsfunc=dns_for(key)), rcpt
+        assert m.message.get_all("List-Unsubscribe-Post") == ["List-Unsubscribe=One-Click"]
+        token = URL_RE.search(m.message["List-Unsubscribe"]).group(2)  # type: ignore[union-attr]
+        assert token == token_of(app, rcpt)
+        seen[rcpt] = token
+    return seen
+
+
+def test_copies_made_in_the_worker_processes_verify(  # type: ignore[no-untyped-def]
+        harness: Harness, monkeypatch) -> None:
+    from listserv import signpool
+    from tests.waiting import wait_until
+
+    monkeypatch.setattr(signpool, "MIN_COPIES", 1)
+    monkeypatch.setattr(signpool, "CHUNK", 2)      # 3 members: two chunks
+    signpool.start()
+    wait_until(signpool.ready, timeout=60)
+    before = signpool.made_in_workers
+    h = harness
+    make_list(h.app, LIST, members=PEOPLE)
+    key = set_key(h.app)
+    h.send(make_message("ann@a.example", LIST, "made elsewhere"))
+    h.run_until_idle()
+    got = h.sink.wait_for(lambda m: len({r for x in m for r in x.rcpt_tos}) >= 3)
+    assert signpool.made_in_workers - before == 3
+    seen = check_copies(got, key, h.app)
+    assert sorted(seen) == sorted(PEOPLE) and len(set(seen.values())) == 3
+
+
+def test_a_broken_pool_falls_back_to_signing_in_the_daemon(  # type: ignore[no-untyped-def]
+        harness: Harness, monkeypatch, caplog) -> None:
+    import concurrent.futures.process as cfp
+
+    from listserv import signpool
+
+    class Broken:
+        def submit(self, *a: object) -> None:
+            raise cfp.BrokenProcessPool("a worker died")
+
+        def shutdown(self, **kw: object) -> None:
+            pass
+
+    monkeypatch.setattr(signpool, "MIN_COPIES", 1)
+    monkeypatch.setattr(signpool, "_failed_at", -1e9)
+    monkeypatch.setattr(signpool, "_get", lambda: Broken())
+    before = signpool.made_in_workers
+    h = harness
+    make_list(h.app, LIST, members=PEOPLE)
+    key = set_key(h.app)
+    h.send(make_message("ann@a.example", LIST, "fallback"))
+    h.run_until_idle()
+    got = h.sink.wait_for(lambda m: len({r for x in m for r in x.rcpt_tos}) >= 3)
+    assert signpool.made_in_workers == before
+    assert sorted(check_copies(got, key, h.app)) == sorted(PEOPLE)
+    assert "signing processes failed" in caplog.text
+
+
 def test_batched_copies_point_at_the_list_page(app: App, sink) -> None:  # type: ignore[no-untyped-def]
     h = Harness(app, sink, delivery__verp=False).start()
     try:
