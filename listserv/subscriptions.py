@@ -201,12 +201,13 @@ CONFIRM_KINDS = (TokenKind.subscribe, TokenKind.unsubscribe, TokenKind.approve_s
 
 
 def confirm(session: Session, app: App, ml: MailingList, row: PendingToken, replier: str,
-            lines: list[str], *, via: str = "email") -> Result:
+            lines: list[str], *, via: str = "email", subject: str = "") -> Result:
     """Act on a valid, open token of a confirmation kind (the caller checked the list, the
-    replier, expiry and use). ``via``: email (a reply) or web (its page)."""
+    replier, expiry and use). ``via``: email (a reply) or web (its page). ``lines``: what
+    the replier typed (replies.command_lines), ``subject`` that of the reply."""
     payload = row.payload or {}
     if row.kind is TokenKind.approve_subscription:
-        return _moderate_subscription(session, app, ml, row, replier, lines, via)
+        return _moderate_subscription(session, app, ml, row, replier, lines, via, subject)
     if not tokens.consume(session, app, row, by=replier, outcome="confirmed"):
         return Result(f"This request was already handled by {row.used_by}.", already=True)
     if row.kind is TokenKind.subscribe:
@@ -241,13 +242,14 @@ def _close_approvals(session: Session, app: App, ml: MailingList, subscriber: st
 
 
 def _moderate_subscription(session: Session, app: App, ml: MailingList, row: PendingToken,
-                           replier: str, lines: list[str], via: str = "email") -> Result:
+                           replier: str, lines: list[str], via: str = "email",
+                           subject: str = "") -> Result:
     from listserv.moderation import write_log
 
     subscriber = str((row.payload or {}).get("subscriber") or "")
     # The moderation grammar: "Rejected: not a member of staff", "Decline - sorry", "delete";
     # a reply without a refusal approves (no command word is needed).
-    reply = modreply.parse("\n".join(lines))
+    reply = modreply.parse("\n".join(lines), subject=subject)
     deny = reply.decision in (Decision.reject, Decision.discard)
     word = "reject" if reply.decision is Decision.reject else "discard"
     outcome = word if deny else "approve"
