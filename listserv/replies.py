@@ -104,11 +104,14 @@ def _part_text(part: Message) -> str:
 def body_text(msg: Message, *, reply: bool = False) -> str:
     """The first text/plain part, else the text/html part as text (htmlmail.to_text; with
     ``reply``, quoting.html_reply_text: without the quoted original an HTML reply carries,
-    and format=flowed text unflowed)."""
+    and format=flowed text unflowed; an empty plain alternative gives way to the HTML one)."""
     if not isinstance(msg, EmailMessage):
         return ""
     try:
         part = msg.get_body(preferencelist=("plain", "html"))
+        if reply and part is not None and part.get_content_subtype() == "plain" \
+                and not _part_text(part).strip():
+            part = msg.get_body(preferencelist=("html", "plain"))
     except Exception:  # noqa: BLE001 - a multipart without parts (no boundary) and the like
         return ""
     if part is None:

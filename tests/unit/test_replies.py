@@ -173,3 +173,13 @@ def test_latin1_label_with_windows_quotes_and_unknown_charsets() -> None:
     m = BytesParser(policy=policy.default).parsebytes(raw)
     assert isinstance(m, EmailMessage)
     assert replies.body_text(m, reply=True) == "approve café\n"
+
+
+def test_an_empty_plain_alternative_gives_way_to_the_html_one() -> None:
+    m = msg("\n")
+    m.add_alternative('<div>Reject: spam</div><blockquote type="cite">approve</blockquote>',
+                      subtype="html")
+    assert replies.command_lines(m) == ["Reject: spam"]
+    m = msg("approve\n")
+    m.add_alternative("<div>discard</div>", subtype="html")
+    assert replies.command_lines(m) == ["approve"]
