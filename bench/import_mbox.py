@@ -5,7 +5,10 @@ lines and headers, threads, '>From ' quoting; see tests/mm2fixture.py), then run
 code as the command (listserv.importers.mbox.import_mbox): the month files are written and
 the HTML pages of every month rendered. Prints the wall time (archive files, then pages).
 
-    python bench/import_mbox.py [COUNT] [--no-pages]
+    python bench/import_mbox.py [COUNT] [--no-pages] [--dir=DIR]
+
+(DIR: where the data directory is made; default the system's temporary directory. See
+bench/import_mailman2.py on page files in a busy /tmp.)
 
 Target: 100,000 messages in at most 60 s.
 """
@@ -33,7 +36,9 @@ def main() -> int:
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     count = int(args[0]) if args else 100_000
     html = "--no-pages" not in sys.argv
-    with tempfile.TemporaryDirectory(prefix="listserv-bench-") as tmp:
+    where = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--dir=")), None)
+    with tempfile.TemporaryDirectory(prefix="listserv-bench-", dir=where) as tmp:
+        print(f"data directory in {Path(tmp).parent}")
         os.environ["LISTSERV_DATA_DIR"] = str(Path(tmp) / "data")
         app = App.load(None)
         Path(app.settings.data_dir).mkdir(parents=True, exist_ok=True)

@@ -110,17 +110,25 @@ def _send_index(mail: "Mail") -> Result:
         return _limited("archive-index")
     summaries = month_summaries(mail)
     notice = _reply(mail, "notice/user/archive-index.txt.j2",
-                    {"months": summaries, "max_bytes": GET_MAX_BYTES})
+                    {"months": summaries, "max_bytes": GET_MAX_BYTES,
+                     "web_url": web_archive(mail)})
     send_notice(mail.session, mail.app, mail.lv, notice, [mail.sender])
     return Result(f"The archive index ({len(summaries)} months) was sent.", mail_needed=False)
 
 
-def web_month(mail: "Mail", month: str) -> str | None:
-    """The month's page in the web archive, when anyone may read it there."""
+def web_archive(mail: "Mail") -> str | None:
+    """The list's web archive, when anyone may read it there."""
     settings = mail.app.settings
     if mail.ml.archive is not ArchivePolicy.public or not links.web_on(settings):
         return None
-    return links.archive_month(settings, mail.ml.address, month)
+    return links.archive(settings, mail.ml.address)
+
+
+def web_month(mail: "Mail", month: str) -> str | None:
+    """The month's page in the web archive, when anyone may read it there."""
+    if web_archive(mail) is None:
+        return None
+    return links.archive_month(mail.app.settings, mail.ml.address, month)
 
 
 def _send_month(mail: "Mail", month: str) -> Result:

@@ -13,8 +13,8 @@ month), hence ``new_only`` for the archive worker's cheap refresh of the months 
 
 from __future__ import annotations
 
-import datetime as dt
 import contextlib
+import datetime as dt
 import fcntl
 import json
 import logging
@@ -22,9 +22,7 @@ import os
 import re
 import threading
 from dataclasses import dataclass, field
-from email import policy
 from email.message import EmailMessage, Message
-from email.parser import BytesParser
 from email.utils import getaddresses
 from pathlib import Path
 from typing import Any, Iterable
@@ -85,10 +83,6 @@ def default_out(app: App, address: str) -> Path:
 def hide_address(text: str) -> str:
     """'ann@a.example' -> 'ann at a.example' (pages are meant to be published)."""
     return text.replace("@", " at ")
-
-
-def _sender(msg: Message) -> str:
-    return _sender_of(archive_read.text_header(msg, "From"))
 
 
 def _sender_of(from_text: str) -> str:
@@ -352,6 +346,9 @@ def build(app: App, info: ListInfo, out: Path, months: Iterable[str] | None = No
     return report
 
 
+KEEP_PARSED_BYTES = 64 * 1024 * 1024
+
+
 def _build_month(writer: _Writer, root: Path, month: str, new_only: bool) -> int:
     """The month's page and its message pages; returns the month's message count."""
     entries = archive_read.read_month(root, writer.info.address, month)
@@ -366,7 +363,10 @@ def _build_month(writer: _Writer, root: Path, month: str, new_only: bool) -> int
         marker.touch()
     # One directory listing instead of a stat per message page.
     existing = {n for n in os.listdir(month_dir) if n.endswith(".html")}
-    parsed: dict[int, tuple[Message, dict[str, str]]] = {}
+    # The parsed messages are kept for their pages unless the month is big (then each is
+    # parsed again for its page: memory stays near the size of the month's file).
+    keep = sum(len(e.raw) for e in entries) <= KEEP_PARSED_BYTES
+    parsed: dict[int, tuple[Message | None, dict[str, str]]] = {}
     summaries = []
     for entry in entries:
         if new_only and f"{entry.number}.html" in existing:
@@ -374,14 +374,15 @@ def _build_month(writer: _Writer, root: Path, month: str, new_only: bool) -> int
         else:
             msg = parse_compat32(entry)
             texts = archive_read.text_headers(msg, PAGE_HEADERS)
-            parsed[entry.number] = msg, texts
+            parsed[entry.number] = (msg if keep else None), texts
             summaries.append(_summary(entry, texts))
     writer.page(f"{month}/index.html", "archive/month.html.j2",
                 {"month": month, "threads": threads(summaries), "count": len(entries)})
     for entry, summary in zip(entries, summaries):
         if entry.number not in parsed:
             continue
-        msg, texts = parsed.pop(entry.number)
+        kept, texts = parsed.pop(entry.number)
+        msg = parse_compat32(entry) if kept is None else kept
         name = f"{entry.number}.html"
         context = _message_context(entry, summary, msg, texts)
         writer.attachments(month, entry.number, context["attachments"])

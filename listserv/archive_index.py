@@ -120,19 +120,24 @@ def extract(raw: bytes) -> Fields:
     return _fields(msg, raw, body, attachments)
 
 
+FIELD_HEADERS = ("Message-ID", "From", "In-Reply-To", "References", "Date", "Subject")
+
+
 def _fields(msg: Message, raw: bytes, body: str, attachments: int) -> Fields:
-    mid = archive_read.message_id(msg)
+    texts = archive_read.text_headers(msg, FIELD_HEADERS)      # one walk over the headers
+    ids = archive_read.msg_ids(texts["Message-ID"])
+    mid = ids[0] if ids else ""
     if not mid:     # stable across reindexing: derived from the content
         mid = hashlib.sha256(raw.replace(b"\r\n", b"\n")).hexdigest()[:32] + "@archive.invalid"
-    pairs = getaddresses([archive_read.text_header(msg, "From")])
+    pairs = getaddresses([texts["From"]])
     name, address = pairs[0] if pairs else ("", "")
-    parents = archive_read.msg_ids(archive_read.text_header(msg, "In-Reply-To"))[:1]
-    parents += reversed(archive_read.msg_ids(archive_read.text_header(msg, "References")))
+    parents = archive_read.msg_ids(texts["In-Reply-To"])[:1]
+    parents += reversed(archive_read.msg_ids(texts["References"]))
     return Fields(message_id=_clean(mid, 998),
-                  sent_at=archive_read.sent_at(msg, None),
+                  sent_at=untrusted.header_date(texts["Date"]),
                   sender_name=_clean(name.strip(), 255),
                   sender_address=_clean(address.strip().lower(), 320),
-                  subject=_clean(archive_read.text_header(msg, "Subject"), 2000),
+                  subject=_clean(texts["Subject"], 2000),
                   parent_ids=tuple(_clean(p, 998) for p in parents if p != mid),
                   body=_clean(body, BODY_CAP),
                   attachments=attachments)

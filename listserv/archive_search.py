@@ -9,7 +9,9 @@ messages before and after it and the thread around it, its attachments.
     raw(app, list_address, message) -> bytes;  attachments(raw) -> [Attachment]
 
 Search uses the database's own engine (SQLite FTS5 ranked by bm25; PostgreSQL tsvector
-ranked by ts_rank; subject counts most, then sender, then body). The query language is the
+ranked by ts_rank; subject counts most, then sender, then body). By relevance, the RANKED most
+recently archived matches are ranked (a very common word matches most of the archive: scoring
+all of them is what made such searches slow); by date, all matches. The query language is the
 same on both: words (all must match), "a phrase", ``word*`` for a prefix, ``-word`` to
 exclude.
 """
@@ -31,6 +33,7 @@ from listserv.archive_index import is_attachment
 from listserv.models import ArchiveMessage
 
 MAX_TERMS = 12
+RANKED = 2000               # matches (the most recently archived) ranked by relevance
 MAX_THREAD = 500            # messages shown of one thread
 SNIPPET_CHARS = 240
 _TERM = re.compile(r'(-?)"([^"]*)"?|(-?)(\S+)')
@@ -116,25 +119,39 @@ def search(session: Session, list_id: int, query: str, limit: int = 20,
     limit = max(1, min(limit, 100))
     offset = max(0, offset)
     params: dict[str, Any] = {"list_id": list_id, "limit": limit + 1, "offset": offset}
+    # By relevance, only the RANKED most recently archived matches are scored and sorted:
+    # for a word in most posts, scoring every match cost 0.3-0.4 s over 100,000 posts.
+    params["ranked"] = RANKED
     if session.get_bind().dialect.name == "sqlite":
-        rank = ("bm25(archive_message_fts, 10.0, 4.0, 4.0, 1.0)" if order == "relevance"
-                else "m.archived_at DESC")
         # CROSS JOIN: SQLite's planner keeps the full-text match as the outer loop (else
         # it may walk the list's messages by date and test each against the match).
-        sql = ("SELECT m.id FROM archive_message_fts CROSS JOIN archive_message m "
-               "ON m.id = archive_message_fts.rowid "
-               "WHERE archive_message_fts MATCH :match AND m.list_id = :list_id "
-               f"ORDER BY {rank}, m.id DESC LIMIT :limit OFFSET :offset")
+        match = ("FROM archive_message_fts CROSS JOIN archive_message m "
+                 "ON m.id = archive_message_fts.rowid "
+                 "WHERE archive_message_fts MATCH :match AND m.list_id = :list_id ")
+        if order == "relevance":
+            # newest first in the index's own rowid order (no sort), bm25 of those only
+            sql = ("SELECT id FROM (SELECT m.id AS id, m.archived_at AS at, "
+                   f"bm25(archive_message_fts, 10.0, 4.0, 4.0, 1.0) AS score {match}"
+                   "ORDER BY archive_message_fts.rowid DESC LIMIT :ranked) "
+                   "ORDER BY score, at DESC, id DESC LIMIT :limit OFFSET :offset")
+        else:
+            sql = (f"SELECT m.id {match}"
+                   "ORDER BY m.archived_at DESC, m.id DESC LIMIT :limit OFFSET :offset")
         params["match"] = fts5_query(terms)
     else:
         tsquery, extra = pg_tsquery(terms)
         params.update(extra)
         # The tsquery is written out (not a subquery) so that the planner sees its value and
         # estimates how many rows match: few, the GIN index; very many, the date index.
-        rank = (f"ts_rank(fts, {tsquery}) DESC, archived_at DESC" if order == "relevance"
-                else "archived_at DESC")
-        sql = (f"SELECT id FROM archive_message WHERE list_id = :list_id AND fts @@ {tsquery} "
-               f"ORDER BY {rank}, id DESC LIMIT :limit OFFSET :offset")
+        match = f"FROM archive_message WHERE list_id = :list_id AND fts @@ {tsquery} "
+        if order == "relevance":
+            sql = (f"SELECT id FROM (SELECT id, archived_at, fts {match}"
+                   "ORDER BY archived_at DESC, id DESC LIMIT :ranked) AS newest "
+                   f"ORDER BY ts_rank(fts, {tsquery}) DESC, archived_at DESC, id DESC "
+                   "LIMIT :limit OFFSET :offset")
+        else:
+            sql = (f"SELECT id {match}"
+                   "ORDER BY archived_at DESC, id DESC LIMIT :limit OFFSET :offset")
     ids = [r[0] for r in session.execute(text(sql), params)]
     more = len(ids) > limit
     ids = ids[:limit]

@@ -184,7 +184,8 @@ def confirm(mail: Mail, token_text: str, lines: list[str], *,
             return _help("To withdraw your post, reply to the notice with the word 'cancel'.")
         return _poster_reply(mail, row, token_text)
     if row.kind in subscriptions.CONFIRM_KINDS:
-        return subscriptions.confirm(session, app, ml, row, mail.sender, lines)
+        return subscriptions.confirm(session, app, ml, row, mail.sender, lines,
+                                     subject=str(mail.msg.get("Subject", "") or ""))
     return _help("This token cannot be used here.")
 
 
@@ -210,7 +211,8 @@ def _authenticated(mail: Mail) -> bool:
 
 
 def _reply(mail: Mail, words: Mapping[str, Decision]) -> modreply.Reply:
-    return modreply.parse(replies.body_text(mail.msg, reply=True), words)
+    return modreply.parse(replies.body_text(mail.msg, reply=True), words,
+                          subject=str(mail.msg.get("Subject", "") or ""))
 
 
 def _moderate(mail: Mail, row: PendingToken, token_text: str) -> Result:

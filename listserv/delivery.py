@@ -45,6 +45,8 @@ MESSAGE_CACHE = 64            # OutboundMessages whose bytes are kept in memory 
 MESSAGE_CACHE_BYTES = 64 << 20  # ... and at most this many bytes of them
 
 Transport = Union[SmtpTransport, MaildirTransport]
+Arrived = Callable[[list[str], list[tuple[bytes, bytes]]], None]
+Work = Callable[[Batch, Union[Arrived, None]], Union[dict[str, tuple[bytes, bytes]], None]]
 
 
 class Runner:
@@ -83,7 +85,6 @@ class Runner:
 
     def _claim_sync(self, limit: int) -> list[Batch]:
         now = self.app.now()
-        members: dict[int, dict[str, tuple[int, str]]] = {}
         with self.app.db.unit_of_work() as session:
             rows = claim(session, self.owner, now, limit)
             need = {r.outbound_id for r in rows}
@@ -101,30 +102,40 @@ class Runner:
                 session.execute(update(T).where(T.c.id.in_(bad)).values(
                     state=DeliveryState.failed, locked_by=None, locked_at=None,
                     finished_at=now, last_error="spool file of the message is missing"))
-            for r in rows:        # the members' memberships, one query per 500 recipients
-                m = have.get(r.outbound_id)
-                if m is not None and m.maker is not None and m.list_id is not None:
-                    self._site_secret(session)
-                    members[r.id] = unsubscribe.memberships_for(
-                        session, m.list_id, [x for x in r.recipients.split("\n") if x])
+            if any(m.maker is not None for m in have.values()):
+                self._site_secret(session)
         for m in have.values():
             self._remember(m)
         batches = [Batch(r.id, have[r.outbound_id], [x for x in r.recipients.split("\n") if x],
-                         r.attempts, r.first_attempt_at, members=members.get(r.id))
+                         r.attempts, r.first_attempt_at)
                    for r in rows if r.outbound_id in have]
         return batches
 
-    def _personalise(self, batch: Batch) -> dict[str, tuple[bytes, bytes]] | None:
+    def _personalise(self, batch: Batch, arrived: Arrived | None = None
+                     ) -> dict[str, tuple[bytes, bytes]] | None:
         """Members' own parts of their copies of ``batch`` (unsubscribe fields + DKIM
         signature), made in worker processes (listserv.signpool) when there are many, so
-        this runs in a thread. None on any error: the members then get the generic copy
-        (never a lost batch)."""
-        maker, members = batch.message.maker, batch.members
-        if maker is None or not members or self.secret is None:
+        this runs in a thread; ``arrived(rcpts, owns)`` is called as each chunk is ready.
+        None on any error: the members without their own part get the generic copy (never
+        a lost batch)."""
+        maker, list_id = batch.message.maker, batch.message.list_id
+        if maker is None or list_id is None or self.secret is None:
             return {}
+        try:      # the members' memberships: one query per 500 recipients
+            with self.app.db.unit_of_work() as session:
+                members = unsubscribe.memberships_for(session, list_id, batch.recipients)
+        except Exception:
+            log.exception("delivery batch %s: cannot look up the members; sending the list "
+                          "copy", batch.id)
+            return None
+        rcpts = [r for r in batch.recipients if r.lower() in members]
+
+        def part(start: int, owns: list[tuple[bytes, bytes]]) -> None:
+            if arrived is not None:
+                arrived(rcpts[start:start + len(owns)], owns)
         try:
-            rcpts = [r for r in batch.recipients if r.lower() in members]
-            return dict(zip(rcpts, maker.own(self.secret, [members[r.lower()] for r in rcpts])))
+            return dict(zip(rcpts, maker.own(self.secret, [members[r.lower()] for r in rcpts],
+                                             part)))
         except Exception:
             log.exception("delivery batch %s: per-member copies failed; sending the list copy",
                           batch.id)
@@ -224,14 +235,15 @@ class Runner:
         batches = await asyncio.to_thread(self._claim_sync, limit)
         if batches:
             log.debug("delivery: claimed %d batches", len(batches))
-        plain = [b for b in batches if not b.members]
-        personal = [b for b in batches if b.members]
+        plain = [b for b in batches if b.message.maker is None]
+        personal = [b for b in batches if b.message.maker is not None]
         for b in plain:
             self.inflight += 1
             self.transport.submit(b)
         if personal:
             self.inflight += len(personal)
-            self.signing = self.signing.then(personal, self._personalise, self.transport.submit)
+            self.signing = self.signing.then(personal, self._personalise, self.transport.submit,
+                                             self.transport.streams)
         return len(batches)
 
     async def serve(self, stop: asyncio.Event, wake: asyncio.Event,
@@ -289,27 +301,49 @@ class Runner:
 
 
 class _Pipeline:
-    """Batches waiting for their per-member copies: made one batch at a time in a thread
-    (the RSA signatures in worker processes), each handed to the transport as soon as it is
-    ready, so the first copies leave while later batches are still being signed."""
+    """Batches waiting for their members' own parts: made one batch at a time in a thread
+    (listserv.signpool: in worker processes), in chunks. A transport that ``streams`` gets
+    each batch at once and each chunk as it is ready (a transaction waits for its
+    recipient's part: the first copies leave after one chunk); otherwise a batch is handed
+    over when all its parts are made."""
 
     def __init__(self) -> None:
         self.task: asyncio.Task[None] | None = None
 
-    def then(self, batches: list[Batch],
-             work: Callable[[Batch], dict[str, tuple[bytes, bytes]] | None],
-             submit: Callable[[Batch], None]) -> "_Pipeline":
+    def then(self, batches: list[Batch], work: Work, submit: Callable[[Batch], None],
+             streams: bool) -> "_Pipeline":
         before = self.task
 
         async def run() -> None:
             if before is not None:
                 await asyncio.gather(before, return_exceptions=True)
+            loop = asyncio.get_running_loop()
             for b in batches:
-                try:
-                    b.heads = await asyncio.to_thread(work, b) or None
-                except Exception:         # work() logs its own; never lose the batch
-                    b.heads = None
+                if not streams:
+                    try:
+                        b.heads = await asyncio.to_thread(work, b, None) or None
+                    except Exception:         # work() logs its own; never lose the batch
+                        b.heads = None
+                    submit(b)
+                    continue
+                b.heads, b.making = {}, True
                 submit(b)
+
+                def add(rcpts: list[str], owns: list[tuple[bytes, bytes]],
+                        b: Batch = b) -> None:
+                    assert b.heads is not None
+                    b.heads.update(zip(rcpts, owns))
+                    b.own_arrived()
+
+                def arrived(rcpts: list[str], owns: list[tuple[bytes, bytes]]) -> None:
+                    loop.call_soon_threadsafe(add, rcpts, owns)   # from the work thread
+                try:
+                    await asyncio.to_thread(work, b, arrived)
+                except Exception:
+                    pass                      # work() logs its own; the rest: generic copy
+                finally:
+                    b.making = False
+                    b.own_arrived()
 
         self.task = asyncio.create_task(run())
         return self

@@ -2,7 +2,7 @@
 
     to_text(html) -> str        faithful plain text of an HTML body
     sanitise(html) -> str       HTML safe to show on our pages
-    reply_text(html) -> str     what a person typed in an HTML reply (quoted parts dropped)
+    tree(html) / render(root)   the same in two steps (quoting cuts quotes in between)
 
 to_text uses inscriptis, which lays out HTML as a browser would in text: paragraphs and
 ``<br>`` become line breaks, list items get bullets or numbers, table rows stay rows with
@@ -111,30 +111,18 @@ def to_text(html: str) -> str:
         return _tidy(_fallback(html or ""))
 
 
-# Containers that hold the quoted original in replies written by the common clients
-# (Gmail's gmail_quote, Apple Mail's and Thunderbird's blockquote/cite prefix, Outlook's
-# divRplyFwdMsg and the border-top header block that follows the reply).
-_QUOTE_BLOCKS = (
-    "//blockquote",
-    "//*[contains(concat(' ', normalize-space(@class), ' '), ' gmail_quote ')]",
-    "//*[contains(concat(' ', normalize-space(@class), ' '), ' moz-cite-prefix ')]",
-    "//*[@id='divRplyFwdMsg']", "//*[@id='appendonsend']",
-    "//*[@id='mail-editor-reference-message-container']",
-)
+def tree(html: str) -> HtmlElement | None:
+    """The parsed document (comments gone, links spelled out), for callers that cut parts of
+    it before render(); None when there is nothing to parse."""
+    return _tree(html)
 
 
-def reply_text(html: str) -> str:
-    """The text of an HTML reply without the quoted original it carries. Never raises."""
-    try:
-        root = _tree(html)
-        if root is None:
-            return ""
-        for expr in _QUOTE_BLOCKS:
-            for node in root.xpath(expr):
-                _remove(node)
-        return _render(root)
-    except Exception:  # noqa: BLE001 - lxml raises several types on broken markup
-        return to_text(html)
+def render(root: HtmlElement | None) -> str:
+    return _render(root)
+
+
+def remove(node: HtmlElement) -> None:
+    _remove(node)
 
 
 def _attribute_filter(tag: str, attr: str, value: str) -> str | None:

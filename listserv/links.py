@@ -42,6 +42,11 @@ def web_on(settings: Settings) -> bool:
     return bool(settings.web.listen)
 
 
+def archive(settings: Settings, list_address: str) -> str:
+    """The web archive of a list (its months), when the archive is public."""
+    return f"{base(settings)}/lists/{quote(list_address, safe='@')}/archive/"
+
+
 def archive_month(settings: Settings, list_address: str, month: str) -> str:
     """The web archive page of one month (YYYY-MM) of a public archive."""
-    return f"{base(settings)}/lists/{quote(list_address, safe='@')}/archive/{month}/"
+    return f"{archive(settings, list_address)}{month}/"

@@ -1,12 +1,18 @@
 """The forgiving grammar of replies to moderation notices (pure, no DB).
 
-    parse(text, words=MODERATOR_WORDS) -> Reply
+    parse(text, words=MODERATOR_WORDS, subject="") -> Reply
 
-The first typed line of a reply (replies.typed_blocks: not blank, not a ``>`` quote, not an
-attribution, not a signature) must start with a command word, case-insensitive, followed by
-nothing, punctuation or a reason: "approved", "OK", "Rejected: please use the vendors list",
-"Reject - off topic, sorry", "*discard*". For reject, the rest of that line and the lines
-typed after it (up to the quote or signature) are the reason, a leading ``:``/``-`` trimmed.
+The first typed line of a reply (quoting.typed_blocks: not blank, not a ``>`` quote, not an
+attribution, not a signature, not the original an Outlook-style reply carries) must start with
+a command word, case-insensitive, followed by nothing, punctuation or a reason: "approved",
+"OK", "Approve.", "approve: looks fine" (approve takes no reason), "Rejected: please use the
+vendors list", "Reject - off topic, sorry", "*discard*". For reject, the rest of that line and
+the lines typed after it (up to the quote or signature) are the reason, a leading ``:``/``-``
+trimmed.
+
+A reply whose body has nothing typed at all is read from its Subject instead ("Re: reject:
+spam"), so a client that sends the command as the Subject alone works; a Subject that is not a
+command (our notices' own, "Re: confirm TOKEN") leaves it a reply without a command.
 """
 
 from __future__ import annotations
@@ -16,7 +22,8 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from listserv.models import Decision
-from listserv.replies import typed_blocks
+from listserv.quoting import command_word, typed_blocks
+from listserv.replies import strip_reply_prefix
 
 MODERATOR_WORDS: Mapping[str, Decision] = {
     "approve": Decision.approve, "approved": Decision.approve, "accept": Decision.approve,
@@ -32,10 +39,9 @@ POSTER_WORDS: Mapping[str, Decision] = {
     "canceled": Decision.cancel,
 }
 MAX_REASON = 2000
-# Leading decoration some clients or people add: *bold*, _underline_, quotes, a bullet.
-_LEAD = "*_\"'`“”‘’«»•·- \t"
-_WORD = re.compile(r"([^\W\d_]+)(.*)$", re.DOTALL)
 _TRIM = ":-–—,.;!=>*_ \t"
+# Our notices' Subjects end with "(confirm TOKEN)"; replies keep it.
+_CONFIRM_TAIL = re.compile(r"\s*\(?\s*confirm\s+[A-Za-z0-9]{16,}\s*\)?\s*$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -46,20 +52,22 @@ class Reply:
     text: str = ""                # everything typed, blocks joined (for a poster's note)
 
 
-def _word(line: str) -> tuple[str, str]:
-    m = _WORD.match(line.lstrip(_LEAD))
-    if not m:
-        return "", ""
-    return m.group(1).lower(), m.group(2)
+def subject_line(subject: str) -> str:
+    """The Subject as a typed line: reply prefixes and the "(confirm TOKEN)" tail gone."""
+    return _CONFIRM_TAIL.sub("", strip_reply_prefix(subject)).strip()
 
 
-def parse(text: str, words: Mapping[str, Decision] = MODERATOR_WORDS) -> Reply:
+def parse(text: str, words: Mapping[str, Decision] = MODERATOR_WORDS,
+          subject: str = "") -> Reply:
     blocks = typed_blocks(text)
     typed = "\n\n".join("\n".join(b) for b in blocks)
     if not blocks:
-        return Reply(None, "", "", typed)
+        line = subject_line(subject)
+        if not line or command_word(line)[0] not in words:
+            return Reply(None, "", "", typed)
+        blocks = [[line]]
     first, rest_lines = blocks[0][0], blocks[0][1:]
-    word, rest = _word(first)
+    word, rest = command_word(first)
     decision = words.get(word)
     if decision is None:
         return Reply(None, "", first, typed)

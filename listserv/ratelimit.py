@@ -18,6 +18,7 @@ DAILY_LIMITS = {
     "reject": 3,       # "your post was rejected" (nonmember_action reject, a moderator)
     "retry": 5,        # "your moderation reply had no command" (to a moderator)
     "note": 3,         # a poster's note about their held post, passed to the moderators
+    "confirm": 5,      # confirmation requests (join, leave, delivery change), all kinds
 }
 
 

@@ -2,8 +2,8 @@
 
 - is_auto_reply(): RFC 3834 Auto-Submitted other than "no", Precedence bulk/junk/list, a null
   reverse-path, or the usual auto-responder markers. Such mail is never acted on nor answered.
-- typed_blocks() / command_lines(): the text a person typed, without quotes, attribution
-  lines, signatures and the original an Outlook-style reply carries below it.
+- body_text() / command_lines(): the text a person typed (quoting.typed_blocks: without
+  quotes, attribution lines, signatures and the original a reply carries below it).
 - authenticated(): DKIM (aligned with the From domain) or a trusted Authentication-Results.
 """
 
@@ -14,7 +14,7 @@ from email.message import EmailMessage, Message
 from email.utils import getaddresses
 from typing import Callable
 
-from listserv import addresses, htmlmail, untrusted
+from listserv import addresses, htmlmail, quoting, untrusted
 
 AUTO_PRECEDENCE = ("bulk", "junk", "list")
 
@@ -83,138 +83,72 @@ def sender_address(msg: Message, header: str = "From") -> tuple[str, str | None]
     return normal, None
 
 
+_LATIN1 = ("iso-8859-1", "latin-1", "latin1", "iso8859-1", "us-ascii", "ascii", "")
+
+
+def _part_text(part: Message) -> str:
+    """A text part decoded: its charset, windows-1252 where a Latin-1 label hides Windows
+    quotes (as browsers read it), UTF-8 with replacement for an unknown charset."""
+    charset = str(part.get_content_charset() or "").lower()
+    payload = part.get_payload(decode=True)
+    raw = payload if isinstance(payload, bytes) else b""
+    if charset in _LATIN1 and any(0x80 <= b <= 0x9F for b in raw):
+        return raw.decode("cp1252", "replace")
+    try:
+        text = part.get_content()   # type: ignore[attr-defined]
+    except (LookupError, ValueError, AttributeError, KeyError):
+        text = raw.decode("utf-8", "replace")
+    return text if isinstance(text, str) else ""
+
+
 def body_text(msg: Message, *, reply: bool = False) -> str:
     """The first text/plain part, else the text/html part as text (htmlmail.to_text; with
-    ``reply``, without the quoted original an HTML reply carries)."""
+    ``reply``, quoting.html_reply_text: without the quoted original an HTML reply carries,
+    and format=flowed text unflowed; an empty plain alternative gives way to the HTML one)."""
     if not isinstance(msg, EmailMessage):
         return ""
     try:
         part = msg.get_body(preferencelist=("plain", "html"))
+        if reply and part is not None and part.get_content_subtype() == "plain" \
+                and not _part_text(part).strip():
+            part = msg.get_body(preferencelist=("html", "plain"))
     except Exception:  # noqa: BLE001 - a multipart without parts (no boundary) and the like
         return ""
     if part is None:
         return ""
-    try:
-        text = part.get_content()
-    except (LookupError, ValueError, AttributeError):
-        payload = part.get_payload(decode=True)
-        text = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
-    if not isinstance(text, str):
-        return ""
+    text = _part_text(part)
     if part.get_content_subtype() == "html":
-        return htmlmail.reply_text(text) if reply else htmlmail.to_text(text)
+        return quoting.html_reply_text(text) if reply else htmlmail.to_text(text)
+    if reply and str(part.get_param("format", "")).lower() == "flowed":
+        text = quoting.unflow(text, str(part.get_param("delsp", "")).lower() == "yes")
     return text
-
-
-# What ends the typed part of a reply: a signature separator, a phone's signature, the start
-# of a forwarded or Outlook-quoted original.
-_SIGNATURE = re.compile(r"^(--|—|sent from my\b.*|get outlook for\b.*|von meinem\b.*gesendet"
-                        r"|envoy[ée] de mon\b.*)$", re.IGNORECASE)
-_ORIGINAL = re.compile(r"^(-{3,}\s*(original message|ursprüngliche nachricht|message d'origine"
-                       r"|forwarded message)\s*-{3,}|_{10,}|begin forwarded message:)$",
-                       re.IGNORECASE)
-# Outlook's header block of the quoted original: "From: ..." then "Sent:"/"Date:" soon after.
-_HEADER_FROM = re.compile(r"^\*?(from|von|de|van|da)\s*:\*?\s*\S", re.IGNORECASE)
-_HEADER_SENT = re.compile(r"^\*?(sent|date|gesendet|datum|envoyé|enviado|verzonden|inviato)"
-                          r"\s*:", re.IGNORECASE)
-# "On Tue, 1 Dec 2026 at 10:00, Dev <dev-owner@example.org> wrote:" and its translations.
-_WROTE = r"(wrote|writes|schrieb|a écrit|escribió|schreef|ha scritto|skrev|kirjoitti|napisał)\s*:$"
-_ATTRIBUTION = re.compile(r"^(on|am|le|el|op|il|den|em|w dniu)\b.*" + _WROTE, re.IGNORECASE)
-_WROTE_END = re.compile(r".*\b" + _WROTE, re.IGNORECASE)
-
-
-def _is_quoted(line: str) -> bool:
-    return line.lstrip().startswith(">")
-
-
-def _next_text(lines: list[str], i: int) -> int:
-    while i < len(lines) and not lines[i].strip():
-        i += 1
-    return i
-
-
-def _attribution(lines: list[str], i: int) -> int:
-    """How many lines (1 or 2: clients wrap long ones) an attribution at ``i`` takes; 0."""
-    line = lines[i].strip()
-    for n in (1, 2):
-        text = " ".join(x.strip() for x in lines[i:i + n])
-        if _ATTRIBUTION.match(text):
-            return n
-        if _WROTE_END.match(text) and len(text) < 300:
-            after = _next_text(lines, i + n)
-            if after < len(lines) and _is_quoted(lines[after]):
-                return n
-        if n == 1 and not line.lower().startswith(("on ", "am ", "le ", "el ")):
-            break
-    return 0
-
-
-def _outlook_header(lines: list[str], i: int) -> bool:
-    if not _HEADER_FROM.match(lines[i].strip()):
-        return False
-    return any(_HEADER_SENT.match(x.strip()) for x in lines[i + 1:i + 5])
-
-
-def typed_blocks(text: str) -> list[list[str]]:
-    """What a person typed into a reply, top- or bottom-posted: blocks of lines (stripped,
-    blank lines kept inside a block) separated by the quoted text between them. Left out:
-    ``>`` quotes, attribution lines ("On ... wrote:"), and everything from a signature
-    separator, a phone signature, Outlook's original-message separator or its
-    "From: ... Sent: ..." header block on. After an attribution that is not followed by a
-    ``>`` quote, the original follows unquoted: reading stops there too."""
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    blocks: list[list[str]] = []
-    current: list[str] = []
-
-    def close() -> None:
-        while current and not current[-1]:
-            current.pop()
-        if current:
-            blocks.append(current.copy())
-        current.clear()
-
-    i = 0
-    while i < len(lines):
-        raw = lines[i]
-        line = raw.strip()
-        if raw.rstrip() == "--" or raw.startswith("-- ") or _SIGNATURE.match(line) \
-                or _ORIGINAL.match(line) or _outlook_header(lines, i):
-            break
-        if _is_quoted(raw):
-            close()
-            i += 1
-            continue
-        n = _attribution(lines, i) if line else 0
-        if n:
-            close()
-            after = _next_text(lines, i + n)
-            if after < len(lines) and not _is_quoted(lines[after]):
-                break
-            i += n
-            continue
-        if line or current:
-            current.append(line)
-        i += 1
-    close()
-    return blocks
 
 
 def command_lines(msg: Message, limit: int = 50) -> list[str]:
     """Non-blank typed lines of the body (typed_blocks), at most ``limit``."""
-    out = [line for block in typed_blocks(body_text(msg, reply=True)) for line in block if line]
+    blocks = quoting.typed_blocks(body_text(msg, reply=True))
+    out = [line for block in blocks for line in block if line]
     return out[:limit]
 
 
 def first_word(line: str) -> str:
-    words = line.split(None, 1)
-    return words[0].lower().rstrip(":,.!") if words else ""
+    """The command word a line starts with, lower case ('*Subscribe!*' -> 'subscribe')."""
+    words = quoting.strip_decoration(line).split(None, 1)
+    return words[0].lower().rstrip(":,.!*_") if words else ""
+
+
+# Reply and forward prefixes, also as localised clients write them ("RE :", "AW:", "SV:",
+# "Antw:", "Odp:", "R:", "RIF:", "Res:", "VS:", "Ynt:", "ΑΠ:", "回复:", "WG:", "TR:", "Doorst:").
+_REPLY_PREFIX = re.compile(r"^(re|aw|sv|antw|odp|r|rif|res|vs|ynt|απ|回复|答复|回覆|fwd?|wg|tr"
+                           r"|rv|enc|doorst|pd|i|vb)\s*(\[\d+\]|\^\d+)?\s*[:：]\s*",
+                           re.IGNORECASE)
 
 
 def strip_reply_prefix(subject: str) -> str:
     """'Re: Fwd: AW: confirm x' -> 'confirm x'."""
-    s = subject.strip()
+    s = quoting.clean_line(subject)
     while True:
-        m = re.match(r"^(re|aw|sv|fwd?|wg|tr)\s*(\[\d+\])?\s*:\s*", s, re.IGNORECASE)
+        m = _REPLY_PREFIX.match(s)
         if not m:
             return s
         s = s[m.end():]

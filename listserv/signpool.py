@@ -24,7 +24,7 @@ import os
 import signal
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from listserv import copies
 
@@ -103,31 +103,51 @@ def _drop(pool: cf.ProcessPoolExecutor | None) -> None:
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def make(job: copies.CopyJob, members: list[tuple[int, str]], signer: "Signer | None"
-         ) -> list[copies.Own]:
-    """copies.make() for ``members``, in the worker processes when there are at least
-    MIN_COPIES and the workers are up, else here with ``signer`` (the job's key); blocks
-    (call it from a thread)."""
+def make(job: copies.CopyJob, members: list[tuple[int, str]], signer: "Signer | None",
+         on_part: Callable[[int, list[copies.Own]], None] | None = None) -> list[copies.Own]:
+    """copies.make() for ``members``, in the worker processes when they are signed, there
+    are at least MIN_COPIES and the workers are up, else here with ``signer`` (the job's key); blocks
+    (call it from a thread). Made CHUNK at a time: ``on_part(start, owns)`` is called (in
+    this thread, in order) as each chunk is ready, so their copies can leave at once."""
     here = signer.rsa_many if signer is not None else None
-    if len(members) < MIN_COPIES or time.monotonic() - _failed_at < RETRY_AFTER:
-        return copies.make(job, members, here)
+    out: list[copies.Own] = []
+
+    def got(owns: list[copies.Own]) -> None:
+        if on_part is not None:
+            on_part(len(out), owns)
+        out.extend(owns)
+
+    def locally() -> list[copies.Own]:
+        for i in range(len(out), len(members), CHUNK):
+            got(copies.make(job, members[i:i + CHUNK], here))
+        return out
+
+    if (not job.key_pem or len(members) < MIN_COPIES
+            or time.monotonic() - _failed_at < RETRY_AFTER):
+        return locally()          # unsigned copies cost a token and two strings each
     pool = None
     try:
         pool = _get()
         if pool is None:
-            return copies.make(job, members, here)
+            return locally()
         parts = [pool.submit(_make, job, members[i:i + CHUNK])
                  for i in range(0, len(members), CHUNK)]
-        out = [own for part in parts for own in part.result(TIMEOUT)]
+        for part in parts:
+            owns = part.result(TIMEOUT)
+            got(owns)
+            _count(len(owns), signer if job.key_pem else None)
     except Exception as exc:          # a broken pool, a worker killed, no processes allowed
         log.warning("signing processes failed (%r); signing in the daemon instead", exc)
         _drop(pool)
-        return copies.make(job, members, here)
-    global made_in_workers
-    made_in_workers += len(out)
-    if signer is not None and job.key_pem:
-        signer.signatures += len(out)
+        return locally()              # the chunks not made yet
     return out
+
+
+def _count(n: int, signer: "Signer | None") -> None:
+    global made_in_workers
+    made_in_workers += n
+    if signer is not None:
+        signer.signatures += n
 
 
 def ready() -> bool:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from listserv import links, members, modreply, notices, senders, tokens, unsubscribe
+from listserv import links, members, modreply, notices, ratelimit, senders, tokens, unsubscribe
 from listserv.app import App, site_secret
 from listserv.models import (
     Decision,
@@ -30,6 +30,8 @@ from listserv.models import (
 from listserv.views import ListView
 
 log = logging.getLogger(__name__)
+
+CONFIRM_LIMIT_KIND = "confirm"     # ratelimit kind of confirmation requests
 
 
 @dataclass
@@ -47,6 +49,27 @@ def _send(session: Session, app: App, ml: MailingList, to: str, template: str,
     msg = notices.build_notice(app, lv, template, to, dict(context), reply_to=reply_to,
                                auto_submitted=auto_submitted)
     notices.send_notice(session, app, lv, msg, [to])
+
+
+def _may_confirm(session: Session, app: App, ml: MailingList, email: str) -> bool:
+    """Whether ``email`` may get another confirmation request from ``ml`` today: anyone can
+    ask for one in a stranger's name (a forged join), so they are counted like other notices
+    to outside addresses, across kinds, on top of the hourly re-send interval."""
+    return (ratelimit.used(session, app, ml.id, email, CONFIRM_LIMIT_KIND)
+            < ratelimit.DAILY_LIMITS[CONFIRM_LIMIT_KIND])
+
+
+def _confirm_limited(ml: MailingList, email: str) -> Result:
+    return Result(f"{email} got today's {ratelimit.DAILY_LIMITS[CONFIRM_LIMIT_KIND]} "
+                  f"confirmation requests from {ml.address}: nothing was sent, try again "
+                  "tomorrow.", mail_needed=False)
+
+
+def _send_confirmation(session: Session, app: App, ml: MailingList, to: str, template: str,
+                       token: str, context: dict[str, object]) -> None:
+    """A confirmation request to ``to`` (counted against its daily limit)."""
+    ratelimit.allow(session, app, ml.id, to, CONFIRM_LIMIT_KIND)
+    _send_token(session, app, ml, to, template, token, context)
 
 
 def _send_token(session: Session, app: App, ml: MailingList, to: str, template: str,
@@ -77,6 +100,8 @@ def join(session: Session, app: App, ml: MailingList, email: str,
     if policy is SubscriptionPolicy.moderate and not always_confirm:
         return ask_moderators(session, app, ml, email, display_name)
     then = "moderate" if policy in moderated else ""
+    if not _may_confirm(session, app, ml, email):
+        return _confirm_limited(ml, email)
     issued = tokens.issue(session, app, TokenKind.subscribe, ml, email,
                           payload={"display_name": display_name, "then": then})
     if issued.token is None:
@@ -86,8 +111,8 @@ def join(session: Session, app: App, ml: MailingList, email: str,
         return Result(f"A confirmation request was already sent to {email} at {sent}. "
                       "Please check your spam or junk folder for it and reply to it; a new one "
                       "can be sent an hour after the last.")
-    _send_token(session, app, ml, email, "notice/user/confirm-subscribe.txt.j2", issued.token,
-                {"email": email, "expires_at": issued.row.expires_at})
+    _send_confirmation(session, app, ml, email, "notice/user/confirm-subscribe.txt.j2",
+                       issued.token, {"email": email, "expires_at": issued.row.expires_at})
     return Result(f"A confirmation request has been sent to {email}.", mail_needed=False)
 
 
@@ -141,12 +166,14 @@ def ask_moderators(session: Session, app: App, ml: MailingList, email: str,
 def leave(session: Session, app: App, ml: MailingList, email: str) -> Result:
     if members.find_membership(session, ml, email) is None:
         return Result(f"{email} is not subscribed to {ml.address}.")
+    if not _may_confirm(session, app, ml, email):
+        return _confirm_limited(ml, email)
     issued = tokens.issue(session, app, TokenKind.unsubscribe, ml, email)
     if issued.token is None:
         return Result(f"A confirmation request was sent to {email} less than an hour ago: "
                       "reply to it.", mail_needed=False)
-    _send_token(session, app, ml, email, "notice/user/confirm-unsubscribe.txt.j2",
-                issued.token, {"email": email, "expires_at": issued.row.expires_at})
+    _send_confirmation(session, app, ml, email, "notice/user/confirm-unsubscribe.txt.j2",
+                       issued.token, {"email": email, "expires_at": issued.row.expires_at})
     return Result(f"A confirmation request has been sent to {email}.", mail_needed=False)
 
 
@@ -183,14 +210,16 @@ def set_delivery(session: Session, app: App, ml: MailingList, email: str, value:
     if confirmed:
         m.delivery_mode = mode
         return Result(f"Delivery for {email} is now {mode.value}.")
+    if not _may_confirm(session, app, ml, email):
+        return _confirm_limited(ml, email)
     issued = tokens.issue(session, app, TokenKind.set_delivery, ml, email,
                           payload={"mode": mode.value}, match={"mode": mode.value})
     if issued.token is None:
         return Result(f"A confirmation request was sent to {email} less than an hour ago: "
                       "reply to it.", mail_needed=False)
-    _send_token(session, app, ml, email, "notice/user/confirm-delivery.txt.j2",
-                issued.token, {"email": email, "mode": mode.value,
-                               "expires_at": issued.row.expires_at})
+    _send_confirmation(session, app, ml, email, "notice/user/confirm-delivery.txt.j2",
+                       issued.token, {"email": email, "mode": mode.value,
+                                      "expires_at": issued.row.expires_at})
     return Result(f"A confirmation request has been sent to {email}.", mail_needed=False)
 
 
@@ -201,12 +230,13 @@ CONFIRM_KINDS = (TokenKind.subscribe, TokenKind.unsubscribe, TokenKind.approve_s
 
 
 def confirm(session: Session, app: App, ml: MailingList, row: PendingToken, replier: str,
-            lines: list[str], *, via: str = "email") -> Result:
+            lines: list[str], *, via: str = "email", subject: str = "") -> Result:
     """Act on a valid, open token of a confirmation kind (the caller checked the list, the
-    replier, expiry and use). ``via``: email (a reply) or web (its page)."""
+    replier, expiry and use). ``via``: email (a reply) or web (its page). ``lines``: what
+    the replier typed (replies.command_lines), ``subject`` that of the reply."""
     payload = row.payload or {}
     if row.kind is TokenKind.approve_subscription:
-        return _moderate_subscription(session, app, ml, row, replier, lines, via)
+        return _moderate_subscription(session, app, ml, row, replier, lines, via, subject)
     if not tokens.consume(session, app, row, by=replier, outcome="confirmed"):
         return Result(f"This request was already handled by {row.used_by}.", already=True)
     if row.kind is TokenKind.subscribe:
@@ -241,13 +271,14 @@ def _close_approvals(session: Session, app: App, ml: MailingList, subscriber: st
 
 
 def _moderate_subscription(session: Session, app: App, ml: MailingList, row: PendingToken,
-                           replier: str, lines: list[str], via: str = "email") -> Result:
+                           replier: str, lines: list[str], via: str = "email",
+                           subject: str = "") -> Result:
     from listserv.moderation import write_log
 
     subscriber = str((row.payload or {}).get("subscriber") or "")
     # The moderation grammar: "Rejected: not a member of staff", "Decline - sorry", "delete";
     # a reply without a refusal approves (no command word is needed).
-    reply = modreply.parse("\n".join(lines))
+    reply = modreply.parse("\n".join(lines), subject=subject)
     deny = reply.decision in (Decision.reject, Decision.discard)
     word = "reject" if reply.decision is Decision.reject else "discard"
     outcome = word if deny else "approve"

@@ -82,8 +82,23 @@ class Batch:
     record_tries: int = 0
     # recipient -> (DKIM-Signature field, own List-Unsubscribe fields) of their own copy
     heads: dict[str, tuple[bytes, bytes]] | None = None
-    # recipient -> (membership id, nonce): the members to make own copies for
-    members: dict[str, tuple[int, str]] | None = None
+    # own parts still arriving (listserv.delivery): a transaction waits for its recipient's
+    making: bool = False
+    _arrived: asyncio.Event | None = None
+
+    def own_arrived(self) -> None:
+        """More of ``heads`` is there, or ``making`` ended: wake the waiting transactions."""
+        ev, self._arrived = self._arrived, None
+        if ev is not None:
+            ev.set()
+
+    async def own_ready(self, rcpts: list[str]) -> None:
+        """Wait until the own parts for ``rcpts`` are there or no more are coming."""
+        while self.making and not (self.heads is not None
+                                   and all(r in self.heads for r in rcpts)):
+            if self._arrived is None:
+                self._arrived = asyncio.Event()
+            await self._arrived.wait()
 
     def data_for(self, rcpts: list[str]) -> bytes:
         """The bytes to send to ``rcpts``: a member's own copy when there is one."""
@@ -151,7 +166,10 @@ class _Tx:
 class SmtpTransport:
     """``connections`` worker tasks, each owning one reused SMTP connection to the smarthost,
     take transactions from one queue. ``submit`` never blocks; ``done(batch)`` is called when
-    every transaction of a batch has finished."""
+    every transaction of a batch has finished. A batch may be submitted while its members'
+    own parts are still being made (``Batch.making``): each transaction waits for its own."""
+
+    streams = True
 
     def __init__(self, url: str, connections: int, max_rcpts: int, helo: str, done: Done,
                  low_water: tuple[int, Callable[[], None]] | None = None) -> None:
@@ -275,6 +293,8 @@ class SmtpTransport:
             opts.append("SMTPUTF8")
         if msg.eight_bit and smtp.supports_extension("8bitmime"):
             opts.append("BODY=8BITMIME")
+        if batch.making:
+            await batch.own_ready(tx.rcpts)
         try:
             errors, _reply = await smtp.sendmail(tx.sender, tx.rcpts, batch.data_for(tx.rcpts),
                                                  mail_options=opts)
@@ -312,6 +332,8 @@ def _rcpt_code(code: int) -> int:
 class MaildirTransport:
     """Writes one file per recipient to a Maildir (tmp -> new rename), with the envelope in
     ``Return-Path:`` and ``X-Envelope-To:`` lines, so a site without an MTA still sees mail."""
+
+    streams = False         # batches come with all their own parts made
 
     def __init__(self, path: str, done: Done) -> None:
         self.root = Path(path)

@@ -26,7 +26,7 @@ import hmac
 import re
 import time
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 from urllib.parse import quote
 
 from sqlalchemy import select
@@ -118,13 +118,16 @@ def memberships_for(session: Session, list_id: int, emails: Iterable[str]
     tree = network.subtree_ids(list_id).subquery()
     out: dict[str, tuple[int, str]] = {}
     for i in range(0, len(wanted), 500):
+        # address ids by the addresses (IN a subquery): the planner looks the memberships up
+        # by them, instead of walking the whole list and testing each (O(list) per query)
+        chunk = select(Address.id).where(Address.email.in_(wanted[i:i + 500]))
         rows = session.execute(
             select(Address.email, Membership.id, Membership.unsub_nonce, Membership.list_id)
             .join(Membership, Membership.address_id == Address.id)
             .where(Membership.list_id.in_(select(tree.c.list_id)),
                    Membership.role == Role.member, Membership.enabled.is_(True),
                    Membership.delivery_mode == DeliveryMode.regular,
-                   Address.email.in_(wanted[i:i + 500]))
+                   Membership.address_id.in_(chunk))
             .order_by(Membership.id))
         for email, mid, nonce, lid in rows:
             if email not in out or lid == list_id:      # the list's own membership first
@@ -190,11 +193,13 @@ class CopyMaker:
         return copies.CopyJob(secret, parts, post, s.signer.key_pem, s.names,
                               tuple(s.pieces), tuple(s.slots), head, tail)
 
-    def own(self, secret: str, members: list[tuple[int, str]]) -> list[copies.Own]:
+    def own(self, secret: str, members: list[tuple[int, str]],
+            on_part: Callable[[int, list[copies.Own]], None] | None = None
+            ) -> list[copies.Own]:
         """(DKIM-Signature field, the member's two fields) of each member's copy, made in
-        worker processes when there are many (listserv.signpool)."""
+        worker processes when there are many (listserv.signpool; ``on_part`` as there)."""
         return signpool.make(self.job(secret), members,
-                             self.signer.signer if self.signer is not None else None)
+                             self.signer.signer if self.signer is not None else None, on_part)
 
     def copy(self, secret: str, membership_id: int, nonce: str) -> bytes:
         """One member's whole copy."""

@@ -7,8 +7,10 @@
 - mime_depth(): how deeply the MIME parts of raw bytes nest, found without recursion, so that
   absurd structure is refused before the email package recurses into it.
 - POLICY / SMTP_POLICY: email.policy.default (and its CRLF form) whose Date headers read a
-  hostile value as an invalid date instead of raising OverflowError on access. Every parse of
-  mail listserv stores goes through POLICY.
+  hostile value as an invalid date instead of raising OverflowError on access, and whose other
+  headers, when the email package's parser fails on their value (bytes no address parser
+  expects), are read as unstructured text with a defect instead of raising on access. Every
+  parse of mail listserv stores goes through POLICY.
 - header_date(): a Date header value as an aware UTC datetime, or None for hostile values
   (overflowing offsets, year 9999 with a negative offset...).
 """
@@ -138,8 +140,36 @@ class _SafeDateHeader(headerregistry.DateHeader):
             kwds["parse_tree"] = _header_value_parser.TokenList()
 
 
+class _UnparsedHeader(headerregistry.UnstructuredHeader):
+    """A structured header whose value the email package could not parse: its text, and the
+    empty structure (no addresses, no parameters) for code that asks for it."""
+
+    @classmethod
+    def parse(cls, value: Any, kwds: dict[str, Any]) -> None:
+        super().parse(value, kwds)
+        kwds["defects"].append(errors.HeaderDefect("unparseable header value"))
+
+    addresses: tuple[Any, ...] = ()
+    groups: tuple[Any, ...] = ()
+    params: dict[str, str] = {}
+    datetime = None
+    content_disposition = None
+
+
+class _SafeRegistry(headerregistry.HeaderRegistry):
+    """Header objects that never raise on access: the email package's structured parsers
+    have bugs on hostile values (an AttributeError on an address list of raw bytes...)."""
+
+    def __call__(self, name: str, value: Any) -> Any:
+        try:
+            return super().__call__(name, value)
+        except Exception:   # noqa: BLE001 - any parser failure: read the value as text
+            cls = type("_UnparsedHeader", (_UnparsedHeader, self.base_class), {})
+            return cls(name, value)
+
+
 def _registry() -> headerregistry.HeaderRegistry:
-    registry = headerregistry.HeaderRegistry()
+    registry = _SafeRegistry()
     for name in ("date", "resent-date", "orig-date"):
         registry.map_to_type(name, _SafeDateHeader)  # type: ignore[arg-type]
     return registry

@@ -52,7 +52,7 @@ def _print(node: network.Node, prefix: str = "", last: bool = True, top: bool = 
     if node.remote:
         info = "remote list, one copy"
     else:
-        info = f"{node.members} members"
+        info = f"{node.members} member{'' if node.members == 1 else 's'}"
         if node.children:
             info += f", reaches {node.reach}"
         if node.cycle:

@@ -26,7 +26,7 @@ from tests.acceptance.conftest import Site, make_site
 from tests.sink import SmtpSink
 from tests.waiting import wait_until
 
-SEED = 9
+SEED = int(os.environ.get("FUZZ_SEED", "9"))
 COUNT = int(os.environ.get("FUZZ_COUNT", "1000"))
 LIST = "fuzz@example.org"
 MEMBERS = ["m1@a.example", "m2@b.example", "m3@c.example"]
@@ -223,6 +223,9 @@ def test_hostile_stream_every_accepted_message_is_delivered_held_or_refused(
         print(f"fuzz: {accepted} accepted, {refused} refused at SMTP; states {states}")
         for f in failed:
             print(f"fuzz: failed: {f.get('message_id')} {f.get('error', '')[:300]}")
+        # a failure is held for the owners (the promise holds), but each one found so far was
+        # a bug listserv could avoid: the stream of this seed now runs without any
+        assert states.get("failed", 0) == 0, [f.get("error", "")[:300] for f in failed]
     finally:
         db.dispose()
     assert site.stop() == 0

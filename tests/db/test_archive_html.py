@@ -170,3 +170,22 @@ def test_an_interrupted_build_is_repaired_by_the_next(app: Any, archived: Path) 
     assert (archived / "2026-11" / "2.html").read_bytes() == b"edited by hand"
     assert (archived / "2026-11" / "3.html").stat().st_mode & 0o777 == 0o640
     assert report.pages == 3 and report.written == 1
+
+
+def test_a_big_month_gives_the_same_pages(app: Any, archived: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A month too big to keep its parsed messages (each parsed again for its page)."""
+    import shutil
+
+    from listserv import archive_html
+
+    info = archive_html.ListInfo(LIST, "Dev", ArchivePolicy.private)
+    archive_html.build(app, info, archived)
+    before = {p.relative_to(archived): p.read_bytes() for p in archived.rglob("*")
+              if p.is_file()}
+    shutil.rmtree(archived)
+    monkeypatch.setattr(archive_html, "KEEP_PARSED_BYTES", 0)
+    archive_html.build(app, info, archived)
+    after = {p.relative_to(archived): p.read_bytes() for p in archived.rglob("*")
+             if p.is_file()}
+    assert after == before and len(before) >= 10

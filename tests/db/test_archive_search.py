@@ -154,6 +154,21 @@ def test_search_pages_and_orders_by_date(archived: App) -> None:
     assert len(ids) == 3
 
 
+def test_relevance_ranks_the_most_recently_archived_matches(archived: App,
+                                                            monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    # "meeting" is in the subject of a, b, c (archived in that order) and in no body; with
+    # a's subject the shortest it ranks first, unless only the newest two are ranked
+    everything = found(archived, "meeting")
+    assert sorted(everything) == ["a", "b", "c"]
+    monkeypatch.setattr(archive_search, "RANKED", 2)
+    newest = found(archived, "meeting")
+    assert sorted(newest) == ["b", "c"]
+    assert found(archived, "meeting", order="date") == ["c", "b", "a"]   # by date: all
+    # a rare word is found whatever its age
+    assert found(archived, "treasurer") == ["old"]
+
+
 @pytest.mark.parametrize("query", [
     '"', '""', "-", "*", "a*b*", "AND", "OR NOT", "NEAR(a b)", "subject:x", "^x", "x'y",
     "(", ")", "{x}", "x:*", "'", "\\", "!!x", "x & y | z", "ä*", "_", "💡", "a" * 300,

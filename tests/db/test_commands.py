@@ -177,6 +177,33 @@ def test_moderate_policy_reject(app: Any, outbox: Outbox) -> None:
     assert "Rejected" not in dan[0].msg.get_content() and "> dan" not in dan[0].msg.get_content()
 
 
+def test_subscription_approval_reads_replies_like_post_moderation(app: Any,
+                                                                  outbox: Outbox) -> None:
+    """The same quote and signature reading as moderation replies: words in an Outlook
+    original below the reply or in a phone signature are not read; a Subject-only "reject"
+    with nothing typed refuses (a reply without a refusal would approve)."""
+    list_id = make_list(app, moderators=("mod@example.org",),
+                        subscription_policy=SubscriptionPolicy.moderate)
+    join(app, list_id, "gil@example.net")
+    join(app, list_id, "hal@example.net")
+    mods = [m for m in outbox.new() if m.recipients == ["mod@example.org"]]
+    gil, hal = token_of(mods[0].msg), token_of(mods[1].msg)
+    confirm_reply(app, list_id, gil, "mod@example.org",
+                  "Approve.\n\nEnvoyé de mon iPhone\n\nDe : Dev <dev-owner@example.org>\n"
+                  "Envoyé : mardi 1 décembre 2026 10:00\nÀ : mod\nObjet : request\n\n"
+                  "reject: not a fit\n")
+    assert is_member(app, list_id, "gil@example.net")
+    outbox.new()
+    command(app, list_id, "confirm",
+            message("mod@example.org", f"dev-confirm+{hal}@example.org",
+                    f"RE: Reject: spam bot (confirm {hal})",
+                    "> hal@example.net asks to join\n"), extra=hal)
+    assert not is_member(app, list_id, "hal@example.net")
+    told = [m for m in outbox.new() if m.recipients == ["hal@example.net"]]
+    assert len(told) == 1 and "spam bot" in told[0].msg.get_content()
+    assert "asks to join" not in told[0].msg.get_content()
+
+
 def test_confirm_then_moderate(app: Any, outbox: Outbox) -> None:
     list_id = make_list(app, moderators=("mod@example.org",),
                         subscription_policy=SubscriptionPolicy.confirm_then_moderate)

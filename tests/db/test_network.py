@@ -64,7 +64,7 @@ def test_include_tree_and_recipients_once(cli: Cli, app: App) -> None:
     assert north["reach"] == 4 and [c["members"] for c in north["includes"]] == [2, 1]
     text = cli("list", "tree").stdout
     assert "national@example.org (2 members, reaches 6)" in text
-    assert "`-- local-b@example.org (1 members)" in text
+    assert "`-- local-b@example.org (1 member)" in text
     assert cli("list", "ls", "--tree").stdout == text
 
     show = cli.json("list", "show", "north@example.org")

@@ -14,7 +14,8 @@ import pytest
 from listserv import archive_access, config, lists, members, signing
 from listserv.app import App
 from listserv.archive import mbox_entry
-from listserv.models import Action, ArchivePolicy, DeliveryMode
+from listserv.models import Action, ArchivePolicy, DeliveryMode, SubscriptionPolicy
+from tests.conftest import Clock
 from tests.integration.harness import Harness, make_list, make_message
 from tests.sink import Captured, SmtpSink
 
@@ -82,10 +83,12 @@ def write_month(h: Harness, month: str, count: int, lines: int) -> int:
 
 
 def ask(h: Harness, month: str, n: int) -> tuple[list[bytes], str]:
-    """Send 'get MONTH' from the stranger; the mbox attachments and the answer's text."""
+    """Send 'get MONTH' (or 'index') from the stranger; the mbox attachments and the
+    answer's text."""
     before = len(to(list(h.sink.messages), "stranger@s.example"))
+    command = "index" if month == "index" else f"get {month}"
     h.send(make_message("stranger@s.example", "dev-request@example.org", "archive please",
-                        f"get {month}\n", message_id=f"<get{n}@s.example>"))
+                        f"{command}\n", message_id=f"<get{n}@s.example>"))
     h.run_until_idle()
     got = to(h.sink.wait_for(lambda ms: len(to(ms, "stranger@s.example")) > before),
              "stranger@s.example")[before:]
@@ -123,6 +126,9 @@ def test_large_public_month_is_answered_with_its_web_page(harness: Harness,
     assert "left of today's" in text
     assert f"{base}/lists/dev@example.org/archive/2026-10/" in text.split()
 
+    data, text = ask(harness, "index", 4)                     # the index names the web archive
+    assert f"{base}/lists/dev@example.org/archive/" in text.split()
+
 
 @pytest.mark.parametrize("archive, web", [(ArchivePolicy.private, True),
                                           (ArchivePolicy.public, False)])
@@ -136,6 +142,8 @@ def test_large_month_without_a_public_web_archive_is_cut(
         [mbox] = data
         assert 0 < len(mbox) <= 300_000 < large               # the first posts that fit
         assert "/archive/" not in text
+        data, text = ask(h, "index", 2)
+        assert "2026-09" in text and "/archive/" not in text
     finally:
         h.stop()
 
@@ -255,3 +263,37 @@ def test_trusted_authentication_results_act_at_once(authenticating: Harness) -> 
         mail_from="bob@b.example", rcpts=["dev-request@example.org"])
     h.run_until_idle()
     assert bob_mode(h) is DeliveryMode.nomail
+
+
+def test_forged_joins_get_a_few_confirmation_requests_a_day(harness: Harness,
+                                                            clock: Clock) -> None:
+    """A join in a stranger's name costs them a confirmation request; forged joins an hour
+    apart (past the re-send interval) cost them at most five a day, per list."""
+    make_list(harness.app, LIST, members=["ann@a.example"],
+              subscription_policy=SubscriptionPolicy.confirm)
+
+    def forge(n: int) -> None:
+        harness.send(make_message("victim@v.example", "dev-join@example.org", "join", "",
+                                  message_id=f"<join{n}@evil.example>"),
+                     mail_from="attacker@evil.example")
+        harness.run_until_idle()
+        clock.advance(minutes=61)
+
+    def requests() -> list[EmailMessage]:
+        return [m for m in to(list(harness.sink.messages), "victim@v.example")
+                if "confirm your subscription" in str(m["Subject"])]
+
+    for n in range(8):
+        forge(n)
+    harness.sink.wait_for(lambda ms: len(requests()) >= 5)
+    harness.run_until_idle()
+    assert len(requests()) == 5
+    clock.advance(days=1)
+    forge(8)
+    harness.sink.wait_for(lambda ms: len(requests()) >= 6)
+    # the latest request's token still works: the victim (or a person who really asked) joins
+    harness.send(make_message("victim@v.example", str(requests()[-1]["Reply-To"]), "Re: confirm",
+                              "yes"))
+    harness.run_until_idle()
+    with harness.app.db.unit_of_work() as s:
+        assert members.find_membership(s, lists.get_list(s, LIST), "victim@v.example")

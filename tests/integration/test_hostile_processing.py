@@ -11,7 +11,14 @@ import pytest
 from sqlalchemy import select
 
 from listserv import intake, untrusted
-from listserv.models import ArchivePolicy, DeliveryMode, HeldMessage, InboundMessage, InboundState
+from listserv.models import (
+    ArchivePolicy,
+    DeliveryMode,
+    HeldMessage,
+    InboundMessage,
+    InboundState,
+    ReplyTo,
+)
 from tests.clirun import Cli
 from tests.conftest import Clock
 from tests.integration.harness import Harness, make_list
@@ -175,3 +182,23 @@ def test_held_approve_that_fails_says_so_in_one_line(harness: Harness,
     line = Cli(cli_env).error("held", "approve", str(held_id))
     assert f"cannot approve held message {held_id}" in line and "stays held" in line
     assert [s for s, _ in states(harness)] == [InboundState.held]
+
+
+@pytest.mark.parametrize("reply_to", [ReplyTo.poster, ReplyTo.list])
+def test_header_the_email_package_cannot_parse_is_read_as_text(harness: Harness,
+                                                               reply_to: ReplyTo) -> None:
+    """Raw bytes in an address header make the email package's address parser raise (an
+    AttributeError deep inside it): the post is still delivered."""
+    make_list(harness.app, LIST, members=["a@x.example", "b@x.example"], reply_to=reply_to)
+    junk = (b"\xc7\xc8\xd6\x11\x19.:\x14\xaf6g\xae\xcb\xfe\xf9\x9e\x1d\x0c\xb2\xce\x901\xdc"
+            b"\x19\x9aN_)\xc0\xc8\x15E\xcdq\x99\xa8\xd9\xd9\xc6x\xb4")
+    harness.send(raw_post("a@x.example", "junk reply-to", b"hello\r\n",
+                          headers=b"Reply-To: " + junk + b"\r\n"),
+                 mail_from="a@x.example", rcpts=[LIST])
+    harness.run_until_idle()
+    assert [s for s, _ in states(harness)] == [InboundState.accepted]
+    got = harness.sink.wait_for(lambda ms: any("b@x.example" in m.rcpt_tos for m in ms))
+    copy = next(m for m in got if "b@x.example" in m.rcpt_tos).message
+    assert "junk reply-to" in str(copy["Subject"])
+    if reply_to is ReplyTo.list:
+        assert str(copy["Reply-To"]).endswith("<dev@example.org>")

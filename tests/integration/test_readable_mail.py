@@ -115,6 +115,12 @@ def send_reply_file(h: Harness, name: str, token: str, sender: str = "mod@m.exam
     ("apple-bottom.eml", "discard", None),
     ("iphone.eml", "approve", None),
     ("android-attribution.eml", "discard", None),
+    # HTML only, the original below Outlook's divRplyFwdMsg / border-top header block
+    ("outlook-owa-html-only.eml", "reject", "not for this list, please use vendors@example.org"),
+    ("outlook-desktop-fr-related.eml", "reject",
+     "hors sujet, désolée – c’est une annonce commerciale\n\nCordialement,"),
+    ("gmail-fr-bottom.eml", "discard", None),
+    ("subject-only.eml", "reject", "please post from your member address"),
 ])
 def test_real_client_replies_act_on_the_held_post(harness: Harness, name: str, decision: str,
                                                   reason: str | None) -> None:
@@ -128,6 +134,8 @@ def test_real_client_replies_act_on_the_held_post(harness: Harness, name: str, d
         told = text(only(h, "stranger@s.example")[-1])
         assert reason is not None and reason.splitlines()[0] in told
         assert "- off topic" not in told
+        for quoted in ("deliver the post", "From:", "De :", "Sent:", "wrote", "confirm+"):
+            assert quoted not in told
 
 
 def test_reply_without_command_gets_a_short_answer_that_can_be_answered(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from listserv import htmlmail
+from listserv import htmlmail, quoting
 
 HTML = Path(__file__).parent.parent / "data" / "html"
 CASES = sorted(p.stem for p in HTML.glob("*.html"))
@@ -60,17 +60,17 @@ def test_to_text_never_raises_on_garbage() -> None:
                  "<p>" * 2000, "\ud800 lone surrogate"]:
         assert isinstance(htmlmail.to_text(junk), str)
         assert isinstance(htmlmail.sanitise(junk), str)
-        assert isinstance(htmlmail.reply_text(junk), str)
+        assert isinstance(quoting.html_reply_text(junk), str)
 
 
-def test_reply_text_drops_quoted_originals() -> None:
+def test_html_reply_text_drops_quoted_originals() -> None:
     gmail = ('<div dir="ltr">Approved, thanks<br></div><br><div class="gmail_quote">'
              '<div dir="ltr" class="gmail_attr">On Tue, Dec 1, 2026 at 10:00 AM Dev list '
              '&lt;dev-owner@example.org&gt; wrote:<br></div><blockquote class="gmail_quote">'
              'reject<br>Held post</blockquote></div>')
-    assert htmlmail.reply_text(gmail) == "Approved, thanks\n"
+    assert quoting.html_reply_text(gmail) == "Approved, thanks\n\n>\n"   # the quote: one line
     bottom = '<div><blockquote type="cite">the notice text</blockquote>discard</div>'
-    assert htmlmail.reply_text(bottom).strip() == "discard"
+    assert quoting.typed_blocks(quoting.html_reply_text(bottom)) == [["discard"]]
 
 
 def test_sanitise_removes_scripts_handlers_remote_images() -> None:

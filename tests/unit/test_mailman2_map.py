@@ -146,3 +146,32 @@ def test_sender_lists_bans_and_header_rules() -> None:
 
 def test_preferred_language_is_named() -> None:
     assert noted(mapped(preferred_language=b"de"), "preferred_language = de")
+
+
+def test_people_edge_cases() -> None:
+    """Disabled with an UNKNOWN or missing status: disabled by the admin; a bad address is
+    named; an address in both member tables is imported once (regular); the roster-hiding
+    option is named; a single owner given as a string."""
+    from listserv.models import DeliveryMode, Role
+    from tests.mm2fixture import CONCEAL, DISABLE_DELIVERY, UNKNOWN, add_member
+
+    cfg = base_config()
+    cfg[b"owner"] = b"boss@example.org"
+    add_member(cfg, b"unk@example.org", b"Unk", options=DISABLE_DELIVERY, status=UNKNOWN)
+    add_member(cfg, b"nostatus@example.org", b"No", options=DISABLE_DELIVERY)
+    add_member(cfg, b"not an address", b"Bad")
+    add_member(cfg, b"both@example.org", b"Both")
+    add_member(cfg, b"both@example.org", b"Both", digest=True)
+    add_member(cfg, b"shy@example.org", b"Shy", options=CONCEAL)
+    plan = map_list(py2pickle.load_config(dumps(cfg)), "dev", "lists.example.org")
+    people = {(p.email, p.role): p for p in plan.people}
+    for email in ("unk@example.org", "nostatus@example.org"):
+        p = people[(email, Role.member)]
+        assert (p.enabled, p.disabled_reason, p.delivery) == (False, "admin",
+                                                              DeliveryMode.regular)
+    assert people[("both@example.org", Role.member)].delivery is DeliveryMode.regular
+    assert sum(1 for p in plan.people if p.email == "both@example.org") == 1
+    assert ("boss@example.org", Role.owner) in people
+    assert ("mod@example.org", Role.moderator) in people
+    assert noted(plan, "member 'not an address' (not a valid address)")
+    assert noted(plan, "hide (concealed from the roster): 1 member(s)")

@@ -17,7 +17,7 @@ def msg(body: str = "approve\n", **headers: str) -> EmailMessage:
     m = EmailMessage()
     m["From"] = "Mod <Mod@Example.org>"
     m["To"] = "dev-confirm+x@example.org"
-    m["Subject"] = "Re: confirm x"
+    m["Subject"] = headers.pop("subject", "Re: confirm x")
     m["Date"] = email.utils.format_datetime(email.utils.localtime())
     m["Message-ID"] = "<1@example.org>"
     for k, v in headers.items():
@@ -113,3 +113,73 @@ def test_dkim_aligned_pass(key: str) -> None:
     parsed = BytesParser(policy=policy.default).parsebytes(signed)
     assert replies.authenticated(signed, parsed, "mod@example.org", authserv_id="",
                                  resolve_txt=resolve)
+
+
+def html_msg(html: str, subject: str = "Re: your request") -> EmailMessage:
+    m = EmailMessage()
+    m["From"] = "Fay <fay@example.net>"
+    m["Subject"] = subject
+    m.set_content(html, subtype="html")
+    return m
+
+
+OUTLOOK_HTML = ('<html><body><div class="elementToProof">{typed}</div><div id="appendonsend">'
+                '</div><hr style="display:inline-block;width:98%" tabindex="-1">'
+                '<div id="divRplyFwdMsg" dir="ltr"><font><b>From:</b> dev-request@example.org'
+                '<br><b>Sent:</b> Tuesday<br><b>To:</b> Fay<br><b>Subject:</b> help</font></div>'
+                '<div>subscribe<br>unsubscribe<br>set delivery nomail</div></body></html>')
+
+
+@pytest.mark.parametrize("message, want", [
+    # the -request address reads typed lines the way moderation replies do
+    (html_msg(OUTLOOK_HTML.format(typed="set delivery mime-digest")),
+     ["set delivery mime-digest"]),
+    (html_msg('<div dir="ltr">*unsubscribe*</div><div class="gmail_quote"><div class='
+              '"gmail_attr">Le mar. 1 déc. 2026 à 10:00, Dev &lt;dev-request@example.org&gt; a '
+              'écrit :</div><blockquote class="gmail_quote">help<br>subscribe</blockquote>'
+              '</div>'), ["*unsubscribe*"]),
+    (msg("\ufeff\u200bhelp\n\nVon meinem iPhone gesendet\n\n> Am 01.12.2026 um 10:00 schrieb "
+         "Dev <dev-request@example.org>:\n> unsubscribe\n", subject="Re: question"), ["help"]),
+    (msg("unsubscribe\n\n________________________________\nDe : Dev <dev-request@example.org>\n"
+         "Envoyé : mardi 1 décembre 2026 10:00\nÀ : Fay\nObjet : help\n\nsubscribe\n",
+         subject="RE : question"),
+     ["unsubscribe"]),
+    (msg("", subject="AW: subscribe"), ["subscribe"]),
+    (msg("\n", subject="RE : confirm abcdefghijklmnopqrstuvwxyz234567"),
+     ["confirm abcdefghijklmnopqrstuvwxyz234567"]),
+])
+def test_request_commands_read_like_replies(message: EmailMessage, want: list[str]) -> None:
+    from listserv.commands import parse_request
+
+    assert parse_request(message) == want
+    assert replies.first_word(want[0]) in ("set", "unsubscribe", "help", "subscribe", "confirm")
+
+
+def test_reply_prefixes_of_localised_clients() -> None:
+    for subject in ("RE : x", "AW: x", "SV: x", "Antw: x", "Odp: x", "R: x", "RIF: x", "Res: x",
+                    "VS: x", "WG: x", "TR: x", "Re[2]: x", "Re: Fwd: x", "回复：x"):
+        assert replies.strip_reply_prefix(subject) == "x", subject
+    assert replies.strip_reply_prefix("Rejected: spam") == "Rejected: spam"
+
+
+def test_latin1_label_with_windows_quotes_and_unknown_charsets() -> None:
+    raw = (b"From: a@b.example\nContent-Type: text/plain; charset=iso-8859-1\n"
+           b"Content-Transfer-Encoding: 8bit\n\nReject: it\x92s spam \x96 sorry caf\xe9\n")
+    m = BytesParser(policy=policy.default).parsebytes(raw)
+    assert isinstance(m, EmailMessage)
+    assert replies.body_text(m, reply=True) == "Reject: it\u2019s spam \u2013 sorry café\n"
+    raw = (b"From: a@b.example\nContent-Type: text/plain; charset=x-klingon\n\n"
+           b"approve caf\xc3\xa9\n")
+    m = BytesParser(policy=policy.default).parsebytes(raw)
+    assert isinstance(m, EmailMessage)
+    assert replies.body_text(m, reply=True) == "approve café\n"
+
+
+def test_an_empty_plain_alternative_gives_way_to_the_html_one() -> None:
+    m = msg("\n")
+    m.add_alternative('<div>Reject: spam</div><blockquote type="cite">approve</blockquote>',
+                      subtype="html")
+    assert replies.command_lines(m) == ["Reject: spam"]
+    m = msg("approve\n")
+    m.add_alternative("<div>discard</div>", subtype="html")
+    assert replies.command_lines(m) == ["approve"]

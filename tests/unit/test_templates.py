@@ -199,9 +199,13 @@ CONTEXTS: dict[str, list[dict[str, Any]]] = {
         {"request_address": LIST.sub("request"), "max_bytes": 10 * 1024 * 1024, "months": [
             {"month": "2026-02", "count": 1, "subjects": [("Release plan", 1)], "more": 0},
             {"month": "2026-03", "count": 104,
-             "subjects": [("Café menu ✓", 3), ("build\nbroken", 1)], "more": 2}]},
+             "subjects": [("Café menu ✓", 3), ("build\nbroken", 1)], "more": 2}],
+         "web_url": None},
         {"request_address": LIST.sub("request"), "max_bytes": 10 * 1024 * 1024,
-         "months": []}],
+         "months": [{"month": "2026-02", "count": 1, "subjects": [], "more": 0}],
+         "web_url": "https://lists.example.org/lists/dev@example.org/archive/"},
+        {"request_address": LIST.sub("request"), "max_bytes": 10 * 1024 * 1024,
+         "months": [], "web_url": None}],
     # modlog.command
     "notice/user/moderation-log.txt.j2": [
         {"request_address": LIST.sub("request"), "days": 30, "entries": [
