@@ -1,7 +1,7 @@
 """Retention: forget finished work and the spool files nobody needs any more.
 
     prune(app, now=None, dry_run=False, budget=None) -> Stats   (`listserv queue prune`)
-    tick(app)                                                    (the daemon, at most hourly)
+    run(app)                                 (the daemon's "retention" job, every INTERVAL)
 
 What goes (the periods are the module constants below; Postfix keeps nothing once delivered,
 Mailman keeps its queue files until processed and its message store until the request is
@@ -63,11 +63,10 @@ from sqlalchemy import (
     or_,
     select,
     union_all,
-    update,
 )
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
+from listserv import jobs
 from listserv.app import App
 from listserv.models import (
     ArchiveEntry,
@@ -98,11 +97,11 @@ BOUNCE_EVENT_DAYS = 90       # bounce events (at least; see BOUNCE_STALE_FACTOR)
 BOUNCE_STALE_FACTOR = 4      # ... or bounce_info_stale_after_days * 4 when longer
 FANOUT_DAYS = 90             # cross-list duplicate suppression by Message-ID
 SPOOL_GRACE = dt.timedelta(hours=1)    # a spool file this recent is never removed
-INTERVAL = dt.timedelta(hours=1)       # the daemon prunes at most this often (all processes)
+INTERVAL = dt.timedelta(hours=1)       # the daemon prunes this often (one job, all processes)
 TICK_BUDGET = 30.0           # seconds one daemon run may take; the next run goes on
 BATCH = 500
 BACKLOG_PAUSE = dt.timedelta(minutes=5)  # after a run stopped by its budget, go on this soon
-LAST_RUN = "retention_last_run"        # SiteSetting row: when prune last started (ISO 8601)
+JOB_KIND = "retention"                 # the periodic job (listserv.workers)
 SPOOL_CURSOR = "retention_spool_cursor"  # SiteSetting row: where a budgeted sweep goes on
 
 FINAL_STATES = (InboundState.accepted, InboundState.rejected, InboundState.discarded,
@@ -486,47 +485,19 @@ def prune(app: App, *, now: dt.datetime | None = None, dry_run: bool = False,
     return stats
 
 
-def _claim_run(app: App, now: dt.datetime) -> bool:
-    """Whether this process should prune now: at most once per INTERVAL across all processes
-    sharing the database (a compare-and-set on a SiteSetting row)."""
-    stamp = now.isoformat()
-    try:
-        with app.db.unit_of_work() as session:
-            row = session.get(SiteSetting, LAST_RUN)
-            if row is None:
-                session.add(SiteSetting(name=LAST_RUN, value=stamp))
-                return True
-            try:
-                last = dt.datetime.fromisoformat(row.value)
-            except ValueError:
-                last = None
-            if last is not None and dt.timedelta(0) <= now - last < INTERVAL:
-                return False
-            res = session.execute(update(SiteSetting).where(
-                SiteSetting.name == LAST_RUN, SiteSetting.value == row.value)
-                .values(value=stamp).execution_options(synchronize_session=False))
-            return bool(getattr(res, "rowcount", 0))
-    except IntegrityError:
-        return False          # another process inserted the row first: it runs
-
-
 def record_run(app: App, now: dt.datetime) -> None:
-    """Note a manual run (``listserv queue prune``) so that the daemon waits an INTERVAL."""
+    """After a manual run (``listserv queue prune``) the daemon's next run waits an INTERVAL."""
     with app.db.unit_of_work() as session:
-        row = session.get(SiteSetting, LAST_RUN)
-        if row is None:
-            session.add(SiteSetting(name=LAST_RUN, value=now.isoformat()))
-        else:
-            row.value = now.isoformat()
+        jobs.postpone(session, app, JOB_KIND, now + INTERVAL)
 
 
-def tick(app: App) -> Stats | None:
-    """The daemon's scheduler calls this every ~30 s; it prunes at most once per INTERVAL
-    (sooner while a backlog is being worked off), for at most TICK_BUDGET seconds."""
+def run(app: App) -> Stats:
+    """The daemon's retention job (every INTERVAL, one job for all processes sharing the
+    database): prune for at most TICK_BUDGET seconds; while a backlog remains (the first run
+    on an old installation) the next run follows after BACKLOG_PAUSE."""
     now = app.now()
-    if not _claim_run(app, now):
-        return None
     stats = prune(app, now=now, budget=TICK_BUDGET)
-    if not stats.complete:      # a backlog (first run on an old installation): go on soon
-        record_run(app, now - INTERVAL + BACKLOG_PAUSE)
+    if not stats.complete:
+        with app.db.unit_of_work() as session:
+            jobs.schedule(session, app, JOB_KIND, now + BACKLOG_PAUSE)
     return stats

@@ -45,7 +45,7 @@ def moderation_pass(app: App, payload: dict[str, Any]) -> None:
 
 
 def retention_pass(app: App, payload: dict[str, Any]) -> None:
-    retention.tick(app)          # prunes at most hourly across processes (listserv.retention)
+    retention.run(app)
 
 
 def incoming_reclaim(app: App, payload: dict[str, Any]) -> None:
@@ -58,6 +58,6 @@ KINDS: tuple[Kind, ...] = (
     Kind("moderation", moderation_pass, every=TICK),
     Kind(DIGESTS, digests_pass, every=TICK),
     Kind("bounces", bounces_pass, every=TICK),
-    Kind("retention", retention_pass, every=TICK),
+    Kind(retention.JOB_KIND, retention_pass, every=retention.INTERVAL),
 )
 REGISTRY = runner.registry(KINDS)

@@ -29,13 +29,15 @@ from listserv.jobs.runner import (
     ensure_periodic,
     execute,
     kick,
+    postpone,
     registry,
     run_jobs_until_idle,
     run_next_job,
+    schedule,
     work,
 )
 
 __all__ = ["LEASE", "Claimed", "claim", "complete", "counts", "dead_items", "enqueue",
            "ensure", "fail", "new_worker_id", "renew", "retry_dead", "Kind", "Registry",
-           "ensure_periodic", "execute", "kick", "registry", "run_jobs_until_idle",
+           "ensure_periodic", "execute", "kick", "postpone", "registry", "schedule", "run_jobs_until_idle",
            "run_next_job", "work"]

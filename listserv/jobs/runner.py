@@ -98,6 +98,26 @@ def kick(session: Session, app: App, name: str) -> int:
     return engine.enqueue(session, app, name, partition_key=key, dedupe_key=key)
 
 
+def schedule(session: Session, app: App, name: str, run_after: dt.datetime) -> int:
+    """In the caller's transaction: periodic kind ``name`` runs no later than ``run_after``
+    (a pass that left work over asks for an early next run)."""
+    key = f"periodic:{name}"
+    return engine.enqueue(session, app, name, partition_key=key, dedupe_key=key,
+                          run_after=run_after)
+
+
+def postpone(session: Session, app: App, name: str, until: dt.datetime) -> None:
+    """In the caller's transaction: periodic kind ``name`` runs no earlier than ``until``
+    (an operator just did its work by hand)."""
+    key = f"periodic:{name}"
+    waiting = session.scalar(select(Job).where(Job.dedupe_key == key,
+                                               Job.state == JobState.ready))
+    if waiting is not None:
+        waiting.run_after = max(waiting.run_after, until)
+    else:
+        engine.ensure(session, app, name, key, partition_key=key, run_after=until)
+
+
 # ---------------------------------------------------------------------------- one job
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from listserv import moderation, retention, tokens
+from listserv import jobs, moderation, retention, tokens
 from listserv.app import App
 from listserv.models import (
     ArchiveEntry,
@@ -26,11 +26,11 @@ from listserv.models import (
     HeldMessage,
     InboundMessage,
     InboundState,
+    Job,
     MailingList,
     ModerationLog,
     OutboundMessage,
     PendingToken,
-    SiteSetting,
 )
 from listserv.outbound import queue_message
 from tests.clirun import Cli
@@ -435,48 +435,50 @@ def test_a_budgeted_sweep_goes_on_where_it_stopped(app: App, monkeypatch: pytest
     assert retention.prune(app).spool_files == 1 and not spool_shas(app)
 
 
-def test_tick_returns_soon_while_a_backlog_remains(app: App, clock: Any, list_id: int,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def retention_job() -> dict[str, Any]:
+    from listserv import workers
+
+    return {"retention": workers.REGISTRY["retention"]}
+
+
+def test_the_job_returns_soon_while_a_backlog_remains(app: App, clock: Any, list_id: int,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(retention, "BATCH", 2)
     monkeypatch.setattr(retention, "TICK_BUDGET", 0.0)
     for i in range(5):
         inbound(app, list_id, InboundState.handled, f"b{i}")
     clock.advance(days=31)
-    stats = retention.tick(app)
-    assert stats is not None and not stats.complete and stats.rows["inbound_message"] == 2
-    assert retention.tick(app) is None
+    kinds = retention_job()
+    jobs.ensure_periodic(app, kinds)
+    assert jobs.run_next_job(app, kinds)
+    assert count(app, InboundMessage) == 3
+    assert not jobs.run_next_job(app, kinds)
     clock.advance(minutes=6)                    # BACKLOG_PAUSE, not a whole INTERVAL
-    stats = retention.tick(app)
-    assert stats is not None and stats.rows["inbound_message"] == 2
+    assert jobs.run_next_job(app, kinds)
+    assert count(app, InboundMessage) == 1
 
 
-# ---------------------------------------------------------------------------- tick, CLI
+# ---------------------------------------------------------------------------- job, CLI
 
 
-def test_tick_runs_at_most_once_an_hour(app: App, clock: Any, list_id: int) -> None:
-    assert retention.tick(app) is not None
-    assert retention.tick(app) is None
+def test_the_daemon_prunes_once_an_hour(app: App, clock: Any, list_id: int) -> None:
+    """Retention is one periodic job of the job engine, whatever the number of processes."""
+    kinds = retention_job()
+    assert kinds["retention"].every == retention.INTERVAL
+    assert jobs.ensure_periodic(app, kinds) == 1
+    assert jobs.ensure_periodic(app, kinds) == 0
+    assert jobs.run_next_job(app, kinds)
+    assert not jobs.run_next_job(app, kinds)
     clock.advance(minutes=59)
-    assert retention.tick(app) is None
+    assert not jobs.run_next_job(app, kinds)
     clock.advance(minutes=2)
     inbound(app, list_id, InboundState.handled)
     clock.advance(days=31)
-    stats = retention.tick(app)
-    assert stats is not None and stats.rows["inbound_message"] == 1
+    assert jobs.run_next_job(app, kinds)
+    assert count(app, InboundMessage) == 0
     with app.db.unit_of_work() as s:
-        assert s.get_one(SiteSetting, retention.LAST_RUN).value == app.now().isoformat()
-
-
-def test_daemon_schedules_retention(app: App) -> None:
-    """Retention is a periodic job of the job engine (listserv.workers)."""
-    from listserv import jobs, workers
-
-    kind = workers.REGISTRY["retention"]
-    assert kind.every is not None
-    assert jobs.ensure_periodic(app, {"retention": kind}) == 1
-    assert jobs.run_next_job(app, {"retention": kind})     # runs retention.tick
-    with app.db.unit_of_work() as s:
-        assert s.get_one(SiteSetting, retention.LAST_RUN).value == app.now().isoformat()
+        [job] = s.scalars(select(Job)).all()
+        assert job.run_after == app.now() + retention.INTERVAL
 
 
 def test_cli_prune_and_dry_run(app: App, clock: Any, list_id: int,
@@ -498,8 +500,9 @@ def test_cli_prune_and_dry_run(app: App, clock: Any, list_id: int,
     assert exists(app, HeldMessage, held_id)
     out = cli("queue", "prune").stdout
     assert out.splitlines()[0] == "removed:" and "inbound_message            0 rows" in out
-    with app.db.unit_of_work() as s:
-        assert s.get(SiteSetting, retention.LAST_RUN) is not None
+    with app.db.unit_of_work() as s:       # the daemon's next run waits an hour
+        [job] = s.scalars(select(Job).where(Job.kind == "retention")).all()
+        assert job.run_after > dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=59)
     assert "--dry-run" in cli("queue", "prune", "--help").stdout
 
 
