@@ -4,6 +4,8 @@ claims, partitions, leases, retries, dead letters, periodic jobs. The clock is t
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import datetime as dt
 import threading
 from typing import Any
@@ -19,6 +21,7 @@ from listserv.jobs.runner import Kind
 from listserv.models import Job, JobState
 from tests.clirun import Cli
 from tests.conftest import Clock
+from tests.waiting import wait_until
 
 SECONDS = dt.timedelta(seconds=1)
 
@@ -316,3 +319,29 @@ def test_partition_order_holds_under_concurrency(app: App) -> None:
     for t in threads:
         t.join(120)
     assert order == ids
+
+
+def test_the_worker_loop_renews_the_lease_while_a_handler_runs(app: App, clock: Clock) -> None:
+    """The daemon's loop runs the handler in its executor and renews the lease meanwhile (the
+    event loop stays free: the renewal happens while the handler still runs)."""
+    lease = dt.timedelta(seconds=3)              # renewed every second
+
+    def slow(a: App, p: dict[str, Any]) -> None:
+        clock.advance(seconds=2)
+        target = clock() + lease
+        wait_until(lambda: rows(app)[0].lease_expires == target, 15, "the lease renewed")
+
+    kinds = jobs.registry([Kind("slow", slow)])
+    add(app, "slow")
+
+    async def main() -> None:
+        stop, wake = asyncio.Event(), asyncio.Event()
+        with concurrent.futures.ThreadPoolExecutor(1) as executor:
+            task = asyncio.create_task(jobs.work(app, stop, wake, kinds=kinds, owner="w-loop",
+                                                 executor=executor, lease=lease, poll=0.05))
+            await asyncio.to_thread(wait_until, lambda: rows(app) == [], 20, "the job done")
+            stop.set()
+            wake.set()
+            await asyncio.wait_for(task, 10)
+
+    asyncio.run(main())
