@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from sqlalchemy import select
@@ -44,7 +44,6 @@ class App:
     spool: Spool
     now: Clock = system_clock
     resolve_txt: TxtResolver = dns_txt
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, settings: Settings, **kw: Any) -> "App":

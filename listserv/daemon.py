@@ -1,34 +1,30 @@
 """The asyncio supervisor behind `listserv serve`.
 
 One event loop runs: the intake server (SMTP or LMTP), the web pages (uvicorn, when ``web``
-is on and ``[web] listen`` is set), the incoming worker loop, the archive loop, the delivery
-loop (listserv.delivery.run) and a scheduler that calls each module's
-tick(app) every TICK_INTERVAL seconds. Workers are plain sync functions run in threads.
-The intake wakes the incoming worker right after it commits; a short poll covers mail stored
-by other processes. stop.set() (SIGTERM/SIGINT) closes the listener, lets in-flight SMTP
-transactions and worker passes finish, then returns.
+is on and ``[web] listen`` is set), the incoming worker loop, the delivery loop
+(listserv.delivery.run) and JOB_WORKERS job loops (listserv.jobs) that run the periodic
+passes (listserv.workers: archive, digests, bounces, hold expiry, retention...) in threads of
+their own, apart from the intake's. The intake wakes the incoming worker right after it
+commits, which makes the archive pass due and wakes the job loops; short polls cover work
+stored by other processes. stop.set() (SIGTERM/SIGINT) closes the listener, lets in-flight
+SMTP transactions, worker passes and jobs finish, then returns.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
 import time
 from typing import Any, Callable, Coroutine
 
-from listserv import (
-    archive,
-    bounces,
-    digests,
-    incoming,
-    intake,
-    isolation,
-    moderation,
-    retention,
-)
+from sqlalchemy import select
+
+from listserv import incoming, intake, jobs, workers
 from listserv.app import App
 from listserv.errors import ListservError
+from listserv.models import ArchiveEntry
 
 log = logging.getLogger(__name__)
 
@@ -37,18 +33,9 @@ class WorkerFailed(ListservError):
     """A worker loop of the daemon died; the daemon stopped (``serve`` exits 1)."""
 
 POLL_INTERVAL = 0.5
-TICK_INTERVAL = 30.0
 DRAIN_TIMEOUT = 30.0
 INCOMING_LOOPS_PG = 2
-TICKS: tuple[tuple[str, Callable[[App], Any]], ...] = (
-    ("moderation", moderation.tick),
-    ("digests", digests.tick),
-    ("bounces", bounces.tick),
-    ("retention", retention.tick),     # prunes at most once an hour (listserv.retention)
-)
-
-
-TICK_FAILURES = isolation.Failures("scheduler", log, retry_after=0)
+JOB_WORKERS = 2        # job loops per process (one long pass does not hold up the archive)
 
 
 def delivery_runner() -> Callable[[App, asyncio.Event, asyncio.Event], Coroutine[Any, Any, Any]] | None:
@@ -113,8 +100,13 @@ class Daemon:
         self.bound_port: int | None = None
         self.incoming_wake: asyncio.Event | None = None
         self.delivery_wake: asyncio.Event | None = None
-        self.archive_wake: asyncio.Event | None = None
-        self.scheduler_wake: asyncio.Event | None = None
+        self.jobs_wake: asyncio.Event | None = None
+        # Without the scheduler (tests), only the archive pass runs, as the incoming
+        # worker's follow-up; the periodic passes are left to the test.
+        self.job_kinds: jobs.Registry = (
+            workers.REGISTRY if scheduler else
+            {workers.ARCHIVE: workers.REGISTRY[workers.ARCHIVE]} if incoming_worker else {})
+        self.job_owner = jobs.new_worker_id()
         self.loop: asyncio.AbstractEventLoop | None = None
 
     def wake(self) -> None:
@@ -122,7 +114,7 @@ class Daemon:
         loop = self.loop
         if loop is None:
             return
-        for ev in (self.incoming_wake, self.delivery_wake, self.archive_wake):
+        for ev in (self.incoming_wake, self.delivery_wake, self.jobs_wake):
             if ev is not None:
                 loop.call_soon_threadsafe(ev.set)
 
@@ -132,10 +124,7 @@ class Daemon:
         loop.set_exception_handler(AcceptErrors())
         self.incoming_wake = asyncio.Event()
         self.delivery_wake = asyncio.Event()
-        self.archive_wake = asyncio.Event()
-        scheduler_wake = self.scheduler_wake = asyncio.Event()
-        # a post that pushes a list over its digest size threshold runs the ticks at once
-        app.extra[digests.WAKEUP_KEY] = lambda: loop.call_soon_threadsafe(scheduler_wake.set)
+        self.jobs_wake = asyncio.Event()
         wake = self.incoming_wake
 
         def on_commit() -> None:
@@ -143,6 +132,8 @@ class Daemon:
 
         self.handler = intake.IntakeHandler(app, on_commit=on_commit)
         await asyncio.to_thread(incoming.reclaim, app)
+        if self.job_kinds:
+            await asyncio.to_thread(jobs.ensure_periodic, app, self.job_kinds)
 
         web_stop = asyncio.Event()
         web_task = await self._start_web(web_stop) if self.web_listen else None
@@ -164,9 +155,14 @@ class Daemon:
             # list) should not delay the small posts queued behind it.
             for _ in range(1 if app.db.is_sqlite else INCOMING_LOOPS_PG):
                 tasks.append(asyncio.create_task(self._incoming_loop(workers_stop)))
-            tasks.append(asyncio.create_task(self._archive_loop(workers_stop)))
-        if self.scheduler_enabled:
-            tasks.append(asyncio.create_task(self._scheduler_loop(workers_stop)))
+        # the job loops' own threads: a long pass never waits for, nor holds up, the intake's
+        executor = concurrent.futures.ThreadPoolExecutor(JOB_WORKERS,
+                                                         thread_name_prefix="listserv-job")
+        if self.job_kinds:
+            for _ in range(JOB_WORKERS):
+                tasks.append(asyncio.create_task(jobs.work(
+                    app, workers_stop, self.jobs_wake, kinds=self.job_kinds,
+                    owner=self.job_owner, executor=executor)))
         delivery_task: asyncio.Task[Any] | None = None
         runner = delivery_runner() if self.delivery_enabled else None
         if runner is not None:
@@ -194,8 +190,8 @@ class Daemon:
             await self._drain_intake()
         workers_stop.set()
         self.wake()
-        scheduler_wake.set()
         await asyncio.gather(*tasks, return_exceptions=True)
+        executor.shutdown(wait=False)
         delivery_stop.set()
         self.delivery_wake.set()
         if delivery_task is not None and not (delivery_task.done() and failed):
@@ -242,7 +238,7 @@ class Daemon:
 
     async def _incoming_loop(self, stop: asyncio.Event) -> None:
         assert self.incoming_wake is not None and self.delivery_wake is not None
-        assert self.archive_wake is not None
+        assert self.jobs_wake is not None
         while not stop.is_set():
             self.incoming_wake.clear()
             try:
@@ -254,43 +250,24 @@ class Daemon:
                 await _wait(stop, 1.0)
             if done:
                 self.delivery_wake.set()
-                self.archive_wake.set()
+                if workers.ARCHIVE in self.job_kinds:
+                    try:     # the posts just accepted wait to be archived
+                        await asyncio.to_thread(_kick_archive, self.app)
+                    except Exception:
+                        log.exception("could not make the archive pass due")
+                    self.jobs_wake.set()
                 continue
             await _wait(self.incoming_wake, POLL_INTERVAL)
 
-    async def _archive_loop(self, stop: asyncio.Event) -> None:
-        assert self.archive_wake is not None
-        while not stop.is_set():
-            self.archive_wake.clear()
-            try:
-                done = await asyncio.to_thread(archive.append_pending, self.app)
-            except Exception:
-                log.exception("archive pass failed")
-                done = 0
-            if not done:
-                await _wait(self.archive_wake, TICK_INTERVAL)
 
-    async def _scheduler_loop(self, stop: asyncio.Event) -> None:
-        assert self.scheduler_wake is not None
-        while not stop.is_set():
-            self.scheduler_wake.clear()
-            try:
-                await asyncio.to_thread(incoming.reclaim, self.app)
-            except Exception:
-                log.exception("reclaiming stale messages failed")
-            for name, tick in TICKS:
-                if stop.is_set():
-                    break
-                try:
-                    await asyncio.to_thread(tick, self.app)
-                except Exception as exc:
-                    # the same error every 30 s is logged once; the tick is still retried
-                    TICK_FAILURES.failed(name, f"the {name} tick", exc)
-                else:
-                    TICK_FAILURES.succeeded(name, f"the {name} tick")
-            if self.delivery_wake is not None:
-                self.delivery_wake.set()
-            await _wait(self.scheduler_wake, TICK_INTERVAL)
+
+def _kick_archive(app: App) -> None:
+    """Make the archive pass due when posts wait to be archived (a read first: commands and
+    bounces add nothing to archive)."""
+    with app.db.unit_of_work() as session:
+        if session.scalar(select(ArchiveEntry.id).where(ArchiveEntry.appended_at.is_(None))
+                          .limit(1)) is not None:
+            jobs.kick(session, app, workers.ARCHIVE)
 
 
 def serve(app: App) -> None:

@@ -5,8 +5,8 @@ state 'failed' with the error as the reason, and the list owners are told (rate-
 owner and list per day, so a flood of failing mail is not a flood of notices). `listserv queue
 failed` lists such items and `listserv queue retry ID` processes one again.
 
-Rows carry a ``kind`` ("incoming": an InboundMessage); other kinds of failed work can be
-added to failed_items() with their own retry.
+Rows carry a ``kind``: "incoming" (an InboundMessage) or "job" (a dead job of the job
+engine, listserv.jobs: a periodic pass that failed MAX_ATTEMPTS times in a row).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from listserv import members, notices, ratelimit, untrusted
+from listserv import jobs, members, notices, ratelimit, untrusted
 from listserv.app import App
 from listserv.errors import UsageError
 from listserv.models import InboundMessage, InboundState, MailingList
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 TEMPLATE = "notice/owner/failed.txt.j2"
 DAILY_NOTICES = 20       # failure notices one owner gets from one list per day
-KINDS = ("incoming",)
+KINDS = ("incoming", "job")
 MAX_ID = 2**31 - 1
 
 
@@ -88,6 +88,8 @@ def retry(session: Session, app: App, item_id: int, kind: str = "incoming") -> s
     """Put failed item ``item_id`` back in its queue; a description of what was done."""
     if kind not in KINDS:
         raise UsageError(f"unknown kind {kind!r}; kinds are: {', '.join(KINDS)}")
+    if kind == "job":
+        return jobs.retry_dead(session, app, item_id)
     if not 0 < item_id <= MAX_ID:
         raise UsageError(f"no failed {kind} message with id {item_id}")
     result = session.execute(

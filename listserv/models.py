@@ -26,6 +26,7 @@ from sqlalchemy import (
     UniqueConstraint,
     event,
     false,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -192,6 +193,13 @@ class BounceKind(enum.Enum):
     soft = "soft"            # temporary failure: counted, does not score by default
     policy = "policy"        # 5.7.x / blocklist / spam refusal: counted apart, never disables
     other = "other"          # auto-reply or unrecognised: recorded and dropped
+
+
+class JobState(enum.Enum):
+    ready = "ready"          # waits for run_after (first run, or a retry after a failure)
+    running = "running"      # leased by lease_owner until lease_expires (then anyone's)
+    dead = "dead"            # failed max_attempts times: parked for a human (queue failed)
+    # a job that succeeds is deleted
 
 
 # ---------------------------------------------------------------------------- site
@@ -699,6 +707,34 @@ class BounceEvent(Base):
 # Owned by the digests work (issue #5). A delivery-mode change made through the ORM (member set,
 # the 'set delivery' email command) records where the member's digest starts, or the one last
 # digest they are owed, so that no post is lost or doubled between regular and digest delivery.
+
+class Job(Base):
+    """One unit of background work (listserv.jobs). Jobs with the same partition_key run one
+    at a time, in id order; at most one *ready* job exists per dedupe_key."""
+
+    __tablename__ = "job"
+    __table_args__ = (
+        Index("ix_job_due", "state", "run_after"),
+        Index("ix_job_partition", "partition_key", "id"),
+        Index("uq_job_dedupe_ready", "dedupe_key", unique=True,
+              sqlite_where=text("state = 'ready'"), postgresql_where=text("state = 'ready'")),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    partition_key: Mapped[Optional[str]] = mapped_column(String(200))
+    dedupe_key: Mapped[Optional[str]] = mapped_column(String(200))
+    state: Mapped[JobState] = mapped_column(_enum(JobState), default=JobState.ready)
+    run_after: Mapped[dt.datetime] = mapped_column()
+    attempts: Mapped[int] = mapped_column(default=0)
+    max_attempts: Mapped[int] = mapped_column(default=5)
+    lease_owner: Mapped[Optional[str]] = mapped_column(String(64))
+    lease_expires: Mapped[Optional[dt.datetime]] = mapped_column()
+    last_error: Mapped[Optional[str]] = mapped_column(Text)
+    failed_at: Mapped[Optional[dt.datetime]] = mapped_column()
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
 
 _DIGEST_MODES = (DeliveryMode.mime_digest, DeliveryMode.plain_digest)
 

@@ -7,7 +7,7 @@ import click
 
 from listserv.cli import Obj, cli, handle_errors, pass_obj
 from listserv.cli.output import json_array, json_object
-from listserv import failures, retention
+from listserv import failures, jobs, retention
 from listserv.queues import failed_deliveries, queue_status
 
 ROWS = [("pending", "pending (all)"), ("ready", "ready now"), ("retrying", "retrying (4xx)"),
@@ -25,10 +25,12 @@ def queue_group() -> None:
 @pass_obj
 @handle_errors
 def status(obj: Obj, as_json: bool) -> None:
-    """Outbound queue depth (pending, retrying, in flight, failed, delivered) and incoming."""
+    """Outbound queue depth (pending, retrying, in flight, failed, delivered), incoming, and
+    background jobs by state (ready: waiting or due; running; dead: see `queue failed`)."""
     app = obj.ready_app()
     with app.db.unit_of_work() as session:
         st = queue_status(session, app.now())
+        st["jobs"] = jobs.counts(session, app.now())
     if as_json:
         json_object(st)
         return
@@ -43,6 +45,14 @@ def status(obj: Obj, as_json: bool) -> None:
     click.echo("incoming queue:")
     for key in ("new", "processing", "failed"):
         click.echo(f"  {key:<16} {inc[key]:>9} messages")
+    js = st["jobs"]
+    click.echo("jobs:")
+    for key, label in (("ready", "ready"), ("due", "due now"), ("running", "running"),
+                       ("dead", "dead")):
+        click.echo(f"  {label:<16} {js[key]:>9} jobs")
+    for kind, per in sorted(js["kinds"].items()):
+        click.echo(f"    {kind:<20} " + ", ".join(f"{n} {state}" for state, n in per.items()
+                                                  if n))
 
 
 @queue_group.command("failed")
@@ -57,6 +67,10 @@ def failed(obj: Obj, limit: int, as_json: bool) -> None:
     kind "incoming": accepted mail whose processing failed; it is held for the list owners
     (they got a notice with the error) and `listserv queue retry ID` processes it again.
 
+    kind "job": background work (a periodic pass: archive, digests, bounces...) that failed
+    every attempt; `job_kind` names it, `error` the last error. Its next run is already
+    scheduled; `listserv queue retry ID --kind job` runs it again now.
+
     kind "outbound": batches refused or given up. blame "message": the next hop refused the message itself (size 5.3.x, content 5.6.x,
     policy 5.7.x, a refusal of the whole transaction, or the same refusal for every recipient);
     no member was scored and the owners got one notice per message. blame "recipient": the
@@ -65,10 +79,11 @@ def failed(obj: Obj, limit: int, as_json: bool) -> None:
     with app.db.unit_of_work() as session:
         incoming = failures.failed_items(session)[:limit]
         rows = failed_deliveries(session, limit)
+        dead = jobs.dead_items(session, limit)
     if as_json:
-        json_array(incoming + rows)
+        json_array(incoming + rows + dead)
         return
-    if not rows and not incoming:
+    if not rows and not incoming and not dead:
         click.echo("no failed mail")
         return
     for it in incoming:
@@ -81,6 +96,11 @@ def failed(obj: Obj, limit: int, as_json: bool) -> None:
                    f"{r['message_kind']} {r['message_id']}  blame={r['blame']}  "
                    f"{r['recipients']} recipient(s)")
         click.echo(f"    {first[:200]}")
+    for j in dead:
+        first = (j["error"].splitlines() or [""])[0]
+        click.echo(f"{(j['failed_at'] or '-')[:19]}  job #{j['id']}  {j['job_kind']}  "
+                   f"{j['attempts']} attempt(s)")
+        click.echo(f"    {first[:200]}  (listserv queue retry {j['id']} --kind job)")
 
 
 @queue_group.command("prune")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from listserv.digests.build import DigestItem, build_mime_digest, build_plain_digest
 from listserv.digests.service import (
-    WAKEUP_KEY,
     DigestConflict,
     SendResult,
     add_post,
@@ -25,6 +24,6 @@ from listserv.digests.service import (
     tick,
 )
 
-__all__ = ["DigestItem", "build_mime_digest", "build_plain_digest", "WAKEUP_KEY",
+__all__ = ["DigestItem", "build_mime_digest", "build_plain_digest",
            "DigestConflict", "SendResult", "add_post", "due", "due_reason", "send", "send_now",
            "tick"]

@@ -32,7 +32,7 @@ from typing import Iterable, Sequence
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from listserv import isolation, notices, untrusted
+from listserv import isolation, jobs, notices, untrusted
 from listserv.app import App
 from listserv.digests import crosspost, groups
 from listserv.digests.build import DigestItem, build_mime_digest, build_plain_digest
@@ -48,7 +48,6 @@ BUILDERS = {DeliveryMode.mime_digest: build_mime_digest,
             DeliveryMode.plain_digest: build_plain_digest}
 # Called (no arguments) after a post pushed a list over its size threshold, when the daemon
 # provides it, so the scheduler runs tick() at once instead of at its next period.
-WAKEUP_KEY = "digest_wakeup"
 
 
 class DigestConflict(ListservError):
@@ -114,11 +113,8 @@ def add_post(session: Session, app: App, ml: MailingList, seq: int, prepared_sha
                             message_id_hash=message_hash))
     session.flush()
     limit = ml.digest_size_threshold_kb * 1024
-    wake = app.extra.get(WAKEUP_KEY)
-    if limit > 0 and wake is not None and pending(session, ml.id).size > limit:
-        from sqlalchemy import event
-
-        event.listen(session, "after_commit", lambda _s: wake(), once=True)
+    if limit > 0 and pending(session, ml.id).size > limit:
+        jobs.kick(session, app, "digests")    # the digests pass runs now, not at its next tick
 
 
 def pending(session: Session, list_id: int) -> Pending:

@@ -23,6 +23,7 @@ from listserv.models import (
     DeliveryMode,
     Digest,
     DigestEntry,
+    Job,
     DigestFrequency,
     MailingList,
     Membership,
@@ -188,12 +189,15 @@ def test_weekly_monthly_never(app: App, clock: Clock) -> None:
 
 def test_size_threshold_sends_early(app: App, clock: Clock) -> None:
     make_list(app, digest_size_threshold_kb=2)
-    woken: list[int] = []
-    app.extra[digests.WAKEUP_KEY] = lambda: woken.append(1)
+
+    def due_passes() -> list[str]:
+        with app.db.unit_of_work() as s:
+            return list(s.scalars(select(Job.kind).where(Job.run_after <= app.now())))
+
     post(app, 1)
-    assert digests.tick(app) == [] and woken == []
+    assert digests.tick(app) == [] and due_passes() == []
     post(app, 2, "x" * 2500 + "\n")           # the pending posts now exceed 2 KB
-    assert woken == [1]
+    assert due_passes() == ["digests"]        # the digests pass is due at once
     [res] = digests.tick(app)
     assert (res.reason, res.posts) == ("size", 2)
 

@@ -467,10 +467,16 @@ def test_tick_runs_at_most_once_an_hour(app: App, clock: Any, list_id: int) -> N
         assert s.get_one(SiteSetting, retention.LAST_RUN).value == app.now().isoformat()
 
 
-def test_daemon_schedules_retention() -> None:
-    from listserv import daemon
+def test_daemon_schedules_retention(app: App) -> None:
+    """Retention is a periodic job of the job engine (listserv.workers)."""
+    from listserv import jobs, workers
 
-    assert ("retention", retention.tick) in daemon.TICKS
+    kind = workers.REGISTRY["retention"]
+    assert kind.every is not None
+    assert jobs.ensure_periodic(app, {"retention": kind}) == 1
+    assert jobs.run_next_job(app, {"retention": kind})     # runs retention.tick
+    with app.db.unit_of_work() as s:
+        assert s.get_one(SiteSetting, retention.LAST_RUN).value == app.now().isoformat()
 
 
 def test_cli_prune_and_dry_run(app: App, clock: Any, list_id: int,

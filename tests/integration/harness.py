@@ -93,7 +93,7 @@ class Harness:
         settings = config.replace(app.settings, delivery__outbound=sink.url,
                                   intake__protocol=protocol, **overrides)
         self.app = App(settings=settings, db=app.db, spool=app.spool, now=app.now,
-                       resolve_txt=app.resolve_txt, extra=app.extra)
+                       resolve_txt=app.resolve_txt)
         self.sink = sink
         self.protocol = protocol
         self.host = "127.0.0.1"

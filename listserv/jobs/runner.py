@@ -1,0 +1,206 @@
+"""Running jobs: the kinds a process knows, one job at a time, and the daemon's worker loop.
+
+A kind is a plain function ``handler(app, payload) -> None`` that opens its own unit(s) of
+work; it raises to fail (the engine retries with backoff, then parks the job as dead). A
+periodic kind (``every``) keeps exactly one job in the table: each run, when it ends (done or
+dead), enqueues the next one ``every`` later, under a dedupe key, so N processes share the
+work without electing a leader. ``kick()`` makes a periodic kind run now (a post just
+pushed a list over its digest size; posts wait to be archived).
+
+Tests drive the engine deterministically with run_next_job() / run_jobs_until_idle(); only
+the daemon runs work() loops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import datetime as dt
+import functools
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from listserv.app import App
+from listserv.jobs import engine
+from listserv.jobs.engine import Claimed
+from listserv.models import Job, JobState
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[App, dict[str, Any]], None]
+POLL_INTERVAL = 0.5                  # seconds between claims while nothing is due
+ENSURE_INTERVAL = 300.0              # seconds between checks that every periodic job exists
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    handler: Handler
+    every: dt.timedelta | None = None      # periodic: the next run this long after each run
+    max_attempts: int = engine.MAX_ATTEMPTS
+    retry_base: dt.timedelta = engine.BACKOFF_BASE
+
+    @property
+    def periodic_key(self) -> str:
+        return f"periodic:{self.name}"
+
+
+Registry = Mapping[str, Kind]
+
+
+def registry(kinds: Iterable[Kind]) -> dict[str, Kind]:
+    return {k.name: k for k in kinds}
+
+
+def default_registry() -> Registry:
+    from listserv import workers
+
+    return workers.REGISTRY
+
+
+# ---------------------------------------------------------------------------- periodic
+
+
+def ensure_periodic(app: App, kinds: Registry) -> int:
+    """Make sure each periodic kind has its job (first run now); how many were added."""
+    added = 0
+    with app.db.unit_of_work() as session:
+        for k in kinds.values():
+            if k.every is not None:
+                added += engine.ensure(session, app, k.name, k.periodic_key,
+                                       partition_key=k.periodic_key,
+                                       max_attempts=k.max_attempts)
+    return added
+
+
+def schedule_next(session: Session, app: App, kind: Kind,
+                  run_after: dt.datetime | None = None) -> int:
+    """Enqueue the periodic ``kind``'s next run (default: ``every`` from now)."""
+    assert kind.every is not None
+    return engine.enqueue(session, app, kind.name, partition_key=kind.periodic_key,
+                          dedupe_key=kind.periodic_key,
+                          run_after=run_after or app.now() + kind.every,
+                          max_attempts=kind.max_attempts)
+
+
+def kick(session: Session, app: App, name: str) -> int:
+    """In the caller's transaction: run periodic kind ``name`` as soon as possible (after the
+    run in progress, if any)."""
+    key = f"periodic:{name}"
+    due = session.scalar(select(Job.id).where(Job.dedupe_key == key, Job.state == JobState.ready,
+                                              Job.run_after <= app.now()))
+    if due is not None:        # already due: no write (posts kick often, under a list lock)
+        return due
+    return engine.enqueue(session, app, name, partition_key=key, dedupe_key=key)
+
+
+# ---------------------------------------------------------------------------- one job
+
+
+def execute(app: App, job: Claimed, kinds: Registry) -> bool:
+    """Run a claimed job's handler and record the outcome; True when it succeeded."""
+    kind = kinds[job.kind]
+    try:
+        kind.handler(app, job.payload)
+    except Exception as exc:  # noqa: BLE001 - the engine records it: retry, then dead
+        error = f"{type(exc).__name__}: {exc}"
+        with app.db.unit_of_work() as session:
+            state = engine.fail(session, app, job, error, kind.retry_base)
+            if state is JobState.dead and kind.every is not None:
+                schedule_next(session, app, kind)
+        what = {JobState.dead: f"dead after {job.attempts} attempt(s) (listserv queue failed)",
+                JobState.ready: f"attempt {job.attempts} of {job.max_attempts}, retried later",
+                None: "its lease was lost meanwhile"}[state]
+        if error != job.last_error or state is JobState.dead:
+            log.error("job %d (%s) failed, %s: %s", job.id, job.kind, what, error,
+                      exc_info=(type(exc), exc, exc.__traceback__))
+        else:     # the same error as last time: one line
+            log.warning("job %d (%s) failed again, %s: %s", job.id, job.kind, what, error)
+        return False
+    with app.db.unit_of_work() as session:
+        if engine.complete(session, app, job):
+            if kind.every is not None:
+                schedule_next(session, app, kind)
+        else:
+            log.warning("job %d (%s) finished after its lease was taken over", job.id, job.kind)
+    return True
+
+
+def run_next_job(app: App, kinds: Registry | None = None, *, owner: str = "w-driver") -> bool:
+    """Claim and run one due job in this thread (tests, tools); False when none was due."""
+    kinds = default_registry() if kinds is None else kinds
+    job = engine.claim(app, owner, kinds=list(kinds))
+    if job is None:
+        return False
+    execute(app, job, kinds)
+    return True
+
+
+def run_jobs_until_idle(app: App, kinds: Registry | None = None, *, limit: int = 1000) -> int:
+    """Run due jobs one at a time until none is due; how many ran."""
+    n = 0
+    while n < limit and run_next_job(app, kinds):
+        n += 1
+    return n
+
+
+# ---------------------------------------------------------------------------- daemon loop
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> None:
+    try:
+        await asyncio.wait_for(event.wait(), timeout)
+    except asyncio.TimeoutError:
+        pass
+
+
+async def work(app: App, stop: asyncio.Event, wake: asyncio.Event, *, kinds: Registry,
+               owner: str, executor: concurrent.futures.Executor,
+               lease: dt.timedelta = engine.LEASE, poll: float = POLL_INTERVAL) -> None:
+    """Claim and run jobs until ``stop`` (the job in hand is finished first). Claims and
+    handlers run in ``executor`` (the daemon's own threads, not the intake's); the lease is
+    renewed every third of its length while a handler runs. ``wake`` is set to look for work
+    at once."""
+    loop = asyncio.get_running_loop()
+    names = list(kinds)
+    next_ensure = loop.time() + ENSURE_INTERVAL
+    while not stop.is_set():
+        wake.clear()
+        if loop.time() >= next_ensure:
+            next_ensure = loop.time() + ENSURE_INTERVAL
+            try:
+                await loop.run_in_executor(executor, ensure_periodic, app, kinds)
+            except Exception:
+                log.exception("checking the periodic jobs failed")
+        try:
+            job = await loop.run_in_executor(executor, functools.partial(
+                engine.claim, app, owner, kinds=names, lease=lease))
+        except Exception:
+            log.exception("claiming a job failed")
+            await _wait(stop, 1.0)
+            continue
+        if job is None:
+            await _wait(wake, poll)
+            continue
+        running = loop.run_in_executor(executor, execute, app, job, kinds)
+        while True:
+            done, _ = await asyncio.wait({running}, timeout=lease.total_seconds() / 3)
+            if done:
+                break
+            try:     # a short write: the default executor, the handler's thread is busy
+                kept = await asyncio.to_thread(engine.renew, app, job, lease)
+            except Exception:
+                log.exception("job %d (%s): renewing its lease failed", job.id, job.kind)
+            else:
+                if not kept:
+                    log.warning("job %d (%s): lease lost to another worker", job.id, job.kind)
+        try:
+            running.result()
+        except Exception:
+            log.exception("job %d (%s): recording its outcome failed (retried when the "
+                          "lease expires)", job.id, job.kind)
+            await _wait(stop, 1.0)

@@ -1,0 +1,63 @@
+"""The job kinds this process runs (listserv.jobs): one plain function per kind.
+
+The periodic passes each keep one job in the table that re-enqueues itself ``every`` later;
+N serve processes share them (a dedupe key, no leader). Inside a pass, one list or item that
+fails is logged once and retried later while the others go on (listserv.isolation); a pass
+that fails as a whole (the database is down) is retried by the engine with backoff, and after
+MAX_ATTEMPTS shows in `listserv queue failed` while its next run is already scheduled.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from listserv import archive, bounces, digests, incoming, moderation, retention
+from listserv.app import App
+from listserv.jobs import runner
+from listserv.jobs.runner import Kind
+
+TICK = dt.timedelta(seconds=30)
+ARCHIVE = "archive"
+DIGESTS = "digests"
+ARCHIVE_BATCHES = 25        # archive batches per run; more pending: the next run follows at once
+
+
+def archive_pass(app: App, payload: dict[str, Any]) -> None:
+    """Append pending posts to the mbox archives (and refresh their pages)."""
+    for _ in range(ARCHIVE_BATCHES):
+        if archive.append_pending(app) == 0:
+            return
+    with app.db.unit_of_work() as session:
+        runner.kick(session, app, ARCHIVE)
+
+
+def digests_pass(app: App, payload: dict[str, Any]) -> None:
+    digests.tick(app)
+
+
+def bounces_pass(app: App, payload: dict[str, Any]) -> None:
+    bounces.tick(app)
+
+
+def moderation_pass(app: App, payload: dict[str, Any]) -> None:
+    moderation.tick(app)
+
+
+def retention_pass(app: App, payload: dict[str, Any]) -> None:
+    retention.tick(app)          # prunes at most hourly across processes (listserv.retention)
+
+
+def incoming_reclaim(app: App, payload: dict[str, Any]) -> None:
+    incoming.reclaim(app)
+
+
+KINDS: tuple[Kind, ...] = (
+    Kind("incoming_reclaim", incoming_reclaim, every=TICK),
+    Kind(ARCHIVE, archive_pass, every=TICK),
+    Kind("moderation", moderation_pass, every=TICK),
+    Kind(DIGESTS, digests_pass, every=TICK),
+    Kind("bounces", bounces_pass, every=TICK),
+    Kind("retention", retention_pass, every=TICK),
+)
+REGISTRY = runner.registry(KINDS)
