@@ -125,15 +125,9 @@ class Signer:
         headers, _ = dkim.rfc822_parse(block + b"\r\n")
         return headers
 
-    def signature(self, headers: list[list[bytes]], bodyhash: bytes,
-                  timestamp: int | None = None) -> bytes:
-        """The DKIM-Signature field for parsed ``headers`` and a body hash (``body_hash``):
-        copies of one post that differ only in a few header fields hash the body once and
-        pay per copy only this header hash and one RSA signature."""
-        # Only the header fields that can be selected need canonicalising.
-        wanted = [h for h in headers if h[0].lower() in self._include_set]
-        stamp = int(time.time()) if timestamp is None else int(timestamp)
-        fields = [
+    def tags(self, stamp: int, bodyhash: bytes) -> list[tuple[bytes, bytes]]:
+        """The DKIM-Signature tags before ``b=``, in dkimpy's order."""
+        return [
             (b"v", b"1"),
             (b"a", b"rsa-sha256"),
             (b"c", self._policy.to_c_value()),
@@ -144,8 +138,18 @@ class Signer:
             (b"t", str(stamp).encode("ascii")),
             (b"h", b" : ".join(self.include)),
             (b"bh", bodyhash),
-            (b"b", b"0" * 60),   # as dkimpy: forces b= onto a line of its own before folding
         ]
+
+    def signature(self, headers: list[list[bytes]], bodyhash: bytes,
+                  timestamp: int | None = None) -> bytes:
+        """The DKIM-Signature field for parsed ``headers`` and a body hash (``body_hash``):
+        copies of one post that differ only in a few header fields hash the body once and
+        pay per copy only this header hash and one RSA signature."""
+        # Only the header fields that can be selected need canonicalising.
+        wanted = [h for h in headers if h[0].lower() in self._include_set]
+        stamp = int(time.time()) if timestamp is None else int(timestamp)
+        fields = self.tags(stamp, bodyhash)
+        fields.append((b"b", b"0" * 60))  # as dkimpy: forces b= onto a line of its own before folding
         value = dkim.fold(b"; ".join(b"=".join(x) for x in fields), namelen=len(_SIG_NAME))
         value = dkim.RE_BTAG.sub(b"\\1", value)
         hasher = hashlib.sha256()
@@ -232,18 +236,7 @@ class CopySigner:
         if cached is not None and cached[0] == stamp:
             return cached[1], cached[2]
         s = self.signer
-        fields = [
-            (b"v", b"1"),
-            (b"a", b"rsa-sha256"),
-            (b"c", s._policy.to_c_value()),
-            (b"d", s.domain),
-            (b"i", b"@" + s.domain),
-            (b"q", b"dns/txt"),
-            (b"s", s.selector),
-            (b"t", str(stamp).encode("ascii")),
-            (b"h", b" : ".join(s.include)),
-            (b"bh", self.bodyhash),
-        ]
+        fields = s.tags(stamp, self.bodyhash)
         head = (_SIG_NAME + b": " + dkim.fold(b"; ".join(b"=".join(x) for x in fields) + b";",
                                               namelen=len(_SIG_NAME)) + b"\r\n b=")
         value = dkim.RE_BTAG.sub(b"\\1", head[len(_SIG_NAME) + 1:])
