@@ -4,7 +4,7 @@ The daemon's event loop runs the intake server (SMTP or LMTP; its blocking steps
 intake's own threads), the web pages (uvicorn, when ``web`` is on and ``[web] listen`` is
 set), the incoming worker loop and JOB_WORKERS job loops (listserv.jobs) that run the
 periodic passes (listserv.workers: archive, digests, bounces, hold expiry, retention...) in
-threads of their own. Delivery (listserv.delivery.run) runs on a thread of its own with its
+threads of their own. Delivery (listserv.delivery.runner.run) runs on a thread of its own with its
 own event loop (DeliveryThread): a fan-out of tens of thousands of SMTP transactions is tens
 of thousands of callbacks, and on the intake's loop each would sit in front of an SMTP
 answer. The intake wakes the incoming worker right after it commits, which makes the
@@ -24,10 +24,12 @@ from typing import Any, Callable, Coroutine
 
 from sqlalchemy import select
 
-from listserv import incoming, intake, jobs, workers
-from listserv.app import App
-from listserv.errors import ListservError
-from listserv.models import ArchiveEntry
+from listserv import jobs, workers
+from listserv.intake import smtp as intake
+from listserv.pipeline import incoming
+from listserv.core.app import App
+from listserv.core.errors import ListservError
+from listserv.core.models import ArchiveEntry
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +44,9 @@ JOB_WORKERS = 2        # job loops per process (one long pass does not hold up t
 
 
 def delivery_runner() -> Callable[[App, asyncio.Event, asyncio.Event], Coroutine[Any, Any, Any]] | None:
-    """listserv.delivery.run when the delivery module is installed."""
+    """listserv.delivery.runner.run when the delivery module is installed."""
     try:
-        from listserv import delivery  # type: ignore[attr-defined]
+        from listserv.delivery import runner as delivery  # type: ignore[attr-defined]
     except ImportError:
         return None
     return getattr(delivery, "run", None)
@@ -83,7 +85,7 @@ class DeliveryThread:
     """The delivery runner on its own thread and event loop. Chosen over a process: it shares
     the App (settings, database pool, spool) and the signing workers with the daemon, a crash
     of it stops the daemon as any worker's does, and the members' RSA signatures already run
-    in processes of their own (listserv.signpool); what is left here is sending, a few
+    in processes of their own (listserv.delivery.signpool); what is left here is sending, a few
     callbacks per SMTP transaction, which on the intake's loop would queue in front of its
     answers. Its blocking steps use its loop's own default executor."""
 

@@ -10,8 +10,9 @@ from typing import Any, Iterator
 
 import pytest
 
-from listserv import incoming, transport
-from listserv.app import App
+from listserv.core.app import App
+from listserv.delivery import transport
+from listserv.pipeline import incoming
 from tests.integration.harness import Harness, make_list, make_message
 from tests.sink import SmtpSink
 from tests.waiting import wait_until

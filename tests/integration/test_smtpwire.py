@@ -1,4 +1,4 @@
-"""VERP'd copies through the pipelined SMTP client (listserv.smtpwire) against a real sink:
+"""VERP'd copies through the pipelined SMTP client (listserv.delivery.smtpwire) against a real sink:
 the same bytes, envelopes and per-recipient outcomes as the aiosmtplib path, replies taken
 in order, a dropped connection reopened, servers without PIPELINING served as before."""
 
@@ -11,10 +11,12 @@ from typing import Any, Iterator
 import pytest
 from sqlalchemy import select
 
-from listserv import config, delivery, smtpwire
-from listserv.app import App
-from listserv.models import Delivery
-from listserv.outbound import queue_message
+from listserv.core import config
+from listserv.core.app import App
+from listserv.core.models import Delivery
+from listserv.delivery import runner as delivery
+from listserv.delivery import smtpwire
+from listserv.delivery.outbound import queue_message
 from tests.sink import SmtpSink
 
 MSG = (b"From: Alice <alice@example.net>\r\nTo: dev@lists.example.org\r\n"
