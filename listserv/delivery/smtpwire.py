@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 30.0
 COMMAND_TIMEOUT = 120.0
-DOWN_HOLD_SECONDS = 5.0         # as listserv.delivery.transport: fail fast after a failed connection
+DOWN_HOLD_SECONDS = 5.0     # as listserv.delivery.transport: fail fast after a failed connect
 
 MAX_REPLY = 32 * 1024          # bytes of one reply (a multi-line EHLO answer is a few hundred)
 _LINE_ENDINGS = re.compile(rb"\r\n|\n|\r(?!\n)")
