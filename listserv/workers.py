@@ -1,5 +1,6 @@
 """The job kinds this process runs (listserv.jobs): one plain function per kind.
 
+A post's fan-out (listserv.fanout) is a job of its own, enqueued when the post is accepted.
 The periodic passes each keep one job in the table that re-enqueues itself ``every`` later;
 N serve processes share them (a dedupe key, no leader). Inside a pass, one list or item that
 fails is logged once and retried later while the others go on (listserv.isolation); a pass
@@ -12,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from listserv import archive, bounces, digests, incoming, moderation, retention
+from listserv import archive, bounces, digests, fanout, incoming, moderation, retention
 from listserv.app import App
 from listserv.jobs import runner
 from listserv.jobs.runner import Kind
@@ -20,6 +21,7 @@ from listserv.jobs.runner import Kind
 TICK = dt.timedelta(seconds=30)
 ARCHIVE = "archive"
 DIGESTS = "digests"
+FANOUT = fanout.KIND
 ARCHIVE_BATCHES = 25        # archive batches per run; more pending: the next run follows at once
 
 
@@ -53,6 +55,7 @@ def incoming_reclaim(app: App, payload: dict[str, Any]) -> None:
 
 
 KINDS: tuple[Kind, ...] = (
+    Kind(fanout.KIND, fanout.run),
     Kind("incoming_reclaim", incoming_reclaim, every=TICK),
     Kind(ARCHIVE, archive_pass, every=TICK),
     Kind("moderation", moderation_pass, every=TICK),
@@ -61,3 +64,4 @@ KINDS: tuple[Kind, ...] = (
     Kind(retention.JOB_KIND, retention_pass, every=retention.INTERVAL),
 )
 REGISTRY = runner.registry(KINDS)
+PERIODIC = tuple(k for k in KINDS if k.every is not None)
