@@ -15,13 +15,14 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Union
 from urllib.parse import urlsplit
 
 import aiosmtplib
 
 from listserv.addresses import verp_encode
 from listserv.errors import ConfigError
+from listserv.pipelining import PipeliningSMTP
 
 if TYPE_CHECKING:
     from listserv.unsubscribe import CopyMaker
@@ -144,6 +145,7 @@ def transactions(batch: Batch, max_rcpts: int) -> list[tuple[str, list[str]]]:
 
 
 Done = Callable[[Batch], None]
+Connection = Union[aiosmtplib.SMTP, PipeliningSMTP]
 
 
 # ---------------------------------------------------------------------------- SMTP
@@ -223,7 +225,9 @@ class SmtpTransport:
             self.done(batch)
 
     async def _worker(self, n: int) -> None:
-        smtp: aiosmtplib.SMTP | None = None
+        # one reused connection per kind of transaction: batched ones (many recipients)
+        # through the pipelining client, one-recipient (VERP) ones through aiosmtplib
+        conns: dict[bool, Connection | None] = {True: None, False: None}
         try:
             while True:
                 tx = await self.queue.get()
@@ -231,27 +235,34 @@ class SmtpTransport:
                     return
                 if self.low_water and self.queue.qsize() == self.low_water[0] - 1:
                     self.low_water[1]()
+                batched = _batched(tx.batch.message)
                 try:
-                    smtp = await self._send(smtp, tx)
+                    conns[batched] = await self._send(conns[batched], tx)
                 except Exception as exc:  # never lose a batch to a bug in one transaction
                     log.exception("delivery batch %s: transaction failed", tx.batch.id)
                     tx.batch.outcome(tx.rcpts, None, f"internal error: {exc!r}", whole=True)
                 self.transactions += 1
                 self._finish(tx.batch)
         finally:
-            if smtp is not None and smtp.is_connected:
-                try:
-                    await asyncio.wait_for(smtp.quit(), 5)
-                except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
-                    smtp.close()
+            for smtp in conns.values():
+                if smtp is not None and smtp.is_connected:
+                    try:
+                        await asyncio.wait_for(smtp.quit(), 5)
+                    except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
+                        smtp.close()
 
-    async def _connect(self) -> aiosmtplib.SMTP:
-        smtp = aiosmtplib.SMTP(hostname=self.host, port=self.port, local_hostname=self.helo,
-                               timeout=COMMAND_TIMEOUT, start_tls=False, use_tls=False)
+    async def _connect(self, batched: bool = False) -> Connection:
+        smtp: Connection
+        if batched:
+            smtp = PipeliningSMTP(self.host, self.port, self.helo, COMMAND_TIMEOUT)
+        else:
+            smtp = aiosmtplib.SMTP(hostname=self.host, port=self.port,
+                                   local_hostname=self.helo, timeout=COMMAND_TIMEOUT,
+                                   start_tls=False, use_tls=False)
         await smtp.connect(timeout=CONNECT_TIMEOUT)
         return smtp
 
-    async def _send(self, smtp: aiosmtplib.SMTP | None, tx: _Tx) -> aiosmtplib.SMTP | None:
+    async def _send(self, smtp: Connection | None, tx: _Tx) -> Connection | None:
         """Run one transaction, recording each recipient's outcome; return the connection."""
         batch = tx.batch
         if batch.conn_failed or time.monotonic() < self.down_until:
@@ -262,7 +273,7 @@ class SmtpTransport:
             reused = smtp is not None and smtp.is_connected
             try:
                 if not reused:
-                    smtp = await self._connect()
+                    smtp = await self._connect(_batched(batch.message))
             except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
                 self.down_until = time.monotonic() + DOWN_HOLD_SECONDS
                 batch.conn_failed = True
@@ -286,7 +297,7 @@ class SmtpTransport:
                 return None
         return smtp
 
-    async def _transaction(self, smtp: aiosmtplib.SMTP, tx: _Tx) -> None:
+    async def _transaction(self, smtp: Connection, tx: _Tx) -> None:
         batch, msg = tx.batch, tx.batch.message
         opts: list[str] = []
         if not (tx.sender.isascii() and all(r.isascii() for r in tx.rcpts)):
@@ -319,6 +330,12 @@ class SmtpTransport:
             batch.ok.extend(r for r in tx.rcpts if r not in errors)
         else:
             batch.ok.extend(tx.rcpts)
+
+
+def _batched(msg: Message) -> bool:
+    """Whether ``msg``'s transactions may have many recipients (not VERP'd): those go
+    through the pipelining client (listserv.pipelining)."""
+    return not (msg.verp and msg.envelope_from)
 
 
 def _rcpt_code(code: int) -> int:
