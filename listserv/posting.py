@@ -181,8 +181,9 @@ def accept_post(session: Session, app: App, inbound: InboundMessage, msg: EmailM
         return None
     set_committed_value(ml, "post_id", seq)
     lv = unsubscribe.with_web(ListView.of(ml), app.settings.web)
-    prepared, data = early if lv == guess else _copies(app, msg, lv, resolver, found, verp)
-    prepared_sha = app.spool.put(to_bytes(prepared))
+    prepared, raw, data = early if lv == guess else _copies(app, msg, lv, resolver, found,
+                                                            verp)
+    prepared_sha = app.spool.put(raw)
     now = app.now()
     # VERP'd copies are one per member: each gets its own one-click unsubscribe headers and
     # DKIM signature at delivery (listserv.unsubscribe), so their bytes are sealed, unsigned.
@@ -204,15 +205,16 @@ def accept_post(session: Session, app: App, inbound: InboundMessage, msg: EmailM
 
 
 def _copies(app: App, msg: EmailMessage, lv: ListView, resolver: _MemoResolver,
-            found: list[str] | None, verp: bool) -> tuple[EmailMessage, bytes]:
-    """(prepared message, final bytes) of a post for ``lv`` (its post number included): the
-    prepared copy decorated, CRLF, the ARC set, then DKIM-signed when the domain has a key
-    (not for VERP'd posts: their members' copies are signed at delivery)."""
+            found: list[str] | None, verp: bool) -> tuple[EmailMessage, bytes, bytes]:
+    """(prepared message, its bytes, final bytes) of a post for ``lv`` (its post number
+    included): the prepared copy decorated, CRLF, the ARC set, then DKIM-signed when the
+    domain has a key (not for VERP'd posts: their members' copies are signed at delivery)."""
     prepared = transforms.prepare(msg, lv, resolve_txt=resolver)
+    raw = to_bytes(prepared)   # first: it makes hostile decoded text writable, in place
     final = transforms.decorate(prepared, lv, render_footer(app, lv))
     seal = None if found is None else (lambda b: arc.seal(b, lv, found))
     data = notices.serialise(final, seal) if verp else notices.finalise(final, lv, seal)
-    return prepared, data
+    return prepared, raw, data
 
 
 def _arc_results(app: App, lv: ListView, inbound: InboundMessage) -> list[str] | None:
