@@ -106,7 +106,7 @@ def next_chunk(session: Session, list_id: int, message_hash: str | None, *, afte
     else:
         stmt = post_recipients_query(list_id, message_hash, before, upto).where(
             Membership.address_id > after).limit(limit)
-    rows = session.execute(stmt).all()
+    rows = session.connection().execute(stmt).all()    # plain rows: no ORM result layer
     people = [r[1] for r in rows]
     last = rows[-1][0] if rows else after
     if len(rows) == limit:
