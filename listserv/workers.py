@@ -1,9 +1,10 @@
 """The job kinds this process runs (listserv.jobs): one plain function per kind.
 
-A post's fan-out (listserv.fanout) is a job of its own, enqueued when the post is accepted.
+A post's fan-out (listserv.delivery.fanout) is a job of its own, enqueued when the post is
+accepted.
 The periodic passes each keep one job in the table that re-enqueues itself ``every`` later;
 N serve processes share them (a dedupe key, no leader). Inside a pass, one list or item that
-fails is logged once and retried later while the others go on (listserv.isolation); a pass
+fails is logged once and retried later while the others go on (listserv.core.isolation); a pass
 that fails as a whole (the database is down) is retried by the engine with backoff, and after
 MAX_ATTEMPTS shows in `listserv queue failed` while its next run is already scheduled.
 """
@@ -13,8 +14,13 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from listserv import archive, bounces, digests, fanout, incoming, moderation, retention
-from listserv.app import App
+from listserv import digests
+from listserv.admin import retention
+from listserv.archive import mbox as archive
+from listserv.bounces import process as bounces
+from listserv.delivery import fanout
+from listserv.pipeline import incoming, moderation
+from listserv.core.app import App
 from listserv.jobs import runner
 from listserv.jobs.runner import Kind
 

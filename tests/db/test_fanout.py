@@ -13,10 +13,14 @@ from typing import Any, Iterator
 import pytest
 from sqlalchemy import func, select, text, update
 
-from listserv import config, fanout, incoming, intake, jobs, members, outbound
-from listserv.app import App
-from listserv.db import Database
-from listserv.models import (
+from listserv import jobs
+from listserv.core import config, members
+from listserv.core.app import App
+from listserv.core.db import Database
+from listserv.delivery import fanout, outbound
+from listserv.intake import smtp as intake
+from listserv.pipeline import incoming
+from listserv.core.models import (
     Address,
     Delivery,
     DeliveryMode,

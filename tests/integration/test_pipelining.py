@@ -11,7 +11,7 @@ from typing import Awaitable, Callable
 import aiosmtplib
 import pytest
 
-from listserv.pipelining import PipeliningSMTP
+from listserv.delivery.pipelining import PipeliningSMTP
 from tests.sink import SmtpSink
 
 Session = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
