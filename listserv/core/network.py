@@ -146,7 +146,32 @@ def post_people_query(list_id: int, message_hash: str | None, before: int | None
     its includes, once each: regular members of the whole subtree (memberships with an id up
     to ``upto``, when given) minus whoever a list that already distributed ``message_hash``
     reached (through its own subtree)."""
-    mine, reached = _post_tree(list_id, message_hash, before)
+    return _people(*_post_tree(list_id, message_hash, before), message_hash, upto)
+
+
+def post_remote_query(list_id: int, message_hash: str | None, before: int | None = None,
+                      skip_remote: Iterable[str] = ()) -> Select[Any]:
+    """The remote lists a post to ``list_id`` goes to (through its includes), minus those a
+    list that already distributed ``message_hash`` reached, those in ``skip_remote`` (the
+    ones the post came through) and those that are people of the post already."""
+    return _remote(*_post_tree(list_id, message_hash, before), message_hash, skip_remote)
+
+
+def post_recipients_query(list_id: int, message_hash: str | None,
+                          skip_remote: Iterable[str] = ()) -> Select[Any]:
+    """Every address a post to ``list_id`` goes to: post_people_query's emails and
+    post_remote_query's (counts; the fan-out reads them in chunks, listserv.delivery.recipients)."""
+    mine, reached = _post_tree(list_id, message_hash, None)
+    people = _people(mine, reached, message_hash, None).with_only_columns(
+        Address.email.label("email"))
+    # UNION ALL: people are distinct already (IN), and the few remote rows are kept distinct
+    # here, so the database never sorts 100,000 addresses to deduplicate them again.
+    return people.union_all(                       # type: ignore[return-value]
+        _remote(mine, reached, message_hash, skip_remote))
+
+
+def _people(mine: Any, reached: Any, message_hash: str | None, upto: int | None
+            ) -> Select[int, str]:
     members = _regular(mine)
     if upto is not None:
         members = members.where(Membership.id <= upto)
@@ -156,12 +181,8 @@ def post_people_query(list_id: int, message_hash: str | None, before: int | None
     return people
 
 
-def post_remote_query(list_id: int, message_hash: str | None, before: int | None = None,
-                      skip_remote: Iterable[str] = ()) -> Select[Any]:
-    """The remote lists a post to ``list_id`` goes to (through its includes), minus those a
-    list that already distributed ``message_hash`` reached, those in ``skip_remote`` (the
-    ones the post came through) and those that are people of the post already."""
-    mine, reached = _post_tree(list_id, message_hash, before)
+def _remote(mine: Any, reached: Any, message_hash: str | None, skip_remote: Iterable[str]
+            ) -> Select[Any]:
     remote = select(ListInclusion.remote_address.label("email")).where(
         ListInclusion.parent_id.in_(mine), ListInclusion.remote_address.is_not(None))
     if message_hash is not None:
@@ -173,18 +194,6 @@ def post_remote_query(list_id: int, message_hash: str | None, before: int | None
         remote = remote.where(ListInclusion.remote_address.not_in(skip))
     return remote.where(ListInclusion.remote_address.not_in(
         select(Address.email).where(Address.id.in_(_regular(mine))))).distinct()
-
-
-def post_recipients_query(list_id: int, message_hash: str | None,
-                          skip_remote: Iterable[str] = ()) -> Select[Any]:
-    """Every address a post to ``list_id`` goes to: post_people_query's emails and
-    post_remote_query's (counts; the fan-out reads them in chunks, listserv.recipients)."""
-    people = post_people_query(list_id, message_hash).with_only_columns(
-        Address.email.label("email"))
-    # UNION ALL: people are distinct already (IN), and the few remote rows are kept distinct
-    # here, so the database never sorts 100,000 addresses to deduplicate them again.
-    return people.union_all(                       # type: ignore[return-value]
-        post_remote_query(list_id, message_hash, skip_remote=skip_remote))
 
 
 def included_member(session: Session, list_id: int, candidates: list[str]

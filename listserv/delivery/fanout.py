@@ -1,17 +1,18 @@
 """Staged fan-out: accepting a post records it; a ``fanout`` job queues its recipients.
 
-Accepting a post (listserv.pipeline.posting.accept_post) only numbers it and records, under the list's
-lock, what belongs to it: the prepared and final bytes in the spool, the OutboundMessage, the
-digest and archive entries, the Fanout row and ONE job of kind ``fanout`` (start()). The job
-(run()) then reads the recipients outside the lock, in chunks in address id order
-(listserv.delivery.recipients.next_chunk, keyset-paginated), and in one transaction per chunk queues
-their Delivery rows (one per SMTP transaction's worth of recipients, listserv.delivery.outbound) and
-moves the Fanout row's cursor past them. After each commit it wakes the delivery loop
-(App.wake_delivery), so the first copies leave while the rest are still being queued; the
-first chunk is one transaction's worth of recipients, so that they leave at once. Between
-chunks nothing is locked: `member set`, `member add` or a digest of the list go ahead.
+Accepting a post (listserv.pipeline.posting.accept_post) only numbers it and records, under
+the list's lock, what belongs to it: the prepared and final bytes in the spool, the
+OutboundMessage, the digest and archive entries, the Fanout row and ONE job of kind
+``fanout`` (start()). The job (run()) then reads the recipients outside the lock, in chunks
+in address id order (listserv.delivery.recipients.next_chunk, keyset-paginated), and in one
+transaction per chunk queues their Delivery rows (one per SMTP transaction's worth of
+recipients, listserv.delivery.outbound) and moves the Fanout row's cursor past them. After
+each commit it wakes the delivery loop (App.wake_delivery), so the first copies leave while
+the rest are still being queued; the first chunk is one transaction's worth of recipients,
+so that they leave at once. Between chunks nothing is locked: `member set`, `member add` or
+a digest of the list go ahead.
 
-A list's fan-outs share one job partition (PARTITION), so its posts go out in arrival order;
+A list's fan-outs share one job partition (partition()), so its posts go out in arrival order;
 different lists fan out in parallel.
 
 A crash resumes from the cursor: a chunk's Delivery rows and the cursor's move commit

@@ -7,9 +7,9 @@ TO of a transaction at once and then reads their replies in order; DATA follows 
 least one recipient was accepted. Without PIPELINING it sends one command at a time.
 
 It answers like aiosmtplib.SMTP.sendmail (the same return value and exceptions), so the
-transport (listserv.delivery.transport) records each recipient's outcome exactly as before: a refused
-RCPT is that recipient's reply; a refused MAIL FROM or DATA, or every recipient refused,
-raises, after which the envelope is reset (RSET).
+transport (listserv.delivery.transport) records each recipient's outcome exactly as before:
+a refused RCPT is that recipient's reply; a refused MAIL FROM or DATA, or every recipient
+refused, raises, after which the envelope is reset (RSET).
 """
 
 from __future__ import annotations

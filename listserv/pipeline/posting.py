@@ -176,7 +176,8 @@ def accept_post(session: Session, app: App, inbound: InboundMessage, msg: EmailM
     prepared_sha = app.spool.put(raw)
     now = app.now()
     # VERP'd copies are one per member: each gets its own one-click unsubscribe headers and
-    # DKIM signature at delivery (listserv.delivery.unsubscribe), so their bytes are sealed, unsigned.
+    # DKIM signature at delivery (listserv.delivery.unsubscribe): their bytes are sealed,
+    # not signed.
     out = outbound.create_message(session, app, data, kind="post", envelope_from=lv.bounces,
                                   list_id=ml.id, verp=verp, message_id=message_id[:998],
                                   per_member=verp)

@@ -35,7 +35,8 @@ def envelope_at_once(rcpt_replies: dict[str, bytes], log: list[list[bytes]]) -> 
                 return
             cmd = line.strip()
             if cmd.upper().startswith(b"EHLO"):
-                writer.write(b"250-strict\r\n250-PIPELINING\r\n250-SIZE 1000000\r\n250 8BITMIME\r\n")
+                writer.write(b"250-strict\r\n250-PIPELINING\r\n250-SIZE 1000000\r\n"
+                             b"250 8BITMIME\r\n")
             elif cmd.upper().startswith(b"MAIL FROM:"):
                 n = int(cmd.split(b"<", 1)[1].split(b"-", 1)[0])
                 rcpts = [(await reader.readline()).strip() for _ in range(n)]
