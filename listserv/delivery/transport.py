@@ -225,9 +225,7 @@ class SmtpTransport:
             self.done(batch)
 
     async def _worker(self, n: int) -> None:
-        # one reused connection per kind of transaction: batched ones (many recipients)
-        # through the pipelining client, one-recipient (VERP) ones through aiosmtplib
-        conns: dict[bool, Connection | None] = {True: None, False: None}
+        smtp: Connection | None = None
         try:
             while True:
                 tx = await self.queue.get()
@@ -235,23 +233,23 @@ class SmtpTransport:
                     return
                 if self.low_water and self.queue.qsize() == self.low_water[0] - 1:
                     self.low_water[1]()
-                batched = _batched(tx.batch.message)
                 try:
-                    conns[batched] = await self._send(conns[batched], tx)
+                    smtp = await self._send(smtp, tx)
                 except Exception as exc:  # never lose a batch to a bug in one transaction
                     log.exception("delivery batch %s: transaction failed", tx.batch.id)
                     tx.batch.outcome(tx.rcpts, None, f"internal error: {exc!r}", whole=True)
                 self.transactions += 1
                 self._finish(tx.batch)
         finally:
-            for smtp in conns.values():
-                if smtp is not None and smtp.is_connected:
-                    try:
-                        await asyncio.wait_for(smtp.quit(), 5)
-                    except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
-                        smtp.close()
+            if smtp is not None and smtp.is_connected:
+                try:
+                    await asyncio.wait_for(smtp.quit(), 5)
+                except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
+                    smtp.close()
 
     async def _connect(self, batched: bool = False) -> Connection:
+        """A new connection: for batched transactions the pipelining client, else aiosmtplib
+        (a kept connection of either kind serves any transaction: they answer alike)."""
         smtp: Connection
         if batched:
             smtp = PipeliningSMTP(self.host, self.port, self.helo, COMMAND_TIMEOUT)
