@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 WORKERS = max(1, min(4, os.cpu_count() or 1))
 MIN_COPIES = 64           # fewer are made in the calling thread
 CHUNK = 50                # digests per task: the first copies go out early, workers share
+FIRST_CHUNK = 10          # the first task's: the first copy leaves after ten signatures
 TIMEOUT = 120.0           # seconds for one chunk before the pool counts as broken
 RETRY_AFTER = 60.0        # seconds of signing in threads after the pool failed
 
@@ -87,6 +88,8 @@ def _get() -> cf.ProcessPoolExecutor | None:
                 _registered.append(True)
                 atexit.register(shutdown)      # before the interpreter tears modules down
             _ready = _pool.submit(_warm)
+            for _ in range(WORKERS - 1):   # each task here starts one more process now,
+                _pool.submit(_warm)         # not in the middle of the first large fan-out
         assert _ready is not None
         if not _ready.done():
             return None
@@ -132,8 +135,8 @@ def make(job: copies.CopyJob, members: list[tuple[int, str]], signer: "Signer | 
         pool = _get()
         if pool is None:
             return locally()
-        parts = [pool.submit(_make, job, members[i:i + CHUNK])
-                 for i in range(0, len(members), CHUNK)]
+        bounds = [0, *range(FIRST_CHUNK, len(members), CHUNK), len(members)]
+        parts = [pool.submit(_make, job, members[a:b]) for a, b in zip(bounds, bounds[1:])]
         for part in parts:
             owns = part.result(TIMEOUT)
             got(owns)
