@@ -17,7 +17,6 @@ import datetime as dt
 import logging
 from dataclasses import dataclass
 from email.message import EmailMessage
-from email.parser import BytesParser
 from typing import Any, Sequence
 from urllib.parse import quote
 
@@ -41,6 +40,7 @@ from listserv.core.models import (
     TokenKind,
 )
 from listserv.core.views import ListView
+from listserv.message.parse import parse as parse_message
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def attach_original(notice: EmailMessage, original: bytes | None) -> bool:
     if original is None or len(original) > MAX_ATTACHED:
         return False
     try:
-        held_msg = BytesParser(policy=untrusted.POLICY).parsebytes(original)
+        held_msg = parse_message(original)
         part = EmailMessage()
         part.set_content(held_msg, disposition="attachment")   # type: ignore[arg-type]
         part.as_bytes(policy=untrusted.SMTP_POLICY)              # refuses what cannot be sent
@@ -261,7 +261,7 @@ def _accept_post(session: Session, app: App, inbound: InboundMessage, msg: Email
 
 def load_message(app: App, inbound: InboundMessage) -> EmailMessage:
     data = app.spool.get(inbound.spool_sha)
-    return BytesParser(policy=untrusted.POLICY).parsebytes(data)  # type: ignore[return-value]
+    return parse_message(data)
 
 
 def _tell_poster_rejected(session: Session, app: App, ml: MailingList, held: HeldMessage,
