@@ -1,4 +1,4 @@
-"""List and domain services: lookup, creation, settings. (Extended by the foundation work.)"""
+"""List and domain services: lookup, creation, settings, deletion."""
 
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ from listserv.core import links as web_links
 from listserv.core import members, ratelimit, tokens
 from listserv.delivery import notices
 from listserv.message import replies, untrusted
-from listserv.pipeline import rules
+from listserv.pipeline import posting, rules
 from listserv.core.app import App
 from listserv.core.errors import UsageError
 from listserv.core.models import (
@@ -254,8 +254,6 @@ def decide(session: Session, app: App, held_id: int, decision: Decision, *, acto
 
 def _accept_post(session: Session, app: App, inbound: InboundMessage, msg: EmailMessage,
                  *, approved_by: str) -> None:
-    from listserv.pipeline import posting  # the posting pipeline (issue #2)
-
     posting.accept_post(session, app, inbound, msg, approved_by=approved_by)
 
 
