@@ -19,12 +19,10 @@ import threading
 import time
 from typing import Any, Callable, Coroutine
 
-from sqlalchemy import select
 
 from listserv import incoming, intake, jobs, workers
 from listserv.app import App
 from listserv.errors import ListservError
-from listserv.models import ArchiveEntry
 
 log = logging.getLogger(__name__)
 
@@ -101,11 +99,12 @@ class Daemon:
         self.incoming_wake: asyncio.Event | None = None
         self.delivery_wake: asyncio.Event | None = None
         self.jobs_wake: asyncio.Event | None = None
-        # Without the scheduler (tests), only the archive pass runs, as the incoming
+        # Without the scheduler (tests), only the lists' archive jobs run, as the incoming
         # worker's follow-up; the periodic passes are left to the test.
         self.job_kinds: jobs.Registry = (
             workers.REGISTRY if scheduler else
-            {workers.ARCHIVE: workers.REGISTRY[workers.ARCHIVE]} if incoming_worker else {})
+            {workers.ARCHIVE_LIST: workers.REGISTRY[workers.ARCHIVE_LIST]}
+            if incoming_worker else {})
         self.job_owner = jobs.new_worker_id()
         self.loop: asyncio.AbstractEventLoop | None = None
 
@@ -250,24 +249,9 @@ class Daemon:
                 await _wait(stop, 1.0)
             if done:
                 self.delivery_wake.set()
-                if workers.ARCHIVE in self.job_kinds:
-                    try:     # the posts just accepted wait to be archived
-                        await asyncio.to_thread(_kick_archive, self.app)
-                    except Exception:
-                        log.exception("could not make the archive pass due")
-                    self.jobs_wake.set()
+                self.jobs_wake.set()     # the posts just accepted wait to be archived
                 continue
             await _wait(self.incoming_wake, POLL_INTERVAL)
-
-
-
-def _kick_archive(app: App) -> None:
-    """Make the archive pass due when posts wait to be archived (a read first: commands and
-    bounces add nothing to archive)."""
-    with app.db.unit_of_work() as session:
-        if session.scalar(select(ArchiveEntry.id).where(ArchiveEntry.appended_at.is_(None))
-                          .limit(1)) is not None:
-            jobs.kick(session, app, workers.ARCHIVE)
 
 
 def serve(app: App) -> None:

@@ -18,6 +18,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from listserv import (
     arc,
+    archive,
     digests,
     moderation,
     network,
@@ -33,7 +34,6 @@ from listserv import (
 from listserv.app import App
 from listserv.models import (
     Action,
-    ArchiveEntry,
     ArchivePolicy,
     Fanout,
     InboundMessage,
@@ -184,8 +184,7 @@ def accept_post(session: Session, app: App, inbound: InboundMessage, msg: EmailM
     session.add(Fanout(message_id_hash=mhash, list_id=ml.id, at=now))
     digests.add_post(session, app, ml, seq, prepared_sha, prepared, message_hash=mhash)
     if ml.archive is not ArchivePolicy.none:
-        session.add(ArchiveEntry(list_id=ml.id, seq=seq, spool_sha=prepared_sha,
-                                 message_id=message_id[:998], created_at=now))
+        archive.add_entry(session, app, ml.id, seq, prepared_sha, message_id, now)
     session.flush()
 
     final = transforms.decorate(prepared, lv, render_footer(app, lv))

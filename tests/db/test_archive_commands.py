@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from listserv import archive_access
-from listserv.archive import mbox_entry
+from listserv.archive_read import mbox_entry
 from listserv.models import ArchivePolicy
 from tests.db.modsupport import Outbox, command, make_list, message
 

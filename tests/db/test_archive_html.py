@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from listserv import archive_read
-from listserv.archive import mbox_entry
+from listserv.archive_read import mbox_entry
 from listserv.models import ArchivePolicy
 from tests.clirun import Cli
 from tests.integration.harness import make_list

@@ -13,7 +13,7 @@ from sqlalchemy import delete, func, select, text
 
 from listserv import archive_index, archive_read, archive_search, lists
 from listserv.app import App
-from listserv.archive import mbox_entry
+from listserv.archive_read import mbox_entry
 from listserv.models import ArchiveMessage, MailingList
 from tests.clirun import Cli
 from tests.integration.harness import make_list

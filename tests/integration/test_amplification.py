@@ -13,7 +13,7 @@ import pytest
 
 from listserv import archive_access, config, lists, members, signing
 from listserv.app import App
-from listserv.archive import mbox_entry
+from listserv.archive_read import mbox_entry
 from listserv.models import Action, ArchivePolicy, DeliveryMode, SubscriptionPolicy
 from tests.conftest import Clock
 from tests.integration.harness import Harness, make_list, make_message
