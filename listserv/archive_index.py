@@ -168,7 +168,7 @@ class _Threads:
             found.update(self.session.execute(
                 select(ArchiveMessage.message_id, ArchiveMessage.thread_id)
                 .where(ArchiveMessage.list_id == self.list_id,
-                       ArchiveMessage.message_id.in_(missing))).tuples())
+                       ArchiveMessage.message_id.in_(missing))).tuples().all())
         for pid in f.parent_ids:
             if pid in found:
                 return pid, found[pid]

@@ -30,7 +30,7 @@ from typing import Any, Iterator
 import pytest
 from sqlalchemy import func, select
 
-from listserv import archive, config, incoming, lists
+from listserv import config, incoming, jobs, lists, workers
 from listserv import members as members_mod
 from listserv.app import App
 from listserv.daemon import Daemon, delivery_runner
@@ -193,7 +193,7 @@ class Harness:
         deadline = time.monotonic() + timeout
         while True:
             busy = incoming.run_pass(self.app, self.worker)
-            busy += archive.append_pending(self.app)
+            busy += jobs.run_jobs_until_idle(self.app, ARCHIVE_JOBS)
             if not self.real_delivery:
                 busy += fallback_deliver(self.app)
             else:
@@ -221,12 +221,14 @@ def split_addrs(value: Any) -> list[str]:
     return [a for _, a in getaddresses([str(value)]) if a] if value else []
 
 
+ARCHIVE_JOBS = {workers.ARCHIVE_LIST: workers.REGISTRY[workers.ARCHIVE_LIST]}
+
+
 def archive_pending(app: App) -> int:
-    """Archive entries not yet appended to their mbox (also those a daemon's archive loop is
-    appending right now: its claim is committed only after the mbox fsync)."""
+    """Posts waiting to be archived (also those a daemon's archive job is archiving right
+    now: it deletes their entries in the transaction that archives them)."""
     with app.db.unit_of_work() as session:
-        return session.scalar(select(func.count()).select_from(ArchiveEntry).where(
-            ArchiveEntry.appended_at.is_(None))) or 0
+        return session.scalar(select(func.count()).select_from(ArchiveEntry)) or 0
 
 
 def deliveries_due(app: App) -> int:

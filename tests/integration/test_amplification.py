@@ -11,7 +11,7 @@ from typing import Iterator
 import dkim
 import pytest
 
-from listserv import archive_access, config, lists, members, signing
+from listserv import archive_access, archive_index, config, lists, members, signing
 from listserv.app import App
 from listserv.archive_read import mbox_entry
 from listserv.models import Action, ArchivePolicy, DeliveryMode, SubscriptionPolicy
@@ -57,6 +57,7 @@ def test_archive_get_is_capped_in_bytes_per_day(harness: Harness) -> None:
                          message_id=f"<big{n}@a.example>")
         chunks.append(mbox_entry(m.as_bytes(), 1_790_000_000.0 + n))
     path.write_bytes(b"".join(chunks))
+    ingest(harness.app)
     size = path.stat().st_size
     assert 5_000_000 < size < archive_access.GET_DAILY_BYTES
     for n in range(4):
@@ -79,7 +80,14 @@ def write_month(h: Harness, month: str, count: int, lines: int) -> int:
                                       message_id=f"<{month}.{n}@a.example>").as_bytes(),
                          1_790_000_000.0 + n) for n in range(count)]
     path.write_bytes(b"".join(chunks))
+    ingest(h.app)
     return path.stat().st_size
+
+
+def ingest(app: App) -> None:
+    """The month files into the archive in the database (reindex --from-mbox)."""
+    with app.db.unit_of_work() as session:
+        archive_index.ingest_mbox(app, session, lists.get_list(session, LIST))
 
 
 def ask(h: Harness, month: str, n: int) -> tuple[list[bytes], str]:
