@@ -68,9 +68,10 @@ def run_list(app: App, list_id: int) -> None:
         enqueue(session, app, list_id)
 
 
-def archive_batch(app: App, list_id: int, limit: int = BATCH) -> bool:
-    """Archive up to ``limit`` of the list's waiting entries in one transaction, then refresh
-    the pages of the months touched. True when more entries wait."""
+def archive_batch(app: App, list_id: int, limit: int | None = None) -> bool:
+    """Archive up to ``limit`` (BATCH) of the list's waiting entries in one transaction, then
+    refresh the pages of the months touched. True when more entries wait."""
+    limit = BATCH if limit is None else limit
     with app.db.unit_of_work() as session:
         entries = list(session.scalars(select(ArchiveEntry).where(
             ArchiveEntry.list_id == list_id).order_by(ArchiveEntry.id).limit(limit + 1)))
