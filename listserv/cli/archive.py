@@ -30,9 +30,10 @@ def build_cmd(obj: Obj, list_address: str, out_dir: str | None) -> None:
     running it again is harmless. The pages of a private list are written only into the
     data directory unless --out says otherwise.
     """
-    from listserv import archive_html, lists
-    from listserv.errors import UsageError
-    from listserv.models import ArchivePolicy
+    from listserv.archive import html as archive_html
+    from listserv.core import lists
+    from listserv.core.errors import UsageError
+    from listserv.core.models import ArchivePolicy
 
     app = obj.ready_app()
     with app.db.unit_of_work() as session:
@@ -63,8 +64,9 @@ def export_cmd(obj: Obj, list_address: str, months: tuple[str, ...], to_dir: str
     on (the default); export writes them from the database, e.g. on another host, after
     turning mbox off, or to repair a file.
     """
-    from listserv import archive, archive_read, archive_store, lists
-    from listserv.errors import UsageError
+    from listserv.archive import mbox as archive, read as archive_read, store as archive_store
+    from listserv.core import lists
+    from listserv.core.errors import UsageError
 
     app = obj.ready_app()
     for month in months:
@@ -98,7 +100,8 @@ def reindex_cmd(obj: Obj, list_address: str | None, from_mbox: bool) -> None:
     does not hold yet is added (the upgrade path from an install that kept the archive in
     mbox files; running it again adds nothing).
     """
-    from listserv import archive_index, lists
+    from listserv.archive import index as archive_index
+    from listserv.core import lists
 
     app = obj.ready_app()
     with app.db.unit_of_work() as session:

@@ -1,7 +1,7 @@
 """Add an existing mbox archive (Pipermail, HyperKitty export, any mbox) to a list's archive.
 
 Nothing is sent and nothing enters the posting pipeline: each message is added to the
-list's archive in the database (listserv.archive_index, as the archive job does) in the month
+list's archive in the database (listserv.archive.index, as the archive job does) in the month
 of its Date header, else of its From_ line, else of the import, and, when ``[archive] mbox``
 is on, appended to that month's mbox export ``<archive>/<list>/<yyyy-mm>.mbox``; the HTML
 pages of the touched months are rebuilt afterwards. Messages whose Message-ID the list's archive
@@ -29,10 +29,16 @@ from typing import BinaryIO, Callable, Iterator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from listserv import archive, archive_html, archive_index, archive_read, lists
-from listserv.app import App
-from listserv.errors import UsageError
-from listserv.models import ArchiveMessage, ArchivePolicy
+from listserv.archive import (
+    html as archive_html,
+    index as archive_index,
+    mbox as archive,
+    read as archive_read,
+)
+from listserv.core import lists
+from listserv.core.app import App
+from listserv.core.errors import UsageError
+from listserv.core.models import ArchiveMessage, ArchivePolicy
 
 FLUSH_BYTES = 8 * 1024 * 1024
 Pending = tuple[bytes, dt.datetime]      # message, archived_at

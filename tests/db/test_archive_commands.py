@@ -5,8 +5,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from listserv import archive_access, archive_index
-from listserv.models import ArchivePolicy
+from listserv.archive import access as archive_access, index as archive_index
+from listserv.core.models import ArchivePolicy
 from tests.db.modsupport import Outbox, command, make_list, message
 
 ADDR = "dev@example.org"

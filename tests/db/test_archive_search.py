@@ -12,10 +12,11 @@ from typing import Any
 import pytest
 from sqlalchemy import delete, func, select, text
 
-from listserv import archive_index, archive_read, archive_search, lists
-from listserv.app import App
-from listserv.archive_read import mbox_entry
-from listserv.models import ArchiveMessage, ArchiveRaw, MailingList
+from listserv.archive import index as archive_index, read as archive_read, search as archive_search
+from listserv.core import lists
+from listserv.core.app import App
+from listserv.archive.read import mbox_entry
+from listserv.core.models import ArchiveMessage, ArchiveRaw, MailingList
 from tests.clirun import Cli
 from tests.integration.harness import make_list
 

@@ -11,10 +11,12 @@ from typing import Iterator
 import dkim
 import pytest
 
-from listserv import archive_access, archive_index, config, lists, members, signing
-from listserv.app import App
-from listserv.archive_read import mbox_entry
-from listserv.models import Action, ArchivePolicy, DeliveryMode, SubscriptionPolicy
+from listserv.archive import access as archive_access, index as archive_index
+from listserv.core import config, lists, members
+from listserv.message import signing
+from listserv.core.app import App
+from listserv.archive.read import mbox_entry
+from listserv.core.models import Action, ArchivePolicy, DeliveryMode, SubscriptionPolicy
 from tests.conftest import Clock
 from tests.integration.harness import Harness, make_list, make_message
 from tests.sink import Captured, SmtpSink

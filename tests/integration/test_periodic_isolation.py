@@ -8,8 +8,9 @@ import logging
 import pytest
 from sqlalchemy import select
 
-from listserv import archive, incoming
-from listserv.models import ArchiveEntry, ArchiveMessage, ArchivePolicy, Job
+from listserv.archive import mbox as archive
+from listserv.pipeline import incoming
+from listserv.core.models import ArchiveEntry, ArchiveMessage, ArchivePolicy, Job
 from tests.conftest import Clock
 from tests.integration.harness import Harness, make_list, make_message
 from tests.waiting import wait_until

@@ -8,8 +8,12 @@ import time
 
 from sqlalchemy import func, select
 
-from listserv import archive_store, digests, lists, members, moderation, retention
-from listserv.models import (
+from listserv import digests
+from listserv.admin import retention
+from listserv.archive import store as archive_store
+from listserv.core import lists, members
+from listserv.pipeline import moderation
+from listserv.core.models import (
     ArchiveMessage,
     Decision,
     Delivery,

@@ -13,9 +13,12 @@ import pytest
 from sqlalchemy import delete, func, select
 from starlette.testclient import TestClient
 
-from listserv import archive, archive_html, config, jobs, posting, workers
-from listserv.app import App
-from listserv.models import (
+from listserv import jobs, workers
+from listserv.archive import html as archive_html, mbox as archive
+from listserv.core import config
+from listserv.core.app import App
+from listserv.pipeline import posting
+from listserv.core.models import (
     ArchiveEntry,
     ArchiveMessage,
     ArchivePolicy,
