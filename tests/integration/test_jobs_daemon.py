@@ -45,7 +45,8 @@ def test_two_daemons_run_each_periodic_pass_once(app: App) -> None:
     finally:
         other.db.dispose()
     rows = jobs()
-    assert sorted(j.kind for j in rows) == sorted(k.name for k in workers.KINDS if k.every is not None)
+    periodic = sorted(k.name for k in workers.KINDS if k.every is not None)
+    assert sorted(j.kind for j in rows) == periodic
     for j in rows:
         kind = workers.REGISTRY[j.kind]
         assert kind.every is not None and j.run_after == app.now() + kind.every
