@@ -166,10 +166,11 @@ class _Threads:
         found = {p: self.known[p] for p in f.parent_ids if p in self.known}
         missing = [p for p in f.parent_ids if p not in found]
         if self.lookup and missing:
-            found.update(self.session.execute(
-                select(ArchiveMessage.message_id, ArchiveMessage.thread_id)
-                .where(ArchiveMessage.list_id == self.list_id,
-                       ArchiveMessage.message_id.in_(missing))).tuples().all())
+            for mid, tid in self.session.execute(
+                    select(ArchiveMessage.message_id, ArchiveMessage.thread_id)
+                    .where(ArchiveMessage.list_id == self.list_id,
+                           ArchiveMessage.message_id.in_(missing))):
+                found[mid] = tid
         for pid in f.parent_ids:
             if pid in found:
                 return pid, found[pid]
