@@ -19,7 +19,6 @@ import threading
 import time
 from typing import Any, Callable, Coroutine
 
-
 from listserv import jobs, workers
 from listserv.intake import smtp as intake
 from listserv.pipeline import incoming
@@ -101,14 +100,23 @@ class Daemon:
         self.incoming_wake: asyncio.Event | None = None
         self.delivery_wake: asyncio.Event | None = None
         self.jobs_wake: asyncio.Event | None = None
-        # Without the scheduler (tests), only the lists' archive jobs run, as the incoming
-        # worker's follow-up; the periodic passes are left to the test.
+        # Without the scheduler (tests), only the lists' archive jobs and the posts' fan-outs
+        # run, as the incoming worker's follow-up; the periodic passes are left to the test.
         self.job_kinds: jobs.Registry = (
             workers.REGISTRY if scheduler else
-            {workers.ARCHIVE_LIST: workers.REGISTRY[workers.ARCHIVE_LIST]}
+            {k: workers.REGISTRY[k] for k in (workers.ARCHIVE_LIST, workers.FANOUT)}
             if incoming_worker else {})
         self.job_owner = jobs.new_worker_id()
         self.loop: asyncio.AbstractEventLoop | None = None
+
+    def wake_delivery(self) -> None:
+        """Thread-safe: a fan-out queued recipients; the delivery loop takes them now."""
+        loop, ev = self.loop, self.delivery_wake
+        if loop is not None and ev is not None:
+            try:
+                loop.call_soon_threadsafe(ev.set)
+            except RuntimeError:       # the daemon has stopped: its loop is closed
+                pass
 
     def wake(self) -> None:
         """Thread-safe: nudge every worker loop (tests, intake commits)."""
@@ -131,6 +139,7 @@ class Daemon:
         def on_commit() -> None:
             loop.call_soon_threadsafe(wake.set)
 
+        app.wake_delivery = self.wake_delivery
         self.handler = intake.IntakeHandler(app, on_commit=on_commit)
         await asyncio.to_thread(incoming.reclaim, app)
         if self.job_kinds:
@@ -251,7 +260,7 @@ class Daemon:
                 await _wait(stop, 1.0)
             if done:
                 self.delivery_wake.set()
-                self.jobs_wake.set()     # the posts just accepted wait to be archived
+                self.jobs_wake.set()     # the posts just accepted: fan-out and archive jobs
                 continue
             await _wait(self.incoming_wake, POLL_INTERVAL)
 
