@@ -1,7 +1,7 @@
 """archive bytes in the database (archive_raw); archive_entry is a plain to-do list
 
 Revision ID: 0019_archive_db
-Revises: 0015_jobs
+Revises: 0016_fanout
 Create Date: 2026-12-03 05:30:00
 
 archive_entry rows already written to the mbox are deleted (the archive job now deletes each
@@ -14,7 +14,7 @@ from alembic import op
 import sqlalchemy as sa
 
 revision = '0019_archive_db'
-down_revision = '0015_jobs'
+down_revision = '0016_fanout'
 branch_labels = None
 depends_on = None
 
