@@ -183,10 +183,10 @@ def accept_post(session: Session, app: App, inbound: InboundMessage, msg: EmailM
                                   per_member=verp)
     fan = fanout.record(session, app, ml.id, mhash, out.id)
     digests.add_post(session, app, ml, seq, prepared_sha, prepared, message_hash=mhash)
-    if ml.archive is not ArchivePolicy.none:
-        archive.add_entry(session, app, ml.id, seq, prepared_sha, message_id, now)
     fanout.start(session, app, fan, inbound_id=inbound.id, seq=seq,
                  skip_remote=network.came_through(msg), approved_by=approved_by)
+    if ml.archive is not ArchivePolicy.none:     # after the fan-out: its job runs first
+        archive.add_entry(session, app, ml.id, seq, prepared_sha, message_id, now)
     inbound.state = InboundState.accepted
     inbound.outcome = (f"accepted as post {seq}; its recipients are being queued"
                        + (f", approved by {approved_by}" if approved_by else ""))
