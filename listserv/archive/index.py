@@ -20,7 +20,6 @@ import logging
 from dataclasses import dataclass
 from email import policy
 from email.message import EmailMessage, Message
-from email.parser import BytesParser
 from email.utils import getaddresses
 from typing import Any, Iterable
 
@@ -32,6 +31,7 @@ from listserv.archive import read as archive_read
 from listserv.message import htmlmail, untrusted
 from listserv.core.app import App
 from listserv.core.models import ArchiveMessage, ArchiveRaw, MailingList
+from listserv.message.parse import parse as parse_message
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def extract(raw: bytes) -> Fields:
     body = _plain_text(simple)
     if body is not None:
         return _fields(simple, raw, body, 0)
-    msg = BytesParser(policy=untrusted.POLICY).parsebytes(raw)
+    msg = parse_message(raw)
     assert isinstance(msg, EmailMessage)
     try:
         body = body_text(msg)

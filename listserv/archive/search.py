@@ -21,14 +21,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from email.message import EmailMessage
-from email.parser import BytesParser
 from typing import Any, Sequence
 
 from sqlalchemy import func, select, text, tuple_
 from sqlalchemy.orm import Session, defer
 
 from listserv.archive import store as archive_store
-from listserv.message import untrusted
 from listserv.archive.index import is_attachment
 from listserv.core.models import ArchiveMessage
 
@@ -295,12 +293,6 @@ def raw(session: Session, m: ArchiveMessage) -> bytes:
     """The archived message's bytes (LookupError when the database has none: an archive
     indexed before they were kept there; README, upgrading)."""
     return archive_store.raw(session, m.id)
-
-
-def parse(data: bytes) -> EmailMessage:
-    msg = BytesParser(policy=untrusted.POLICY).parsebytes(data)
-    assert isinstance(msg, EmailMessage)
-    return msg
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from listserv.archive import access as archive_access, index as archive_index
+from listserv.archive import index as archive_index
+from listserv.pipeline import archive_commands as archive_access
 from listserv.core.models import ArchivePolicy
 from tests.db.modsupport import Outbox, command, make_list, message
 

@@ -11,7 +11,8 @@ from typing import Iterator
 import dkim
 import pytest
 
-from listserv.archive import access as archive_access, index as archive_index
+from listserv.archive import index as archive_index
+from listserv.pipeline import archive_commands as archive_access
 from listserv.core import config, lists, members
 from listserv.message import signing
 from listserv.core.app import App
