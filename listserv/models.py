@@ -170,7 +170,7 @@ class TokenKind(enum.Enum):
 
 class DeliveryState(enum.Enum):
     pending = "pending"      # ready at next_attempt_at
-    sending = "sending"      # claimed by a worker (locked_by / locked_at)
+    sending = "sending"      # leased by lease_owner until lease_expires (then anyone's)
     done = "done"
     failed = "failed"        # permanent failure or gave up
 
@@ -535,8 +535,13 @@ class Delivery(Base):
     attempts: Mapped[int] = mapped_column(default=0)
     next_attempt_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     first_attempt_at: Mapped[Optional[dt.datetime]] = mapped_column()
-    locked_by: Mapped[Optional[str]] = mapped_column(String(64))
-    locked_at: Mapped[Optional[dt.datetime]] = mapped_column()
+    # a claim: the worker (listserv.jobs.new_worker_id) and when its lease ends unless renewed
+    lease_owner: Mapped[Optional[str]] = mapped_column(String(64))
+    lease_expires: Mapped[Optional[dt.datetime]] = mapped_column()
+    # positions in ``recipients`` of those delivered under the current claim, as ranges
+    # ("0-211,213-250"), recorded as transactions complete: a worker that takes over an
+    # expired lease skips them (listserv.queues.Ranges)
+    sent: Mapped[Optional[str]] = mapped_column(Text)
     last_code: Mapped[Optional[int]] = mapped_column()
     last_error: Mapped[Optional[str]] = mapped_column(Text)
     finished_at: Mapped[Optional[dt.datetime]] = mapped_column()

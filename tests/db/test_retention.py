@@ -83,7 +83,7 @@ def outbound(app: App, *states: DeliveryState, body: str = "o") -> tuple[int, st
             s.add(Delivery(outbound_id=out.id, recipients=f"u{i}@example.com", count=1,
                            state=state, next_attempt_at=app.now(),
                            finished_at=app.now() if final else None,
-                           locked_by="w:1:x" if state is DeliveryState.sending else None))
+                           lease_owner="w-x" if state is DeliveryState.sending else None))
         return out.id, out.spool_sha
 
 
