@@ -5,10 +5,10 @@ listserv.outbound.queue_message() fills the queue; listserv.delivery runs the wo
 Claims follow the job engine's lease rule (listserv.jobs.engine): a claimed row is
 ``sending`` with ``lease_owner`` and ``lease_expires``; its worker renews the lease by a
 heartbeat; a row whose lease expired is anyone's (its worker died or hung), and is taken
-over by the next claim. No hostname or pid is ever consulted. A claim is one
-``UPDATE ... RETURNING`` statement: ``FOR UPDATE SKIP LOCKED`` on PostgreSQL (several
-processes share one database), SQLite's write lock, taken when the statement starts, on
-SQLite.
+over by the next claim. No hostname or pid is ever consulted. A claim reads its candidates
+with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL (several processes share one database) and
+takes them with an ``UPDATE ... RETURNING`` that checks again that each is due (SQLite has
+one writer at a time: of two racing claims, the second finds the rows taken).
 
 While a batch is sent, the positions of the recipients delivered so far are written to the
 row's ``sent`` column as transactions complete (record_progress, in group commits; Ranges):
@@ -92,22 +92,29 @@ def claim(session: Session, owner: str, now: dt.datetime, limit: int,
           lease: dt.timedelta = LEASE) -> list[Any]:
     """Lease up to ``limit`` due rows to ``owner`` until ``now + lease``: ready ``pending``
     rows and ``sending`` rows whose lease expired. Returns them (id, outbound_id,
-    recipients, sent, attempts, first_attempt_at), in id order."""
+    recipients, sent, attempts, first_attempt_at), in id order.
+
+    The candidates are read first (on PostgreSQL locked, skipping rows another claim has
+    locked); the UPDATE checks again that each is due, so that of two claims racing for a
+    row (SQLite) only one gets it."""
     due = _due(now)
-    ready = (select(T.c.id).where(due).order_by(T.c.next_attempt_at, T.c.id).limit(limit))
+    ready = (select(T.c.id, T.c.state).where(due)
+             .order_by(T.c.next_attempt_at, T.c.id).limit(limit))
     # A plain read first: an idle poll then never takes SQLite's write lock.
-    seen = session.execute(ready.add_columns(T.c.state)).all()
-    if not seen:
+    if session.execute(ready.limit(1)).first() is None:
         return []
-    expired = {r.id for r in seen if r.state is DeliveryState.sending}
     if session.get_bind().dialect.name == "postgresql":
         ready = ready.with_for_update(skip_locked=True)
-    stmt = (update(T).where(T.c.id.in_(ready), due)
+    seen = session.execute(ready).all()
+    if not seen:
+        return []
+    stmt = (update(T).where(T.c.id.in_([r.id for r in seen]), due)
             .values(state=DeliveryState.sending, lease_owner=owner, lease_expires=now + lease)
             .returning(T.c.id, T.c.outbound_id, T.c.recipients, T.c.sent, T.c.attempts,
                        T.c.first_attempt_at))
     rows = list(session.execute(stmt))
     rows.sort(key=lambda r: r.id)
+    expired = {r.id for r in seen if r.state is DeliveryState.sending}
     taken = [r.id for r in rows if r.id in expired]
     if taken:
         log.warning("delivery: took over %d batches whose lease expired (%s)",

@@ -145,3 +145,11 @@ def test_ranges_of_sent_positions() -> None:
     assert str(r) == "0-9"
     assert list(queues.Ranges.parse("0-2,5,7-8")) == [0, 1, 2, 5, 7, 8]
     assert list(queues.Ranges.parse(None)) == [] and str(queues.Ranges.parse("")) == ""
+
+
+def test_a_claim_takes_no_more_than_its_limit(app: App, clock: Any) -> None:
+    fill(app, 10)
+    with app.db.unit_of_work() as session:
+        assert len(queues.claim(session, "w-one", clock(), 3)) == 3
+    with app.db.unit_of_work() as session:
+        assert len(queues.claim(session, "w-two", clock(), 30)) == 7
