@@ -49,8 +49,8 @@ def counts(cfg: Path, after: int = 0) -> tuple[int, int, int, int]:
     outbound id is above ``after`` (else all 0)."""
     from sqlalchemy import func, select
 
-    from listserv.lists import get_list
-    from listserv.models import Delivery, DeliveryState, OutboundMessage
+    from listserv.core.lists import get_list
+    from listserv.core.models import Delivery, DeliveryState, OutboundMessage
 
     app = app_for(cfg)
     with app.db.unit_of_work() as session:
@@ -71,7 +71,7 @@ def counts(cfg: Path, after: int = 0) -> tuple[int, int, int, int]:
 def newest_post(cfg: Path) -> int:
     from sqlalchemy import func, select
 
-    from listserv.models import OutboundMessage
+    from listserv.core.models import OutboundMessage
 
     with app_for(cfg).db.unit_of_work() as session:
         return int(session.scalar(select(func.max(OutboundMessage.id))) or 0)
@@ -81,7 +81,7 @@ _APPS: dict[Path, object] = {}
 
 
 def app_for(cfg: Path):  # type: ignore[no-untyped-def]
-    from listserv.app import App
+    from listserv.core.app import App
 
     if cfg not in _APPS:
         _APPS[cfg] = App.load(str(cfg))

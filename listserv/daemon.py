@@ -2,7 +2,7 @@
 
 One event loop runs: the intake server (SMTP or LMTP), the web pages (uvicorn, when ``web``
 is on and ``[web] listen`` is set), the incoming worker loop, the delivery loop
-(listserv.delivery.run) and JOB_WORKERS job loops (listserv.jobs) that run the periodic
+(listserv.delivery.runner.run) and JOB_WORKERS job loops (listserv.jobs) that run the periodic
 passes (listserv.workers: archive, digests, bounces, hold expiry, retention...) in threads of
 their own, apart from the intake's. The intake wakes the incoming worker right after it
 commits, which makes the archive pass due and wakes the job loops; short polls cover work
@@ -21,10 +21,12 @@ from typing import Any, Callable, Coroutine
 
 from sqlalchemy import select
 
-from listserv import incoming, intake, jobs, workers
-from listserv.app import App
-from listserv.errors import ListservError
-from listserv.models import ArchiveEntry
+from listserv import jobs, workers
+from listserv.intake import smtp as intake
+from listserv.pipeline import incoming
+from listserv.core.app import App
+from listserv.core.errors import ListservError
+from listserv.core.models import ArchiveEntry
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +41,9 @@ JOB_WORKERS = 2        # job loops per process (one long pass does not hold up t
 
 
 def delivery_runner() -> Callable[[App, asyncio.Event, asyncio.Event], Coroutine[Any, Any, Any]] | None:
-    """listserv.delivery.run when the delivery module is installed."""
+    """listserv.delivery.runner.run when the delivery module is installed."""
     try:
-        from listserv import delivery  # type: ignore[attr-defined]
+        from listserv.delivery import runner as delivery  # type: ignore[attr-defined]
     except ImportError:
         return None
     return getattr(delivery, "run", None)

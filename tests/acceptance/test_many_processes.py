@@ -11,9 +11,9 @@ from typing import Iterator
 import pytest
 from sqlalchemy import func, insert, select
 
-from listserv.app import App
-from listserv.lists import get_list
-from listserv.models import Address, Delivery, DeliveryState, Membership
+from listserv.core.app import App
+from listserv.core.lists import get_list
+from listserv.core.models import Address, Delivery, DeliveryState, Membership
 from tests.acceptance.conftest import Site, free_port, make_site, message
 from tests.conftest import PG_URL
 from tests.sink import SmtpSink

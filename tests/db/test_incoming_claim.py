@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from listserv import incoming
-from listserv.app import App
-from listserv.lists import create_list
-from listserv.models import InboundMessage, InboundState
+from listserv.pipeline import incoming
+from listserv.core.app import App
+from listserv.core.lists import create_list
+from listserv.core.models import InboundMessage, InboundState
 
 
 def _queue(app: App, list_address: str, n: int) -> list[int]:
@@ -37,7 +37,7 @@ def test_one_list_is_claimed_by_one_worker_at_a_time(app: App) -> None:
 
 
 def _queue_more(app: App, list_address: str) -> int:
-    from listserv.lists import get_list
+    from listserv.core.lists import get_list
 
     with app.db.unit_of_work() as s:
         ml = get_list(s, list_address)

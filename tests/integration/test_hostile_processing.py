@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from listserv import intake, untrusted
-from listserv.models import (
+from listserv.intake import smtp as intake
+from listserv.message import untrusted
+from listserv.core.models import (
     ArchivePolicy,
     DeliveryMode,
     HeldMessage,

@@ -8,8 +8,11 @@ import time
 
 from sqlalchemy import func, select
 
-from listserv import digests, lists, members, moderation, retention
-from listserv.models import (
+from listserv import digests
+from listserv.admin import retention
+from listserv.core import lists, members
+from listserv.pipeline import moderation
+from listserv.core.models import (
     Decision,
     Delivery,
     DeliveryMode,

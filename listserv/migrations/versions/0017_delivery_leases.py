@@ -8,7 +8,7 @@ Create Date: 2026-12-03 05:20:00
 from alembic import op
 import sqlalchemy as sa
 
-from listserv.models import UTCDateTime
+from listserv.core.models import UTCDateTime
 
 revision = '0017_delivery_leases'
 down_revision = '0015_jobs'
