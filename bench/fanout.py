@@ -239,18 +239,19 @@ def signed(cfg: Path) -> str:
 # `listserv serve` with per-member copies switched off: posts are queued signed once (what
 # notices.finalise does) and without per_member. Only for the baseline of this benchmark.
 NO_PER_MEMBER = """
-from listserv import outbound, signing
+from listserv.delivery import outbound
+from listserv.message import signing
 from listserv.core.models import MailingList
 from listserv.core.views import ListView
-real = outbound.queue_message
-def queue_message(session, app, data, recipients, **kw):
+real = outbound.create_message
+def create_message(session, app, data, **kw):
     if kw.get("per_member"):
         kw["per_member"] = False
         lv = ListView.of(session.get(MailingList, kw["list_id"]))
         if lv.dkim_key and lv.dkim_selector:
             data = signing.sign(data, lv.domain, lv.dkim_selector, lv.dkim_key)
-    return real(session, app, data, recipients, **kw)
-outbound.queue_message = queue_message
+    return real(session, app, data, **kw)
+outbound.create_message = create_message
 from listserv.cli import main
 main()
 """

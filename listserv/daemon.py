@@ -104,12 +104,22 @@ class Daemon:
         self.delivery_wake: asyncio.Event | None = None
         self.jobs_wake: asyncio.Event | None = None
         # Without the scheduler (tests), only the archive pass runs, as the incoming
-        # worker's follow-up; the periodic passes are left to the test.
+        # worker's follow-up, and the posts' fan-outs; the periodic passes are left to the test.
         self.job_kinds: jobs.Registry = (
             workers.REGISTRY if scheduler else
-            {workers.ARCHIVE: workers.REGISTRY[workers.ARCHIVE]} if incoming_worker else {})
+            {k: workers.REGISTRY[k] for k in (workers.ARCHIVE, workers.FANOUT)}
+            if incoming_worker else {})
         self.job_owner = jobs.new_worker_id()
         self.loop: asyncio.AbstractEventLoop | None = None
+
+    def wake_delivery(self) -> None:
+        """Thread-safe: a fan-out queued recipients; the delivery loop takes them now."""
+        loop, ev = self.loop, self.delivery_wake
+        if loop is not None and ev is not None:
+            try:
+                loop.call_soon_threadsafe(ev.set)
+            except RuntimeError:       # the daemon has stopped: its loop is closed
+                pass
 
     def wake(self) -> None:
         """Thread-safe: nudge every worker loop (tests, intake commits)."""
@@ -132,6 +142,7 @@ class Daemon:
         def on_commit() -> None:
             loop.call_soon_threadsafe(wake.set)
 
+        app.wake_delivery = self.wake_delivery
         self.handler = intake.IntakeHandler(app, on_commit=on_commit)
         await asyncio.to_thread(incoming.reclaim, app)
         if self.job_kinds:
@@ -252,6 +263,7 @@ class Daemon:
                 await _wait(stop, 1.0)
             if done:
                 self.delivery_wake.set()
+                self.jobs_wake.set()         # the posts just accepted: their fan-out jobs
                 if workers.ARCHIVE in self.job_kinds:
                     try:     # the posts just accepted wait to be archived
                         await asyncio.to_thread(_kick_archive, self.app)

@@ -1,5 +1,7 @@
 """The job kinds this process runs (listserv.jobs): one plain function per kind.
 
+A post's fan-out (listserv.delivery.fanout) is a job of its own, enqueued when the post is
+accepted.
 The periodic passes each keep one job in the table that re-enqueues itself ``every`` later;
 N serve processes share them (a dedupe key, no leader). Inside a pass, one list or item that
 fails is logged once and retried later while the others go on (listserv.core.isolation); a pass
@@ -16,6 +18,7 @@ from listserv import digests
 from listserv.admin import retention
 from listserv.archive import mbox as archive
 from listserv.bounces import process as bounces
+from listserv.delivery import fanout
 from listserv.pipeline import incoming, moderation
 from listserv.core.app import App
 from listserv.jobs import runner
@@ -24,6 +27,7 @@ from listserv.jobs.runner import Kind
 TICK = dt.timedelta(seconds=30)
 ARCHIVE = "archive"
 DIGESTS = "digests"
+FANOUT = fanout.KIND
 ARCHIVE_BATCHES = 25        # archive batches per run; more pending: the next run follows at once
 
 
@@ -57,6 +61,7 @@ def incoming_reclaim(app: App, payload: dict[str, Any]) -> None:
 
 
 KINDS: tuple[Kind, ...] = (
+    Kind(fanout.KIND, fanout.run),
     Kind("incoming_reclaim", incoming_reclaim, every=TICK),
     Kind(ARCHIVE, archive_pass, every=TICK),
     Kind("moderation", moderation_pass, every=TICK),
@@ -65,3 +70,4 @@ KINDS: tuple[Kind, ...] = (
     Kind(retention.JOB_KIND, retention_pass, every=retention.INTERVAL),
 )
 REGISTRY = runner.registry(KINDS)
+PERIODIC = tuple(k for k in KINDS if k.every is not None)

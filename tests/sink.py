@@ -7,6 +7,7 @@
 ``sink.fail_rcpt`` maps a recipient to an SMTP reply (e.g. "450 4.2.0 busy") for tests of
 retries and bounces; ``fail_times`` limits how often that reply is given. ``fail_data``
 (data, recipients) -> reply or None answers the end of DATA (e.g. "552 5.3.4 too big").
+``SmtpSink(pipelining=True)`` advertises PIPELINING.
 """
 
 from __future__ import annotations
@@ -36,6 +37,12 @@ class Captured:
 class _Handler:
     sink: "SmtpSink"
 
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):  # type: ignore[no-untyped-def]
+        session.host_name = hostname
+        if self.sink.pipelining:      # aiosmtpd reads commands one by one: pipelining works
+            responses.insert(-1, "250-PIPELINING")
+        return responses
+
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # type: ignore[no-untyped-def]
         reply = self.sink._failure_for(address)
         if reply:
@@ -63,7 +70,8 @@ class _Controller(Controller):
 
 
 class SmtpSink:
-    def __init__(self) -> None:
+    def __init__(self, *, pipelining: bool = False) -> None:
+        self.pipelining = pipelining         # advertise PIPELINING (RFC 2920) in EHLO
         self.messages: list[Captured] = []
         self.fail_rcpt: dict[str, str] = {}
         self.fail_times: dict[str, int] = {}

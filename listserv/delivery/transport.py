@@ -15,13 +15,14 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Awaitable, Callable
+from typing import TYPE_CHECKING, Awaitable, Callable, Union
 from urllib.parse import urlsplit
 
 import aiosmtplib
 
 from listserv.core.addresses import verp_encode
 from listserv.core.errors import ConfigError
+from listserv.delivery.pipelining import PipeliningSMTP
 
 if TYPE_CHECKING:
     from listserv.delivery.unsubscribe import CopyMaker
@@ -152,6 +153,7 @@ Done = Callable[[Batch], None]
 # once what the transaction delivered is recorded (listserv.delivery.runner's group
 # commits), so a crash re-sends at most one transaction per connection
 Settle = Callable[[Batch], Awaitable[None]]
+Connection = Union[aiosmtplib.SMTP, PipeliningSMTP]
 
 
 # ---------------------------------------------------------------------------- SMTP
@@ -233,7 +235,7 @@ class SmtpTransport:
             self.done(batch)
 
     async def _worker(self, n: int) -> None:
-        smtp: aiosmtplib.SMTP | None = None
+        smtp: Connection | None = None
         try:
             while True:
                 tx = await self.queue.get()
@@ -261,13 +263,20 @@ class SmtpTransport:
                 except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
                     smtp.close()
 
-    async def _connect(self) -> aiosmtplib.SMTP:
-        smtp = aiosmtplib.SMTP(hostname=self.host, port=self.port, local_hostname=self.helo,
-                               timeout=COMMAND_TIMEOUT, start_tls=False, use_tls=False)
+    async def _connect(self, batched: bool = False) -> Connection:
+        """A new connection: for batched transactions the pipelining client, else aiosmtplib
+        (a kept connection of either kind serves any transaction: they answer alike)."""
+        smtp: Connection
+        if batched:
+            smtp = PipeliningSMTP(self.host, self.port, self.helo, COMMAND_TIMEOUT)
+        else:
+            smtp = aiosmtplib.SMTP(hostname=self.host, port=self.port,
+                                   local_hostname=self.helo, timeout=COMMAND_TIMEOUT,
+                                   start_tls=False, use_tls=False)
         await smtp.connect(timeout=CONNECT_TIMEOUT)
         return smtp
 
-    async def _send(self, smtp: aiosmtplib.SMTP | None, tx: _Tx) -> aiosmtplib.SMTP | None:
+    async def _send(self, smtp: Connection | None, tx: _Tx) -> Connection | None:
         """Run one transaction, recording each recipient's outcome; return the connection."""
         batch = tx.batch
         if batch.conn_failed or time.monotonic() < self.down_until:
@@ -278,7 +287,7 @@ class SmtpTransport:
             reused = smtp is not None and smtp.is_connected
             try:
                 if not reused:
-                    smtp = await self._connect()
+                    smtp = await self._connect(_batched(batch.message))
             except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
                 self.down_until = time.monotonic() + DOWN_HOLD_SECONDS
                 batch.conn_failed = True
@@ -302,7 +311,7 @@ class SmtpTransport:
                 return None
         return smtp
 
-    async def _transaction(self, smtp: aiosmtplib.SMTP, tx: _Tx) -> None:
+    async def _transaction(self, smtp: Connection, tx: _Tx) -> None:
         batch, msg = tx.batch, tx.batch.message
         opts: list[str] = []
         if not (tx.sender.isascii() and all(r.isascii() for r in tx.rcpts)):
@@ -335,6 +344,12 @@ class SmtpTransport:
             batch.ok.extend(r for r in tx.rcpts if r not in errors)
         else:
             batch.ok.extend(tx.rcpts)
+
+
+def _batched(msg: Message) -> bool:
+    """Whether ``msg``'s transactions may have many recipients (not VERP'd): those go
+    through the pipelining client (listserv.delivery.pipelining)."""
+    return not (msg.verp and msg.envelope_from)
 
 
 def _rcpt_code(code: int) -> int:
