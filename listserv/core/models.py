@@ -721,9 +721,9 @@ class BounceEvent(Base):
 
 
 # ---------------------------------------------------------------------------- digest modes
-# Owned by the digests work (issue #5). A delivery-mode change made through the ORM (member set,
-# the 'set delivery' email command) records where the member's digest starts, or the one last
-# digest they are owed, so that no post is lost or doubled between regular and digest delivery.
+# A delivery-mode change made through the ORM (member set, the 'set delivery' email command)
+# records where the member's digest starts, or the one last digest they are owed, so that no
+# post is lost or doubled between regular and digest delivery (the hooks are at the end).
 
 class Job(Base):
     """One unit of background work (listserv.jobs). Jobs with the same partition_key run one

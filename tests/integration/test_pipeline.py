@@ -40,7 +40,7 @@ from email.message import EmailMessage  # noqa: E402
 import pytest  # noqa: E402
 
 from listserv.pipeline import incoming, posting  # noqa: E402
-from listserv.intake.smtp import parse  # noqa: E402
+from listserv.message.parse import parse  # noqa: E402
 from listserv.core.models import Action, HeldMessage, OutboundMessage  # noqa: E402
 
 LIST = "dev@example.org"
