@@ -1,30 +1,28 @@
 """The asyncio supervisor behind `listserv serve`.
 
 One event loop runs: the intake server (SMTP or LMTP), the web pages (uvicorn, when ``web``
-is on and ``[web] listen`` is set), the incoming worker loop, the delivery loop
-(listserv.delivery.run) and JOB_WORKERS job loops (listserv.jobs) that run the periodic
-passes (listserv.workers: archive, digests, bounces, hold expiry, retention...) in threads of
-their own, apart from the intake's. The intake wakes the incoming worker right after it
-commits, which makes the archive pass due and wakes the job loops; short polls cover work
-stored by other processes. stop.set() (SIGTERM/SIGINT) closes the listener, lets in-flight
-SMTP transactions, worker passes and jobs finish, then returns.
+is on and ``[web] listen`` is set), the delivery loop (listserv.delivery.run) and JOB_WORKERS
+job loops (listserv.jobs) that run the job kinds of listserv.workers (processing accepted
+mail, archive, digests, bounces, hold expiry, retention...) in threads of their own, apart
+from the intake's. The intake wakes the job loops right after it commits a message and its
+job; every finished job wakes the delivery loop (it may have queued mail); short polls cover
+work stored by other processes. stop.set() (SIGTERM/SIGINT) closes the listener, lets
+in-flight SMTP transactions and jobs finish, then returns.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import logging
 import threading
 import time
 from typing import Any, Callable, Coroutine
 
-from sqlalchemy import select
-
-from listserv import incoming, intake, jobs, workers
+from listserv import inbound, intake, jobs, workers
 from listserv.app import App
 from listserv.errors import ListservError
-from listserv.models import ArchiveEntry
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +32,6 @@ class WorkerFailed(ListservError):
 
 POLL_INTERVAL = 0.5
 DRAIN_TIMEOUT = 30.0
-INCOMING_LOOPS_PG = 2
 JOB_WORKERS = 2        # job loops per process (one long pass does not hold up the archive)
 
 
@@ -89,23 +86,23 @@ class Daemon:
         self.port = port if port is not None else app.settings.intake.port
         self.intake_enabled = intake_enabled
         self.scheduler_enabled = scheduler
-        self.incoming_enabled = incoming_worker
         self.delivery_enabled = delivery
         self.web_listen = (app.settings.web.listen if web_listen is None else web_listen
                            ) if web else ""
         self.web_port: int | None = None      # the bound web port, once listening
-        self.worker = incoming.worker_identity()
         self.ready = threading.Event()        # set once listening (for embedding and tests)
         self.handler: intake.IntakeHandler | None = None
         self.bound_port: int | None = None
-        self.incoming_wake: asyncio.Event | None = None
         self.delivery_wake: asyncio.Event | None = None
         self.jobs_wake: asyncio.Event | None = None
-        # Without the scheduler (tests), only the archive pass runs, as the incoming
-        # worker's follow-up; the periodic passes are left to the test.
-        self.job_kinds: jobs.Registry = (
+        # Without the scheduler (tests), only incoming mail and the archive pass (made due
+        # by it) run; the periodic passes are left to the test.
+        kinds: jobs.Registry = (
             workers.REGISTRY if scheduler else
-            {workers.ARCHIVE: workers.REGISTRY[workers.ARCHIVE]} if incoming_worker else {})
+            {k: workers.REGISTRY[k] for k in (inbound.KIND, workers.ARCHIVE)}
+            if incoming_worker else {})
+        self.job_kinds = {name: dataclasses.replace(k, handler=self._waking(k.handler))
+                          for name, k in kinds.items()}
         self.job_owner = jobs.new_worker_id()
         self.loop: asyncio.AbstractEventLoop | None = None
 
@@ -114,24 +111,36 @@ class Daemon:
         loop = self.loop
         if loop is None:
             return
-        for ev in (self.incoming_wake, self.delivery_wake, self.jobs_wake):
+        for ev in (self.delivery_wake, self.jobs_wake):
             if ev is not None:
                 loop.call_soon_threadsafe(ev.set)
+
+    def _wake_delivery(self) -> None:
+        loop, ev = self.loop, self.delivery_wake
+        if loop is not None and ev is not None:
+            loop.call_soon_threadsafe(ev.set)
+
+    def _waking(self, handler: jobs.runner.Handler) -> jobs.runner.Handler:
+        """``handler``, then a nudge to the delivery loop: the job may have queued mail."""
+        def run(app: App, payload: dict[str, Any]) -> None:
+            try:
+                handler(app, payload)
+            finally:
+                self._wake_delivery()
+        return run
 
     async def run(self, stop: asyncio.Event) -> None:
         app = self.app
         loop = self.loop = asyncio.get_running_loop()
         loop.set_exception_handler(AcceptErrors())
-        self.incoming_wake = asyncio.Event()
         self.delivery_wake = asyncio.Event()
         self.jobs_wake = asyncio.Event()
-        wake = self.incoming_wake
+        wake = self.jobs_wake
 
         def on_commit() -> None:
             loop.call_soon_threadsafe(wake.set)
 
         self.handler = intake.IntakeHandler(app, on_commit=on_commit)
-        await asyncio.to_thread(incoming.reclaim, app)
         if self.job_kinds:
             await asyncio.to_thread(jobs.ensure_periodic, app, self.job_kinds)
 
@@ -150,11 +159,6 @@ class Daemon:
         workers_stop = asyncio.Event()
         delivery_stop = asyncio.Event()
         tasks: list[asyncio.Task[Any]] = []
-        if self.incoming_enabled:
-            # SQLite has one writer anyway; on PostgreSQL a long fan-out (a 100,000-member
-            # list) should not delay the small posts queued behind it.
-            for _ in range(1 if app.db.is_sqlite else INCOMING_LOOPS_PG):
-                tasks.append(asyncio.create_task(self._incoming_loop(workers_stop)))
         # the job loops' own threads: a long pass never waits for, nor holds up, the intake's
         executor = concurrent.futures.ThreadPoolExecutor(JOB_WORKERS,
                                                          thread_name_prefix="listserv-job")
@@ -235,39 +239,6 @@ class Daemon:
         deadline = asyncio.get_running_loop().time() + DRAIN_TIMEOUT
         while self.handler.active and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.02)
-
-    async def _incoming_loop(self, stop: asyncio.Event) -> None:
-        assert self.incoming_wake is not None and self.delivery_wake is not None
-        assert self.jobs_wake is not None
-        while not stop.is_set():
-            self.incoming_wake.clear()
-            try:
-                done = await asyncio.to_thread(incoming.run_pass, self.app, self.worker,
-                                               should_stop=stop.is_set)
-            except Exception:
-                log.exception("incoming worker pass failed")
-                done = 0
-                await _wait(stop, 1.0)
-            if done:
-                self.delivery_wake.set()
-                if workers.ARCHIVE in self.job_kinds:
-                    try:     # the posts just accepted wait to be archived
-                        await asyncio.to_thread(_kick_archive, self.app)
-                    except Exception:
-                        log.exception("could not make the archive pass due")
-                    self.jobs_wake.set()
-                continue
-            await _wait(self.incoming_wake, POLL_INTERVAL)
-
-
-
-def _kick_archive(app: App) -> None:
-    """Make the archive pass due when posts wait to be archived (a read first: commands and
-    bounces add nothing to archive)."""
-    with app.db.unit_of_work() as session:
-        if session.scalar(select(ArchiveEntry.id).where(ArchiveEntry.appended_at.is_(None))
-                          .limit(1)) is not None:
-            jobs.kick(session, app, workers.ARCHIVE)
 
 
 def serve(app: App) -> None:

@@ -1,7 +1,7 @@
 """SMTP/LMTP intake: route recipients at RCPT, store mail durably at DATA, answer fast.
 
 Only cheap, deterministic checks happen here; rules, moderation and fan-out run later in the
-incoming worker (listserv.incoming). Every database or spool call runs in a thread so that one
+``incoming`` job (listserv.incoming). Every database or spool call runs in a thread so that one
 slow session never stalls the event loop. A message is written to the spool and one
 InboundMessage row per recipient list address is committed before the 250 is sent.
 
@@ -27,7 +27,7 @@ from aiosmtpd.smtp import SMTP
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
-from listserv import __version__, addresses, lists, replies, untrusted
+from listserv import __version__, addresses, inbound, lists, replies, untrusted
 from listserv.app import App
 from listserv.config import Settings
 from listserv.errors import (
@@ -180,7 +180,8 @@ def spool(app: App, mail_from: str, raw: bytes, *, require_from: bool) -> Spoole
 
 
 def record(app: App, spooled: Spooled, resolved: list[Resolved]) -> None:
-    """Commit one InboundMessage per distinct list address of ``resolved``. Blocking."""
+    """Commit one InboundMessage per distinct list address of ``resolved``, each with the
+    job that will process it (listserv.inbound), in one transaction. Blocking."""
     spooled.check_from(resolved)
     info, mail_from = spooled.info, spooled.mail_from
     now = app.now()
@@ -192,13 +193,16 @@ def record(app: App, spooled: Spooled, resolved: list[Resolved]) -> None:
                 if key in seen:
                     continue
                 seen.add(key)
-                session.add(InboundMessage(
+                row = InboundMessage(
                     list_id=r.list_id, subaddress=r.route.subaddress,
                     extra=_clip(r.route.extra, 400) if r.route.extra else None,
                     rcpt=_clip(r.rcpt, 400), mail_from=_clip(mail_from, 400),
                     message_id=info.message_id, from_addr=info.from_addr,
                     subject=info.subject, size=len(info.raw), spool_sha=spooled.sha,
-                    received_at=now, state=InboundState.new, attempts=0))
+                    received_at=now, state=InboundState.new, attempts=0)
+                session.add(row)
+                session.flush()
+                inbound.enqueue(session, app, row.id, r.list_id, r.route.subaddress)
     except SQLAlchemyError as exc:
         log.warning("intake: cannot record message %s: %s", info.message_id, exc)
         raise TemporaryFailure("cannot record the message now, try again later") from None

@@ -12,14 +12,18 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from listserv import archive, bounces, digests, incoming, moderation, retention
+from sqlalchemy import select
+
+from listserv import archive, bounces, digests, inbound, incoming, moderation, retention
 from listserv.app import App
 from listserv.jobs import runner
 from listserv.jobs.runner import Kind
+from listserv.models import ArchiveEntry
 
 TICK = dt.timedelta(seconds=30)
 ARCHIVE = "archive"
 DIGESTS = "digests"
+INCOMING_RETRY = dt.timedelta(seconds=5)   # first retry of a temporary failure; doubles
 ARCHIVE_BATCHES = 25        # archive batches per run; more pending: the next run follows at once
 
 
@@ -48,12 +52,19 @@ def retention_pass(app: App, payload: dict[str, Any]) -> None:
     retention.run(app)
 
 
-def incoming_reclaim(app: App, payload: dict[str, Any]) -> None:
-    incoming.reclaim(app)
+def process_incoming(app: App, payload: dict[str, Any]) -> None:
+    """Process one accepted message; a post that now waits to be archived makes the archive
+    pass due (a read first: commands and bounces add nothing to archive)."""
+    incoming.handle_job(app, payload)
+    with app.db.unit_of_work() as session:
+        if session.scalar(select(ArchiveEntry.id).where(ArchiveEntry.appended_at.is_(None))
+                          .limit(1)) is not None:
+            runner.kick(session, app, ARCHIVE)
 
 
 KINDS: tuple[Kind, ...] = (
-    Kind("incoming_reclaim", incoming_reclaim, every=TICK),
+    Kind(inbound.KIND, process_incoming, max_attempts=inbound.JOB_ATTEMPTS,
+         retry_base=INCOMING_RETRY),
     Kind(ARCHIVE, archive_pass, every=TICK),
     Kind("moderation", moderation_pass, every=TICK),
     Kind(DIGESTS, digests_pass, every=TICK),

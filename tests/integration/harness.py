@@ -30,7 +30,7 @@ from typing import Any, Iterator
 import pytest
 from sqlalchemy import func, select
 
-from listserv import archive, config, incoming, lists
+from listserv import archive, config, inbound, incoming, jobs, lists, workers
 from listserv import members as members_mod
 from listserv.app import App
 from listserv.daemon import Daemon, delivery_runner
@@ -100,7 +100,6 @@ class Harness:
         self.real_delivery = delivery_runner() is not None
         self.daemon = Daemon(self.app, host=self.host, port=0, scheduler=False,
                              incoming_worker=background, delivery=self.real_delivery)
-        self.worker = incoming.worker_identity()
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._run, name="listserv-harness", daemon=True)
@@ -192,7 +191,7 @@ class Harness:
         """Run worker passes until no inbound message, archive entry or due delivery is left."""
         deadline = time.monotonic() + timeout
         while True:
-            busy = incoming.run_pass(self.app, self.worker)
+            busy = jobs.run_jobs_until_idle(self.app, INCOMING_KINDS)
             busy += archive.append_pending(self.app)
             if not self.real_delivery:
                 busy += fallback_deliver(self.app)
@@ -207,6 +206,10 @@ class Harness:
                     f"{deliveries_due(self.app)} deliveries due")
             if not busy:
                 time.sleep(0.01)   # polling a condition with a deadline; see loop above
+
+
+# The job kinds run_until_idle drives itself (the periodic passes are left to the test).
+INCOMING_KINDS = {inbound.KIND: workers.REGISTRY[inbound.KIND]}
 
 
 def members_addr(value: str) -> str:
