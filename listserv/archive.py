@@ -120,7 +120,8 @@ def _append_batch(app: App, limit: int, touched: dict[str, set[str]]) -> int:
 def _write_group(app: App, session: Session, path: Path, group: list[ArchiveEntry]) -> bool:
     """Append ``group`` to its mbox and index it (the index rows in a savepoint, so that a
     failure leaves the transaction usable for the other files)."""
-    chunks = [mbox_entry(app.spool.get(e.spool_sha), e.created_at.timestamp()) for e in group]
+    chunks = [mbox_entry(app.spool.get(e.spool_sha, session=session), e.created_at.timestamp())
+              for e in group]
     with session.begin_nested():
         offset = _append(path, b"".join(chunks))
         for e, chunk in zip(group, chunks):

@@ -112,7 +112,7 @@ def process(app: App, inbound_id: int, *, attempt: int = 1,
             if inbound is None or inbound.state is not InboundState.new:
                 return None
             inbound.attempts = attempt
-            raw = app.spool.get(inbound.spool_sha)
+            raw = app.spool.get(inbound.spool_sha, session=session)
             msg = parse(raw)
             dispatch(session, app, inbound, msg, raw)
             if inbound.state in (InboundState.processing, InboundState.new):

@@ -2,8 +2,9 @@
 
 Only cheap, deterministic checks happen here; rules, moderation and fan-out run later in the
 ``incoming`` job (listserv.incoming). Every database or spool call runs in a thread so that one
-slow session never stalls the event loop. A message is written to the spool and one
-InboundMessage row per recipient list address is committed before the 250 is sent.
+slow session never stalls the event loop. A message's bytes (listserv.spool), one
+InboundMessage row per recipient list address and their jobs are committed in one
+transaction before the 250 is sent.
 
 This module is one of the two places that format SMTP replies (the other is aiosmtpd itself):
 inside, code raises ListservError subclasses carrying their SMTP code.
@@ -28,6 +29,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from listserv import __version__, addresses, inbound, lists, replies, untrusted
+from listserv import spool as spool_mod
 from listserv.app import App
 from listserv.config import Settings
 from listserv.errors import (
@@ -145,7 +147,8 @@ def parse(raw: bytes) -> EmailMessage:
 
 @dataclass(frozen=True)
 class Spooled:
-    """A message of one DATA: inspected once and durable in the spool."""
+    """A message of one DATA, inspected once; record() stores its bytes (listserv.spool)
+    with its rows."""
 
     mail_from: str          # the reverse-path without brackets, '' for the null one
     info: Inspected
@@ -159,7 +162,7 @@ class Spooled:
 
 
 def spool(app: App, mail_from: str, raw: bytes, *, require_from: bool) -> Spooled:
-    """Check the size, inspect (adding a Message-ID when missing) and spool ``raw``. Blocking.
+    """Check the size and inspect ``raw`` (adding a Message-ID when missing). Blocking.
 
     Done once per DATA, also when LMTP then records it for several lists: every list sees
     the same bytes and Message-ID (the cross-list duplicate check relies on it)."""
@@ -176,18 +179,20 @@ def spool(app: App, mail_from: str, raw: bytes, *, require_from: bool) -> Spoole
         raise StructureRefused(f"MIME parts nested more than {untrusted.MAX_MIME_DEPTH} "
                                "levels deep")
     info = inspect_message(raw, app.settings.site_domain, require_from=require_from)
-    return Spooled(mail_from, info, app.spool.put(info.raw))
+    return Spooled(mail_from, info, spool_mod.sha_of(info.raw))
 
 
 def record(app: App, spooled: Spooled, resolved: list[Resolved]) -> None:
-    """Commit one InboundMessage per distinct list address of ``resolved``, each with the
-    job that will process it (listserv.inbound), in one transaction. Blocking."""
+    """Commit the message's bytes and one InboundMessage per distinct list address of
+    ``resolved``, each with the job that will process it (listserv.inbound), in one
+    transaction. Blocking."""
     spooled.check_from(resolved)
     info, mail_from = spooled.info, spooled.mail_from
     now = app.now()
     seen: set[tuple[int, str, str | None]] = set()
     try:
         with app.db.unit_of_work() as session:
+            app.spool.put(info.raw, session=session)
             for r in resolved:
                 key = (r.list_id, r.route.subaddress, r.route.extra)
                 if key in seen:
@@ -211,7 +216,7 @@ def record(app: App, spooled: Spooled, resolved: list[Resolved]) -> None:
 
 
 def store(app: App, mail_from: str, resolved: list[Resolved], raw: bytes) -> None:
-    """Spool ``raw`` and commit one InboundMessage per distinct list address. Blocking."""
+    """Inspect ``raw`` and commit it with one InboundMessage per distinct list address."""
     need_from = any(r.route.subaddress != addresses.BOUNCES for r in resolved)
     record(app, spool(app, mail_from, raw, require_from=need_from), resolved)
 
@@ -268,9 +273,6 @@ class IntakeHandler:
             await asyncio.to_thread(store, self.app, mail_from, routes, raw)
         except ListservError as exc:
             return exc.smtp_reply()
-        except OSError as exc:
-            log.error("intake: spool write failed: %s", exc)
-            return TemporaryFailure("cannot store the message now").smtp_reply()
         self._committed()
         return OK_DATA
 
@@ -280,7 +282,7 @@ class IntakeHandler:
             self.on_commit()
 
     async def _store_lmtp(self, mail_from: str, routes: list[Resolved], raw: bytes) -> str:
-        """LMTP: spooled once, then each recipient recorded in its own transaction and
+        """LMTP: inspected once, then each recipient recorded in its own transaction and
         answered on its own (the same list address twice: recorded once)."""
         try:
             need_from = all(r.route.subaddress != addresses.BOUNCES for r in routes)
@@ -288,10 +290,6 @@ class IntakeHandler:
                                               require_from=need_from)
         except ListservError as exc:
             return "\r\n".join([exc.smtp_reply()] * len(routes))
-        except OSError as exc:
-            log.error("intake: spool write failed: %s", exc)
-            reply = TemporaryFailure("cannot store the message now").smtp_reply()
-            return "\r\n".join([reply] * len(routes))
         replies: list[str] = []
         done: dict[tuple[int, str, str | None], str] = {}
         for r in routes:

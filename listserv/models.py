@@ -21,6 +21,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -705,6 +706,18 @@ class BounceEvent(Base):
 # Owned by the digests work (issue #5). A delivery-mode change made through the ORM (member set,
 # the 'set delivery' email command) records where the member's digest starts, or the one last
 # digest they are owed, so that no post is lost or doubled between regular and digest delivery.
+
+class SpoolBlob(Base):
+    """Message bytes by SHA-256 (listserv.spool), stored once for every row naming the sha
+    (inbound_message, outbound_message, digest_entry, archive_entry ``spool_sha``)."""
+
+    __tablename__ = "spool_blob"
+
+    sha: Mapped[str] = mapped_column(String(64), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    size: Mapped[int] = mapped_column()
+    stored_at: Mapped[dt.datetime] = mapped_column()   # written or used again (retention)
+
 
 class Job(Base):
     """One unit of background work (listserv.jobs). Jobs with the same partition_key run one

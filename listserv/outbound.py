@@ -30,7 +30,7 @@ def queue_message(session: Session, app: App, data: bytes, recipients: Iterable[
                   kind: str, envelope_from: str, list_id: int | None = None,
                   verp: bool = False, message_id: str = "",
                   per_member: bool = False) -> OutboundMessage:
-    """Spool ``data`` (final, signed bytes) and queue it for ``recipients``.
+    """Store ``data`` (final, signed bytes) and queue it for ``recipients``.
 
     ``recipients`` may be a lazy iterator (a 100,000-member list is streamed). With ``verp``,
     ``envelope_from`` is the list's base -bounces address and each recipient gets its own
@@ -38,7 +38,7 @@ def queue_message(session: Session, app: App, data: bytes, recipients: Iterable[
     is unsigned: each member's copy gets its own unsubscribe headers and DKIM signature at
     delivery (listserv.unsubscribe). Returns the OutboundMessage (flushed).
     """
-    sha = app.spool.put(data)
+    sha = app.spool.put(data, session=session)
     out = OutboundMessage(list_id=list_id, kind=kind, spool_sha=sha,
                           envelope_from=envelope_from, verp=verp, message_id=message_id,
                           created_at=app.now(), per_member=per_member and verp)

@@ -179,7 +179,7 @@ def accept_post(session: Session, app: App, inbound: InboundMessage, msg: EmailM
     lv = unsubscribe.with_web(ListView.of(ml), app.settings.web)
     prepared = early if seq == guess.post_id else transforms.prepare(
         msg, lv, resolve_txt=resolver)
-    prepared_sha = app.spool.put(to_bytes(prepared))
+    prepared_sha = app.spool.put(to_bytes(prepared), session=session)
     now = app.now()
     session.add(Fanout(message_id_hash=mhash, list_id=ml.id, at=now))
     digests.add_post(session, app, ml, seq, prepared_sha, prepared, message_hash=mhash)

@@ -1,4 +1,5 @@
-"""incoming mail is processed by jobs: the inbound claim columns go; waiting mail gets its job
+"""message bytes in the database (spool_blob); incoming mail is processed by jobs: the inbound
+claim columns go and waiting mail gets its job
 
 Revision ID: 0018_spool_db
 Revises: 0015_jobs
@@ -20,6 +21,15 @@ JOB_ATTEMPTS = 6     # listserv.inbound.JOB_ATTEMPTS when this revision was writ
 
 
 def upgrade() -> None:
+    # The spool directory's files are imported by `listserv db upgrade` (listserv.spool).
+    op.create_table(
+        'spool_blob',
+        sa.Column('sha', sa.String(length=64), nullable=False),
+        sa.Column('data', sa.LargeBinary(), nullable=False),
+        sa.Column('size', sa.Integer(), nullable=False),
+        sa.Column('stored_at', UTCDateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint('sha'),
+    )
     conn = op.get_bind()
     inbound = sa.table('inbound_message', sa.column('id', sa.Integer),
                        sa.column('list_id', sa.Integer), sa.column('subaddress', sa.String),
@@ -54,3 +64,4 @@ def downgrade() -> None:
         batch.add_column(sa.Column('locked_by', sa.String(length=64), nullable=True))
         batch.add_column(sa.Column('locked_at', UTCDateTime(timezone=True), nullable=True))
     op.execute("DELETE FROM job WHERE kind = 'incoming'")
+    op.drop_table('spool_blob')
