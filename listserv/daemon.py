@@ -1,10 +1,10 @@
 """The asyncio supervisor behind `listserv serve`.
 
 One event loop runs: the intake server (SMTP or LMTP), the web pages (uvicorn, when ``web``
-is on and ``[web] listen`` is set), the delivery loop (listserv.delivery.run) and JOB_WORKERS
-job loops (listserv.jobs) that run the job kinds of listserv.workers (processing accepted
-mail, archive, digests, bounces, hold expiry, retention...) in threads of their own, apart
-from the intake's. The intake wakes the job loops right after it commits a message and its
+is on and ``[web] listen`` is set), the delivery loop (listserv.delivery.run) and job loops
+(listserv.jobs) that run the job kinds of listserv.workers (processing accepted mail,
+archive, digests, bounces, hold expiry, retention...) in threads of their own, apart from
+the intake's: JOB_WORKERS loops for every kind, and INCOMING_LOOPS_* for incoming mail only. The intake wakes the job loops right after it commits a message and its
 job; every finished job wakes the delivery loop (it may have queued mail); short polls cover
 work stored by other processes. stop.set() (SIGTERM/SIGINT) closes the listener, lets
 in-flight SMTP transactions and jobs finish, then returns.
@@ -33,6 +33,10 @@ class WorkerFailed(ListservError):
 POLL_INTERVAL = 0.5
 DRAIN_TIMEOUT = 30.0
 JOB_WORKERS = 2        # job loops per process (one long pass does not hold up the archive)
+# ... plus loops that run only incoming mail, so that long passes (digests, retention) never
+# delay a post; on PostgreSQL two, so that one list's long post does not delay another's.
+INCOMING_LOOPS_SQLITE = 1
+INCOMING_LOOPS_PG = 2
 
 
 def delivery_runner() -> Callable[[App, asyncio.Event, asyncio.Event], Coroutine[Any, Any, Any]] | None:
@@ -160,13 +164,16 @@ class Daemon:
         delivery_stop = asyncio.Event()
         tasks: list[asyncio.Task[Any]] = []
         # the job loops' own threads: a long pass never waits for, nor holds up, the intake's
-        executor = concurrent.futures.ThreadPoolExecutor(JOB_WORKERS,
+        loops: list[jobs.Registry] = [self.job_kinds] * JOB_WORKERS if self.job_kinds else []
+        if inbound.KIND in self.job_kinds:
+            only = {inbound.KIND: self.job_kinds[inbound.KIND]}
+            loops += [only] * (INCOMING_LOOPS_SQLITE if app.db.is_sqlite else INCOMING_LOOPS_PG)
+        executor = concurrent.futures.ThreadPoolExecutor(max(1, len(loops)),
                                                          thread_name_prefix="listserv-job")
-        if self.job_kinds:
-            for _ in range(JOB_WORKERS):
-                tasks.append(asyncio.create_task(jobs.work(
-                    app, workers_stop, self.jobs_wake, kinds=self.job_kinds,
-                    owner=self.job_owner, executor=executor)))
+        for kinds in loops:
+            tasks.append(asyncio.create_task(jobs.work(
+                app, workers_stop, self.jobs_wake, kinds=kinds, owner=self.job_owner,
+                executor=executor)))
         delivery_task: asyncio.Task[Any] | None = None
         runner = delivery_runner() if self.delivery_enabled else None
         if runner is not None:
