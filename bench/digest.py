@@ -33,12 +33,15 @@ from sqlalchemy import func, insert, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from listserv import config, digests, lists, notices, signing  # noqa: E402
-from listserv.app import App, ensure_site_secret  # noqa: E402
-from listserv.db import Database, upgrade  # noqa: E402
+from listserv import digests  # noqa: E402
+from listserv.core import config, lists  # noqa: E402
+from listserv.delivery import notices  # noqa: E402
+from listserv.message import signing  # noqa: E402
+from listserv.core.app import App, ensure_site_secret  # noqa: E402
+from listserv.core.db import Database, upgrade  # noqa: E402
 from listserv.digests.build import DigestItem  # noqa: E402
 from listserv.digests.service import load_items  # noqa: E402
-from listserv.models import (  # noqa: E402
+from listserv.core.models import (  # noqa: E402
     Address,
     Delivery,
     DeliveryMode,
@@ -46,7 +49,7 @@ from listserv.models import (  # noqa: E402
     DigestEntry,
     Membership,
 )
-from listserv.views import ListView  # noqa: E402
+from listserv.core.views import ListView  # noqa: E402
 
 LIST = "dev@example.org"
 
@@ -224,7 +227,7 @@ def main() -> None:
     print(f"build total (load, both kinds, sign): {1000 * (time.perf_counter() - t0):.1f} ms")
 
     # queue only: both digests to every digest member, streamed; rolled back
-    from listserv.outbound import queue_message
+    from listserv.delivery.outbound import queue_message
 
     with app.db.sessions() as s:
         t0 = time.perf_counter()
@@ -259,7 +262,7 @@ def main() -> None:
           f"{sizes['plain']}); peak RSS so far {rss_mb():.0f} MB")
 
     if not args.no_deliver:
-        from listserv import delivery
+        from listserv.delivery import runner as delivery
 
         use_postfix = args.sink == "postfix" or (args.sink == "auto"
                                                   and shutil.which("smtp-sink") is not None)

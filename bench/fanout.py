@@ -176,9 +176,9 @@ def add_members(cfg: Path, n: int) -> None:
     """N members by direct SQL inserts (a bulk import of 100,000 is not what we measure)."""
     from sqlalchemy import insert, select
 
-    from listserv.app import App
-    from listserv.lists import get_list
-    from listserv.models import Address, Membership
+    from listserv.core.app import App
+    from listserv.core.lists import get_list
+    from listserv.core.models import Address, Membership
 
     app = App.load(str(cfg))
     emails = [f"member{i}@d{i % 97}.example" for i in range(n)]
@@ -198,12 +198,12 @@ def progress(cfg: Path, address: str = LIST) -> tuple[int, int, int]:
     """(done, failed, unfinished) recipients of the mail queued by the list ``address``."""
     from sqlalchemy import func, select
 
-    from listserv.lists import get_list
-    from listserv.models import Delivery, DeliveryState, OutboundMessage
+    from listserv.core.lists import get_list
+    from listserv.core.models import Delivery, DeliveryState, OutboundMessage
 
     global _APP
     if _APP is None:
-        from listserv.app import App
+        from listserv.core.app import App
         _APP = App.load(str(cfg))
     with _APP.db.unit_of_work() as session:
         list_id = get_list(session, address).id
@@ -223,8 +223,8 @@ def signed(cfg: Path) -> str:
     with its own one-click unsubscribe headers and signature) or 'no'."""
     from sqlalchemy import select
 
-    from listserv.app import App
-    from listserv.models import OutboundMessage
+    from listserv.core.app import App
+    from listserv.core.models import OutboundMessage
 
     app = App.load(str(cfg))
     with app.db.unit_of_work() as session:
@@ -240,8 +240,8 @@ def signed(cfg: Path) -> str:
 # notices.finalise does) and without per_member. Only for the baseline of this benchmark.
 NO_PER_MEMBER = """
 from listserv import outbound, signing
-from listserv.models import MailingList
-from listserv.views import ListView
+from listserv.core.models import MailingList
+from listserv.core.views import ListView
 real = outbound.queue_message
 def queue_message(session, app, data, recipients, **kw):
     if kw.get("per_member"):

@@ -28,11 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sqlalchemy import func, select  # noqa: E402
 
-from listserv.app import App, ensure_site_secret  # noqa: E402
-from listserv.db import upgrade  # noqa: E402
+from listserv.core.app import App, ensure_site_secret  # noqa: E402
+from listserv.core.db import upgrade  # noqa: E402
 from listserv.importers.apply import import_mailman2  # noqa: E402
 from listserv.importers.mbox import import_mbox  # noqa: E402
-from listserv.models import Membership, Role  # noqa: E402
+from listserv.core.models import Membership, Role  # noqa: E402
 from tests.mm2fixture import big_config, pipermail_mbox, write_config  # noqa: E402
 
 

@@ -24,11 +24,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from listserv.app import App, ensure_site_secret  # noqa: E402
-from listserv.db import upgrade  # noqa: E402
+from listserv.core.app import App, ensure_site_secret  # noqa: E402
+from listserv.core.db import upgrade  # noqa: E402
 from listserv.importers.mbox import import_mbox  # noqa: E402
-from listserv.lists import create_list  # noqa: E402
-from listserv.models import ArchivePolicy  # noqa: E402
+from listserv.core.lists import create_list  # noqa: E402
+from listserv.core.models import ArchivePolicy  # noqa: E402
 from tests.mm2fixture import pipermail_mbox  # noqa: E402
 
 

@@ -17,9 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from listserv.db import Database, upgrade
-from listserv.lists import create_list
-from listserv.member_import import import_members, read_member_file
+from listserv.core.db import Database, upgrade
+from listserv.core.lists import create_list
+from listserv.admin.member_import import import_members, read_member_file
 
 
 def main() -> int:

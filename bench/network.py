@@ -49,9 +49,9 @@ def build(cfg: Path, people: int, regions: int, locals_: int, overlap: float, se
     """Lists, includes and memberships by direct inserts; returns membership counts."""
     from sqlalchemy import insert, select
 
-    from listserv import lists, network
-    from listserv.app import App
-    from listserv.models import Address, ListInclusion, Membership
+    from listserv.core import lists, network
+    from listserv.core.app import App
+    from listserv.core.models import Address, ListInclusion, Membership
 
     rng = random.Random(seed)
     app = App.load(str(cfg))
@@ -87,8 +87,9 @@ def build(cfg: Path, people: int, regions: int, locals_: int, overlap: float, se
 
 
 def expansion_seconds(cfg: Path, people: int, address: str = NATIONAL) -> tuple[float, int]:
-    from listserv import lists, recipients
-    from listserv.app import App
+    from listserv.core import lists
+    from listserv.delivery import recipients
+    from listserv.core.app import App
 
     app = App.load(str(cfg))
     best, n = float("inf"), 0
@@ -110,9 +111,9 @@ def once_each(cfg: Path, people: int) -> None:
     """Every person appears exactly once among the national post's delivery batches."""
     from sqlalchemy import select
 
-    from listserv import lists
-    from listserv.app import App
-    from listserv.models import Delivery, OutboundMessage
+    from listserv.core import lists
+    from listserv.core.app import App
+    from listserv.core.models import Delivery, OutboundMessage
 
     app = App.load(str(cfg))
     with app.db.unit_of_work() as s:

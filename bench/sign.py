@@ -1,4 +1,4 @@
-"""DKIM signing speed: pure dkimpy (pure-Python RSA) against listserv.signing (dkimpy
+"""DKIM signing speed: pure dkimpy (pure-Python RSA) against listserv.message.signing (dkimpy
 canonicalisation + OpenSSL RSA through `cryptography`), and the per-content cache.
 
     python bench/sign.py [--seconds 2]
@@ -12,7 +12,7 @@ import argparse
 import time
 from typing import Callable
 
-from listserv import signing
+from listserv.message import signing
 
 DOMAIN, SELECTOR = "example.org", "list2026"
 
@@ -62,7 +62,7 @@ def main() -> None:
                   args.seconds)
     fresh = signing.Signer(DOMAIN, SELECTOR, key)
     fresh.cache_size = fresh.body_cache_size = 0
-    after = rate("after: listserv.signing.Signer, every message distinct",
+    after = rate("after: listserv.message.signing.Signer, every message distinct",
                  lambda i: fresh.sign(msgs[i % 64]), args.seconds)
     variants = [message(i, body_n=0) for i in range(64)]
     per_rcpt = signing.Signer(DOMAIN, SELECTOR, key)

@@ -55,10 +55,10 @@ def setup_members(cfg: Path, n: int) -> list[str]:
     """N members by direct SQL inserts; their one-click tokens, in order."""
     from sqlalchemy import insert, select
 
-    from listserv import unsubscribe
-    from listserv.app import App, site_secret
-    from listserv.lists import get_list
-    from listserv.models import Address, Membership, Role
+    from listserv.delivery import unsubscribe
+    from listserv.core.app import App, site_secret
+    from listserv.core.lists import get_list
+    from listserv.core.models import Address, Membership, Role
 
     app = App.load(str(cfg))
     emails = [f"member{i}@d{i % 97}.example" for i in range(n)]

@@ -31,10 +31,11 @@ from sqlalchemy import insert
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from listserv import archive_index, archive_search, config, lists  # noqa: E402
-from listserv.app import App, ensure_site_secret  # noqa: E402
-from listserv.db import upgrade  # noqa: E402
-from listserv.models import ArchiveMessage  # noqa: E402
+from listserv.archive import index as archive_index, search as archive_search  # noqa: E402
+from listserv.core import config, lists  # noqa: E402
+from listserv.core.app import App, ensure_site_secret  # noqa: E402
+from listserv.core.db import upgrade  # noqa: E402
+from listserv.core.models import ArchiveMessage  # noqa: E402
 
 LIST = "dev@example.org"
 START = dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)

@@ -1,7 +1,7 @@
 """The asyncio supervisor behind `listserv serve`.
 
 One event loop runs: the intake server (SMTP or LMTP), the web pages (uvicorn, when ``web``
-is on and ``[web] listen`` is set), the delivery loop (listserv.delivery.run) and job loops
+is on and ``[web] listen`` is set), the delivery loop (listserv.delivery.runner.run) and job loops
 (listserv.jobs) that run the job kinds of listserv.workers (processing accepted mail,
 archive, digests, bounces, hold expiry, retention...) in threads of their own, apart from
 the intake's: JOB_WORKERS loops for every kind, and INCOMING_LOOPS_* for incoming mail only. The intake wakes the job loops right after it commits a message and its
@@ -20,9 +20,11 @@ import threading
 import time
 from typing import Any, Callable, Coroutine
 
-from listserv import inbound, intake, jobs, workers
-from listserv.app import App
-from listserv.errors import ListservError
+from listserv import jobs, workers
+from listserv.core.app import App
+from listserv.core.errors import ListservError
+from listserv.intake import smtp as intake
+from listserv.pipeline import inbound
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +42,9 @@ INCOMING_LOOPS_PG = 2
 
 
 def delivery_runner() -> Callable[[App, asyncio.Event, asyncio.Event], Coroutine[Any, Any, Any]] | None:
-    """listserv.delivery.run when the delivery module is installed."""
+    """listserv.delivery.runner.run when the delivery module is installed."""
     try:
-        from listserv import delivery  # type: ignore[attr-defined]
+        from listserv.delivery import runner as delivery  # type: ignore[attr-defined]
     except ImportError:
         return None
     return getattr(delivery, "run", None)

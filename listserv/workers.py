@@ -2,7 +2,7 @@
 
 The periodic passes each keep one job in the table that re-enqueues itself ``every`` later;
 N serve processes share them (a dedupe key, no leader). Inside a pass, one list or item that
-fails is logged once and retried later while the others go on (listserv.isolation); a pass
+fails is logged once and retried later while the others go on (listserv.core.isolation); a pass
 that fails as a whole (the database is down) is retried by the engine with backoff, and after
 MAX_ATTEMPTS shows in `listserv queue failed` while its next run is already scheduled.
 """
@@ -14,11 +14,15 @@ from typing import Any
 
 from sqlalchemy import select
 
-from listserv import archive, bounces, digests, inbound, incoming, moderation, retention
-from listserv.app import App
+from listserv import digests
+from listserv.admin import retention
+from listserv.archive import mbox as archive
+from listserv.bounces import process as bounces
+from listserv.core.app import App
+from listserv.core.models import ArchiveEntry
 from listserv.jobs import runner
 from listserv.jobs.runner import Kind
-from listserv.models import ArchiveEntry
+from listserv.pipeline import inbound, incoming, moderation
 
 TICK = dt.timedelta(seconds=30)
 ARCHIVE = "archive"

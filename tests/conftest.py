@@ -13,9 +13,9 @@ from typing import Iterator
 import pytest
 from sqlalchemy import create_engine, text
 
-from listserv import config
-from listserv.app import App, ensure_site_secret
-from listserv.db import Database, upgrade
+from listserv.core import config
+from listserv.core.app import App, ensure_site_secret
+from listserv.core.db import Database, upgrade
 
 PG_URL = os.environ.get("LISTSERV_TEST_DATABASE_URL", "").strip()
 if PG_URL.startswith("postgresql://"):
@@ -94,7 +94,7 @@ def db_url(_template_db: str, tmp_path: Path) -> Iterator[str]:
 def _fresh_failure_registries() -> Iterator[None]:
     """Periodic passes remember failed items per process; each test starts with none."""
     yield
-    from listserv import isolation
+    from listserv.core import isolation
 
     for registry in isolation.REGISTRIES:
         registry.clear()

@@ -6,8 +6,8 @@ import datetime as dt
 
 from sqlalchemy import delete, select, update
 
-from listserv.app import App
-from listserv.models import SpoolBlob
+from listserv.core.app import App
+from listserv.core.models import SpoolBlob
 
 
 def lose(app: App, sha: str) -> bytes:

@@ -13,8 +13,8 @@ import click
 from sqlalchemy.exc import SQLAlchemyError
 
 from listserv import __version__
-from listserv.app import App
-from listserv.errors import ListservError
+from listserv.core.app import App
+from listserv.core.errors import ListservError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -34,7 +34,7 @@ class Obj:
 
     def ready_app(self) -> App:
         """The App, with a database that exists and is at the current schema."""
-        from listserv.db import require_schema
+        from listserv.core.db import require_schema
 
         app = self.app
         require_schema(app.db)

@@ -29,9 +29,10 @@ def build_cmd(obj: Obj, list_address: str, out_dir: str | None) -> None:
     running it again is harmless. The pages of a private list are written only into the
     data directory unless --out says otherwise.
     """
-    from listserv import archive_html, lists
-    from listserv.errors import UsageError
-    from listserv.models import ArchivePolicy
+    from listserv.archive import html as archive_html
+    from listserv.core import lists
+    from listserv.core.errors import UsageError
+    from listserv.core.models import ArchivePolicy
 
     app = obj.ready_app()
     with app.db.unit_of_work() as session:
@@ -57,7 +58,8 @@ def reindex_cmd(obj: Obj, list_address: str | None) -> None:
     or editing mbox files, or to index an archive from before the index existed. The
     archive pages and search answer from the rebuilt index once it is committed.
     """
-    from listserv import archive_index, lists
+    from listserv.archive import index as archive_index
+    from listserv.core import lists
 
     app = obj.ready_app()
     with app.db.unit_of_work() as session:

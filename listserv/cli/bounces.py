@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import click
 
-from listserv import bounce_report, bounces
+from listserv.bounces import report as bounce_report, process as bounces
 from listserv.cli import Obj, cli, handle_errors, pass_obj
 from listserv.cli.output import json_array
-from listserv.lists import get_list
+from listserv.core.lists import get_list
 
 
 @cli.group("bounces")

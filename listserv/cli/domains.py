@@ -6,11 +6,11 @@ from pathlib import Path
 
 import click
 
-from listserv import domains as service
+from listserv.admin import domains as service
 from listserv.cli import Obj, cli, handle_errors, pass_obj
 from listserv.cli.output import json_array, table
-from listserv.errors import UsageError
-from listserv.models import Domain
+from listserv.core.errors import UsageError
+from listserv.core.models import Domain
 
 
 @cli.group("domain")

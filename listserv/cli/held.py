@@ -10,11 +10,13 @@ import click
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from listserv import lists, moderation, untrusted
+from listserv.core import lists
+from listserv.message import untrusted
+from listserv.pipeline import moderation
 from listserv.cli import Obj, cli, handle_errors, pass_obj
 from listserv.cli.output import json_array
-from listserv.errors import ListservError, UsageError
-from listserv.models import Decision, MailingList
+from listserv.core.errors import ListservError, UsageError
+from listserv.core.models import Decision, MailingList
 
 
 log = logging.getLogger(__name__)

@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
-from listserv.app import App
+from listserv.core.app import App
 from listserv.cli import Obj, cli, handle_errors, pass_obj
-from listserv.errors import UsageError
+from listserv.core.errors import UsageError
 
 if TYPE_CHECKING:
     from listserv.importers.mbox import MboxReport

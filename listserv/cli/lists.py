@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import click
 
-from listserv import lists as service
-from listserv import members as members_service
-from listserv import network
-from listserv import settings as settings_mod
+from listserv.core import lists as service
+from listserv.core import members as members_service
+from listserv.core import network
+from listserv.core import settings as settings_mod
 from listserv.cli import Obj, cli, handle_errors, pass_obj
 from listserv.cli.output import json_array, json_object, pairs, table
-from listserv.errors import UsageError
-from listserv.models import Role
+from listserv.core.errors import UsageError
+from listserv.core.models import Role
 
 SETTINGS_HELP = "\b\n" + "\n".join(s.describe() for s in settings_mod.SETTINGS)
 

@@ -6,13 +6,14 @@ import sys
 
 import click
 
-from listserv import lists as lists_service
-from listserv import members as service
-from listserv import member_import, senders
+from listserv.core import lists as lists_service
+from listserv.core import members as service
+from listserv.admin import member_import
+from listserv.core import senders
 from listserv.cli import Obj, cli, handle_errors, pass_obj
 from listserv.cli.output import json_array, table
-from listserv.errors import UsageError
-from listserv.models import DeliveryMode, Role
+from listserv.core.errors import UsageError
+from listserv.core.models import DeliveryMode, Role
 
 ROLE = click.Choice([r.value for r in Role])
 DELIVERY = click.Choice([d.value for d in DeliveryMode])

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from listserv import lists as service
-from listserv import network
+from listserv.core import lists as service
+from listserv.core import network
 from listserv.cli import Obj, handle_errors, pass_obj
 from listserv.cli.lists import list_group
 from listserv.cli.output import json_array

@@ -7,8 +7,10 @@ import click
 
 from listserv.cli import Obj, cli, handle_errors, pass_obj
 from listserv.cli.output import json_array, json_object
-from listserv import failures, jobs, retention
-from listserv.queues import failed_deliveries, queue_status
+from listserv import jobs
+from listserv.admin import retention
+from listserv.pipeline import failures
+from listserv.delivery.queues import failed_deliveries, queue_status
 
 ROWS = [("pending", "pending (all)"), ("ready", "ready now"), ("retrying", "retrying (4xx)"),
         ("in_flight", "in flight"), ("failed_24h", "failed (24h)"), ("failed", "failed (all)"),

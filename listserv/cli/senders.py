@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import click
 
-from listserv import lists as lists_service
-from listserv import senders
+from listserv.core import lists as lists_service
+from listserv.core import senders
 from listserv.cli import Obj, handle_errors, pass_obj
 from listserv.cli.lists import list_group
 from listserv.cli.output import json_array, table
-from listserv.models import Action
+from listserv.core.models import Action
 
 PATTERN_HELP = ("PATTERN is one address, or a regular expression starting with ^ matched "
                 "case-insensitively against the whole sender address (GNU Mailman's "

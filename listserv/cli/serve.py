@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 from sqlalchemy import inspect
 
-from listserv import db as dbmod
-from listserv.app import App, ensure_site_secret
+from listserv.core import db as dbmod
+from listserv.core.app import App, ensure_site_secret
 from listserv.cli import Obj, cli, handle_errors, pass_obj
 
 

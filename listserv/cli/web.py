@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from listserv.cli import Obj, cli, fail, handle_errors, pass_obj
-from listserv.config import parse_listen
+from listserv.core.config import parse_listen
 
 
 @cli.command("web")

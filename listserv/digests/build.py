@@ -2,7 +2,7 @@
 
 No database, no clock, no network: the caller passes the posts (already parsed), the list
 snapshot, the numbering and the date. Templates (``templates/digest/*.j2``) are rendered through
-listserv.templating, so a site or list can override the prose; the structure is built here.
+listserv.core.templating, so a site or list can override the prose; the structure is built here.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from email.message import EmailMessage, Message, MIMEPart
 from typing import Any, Sequence
 
-from listserv import addresses, headers, htmlmail
-from listserv.templating import render
-from listserv.transforms import list_headers
-from listserv.views import ListView
+from listserv.core import addresses
+from listserv.message import headers, htmlmail
+from listserv.core.templating import render
+from listserv.message.transforms import list_headers
+from listserv.core.views import ListView
 
 # RFC 1153: headers kept in an enclosed message, in this order (Summary: is optional; we keep it).
 RFC1153_HEADERS = ("Date", "From", "To", "Cc", "Subject", "Message-ID", "Keywords", "Summary")

@@ -28,8 +28,8 @@ from typing import Any, Iterable, Iterator, Sequence
 from sqlalchemy import CompoundSelect, Select, literal, or_, select
 from sqlalchemy.orm import Session
 
-from listserv import network
-from listserv.models import (
+from listserv.core import network
+from listserv.core.models import (
     Address,
     DeliveryMode,
     Fanout,

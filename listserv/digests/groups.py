@@ -17,8 +17,8 @@ from typing import Any, Iterator, Sequence
 from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.orm import Session
 
-from listserv import network
-from listserv.models import Address, DeliveryMode, FinalDigest, Membership, Role
+from listserv.core import network
+from listserv.core.models import Address, DeliveryMode, FinalDigest, Membership, Role
 
 DIGEST_MODES = (DeliveryMode.mime_digest, DeliveryMode.plain_digest)
 

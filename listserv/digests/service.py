@@ -32,15 +32,18 @@ from typing import Iterable, Sequence
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from listserv import isolation, jobs, notices, untrusted
-from listserv.app import App
+from listserv import jobs
+from listserv.core import isolation
+from listserv.delivery import notices
+from listserv.message import untrusted
+from listserv.core.app import App
 from listserv.digests import crosspost, groups
 from listserv.digests.build import DigestItem, build_mime_digest, build_plain_digest
-from listserv.errors import ListservError
-from listserv.lists import get_list
-from listserv.models import DeliveryMode, Digest, DigestEntry, DigestFrequency, MailingList
-from listserv.outbound import queue_message
-from listserv.views import ListView
+from listserv.core.errors import ListservError
+from listserv.core.lists import get_list
+from listserv.core.models import DeliveryMode, Digest, DigestEntry, DigestFrequency, MailingList
+from listserv.delivery.outbound import queue_message
+from listserv.core.views import ListView
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +104,7 @@ class SendResult:
 def add_post(session: Session, app: App, ml: MailingList, seq: int, prepared_sha: str,
              msg: EmailMessage, *, message_hash: str | None = None) -> None:
     """Record an accepted post (prepared bytes in the spool) for the list's next digest;
-    ``message_hash``: its Message-ID's hash, as recorded in Fanout (listserv.recipients)."""
+    ``message_hash``: its Message-ID's hash, as recorded in Fanout (listserv.delivery.recipients)."""
     size = app.spool.size(prepared_sha, session)
     if size is None:
         size = len(msg.as_bytes())

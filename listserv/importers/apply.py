@@ -16,13 +16,13 @@ from typing import Any, cast
 from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
-from listserv import addresses, lists, senders, settings as settings_mod
-from listserv.db import Database
+from listserv.core import addresses, lists, senders, settings as settings_mod
+from listserv.core.db import Database
 from listserv.digests.groups import DIGEST_MODES
-from listserv.errors import UsageError
+from listserv.core.errors import UsageError
 from listserv.importers import py2pickle
 from listserv.importers.mailman2 import Mm2List, Person, map_list
-from listserv.models import (
+from listserv.core.models import (
     Address,
     Ban,
     MailingList,

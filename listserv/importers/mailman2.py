@@ -31,10 +31,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from listserv import addresses
-from listserv.errors import UsageError
+from listserv.core import addresses
+from listserv.core.errors import UsageError
 from listserv.importers.py2pickle import BounceInfo
-from listserv.models import (
+from listserv.core.models import (
     Action,
     ArchivePolicy,
     DeliveryMode,

@@ -3,7 +3,7 @@
 Nothing is sent and nothing enters the posting pipeline: each message is appended to the
 list's month file ``<archive>/<list>/<yyyy-mm>.mbox`` (the month of its Date header, else of
 its From_ line, else of the import) in the archive's own mboxrd format and added to the
-search index (listserv.archive_index) as the archive worker does; the HTML pages of the
+search index (listserv.archive.index) as the archive worker does; the HTML pages of the
 touched months are rebuilt afterwards. Messages whose Message-ID the list's archive
 already holds (or that came earlier in the same file) are skipped, so importing twice adds
 nothing. A message without a Message-ID gets a stable one made from its content.
@@ -26,10 +26,16 @@ from email.utils import formataddr, parsedate_to_datetime
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
-from listserv import archive, archive_html, archive_index, archive_read, lists
-from listserv.app import App
-from listserv.errors import UsageError
-from listserv.models import ArchivePolicy
+from listserv.archive import (
+    mbox as archive,
+    html as archive_html,
+    index as archive_index,
+    read as archive_read,
+)
+from listserv.core import lists
+from listserv.core.app import App
+from listserv.core.errors import UsageError
+from listserv.core.models import ArchivePolicy
 
 FLUSH_BYTES = 8 * 1024 * 1024
 Pending = tuple[bytes, bytes, dt.datetime]      # mbox entry, message, archived_at
@@ -202,7 +208,7 @@ def import_mbox(app: App, list_address: str, path: str | Path, *, dry_run: bool 
 
 def _flush(app: App, list_id: int, address: str, pending: dict[str, list[Pending]]) -> int:
     """Append each month's entries to its file (the truth first), then add them to the
-    search index in one transaction (listserv.archive_index; a crash in between is repaired
+    search index in one transaction (listserv.archive.index; a crash in between is repaired
     by ``listserv archive reindex``). Returns the rows offered to the index."""
     items: list[tuple[bytes, str, int, int, dt.datetime]] = []
     for month, entries in pending.items():

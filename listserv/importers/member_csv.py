@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from listserv.models import DeliveryMode, Role
+from listserv.core.models import DeliveryMode, Role
 
 EMAIL_COLUMNS = ("email", "e-mail", "email address", "email_address", "mail")
 # First match wins: a display name beats a user name or nickname.

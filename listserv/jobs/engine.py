@@ -31,9 +31,9 @@ from typing import Any, Collection
 from sqlalchemy import and_, delete, exists, func, or_, select, text, update
 from sqlalchemy.orm import Session, aliased
 
-from listserv.app import App
-from listserv.errors import UsageError
-from listserv.models import Job, JobState
+from listserv.core.app import App
+from listserv.core.errors import UsageError
+from listserv.core.models import Job, JobState
 
 log = logging.getLogger(__name__)
 

@@ -25,10 +25,10 @@ from typing import Any, Callable, Iterable, Mapping
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from listserv.app import App
+from listserv.core.app import App
 from listserv.jobs import engine
 from listserv.jobs.engine import Claimed
-from listserv.models import Job, JobState
+from listserv.core.models import Job, JobState
 
 log = logging.getLogger(__name__)
 

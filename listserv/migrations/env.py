@@ -1,8 +1,8 @@
-"""Alembic environment: the engine comes from listserv.db via config.attributes."""
+"""Alembic environment: the engine comes from listserv.core.db via config.attributes."""
 
 from alembic import context
 
-from listserv.models import Base, include_in_comparison
+from listserv.core.models import Base, include_in_comparison
 
 config = context.config
 target_metadata = Base.metadata
@@ -11,7 +11,7 @@ target_metadata = Base.metadata
 def run_migrations_online() -> None:
     engine = config.attributes.get("engine")
     if engine is None:
-        from listserv.db import make_engine
+        from listserv.core.db import make_engine
 
         url = config.get_main_option("sqlalchemy.url")
         if not url:

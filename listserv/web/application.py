@@ -21,8 +21,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
-from listserv import templating
-from listserv.app import App
+from listserv.core import templating
+from listserv.core.app import App
 from listserv.web import (
     archive,
     confirm,

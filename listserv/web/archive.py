@@ -1,4 +1,4 @@
-"""Public archives on the web, served from the archive index (listserv.archive_search) and
+"""Public archives on the web, served from the archive index (listserv.archive.search) and
 the mbox files: months, a month's threads, one message with previous/next and its thread,
 attachments as downloads, full-text search and an Atom feed per list.
 
@@ -25,9 +25,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from listserv import archive_read, archive_search, htmlmail, lists
-from listserv.archive_html import hide_address
-from listserv.models import ArchiveMessage, ArchivePolicy, MailingList
+from listserv.archive import read as archive_read, search as archive_search
+from listserv.core import lists
+from listserv.message import htmlmail
+from listserv.archive.html import hide_address
+from listserv.core.models import ArchiveMessage, ArchivePolicy, MailingList
 from listserv.web import pages
 
 PER_PAGE = 20

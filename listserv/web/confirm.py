@@ -16,9 +16,9 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from listserv import moderation, subscriptions
-from listserv.models import Decision, HeldMessage, MailingList, TokenKind
-from listserv.views import ListView
+from listserv.pipeline import moderation, subscriptions
+from listserv.core.models import Decision, HeldMessage, MailingList, TokenKind
+from listserv.core.views import ListView
 from listserv.web import pages
 from listserv.web import tokens as web_tokens
 from listserv.web.pages import Web

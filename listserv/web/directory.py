@@ -18,8 +18,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from listserv import addresses, lists, network, subscriptions
-from listserv.models import ArchivePolicy, MailingList, Membership, Role
+from listserv.core import addresses, lists, network
+from listserv.pipeline import subscriptions
+from listserv.core.models import ArchivePolicy, MailingList, Membership, Role
 from listserv.web import pages
 from listserv.web.archive import Urls, find_list, urls
 

@@ -23,9 +23,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from listserv import htmlmail, moderation
-from listserv.models import Decision, HeldMessage, InboundMessage, MailingList, TokenKind
-from listserv.views import ListView
+from listserv.message import htmlmail
+from listserv.pipeline import moderation
+from listserv.core.models import Decision, HeldMessage, InboundMessage, MailingList, TokenKind
+from listserv.core.views import ListView
 from listserv.web import pages
 from listserv.web import tokens as web_tokens
 from listserv.web.pages import Web

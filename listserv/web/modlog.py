@@ -2,7 +2,7 @@
 
 Shown for lists whose ``moderation_log`` is ``public`` (the web side has no sign-in yet: a
 members-only or owners-only log answers 403 and points to the ``log`` mail command). The
-entries are those of :mod:`listserv.modlog`, as a reader who is not a moderator sees them.
+entries are those of :mod:`listserv.pipeline.modlog`, as a reader who is not a moderator sees them.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from listserv import lists, modlog
-from listserv.models import LogAccess
-from listserv.views import ListView
+from listserv.core import lists
+from listserv.pipeline import modlog
+from listserv.core.models import LogAccess
+from listserv.core.views import ListView
 from listserv.web import pages
 
 

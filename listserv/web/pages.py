@@ -12,8 +12,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
-from listserv import templating
-from listserv.app import App, site_secret
+from listserv.core import templating
+from listserv.core.app import App, site_secret
 from listserv.web import security
 
 MAX_FORM_BYTES = 64 * 1024        # every form of ours is a few fields

@@ -16,9 +16,9 @@ from typing import Callable, Iterator
 
 import uvicorn
 
-from listserv.app import App
-from listserv.config import parse_listen
-from listserv.errors import ConfigError
+from listserv.core.app import App
+from listserv.core.config import parse_listen
+from listserv.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
-from listserv import tokens
-from listserv.app import App
-from listserv.models import HeldMessage, PendingToken, TokenKind
+from listserv.core import tokens
+from listserv.core.app import App
+from listserv.core.models import HeldMessage, PendingToken, TokenKind
 
 
 @dataclass
@@ -33,7 +33,7 @@ def _used(session: Session, row: PendingToken) -> str:
     if row.held_id is not None:
         held = session.get(HeldMessage, row.held_id)
         if held is not None and held.decision is not None:
-            from listserv.moderation import Outcome
+            from listserv.pipeline.moderation import Outcome
 
             return f"Already handled: {Outcome(held, False).describe()}."
     return f"Already handled by {row.used_by or 'someone else'}."

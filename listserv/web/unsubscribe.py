@@ -20,9 +20,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from listserv import lists, members, subscriptions, unsubscribe
-from listserv.addresses import try_normalise
-from listserv.views import ListView
+from listserv.core import lists, members
+from listserv.delivery import unsubscribe
+from listserv.pipeline import subscriptions
+from listserv.core.addresses import try_normalise
+from listserv.core.views import ListView
 from listserv.web import pages, security
 from listserv.web.pages import Web
 

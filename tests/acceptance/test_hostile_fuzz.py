@@ -20,8 +20,8 @@ from typing import Iterator
 import pytest
 from sqlalchemy import select
 
-from listserv.db import Database
-from listserv.models import HeldMessage, InboundMessage, InboundState
+from listserv.core.db import Database
+from listserv.core.models import HeldMessage, InboundMessage, InboundState
 from tests.acceptance.conftest import Site, make_site
 from tests.sink import SmtpSink
 from tests.waiting import wait_until

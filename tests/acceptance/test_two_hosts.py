@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from listserv import config, inbound
-from listserv.db import Database
-from listserv.models import InboundMessage, InboundState, Job, JobState, MailingList
+from listserv.core import config
+from listserv.core.db import Database
+from listserv.core.models import InboundMessage, InboundState, Job, JobState, MailingList
+from listserv.pipeline import inbound
 from tests.acceptance.conftest import Site, make_site, message
 from tests.conftest import PG_URL
 from tests.sink import SmtpSink

@@ -11,9 +11,10 @@ from typing import Any
 
 from sqlalchemy import select
 
-from listserv import commands, lists, members, moderation
-from listserv.app import App
-from listserv.models import Delivery, InboundMessage, MailingList, OutboundMessage, Role
+from listserv.core import lists, members
+from listserv.pipeline import commands, moderation
+from listserv.core.app import App
+from listserv.core.models import Delivery, InboundMessage, MailingList, OutboundMessage, Role
 
 
 def make_list(app: App, address: str = "dev@example.org", *, owners: tuple[str, ...] = (),

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from listserv import archive_access
-from listserv.archive import mbox_entry
-from listserv.models import ArchivePolicy
+from listserv.archive import access as archive_access
+from listserv.archive.mbox import mbox_entry
+from listserv.core.models import ArchivePolicy
 from tests.db.modsupport import Outbox, command, make_list, message
 
 ADDR = "dev@example.org"

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from listserv import archive_read
-from listserv.archive import mbox_entry
-from listserv.models import ArchivePolicy
+from listserv.archive import read as archive_read
+from listserv.archive.mbox import mbox_entry
+from listserv.core.models import ArchivePolicy
 from tests.clirun import Cli
 from tests.integration.harness import make_list
 
@@ -149,7 +149,7 @@ def test_an_interrupted_build_is_repaired_by_the_next(app: Any, archived: Path) 
     """New message pages are written in place; a build that died half-way (its month
     marker left behind, a page cut short) is finished by the next refresh, which checks
     every page of that month instead of only the missing ones."""
-    from listserv import archive_html
+    from listserv.archive import html as archive_html
 
     info = archive_html.ListInfo(LIST, "Dev", ArchivePolicy.private)
     archive_html.build(app, info, archived)
@@ -177,7 +177,7 @@ def test_a_big_month_gives_the_same_pages(app: Any, archived: Path,
     """A month too big to keep its parsed messages (each parsed again for its page)."""
     import shutil
 
-    from listserv import archive_html
+    from listserv.archive import html as archive_html
 
     info = archive_html.ListInfo(LIST, "Dev", ArchivePolicy.private)
     archive_html.build(app, info, archived)

@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 from sqlalchemy import delete, func, select, text
 
-from listserv import archive_index, archive_read, archive_search, lists
-from listserv.app import App
-from listserv.archive import mbox_entry
-from listserv.models import ArchiveMessage, MailingList
+from listserv.archive import index as archive_index, read as archive_read, search as archive_search
+from listserv.core import lists
+from listserv.core.app import App
+from listserv.archive.mbox import mbox_entry
+from listserv.core.models import ArchiveMessage, MailingList
 from tests.clirun import Cli
 from tests.integration.harness import make_list
 

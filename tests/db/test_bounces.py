@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, text
 
-from listserv import bounces
-from listserv.app import App
-from listserv.lists import create_list, get_list
-from listserv.members import add_member, find_membership
-from listserv.models import (
+from listserv.bounces import process as bounces
+from listserv.core.app import App
+from listserv.core.lists import create_list, get_list
+from listserv.core.members import add_member, find_membership
+from listserv.core.models import (
     BounceEvent,
     BounceKind,
     Delivery,
@@ -382,7 +382,7 @@ def test_delivered_recipients_in_report_are_never_guessed(app: App, ml: str) -> 
 def test_operator_reenable_clears_history_and_closes_warning_tokens(app: App, ml: str) -> None:
     """`member set --enable` forgets the bounce state: a bounce the same day scores again and
     the old warning's token no longer acts."""
-    from listserv.members import set_member
+    from listserv.core.members import set_member
 
     _disable(app, "hank@mailhost.example")
     with app.db.unit_of_work() as s:

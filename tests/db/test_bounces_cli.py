@@ -6,11 +6,11 @@ import json
 
 from click.testing import CliRunner
 
-from listserv import bounces
-from listserv.app import App
+from listserv.bounces import process as bounces
+from listserv.core.app import App
 from listserv.cli import cli
-from listserv.lists import create_list
-from listserv.members import add_member, find_membership
+from listserv.core.lists import create_list
+from listserv.core.members import add_member, find_membership
 
 
 def _setup(app: App) -> None:

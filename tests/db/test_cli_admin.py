@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from listserv.db import Database, head_revision
+from listserv.core.db import Database, head_revision
 from tests.clirun import Cli
 
 

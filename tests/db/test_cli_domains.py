@@ -12,9 +12,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from listserv import signing
-from listserv.app import App
-from listserv.lists import find_domain
+from listserv.message import signing
+from listserv.core.app import App
+from listserv.core.lists import find_domain
 from tests.clirun import Cli
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from listserv.db import Database
+from listserv.core.db import Database
 from tests.clirun import Cli
 
 

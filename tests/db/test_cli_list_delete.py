@@ -6,10 +6,10 @@ import datetime as dt
 
 from sqlalchemy import func, select
 
-from listserv import models as m
-from listserv.app import App
-from listserv.lists import get_list
-from listserv.members import add_member
+from listserv.core import models as m
+from listserv.core.app import App
+from listserv.core.lists import get_list
+from listserv.core.members import add_member
 from tests.clirun import Cli
 
 

@@ -7,9 +7,9 @@ import json
 import pytest
 from sqlalchemy import func, select
 
-from listserv import settings as settings_mod
-from listserv.app import App
-from listserv.models import Address, Membership
+from listserv.core import settings as settings_mod
+from listserv.core.app import App
+from listserv.core.models import Address, Membership
 from tests.clirun import Cli
 
 INTERFACE_DEFAULTS = {
@@ -65,7 +65,7 @@ def test_unicode_domain_is_found_in_either_form(cli: Cli, app: App) -> None:
     for spelling in ("dev@exämple.org", "DEV@EXÄMPLE.ORG.", "dev@xn--exmple-cua.org"):
         assert cli.json("list", "show", spelling)["address"] == "dev@xn--exmple-cua.org"
     assert "no such list" in cli.error("list", "show", "dev@bad..domain")
-    from listserv import intake
+    from listserv.intake import smtp as intake
 
     assert intake.Router(app).resolve("dev-request@Exämple.org").route.subaddress == "request"
 

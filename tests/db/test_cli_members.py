@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 
-from listserv.app import App
-from listserv.models import Address, MailingList, Membership
+from listserv.core.app import App
+from listserv.core.models import Address, MailingList, Membership
 from tests.clirun import Cli
 
 MEMBER_KEYS = {"email", "name", "role", "delivery", "moderated", "enabled", "disabled_reason"}

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from listserv import members, ratelimit
-from listserv.models import (
+from listserv.core import members, ratelimit
+from listserv.core.models import (
     DeliveryMode,
     InboundState,
     MailingList,
@@ -271,7 +271,7 @@ def test_request_subscribe_and_confirm_command(app: Any, outbox: Outbox) -> None
 
 
 def test_reenable_reply(app: Any, outbox: Outbox) -> None:
-    from listserv import bounces
+    from listserv.bounces import process as bounces
 
     list_id = make_list(app, people=("ivy@example.net",))
     with app.db.unit_of_work() as s:

@@ -14,10 +14,12 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, insert, select, update
 
-from listserv import digests, lists, members, signing
-from listserv.app import App
+from listserv import digests
+from listserv.core import lists, members
+from listserv.message import signing
+from listserv.core.app import App
 from listserv.cli import cli
-from listserv.models import (
+from listserv.core.models import (
     Address,
     Delivery,
     DeliveryMode,

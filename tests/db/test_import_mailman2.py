@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from listserv.app import App
-from listserv.models import Address, Membership
+from listserv.core.app import App
+from listserv.core.models import Address, Membership
 from tests.clirun import Cli
 from tests.mm2fixture import pipermail_mbox, small_config, write_config
 from tests.mm2pickle import Global, dumps

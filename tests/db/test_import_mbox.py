@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from listserv import archive_read
-from listserv.app import App
-from listserv.models import ArchiveEntry, ArchiveMessage, InboundMessage, OutboundMessage
+from listserv.archive import read as archive_read
+from listserv.core.app import App
+from listserv.core.models import ArchiveEntry, ArchiveMessage, InboundMessage, OutboundMessage
 from tests.clirun import Cli
 from tests.mm2fixture import pipermail_mbox
 

@@ -10,10 +10,12 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
-from listserv import failures, inbound, intake, jobs, workers
-from listserv.app import App
-from listserv.lists import create_list
-from listserv.models import InboundMessage, InboundState, Job, JobState
+from listserv import jobs, workers
+from listserv.core.app import App
+from listserv.core.lists import create_list
+from listserv.core.models import InboundMessage, InboundState, Job, JobState
+from listserv.intake import smtp as intake
+from listserv.pipeline import failures, inbound
 from tests.conftest import Clock
 
 KINDS = {inbound.KIND: workers.REGISTRY[inbound.KIND]}
@@ -81,7 +83,7 @@ def test_a_temporary_failure_is_retried_then_parked_and_queue_retry_requeues(
         calls.append(1)
         raise OperationalError("SELECT 1", {}, Exception("database is locked"))
 
-    monkeypatch.setattr("listserv.incoming.dispatch", db_down)
+    monkeypatch.setattr("listserv.pipeline.incoming.dispatch", db_down)
     for attempt in range(1, 5):
         assert jobs.run_next_job(app, KINDS)
         [job] = incoming_jobs(app)

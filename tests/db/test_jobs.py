@@ -14,11 +14,11 @@ import pytest
 from sqlalchemy import select
 
 from listserv import jobs, workers
-from listserv.app import App
-from listserv.db import Database
+from listserv.core.app import App
+from listserv.core.db import Database
 from listserv.jobs import engine
 from listserv.jobs.runner import Kind
-from listserv.models import Job, JobState
+from listserv.core.models import Job, JobState
 from tests.clirun import Cli
 from tests.conftest import Clock
 from tests.waiting import wait_until

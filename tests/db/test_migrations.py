@@ -5,9 +5,9 @@ from __future__ import annotations
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from listserv.app import App
-from listserv.db import current_revision, head_revision
-from listserv.models import Base, include_in_comparison
+from listserv.core.app import App
+from listserv.core.db import current_revision, head_revision
+from listserv.core.models import Base, include_in_comparison
 
 
 def test_migrations_match_models(app: App) -> None:

@@ -10,9 +10,10 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from listserv import moderation, tokens
+from listserv.core import tokens
+from listserv.pipeline import moderation
 from listserv.cli import cli
-from listserv.models import (
+from listserv.core.models import (
     Decision,
     HeldMessage,
     InboundMessage,

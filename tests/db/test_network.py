@@ -7,9 +7,10 @@ import re
 import pytest
 from sqlalchemy import insert
 
-from listserv import lists, recipients
-from listserv.app import App
-from listserv.models import DeliveryMode, ListInclusion
+from listserv.core import lists
+from listserv.delivery import recipients
+from listserv.core.app import App
+from listserv.core.models import DeliveryMode, ListInclusion
 from tests.clirun import Cli
 from tests.integration.harness import make_list
 

@@ -10,12 +10,12 @@ from typing import Any
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from listserv import queues
-from listserv.app import App
+from listserv.delivery import queues
+from listserv.core.app import App
 from listserv.cli import cli
-from listserv.lists import create_list
-from listserv.models import Delivery, DeliveryState, InboundMessage, InboundState
-from listserv.outbound import queue_message
+from listserv.core.lists import create_list
+from listserv.core.models import Delivery, DeliveryState, InboundMessage, InboundState
+from listserv.delivery.outbound import queue_message
 
 
 def fill(app: App, n_batches: int, per_batch: int = 2) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import threading
 
 import pytest
-from listserv import ratelimit
-from listserv.app import App
-from listserv.lists import create_list
+from listserv.core import ratelimit
+from listserv.core.app import App
+from listserv.core.lists import create_list
 
 
 def test_limit_counts_per_day(app: App, clock) -> None:  # noqa: ANN001

@@ -1,4 +1,4 @@
-"""Retention (listserv.retention): which rows go, which stay, the spool sweep, dry run, CLI."""
+"""Retention (listserv.admin.retention): which rows go, which stay, the spool sweep, dry run, CLI."""
 
 from __future__ import annotations
 
@@ -9,9 +9,12 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, update
 
-from listserv import jobs, moderation, retention, tokens
-from listserv.app import App
-from listserv.models import (
+from listserv import jobs
+from listserv.admin import retention
+from listserv.core import tokens
+from listserv.pipeline import moderation
+from listserv.core.app import App
+from listserv.core.models import (
     ArchiveEntry,
     BounceEvent,
     BounceKind,
@@ -31,7 +34,7 @@ from listserv.models import (
     PendingToken,
     SpoolBlob,
 )
-from listserv.outbound import queue_message
+from listserv.delivery.outbound import queue_message
 from tests.clirun import Cli
 from tests.db.modsupport import make_list, message, post_held
 

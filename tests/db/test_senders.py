@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from listserv import rules
+from listserv.pipeline import rules
 from sqlalchemy import select
 
-from listserv.models import Action, MailingList
+from listserv.core.models import Action, MailingList
 from tests.clirun import Cli
 from tests.db.modsupport import Outbox, _inbound, command, message, parse
 from tests.db.test_commands import is_member

@@ -12,7 +12,7 @@ daemon's loops run in a background thread with the test's App (fake clock, no DN
 scheduler (ticks) is off, call ``moderation.tick(harness.app)`` yourself. ``run_until_idle``
 also runs worker passes synchronously, so a test never depends on timing.
 
-When listserv.delivery is not available yet, a small synchronous stand-in sends queued
+When listserv.delivery.runner is not available yet, a small synchronous stand-in sends queued
 Delivery rows to the sink so that pipeline tests still see real SMTP copies.
 """
 
@@ -30,11 +30,14 @@ from typing import Any, Iterator
 import pytest
 from sqlalchemy import func, select
 
-from listserv import archive, config, inbound, incoming, jobs, lists, workers
-from listserv import members as members_mod
-from listserv.app import App
+from listserv import jobs, workers
+from listserv.archive import mbox as archive
+from listserv.core import config, lists
+from listserv.core import members as members_mod
+from listserv.core.app import App
+from listserv.pipeline import inbound, incoming
 from listserv.daemon import Daemon, delivery_runner
-from listserv.models import (
+from listserv.core.models import (
     ArchiveEntry,
     Delivery,
     DeliveryState,
@@ -240,7 +243,7 @@ def deliveries_due(app: App) -> int:
 
 
 def fallback_deliver(app: App) -> int:
-    """Stand-in for listserv.delivery: send due Delivery rows with smtplib (tests only)."""
+    """Stand-in for listserv.delivery.runner: send due Delivery rows with smtplib (tests only)."""
     outbound = app.settings.outbound
     assert outbound.startswith("smtp://")
     host, _, port = outbound[len("smtp://"):].partition(":")

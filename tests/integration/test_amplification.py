@@ -11,10 +11,12 @@ from typing import Iterator
 import dkim
 import pytest
 
-from listserv import archive_access, config, lists, members, signing
-from listserv.app import App
-from listserv.archive import mbox_entry
-from listserv.models import Action, ArchivePolicy, DeliveryMode, SubscriptionPolicy
+from listserv.archive import access as archive_access
+from listserv.core import config, lists, members
+from listserv.message import signing
+from listserv.core.app import App
+from listserv.archive.mbox import mbox_entry
+from listserv.core.models import Action, ArchivePolicy, DeliveryMode, SubscriptionPolicy
 from tests.conftest import Clock
 from tests.integration.harness import Harness, make_list, make_message
 from tests.sink import Captured, SmtpSink

@@ -11,8 +11,10 @@ from typing import Iterator
 import dkim
 import pytest
 
-from listserv import config, domains, signing
-from listserv.app import App
+from listserv.admin import domains
+from listserv.core import config
+from listserv.message import signing
+from listserv.core.app import App
 from tests.integration.harness import Harness, make_list, make_message
 from tests.sink import Captured, SmtpSink
 
@@ -132,7 +134,7 @@ def test_arc_off_and_unsigned_posts(h: Harness, dns: Dns) -> None:
         assert len(aar) == 1 and "dkim=none" in aar[0]
         assert dkim.arc_verify(m.data, dnsfunc=dns.dkimpy)[0] == dkim.CV_Pass
     with h.app.db.unit_of_work() as session:
-        from listserv.lists import get_list
+        from listserv.core.lists import get_list
         get_list(session, LIST).arc = False
     h.send(signed_post("Not sealed"), mail_from="p@poster.example", rcpts=[LIST])
     for m in copies(h, "Not sealed"):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from email.message import EmailMessage
 
-from listserv import archive_read
-from listserv.models import ArchivePolicy
+from listserv.archive import read as archive_read
+from listserv.core.models import ArchivePolicy
 from listserv.web.archive import Urls
 from tests.integration.harness import Harness, make_list, make_message
 from tests.sink import Captured

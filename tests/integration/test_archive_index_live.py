@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from listserv import archive_index, archive_read, archive_search, lists
-from listserv.models import ArchiveMessage, ArchivePolicy
+from listserv.archive import index as archive_index, read as archive_read, search as archive_search
+from listserv.core import lists
+from listserv.core.models import ArchiveMessage, ArchivePolicy
 from tests.integration.harness import Harness, list_id_of, make_list, make_message
 
 LIST = "dev@example.org"

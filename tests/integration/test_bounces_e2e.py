@@ -6,9 +6,9 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from listserv import bounce_report
-from listserv.lists import get_list
-from listserv.models import BounceEvent, BounceKind, InboundMessage, InboundState
+from listserv.bounces import report as bounce_report
+from listserv.core.lists import get_list
+from listserv.core.models import BounceEvent, BounceKind, InboundMessage, InboundState
 from tests.integration.harness import Harness, make_list, make_message
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "bounces"

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-from listserv import digests, lists, members, network
-from listserv.models import DeliveryMode
+from listserv import digests
+from listserv.core import lists, members, network
+from listserv.core.models import DeliveryMode
 from tests.integration.harness import Harness, make_list, make_message
 from tests.sink import Captured
 

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from listserv import config
-from listserv.app import App
+from listserv.core import config
+from listserv.core.app import App
 from listserv.daemon import Daemon, WorkerFailed
 
 

@@ -13,11 +13,13 @@ from typing import Any, Iterator
 import pytest
 from sqlalchemy import select
 
-from listserv import bounces, config, delivery
-from listserv.app import App
-from listserv.lists import create_list
-from listserv.models import BounceEvent, BounceKind, Delivery, DeliveryState, OutboundMessage
-from listserv.outbound import queue_message
+from listserv.bounces import process as bounces
+from listserv.core import config
+from listserv.core.app import App
+from listserv.core.lists import create_list
+from listserv.core.models import BounceEvent, BounceKind, Delivery, DeliveryState, OutboundMessage
+from listserv.delivery import runner as delivery
+from listserv.delivery.outbound import queue_message
 from tests import spooled
 from tests.sink import SmtpSink
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from listserv import config
-from listserv.app import App
-from listserv.models import Delivery, DeliveryState
-from listserv.outbound import queue_message
+from listserv.core import config
+from listserv.core.app import App
+from listserv.core.models import Delivery, DeliveryState
+from listserv.delivery.outbound import queue_message
 from tests.sink import SmtpSink
 from tests.waiting import wait_until
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from listserv import config
+from listserv.core import config
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 

@@ -10,10 +10,11 @@ from typing import Any
 
 from sqlalchemy import select
 
-from listserv import config, delivery
-from listserv.app import App, system_clock
-from listserv.models import Delivery, DeliveryState
-from listserv.outbound import queue_message
+from listserv.core import config
+from listserv.delivery import runner as delivery
+from listserv.core.app import App, system_clock
+from listserv.core.models import Delivery, DeliveryState
+from listserv.delivery.outbound import queue_message
 from tests.sink import SmtpSink
 from tests.waiting import wait_until
 

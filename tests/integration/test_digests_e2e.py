@@ -11,12 +11,14 @@ import dkim
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
-from listserv import digests, lists, members, signing
+from listserv import digests
+from listserv.core import lists, members
+from listserv.message import signing
 from listserv.cli import cli
-from listserv.app import App
+from listserv.core.app import App
 from listserv import workers
 from listserv.daemon import Daemon
-from listserv.models import DeliveryMode, Digest
+from listserv.core.models import DeliveryMode, Digest
 from tests.conftest import Clock
 from tests.integration.harness import Harness, make_list, make_message
 from tests.sink import Captured, SmtpSink

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from listserv import intake, spool, untrusted
-from listserv.models import (
+from listserv.core import spool
+from listserv.core.models import (
     ArchivePolicy,
     DeliveryMode,
     HeldMessage,
@@ -21,6 +21,8 @@ from listserv.models import (
     InboundState,
     ReplyTo,
 )
+from listserv.intake import smtp as intake
+from listserv.message import untrusted
 from tests.clirun import Cli
 from tests.conftest import Clock
 from tests.integration.harness import Harness, make_list

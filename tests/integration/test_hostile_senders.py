@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from listserv.models import Action, Delivery, HeldMessage, InboundMessage, OutboundMessage, SenderHeaders
+from listserv.core.models import Action, Delivery, HeldMessage, InboundMessage, OutboundMessage, SenderHeaders
 from tests.clirun import Cli
 from tests.conftest import Clock
 from tests.integration.harness import Harness, make_list, make_message
@@ -105,7 +105,7 @@ def test_sender_headers_from_plus_sender(harness: Harness, cli_env: dict[str, st
         s.execute(InboundMessage.__table__.delete())  # type: ignore[attr-defined]
     Cli(cli_env)("list", "set", LIST, "sender_headers", "from+sender")
     with harness.app.db.unit_of_work() as s:
-        from listserv import lists
+        from listserv.core import lists
         assert lists.get_list(s, LIST).sender_headers is SenderHeaders.from_sender
     msg.replace_header("Message-ID", "<second@else.example>")
     harness.send(msg, mail_from="bob@example.net", rcpts=[LIST])

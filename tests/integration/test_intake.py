@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import delete, select
 
-from listserv.db import Database
-from listserv.models import InboundMessage, InboundState, MailingList
+from listserv.core.db import Database
+from listserv.core.models import InboundMessage, InboundState, MailingList
 from tests.integration.harness import Harness, make_list, make_message
 from tests.sink import SmtpSink
 

@@ -10,7 +10,7 @@ from typing import Iterator
 
 import pytest
 
-from listserv.app import App
+from listserv.core.app import App
 from tests.integration.harness import Harness, make_list, make_message
 from tests.sink import SmtpSink
 from tests.waiting import wait_until
@@ -72,7 +72,7 @@ def test_idle_client_is_dropped(limited: Harness) -> None:
 def test_recipients_per_transaction_are_capped(limited: Harness) -> None:
     for n in range(4):
         make_list(limited.app, f"l{n}@example.org", members=["a@x.example"],
-                  nonmember_action=__import__("listserv.models").models.Action.accept)
+                  nonmember_action=__import__("listserv.core.models").core.models.Action.accept)
     with smtplib.SMTP("127.0.0.1", limited.port, timeout=10) as client:
         client.ehlo()
         assert client.mail("a@x.example")[0] == 250

@@ -8,10 +8,10 @@ import asyncio
 from sqlalchemy import select
 
 from listserv import workers
-from listserv.app import App
+from listserv.core.app import App
 from listserv.daemon import Daemon
-from listserv.db import Database
-from listserv.models import Job, JobState
+from listserv.core.db import Database
+from listserv.core.models import Job, JobState
 from tests.waiting import wait_until
 
 PERIODIC = [k.name for k in workers.KINDS if k.every is not None]

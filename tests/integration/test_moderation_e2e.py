@@ -8,9 +8,10 @@ from typing import Any
 
 from click.testing import CliRunner
 
-from listserv import moderation, tokens
+from listserv.core import tokens
+from listserv.pipeline import moderation
 from listserv.cli import cli
-from listserv.models import SubscriptionPolicy
+from listserv.core.models import SubscriptionPolicy
 from tests.integration.harness import Harness, make_list, make_message
 from tests.sink import Captured
 

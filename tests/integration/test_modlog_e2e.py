@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from listserv import lists, members, moderation
-from listserv.models import Decision, HeldMessage, LogAccess, LogNames, Role
+from listserv.core import lists, members
+from listserv.pipeline import moderation
+from listserv.core.models import Decision, HeldMessage, LogAccess, LogNames, Role
 from tests.integration.harness import Harness, make_list, make_message
 from tests.sink import Captured
 

@@ -7,8 +7,9 @@ from collections import Counter
 
 from sqlalchemy import func, select
 
-from listserv import digests, lists, members, network
-from listserv.models import ArchiveEntry, DeliveryMode, HeldMessage, InboundMessage
+from listserv import digests
+from listserv.core import lists, members, network
+from listserv.core.models import ArchiveEntry, DeliveryMode, HeldMessage, InboundMessage
 from tests.integration.harness import Harness, make_list, make_message
 from tests.sink import Captured
 

@@ -8,8 +8,9 @@ import logging
 import pytest
 from sqlalchemy import select
 
-from listserv import archive, incoming
-from listserv.models import ArchiveEntry, ArchivePolicy
+from listserv.archive import mbox as archive
+from listserv.pipeline import incoming
+from listserv.core.models import ArchiveEntry, ArchivePolicy
 from tests.integration.harness import Harness, make_list, make_message
 from tests.waiting import wait_until
 
@@ -22,7 +23,7 @@ def test_archive_pass_isolates_a_list_it_cannot_write(
     root = app.settings.archive_path
     root.mkdir(parents=True, exist_ok=True)
     (root / "bad@example.org").write_text("not a directory")   # mkdir of the list dir fails
-    caplog.set_level(logging.ERROR, logger="listserv.archive")
+    caplog.set_level(logging.ERROR, logger="listserv.archive.mbox")
     harness.send(make_message("a@x.example", "bad@example.org", "first bad",
                               message_id="<bad1@x.example>"))
     harness.send(make_message("a@x.example", "good@example.org", "first good",

@@ -6,7 +6,7 @@ import mailbox
 
 from sqlalchemy import select
 
-from listserv.models import ArchiveEntry, Fanout, InboundMessage, InboundState, MailingList
+from listserv.core.models import ArchiveEntry, Fanout, InboundMessage, InboundState, MailingList
 from tests.integration.harness import (
     INCOMING_KINDS,
     Harness,
@@ -47,9 +47,10 @@ import pytest  # noqa: E402
 
 from typing import Any  # noqa: E402
 
-from listserv import inbound, jobs, posting  # noqa: E402
-from listserv.intake import parse  # noqa: E402
-from listserv.models import Action, HeldMessage, OutboundMessage  # noqa: E402
+from listserv import jobs  # noqa: E402
+from listserv.core.models import Action, HeldMessage, OutboundMessage  # noqa: E402
+from listserv.intake.smtp import parse  # noqa: E402
+from listserv.pipeline import inbound, posting  # noqa: E402
 
 LIST = "dev@example.org"
 MEMBERS = ["ann@a.example", "bob@b.example"]
@@ -184,8 +185,8 @@ def test_same_message_twice_to_one_list_is_distributed_once(harness: Harness) ->
 
 
 def test_nomail_disabled_and_digest_members_get_no_post(harness: Harness) -> None:
-    from listserv import lists, members
-    from listserv.models import DeliveryMode
+    from listserv.core import lists, members
+    from listserv.core.models import DeliveryMode
 
     make_list(harness.app, LIST, members=["ann@a.example"])
     with harness.app.db.unit_of_work() as s:
@@ -244,12 +245,12 @@ def test_archive_appends_mbox_with_from_quoting(harness: Harness) -> None:
     assert b"\n>From here on\n" in path.read_bytes()
     with harness.app.db.unit_of_work() as s:
         assert all(e.appended_at is not None for e in s.scalars(select(ArchiveEntry)))
-    from listserv import archive
+    from listserv.archive import mbox as archive
     assert archive.append_pending(harness.app) == 0          # nothing appended twice
 
 
 def test_no_archive_entry_when_archive_is_none(harness: Harness) -> None:
-    from listserv.models import ArchivePolicy
+    from listserv.core.models import ArchivePolicy
 
     make_list(harness.app, LIST, members=MEMBERS, archive=ArchivePolicy.none)
     harness.send(make_message("ann@a.example", LIST))
@@ -287,7 +288,7 @@ def test_processing_error_parks_message_as_failed(quiet_harness: Harness,
     def broken(*a: object, **k: object) -> EmailMessage:
         raise RuntimeError("transform exploded")
 
-    monkeypatch.setattr("listserv.transforms.prepare", broken)
+    monkeypatch.setattr("listserv.message.transforms.prepare", broken)
     h.send(make_message("ann@a.example", LIST))
     h.run_until_idle()
     state, text = outcome(h)
@@ -330,8 +331,8 @@ def test_a_message_that_kills_its_worker_every_time_ends_failed(
 def test_signed_when_the_domain_has_a_key(harness: Harness) -> None:
     import dkim
 
-    from listserv import signing
-    from listserv.models import Domain
+    from listserv.message import signing
+    from listserv.core.models import Domain
 
     key = signing.generate_key()
     make_list(harness.app, LIST, members=MEMBERS + ["cy@c.example"])
@@ -361,8 +362,8 @@ def test_large_list_fans_out_in_batches(app) -> None:  # type: ignore[no-untyped
 
     from sqlalchemy import func, insert
 
-    from listserv import intake
-    from listserv.models import Address, Delivery, Membership, Role
+    from listserv.intake import smtp as intake
+    from listserv.core.models import Address, Delivery, Membership, Role
 
     list_id = make_list(app, LIST)
     n = 20000
@@ -418,6 +419,6 @@ def test_concurrent_workers_process_each_message_once(quiet_harness: Harness) ->
     assert [s for _, s, _ in states(h)] == ["accepted"] * 30
     assert post_id_of(h.app, LIST) == 15 and post_id_of(h.app, "users@example.org") == 15
     with h.app.db.unit_of_work() as s:
-        from listserv.models import Delivery
+        from listserv.core.models import Delivery
         # every message reached ann and bob once in all, whichever list got there first
         assert s.scalar(select(func.sum(Delivery.count))) == 15 * 2

@@ -8,9 +8,9 @@ from typing import Any
 
 from sqlalchemy import select
 
-from listserv import delivery
-from listserv.app import App
-from listserv.models import BounceEvent, Delivery, DeliveryState, Membership
+from listserv.delivery import runner as delivery
+from listserv.core.app import App
+from listserv.core.models import BounceEvent, Delivery, DeliveryState, Membership
 from tests.clirun import Cli
 from tests.integration.harness import Harness, make_list, make_message
 from tests.integration.test_delivery import enqueue, with_delivery

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from listserv import lists, members
+from listserv.core import lists, members
 from listserv.cli import cli
-from listserv.models import DeliveryMode
+from listserv.core.models import DeliveryMode
 from tests.integration.harness import Harness, make_list, make_message
 from tests.sink import Captured
 
@@ -89,7 +89,7 @@ def hold_one(h: Harness, subject: str = "Let me in") -> Captured:
 def held_state(h: Harness) -> tuple[str | None, str | None]:
     from sqlalchemy import select
 
-    from listserv.models import HeldMessage
+    from listserv.core.models import HeldMessage
     with h.app.db.unit_of_work() as s:
         held = s.scalars(select(HeldMessage)).one()
         return (held.decision.value if held.decision else None), held.reason
@@ -259,7 +259,7 @@ def test_non_ascii_subjects_keep_their_spaces_in_copies_archive_and_index(
     for s in SUBJECTS:
         assert f"    {s}\n" in text(index[0])
     # the archive's mbox (read back by the archive reader)
-    from listserv import archive_read
+    from listserv.archive import read as archive_read
     months = archive_read.months(h.app.settings.archive_path, LIST)
     entries = [e for m in months for e in archive_read.read_month(
         h.app.settings.archive_path, LIST, m)]
@@ -455,7 +455,7 @@ def test_digest_send_reports_what_each_digest_holds_and_keeps_the_signature_spac
 
 
 def test_welcome_has_description_and_digest_switch(harness: Harness) -> None:
-    from listserv.models import SubscriptionPolicy
+    from listserv.core.models import SubscriptionPolicy
 
     h = harness
     make_list(h.app, LIST, subscription_policy=SubscriptionPolicy.open,

@@ -7,8 +7,11 @@ import os
 
 from sqlalchemy import func, select
 
-from listserv import digests, lists, members, moderation, retention
-from listserv.models import (
+from listserv import digests
+from listserv.admin import retention
+from listserv.core import lists, members
+from listserv.pipeline import moderation
+from listserv.core.models import (
     Decision,
     Delivery,
     DeliveryMode,

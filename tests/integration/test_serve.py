@@ -14,10 +14,10 @@ from typing import Iterator
 import pytest
 from sqlalchemy import func, insert, select
 
-from listserv import lists
-from listserv.app import App
+from listserv.core import lists
+from listserv.core.app import App
 from listserv.daemon import delivery_runner
-from listserv.models import (
+from listserv.core.models import (
     Address,
     Delivery,
     InboundMessage,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from email_validator import EmailNotValidError, validate_email
 
-from listserv import addresses
-from listserv.errors import UsageError
+from listserv.core import addresses
+from listserv.core.errors import UsageError
 
 SAMPLES = [
     "a@example.org", "Ann.Smith@Example.ORG", "x+tag@sub.example.co.uk", "o'brien@x.ie",
@@ -46,14 +46,14 @@ def test_fast_path_matches_email_validator(text: str) -> None:
     ('"Q \\"x\\" R" <q@x.org>', ('Q "x" R', "q@x.org")),
 ])
 def test_parse_person(text: str, expected: tuple[str, str]) -> None:
-    from listserv.members import parse_person
+    from listserv.core.members import parse_person
 
     assert parse_person(text) == expected
 
 
 @pytest.mark.parametrize("text", ["Ann <>", "Ann <not-an-address>", "<<a@x.org>>"])
 def test_parse_person_refuses(text: str) -> None:
-    from listserv.members import parse_person
+    from listserv.core.members import parse_person
 
     with pytest.raises(UsageError, match="invalid email address"):
         parse_person(text)

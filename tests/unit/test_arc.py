@@ -2,9 +2,9 @@
 
 import dkim
 
-from listserv import arc, signing
-from listserv.models import ArchivePolicy, DigestFrequency, DmarcMitigation, ReplyTo
-from listserv.views import ListView
+from listserv.message import arc, signing
+from listserv.core.models import ArchivePolicy, DigestFrequency, DmarcMitigation, ReplyTo
+from listserv.core.views import ListView
 
 KEY = signing.generate_key()
 LV = ListView(id=1, name="dev", domain="lists.example.org", display_name="Dev",

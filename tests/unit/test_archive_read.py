@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from listserv import archive_read
-from listserv.archive import mbox_entry
+from listserv.archive import read as archive_read
+from listserv.archive.mbox import mbox_entry
 
 ADDR = "dev@example.org"
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from listserv.bounce_parse import classify, classify_text, find_status, is_policy, parse
-from listserv.models import BounceKind
+from listserv.bounces.parse import classify, classify_text, find_status, is_policy, parse
+from listserv.core.models import BounceKind
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "bounces"
 H, S, P = BounceKind.hard, BounceKind.soft, BounceKind.policy

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from listserv import config
-from listserv.errors import ConfigError
+from listserv.core import config
+from listserv.core.errors import ConfigError
 
 
 def test_defaults_match_interface() -> None:

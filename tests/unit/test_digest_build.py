@@ -17,8 +17,8 @@ from listserv.digests.build import (
     html_to_text,
     plain_message_text,
 )
-from listserv.models import ArchivePolicy, DigestFrequency, DmarcMitigation, ReplyTo
-from listserv.views import ListView
+from listserv.core.models import ArchivePolicy, DigestFrequency, DmarcMitigation, ReplyTo
+from listserv.core.views import ListView
 
 DATE = dt.datetime(2026, 11, 2, 9, 30, tzinfo=dt.timezone.utc)
 LST = ListView(id=1, name="dev", domain="example.org", display_name="Dev",

@@ -1,8 +1,8 @@
 """Every list setting and configuration key is documented (datasette's documentation test).
 
-* a list setting (listserv/settings.py) must be named in README.md (in code: `name` or a
+* a list setting (listserv/core/settings.py) must be named in README.md (in code: `name` or a
   code block) and listed by ``listserv list set --help``;
-* a configuration key (listserv/config.py) must appear in README.md (a ```toml block, a dotted
+* a configuration key (listserv/core/config.py) must appear in README.md (a ```toml block, a dotted
   `section.key`, or `[section] key = ...`) and in the config block of interface.md, read from
   ../shared/interface.md next to the repository when it exists (README only otherwise).
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from listserv import config, settings
+from listserv.core import config, settings
 from listserv.cli import cli
 
 REPO = Path(__file__).resolve().parents[2]

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from listserv import headers
-from listserv.transforms import prefixed_subject
+from listserv.message import headers
+from listserv.message.transforms import prefixed_subject
 
 
 def roundtrip(text: str, name: str = "Subject") -> tuple[bytes, str]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from listserv import htmlmail, quoting
+from listserv.message import htmlmail, quoting
 
 HTML = Path(__file__).parent.parent / "data" / "html"
 CASES = sorted(p.stem for p in HTML.glob("*.html"))

@@ -9,7 +9,7 @@ import pytest
 
 from listserv.importers import py2pickle
 from listserv.importers.mailman2 import Mm2List, map_list
-from listserv.models import (
+from listserv.core.models import (
     Action,
     ArchivePolicy,
     DigestFrequency,
@@ -152,7 +152,7 @@ def test_people_edge_cases() -> None:
     """Disabled with an UNKNOWN or missing status: disabled by the admin; a bad address is
     named; an address in both member tables is imported once (regular); the roster-hiding
     option is named; a single owner given as a string."""
-    from listserv.models import DeliveryMode, Role
+    from listserv.core.models import DeliveryMode, Role
     from tests.mm2fixture import CONCEAL, DISABLE_DELIVERY, UNKNOWN, add_member
 
     cfg = base_config()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from listserv.member_import import ImportLine, count_lines, read_member_file
+from listserv.admin.member_import import ImportLine, count_lines, read_member_file
 
 
 def _read(tmp_path: Path, data: bytes) -> list[ImportLine]:

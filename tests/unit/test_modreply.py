@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from listserv import modreply, replies
-from listserv.models import Decision
+from listserv.message import replies
+from listserv.pipeline import modreply
+from listserv.core.models import Decision
 
 REPLIES = Path(__file__).parent.parent / "data" / "replies"
 

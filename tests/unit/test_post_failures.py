@@ -1,6 +1,6 @@
 """post_failures.split: which permanent failures are the message's, not the recipient's."""
 
-from listserv.post_failures import about_message, split
+from listserv.delivery.post_failures import about_message, split
 
 
 def test_about_message_statuses() -> None:

@@ -10,7 +10,8 @@ from email.parser import BytesParser
 import dkim
 import pytest
 
-from listserv import replies, signing, tokens
+from listserv.core import tokens
+from listserv.message import replies, signing
 
 
 def msg(body: str = "approve\n", **headers: str) -> EmailMessage:
@@ -149,7 +150,7 @@ OUTLOOK_HTML = ('<html><body><div class="elementToProof">{typed}</div><div id="a
      ["confirm abcdefghijklmnopqrstuvwxyz234567"]),
 ])
 def test_request_commands_read_like_replies(message: EmailMessage, want: list[str]) -> None:
-    from listserv.commands import parse_request
+    from listserv.pipeline.commands import parse_request
 
     assert parse_request(message) == want
     assert replies.first_word(want[0]) in ("set", "unsubscribe", "help", "subscribe", "confirm")

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from listserv import modreply, quoting, replies
-from listserv.models import Decision
+from listserv.message import quoting, replies
+from listserv.pipeline import modreply
+from listserv.core.models import Decision
 
 REPLIES = Path(__file__).parent.parent / "data" / "replies"
 TOKEN = "abcdefghijklmnopqrstuvwxyz234567"

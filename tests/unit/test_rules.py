@@ -6,9 +6,9 @@ import dataclasses
 
 import pytest
 
-from listserv import rules
-from listserv.models import Action, Role
-from listserv.rules import RuleContext, evaluate
+from listserv.pipeline import rules
+from listserv.core.models import Action, Role
+from listserv.pipeline.rules import RuleContext, evaluate
 
 BASE = RuleContext(
     list_address="dev@example.org", list_id="dev.example.org", mail_from="ann@a.example",
@@ -174,7 +174,7 @@ def test_banned_sender_is_discarded_before_anything_else() -> None:
     (Action.accept, Action.accept), (Action.hold, Action.hold),
     (Action.reject, Action.reject), (Action.discard, Action.discard)])
 def test_sender_rule_decides_before_nonmember_action(action: Action, expected: Action) -> None:
-    from listserv.senders import SenderRule
+    from listserv.core.senders import SenderRule
 
     rule = SenderRule("^bot@", action)
     v = evaluate(ctx(roles=frozenset(), nonmember_action=Action.reject, sender_rule=rule))

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from listserv import senders
-from listserv.errors import UsageError
-from listserv.models import Action
-from listserv.senders import SenderRule
+from listserv.core import senders
+from listserv.core.errors import UsageError
+from listserv.core.models import Action
+from listserv.core.senders import SenderRule
 
 
 def test_normalise_pattern() -> None:

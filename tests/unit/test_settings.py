@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from listserv import settings
-from listserv.errors import UsageError
-from listserv.models import Action, MailingList
+from listserv.core import settings
+from listserv.core.errors import UsageError
+from listserv.core.models import Action, MailingList
 
 INTERFACE_KEYS = [
     "nonmember_action", "member_action", "emergency", "subscription_policy", "subject_prefix",

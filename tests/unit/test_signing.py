@@ -8,7 +8,7 @@ from email import policy
 import dkim
 import pytest
 
-from listserv import signing, transforms
+from listserv.message import signing, transforms
 from tests.unit.transforms_cases import FOOTER, FakeDNS, load, lst
 
 DOMAIN, SELECTOR = "example.org", "s2026"
@@ -133,7 +133,7 @@ def test_module_sign_reuses_one_signer_per_key(key: str) -> None:
 
 
 def test_from_must_be_signed_and_key_must_be_rsa(key: str) -> None:
-    from listserv.errors import UsageError
+    from listserv.core.errors import UsageError
     with pytest.raises(UsageError):
         signing.Signer(DOMAIN, SELECTOR, key, include_headers=[b"Subject"])
 

@@ -16,19 +16,20 @@ from typing import Any, cast
 import pytest
 from markupsafe import Markup
 
-from listserv import config, notices, templating
-from listserv.app import App
-from listserv.archive_html import ListInfo, Summary
-from listserv.modlog import Entry
+from listserv.core import config, templating
+from listserv.delivery import notices
+from listserv.core.app import App
+from listserv.archive.html import ListInfo, Summary
+from listserv.pipeline.modlog import Entry
 from listserv.digests.build import MESSAGE_SEPARATOR, PREAMBLE_SEPARATOR, Topic
-from listserv.models import (
+from listserv.core.models import (
     ArchivePolicy,
     DigestFrequency,
     DmarcMitigation,
     HeldMessage,
     ReplyTo,
 )
-from listserv.views import ListView
+from listserv.core.views import ListView
 from listserv.web.archive import Urls
 from listserv.web.confirm import View as ConfirmView
 from listserv.web.moderate import Part, Post

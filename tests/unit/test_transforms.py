@@ -8,9 +8,9 @@ from email import policy
 
 import pytest
 
-from listserv import dmarc, transforms
-from listserv.decorate import decorate
-from listserv.models import ArchivePolicy, DmarcMitigation, FooterPlacement, ReplyTo
+from listserv.message import dmarc, transforms
+from listserv.message.decorate import decorate
+from listserv.core.models import ArchivePolicy, DmarcMitigation, FooterPlacement, ReplyTo
 from tests.unit.transforms_cases import (
     DATA, FOOTER, FOOTER_UTF8, FakeDNS, load, lst, parse, serialise,
 )
@@ -347,7 +347,7 @@ def test_alternative_gets_the_footer_in_both_bodies() -> None:
 
 
 def test_html_footer_is_escaped() -> None:
-    from listserv.decorate import html_footer
+    from listserv.message.decorate import html_footer
     assert html_footer("<b>x</b> & y\n") == '\n<div class="list-footer">&lt;b&gt;x&lt;/b&gt; &amp; y</div>\n'
 
 
@@ -430,8 +430,8 @@ def test_undecodable_8bit_body_is_wrapped_byte_for_byte(content_type: str | None
 ])
 def test_list_archive_names_the_web_archive_when_served(  # type: ignore[no-untyped-def]
         archive, listen, expected) -> None:
-    from listserv import unsubscribe
-    from listserv.config import WebSettings
+    from listserv.delivery import unsubscribe
+    from listserv.core.config import WebSettings
     from listserv.web.archive import Urls
 
     web = WebSettings(listen=listen, base_url="https://lists.example.org/")

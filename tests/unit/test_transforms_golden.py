@@ -12,8 +12,8 @@ from typing import Any, Callable
 
 import pytest
 
-from listserv import transforms
-from listserv.models import ArchivePolicy, DmarcMitigation, FooterPlacement, ReplyTo
+from listserv.message import transforms
+from listserv.core.models import ArchivePolicy, DmarcMitigation, FooterPlacement, ReplyTo
 from tests.unit.transforms_cases import (
     DATA, FOOTER, FOOTER_UTF8, FakeDNS, load, lst, parse, serialise,
 )

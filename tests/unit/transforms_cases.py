@@ -9,8 +9,8 @@ from email.parser import BytesParser
 from pathlib import Path
 from typing import Any
 
-from listserv.models import ArchivePolicy, DigestFrequency, DmarcMitigation, ReplyTo
-from listserv.views import ListView
+from listserv.core.models import ArchivePolicy, DigestFrequency, DmarcMitigation, ReplyTo
+from listserv.core.views import ListView
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 import pytest
 from starlette.testclient import TestClient
 
-from listserv.app import App
+from listserv.core.app import App
 from listserv.web import create_app
 from tests.integration.harness import harness, sink  # noqa: F401
 from tests.waiting import wait_until

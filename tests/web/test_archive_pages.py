@@ -16,8 +16,8 @@ import pytest
 from sqlalchemy import select
 from starlette.testclient import TestClient
 
-from listserv.app import App
-from listserv.models import (
+from listserv.core.app import App
+from listserv.core.models import (
     Address,
     ArchivePolicy,
     Delivery,
@@ -272,7 +272,7 @@ def test_join_is_rate_limited_per_address_and_per_ip(site: App, web: TestClient)
 
 
 def test_directory_and_list_page_name_the_included_lists(site: App, web: TestClient) -> None:
-    from listserv import lists, network
+    from listserv.core import lists, network
     with site.db.unit_of_work() as session:
         network.include(session, lists.get_list(session, LIST), [PRIVATE, "far@remote.example"])
     r = web.get("/")

@@ -9,9 +9,9 @@ from email.message import EmailMessage
 from sqlalchemy import select
 from starlette.testclient import TestClient
 
-from listserv import lists, members
-from listserv.app import App
-from listserv.models import (
+from listserv.core import lists, members
+from listserv.core.app import App
+from listserv.core.models import (
     HeldMessage,
     InboundMessage,
     InboundState,
@@ -58,7 +58,7 @@ def is_member(app: App, email: str) -> bool:
 
 
 def join(app: App, email: str) -> None:
-    from listserv import subscriptions
+    from listserv.pipeline import subscriptions
 
     with app.db.unit_of_work() as s:
         subscriptions.join(s, app, lists.get_list(s, LIST), email)
@@ -85,7 +85,7 @@ def test_confirming_a_subscription_on_its_page(app: App, web: TestClient) -> Non
 
 def test_leaving_needs_the_button_and_a_csrf_token(app: App, web: TestClient) -> None:
     make_list(app, LIST, members=["ann@a.example"])
-    from listserv import subscriptions
+    from listserv.pipeline import subscriptions
 
     with app.db.unit_of_work() as s:
         subscriptions.leave(s, app, lists.get_list(s, LIST), "ann@a.example")

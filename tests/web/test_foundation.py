@@ -18,9 +18,9 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from listserv import config
-from listserv.app import App
-from listserv.errors import ConfigError
+from listserv.core import config
+from listserv.core.app import App
+from listserv.core.errors import ConfigError
 from listserv.web import create_app, pages, security
 from listserv.web.application import page_routes
 from tests.waiting import wait_until
@@ -87,7 +87,7 @@ def test_a_site_can_override_page_templates_and_the_stylesheet(app: App,
     (site / "index.html.j2").write_text(
         '{% extends "default:web/index.html.j2" %}{% block site_name %}Our {{ "<groups>" }}'
         '{% endblock %}')
-    from listserv import templating
+    from listserv.core import templating
     templating.environment.cache_clear()
     assert "rebeccapurple" in web.get("/static/style.css").text
     assert "Our &lt;groups&gt;" in web.get("/").text      # autoescaped

@@ -10,9 +10,11 @@ import pytest
 from sqlalchemy import select
 from starlette.testclient import TestClient
 
-from listserv import members, signing, unsubscribe
-from listserv.app import App, site_secret
-from listserv.models import Domain, MailingList, Membership, OutboundMessage
+from listserv.core import members
+from listserv.delivery import unsubscribe
+from listserv.message import signing
+from listserv.core.app import App, site_secret
+from listserv.core.models import Domain, MailingList, Membership, OutboundMessage
 from tests.integration.harness import Harness, make_list, make_message
 
 LIST = "dev@example.org"
@@ -21,7 +23,7 @@ URL_RE = re.compile(r"<(https?://[^>]+/u/([a-z2-7]+[0-9]+))>")
 
 
 def token_of(app: App, email: str, address: str = LIST) -> str:
-    from listserv import lists
+    from listserv.core import lists
 
     with app.db.unit_of_work() as s:
         ml = lists.get_list(s, address)
@@ -139,7 +141,7 @@ def check_copies(got, key: str, app: App) -> dict[str, str]:  # type: ignore[no-
 
 def test_copies_made_in_the_worker_processes_verify(  # type: ignore[no-untyped-def]
         harness: Harness, monkeypatch) -> None:
-    from listserv import signpool
+    from listserv.delivery import signpool
     from tests.waiting import wait_until
 
     monkeypatch.setattr(signpool, "MIN_COPIES", 1)
@@ -162,7 +164,7 @@ def test_a_broken_pool_falls_back_to_signing_in_the_daemon(  # type: ignore[no-u
         harness: Harness, monkeypatch, caplog) -> None:
     import concurrent.futures.process as cfp
 
-    from listserv import signpool
+    from listserv.delivery import signpool
 
     class Broken:
         def submit(self, *a: object) -> None:
@@ -311,7 +313,7 @@ def test_membership_rows_get_distinct_nonces(app: App) -> None:
 
 
 def test_members_of_an_included_list_get_their_own_lists_link(harness: Harness) -> None:
-    from listserv import lists, network
+    from listserv.core import lists, network
 
     h = harness
     make_list(h.app, LIST, members=["ann@a.example"])

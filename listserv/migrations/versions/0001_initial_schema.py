@@ -6,7 +6,7 @@ Create Date: 2026-11-26 22:50:35.536354
 """
 from alembic import op
 import sqlalchemy as sa
-import listserv.models
+import listserv.core.models
 
 
 revision = '0001'
@@ -21,7 +21,7 @@ def upgrade() -> None:
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('email', sa.String(length=320), nullable=False),
     sa.Column('display_name', sa.String(length=255), nullable=False),
-    sa.Column('created_at', listserv.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', listserv.core.models.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('email')
     )
@@ -30,7 +30,7 @@ def upgrade() -> None:
     sa.Column('name', sa.String(length=255), nullable=False),
     sa.Column('dkim_selector', sa.String(length=63), nullable=True),
     sa.Column('dkim_private_key', sa.Text(), nullable=True),
-    sa.Column('created_at', listserv.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', listserv.core.models.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('name')
     )
@@ -45,7 +45,7 @@ def upgrade() -> None:
     sa.Column('domain_id', sa.Integer(), nullable=False),
     sa.Column('display_name', sa.String(length=255), nullable=False),
     sa.Column('description', sa.Text(), nullable=False),
-    sa.Column('created_at', listserv.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', listserv.core.models.UTCDateTime(timezone=True), nullable=False),
     sa.Column('nonmember_action', sa.Enum('accept', 'hold', 'reject', 'discard', name='action', native_enum=False, length=32), nullable=False),
     sa.Column('member_action', sa.Enum('accept', 'hold', 'reject', 'discard', name='action', native_enum=False, length=32), nullable=False),
     sa.Column('emergency', sa.Boolean(), nullable=False),
@@ -65,7 +65,7 @@ def upgrade() -> None:
     sa.Column('post_id', sa.Integer(), nullable=False),
     sa.Column('digest_volume', sa.Integer(), nullable=False),
     sa.Column('digest_number', sa.Integer(), nullable=False),
-    sa.Column('digest_last_sent_at', listserv.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('digest_last_sent_at', listserv.core.models.UTCDateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['domain_id'], ['domain.id'], ondelete='RESTRICT'),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('name', 'domain_id')
@@ -76,8 +76,8 @@ def upgrade() -> None:
     sa.Column('seq', sa.Integer(), nullable=False),
     sa.Column('spool_sha', sa.String(length=64), nullable=False),
     sa.Column('message_id', sa.String(length=998), nullable=False),
-    sa.Column('created_at', listserv.models.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('appended_at', listserv.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', listserv.core.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('appended_at', listserv.core.models.UTCDateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['list_id'], ['mailing_list.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id')
     )
@@ -100,8 +100,8 @@ def upgrade() -> None:
     sa.Column('list_id', sa.Integer(), nullable=False),
     sa.Column('volume', sa.Integer(), nullable=False),
     sa.Column('number', sa.Integer(), nullable=False),
-    sa.Column('created_at', listserv.models.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('sent_at', listserv.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', listserv.core.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('sent_at', listserv.core.models.UTCDateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['list_id'], ['mailing_list.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('list_id', 'volume', 'number')
@@ -110,7 +110,7 @@ def upgrade() -> None:
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('message_id_hash', sa.String(length=64), nullable=False),
     sa.Column('list_id', sa.Integer(), nullable=False),
-    sa.Column('at', listserv.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('at', listserv.core.models.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['list_id'], ['mailing_list.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('message_id_hash', 'list_id')
@@ -130,10 +130,10 @@ def upgrade() -> None:
     sa.Column('subject', sa.Text(), nullable=False),
     sa.Column('size', sa.Integer(), nullable=False),
     sa.Column('spool_sha', sa.String(length=64), nullable=False),
-    sa.Column('received_at', listserv.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('received_at', listserv.core.models.UTCDateTime(timezone=True), nullable=False),
     sa.Column('state', sa.Enum('new', 'processing', 'accepted', 'held', 'rejected', 'discarded', 'handled', 'failed', name='inboundstate', native_enum=False, length=32), nullable=False),
     sa.Column('locked_by', sa.String(length=64), nullable=True),
-    sa.Column('locked_at', listserv.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('locked_at', listserv.core.models.UTCDateTime(timezone=True), nullable=True),
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('outcome', sa.Text(), nullable=True),
     sa.ForeignKeyConstraint(['list_id'], ['mailing_list.id'], ondelete='CASCADE'),
@@ -152,10 +152,10 @@ def upgrade() -> None:
     sa.Column('enabled', sa.Boolean(), nullable=False),
     sa.Column('disabled_reason', sa.String(length=32), nullable=True),
     sa.Column('bounce_score', sa.Float(), nullable=False),
-    sa.Column('last_bounce_at', listserv.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('last_bounce_at', listserv.core.models.UTCDateTime(timezone=True), nullable=True),
     sa.Column('bounce_warnings_sent', sa.Integer(), nullable=False),
-    sa.Column('last_warning_at', listserv.models.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('joined_at', listserv.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('last_warning_at', listserv.core.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('joined_at', listserv.core.models.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['address_id'], ['address.id'], ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['list_id'], ['mailing_list.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),
@@ -173,7 +173,7 @@ def upgrade() -> None:
     sa.Column('envelope_from', sa.String(length=400), nullable=False),
     sa.Column('verp', sa.Boolean(), nullable=False),
     sa.Column('message_id', sa.String(length=998), nullable=False),
-    sa.Column('created_at', listserv.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', listserv.core.models.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['list_id'], ['mailing_list.id'], ondelete='SET NULL'),
     sa.PrimaryKeyConstraint('id')
     )
@@ -181,7 +181,7 @@ def upgrade() -> None:
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('list_id', sa.Integer(), nullable=False),
     sa.Column('email', sa.String(length=320), nullable=False),
-    sa.Column('at', listserv.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('at', listserv.core.models.UTCDateTime(timezone=True), nullable=False),
     sa.Column('kind', sa.Enum('hard', 'soft', 'policy', 'other', name='bouncekind', native_enum=False, length=32), nullable=False),
     sa.Column('source', sa.String(length=16), nullable=False),
     sa.Column('status', sa.String(length=16), nullable=False),
@@ -202,13 +202,13 @@ def upgrade() -> None:
     sa.Column('count', sa.Integer(), nullable=False),
     sa.Column('state', sa.Enum('pending', 'sending', 'done', 'failed', name='deliverystate', native_enum=False, length=32), nullable=False),
     sa.Column('attempts', sa.Integer(), nullable=False),
-    sa.Column('next_attempt_at', listserv.models.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('first_attempt_at', listserv.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('next_attempt_at', listserv.core.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('first_attempt_at', listserv.core.models.UTCDateTime(timezone=True), nullable=True),
     sa.Column('locked_by', sa.String(length=64), nullable=True),
-    sa.Column('locked_at', listserv.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('locked_at', listserv.core.models.UTCDateTime(timezone=True), nullable=True),
     sa.Column('last_code', sa.Integer(), nullable=True),
     sa.Column('last_error', sa.Text(), nullable=True),
-    sa.Column('finished_at', listserv.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('finished_at', listserv.core.models.UTCDateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['outbound_id'], ['outbound_message.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id')
     )
@@ -224,7 +224,7 @@ def upgrade() -> None:
     sa.Column('size', sa.Integer(), nullable=False),
     sa.Column('subject', sa.Text(), nullable=False),
     sa.Column('sender', sa.String(length=400), nullable=False),
-    sa.Column('added_at', listserv.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('added_at', listserv.core.models.UTCDateTime(timezone=True), nullable=False),
     sa.Column('digest_id', sa.Integer(), nullable=True),
     sa.ForeignKeyConstraint(['digest_id'], ['digest.id'], ondelete='SET NULL'),
     sa.ForeignKeyConstraint(['list_id'], ['mailing_list.id'], ondelete='CASCADE'),
@@ -241,10 +241,10 @@ def upgrade() -> None:
     sa.Column('subject', sa.Text(), nullable=False),
     sa.Column('size', sa.Integer(), nullable=False),
     sa.Column('reasons', sa.JSON(), nullable=False),
-    sa.Column('held_at', listserv.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('held_at', listserv.core.models.UTCDateTime(timezone=True), nullable=False),
     sa.Column('decision', sa.Enum('approve', 'reject', 'discard', 'cancel', 'expire', name='decision', native_enum=False, length=32), nullable=True),
     sa.Column('decided_by', sa.String(length=400), nullable=True),
-    sa.Column('decided_at', listserv.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('decided_at', listserv.core.models.UTCDateTime(timezone=True), nullable=True),
     sa.Column('decided_via', sa.String(length=32), nullable=True),
     sa.Column('reason', sa.Text(), nullable=True),
     sa.ForeignKeyConstraint(['inbound_id'], ['inbound_message.id'], ondelete='CASCADE'),
@@ -258,7 +258,7 @@ def upgrade() -> None:
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('list_id', sa.Integer(), nullable=False),
     sa.Column('held_id', sa.Integer(), nullable=True),
-    sa.Column('at', listserv.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('at', listserv.core.models.UTCDateTime(timezone=True), nullable=False),
     sa.Column('actor', sa.String(length=400), nullable=False),
     sa.Column('action', sa.String(length=32), nullable=False),
     sa.Column('via', sa.String(length=32), nullable=False),
@@ -278,10 +278,10 @@ def upgrade() -> None:
     sa.Column('email', sa.String(length=320), nullable=False),
     sa.Column('held_id', sa.Integer(), nullable=True),
     sa.Column('payload', sa.JSON(), nullable=False),
-    sa.Column('created_at', listserv.models.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('last_sent_at', listserv.models.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('expires_at', listserv.models.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('used_at', listserv.models.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', listserv.core.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('last_sent_at', listserv.core.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('expires_at', listserv.core.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('used_at', listserv.core.models.UTCDateTime(timezone=True), nullable=True),
     sa.Column('used_by', sa.String(length=320), nullable=True),
     sa.Column('outcome', sa.String(length=64), nullable=True),
     sa.ForeignKeyConstraint(['held_id'], ['held_message.id'], ondelete='CASCADE'),

@@ -6,7 +6,7 @@ Create Date: 2026-11-26 23:15:00
 """
 from alembic import op
 import sqlalchemy as sa
-import listserv.models
+import listserv.core.models
 
 
 revision = '0002_digest_modes'
@@ -26,7 +26,7 @@ def upgrade() -> None:
     sa.Column('mode', sa.Enum('regular', 'mime-digest', 'plain-digest', 'nomail', name='deliverymode', native_enum=False, length=32), nullable=False),
     sa.Column('from_seq', sa.Integer(), nullable=False),
     sa.Column('to_seq', sa.Integer(), nullable=False),
-    sa.Column('created_at', listserv.models.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', listserv.core.models.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['list_id'], ['mailing_list.id'], ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['membership_id'], ['membership.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id')

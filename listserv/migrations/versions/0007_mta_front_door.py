@@ -7,7 +7,7 @@ Create Date: 2026-12-02 18:40:00
 from alembic import op
 import sqlalchemy as sa
 
-import listserv.models
+import listserv.core.models
 
 
 revision = '0007_mta_front_door'
@@ -20,7 +20,7 @@ def upgrade() -> None:
     with op.batch_alter_table('delivery') as batch:
         batch.add_column(sa.Column('blame', sa.String(length=16), nullable=True))
     with op.batch_alter_table('outbound_message') as batch:
-        batch.add_column(sa.Column('failure_noticed_at', listserv.models.UTCDateTime(timezone=True),
+        batch.add_column(sa.Column('failure_noticed_at', listserv.core.models.UTCDateTime(timezone=True),
                                    nullable=True))
 
 

@@ -4,7 +4,7 @@ Revision ID: 0009_archive_search
 Revises: 0010_list_networks
 Create Date: 2026-12-02 18:40:00
 
-The full-text index is engine-specific and has no model (listserv.models.FULLTEXT_OBJECTS):
+The full-text index is engine-specific and has no model (listserv.core.models.FULLTEXT_OBJECTS):
 SQLite gets an FTS5 table with the archive_message rows as external content, kept in step by
 triggers; PostgreSQL a generated tsvector column (subject weighted A, sender B, body D) with a
 GIN index. Both tokenise without stemming ('simple', unicode61), as lists speak many languages.

@@ -7,7 +7,7 @@ Create Date: 2026-12-02 18:40:00
 from alembic import op
 import sqlalchemy as sa
 
-import listserv.models
+import listserv.core.models
 
 
 revision = '0010_list_networks'
@@ -23,7 +23,7 @@ def upgrade() -> None:
         sa.Column('parent_id', sa.Integer(), nullable=False),
         sa.Column('child_id', sa.Integer(), nullable=True),
         sa.Column('remote_address', sa.String(length=320), nullable=True),
-        sa.Column('created_at', listserv.models.UTCDateTime(timezone=True), nullable=False),
+        sa.Column('created_at', listserv.core.models.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(['parent_id'], ['mailing_list.id'], ondelete='CASCADE'),
         sa.ForeignKeyConstraint(['child_id'], ['mailing_list.id'], ondelete='CASCADE'),
         sa.PrimaryKeyConstraint('id'),

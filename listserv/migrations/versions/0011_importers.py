@@ -7,7 +7,7 @@ Create Date: 2026-12-02 18:40:00
 from alembic import op
 import sqlalchemy as sa
 
-from listserv.models import UTCDateTime
+from listserv.core.models import UTCDateTime
 
 
 revision = '0011_importers'

@@ -7,7 +7,7 @@ Create Date: 2026-12-02 22:30:00
 from alembic import op
 import sqlalchemy as sa
 
-from listserv.models import UTCDateTime
+from listserv.core.models import UTCDateTime
 
 revision = '0015_jobs'
 down_revision = '0014_digest_crosspost'

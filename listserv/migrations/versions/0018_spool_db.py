@@ -10,14 +10,14 @@ import datetime as dt
 from alembic import op
 import sqlalchemy as sa
 
-from listserv.models import UTCDateTime
+from listserv.core.models import UTCDateTime
 
 revision = '0018_spool_db'
 down_revision = '0015_jobs'
 branch_labels = None
 depends_on = None
 
-JOB_ATTEMPTS = 6     # listserv.inbound.JOB_ATTEMPTS when this revision was written
+JOB_ATTEMPTS = 6     # listserv.pipeline.inbound.JOB_ATTEMPTS when this revision was written
 
 
 def upgrade() -> None:

@@ -1,0 +1,1 @@
+"""Administrative operations: domains, member import, retention."""

@@ -1,0 +1,1 @@
+"""The archive: mbox files, search index, HTML pages, access by mail."""

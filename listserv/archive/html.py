@@ -1,0 +1,429 @@
+"""Static HTML pages derived from the mbox archive (public-inbox style: the mbox files are the
+truth, the pages can be deleted and rebuilt at any time).
+
+    build(app, info, out, months=None, new_only=False) -> Report
+
+renders templates/archive/*.html.j2 (autoescaped) into ``out``:
+``index.html`` (the months), ``YYYY-MM/index.html`` (the month's threads, by In-Reply-To and
+References) and ``YYYY-MM/N.html`` (one message: headers and text body, attachments listed, not
+rendered). A file is only rewritten when its content changes, so a rebuild is idempotent.
+Message pages never change once written (a message's number is its place in the append-only
+month), hence ``new_only`` for the archive worker's cheap refresh of the months it touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import json
+import logging
+import os
+import re
+import threading
+from dataclasses import dataclass, field
+from email.message import EmailMessage, Message
+from email.utils import getaddresses
+from pathlib import Path
+from typing import Any, Iterable
+
+import jinja2
+from markupsafe import Markup
+
+from listserv.archive import read as archive_read
+from listserv.core import addresses, isolation, lists
+from listserv.message import htmlmail, replies, untrusted
+from listserv.core.app import App
+from listserv.core.models import ArchivePolicy, MailingList
+from listserv.core.templating import environment
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ListInfo:
+    address: str
+    display_name: str
+    archive: ArchivePolicy
+
+    @classmethod
+    def of(cls, ml: MailingList) -> "ListInfo":
+        return cls(ml.address, ml.display_name or ml.name, ml.archive)
+
+    @property
+    def request_address(self) -> str:
+        name, _, domain = self.address.rpartition("@")
+        return addresses.subaddress(name, domain, addresses.REQUEST)
+
+
+@dataclass
+class Report:
+    months: int = 0
+    pages: int = 0          # pages rendered
+    written: int = 0        # of which new or changed on disk
+    out: Path | None = None
+
+
+@dataclass
+class Summary:
+    """What the month page and threading need of one message."""
+
+    number: int
+    subject: str
+    sender: str
+    date: dt.datetime | None
+    message_id: str
+    parent_ids: list[str]           # In-Reply-To first, then References from the nearest
+    parent: int | None = None
+    children: list[int] = field(default_factory=list)
+
+
+def default_out(app: App, address: str) -> Path:
+    return archive_read.list_dir(app.settings.archive_path, address) / "html"
+
+
+def hide_address(text: str) -> str:
+    """'ann@a.example' -> 'ann at a.example' (pages are meant to be published)."""
+    return text.replace("@", " at ")
+
+
+def _sender_of(from_text: str) -> str:
+    pairs = getaddresses([from_text])
+    if not pairs:
+        return "(unknown)"
+    name, addr = pairs[0]
+    return name.strip() or hide_address(addr) or "(unknown)"
+
+
+SUMMARY_HEADERS = ("From", "Subject", "Date", "Message-ID", "In-Reply-To", "References")
+
+
+def summarise(entry: archive_read.Entry, parsed: Message | None = None) -> Summary:
+    """The summary of ``entry``, from its headers (``parsed``: the message already parsed,
+    compat32, to spare a second parse)."""
+    h = entry.headers() if parsed is None else parsed
+    return _summary(entry, archive_read.text_headers(h, SUMMARY_HEADERS))
+
+
+def _summary(entry: archive_read.Entry, texts: dict[str, str]) -> Summary:
+    """A summary from the message's text_header() values (``texts``)."""
+    parents = archive_read.msg_ids(texts["In-Reply-To"])[:1]
+    parents += reversed(archive_read.msg_ids(texts["References"]))
+    when = untrusted.header_date(texts["Date"])
+    ids = archive_read.msg_ids(texts["Message-ID"])
+    return Summary(entry.number, texts["Subject"] or "(no subject)", _sender_of(texts["From"]),
+                   entry.archived_at if when is None else when, ids[0] if ids else "", parents)
+
+
+def threads(summaries: list[Summary]) -> list[list[tuple[Summary, int]]]:
+    """Messages grouped in threads: each thread a list of (message, depth) in reading order.
+    A parent is the first of In-Reply-To / References (nearest first) archived earlier in the
+    same month; a message without one starts a thread."""
+    by_id = {s.message_id: s for s in summaries if s.message_id}
+    by_number = {s.number: s for s in summaries}
+    for s in summaries:
+        for pid in s.parent_ids:
+            p = by_id.get(pid)
+            if p is not None and p.number < s.number:
+                s.parent = p.number
+                p.children.append(s.number)
+                break
+    out: list[list[tuple[Summary, int]]] = []
+    for root in (s for s in summaries if s.parent is None):
+        thread: list[tuple[Summary, int]] = []
+        stack = [(root, 0)]
+        while stack:
+            s, depth = stack.pop()
+            thread.append((s, depth))
+            stack.extend((by_number[c], depth + 1) for c in reversed(s.children))
+        out.append(thread)
+    return out
+
+
+# Saved with ".txt" appended: a web server must never serve an attachment as a page or script
+# of the archive's own site.
+_ACTIVE_EXTENSIONS = frozenset({"html", "htm", "xhtml", "shtml", "xht", "svg", "svgz", "js",
+                                "mjs", "xml", "xsl", "xslt", "php", "swf", "mht", "mhtml"})
+
+
+def safe_filename(name: str, index: int) -> str:
+    """A file name for the ``index``-th attachment: ASCII letters, digits, '.', '-', '_' only,
+    no path, at most about 100 characters, an active extension neutralised."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("._")[:100] or "attachment"
+    ext = base.rsplit(".", 1)[-1].lower() if "." in base else ""
+    if ext in _ACTIVE_EXTENSIONS:
+        base += ".txt"
+    return f"{index}-{base}"
+
+
+def _attachments(msg: Message) -> list[dict[str, Any]]:
+    """The message's attachments (and inline parts with a file name), each with its bytes and
+    the file name it is saved under next to the message page."""
+    out: list[dict[str, Any]] = []
+    for part in msg.walk():
+        if part.is_multipart():
+            continue
+        if part.get_content_disposition() != "attachment" and not part.get_filename():
+            continue
+        payload = part.get_payload(decode=True)
+        data = payload if isinstance(payload, bytes) else b""
+        name = part.get_filename() or "(no name)"
+        out.append({"filename": name, "content_type": part.get_content_type(),
+                    "size": len(data), "data": data,
+                    "file": safe_filename(name if part.get_filename() else "", len(out) + 1),
+                    "content_id": str(part.get("Content-ID", "") or "").strip().strip("<>")})
+    return out
+
+
+def _html_body(msg: EmailMessage, number: int, attachments: list[dict[str, Any]]) -> Markup | None:
+    """The post's HTML body, sanitised, with cid: images pointing at their saved files;
+    None when the post has no HTML body."""
+    part = msg.get_body(preferencelist=("html",))
+    if part is None:
+        return None
+    try:
+        source = part.get_content()
+    except (LookupError, ValueError, AssertionError):
+        raw = part.get_payload(decode=True)
+        source = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else ""
+    if not isinstance(source, str):
+        return None
+    html = htmlmail.sanitise(source)
+    for a in attachments:
+        if a["content_id"]:
+            html = html.replace(f'src="cid:{a["content_id"]}"', f'src="{number}/{a["file"]}"')
+    return Markup(html)
+
+
+MESSAGE_HEADERS = ("From", "To", "Cc", "Subject", "Date", "Message-ID", "In-Reply-To")
+PAGE_HEADERS = tuple(dict.fromkeys(MESSAGE_HEADERS + SUMMARY_HEADERS))
+
+
+def _plain_body(msg: Message) -> str | None:
+    """The text of a single-part text/plain message, decoded cheaply (compat32); None for
+    anything else (then the full policy.default parse decides)."""
+    if msg.is_multipart() or msg.get_content_type() != "text/plain":
+        return None
+    payload = msg.get_payload(decode=True)
+    if not isinstance(payload, bytes):
+        return None
+    try:
+        return payload.decode(msg.get_content_charset() or "us-ascii", "replace")
+    except LookupError:
+        return payload.decode("utf-8", "replace")
+
+
+def parse_compat32(entry: archive_read.Entry) -> Message:
+    """The whole message parsed the cheap way (compat32: several times cheaper than
+    policy.default's header registry; enough for the headers and a plain body)."""
+    return archive_read.parse_compat32(entry.raw)
+
+
+def _message_context(entry: archive_read.Entry, summary: Summary,
+                     parsed: Message | None = None,
+                     texts: dict[str, str] | None = None) -> dict[str, Any]:
+    # The full policy.default parse is only needed for the body of a multipart or non-plain
+    # message. ``texts``: text_header() values already read (MESSAGE_HEADERS at least).
+    msg = parse_compat32(entry) if parsed is None else parsed
+    if texts is None:
+        texts = archive_read.text_headers(msg, MESSAGE_HEADERS)
+    headers = []
+    for name in MESSAGE_HEADERS:
+        value = texts[name]
+        if value:
+            headers.append((name, hide_address(value) if name in ("From", "To", "Cc")
+                            else value))
+    attachments = _attachments(msg)
+    body = _plain_body(msg)
+    html = None
+    if body is None:
+        full = entry.message()
+        body = replies.body_text(full)
+        html = _html_body(full, entry.number, attachments)
+    return {"message": summary, "headers": headers, "body": body, "html": html,
+            "attachments": attachments}
+
+
+class _Writer:
+    def __init__(self, app: App, info: ListInfo, out: Path, report: Report) -> None:
+        self.app, self.info, self.out, self.report = app, info, out, report
+        # A private list's pages are readable by the service's group only, as its mbox files.
+        self.mode = 0o644 if info.archive is ArchivePolicy.public else 0o640
+        # Templates are looked up once per build (Jinja would stat their files per render).
+        self.env = environment(app.settings.data_dir, info.address.rpartition("@")[2],
+                               info.address)
+        self.templates: dict[str, jinja2.Template] = {}
+
+    def page(self, rel: str, template: str, context: dict[str, Any], *,
+             fresh: bool = False) -> None:
+        """Render ``template`` into ``rel``; ``fresh``: the file is known not to exist."""
+        compiled = self.templates.get(template)
+        if compiled is None:
+            compiled = self.templates[template] = self.env.get_template(template)
+        text = compiled.render(list=self.info, root="../" * rel.count("/"), **context)
+        self.report.pages += 1
+        if _write(self.out / rel, text.encode("utf-8"), self.mode, fresh=fresh):
+            self.report.written += 1
+
+    def attachments(self, month: str, number: int, attachments: list[dict[str, Any]]) -> None:
+        """Save a message's attachments next to its page: MONTH/NUMBER/INDEX-NAME."""
+        for a in attachments:
+            write_if_changed(self.out / month / str(number) / a["file"], a["data"], self.mode)
+
+
+def write_if_changed(path: Path, data: bytes, mode: int = 0o644) -> bool:
+    """Write ``data`` to ``path`` (atomically: a temporary file renamed over it) unless the
+    file already holds it; return whether it was written. No fsync: the pages are derived
+    from the mbox files and a crash is repaired by rebuilding them."""
+    return _write(path, data, mode)
+
+
+def _write(path: Path, data: bytes, mode: int, *, fresh: bool = False) -> bool:
+    """``fresh``: the file does not exist and its directory does, and the caller repairs a
+    partial file after a crash (_build_month's marker): written in place, one file creation
+    instead of two metadata operations."""
+    if fresh:
+        _write_file(path, data, mode)
+        return True
+    try:
+        with open(path, "rb") as f:
+            if f.read() == data:
+                return False
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    # A name of this process and thread: concurrent writers never share a temporary file.
+    tmp = path.with_name(f".tmp-{os.getpid()}-{threading.get_ident()}-{path.name}")
+    try:
+        _write_file(tmp, data, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return True
+
+
+def _write_file(path: Path, data: bytes, mode: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        if os.fstat(fd).st_mode & 0o7777 != mode:      # exactly ``mode``, whatever the umask
+            os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
+def build(app: App, info: ListInfo, out: Path, months: Iterable[str] | None = None, *,
+          new_only: bool = False) -> Report:
+    """Render the list index and ``months`` (all when None). ``new_only``: write only the
+    message pages that do not exist yet (month and index pages are always refreshed).
+
+    Each month is read once and each message parsed once; every page is rendered once per
+    build, so a bulk import that touched many months builds each of them a single time."""
+    root = app.settings.archive_path
+    report = Report(out=out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)       # one builder at a time per output directory
+        writer = _Writer(app, info, out, report)
+        all_months = archive_read.months(root, info.address)
+        wanted = all_months if months is None else [m for m in months if m in all_months]
+        counts: dict[str, int] = {}
+        for month in wanted:
+            counts[month] = _build_month(writer, root, month, new_only)
+            report.months += 1
+        known = _read_counts(out)
+        known.update(counts)
+        for m in all_months:
+            if m not in known:
+                known[m] = len(archive_read.read_month(root, info.address, m))
+        known = {m: known[m] for m in all_months}
+        write_if_changed(out / "months.json", json.dumps(known, indent=1).encode(),
+                         writer.mode)
+        writer.page("index.html", "archive/index.html.j2",
+                    {"months": [{"month": m, "count": known[m]} for m in reversed(all_months)]})
+    return report
+
+
+KEEP_PARSED_BYTES = 64 * 1024 * 1024
+
+
+def _build_month(writer: _Writer, root: Path, month: str, new_only: bool) -> int:
+    """The month's page and its message pages; returns the month's message count."""
+    entries = archive_read.read_month(root, writer.info.address, month)
+    month_dir = writer.out / month
+    month_dir.mkdir(parents=True, exist_ok=True)
+    # New message pages are written in place (not renamed over): the marker says a build of
+    # this month was under way, so after a crash every page of the month is checked again.
+    marker = writer.out / f".building-{month}"
+    if marker.exists():
+        new_only = False
+    else:
+        marker.touch()
+    # One directory listing instead of a stat per message page.
+    existing = {n for n in os.listdir(month_dir) if n.endswith(".html")}
+    # The parsed messages are kept for their pages unless the month is big (then each is
+    # parsed again for its page: memory stays near the size of the month's file).
+    keep = sum(len(e.raw) for e in entries) <= KEEP_PARSED_BYTES
+    parsed: dict[int, tuple[Message | None, dict[str, str]]] = {}
+    summaries = []
+    for entry in entries:
+        if new_only and f"{entry.number}.html" in existing:
+            summaries.append(summarise(entry))
+        else:
+            msg = parse_compat32(entry)
+            texts = archive_read.text_headers(msg, PAGE_HEADERS)
+            parsed[entry.number] = (msg if keep else None), texts
+            summaries.append(_summary(entry, texts))
+    writer.page(f"{month}/index.html", "archive/month.html.j2",
+                {"month": month, "threads": threads(summaries), "count": len(entries)})
+    for entry, summary in zip(entries, summaries):
+        if entry.number not in parsed:
+            continue
+        kept, texts = parsed.pop(entry.number)
+        msg = parse_compat32(entry) if kept is None else kept
+        name = f"{entry.number}.html"
+        context = _message_context(entry, summary, msg, texts)
+        writer.attachments(month, entry.number, context["attachments"])
+        writer.page(f"{month}/{name}", "archive/message.html.j2", {"month": month, **context},
+                    fresh=name not in existing)
+    marker.unlink()
+    return len(entries)
+
+
+def _read_counts(out: Path) -> dict[str, int]:
+    """Message counts of the months built before (so that a refresh does not re-read them)."""
+    try:
+        data = json.loads((out / "months.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, int)}
+
+
+PAGE_FAILURES = isolation.Failures("archive pages", log)
+
+
+def refresh(app: App, touched: dict[str, set[str]]) -> None:
+    """After the archive worker appended: rebuild the touched months of each list into its
+    data_dir pages (never elsewhere). Errors are logged: the mbox is the truth, the pages
+    can be rebuilt with ``listserv archive build``."""
+    try:
+        with app.db.unit_of_work() as session:
+            infos = {}
+            for address in touched:
+                ml = lists.find_list(session, address)
+                if ml is not None and ml.archive is not ArchivePolicy.none:
+                    infos[address] = ListInfo.of(ml)
+    except Exception:  # noqa: BLE001 - derived pages must never stop the archive worker
+        log.exception("archive pages not refreshed (run: listserv archive build LIST)")
+        return
+    for address, info in infos.items():     # one list's pages failing spares the others
+        PAGE_FAILURES.run(address, f"list {address} months {', '.join(sorted(touched[address]))}"
+                          " (run: listserv archive build LIST)",
+                          lambda: build(app, info, default_out(app, address), touched[address],
+                                        new_only=True))

@@ -1,0 +1,1 @@
+"""Bounce mail and delivery failures: parsing, scoring, reports."""

@@ -1,0 +1,1 @@
+"""Configuration, database, models and the services every layer uses."""

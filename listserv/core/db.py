@@ -1,0 +1,171 @@
+"""Engine and session factory, SQLite pragmas, the unit of work, and migrations."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any, Iterator
+
+from sqlalchemy import create_engine, event, inspect
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from listserv.core.errors import ConfigError, TemporaryFailure
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).parent.parent / "migrations"
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    # FULL: a commit (and so the 250 that follows it) survives a power cut, not only a crash.
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def make_engine(url: str, **kw: Any) -> Engine:
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[1] if "///" in url else ""
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
+                               **kw)
+        event.listen(engine, "connect", _sqlite_pragmas)
+        # pysqlite's own transaction handling: BEGIN (deferred) before the first write, so a
+        # read-then-write is not atomic against another writer; SELECT ... FOR UPDATE is a
+        # no-op. Claims are therefore UPDATE ... WHERE state=... with a row count check, and
+        # SQLite deployments run one `serve` process with one incoming worker.
+        return engine
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+    kw.setdefault("pool_size", 10)
+    kw.setdefault("max_overflow", 10)
+    kw.setdefault("pool_pre_ping", True)
+    return create_engine(url, **kw)
+
+
+class Database:
+    """The engine plus a session factory; one per process, passed explicitly."""
+
+    def __init__(self, url: str, **kw: Any) -> None:
+        self.url = url
+        self.engine = make_engine(url, **kw)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.engine.dialect.name == "sqlite"
+
+    @contextlib.contextmanager
+    def unit_of_work(self) -> Iterator[Session]:
+        """One transaction: commit on success, roll back on error. Helpers never commit."""
+        session = self.sessions()
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    def check(self) -> None:
+        """Connect once; raise ConfigError with one clear line when the database is unreachable."""
+        try:
+            with self.engine.connect():
+                pass
+        except OperationalError as exc:
+            raise ConfigError(f"cannot open database {safe_url(self.url)}: "
+                              f"{str(exc.orig).strip().splitlines()[0]}") from None
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def safe_url(url: str) -> str:
+    """The URL with any password hidden."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        user = creds.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}"
+    return url
+
+
+# ---------------------------------------------------------------------------- migrations
+
+
+def alembic_config(db: Database) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.attributes["engine"] = db.engine
+    return cfg
+
+
+def upgrade(db: Database, revision: str = "head") -> None:
+    """Apply migrations up to ``revision``."""
+    from alembic import command
+
+    if inspect(db.engine).has_table("alembic_version"):
+        refuse_newer(db)
+    try:
+        command.upgrade(alembic_config(db), revision)
+    except OperationalError as exc:
+        raise ConfigError(f"cannot migrate database {safe_url(db.url)}: "
+                          f"{str(exc.orig).strip().splitlines()[0]}") from None
+
+
+def current_revision(db: Database) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with db.engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def head_revision(db: Database) -> str | None:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config(db)).get_current_head()
+
+
+def known_revision(db: Database, revision: str) -> bool:
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    try:
+        return ScriptDirectory.from_config(alembic_config(db)).get_revision(revision) is not None
+    except CommandError:
+        return False
+
+
+def refuse_newer(db: Database) -> None:
+    """ConfigError when the database was migrated by a newer listserv than this one."""
+    cur = current_revision(db)
+    if cur is not None and not known_revision(db, cur):
+        raise ConfigError(f"database schema is at {cur}, which this listserv "
+                          f"(schema {head_revision(db)}) does not know: it was upgraded by a "
+                          "newer listserv; run that version")
+
+
+def require_schema(db: Database) -> None:
+    """Raise a one-line error when the database was never initialised or is behind."""
+    db.check()
+    if not inspect(db.engine).has_table("alembic_version"):
+        raise ConfigError(f"database {safe_url(db.url)} is not initialised: run 'listserv init'")
+    refuse_newer(db)
+    cur, head = current_revision(db), head_revision(db)
+    if cur != head:
+        raise ConfigError(f"database schema is at {cur}, expected {head}: "
+                          "run 'listserv db upgrade'")
+
+
+def temporary(exc: SQLAlchemyError) -> TemporaryFailure:
+    return TemporaryFailure(f"database unavailable: {type(exc).__name__}")

@@ -1,0 +1,1 @@
+"""Outbound: the durable queue, fan-out, transport and the delivery runner."""

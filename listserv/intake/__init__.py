@@ -1,0 +1,1 @@
+"""The SMTP/LMTP edge (aiosmtpd)."""

@@ -1,0 +1,387 @@
+"""SMTP/LMTP intake: route recipients at RCPT, store mail durably at DATA, answer fast.
+
+Only cheap, deterministic checks happen here; rules, moderation and fan-out run later in the
+``incoming`` job (listserv.pipeline.incoming). Every database or spool call runs in a thread so that one
+slow session never stalls the event loop. A message's bytes (listserv.core.spool), one
+InboundMessage row per recipient list address and their jobs are committed in one
+transaction before the 250 is sent.
+
+This module is one of the two places that format SMTP replies (the other is aiosmtpd itself):
+inside, code raises ListservError subclasses carrying their SMTP code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.parser import BytesParser
+from typing import Any, Callable
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.lmtp import LMTP
+from aiosmtpd.smtp import SMTP
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+
+from listserv import __version__
+from listserv.core import addresses, lists
+from listserv.core import spool as spool_mod
+from listserv.core.app import App
+from listserv.core.config import Settings
+from listserv.core.errors import (
+    ListservError,
+    MalformedMessage,
+    MessageTooBig,
+    StructureRefused,
+    TemporaryFailure,
+    UnknownRecipient,
+)
+from listserv.core.models import InboundMessage, InboundState, MailingList
+from listserv.message import replies, untrusted
+from listserv.pipeline import inbound
+
+log = logging.getLogger(__name__)
+
+POSITIVE_TTL = 5.0   # seconds a known list address is trusted without asking the database
+NEGATIVE_TTL = 1.0   # seconds an unknown one is remembered
+OK_RCPT = "250 2.1.5 OK"
+OK_DATA = "250 2.0.0 Message accepted for delivery"
+TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """One accepted envelope recipient: the list row id and how the address was read."""
+
+    rcpt: str
+    list_id: int
+    route: addresses.Route
+
+
+class Router:
+    """RCPT-time routing (addresses.route_candidates + lists.find_list) with a small cache."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self._cache: dict[str, tuple[float, int | None]] = {}
+        self._lock = threading.Lock()
+
+    def _list_id(self, address: str) -> int | None:
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get(address)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        with self.app.db.unit_of_work() as session:
+            ml = lists.find_list(session, address)
+            list_id = ml.id if ml is not None else None
+        with self._lock:
+            if len(self._cache) > 10000:
+                self._cache.clear()
+            ttl = POSITIVE_TTL if list_id is not None else NEGATIVE_TTL
+            self._cache[address] = (now + ttl, list_id)
+        return list_id
+
+    def forget(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
+    def resolve(self, rcpt: str) -> Resolved:
+        """The route of ``rcpt`` or UnknownRecipient (550 5.1.1). Blocking: call in a thread."""
+        for route in addresses.route_candidates(rcpt):
+            list_id = self._list_id(route.list_address)
+            if list_id is not None:
+                return Resolved(rcpt, list_id, route)
+        raise UnknownRecipient(f"no such list address <{rcpt}>")
+
+
+@dataclass(frozen=True)
+class Inspected:
+    raw: bytes
+    message_id: str
+    from_addr: str          # '' when the From is missing, unparseable or ambiguous
+    subject: str
+    has_from: bool = True   # a From header that at least looks like an address
+
+
+def _clip(value: str, size: int) -> str:
+    return value if len(value) <= size else value[:size]
+
+
+def inspect_message(raw: bytes, site_domain: str, *, require_from: bool = True) -> Inspected:
+    """Parse enough of ``raw`` to index it; add a Message-ID when it has none.
+
+    Raises MalformedMessage (550 5.6.0) for mail we cannot work with: no header block, no
+    usable From address.
+    """
+    try:
+        msg = BytesParser(policy=untrusted.POLICY).parsebytes(raw, headersonly=True)
+        # The sender is the raw addr-spec of exactly one From (replies.sender_address); a
+        # From that only looks like an address is accepted and held by the rules, with why.
+        from_addr = replies.sender_address(msg)[0]
+        has_from = bool(from_addr) or any("@" in v for v in replies.raw_values(msg, "From")) \
+            or "@" in str(msg.get("From") or "")
+        subject = str(msg.get("Subject") or "")
+        message_id = str(msg.get("Message-ID") or "").strip()
+    except Exception as exc:  # the email package raises many kinds on hostile input
+        raise MalformedMessage(f"cannot parse message headers: {type(exc).__name__}") from None
+    if not msg.keys():
+        raise MalformedMessage("message has no header block")
+    if require_from and not has_from:
+        raise MalformedMessage("message has no usable From: address")
+    if not message_id:
+        message_id = email.utils.make_msgid("listserv", domain=site_domain)
+        raw = f"Message-ID: {message_id}\r\n".encode("ascii") + raw
+    return Inspected(raw, _clip(untrusted.one_line(message_id, 0), 998),
+                     _clip(untrusted.clean_text(from_addr), 400), untrusted.one_line(subject),
+                     has_from)
+
+
+def parse(raw: bytes) -> EmailMessage:
+    """The full message object of stored bytes (untrusted.POLICY: email.policy.default with
+    hostile Date values read as invalid)."""
+    return BytesParser(policy=untrusted.POLICY).parsebytes(raw)  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Spooled:
+    """A message of one DATA, inspected once; record() stores its bytes (listserv.core.spool)
+    with its rows."""
+
+    mail_from: str          # the reverse-path without brackets, '' for the null one
+    info: Inspected
+    sha: str
+
+    def check_from(self, routes: list[Resolved]) -> None:
+        """MalformedMessage when a route other than -bounces needs a From: it does not have."""
+        if not self.info.has_from and any(
+                r.route.subaddress != addresses.BOUNCES for r in routes):
+            raise MalformedMessage("message has no usable From: address")
+
+
+def spool(app: App, mail_from: str, raw: bytes, *, require_from: bool) -> Spooled:
+    """Check the size and inspect ``raw`` (adding a Message-ID when missing). Blocking.
+
+    Done once per DATA, also when LMTP then records it for several lists: every list sees
+    the same bytes and Message-ID (the cross-list duplicate check relies on it)."""
+    limit = app.settings.intake.max_message_size
+    if limit and len(raw) > limit:
+        raise MessageTooBig(f"message size {len(raw)} exceeds the limit of {limit} bytes")
+    mail_from = (mail_from or "").strip()
+    if mail_from in ("<>", ""):
+        mail_from = ""          # the null reverse-path
+    elif mail_from.startswith("<") and mail_from.endswith(">"):
+        mail_from = mail_from[1:-1]
+    depth = untrusted.mime_depth(raw)
+    if depth > untrusted.MAX_MIME_DEPTH:
+        raise StructureRefused(f"MIME parts nested more than {untrusted.MAX_MIME_DEPTH} "
+                               "levels deep")
+    info = inspect_message(raw, app.settings.site_domain, require_from=require_from)
+    return Spooled(mail_from, info, spool_mod.sha_of(info.raw))
+
+
+def record(app: App, spooled: Spooled, resolved: list[Resolved]) -> None:
+    """Commit the message's bytes and one InboundMessage per distinct list address of
+    ``resolved``, each with the job that will process it (listserv.pipeline.inbound), in one
+    transaction. Blocking."""
+    spooled.check_from(resolved)
+    info, mail_from = spooled.info, spooled.mail_from
+    now = app.now()
+    seen: set[tuple[int, str, str | None]] = set()
+    try:
+        with app.db.unit_of_work() as session:
+            app.spool.put(info.raw, session=session)
+            for r in resolved:
+                key = (r.list_id, r.route.subaddress, r.route.extra)
+                if key in seen:
+                    continue
+                seen.add(key)
+                row = InboundMessage(
+                    list_id=r.list_id, subaddress=r.route.subaddress,
+                    extra=_clip(r.route.extra, 400) if r.route.extra else None,
+                    rcpt=_clip(r.rcpt, 400), mail_from=_clip(mail_from, 400),
+                    message_id=info.message_id, from_addr=info.from_addr,
+                    subject=info.subject, size=len(info.raw), spool_sha=spooled.sha,
+                    received_at=now, state=InboundState.new, attempts=0)
+                session.add(row)
+                session.flush()
+                inbound.enqueue(session, app, row.id, r.list_id, r.route.subaddress)
+    except SQLAlchemyError as exc:
+        log.warning("intake: cannot record message %s: %s", info.message_id, exc)
+        raise TemporaryFailure("cannot record the message now, try again later") from None
+    log.info("accepted %s from <%s> for %s", info.message_id, mail_from,
+             ", ".join(r.rcpt for r in resolved))
+
+
+def store(app: App, mail_from: str, resolved: list[Resolved], raw: bytes) -> None:
+    """Inspect ``raw`` and commit it with one InboundMessage per distinct list address."""
+    need_from = any(r.route.subaddress != addresses.BOUNCES for r in resolved)
+    record(app, spool(app, mail_from, raw, require_from=need_from), resolved)
+
+
+def list_exists(app: App, list_id: int) -> bool:
+    with app.db.unit_of_work() as session:
+        return session.scalar(select(MailingList.id).where(MailingList.id == list_id)) is not None
+
+
+class IntakeHandler:
+    """The aiosmtpd handler. ``on_commit`` is called (from a worker thread) after mail is stored."""
+
+    def __init__(self, app: App, on_commit: Callable[[], None] | None = None) -> None:
+        self.app = app
+        self.router = Router(app)
+        self.on_commit = on_commit
+        self.active = 0          # DATA transactions in flight (for a graceful stop)
+        self.accepted = 0
+        self.sessions = 0        # open SMTP/LMTP sessions (intake.max_connections)
+        self.refused_sessions = 0
+
+    async def handle_RCPT(self, server: SMTP, session: Any, envelope: Any, address: str,
+                          rcpt_options: list[str]) -> str:
+        if len(envelope.rcpt_tos) >= self.app.settings.intake.max_recipients_per_message:
+            return TOO_MANY_RECIPIENTS
+        try:
+            resolved = await asyncio.to_thread(self.router.resolve, address)
+        except ListservError as exc:
+            return exc.smtp_reply()
+        except SQLAlchemyError as exc:
+            log.warning("intake: database unavailable at RCPT: %s", exc)
+            return TemporaryFailure("cannot look up recipients now, try again later").smtp_reply()
+        envelope.rcpt_tos.append(address)
+        routes = getattr(envelope, "listserv_routes", None)
+        if routes is None:
+            routes = envelope.listserv_routes = []
+        routes.append(resolved)
+        return OK_RCPT
+
+    async def handle_DATA(self, server: SMTP, session: Any, envelope: Any) -> str:
+        routes: list[Resolved] = getattr(envelope, "listserv_routes", [])
+        raw = bytes(envelope.original_content or b"")
+        lmtp = isinstance(server, LMTP)
+        self.active += 1
+        try:
+            if lmtp:
+                return await self._store_lmtp(envelope.mail_from, routes, raw)
+            return await self._store(envelope.mail_from, routes, raw)
+        finally:
+            self.active -= 1
+
+    async def _store(self, mail_from: str, routes: list[Resolved], raw: bytes) -> str:
+        try:
+            await asyncio.to_thread(store, self.app, mail_from, routes, raw)
+        except ListservError as exc:
+            return exc.smtp_reply()
+        self._committed()
+        return OK_DATA
+
+    def _committed(self) -> None:
+        self.accepted += 1
+        if self.on_commit is not None:
+            self.on_commit()
+
+    async def _store_lmtp(self, mail_from: str, routes: list[Resolved], raw: bytes) -> str:
+        """LMTP: inspected once, then each recipient recorded in its own transaction and
+        answered on its own (the same list address twice: recorded once)."""
+        try:
+            need_from = all(r.route.subaddress != addresses.BOUNCES for r in routes)
+            spooled = await asyncio.to_thread(spool, self.app, mail_from, raw,
+                                              require_from=need_from)
+        except ListservError as exc:
+            return "\r\n".join([exc.smtp_reply()] * len(routes))
+        replies: list[str] = []
+        done: dict[tuple[int, str, str | None], str] = {}
+        for r in routes:
+            key = (r.list_id, r.route.subaddress, r.route.extra)
+            if key not in done:
+                done[key] = await self._record_one(spooled, r)
+            replies.append(done[key])
+        return "\r\n".join(replies)
+
+    async def _record_one(self, spooled: Spooled, route: Resolved) -> str:
+        try:
+            if not await asyncio.to_thread(list_exists, self.app, route.list_id):
+                self.router.forget()
+                return UnknownRecipient(f"no such list address <{route.rcpt}>").smtp_reply()
+            await asyncio.to_thread(record, self.app, spooled, [route])
+        except ListservError as exc:
+            return exc.smtp_reply()
+        except SQLAlchemyError:
+            return TemporaryFailure("cannot record the message now").smtp_reply()
+        self._committed()
+        return OK_DATA
+
+    async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, ListservError):
+            return error.smtp_reply()
+        log.exception("intake: unexpected error", exc_info=error)
+        return TemporaryFailure("internal error, try again later").smtp_reply()
+
+
+class _Counted:
+    """Counts its open sessions in the handler (intake.max_connections)."""
+
+    def _count(self, handler: "IntakeHandler") -> None:
+        self._sessions_of = handler
+        handler.sessions += 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._sessions_of.sessions -= 1
+        super().connection_lost(exc)  # type: ignore[misc]
+
+
+class CountedSMTP(_Counted, SMTP):
+    pass
+
+
+class CountedLMTP(_Counted, LMTP):
+    pass
+
+
+class Refuser(asyncio.Protocol):
+    """A session over intake.max_connections: 421 4.7.0 and close, nothing else read."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(TOO_MANY_SESSIONS.encode("ascii") + b"\r\n")
+        transport.close()
+
+
+TOO_MANY_SESSIONS = "421 4.7.0 Too many connections, try again later"
+
+
+def make_protocol(handler: IntakeHandler, settings: Settings) -> asyncio.Protocol:
+    """An SMTP or LMTP protocol instance per connection, as intake.protocol says (a Refuser
+    beyond intake.max_connections). Silent clients are dropped after intake.idle_timeout."""
+    if handler.sessions >= settings.intake.max_connections:
+        handler.refused_sessions += 1
+        return Refuser()
+    cls = CountedLMTP if settings.intake.protocol == "lmtp" else CountedSMTP
+    limit = settings.intake.max_message_size or None
+    proto = cls(handler, data_size_limit=limit, enable_SMTPUTF8=True, decode_data=False,
+                hostname=settings.site_domain, ident=f"listserv {__version__}",
+                timeout=settings.intake.idle_timeout)
+    proto._count(handler)
+    return proto
+
+
+class IntakeController(Controller):
+    """A threaded aiosmtpd Controller serving the intake (tests, embedding). Port 0 works."""
+
+    def __init__(self, handler: IntakeHandler, settings: Settings, *,
+                 hostname: str | None = None, port: int | None = None) -> None:
+        super().__init__(handler, hostname=hostname or settings.intake.host,
+                         port=settings.intake.port if port is None else port)
+        self.settings = settings
+
+    def factory(self) -> SMTP:
+        return make_protocol(self.handler, self.settings)  # type: ignore[return-value]
+
+    def _trigger_server(self) -> None:
+        if self.port == 0 and self.server is not None:
+            self.port = self.server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        super()._trigger_server()

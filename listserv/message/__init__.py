@@ -1,0 +1,1 @@
+"""Pure work on messages: parsing untrusted mail, transforms, signing."""

@@ -1,0 +1,1 @@
+"""Incoming mail after intake: rules, moderation, posting, commands."""

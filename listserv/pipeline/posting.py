@@ -1,0 +1,220 @@
+"""The posting pipeline: rules -> accept / hold / reject / discard, and accept -> fan-out.
+
+accept_post() is the one way a post is distributed; moderation's approve calls it too, so an
+approved post behaves exactly as a directly accepted one. It runs inside the caller's
+transaction (helpers never commit): post number, prepared copy, digest entry, archive entry,
+Fanout record and the outbound queue rows all commit together or not at all.
+"""
+
+from __future__ import annotations
+
+import logging
+from email.message import EmailMessage
+from typing import Callable, Iterable, Iterator
+
+from sqlalchemy import select, text, update
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
+
+from listserv import digests
+from listserv.core import network, ratelimit
+from listserv.delivery import notices, outbound, recipients, unsubscribe
+from listserv.message import arc, transforms, untrusted
+from listserv.pipeline import moderation, rules
+from listserv.core.app import App
+from listserv.core.models import (
+    Action,
+    ArchiveEntry,
+    ArchivePolicy,
+    Fanout,
+    InboundMessage,
+    InboundState,
+    MailingList,
+)
+from listserv.core.templating import render
+from listserv.core.views import ListView
+
+log = logging.getLogger(__name__)
+
+FOOTER_TEMPLATE = "footer/list.txt.j2"
+REJECTED_TEMPLATE = "notice/user/rejected.txt.j2"
+
+
+def handle_post(session: Session, app: App, inbound: InboundMessage, msg: EmailMessage
+                ) -> rules.Verdict:
+    """Run the rules on a post and carry out the verdict."""
+    ml = session.get(MailingList, inbound.list_id)
+    assert ml is not None
+    inbound.body_sha = rules.body_digest(msg)
+    ctx = rules.build_context(session, ml, inbound, msg)
+    verdict = rules.evaluate(ctx)
+    if verdict.action is Action.reject and ctx.is_auto:
+        # A machine is never sent a refusal: nobody would read it. A person decides instead.
+        action = Action.discard if ml.automatic_action is Action.discard else Action.hold
+        auto = rules.automatic(ctx)
+        verdict = rules.Verdict(action, ((auto.reason,) if auto else ()) + verdict.reasons)
+    log.info("list %s message %s: %s %s", ml.list_id, inbound.message_id,
+             verdict.action.value, "; ".join(verdict.reasons))
+    if verdict.action is Action.accept:
+        accept_post(session, app, inbound, msg)
+    elif verdict.action is Action.hold:
+        moderation.hold(session, app, inbound, msg, list(verdict.reasons))
+        inbound.state = InboundState.held
+        inbound.outcome = inbound.outcome or "; ".join(verdict.reasons)
+    elif verdict.action is Action.discard and verdict.reasons[0].startswith("loop:"):
+        log.warning("list %s dropped a looping message %s from %s: %s", ml.list_id,
+                    inbound.message_id, inbound.mail_from, verdict.reasons[0])
+        inbound.state = InboundState.discarded
+        inbound.outcome = "; ".join(verdict.reasons)
+    elif verdict.action is Action.reject:
+        reject_post(session, app, ml, inbound, msg, list(verdict.reasons), notify=not ctx.is_auto)
+    else:
+        inbound.state = InboundState.discarded
+        inbound.outcome = "; ".join(verdict.reasons)
+    return verdict
+
+
+def reject_post(session: Session, app: App, ml: MailingList, inbound: InboundMessage,
+                msg: EmailMessage, reasons: list[str], *, notify: bool = True) -> None:
+    """Refuse a post; tell the poster (null envelope sender, so it can never loop)."""
+    inbound.state = InboundState.rejected
+    inbound.outcome = "; ".join(reasons)
+    to = inbound.from_addr or inbound.mail_from
+    if not notify or not to:
+        return
+    if not ratelimit.allow(session, app, ml.id, to.lower(), "reject"):
+        return          # forged posts "from" a victim must not become a flood of notices
+    lv = ListView.of(ml)
+    notice = notices.build_notice(app, lv, REJECTED_TEMPLATE, to,
+                                  {"reasons": reasons, "subject": inbound.subject,
+                                   "sender": to},
+                                  in_reply_to=inbound.message_id or None)
+    notices.send_notice(session, app, lv, notice, [to], null_sender=True)
+
+
+def _lock_message(session: Session, message_hash: str) -> None:
+    """Serialise fan-outs of one Message-ID across lists and processes (PostgreSQL)."""
+    if session.get_bind().dialect.name == "postgresql":
+        key = int(message_hash[:15], 16)
+        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+
+
+def _next_post_id(session: Session, list_id: int) -> int:
+    """post_id += 1 under the row's write lock; safe on PostgreSQL and SQLite."""
+    session.execute(update(MailingList).where(MailingList.id == list_id)
+                    .values(post_id=MailingList.post_id + 1)
+                    .execution_options(synchronize_session=False))
+    seq = session.scalar(select(MailingList.post_id).where(MailingList.id == list_id))
+    assert seq is not None
+    return seq
+
+
+class _MemoResolver:
+    """Remember DNS answers so prepare() can run a second time, inside the lock, without DNS."""
+
+    def __init__(self, resolve: Callable[[str], list[str]]) -> None:
+        self.resolve = resolve
+        self.answers: dict[str, list[str]] = {}
+
+    def __call__(self, name: str) -> list[str]:
+        if name not in self.answers:
+            self.answers[name] = self.resolve(name)
+        return self.answers[name]
+
+
+def _counted(items: Iterable[str], box: list[int]) -> Iterator[str]:
+    for item in items:
+        box[0] += 1
+        yield item
+
+
+def render_footer(app: App, lv: ListView) -> str:
+    return render(app.settings.data_dir, FOOTER_TEMPLATE, {"list": lv, "settings": app.settings},
+                  domain=lv.domain, list_address=lv.address)
+
+
+def to_bytes(msg: EmailMessage) -> bytes:
+    try:
+        return msg.as_bytes(policy=untrusted.SMTP_POLICY)
+    except UnicodeEncodeError:       # decoded hostile text: write its UTF-8 bytes instead
+        return untrusted.serialisable(msg).as_bytes(policy=untrusted.SMTP_POLICY)
+
+
+def accept_post(session: Session, app: App, inbound: InboundMessage, msg: EmailMessage, *,
+                approved_by: str | None = None) -> int | None:
+    """Distribute a post. Returns its sequence number, or None for a duplicate Message-ID that
+    this list already distributed (the inbound message is then marked discarded)."""
+    ml = session.get(MailingList, inbound.list_id)
+    assert ml is not None
+    message_id = str(msg.get("Message-ID") or inbound.message_id or "").strip()
+    mhash = recipients.message_hash(message_id or inbound.spool_sha)
+
+    # DNS (DMARC) before taking any lock: a slow resolver must not hold the list row.
+    resolver = _MemoResolver(app.resolve_txt)
+    guess = unsubscribe.with_web(ListView.of(ml), app.settings.web)
+    guess = _with_post_id(guess, ml.post_id + 1)
+    early = transforms.prepare(msg, guess, resolve_txt=resolver)
+    found = _arc_results(app, guess, inbound)   # DNS too: before the locks
+
+    _lock_message(session, mhash)
+    seq = _next_post_id(session, ml.id)   # from here on we hold the list's write lock
+    if session.scalar(select(Fanout.id).where(Fanout.message_id_hash == mhash,
+                                              Fanout.list_id == ml.id)) is not None:
+        session.execute(update(MailingList).where(MailingList.id == ml.id)
+                        .values(post_id=MailingList.post_id - 1)
+                        .execution_options(synchronize_session=False))
+        inbound.state = InboundState.discarded
+        inbound.outcome = f"duplicate: {message_id} was already distributed by this list"
+        return None
+    set_committed_value(ml, "post_id", seq)
+    lv = unsubscribe.with_web(ListView.of(ml), app.settings.web)
+    prepared = early if seq == guess.post_id else transforms.prepare(
+        msg, lv, resolve_txt=resolver)
+    prepared_sha = app.spool.put(to_bytes(prepared), session=session)
+    now = app.now()
+    session.add(Fanout(message_id_hash=mhash, list_id=ml.id, at=now))
+    digests.add_post(session, app, ml, seq, prepared_sha, prepared, message_hash=mhash)
+    if ml.archive is not ArchivePolicy.none:
+        session.add(ArchiveEntry(list_id=ml.id, seq=seq, spool_sha=prepared_sha,
+                                 message_id=message_id[:998], created_at=now))
+    session.flush()
+
+    final = transforms.decorate(prepared, lv, render_footer(app, lv))
+    # CRLF, the ARC set, then DKIM-signed when the domain has a key. VERP'd copies are one
+    # per member: each gets its own one-click unsubscribe headers and DKIM signature at
+    # delivery (listserv.delivery.unsubscribe; the ARC set does not cover those headers), so the
+    # queued bytes are sealed but not signed.
+    verp = app.settings.delivery.verp
+    seal = None if found is None else (lambda b: arc.seal(b, lv, found))
+    data = notices.serialise(final, seal) if verp else notices.finalise(final, lv, seal)
+    count = [0]
+    outbound.queue_message(
+        session, app, data, _counted(recipients.post_recipients(
+            session, ml.id, mhash, skip_remote=network.came_through(msg)), count),
+        kind="post", envelope_from=lv.bounces, list_id=ml.id,
+        verp=verp, message_id=message_id[:998], per_member=verp)
+    inbound.state = InboundState.accepted
+    inbound.outcome = (f"accepted as post {seq} to {count[0]} recipients"
+                       + (f", approved by {approved_by}" if approved_by else ""))
+    log.info("list %s message %s: post %d queued for %d recipients", ml.list_id, message_id,
+             seq, count[0])
+    return seq
+
+
+def _arc_results(app: App, lv: ListView, inbound: InboundMessage) -> list[str] | None:
+    """The incoming post's authentication results for its ARC seal; None: not sealed."""
+    if not (lv.arc and lv.dkim_key and lv.dkim_selector):
+        return None
+    try:
+        raw = app.spool.get(inbound.spool_sha)
+    except OSError as exc:
+        log.warning("list %s message %s: not ARC-sealed, original unreadable: %s",
+                    lv.list_id, inbound.message_id, exc)
+        return None
+    return arc.results(raw, app.resolve_txt, app.settings.moderation.trusted_authserv_id)
+
+
+def _with_post_id(lv: ListView, post_id: int) -> ListView:
+    import dataclasses
+
+    return dataclasses.replace(lv, post_id=post_id)
