@@ -1,12 +1,13 @@
 """The asyncio supervisor behind `listserv serve`.
 
 One event loop runs: the intake server (SMTP or LMTP), the web pages (uvicorn, when ``web``
-is on and ``[web] listen`` is set), the delivery loop (listserv.delivery.runner.run) and job loops
-(listserv.jobs) that run the job kinds of listserv.workers (processing accepted mail,
+is on and ``[web] listen`` is set), the delivery loop (listserv.delivery.runner.run) and job
+loops (listserv.jobs) that run the job kinds of listserv.workers (processing accepted mail,
 archive, digests, bounces, hold expiry, retention...) in threads of their own, apart from
-the intake's: JOB_WORKERS loops for every kind, and INCOMING_LOOPS_* for incoming mail only. The intake wakes the job loops right after it commits a message and its
-job; every finished job wakes the delivery loop (it may have queued mail); short polls cover
-work stored by other processes. stop.set() (SIGTERM/SIGINT) closes the listener, lets
+the intake's: JOB_WORKERS loops for every kind, and INCOMING_LOOPS_* for incoming mail only.
+The intake wakes the job loops right after it commits a message and its job; every finished
+job wakes the delivery loop (it may have queued mail); short polls cover work stored by
+other processes. stop.set() (SIGTERM/SIGINT) closes the listener, lets
 in-flight SMTP transactions and jobs finish, then returns.
 """
 

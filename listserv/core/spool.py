@@ -8,9 +8,9 @@ TOAST; SQLite stores them in the database file).
 
 put() inserts the bytes unless that sha is stored already (the same bytes twice: one copy),
 and then marks an old row as used again (``stored_at``), which is what keeps the retention
-sweep (listserv.admin.retention) away from bytes a transaction is about to refer to: the sweep only
-deletes rows no row refers to whose stored_at is older than its grace period, and repeats
-both conditions in its DELETE.
+sweep (listserv.admin.retention) away from bytes a transaction is about to refer to: the
+sweep only deletes rows no row refers to whose stored_at is older than its grace period, and
+repeats both conditions in its DELETE.
 
 Installations from before the database spool kept the bytes as files
 (``<data_dir>/spool/ab/cdef....eml``): `listserv db upgrade` imports them (import_files), and

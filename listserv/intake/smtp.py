@@ -1,8 +1,8 @@
 """SMTP/LMTP intake: route recipients at RCPT, store mail durably at DATA, answer fast.
 
 Only cheap, deterministic checks happen here; rules, moderation and fan-out run later in the
-``incoming`` job (listserv.pipeline.incoming). Every database or spool call runs in a thread so that one
-slow session never stalls the event loop. A message's bytes (listserv.core.spool), one
+``incoming`` job (listserv.pipeline.incoming). Every database call runs in a thread so that
+one slow session never stalls the event loop. A message's bytes (listserv.core.spool), one
 InboundMessage row per recipient list address and their jobs are committed in one
 transaction before the 250 is sent.
 

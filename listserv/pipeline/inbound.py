@@ -2,7 +2,7 @@
 
 The intake enqueues it in the transaction that records the message (before the 250), and
 ``listserv queue retry ID --kind incoming`` enqueues a fresh one. The handler is
-listserv.incoming.handle_job.
+listserv.pipeline.incoming.handle_job.
 
 Partitions (listserv.jobs runs a partition's jobs one at a time, in id order): a list's
 posts, commands and owner mail share ``incoming:LIST_ID``, so they are processed in arrival

@@ -1,11 +1,12 @@
-"""Processing accepted mail: the ``incoming`` job kind (listserv.pipeline.inbound enqueues it).
+"""Processing accepted mail: the ``incoming`` job kind (listserv.pipeline.inbound enqueues
+it).
 
 Each InboundMessage in state 'new' has one job; the job engine (listserv.jobs) runs a list's
 jobs one at a time in arrival order, and takes over the job of a worker that died when its
 lease expires. Processing runs in one transaction that ends in the message's final state.
 A message whose processing raises is parked in state 'failed' with the error and the list
-owners are told (listserv.pipeline.failures: `queue failed` lists it, `queue retry ID` processes it
-again); a temporary failure (the database, a TemporaryFailure) is retried by the engine
+owners are told (listserv.pipeline.failures: `queue failed` lists it, `queue retry ID`
+processes it again); a temporary failure (the database, a TemporaryFailure) is retried by the engine
 with backoff, and parked after MAX_TEMPORARY_ATTEMPTS. A message whose processing never
 ends with an outcome (it kills or hangs its worker) is parked on the job's last attempt.
 """
