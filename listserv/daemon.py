@@ -1,14 +1,18 @@
 """The asyncio supervisor behind `listserv serve`.
 
-One event loop runs: the intake server (SMTP or LMTP), the web pages (uvicorn, when ``web``
-is on and ``[web] listen`` is set), the delivery loop (listserv.delivery.runner.run) and job
-loops (listserv.jobs) that run the job kinds of listserv.workers (processing accepted mail,
-archive, digests, bounces, hold expiry, retention...) in threads of their own, apart from
-the intake's: JOB_WORKERS loops for every kind, and INCOMING_LOOPS_* for incoming mail only.
-The intake wakes the job loops right after it commits a message and its job; every finished
-job wakes the delivery loop (it may have queued mail); short polls cover work stored by
-other processes. stop.set() (SIGTERM/SIGINT) closes the listener, lets
-in-flight SMTP transactions and jobs finish, then returns.
+The daemon's event loop runs the intake server (SMTP or LMTP; its blocking steps in the
+intake's own threads), the web pages (uvicorn, when ``web`` is on and ``[web] listen`` is
+set) and the job loops (listserv.jobs) that run the job kinds of listserv.workers
+(processing accepted mail, fan-out, archive, digests, bounces, hold expiry, retention...) in
+threads of their own: JOB_WORKERS loops for every kind, and INCOMING_LOOPS_* for incoming
+mail only (a long pass never delays a post). Delivery (listserv.delivery.runner.run) runs on
+a thread of its own with its own event loop (DeliveryThread): a fan-out of tens of thousands
+of SMTP transactions is tens of thousands of callbacks, and on the intake's loop each would
+sit in front of an SMTP answer. The intake wakes the job loops right after it commits a
+message and its job; every finished job wakes the job loops (it may have queued jobs: a
+post's fan-out) and delivery; short polls cover work stored by other processes. stop.set()
+(SIGTERM/SIGINT) closes the listener, lets in-flight SMTP transactions and jobs finish,
+then returns.
 """
 
 from __future__ import annotations
@@ -33,7 +37,6 @@ log = logging.getLogger(__name__)
 class WorkerFailed(ListservError):
     """A worker loop of the daemon died; the daemon stopped (``serve`` exits 1)."""
 
-POLL_INTERVAL = 0.5
 DRAIN_TIMEOUT = 30.0
 JOB_WORKERS = 2        # job loops per process (one long pass does not hold up the archive)
 # ... plus loops that run only incoming mail, so that long passes (digests, retention) never
@@ -49,6 +52,87 @@ def delivery_runner() -> Callable[[App, asyncio.Event, asyncio.Event], Coroutine
     except ImportError:
         return None
     return getattr(delivery, "run", None)
+
+
+class Nudge:
+    """Sets an asyncio.Event of another thread's event loop, from any thread; a set() before
+    the loop has bound its event is kept and applied when it does."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._target: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
+        self._early = False
+
+    def bind(self, event: asyncio.Event) -> None:
+        """Called in the loop that owns ``event``."""
+        with self._lock:
+            self._target = (asyncio.get_running_loop(), event)
+            if self._early:
+                event.set()
+
+    def set(self) -> None:
+        with self._lock:
+            target = self._target
+            if target is None:
+                self._early = True
+                return
+        loop, event = target
+        try:
+            loop.call_soon_threadsafe(event.set)
+        except RuntimeError:      # that loop has ended
+            pass
+
+
+class DeliveryThread:
+    """The delivery runner on its own thread and event loop. Chosen over a process: it shares
+    the App (settings, database pool, spool) and the signing workers with the daemon, a crash
+    of it stops the daemon as any worker's does, and the members' RSA signatures already run
+    in processes of their own (listserv.delivery.signpool); what is left here is sending, a few
+    callbacks per SMTP transaction, which on the intake's loop would queue in front of its
+    answers. Its blocking steps use its loop's own default executor."""
+
+    def __init__(self, app: App,
+                 runner: Callable[[App, asyncio.Event, asyncio.Event], Coroutine[Any, Any, Any]]
+                 ) -> None:
+        self.app = app
+        self.runner = runner
+        self.wake = Nudge()
+        self.stop = Nudge()
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> "asyncio.Future[None]":
+        """Start the thread; the future (of the calling loop) ends as the runner does."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def finish(exc: BaseException | None) -> None:
+            if done.done():
+                return
+            if exc is None:
+                done.set_result(None)
+            else:
+                done.set_exception(exc)
+
+        def target() -> None:
+            error: BaseException | None = None
+            try:
+                asyncio.run(self._main())
+            except BaseException as exc:     # handed to the daemon, which stops on it
+                error = exc
+            try:
+                loop.call_soon_threadsafe(finish, error)
+            except RuntimeError:             # the daemon's loop has ended already
+                pass
+
+        self.thread = threading.Thread(target=target, name="listserv-delivery", daemon=True)
+        self.thread.start()
+        return done
+
+    async def _main(self) -> None:
+        stop, wake = asyncio.Event(), asyncio.Event()
+        self.stop.bind(stop)
+        self.wake.bind(wake)
+        await self.runner(self.app, stop, wake)
 
 
 class AcceptErrors:
@@ -76,13 +160,6 @@ class AcceptErrors:
         self.last, self.suppressed = now, 0
 
 
-async def _wait(event: asyncio.Event, timeout: float) -> None:
-    try:
-        await asyncio.wait_for(event.wait(), timeout)
-    except asyncio.TimeoutError:
-        pass
-
-
 class Daemon:
     def __init__(self, app: App, *, host: str | None = None, port: int | None = None,
                  intake_enabled: bool = True, scheduler: bool = True,
@@ -100,53 +177,65 @@ class Daemon:
         self.ready = threading.Event()        # set once listening (for embedding and tests)
         self.handler: intake.IntakeHandler | None = None
         self.bound_port: int | None = None
-        self.delivery_wake: asyncio.Event | None = None
+        self.delivery_wake: Nudge | None = None     # set from any thread
         self.jobs_wake: asyncio.Event | None = None
-        # Without the scheduler (tests), only incoming mail and the archive pass (made due
-        # by it) run; the periodic passes are left to the test.
+        # Without the scheduler (tests), only incoming mail, the posts' fan-outs and the
+        # archive pass (made due by them) run; the periodic passes are left to the test.
         kinds: jobs.Registry = (
             workers.REGISTRY if scheduler else
-            {k: workers.REGISTRY[k] for k in (inbound.KIND, workers.ARCHIVE)}
+            {k: workers.REGISTRY[k] for k in (inbound.KIND, workers.FANOUT, workers.ARCHIVE)}
             if incoming_worker else {})
         self.job_kinds = {name: dataclasses.replace(k, handler=self._waking(k.handler))
                           for name, k in kinds.items()}
         self.job_owner = jobs.new_worker_id()
         self.loop: asyncio.AbstractEventLoop | None = None
 
+    def wake_delivery(self) -> None:
+        """Thread-safe: a fan-out queued recipients; the delivery loop takes them now."""
+        loop, ev = self.loop, self.delivery_wake
+        if loop is not None and ev is not None:
+            try:
+                loop.call_soon_threadsafe(ev.set)
+            except RuntimeError:       # the daemon has stopped: its loop is closed
+                pass
+
     def wake(self) -> None:
         """Thread-safe: nudge every worker loop (tests, intake commits)."""
         loop = self.loop
         if loop is None:
             return
-        for ev in (self.delivery_wake, self.jobs_wake):
-            if ev is not None:
-                loop.call_soon_threadsafe(ev.set)
-
-    def _wake_delivery(self) -> None:
-        loop, ev = self.loop, self.delivery_wake
-        if loop is not None and ev is not None:
-            loop.call_soon_threadsafe(ev.set)
+        if self.jobs_wake is not None:
+            try:
+                loop.call_soon_threadsafe(self.jobs_wake.set)
+            except RuntimeError:       # the daemon has stopped: its loop is closed
+                pass
+        if self.delivery_wake is not None:
+            self.delivery_wake.set()
 
     def _waking(self, handler: jobs.runner.Handler) -> jobs.runner.Handler:
-        """``handler``, then a nudge to the delivery loop: the job may have queued mail."""
+        """``handler``, then a nudge to the job loops and delivery: the job may have queued
+        jobs (a post's fan-out) or mail."""
         def run(app: App, payload: dict[str, Any]) -> None:
             try:
                 handler(app, payload)
             finally:
-                self._wake_delivery()
+                self.wake()
         return run
 
     async def run(self, stop: asyncio.Event) -> None:
         app = self.app
         loop = self.loop = asyncio.get_running_loop()
         loop.set_exception_handler(AcceptErrors())
-        self.delivery_wake = asyncio.Event()
+        runner = delivery_runner() if self.delivery_enabled else None
+        delivery = DeliveryThread(app, runner) if runner is not None else None
+        self.delivery_wake = delivery.wake if delivery is not None else Nudge()
         self.jobs_wake = asyncio.Event()
         wake = self.jobs_wake
 
         def on_commit() -> None:
             loop.call_soon_threadsafe(wake.set)
 
+        app.wake_delivery = self.wake_delivery
         self.handler = intake.IntakeHandler(app, on_commit=on_commit)
         if self.job_kinds:
             await asyncio.to_thread(jobs.ensure_periodic, app, self.job_kinds)
@@ -164,7 +253,6 @@ class Daemon:
         self.ready.set()
 
         workers_stop = asyncio.Event()
-        delivery_stop = asyncio.Event()
         tasks: list[asyncio.Task[Any]] = []
         # the job loops' own threads: a long pass never waits for, nor holds up, the intake's
         loops: list[jobs.Registry] = [self.job_kinds] * JOB_WORKERS if self.job_kinds else []
@@ -177,10 +265,9 @@ class Daemon:
             tasks.append(asyncio.create_task(jobs.work(
                 app, workers_stop, self.jobs_wake, kinds=kinds, owner=self.job_owner,
                 executor=executor)))
-        delivery_task: asyncio.Task[Any] | None = None
-        runner = delivery_runner() if self.delivery_enabled else None
-        if runner is not None:
-            delivery_task = asyncio.create_task(runner(app, delivery_stop, self.delivery_wake))
+        delivery_task: asyncio.Future[Any] | None = None
+        if delivery is not None:
+            delivery_task = delivery.start()
         elif self.delivery_enabled:
             log.warning("listserv: delivery module not available; outbound mail stays queued")
 
@@ -188,7 +275,7 @@ class Daemon:
         # mail nobody will ever process: stop, and report the failure to the caller.
         failed: list[BaseException] = []
 
-        def watch(task: asyncio.Task[Any]) -> None:
+        def watch(task: asyncio.Future[Any]) -> None:
             if not task.cancelled() and task.exception() is not None and not stop.is_set():
                 failed.append(task.exception())  # type: ignore[arg-type]
                 log.error("listserv: a worker failed; stopping", exc_info=task.exception())
@@ -206,13 +293,15 @@ class Daemon:
         self.wake()
         await asyncio.gather(*tasks, return_exceptions=True)
         executor.shutdown(wait=False)
-        delivery_stop.set()
-        self.delivery_wake.set()
-        if delivery_task is not None and not (delivery_task.done() and failed):
-            try:
-                await asyncio.wait_for(delivery_task, DRAIN_TIMEOUT)
-            except Exception:
-                log.exception("delivery did not stop cleanly")
+        if delivery is not None and delivery_task is not None:
+            delivery.stop.set()
+            delivery.wake.set()
+            if not (delivery_task.done() and failed):
+                try:
+                    await asyncio.wait_for(asyncio.shield(delivery_task), DRAIN_TIMEOUT)
+                except Exception:
+                    log.exception("delivery did not stop cleanly")
+        self.handler.close()
         if web_task is not None:
             await asyncio.gather(web_task, return_exceptions=True)
         if server is not None:

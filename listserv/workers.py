@@ -1,6 +1,8 @@
 """The job kinds this process runs (listserv.jobs): one plain function per kind.
 
-The periodic passes each keep one job in the table that re-enqueues itself ``every`` later;
+Each accepted message is processed by an ``incoming`` job (listserv.pipeline.inbound),
+enqueued with it by the intake; a post's fan-out (listserv.delivery.fanout) is a job of its
+own, enqueued when the post is accepted. The periodic passes each keep one job in the table that re-enqueues itself ``every`` later;
 N serve processes share them (a dedupe key, no leader). Inside a pass, one list or item that
 fails is logged once and retried later while the others go on (listserv.core.isolation); a pass
 that fails as a whole (the database is down) is retried by the engine with backoff, and after
@@ -18,6 +20,7 @@ from listserv import digests
 from listserv.admin import retention
 from listserv.archive import mbox as archive
 from listserv.bounces import process as bounces
+from listserv.delivery import fanout
 from listserv.core.app import App
 from listserv.core.models import ArchiveEntry
 from listserv.jobs import runner
@@ -27,6 +30,7 @@ from listserv.pipeline import inbound, incoming, moderation
 TICK = dt.timedelta(seconds=30)
 ARCHIVE = "archive"
 DIGESTS = "digests"
+FANOUT = fanout.KIND
 INCOMING_RETRY = dt.timedelta(seconds=5)   # first retry of a temporary failure; doubles
 ARCHIVE_BATCHES = 25        # archive batches per run; more pending: the next run follows at once
 
@@ -69,6 +73,7 @@ def process_incoming(app: App, payload: dict[str, Any]) -> None:
 KINDS: tuple[Kind, ...] = (
     Kind(inbound.KIND, process_incoming, max_attempts=inbound.JOB_ATTEMPTS,
          retry_base=INCOMING_RETRY),
+    Kind(fanout.KIND, fanout.run),
     Kind(ARCHIVE, archive_pass, every=TICK),
     Kind("moderation", moderation_pass, every=TICK),
     Kind(DIGESTS, digests_pass, every=TICK),
@@ -76,3 +81,4 @@ KINDS: tuple[Kind, ...] = (
     Kind(retention.JOB_KIND, retention_pass, every=retention.INTERVAL),
 )
 REGISTRY = runner.registry(KINDS)
+PERIODIC = tuple(k for k in KINDS if k.every is not None)

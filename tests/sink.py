@@ -4,13 +4,17 @@
         ... deliver to ("127.0.0.1", sink.port) ...
         sink.wait_for(lambda msgs: len(msgs) >= 3, timeout=10)
 
+The sink offers PIPELINING (RFC 2920; aiosmtpd reads pipelined commands in order but does not
+say so itself); ``SmtpSink(pipelining=False)`` does not, for the client's other path.
 ``sink.fail_rcpt`` maps a recipient to an SMTP reply (e.g. "450 4.2.0 busy") for tests of
 retries and bounces; ``fail_times`` limits how often that reply is given. ``fail_data``
-(data, recipients) -> reply or None answers the end of DATA (e.g. "552 5.3.4 too big").
+(data, recipients) -> reply or None answers the end of DATA (e.g. "552 5.3.4 too big"; a 421
+also closes the connection).
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from dataclasses import dataclass, field
@@ -36,6 +40,12 @@ class Captured:
 class _Handler:
     sink: "SmtpSink"
 
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):  # type: ignore[no-untyped-def]
+        session.host_name = hostname
+        if self.sink.pipelining:      # aiosmtpd reads commands one by one: pipelining works
+            responses.insert(-1, "250-PIPELINING")
+        return responses
+
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # type: ignore[no-untyped-def]
         reply = self.sink._failure_for(address)
         if reply:
@@ -48,6 +58,8 @@ class _Handler:
         if self.sink.fail_data is not None:
             reply = self.sink.fail_data(data, list(envelope.rcpt_tos))
             if reply:
+                if reply.startswith("421"):      # and close the connection, as MTAs do
+                    asyncio.get_running_loop().call_soon(server.transport.close)
                 return reply
         self.sink._record(Captured(envelope.mail_from, list(envelope.rcpt_tos),
                                    bytes(envelope.original_content or envelope.content)))
@@ -63,7 +75,8 @@ class _Controller(Controller):
 
 
 class SmtpSink:
-    def __init__(self) -> None:
+    def __init__(self, *, pipelining: bool = True) -> None:
+        self.pipelining = pipelining         # advertise PIPELINING (RFC 2920) in EHLO
         self.messages: list[Captured] = []
         self.fail_rcpt: dict[str, str] = {}
         self.fail_times: dict[str, int] = {}

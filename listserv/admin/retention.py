@@ -23,7 +23,9 @@ handled, so these are on the generous side):
   archive; pending ones stay).
 - processed ``bounce_event`` rows older than BOUNCE_EVENT_DAYS or the list's
   ``bounce_info_stale_after_days`` * BOUNCE_STALE_FACTOR, whichever is longer.
-- ``fanout`` rows (cross-list duplicate suppression) older than FANOUT_DAYS.
+- ``fanout`` rows (cross-list duplicate suppression, and the cursor of a post's fan-out job)
+  older than FANOUT_DAYS whose fan-out is complete. An outbound message whose fan-out is not
+  complete (its job waits for a retry, or is dead in `queue failed`) is kept, whatever its age.
 - ``auto_response`` and ``pending_token`` rows are already purged by moderation.tick
   (ratelimit.purge, tokens.purge): not repeated here.
 
@@ -171,8 +173,10 @@ def _newest(model: Any) -> Any:
 
 def outbound_gone(now: dt.datetime) -> ColumnElement[bool]:
     left = exists().where(Delivery.outbound_id == OutboundMessage.id, ~delivery_gone(now))
+    expanding = exists().where(Fanout.outbound_id == OutboundMessage.id,
+                               Fanout.expanded_at.is_(None))
     return and_(OutboundMessage.created_at < now - dt.timedelta(days=DELIVERY_DAYS), ~left,
-                OutboundMessage.id < _newest(OutboundMessage))
+                ~expanding, OutboundMessage.id < _newest(OutboundMessage))
 
 
 def inbound_gone(now: dt.datetime) -> ColumnElement[bool]:
@@ -213,7 +217,7 @@ def bounce_event_gone(session: Session, now: dt.datetime) -> ColumnElement[bool]
 
 
 def fanout_gone(now: dt.datetime) -> ColumnElement[bool]:
-    return Fanout.at < now - dt.timedelta(days=FANOUT_DAYS)
+    return and_(Fanout.at < now - dt.timedelta(days=FANOUT_DAYS), Fanout.expanded_at.is_not(None))
 
 
 # ---------------------------------------------------------------------------- rows

@@ -25,6 +25,10 @@ def system_clock() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
+def no_wake() -> None:
+    """App.wake_delivery outside the daemon: delivery runs when someone asks for it."""
+
+
 def dns_txt(name: str) -> list[str]:
     """Production TXT lookups through dnspython."""
     import dns.exception
@@ -44,6 +48,9 @@ class App:
     spool: Spool
     now: Clock = system_clock
     resolve_txt: TxtResolver = dns_txt
+    # Called from any thread after a transaction that queued outbound mail committed (a
+    # fan-out job's chunk): `serve` sets it to wake its delivery loop at once.
+    wake_delivery: Callable[[], None] = no_wake
 
     @classmethod
     def from_settings(cls, settings: Settings, **kw: Any) -> "App":

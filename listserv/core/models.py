@@ -547,7 +547,10 @@ class Delivery(Base):
 
 
 class Fanout(Base):
-    """Which lists have distributed a given Message-ID (a person on several lists gets one copy)."""
+    """One list's distribution of a post: which lists have distributed a given Message-ID (a
+    person on several lists gets one copy), and the durable cursor of its fan-out job
+    (listserv.delivery.fanout): recipients are queued in chunks in address id order, each chunk's
+    delivery rows in the same transaction as the cursor moving past them."""
 
     __tablename__ = "fanout"
     __table_args__ = (UniqueConstraint("message_id_hash", "list_id"),)
@@ -556,6 +559,15 @@ class Fanout(Base):
     message_id_hash: Mapped[str] = mapped_column(String(64), index=True)
     list_id: Mapped[int] = mapped_column(ForeignKey("mailing_list.id", ondelete="CASCADE"))
     at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+    # the message being fanned out (NULL for rows older than staged fan-out, or pruned)
+    outbound_id: Mapped[Optional[int]] = mapped_column(
+        ForeignKey("outbound_message.id", ondelete="SET NULL"))
+    # memberships with an id above this were made after the post was accepted: not reached
+    members_upto: Mapped[Optional[int]] = mapped_column()
+    # the highest address id queued so far (0: none yet)
+    after_address_id: Mapped[int] = mapped_column(default=0, server_default="0")
+    queued: Mapped[int] = mapped_column(default=0, server_default="0")   # recipients so far
+    expanded_at: Mapped[Optional[dt.datetime]] = mapped_column()      # NULL: still expanding
 
 
 class ArchiveEntry(Base):

@@ -117,12 +117,10 @@ def included_digest_queries(list_id: int) -> list[tuple[DeliveryMode, Select[Any
     return out
 
 
-def post_recipients_query(list_id: int, message_hash: str | None,
-                          skip_remote: Iterable[str] = ()) -> Select[Any]:
-    """Every address a post to ``list_id`` goes to, expanded through its includes, once each:
-    regular members of the whole subtree plus the remote lists it includes, minus whoever a
-    list that already distributed ``message_hash`` reached (through its own subtree), minus
-    the remote lists in ``skip_remote`` (the ones the post came through)."""
+def _post_tree(list_id: int, message_hash: str | None, before: int | None) -> tuple[Any, Any]:
+    """(mine, reached): the lists a post to ``list_id`` goes to, and those whose members a
+    list that distributed ``message_hash`` first (fanout id below ``before``; any when None)
+    already reached, each through its includes."""
     from listserv.core.models import Fanout
 
     seeds = select(
@@ -131,15 +129,60 @@ def post_recipients_query(list_id: int, message_hash: str | None,
     if message_hash is None:
         seeds = seeds.where(MailingList.id == list_id)
     else:
-        seeds = seeds.where(or_(MailingList.id == list_id, MailingList.id.in_(
-            select(Fanout.list_id).where(Fanout.message_id_hash == message_hash,
-                                         Fanout.list_id != list_id))))
+        earlier = select(Fanout.list_id).where(Fanout.message_id_hash == message_hash,
+                                               Fanout.list_id != list_id)
+        if before is not None:
+            earlier = earlier.where(Fanout.id < before)
+        seeds = seeds.where(or_(MailingList.id == list_id, MailingList.id.in_(earlier)))
     tree = reach(seeds)
     mine = select(tree.c.list_id).where(tree.c.side == MINE)
     reached = select(tree.c.list_id).where(tree.c.side == REACHED)
-    people = select(Address.email.label("email")).where(Address.id.in_(_regular(mine)))
+    return mine, reached
+
+
+def post_people_query(list_id: int, message_hash: str | None, before: int | None = None,
+                      upto: int | None = None) -> Select[int, str]:
+    """(address id, email) of every person a post to ``list_id`` goes to, expanded through
+    its includes, once each: regular members of the whole subtree (memberships with an id up
+    to ``upto``, when given) minus whoever a list that already distributed ``message_hash``
+    reached (through its own subtree)."""
+    return _people(*_post_tree(list_id, message_hash, before), message_hash, upto)
+
+
+def post_remote_query(list_id: int, message_hash: str | None, before: int | None = None,
+                      skip_remote: Iterable[str] = ()) -> Select[Any]:
+    """The remote lists a post to ``list_id`` goes to (through its includes), minus those a
+    list that already distributed ``message_hash`` reached, those in ``skip_remote`` (the
+    ones the post came through) and those that are people of the post already."""
+    return _remote(*_post_tree(list_id, message_hash, before), message_hash, skip_remote)
+
+
+def post_recipients_query(list_id: int, message_hash: str | None,
+                          skip_remote: Iterable[str] = ()) -> Select[Any]:
+    """Every address a post to ``list_id`` goes to: post_people_query's emails and
+    post_remote_query's (counts; the fan-out reads them in chunks, listserv.delivery.recipients)."""
+    mine, reached = _post_tree(list_id, message_hash, None)
+    people = _people(mine, reached, message_hash, None).with_only_columns(
+        Address.email.label("email"))
+    # UNION ALL: people are distinct already (IN), and the few remote rows are kept distinct
+    # here, so the database never sorts 100,000 addresses to deduplicate them again.
+    return people.union_all(                       # type: ignore[return-value]
+        _remote(mine, reached, message_hash, skip_remote))
+
+
+def _people(mine: Any, reached: Any, message_hash: str | None, upto: int | None
+            ) -> Select[int, str]:
+    members = _regular(mine)
+    if upto is not None:
+        members = members.where(Membership.id <= upto)
+    people = select(Address.id, Address.email).where(Address.id.in_(members))
     if message_hash is not None:
         people = people.where(Address.id.not_in(_regular(reached)))
+    return people
+
+
+def _remote(mine: Any, reached: Any, message_hash: str | None, skip_remote: Iterable[str]
+            ) -> Select[Any]:
     remote = select(ListInclusion.remote_address.label("email")).where(
         ListInclusion.parent_id.in_(mine), ListInclusion.remote_address.is_not(None))
     if message_hash is not None:
@@ -149,11 +192,8 @@ def post_recipients_query(list_id: int, message_hash: str | None,
     skip = [s.lower() for s in skip_remote]
     if skip:
         remote = remote.where(ListInclusion.remote_address.not_in(skip))
-    # UNION ALL: people are distinct already (IN), and the few remote rows are kept distinct
-    # here, so the database never sorts 100,000 addresses to deduplicate them again.
-    remote = remote.where(ListInclusion.remote_address.not_in(
+    return remote.where(ListInclusion.remote_address.not_in(
         select(Address.email).where(Address.id.in_(_regular(mine))))).distinct()
-    return people.union_all(remote)      # type: ignore[return-value]
 
 
 def included_member(session: Session, list_id: int, candidates: list[str]

@@ -15,13 +15,15 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Union
 from urllib.parse import urlsplit
 
 import aiosmtplib
 
 from listserv.core.addresses import verp_encode
 from listserv.core.errors import ConfigError
+from listserv.delivery import smtpwire
+from listserv.delivery.pipelining import PipeliningSMTP
 
 if TYPE_CHECKING:
     from listserv.delivery.unsubscribe import CopyMaker
@@ -52,6 +54,18 @@ class Message:
     # the batch's ``heads[rcpt]``
     maker: "CopyMaker | None" = None
     _lf: bytes | None = None
+    _wire: tuple[bytes, bytes, bytes] | None = None
+
+    @property
+    def wire(self) -> tuple[bytes, bytes, bytes]:
+        """(the copy's bytes, a member's copy's head, its rest) as they go after DATA
+        (smtpwire.wire_form), made once for all the copies."""
+        if self._wire is None:
+            m = self.maker
+            self._wire = (smtpwire.wire_form(self.data, True),
+                          smtpwire.wire_form(m.head, False) if m is not None else b"",
+                          smtpwire.wire_form(m.rest, True) if m is not None else b"")
+        return self._wire
 
     @property
     def lf_data(self) -> bytes:
@@ -100,6 +114,24 @@ class Batch:
                 self._arrived = asyncio.Event()
             await self._arrived.wait()
 
+    def own_ready_now(self, rcpts: list[str]) -> bool:
+        """Would own_ready(rcpts) return at once?"""
+        return not self.making or (self.heads is not None and all(r in self.heads
+                                                                  for r in rcpts))
+
+    def wire_data(self, rcpts: list[str]) -> bytes:
+        """data_for(rcpts) as it goes after DATA, up to and with the final dot line."""
+        m = self.message
+        data, head, rest = m.wire
+        if self.heads and m.maker is not None and len(rcpts) == 1:
+            own = self.heads.get(rcpts[0])
+            if own is not None:
+                sig, fields = own
+                if b"\n." in sig or b"\n." in fields:
+                    sig, fields = smtpwire.wire_form(sig, False), smtpwire.wire_form(fields, False)
+                return b"".join((sig, head, fields, rest))
+        return data
+
     def data_for(self, rcpts: list[str]) -> bytes:
         """The bytes to send to ``rcpts``: a member's own copy when there is one."""
         m = self.message
@@ -144,6 +176,7 @@ def transactions(batch: Batch, max_rcpts: int) -> list[tuple[str, list[str]]]:
 
 
 Done = Callable[[Batch], None]
+Connection = Union[aiosmtplib.SMTP, PipeliningSMTP]
 
 
 # ---------------------------------------------------------------------------- SMTP
@@ -183,6 +216,7 @@ class SmtpTransport:
         self.down_until = 0.0
         self.transactions = 0
         self.low_water = low_water      # (n, callback): called when the backlog drops below n
+        self.pipelining: bool | None = None     # does the server offer it (None: not known)
 
     @property
     def backlog(self) -> int:
@@ -222,36 +256,79 @@ class SmtpTransport:
         if batch.pending_tx == 0:
             self.done(batch)
 
+    def _took(self) -> None:
+        """A transaction left the queue: tell the runner when the backlog runs low."""
+        if self.low_water and self.queue.qsize() == self.low_water[0] - 1:
+            self.low_water[1]()
+
+    def _wired(self, tx: _Tx) -> bool:
+        """One VERP'd copy, for the pipelined client (smtpwire) unless the server lacks it?"""
+        return self.pipelining is not False and tx.batch.message.verp and len(tx.rcpts) == 1
+
+    def next_ready(self) -> _Tx | None:
+        """The next transaction when one is queued (for smtpwire to pipeline behind a copy)."""
+        try:
+            tx = self.queue.get_nowait()
+        except asyncio.QueueEmpty:
+            return None
+        if tx is None:                 # a worker's stop mark: leave it for the queue
+            self.queue.put_nowait(None)
+            return None
+        self._took()
+        return tx
+
     async def _worker(self, n: int) -> None:
-        smtp: aiosmtplib.SMTP | None = None
+        smtp: Connection | None = None
+        wire: smtpwire.Wire | None = None
+        carried: _Tx | None = None     # taken by the pipelined client behind the last copy,
+        sent = False                   # its envelope commands already written
         try:
             while True:
-                tx = await self.queue.get()
-                if tx is None:
-                    return
-                if self.low_water and self.queue.qsize() == self.low_water[0] - 1:
-                    self.low_water[1]()
+                if carried is not None:
+                    tx, carried = carried, None
+                else:
+                    got = await self.queue.get()
+                    if got is None:
+                        return
+                    tx = got
+                    self._took()
                 try:
-                    smtp = await self._send(smtp, tx)
+                    done = None
+                    if self._wired(tx):
+                        done = await smtpwire.transact(self, wire, tx, sent)
+                    if done is None:
+                        sent = False
+                        smtp = await self._send(smtp, tx)
+                    else:
+                        wire, carried, sent = done
                 except Exception as exc:  # never lose a batch to a bug in one transaction
                     log.exception("delivery batch %s: transaction failed", tx.batch.id)
                     tx.batch.outcome(tx.rcpts, None, f"internal error: {exc!r}", whole=True)
                 self.transactions += 1
                 self._finish(tx.batch)
         finally:
+            if wire is not None:
+                await wire.quit(5)
             if smtp is not None and smtp.is_connected:
                 try:
                     await asyncio.wait_for(smtp.quit(), 5)
                 except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
                     smtp.close()
 
-    async def _connect(self) -> aiosmtplib.SMTP:
-        smtp = aiosmtplib.SMTP(hostname=self.host, port=self.port, local_hostname=self.helo,
-                               timeout=COMMAND_TIMEOUT, start_tls=False, use_tls=False)
+    async def _connect(self, batched: bool = False) -> Connection:
+        """A new connection: for batched transactions the pipelining client, else aiosmtplib
+        (a kept connection of either kind serves any transaction: they answer alike)."""
+        smtp: Connection
+        if batched:
+            smtp = PipeliningSMTP(self.host, self.port, self.helo, COMMAND_TIMEOUT)
+        else:
+            smtp = aiosmtplib.SMTP(hostname=self.host, port=self.port,
+                                   local_hostname=self.helo, timeout=COMMAND_TIMEOUT,
+                                   start_tls=False, use_tls=False)
         await smtp.connect(timeout=CONNECT_TIMEOUT)
         return smtp
 
-    async def _send(self, smtp: aiosmtplib.SMTP | None, tx: _Tx) -> aiosmtplib.SMTP | None:
+    async def _send(self, smtp: Connection | None, tx: _Tx) -> Connection | None:
         """Run one transaction, recording each recipient's outcome; return the connection."""
         batch = tx.batch
         if batch.conn_failed or time.monotonic() < self.down_until:
@@ -262,7 +339,7 @@ class SmtpTransport:
             reused = smtp is not None and smtp.is_connected
             try:
                 if not reused:
-                    smtp = await self._connect()
+                    smtp = await self._connect(_batched(batch.message))
             except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
                 self.down_until = time.monotonic() + DOWN_HOLD_SECONDS
                 batch.conn_failed = True
@@ -286,7 +363,7 @@ class SmtpTransport:
                 return None
         return smtp
 
-    async def _transaction(self, smtp: aiosmtplib.SMTP, tx: _Tx) -> None:
+    async def _transaction(self, smtp: Connection, tx: _Tx) -> None:
         batch, msg = tx.batch, tx.batch.message
         opts: list[str] = []
         if not (tx.sender.isascii() and all(r.isascii() for r in tx.rcpts)):
@@ -319,6 +396,12 @@ class SmtpTransport:
             batch.ok.extend(r for r in tx.rcpts if r not in errors)
         else:
             batch.ok.extend(tx.rcpts)
+
+
+def _batched(msg: Message) -> bool:
+    """Whether ``msg``'s transactions may have many recipients (not VERP'd): those go
+    through the pipelining client (listserv.delivery.pipelining)."""
+    return not (msg.verp and msg.envelope_from)
 
 
 def _rcpt_code(code: int) -> int:

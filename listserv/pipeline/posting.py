@@ -3,14 +3,15 @@
 accept_post() is the one way a post is distributed; moderation's approve calls it too, so an
 approved post behaves exactly as a directly accepted one. It runs inside the caller's
 transaction (helpers never commit): post number, prepared copy, digest entry, archive entry,
-Fanout record and the outbound queue rows all commit together or not at all.
+Fanout record, outbound message and its fan-out job all commit together or not at all; the
+job then queues the recipients in chunks (listserv.delivery.fanout).
 """
 
 from __future__ import annotations
 
 import logging
 from email.message import EmailMessage
-from typing import Callable, Iterable, Iterator
+from typing import Callable
 
 from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
@@ -18,7 +19,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from listserv import digests
 from listserv.core import network, ratelimit
-from listserv.delivery import notices, outbound, recipients, unsubscribe
+from listserv.delivery import fanout, notices, outbound, recipients, unsubscribe
 from listserv.message import arc, transforms, untrusted
 from listserv.pipeline import moderation, rules
 from listserv.core.app import App
@@ -122,12 +123,6 @@ class _MemoResolver:
         return self.answers[name]
 
 
-def _counted(items: Iterable[str], box: list[int]) -> Iterator[str]:
-    for item in items:
-        box[0] += 1
-        yield item
-
-
 def render_footer(app: App, lv: ListView) -> str:
     return render(app.settings.data_dir, FOOTER_TEMPLATE, {"list": lv, "settings": app.settings},
                   domain=lv.domain, list_address=lv.address)
@@ -142,19 +137,27 @@ def to_bytes(msg: EmailMessage) -> bytes:
 
 def accept_post(session: Session, app: App, inbound: InboundMessage, msg: EmailMessage, *,
                 approved_by: str | None = None) -> int | None:
-    """Distribute a post. Returns its sequence number, or None for a duplicate Message-ID that
-    this list already distributed (the inbound message is then marked discarded)."""
+    """Accept a post for distribution. Returns its sequence number, or None for a duplicate
+    Message-ID that this list already distributed (the inbound message is then marked
+    discarded).
+
+    Everything slow (DNS, preparing, decorating, ARC and DKIM) is done before the list's
+    lock, for the post number the list will most likely give it; under the lock the post is
+    only numbered and recorded: prepared and final bytes, OutboundMessage, Fanout row, digest
+    and archive entries, and the one fan-out job that queues its recipients afterwards
+    (listserv.delivery.fanout)."""
     ml = session.get(MailingList, inbound.list_id)
     assert ml is not None
     message_id = str(msg.get("Message-ID") or inbound.message_id or "").strip()
     mhash = recipients.message_hash(message_id or inbound.spool_sha)
+    verp = app.settings.delivery.verp
 
-    # DNS (DMARC) before taking any lock: a slow resolver must not hold the list row.
+    # DNS (DMARC, ARC) before taking any lock: a slow resolver must not hold the list row.
     resolver = _MemoResolver(app.resolve_txt)
-    guess = unsubscribe.with_web(ListView.of(ml), app.settings.web)
-    guess = _with_post_id(guess, ml.post_id + 1)
-    early = transforms.prepare(msg, guess, resolve_txt=resolver)
-    found = _arc_results(app, guess, inbound)   # DNS too: before the locks
+    guess = _with_post_id(unsubscribe.with_web(ListView.of(ml), app.settings.web),
+                          ml.post_id + 1)
+    found = _arc_results(app, guess, inbound)
+    early = _copies(app, msg, guess, resolver, found, verp)
 
     _lock_message(session, mhash)
     seq = _next_post_id(session, ml.id)   # from here on we hold the list's write lock
@@ -168,37 +171,41 @@ def accept_post(session: Session, app: App, inbound: InboundMessage, msg: EmailM
         return None
     set_committed_value(ml, "post_id", seq)
     lv = unsubscribe.with_web(ListView.of(ml), app.settings.web)
-    prepared = early if seq == guess.post_id else transforms.prepare(
-        msg, lv, resolve_txt=resolver)
-    prepared_sha = app.spool.put(to_bytes(prepared), session=session)
+    prepared, raw, data = early if lv == guess else _copies(app, msg, lv, resolver, found,
+                                                            verp)
+    prepared_sha = app.spool.put(raw, session=session)
     now = app.now()
-    session.add(Fanout(message_id_hash=mhash, list_id=ml.id, at=now))
+    # VERP'd copies are one per member: each gets its own one-click unsubscribe headers and
+    # DKIM signature at delivery (listserv.delivery.unsubscribe): their bytes are sealed,
+    # not signed.
+    out = outbound.create_message(session, app, data, kind="post", envelope_from=lv.bounces,
+                                  list_id=ml.id, verp=verp, message_id=message_id[:998],
+                                  per_member=verp)
+    fan = fanout.record(session, app, ml.id, mhash, out.id)
     digests.add_post(session, app, ml, seq, prepared_sha, prepared, message_hash=mhash)
     if ml.archive is not ArchivePolicy.none:
         session.add(ArchiveEntry(list_id=ml.id, seq=seq, spool_sha=prepared_sha,
                                  message_id=message_id[:998], created_at=now))
-    session.flush()
+    fanout.start(session, app, fan, inbound_id=inbound.id, seq=seq,
+                 skip_remote=network.came_through(msg), approved_by=approved_by)
+    inbound.state = InboundState.accepted
+    inbound.outcome = (f"accepted as post {seq}; its recipients are being queued"
+                       + (f", approved by {approved_by}" if approved_by else ""))
+    log.info("list %s message %s: accepted as post %d", ml.list_id, message_id, seq)
+    return seq
 
+
+def _copies(app: App, msg: EmailMessage, lv: ListView, resolver: _MemoResolver,
+            found: list[str] | None, verp: bool) -> tuple[EmailMessage, bytes, bytes]:
+    """(prepared message, its bytes, final bytes) of a post for ``lv`` (its post number
+    included): the prepared copy decorated, CRLF, the ARC set, then DKIM-signed when the
+    domain has a key (not for VERP'd posts: their members' copies are signed at delivery)."""
+    prepared = transforms.prepare(msg, lv, resolve_txt=resolver)
+    raw = to_bytes(prepared)   # first: it makes hostile decoded text writable, in place
     final = transforms.decorate(prepared, lv, render_footer(app, lv))
-    # CRLF, the ARC set, then DKIM-signed when the domain has a key. VERP'd copies are one
-    # per member: each gets its own one-click unsubscribe headers and DKIM signature at
-    # delivery (listserv.delivery.unsubscribe; the ARC set does not cover those headers), so the
-    # queued bytes are sealed but not signed.
-    verp = app.settings.delivery.verp
     seal = None if found is None else (lambda b: arc.seal(b, lv, found))
     data = notices.serialise(final, seal) if verp else notices.finalise(final, lv, seal)
-    count = [0]
-    outbound.queue_message(
-        session, app, data, _counted(recipients.post_recipients(
-            session, ml.id, mhash, skip_remote=network.came_through(msg)), count),
-        kind="post", envelope_from=lv.bounces, list_id=ml.id,
-        verp=verp, message_id=message_id[:998], per_member=verp)
-    inbound.state = InboundState.accepted
-    inbound.outcome = (f"accepted as post {seq} to {count[0]} recipients"
-                       + (f", approved by {approved_by}" if approved_by else ""))
-    log.info("list %s message %s: post %d queued for %d recipients", ml.list_id, message_id,
-             seq, count[0])
-    return seq
+    return prepared, raw, data
 
 
 def _arc_results(app: App, lv: ListView, inbound: InboundMessage) -> list[str] | None:

@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from listserv import jobs, workers
 from listserv.core import lists, members
 from listserv.pipeline import commands, moderation
 from listserv.core.app import App
@@ -98,6 +99,7 @@ class Outbox:
         self.seen = 0
 
     def all(self) -> list[Sent]:
+        run_fanouts(self.app)        # accepted posts: their recipients are queued by a job
         with self.app.db.unit_of_work() as s:
             out = []
             for ob in s.scalars(select(OutboundMessage).order_by(OutboundMessage.id)):
@@ -112,6 +114,11 @@ class Outbox:
         if items:
             self.seen = items[-1].id
         return items
+
+
+def run_fanouts(app: App) -> int:
+    """Run the fan-out jobs of accepted posts (one job at a time), as a daemon would."""
+    return jobs.run_jobs_until_idle(app, {workers.FANOUT: workers.REGISTRY[workers.FANOUT]})
 
 
 def token_of(msg: EmailMessage) -> str:

@@ -170,15 +170,14 @@ def test_periodic_jobs_exist_once_whatever_the_number_of_processes(
     other = App(settings=app.settings, db=Database(app.settings.database_url),
                 spool=app.spool, now=app.now)
     try:
-        periodic = [k.name for k in workers.KINDS if k.every is not None]
-        assert jobs.ensure_periodic(app, workers.REGISTRY) == len(periodic)
+        assert jobs.ensure_periodic(app, workers.REGISTRY) == len(workers.PERIODIC)
         assert jobs.ensure_periodic(other, workers.REGISTRY) == 0
         with other.db.unit_of_work() as s:                 # enqueue by hand: deduplicated
             jobs.enqueue(s, other, "digests", dedupe_key="periodic:digests",
                          partition_key="periodic:digests")
     finally:
         other.db.dispose()
-    assert sorted(j.kind for j in rows(app)) == sorted(periodic)
+    assert sorted(j.kind for j in rows(app)) == sorted(k.name for k in workers.PERIODIC)
 
 
 def test_a_periodic_job_reschedules_itself_and_can_be_kicked(app: App, clock: Clock) -> None:

@@ -258,11 +258,25 @@ def test_bounce_events_keep_the_longer_of_90_days_and_four_stale_periods(
     slow_kept = event(slow, 110)
     slow_gone = event(slow, 121)
     with app.db.unit_of_work() as s:
-        s.add(Fanout(message_id_hash="f" * 64, list_id=list_id, at=app.now() - dt.timedelta(
-            days=91)))
-        s.add(Fanout(message_id_hash="e" * 64, list_id=list_id, at=app.now()))
+        long_ago = app.now() - dt.timedelta(days=91)
+        s.add(Fanout(message_id_hash="f" * 64, list_id=list_id, at=long_ago,
+                     expanded_at=long_ago))
+        s.add(Fanout(message_id_hash="e" * 64, list_id=list_id, at=app.now(),
+                     expanded_at=app.now()))
+        # a fan-out whose job never finished (dead, waiting for `queue retry`) stays, and so
+        # does its message
+        out = OutboundMessage(list_id=list_id, kind="post", spool_sha="0" * 64,
+                              envelope_from="", created_at=long_ago)
+        s.add(out)
+        s.flush()
+        s.add(Fanout(message_id_hash="d" * 64, list_id=list_id, at=long_ago,
+                     outbound_id=out.id))
+        s.add(OutboundMessage(list_id=list_id, kind="notice", spool_sha="1" * 64,
+                              envelope_from="", created_at=app.now()))   # the newest stays
+        unfinished = out.id
     stats = retention.prune(app)
     assert stats.rows["bounce_event"] == 2 and stats.rows["fanout"] == 1
+    assert exists(app, OutboundMessage, unfinished)
     assert not exists(app, BounceEvent, old) and not exists(app, BounceEvent, slow_gone)
     for kept in (recent, unreported, slow_kept):
         assert exists(app, BounceEvent, kept)

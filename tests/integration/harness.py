@@ -33,6 +33,7 @@ from sqlalchemy import func, select
 from listserv import jobs, workers
 from listserv.archive import mbox as archive
 from listserv.core import config, lists
+from listserv.delivery import fanout
 from listserv.core import members as members_mod
 from listserv.core.app import App
 from listserv.pipeline import inbound, incoming
@@ -195,13 +196,14 @@ class Harness:
         deadline = time.monotonic() + timeout
         while True:
             busy = jobs.run_jobs_until_idle(self.app, INCOMING_KINDS)
+            busy += run_fanouts(self.app)
             busy += archive.append_pending(self.app)
             if not self.real_delivery:
                 busy += fallback_deliver(self.app)
             else:
                 self.daemon.wake()
             if not busy and incoming.pending(self.app) == 0 and deliveries_due(self.app) == 0 \
-                    and archive_pending(self.app) == 0:
+                    and archive_pending(self.app) == 0 and fanouts_pending(self.app) == 0:
                 return
             if time.monotonic() > deadline:
                 raise AssertionError(
@@ -233,6 +235,17 @@ def archive_pending(app: App) -> int:
     with app.db.unit_of_work() as session:
         return session.scalar(select(func.count()).select_from(ArchiveEntry).where(
             ArchiveEntry.appended_at.is_(None))) or 0
+
+
+def run_fanouts(app: App) -> int:
+    """Run the posts' fan-out jobs that are due, one at a time (the daemon's job loops may
+    take some of them: the job engine's claims keep each to one worker)."""
+    return jobs.run_jobs_until_idle(app, {workers.FANOUT: workers.REGISTRY[workers.FANOUT]})
+
+
+def fanouts_pending(app: App) -> int:
+    with app.db.unit_of_work() as session:
+        return fanout.pending(session)
 
 
 def deliveries_due(app: App) -> int:

@@ -34,9 +34,10 @@ def with_delivery(app: App, **kw: Any) -> App:
     return dataclasses.replace(app, settings=s)
 
 
-@pytest.fixture
-def sink() -> Iterator[SmtpSink]:
-    with SmtpSink() as s:
+@pytest.fixture(params=[False, True], ids=["one-by-one", "pipelining"])
+def sink(request: pytest.FixtureRequest) -> Iterator[SmtpSink]:
+    """Each test against a server without and with PIPELINING: the outcomes are the same."""
+    with SmtpSink(pipelining=request.param) as s:
         yield s
 
 

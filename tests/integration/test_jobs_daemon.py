@@ -14,8 +14,6 @@ from listserv.core.db import Database
 from listserv.core.models import Job, JobState
 from tests.waiting import wait_until
 
-PERIODIC = [k.name for k in workers.KINDS if k.every is not None]
-
 
 def test_two_daemons_run_each_periodic_pass_once(app: App) -> None:
     other = App(settings=app.settings, db=Database(app.settings.database_url),
@@ -28,7 +26,7 @@ def test_two_daemons_run_each_periodic_pass_once(app: App) -> None:
     def all_ran_once() -> bool:
         now = app.now()       # the test's clock stands still: next runs are never due
         rows = jobs()
-        return len(rows) == len(PERIODIC) and all(
+        return len(rows) == len(workers.PERIODIC) and all(
             j.state is JobState.ready and j.run_after > now for j in rows)
 
     async def main() -> None:
@@ -47,7 +45,7 @@ def test_two_daemons_run_each_periodic_pass_once(app: App) -> None:
     finally:
         other.db.dispose()
     rows = jobs()
-    assert sorted(j.kind for j in rows) == sorted(PERIODIC)
+    assert sorted(j.kind for j in rows) == sorted(k.name for k in workers.PERIODIC)
     for j in rows:
         kind = workers.REGISTRY[j.kind]
         assert kind.every is not None and j.run_after == app.now() + kind.every

@@ -13,6 +13,7 @@ from tests.integration.harness import (
     make_list,
     make_message,
     post_id_of,
+    run_fanouts,
 )
 
 
@@ -357,7 +358,8 @@ def test_signed_when_the_domain_has_a_key(harness: Harness) -> None:
 
 
 def test_large_list_fans_out_in_batches(app) -> None:  # type: ignore[no-untyped-def]
-    """20,000 members: one SQL stream, batched Delivery rows, every member exactly once."""
+    """20,000 members: chunks read in address order, batched Delivery rows, every member
+    exactly once."""
     import time
 
     from sqlalchemy import func, insert
@@ -378,6 +380,9 @@ def test_large_list_fans_out_in_batches(app) -> None:  # type: ignore[no-untyped
                  make_message("m1@d1.example", LIST, "big").as_bytes())
     t = time.perf_counter()
     assert jobs.run_next_job(app, INCOMING_KINDS)
+    with app.db.unit_of_work() as s:      # accepted: numbered and recorded, nobody queued
+        assert s.scalar(select(func.count()).select_from(Delivery)) == 0
+    assert run_fanouts(app) == 1          # the post's one fan-out job queues everyone
     elapsed = time.perf_counter() - t
     with app.db.unit_of_work() as s:
         total, rows = s.execute(select(func.sum(Delivery.count), func.count())).one()
@@ -418,6 +423,7 @@ def test_concurrent_workers_process_each_message_once(quiet_harness: Harness) ->
     assert errors == []
     assert [s for _, s, _ in states(h)] == ["accepted"] * 30
     assert post_id_of(h.app, LIST) == 15 and post_id_of(h.app, "users@example.org") == 15
+    assert run_fanouts(h.app) == 30
     with h.app.db.unit_of_work() as s:
         from listserv.core.models import Delivery
         # every message reached ann and bob once in all, whichever list got there first

@@ -1,0 +1,152 @@
+"""Staged fan-out: accepting a post records it; a ``fanout`` job queues its recipients.
+
+Accepting a post (listserv.pipeline.posting.accept_post) only numbers it and records, under
+the list's lock, what belongs to it: the prepared and final bytes in the spool, the
+OutboundMessage, the digest and archive entries, the Fanout row and ONE job of kind
+``fanout`` (start()). The job (run()) then reads the recipients outside the lock, in chunks
+in address id order (listserv.delivery.recipients.next_chunk, keyset-paginated), and in one
+transaction per chunk queues their Delivery rows (one per SMTP transaction's worth of
+recipients, listserv.delivery.outbound) and moves the Fanout row's cursor past them. After
+each commit it wakes the delivery loop (App.wake_delivery), so the first copies leave while
+the rest are still being queued; the first chunk is one transaction's worth of recipients,
+so that they leave at once. Between chunks nothing is locked: `member set`, `member add` or
+a digest of the list go ahead.
+
+A list's fan-outs share one job partition (partition()), so its posts go out in arrival order;
+different lists fan out in parallel.
+
+A crash resumes from the cursor: a chunk's Delivery rows and the cursor's move commit
+together, and the cursor moves by compare-and-set (a worker whose lease was taken over cannot
+queue a chunk the other one queued), so no recipient is queued twice and none is lost. The
+job's lease and retries are the job engine's (listserv.jobs).
+
+Who gets the post: the members when it was accepted (memberships with an id up to
+Fanout.members_upto) who are still enabled members on regular delivery when their chunk is
+queued. Someone who leaves, is disabled or switches to digests before their chunk is queued
+does not get it; someone who joins after the post was accepted does not either. A person on
+several lists that distribute one Message-ID gets it from the list that accepted it first
+(fanout rows with a lower id; listserv.recipients).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Iterable
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from listserv.core.app import App
+from listserv.core.models import Fanout, InboundMessage, InboundState, Membership
+from listserv.delivery import outbound, recipients
+from listserv.jobs import engine
+
+log = logging.getLogger(__name__)
+
+KIND = "fanout"
+CHUNK = 5000        # recipients queued per transaction (after the first transaction's worth)
+
+
+class CursorMoved(Exception):
+    """Another worker queued this chunk meanwhile (its lease on the job was taken over)."""
+
+
+def partition(list_id: int) -> str:
+    return f"fanout:list:{list_id}"
+
+
+def record(session: Session, app: App, list_id: int, message_hash: str, outbound_id: int
+           ) -> Fanout:
+    """The Fanout row of a post being accepted (in the caller's transaction, under the list
+    lock): the memberships that exist now are the ones the post can reach."""
+    upto = session.scalar(select(func.max(Membership.id)))
+    fan = Fanout(message_id_hash=message_hash, list_id=list_id, at=app.now(),
+                 outbound_id=outbound_id, members_upto=upto or 0)
+    session.add(fan)
+    session.flush()
+    return fan
+
+
+def start(session: Session, app: App, fan: Fanout, *, inbound_id: int | None, seq: int,
+          skip_remote: Iterable[str] = (), approved_by: str | None = None) -> int:
+    """Enqueue the fan-out job of ``fan`` (in the caller's transaction); its job id."""
+    payload: dict[str, Any] = {"fanout": fan.id, "inbound": inbound_id, "seq": seq,
+                               "skip_remote": sorted(skip_remote), "approved_by": approved_by}
+    return engine.enqueue(session, app, KIND, payload, partition_key=partition(fan.list_id))
+
+
+def run(app: App, payload: dict[str, Any]) -> None:
+    """The job kind's handler: queue every chunk."""
+    expand(app, payload)
+
+
+def expand(app: App, payload: dict[str, Any], *, max_chunks: int | None = None,
+           after_chunk: Callable[[int], None] | None = None) -> bool:
+    """Queue chunks of recipients, one transaction each, until the fan-out is complete (or
+    ``max_chunks`` were queued); whether it is complete. ``after_chunk(n)`` is called after
+    the n-th chunk committed (tests)."""
+    n = 0
+    while max_chunks is None or n < max_chunks:
+        complete, added = step(app, payload)
+        n += 1
+        if added:
+            app.wake_delivery()
+        if after_chunk is not None:
+            after_chunk(n)
+        if complete:
+            return True
+    return False
+
+
+def step(app: App, payload: dict[str, Any]) -> tuple[bool, int]:
+    """Queue the next chunk in one transaction: (complete, recipients queued)."""
+    fanout_id = int(payload["fanout"])
+    with app.db.unit_of_work() as session:
+        if app.db.is_sqlite:
+            session.connection().exec_driver_sql("BEGIN IMMEDIATE")
+        fan = session.get(Fanout, fanout_id, with_for_update=True)
+        if fan is None or fan.expanded_at is not None:
+            return True, 0
+        now = app.now()
+        if fan.outbound_id is None:           # the message was pruned: nothing left to send
+            fan.expanded_at = now
+            return True, 0
+        size = app.settings.delivery.max_recipients_per_transaction
+        limit = size if fan.after_address_id == 0 else max(CHUNK, size)
+        chunk = recipients.next_chunk(
+            session, fan.list_id, fan.message_id_hash, after=fan.after_address_id,
+            limit=limit, before=fan.id, upto=fan.members_upto,
+            skip_remote=payload.get("skip_remote") or ())
+        added = outbound.add_recipients(session, app, fan.outbound_id,
+                                        [*chunk.people, *chunk.remote])
+        total = fan.queued + added
+        moved = session.execute(
+            update(Fanout).where(Fanout.id == fan.id,
+                                 Fanout.after_address_id == fan.after_address_id,
+                                 Fanout.queued == fan.queued, Fanout.expanded_at.is_(None))
+            .values(after_address_id=chunk.last, queued=total,
+                    expanded_at=now if chunk.complete else None)
+            .execution_options(synchronize_session=False))
+        if getattr(moved, "rowcount", 0) != 1:
+            raise CursorMoved(f"fan-out {fan.id}: another worker queued this chunk")
+        if chunk.complete:
+            _finished(session, app, fan, payload, total)
+        return chunk.complete, added
+
+
+def _finished(session: Session, app: App, fan: Fanout, payload: dict[str, Any],
+              total: int) -> None:
+    seq, approved_by = payload.get("seq"), payload.get("approved_by")
+    inbound = (session.get(InboundMessage, int(payload["inbound"]))
+               if payload.get("inbound") else None)
+    if inbound is not None and inbound.state is InboundState.accepted:
+        inbound.outcome = (f"accepted as post {seq} to {total} recipients"
+                           + (f", approved by {approved_by}" if approved_by else ""))
+    log.info("list_id %s message %s: post %s queued for %d recipients", fan.list_id,
+             inbound.message_id if inbound is not None else "-", seq, total)
+
+
+def pending(session: Session) -> int:
+    """Fan-outs not yet completely queued."""
+    return session.scalar(select(func.count()).select_from(Fanout)
+                          .where(Fanout.expanded_at.is_(None))) or 0

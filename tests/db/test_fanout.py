@@ -1,0 +1,225 @@
+"""Staged fan-out (listserv.fanout), driven one job at a time: accepting a post queues one
+job and nobody yet; the job queues recipients chunk by chunk behind the fanout row's cursor;
+a crash resumes from the cursor with no recipient twice and none lost; memberships changed
+between accept and expansion; nothing holds the list between chunks; cross-posts reach a
+person once whichever list's job runs first."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from typing import Any, Iterator
+
+import pytest
+from sqlalchemy import func, select, text, update
+
+from listserv import jobs, workers
+from listserv.core import config, members
+from listserv.core.app import App
+from listserv.core.db import Database
+from listserv.delivery import fanout, outbound
+from listserv.intake import smtp as intake
+from listserv.pipeline import inbound
+from listserv.core.models import (
+    Address,
+    Delivery,
+    DeliveryMode,
+    Fanout,
+    InboundMessage,
+    Job,
+    MailingList,
+    Membership,
+)
+from tests.conftest import Clock
+from tests.db.modsupport import make_list, message
+
+INCOMING = {inbound.KIND: workers.REGISTRY[inbound.KIND]}
+
+LIST = "big@example.org"
+PER_TX = 10                 # recipients per Delivery row (SMTP transaction)
+
+
+@pytest.fixture
+def small(app: App, monkeypatch: pytest.MonkeyPatch) -> Iterator[App]:
+    """The app with 10 recipients per transaction and chunks of 30 (5,000 in production)."""
+    monkeypatch.setattr(fanout, "CHUNK", 30)
+    s = config.replace(app.settings, delivery__max_recipients_per_transaction=PER_TX)
+    yield dataclasses.replace(app, settings=s)
+
+
+def people(n: int, prefix: str = "m") -> tuple[str, ...]:
+    return tuple(f"{prefix}{i}@d{i % 7}.example" for i in range(n))
+
+
+def post(app: App, to: str = LIST, sender: str = "m1@d1.example", **headers: str) -> None:
+    """A post through the intake's store and one incoming pass (accepted: members post)."""
+    route = intake.Router(app).resolve(to)
+    intake.store(app, sender, [route], message(sender, to, **headers))
+    assert jobs.run_next_job(app, INCOMING)
+
+
+def queued(app: App) -> Counter[str]:
+    with app.db.unit_of_work() as s:
+        return Counter(r for d in s.scalars(select(Delivery.recipients))
+                       for r in d.split("\n"))
+
+
+def fanout_jobs(app: App) -> list[Job]:
+    with app.db.unit_of_work() as s:
+        return list(s.scalars(select(Job).where(Job.kind == fanout.KIND).order_by(Job.id)))
+
+
+def outcome(app: App) -> str:
+    with app.db.unit_of_work() as s:
+        return s.scalars(select(InboundMessage.outcome).order_by(InboundMessage.id.desc())
+                         ).first() or ""
+
+
+def test_accept_queues_one_job_and_nobody_and_the_job_queues_everyone(small: App) -> None:
+    everyone = people(95)
+    list_id = make_list(small, LIST, people=everyone)
+    post(small)
+    [job] = fanout_jobs(small)
+    assert job.partition_key == f"fanout:list:{list_id}"
+    assert queued(small) == Counter()
+    assert outcome(small) == "accepted as post 1; its recipients are being queued"
+    with small.db.unit_of_work() as s:
+        fan = s.scalars(select(Fanout)).one()
+        assert fan.expanded_at is None and fan.after_address_id == 0 and fan.outbound_id
+    assert jobs.run_next_job(small)
+    got = queued(small)
+    assert sorted(got) == sorted(everyone) and set(got.values()) == {1}
+    with small.db.unit_of_work() as s:
+        counts = list(s.scalars(select(Delivery.count).order_by(Delivery.id)))
+        fan = s.scalars(select(Fanout)).one()
+        assert fan.expanded_at is not None and fan.queued == 95
+    assert all(c <= PER_TX for c in counts) and sum(counts) == 95
+    assert len(counts) == 10                # one row per transaction, never one per recipient
+    assert fanout_jobs(small) == []
+    assert outcome(small) == "accepted as post 1 to 95 recipients"
+
+
+def test_a_crash_resumes_from_the_cursor_without_duplicates_or_loss(
+        small: App, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    everyone = people(200)
+    make_list(small, LIST, people=everyone)
+    post(small)
+    job = jobs.claim(small, "w-first")
+    assert job is not None and job.kind == fanout.KIND
+    # the first worker queues two chunks (10, then 30 recipients) and dies
+    assert not fanout.expand(small, job.payload, max_chunks=2)
+    assert sum(queued(small).values()) == 40
+    # the next chunk's transaction fails before its commit: nothing of it stays
+    real = outbound.add_recipients
+
+    def dies(*a: Any, **kw: Any) -> int:
+        real(*a, **kw)
+        raise RuntimeError("killed mid-chunk")
+    monkeypatch.setattr(outbound, "add_recipients", dies)
+    with pytest.raises(RuntimeError):
+        fanout.step(small, job.payload)
+    monkeypatch.setattr(outbound, "add_recipients", real)
+    assert sum(queued(small).values()) == 40
+    assert not jobs.run_next_job(small)             # the lease is still the dead worker's
+    clock.advance(seconds=jobs.LEASE.total_seconds() + 1)
+    assert jobs.run_next_job(small, owner="w-second")   # taken over: runs from the cursor
+    got = queued(small)
+    assert sorted(got) == sorted(everyone) and set(got.values()) == {1}
+    assert fanout_jobs(small) == []
+    assert outcome(small) == "accepted as post 1 to 200 recipients"
+
+
+def test_a_job_run_again_after_completion_queues_nothing(small: App) -> None:
+    make_list(small, LIST, people=people(25))
+    post(small)
+    job = jobs.claim(small, "w-a")
+    assert job is not None
+    assert fanout.expand(small, job.payload)
+    assert fanout.expand(small, job.payload)        # e.g. the worker died before complete()
+    assert sum(queued(small).values()) == 25
+
+
+def test_members_who_leave_switch_or_join_after_accept(small: App) -> None:
+    everyone = people(50)
+    make_list(small, LIST, people=everyone)
+    post(small)
+    gone, digest, late = everyone[5], everyone[45], "late@x.example"
+    with small.db.unit_of_work() as s:
+        ml = s.scalars(select(MailingList)).one()
+        members.remove_members(s, ml, [gone])
+        members.add_member(s, ml, late)
+        s.execute(update(Membership).where(Membership.address_id == select(Address.id).where(
+            Address.email == digest).scalar_subquery()).values(
+            delivery_mode=DeliveryMode.mime_digest))
+    assert jobs.run_next_job(small)
+    got = queued(small)
+    assert sorted(got) == sorted(set(everyone) - {gone, digest})
+    assert late not in got
+    post(small, subject="second")                     # the next post reaches the newcomer
+    assert jobs.run_next_job(small)
+    assert queued(small)[late] == 1
+
+
+def test_the_list_is_not_locked_between_chunks(small: App) -> None:
+    """Another connection takes the list's row lock and changes a membership between two
+    chunks, within a short lock timeout; the change counts for the chunks not yet queued."""
+    everyone = people(100)
+    list_id = make_list(small, LIST, people=everyone)
+    post(small)
+    other = Database(small.settings.database_url)
+    switched = everyone[-1]          # the highest address id: in the last chunk
+    seen: list[int] = []
+
+    def meanwhile(n: int) -> None:
+        seen.append(n)
+        if n != 1:
+            return
+        with other.unit_of_work() as s:
+            if other.is_sqlite:
+                s.execute(text("PRAGMA busy_timeout=500"))
+            else:
+                s.execute(text("SET LOCAL lock_timeout = '500ms'"))
+            s.execute(update(MailingList).where(MailingList.id == list_id)
+                      .values(description="changed while the post fans out"))
+            s.execute(update(Membership).where(Membership.address_id == select(
+                Address.id).where(Address.email == switched).scalar_subquery()).values(
+                delivery_mode=DeliveryMode.plain_digest))
+    try:
+        job = jobs.claim(small, "w-a")
+        assert job is not None
+        assert fanout.expand(small, job.payload, after_chunk=meanwhile)
+    finally:
+        other.dispose()
+    assert seen == [1, 2, 3, 4]        # 10, 30, 30 and the last 29 (the switched one is out)
+    got = queued(small)
+    assert sorted(got) == sorted(set(everyone) - {switched})
+
+
+def test_a_person_on_two_lists_gets_a_crosspost_once_whichever_job_runs_first(
+        small: App) -> None:
+    both = "both@x.example"
+    make_list(small, "a@example.org", people=(both, "a1@x.example"))
+    make_list(small, "b@example.org", people=(both, "b1@x.example"))
+    routes = [intake.Router(small).resolve(to) for to in ("a@example.org", "b@example.org")]
+    intake.store(small, both, routes, message(both, "a@example.org, b@example.org"))
+    # both posts are accepted (each list numbers and records its own) before any expansion
+    while jobs.run_next_job(small, INCOMING):
+        pass
+    a_job, b_job = fanout_jobs(small)
+    # the second list's job runs first: it leaves out the first list's members all the same
+    assert fanout.expand(small, b_job.payload)
+    assert fanout.expand(small, a_job.payload)
+    got = queued(small)
+    assert got == Counter({both: 1, "a1@x.example": 1, "b1@x.example": 1})
+
+
+def test_the_outbound_message_gone_ends_the_fanout(small: App) -> None:
+    make_list(small, LIST, people=people(5))
+    post(small)
+    with small.db.unit_of_work() as s:
+        s.execute(update(Fanout).values(outbound_id=None))
+    assert jobs.run_next_job(small)
+    assert queued(small) == Counter()
+    with small.db.unit_of_work() as s:
+        assert s.scalar(select(func.count()).select_from(Fanout)
+                        .where(Fanout.expanded_at.is_(None))) == 0
