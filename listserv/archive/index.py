@@ -19,7 +19,6 @@ import logging
 from dataclasses import dataclass
 from email import policy
 from email.message import EmailMessage, Message
-from email.parser import BytesParser
 from email.utils import getaddresses
 from typing import Any, Iterable
 
@@ -31,6 +30,7 @@ from listserv.archive import read as archive_read
 from listserv.message import htmlmail, untrusted
 from listserv.core.app import App
 from listserv.core.models import ArchiveMessage, MailingList
+from listserv.message.parse import parse as parse_message
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def extract(raw: bytes) -> Fields:
     body = _plain_text(simple)
     if body is not None:
         return _fields(simple, raw, body, 0)
-    msg = BytesParser(policy=untrusted.POLICY).parsebytes(raw)
+    msg = parse_message(raw)
     assert isinstance(msg, EmailMessage)
     try:
         body = body_text(msg)

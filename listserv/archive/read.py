@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from listserv.message import untrusted
+from listserv.message.parse import parse as parse_message
 
 MONTH_RE = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 _QUOTED_FROM = re.compile(rb"^>(>*From )", re.MULTILINE)
@@ -42,9 +43,7 @@ class Entry:
         return BytesHeaderParser(policy=policy.compat32).parsebytes(head)
 
     def message(self) -> EmailMessage:
-        msg = BytesParser(policy=untrusted.POLICY).parsebytes(self.raw)
-        assert isinstance(msg, EmailMessage)
-        return msg
+        return parse_message(self.raw)
 
 
 def parse_compat32(raw: bytes) -> Message:

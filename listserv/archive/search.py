@@ -21,14 +21,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from email.message import EmailMessage
-from email.parser import BytesParser
 from typing import Any, Sequence
 
 from sqlalchemy import func, select, text, tuple_
 from sqlalchemy.orm import Session, defer
 
 from listserv.archive import read as archive_read
-from listserv.message import untrusted
 from listserv.core.app import App
 from listserv.archive.index import is_attachment
 from listserv.core.models import ArchiveMessage
@@ -297,12 +295,6 @@ def raw(app: App, list_address: str, m: ArchiveMessage) -> bytes:
     no longer has it: run ``listserv archive reindex``)."""
     return archive_read.entry_raw(app.settings.archive_path, list_address, m.month,
                                   m.mbox_offset, m.mbox_length)
-
-
-def parse(data: bytes) -> EmailMessage:
-    msg = BytesParser(policy=untrusted.POLICY).parsebytes(data)
-    assert isinstance(msg, EmailMessage)
-    return msg
 
 
 @dataclass(frozen=True)

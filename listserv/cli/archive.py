@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from listserv.cli import Obj, cli, handle_errors, pass_obj
+from listserv.cli.base import Obj, cli, handle_errors, pass_obj
 
 
 @cli.group()

@@ -715,9 +715,9 @@ class BounceEvent(Base):
 
 
 # ---------------------------------------------------------------------------- digest modes
-# Owned by the digests work (issue #5). A delivery-mode change made through the ORM (member set,
-# the 'set delivery' email command) records where the member's digest starts, or the one last
-# digest they are owed, so that no post is lost or doubled between regular and digest delivery.
+# A delivery-mode change made through the ORM (member set, the 'set delivery' email command)
+# records where the member's digest starts, or the one last digest they are owed, so that no
+# post is lost or doubled between regular and digest delivery (the hooks are at the end).
 
 class SpoolBlob(Base):
     """Message bytes by SHA-256 (listserv.core.spool), stored once for every row naming the sha

@@ -21,8 +21,6 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from email.message import EmailMessage
-from email.parser import BytesParser
 from typing import Any, Callable, TypeVar
 
 from aiosmtpd.controller import Controller
@@ -46,6 +44,7 @@ from listserv.core.errors import (
 )
 from listserv.core.models import InboundMessage, InboundState, MailingList
 from listserv.message import replies, untrusted
+from listserv.message.parse import parse_headers
 from listserv.pipeline import inbound
 
 log = logging.getLogger(__name__)
@@ -126,7 +125,7 @@ def inspect_message(raw: bytes, site_domain: str, *, require_from: bool = True) 
     usable From address.
     """
     try:
-        msg = BytesParser(policy=untrusted.POLICY).parsebytes(raw, headersonly=True)
+        msg = parse_headers(raw)
         # The sender is the raw addr-spec of exactly one From (replies.sender_address); a
         # From that only looks like an address is accepted and held by the rules, with why.
         from_addr = replies.sender_address(msg)[0]
@@ -148,10 +147,6 @@ def inspect_message(raw: bytes, site_domain: str, *, require_from: bool = True) 
                      has_from)
 
 
-def parse(raw: bytes) -> EmailMessage:
-    """The full message object of stored bytes (untrusted.POLICY: email.policy.default with
-    hostile Date values read as invalid)."""
-    return BytesParser(policy=untrusted.POLICY).parsebytes(raw)  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)

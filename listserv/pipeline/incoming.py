@@ -29,9 +29,9 @@ from listserv.core.errors import TemporaryFailure
 from listserv.core.models import InboundMessage, InboundState, MailingList
 from listserv.core.views import ListView
 from listserv.delivery import outbound
-from listserv.intake.smtp import parse
 from listserv.message import untrusted
-from listserv.pipeline import commands, failures, posting
+from listserv.message.parse import parse
+from listserv.pipeline import commands, failures, verdict
 from listserv.pipeline import inbound as inbound_jobs
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ def dispatch(session: Session, app: App, inbound: InboundMessage, msg: EmailMess
              raw: bytes) -> None:
     sub = inbound.subaddress
     if sub == addresses.POST:
-        posting.handle_post(session, app, inbound, msg)
+        verdict.handle_post(session, app, inbound, msg)
     elif sub in COMMAND_SUBADDRESSES:
         commands.handle_mail(session, app, inbound, msg, raw)
     elif sub == addresses.BOUNCES:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from listserv.archive import access as archive_access
+from listserv.pipeline import archive_commands as archive_access
 from listserv.archive.mbox import mbox_entry
 from listserv.core.models import ArchivePolicy
 from tests.db.modsupport import Outbox, command, make_list, message

@@ -16,6 +16,7 @@ from listserv.core import lists
 from listserv.core.app import App
 from listserv.archive.mbox import mbox_entry
 from listserv.core.models import ArchiveMessage, MailingList
+from listserv.message.parse import parse as parse_message
 from tests.clirun import Cli
 from tests.integration.harness import make_list
 
@@ -232,7 +233,7 @@ def test_attachments_are_read_from_the_mbox(archived: App) -> None:
     with archived.db.unit_of_work() as session:
         view = archive_search.message(session, list_id(archived), "e@x.example")
         assert view is not None
-        msg = archive_search.parse(archive_search.raw(archived, LIST, view.message))
+        msg = parse_message(archive_search.raw(archived, LIST, view.message))
     [a] = archive_search.attachments(msg)
     assert (a.number, a.filename, a.content_type, a.data) == (
         1, "slides<1>.pdf", "application/pdf", b"%PDF-1.4 fake")

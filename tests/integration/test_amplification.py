@@ -11,7 +11,7 @@ from typing import Iterator
 import dkim
 import pytest
 
-from listserv.archive import access as archive_access
+from listserv.pipeline import archive_commands as archive_access
 from listserv.core import config, lists, members
 from listserv.message import signing
 from listserv.core.app import App

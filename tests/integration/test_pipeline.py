@@ -50,7 +50,7 @@ from typing import Any  # noqa: E402
 
 from listserv import jobs  # noqa: E402
 from listserv.core.models import Action, HeldMessage, OutboundMessage  # noqa: E402
-from listserv.intake.smtp import parse  # noqa: E402
+from listserv.message.parse import parse  # noqa: E402
 from listserv.pipeline import inbound, posting  # noqa: E402
 
 LIST = "dev@example.org"
