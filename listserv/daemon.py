@@ -180,10 +180,11 @@ class Daemon:
         self.delivery_wake: Nudge | None = None     # set from any thread
         self.jobs_wake: asyncio.Event | None = None
         # Without the scheduler (tests), only incoming mail, the posts' fan-outs and the
-        # archive pass (made due by them) run; the periodic passes are left to the test.
+        # lists' archive jobs (enqueued with the posts) run; the periodic passes are left to
+        # the test.
         kinds: jobs.Registry = (
             workers.REGISTRY if scheduler else
-            {k: workers.REGISTRY[k] for k in (inbound.KIND, workers.FANOUT, workers.ARCHIVE)}
+            {k: workers.REGISTRY[k] for k in (inbound.KIND, workers.FANOUT, workers.ARCHIVE_LIST)}
             if incoming_worker else {})
         self.job_kinds = {name: dataclasses.replace(k, handler=self._waking(k.handler))
                           for name, k in kinds.items()}

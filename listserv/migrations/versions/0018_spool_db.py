@@ -2,7 +2,7 @@
 claim columns go and waiting mail gets its job
 
 Revision ID: 0018_spool_db
-Revises: 0016_fanout
+Revises: 0019_archive_db
 Create Date: 2026-12-03 05:30:00
 """
 import datetime as dt
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from listserv.core.models import UTCDateTime
 
 revision = '0018_spool_db'
-down_revision = '0016_fanout'
+down_revision = '0019_archive_db'
 branch_labels = None
 depends_on = None
 
