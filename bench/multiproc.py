@@ -19,8 +19,8 @@ when a third of the members are delivered; the others take its batches over when
 expire (listserv.jobs.engine.LEASE, 30 s), and it prints the seconds from the kill to the
 last delivery.
 
-The processes share one data_dir while message bytes are spool files there (they are one
-host's processes); with message bytes in the database each could have its own.
+The processes share one data_dir (they are one host's processes); message bytes are in the
+database, so each could have its own.
 """
 
 from __future__ import annotations

@@ -23,9 +23,6 @@ from __future__ import annotations
 import bisect
 import datetime as dt
 import logging
-import os
-import secrets
-import socket
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence, cast
 
@@ -55,30 +52,6 @@ Item = tuple[str, Any, str]   # (recipient, code, reply text)
 # (recipients, failed, whole, gave_up) -> (the recipients' own failures, the message's)
 Blame = Callable[[Sequence[str], Sequence[Item], set[str], set[str]],
                  tuple[list[Item], list[Item]]]
-
-
-def make_owner() -> str:
-    """HOST:PID:RANDOM, the claim owner of listserv.pipeline.incoming's claims (not deliveries')."""
-    return f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return True
-
-
-def claim_is_dead(owner: str | None) -> bool:
-    """Whether the make_owner() id ``owner`` is a gone process of this host
-    (listserv.pipeline.incoming)."""
-    parts = (owner or "").split(":")
-    if len(parts) != 3 or parts[0] != socket.gethostname()[:40] or not parts[1].isdigit():
-        return False
-    return not _pid_alive(int(parts[1]))
 
 
 # ---------------------------------------------------------------------------- claims

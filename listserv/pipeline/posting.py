@@ -18,12 +18,12 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from listserv import digests
+from listserv.archive import mbox as archive
 from listserv.core import network, ratelimit
 from listserv.delivery import fanout, notices, outbound, recipients, unsubscribe
 from listserv.message import arc, transforms
 from listserv.core.app import App
 from listserv.core.models import (
-    ArchiveEntry,
     ArchivePolicy,
     Fanout,
     InboundMessage,
@@ -131,7 +131,7 @@ def accept_post(session: Session, app: App, inbound: InboundMessage, msg: EmailM
     lv = unsubscribe.with_web(ListView.of(ml), app.settings.web)
     prepared, raw, data = early if lv == guess else _copies(app, msg, lv, resolver, found,
                                                             verp)
-    prepared_sha = app.spool.put(raw)
+    prepared_sha = app.spool.put(raw, session=session)
     now = app.now()
     # VERP'd copies are one per member: each gets its own one-click unsubscribe headers and
     # DKIM signature at delivery (listserv.delivery.unsubscribe): their bytes are sealed,
@@ -141,11 +141,10 @@ def accept_post(session: Session, app: App, inbound: InboundMessage, msg: EmailM
                                   per_member=verp)
     fan = fanout.record(session, app, ml.id, mhash, out.id)
     digests.add_post(session, app, ml, seq, prepared_sha, prepared, message_hash=mhash)
-    if ml.archive is not ArchivePolicy.none:
-        session.add(ArchiveEntry(list_id=ml.id, seq=seq, spool_sha=prepared_sha,
-                                 message_id=message_id[:998], created_at=now))
     fanout.start(session, app, fan, inbound_id=inbound.id, seq=seq,
                  skip_remote=network.came_through(msg), approved_by=approved_by)
+    if ml.archive is not ArchivePolicy.none:     # after the fan-out: its job runs first
+        archive.add_entry(session, app, ml.id, seq, prepared_sha, message_id, now)
     inbound.state = InboundState.accepted
     inbound.outcome = (f"accepted as post {seq}; its recipients are being queued"
                        + (f", approved by {approved_by}" if approved_by else ""))

@@ -178,11 +178,12 @@ def _load(request: Request) -> tuple[Any, MailingList, archive_search.MessageVie
         view = archive_search.message(session, ml.id, mid)
         if view is None:
             raise HTTPException(404, f"The archive of {ml.address} has no message <{mid}>.")
-    try:
-        data = archive_search.raw(app, ml.address, view.message)
-    except (OSError, ValueError):
-        raise HTTPException(404, "This message is indexed but its mbox entry is gone; the "
-                                 "site's admin can run 'listserv archive reindex'.") from None
+        try:
+            data = archive_search.raw(session, view.message)
+        except LookupError:
+            raise HTTPException(404, "This message is indexed but its text is not in the "
+                                     "database; the site's admin can run 'listserv archive "
+                                     "reindex --from-mbox'.") from None
     return app, ml, view, data
 
 

@@ -2,7 +2,7 @@
 ``sent`` records the recipients delivered under the claim in progress
 
 Revision ID: 0017_delivery_leases
-Revises: 0016_fanout
+Revises: 0018_spool_db
 Create Date: 2026-12-03 05:20:00
 """
 from alembic import op
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from listserv.core.models import UTCDateTime
 
 revision = '0017_delivery_leases'
-down_revision = '0016_fanout'
+down_revision = '0018_spool_db'
 branch_labels = None
 depends_on = None
 
