@@ -139,7 +139,9 @@ def step(app: App, payload: dict[str, Any]) -> tuple[bool, int]:
             raise CursorMoved(f"fan-out {fanout_id}: another worker queued this chunk")
         if chunk.complete:
             _finished(session, app, list_id, payload, queued + added)
-        return chunk.complete, added
+    log.debug("fan-out %d: %d recipients queued (%d in all)%s", fanout_id, added,
+              queued + added, ", complete" if chunk.complete else "")
+    return chunk.complete, added
 
 
 def _finished(session: Session, app: App, list_id: int, payload: dict[str, Any],
