@@ -15,11 +15,20 @@ VERP'd posts give each member a copy with their own one-click unsubscribe header
 signature. ``--no-per-member`` runs the same daemon with that switched off (the post is then
 signed once for everyone, as batched copies are): the baseline the per-copy figure is compared
 with. ``--repeat N`` runs N times and prints the median.
+
+``--intake-latency N`` also measures how fast the intake answers while the fan-out runs: from
+the big post's 250 on, another client posts N 1 KB messages (one every
+``--latency-interval`` seconds, on one SMTP connection) to a second list and times each
+MAIL-to-250 exchange; it prints p50/p99/max over the posts answered while copies were still
+going out:
+
+    python bench/fanout.py --members 100000 --no-verp --dkim --intake-latency 200
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import signal
@@ -38,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 LIST = "bench@bench.example"
 WARMUP = "warmup@bench.example"
+PROBE = "probe@bench.example"
 POSTER = "poster@sender.example"
 
 
@@ -53,6 +63,37 @@ def message(to: str, subject: str) -> bytes:
             f"Date: {time.strftime('%a, %d %b %Y %H:%M:%S +0000', time.gmtime())}\r\n"
             "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
             + "A post to measure fan-out, with a body of a usual size.\r\n" * 30).encode()
+
+
+def small_post(n: int) -> bytes:
+    """A 1 KB post (headers and body) for the intake latency probe."""
+    head = (f"From: Poster <{POSTER}>\r\nTo: {PROBE}\r\nSubject: probe {n}\r\n"
+            f"Message-ID: <probe.{n}.{os.getpid()}.{time.time()}@sender.example>\r\n"
+            f"Date: {time.strftime('%a, %d %b %Y %H:%M:%S +0000', time.gmtime())}\r\n"
+            "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n")
+    line = "A short post while a large fan-out is running.\r\n"
+    return (head + line * ((1024 - len(head)) // len(line) + 1)).encode()[:1024 - 2] + b"\r\n"
+
+
+def probe_intake(port: int, n: int, interval: float, running: threading.Event,
+                 out: list[tuple[float, bool]]) -> None:
+    """Post ``n`` 1 KB messages on one connection; append (seconds from MAIL FROM to the
+    250 after DATA, whether the fan-out was still running) for each."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=60) as smtp:
+        smtp.ehlo()
+        for i in range(n):
+            data = small_post(i)
+            during = running.is_set()
+            t = time.perf_counter()
+            smtp.sendmail(POSTER, [PROBE], data)
+            out.append((time.perf_counter() - t, during and running.is_set()))
+            time.sleep(interval)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (nearest rank) of ``values``."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
 
 
 def wait_delivered(cfg: Path, address: str, n: int, timeout: float,
@@ -298,6 +339,11 @@ def main() -> None:
                     help="post once to a one-member list first (a running daemon is warm)")
     ap.add_argument("--repeat", type=int, default=1, help="runs; the median is printed")
     ap.add_argument("--keep", action="store_true", help="keep the temp data_dir")
+    ap.add_argument("--intake-latency", type=int, default=0, metavar="N",
+                    help="post N 1 KB messages while the fan-out runs and print the "
+                         "intake's answer times (p50/p99/max)")
+    ap.add_argument("--latency-interval", type=float, default=0.02, metavar="SECONDS",
+                    help="pause between two latency probe posts")
     args = ap.parse_args()
     rates = []
     for i in range(args.repeat):
@@ -335,7 +381,9 @@ def run(args: argparse.Namespace) -> float:
             cli(cfg, "domain", "dkim-keygen", "bench.example", "--selector", "bench")
         cli(cfg, "list", "create", WARMUP, "--owner", "owner@bench.example")
         cli(cfg, "member", "add", WARMUP, "reader@bench.example")
-        for lst in (LIST, WARMUP):
+        cli(cfg, "list", "create", PROBE, "--owner", "owner@bench.example")
+        cli(cfg, "member", "add", PROBE, "reader@bench.example")
+        for lst in (LIST, WARMUP, PROBE):
             for key, value in (("nonmember_action", "accept"), ("dmarc_mitigation", "none")):
                 cli(cfg, "list", "set", lst, key, value)
         t = time.monotonic()
@@ -361,7 +409,18 @@ def run(args: argparse.Namespace) -> float:
         with smtplib.SMTP("127.0.0.1", intake_port) as smtp:
             smtp.sendmail(POSTER, [LIST], message(LIST, "fan-out benchmark"))
             t_accepted = time.time()
-        done, failed = wait_delivered(cfg, LIST, args.members, args.timeout, daemon, tmp)
+        running = threading.Event()
+        running.set()
+        answers: list[tuple[float, bool]] = []
+        probe = None
+        if args.intake_latency:
+            probe = threading.Thread(target=probe_intake, daemon=True, args=(
+                intake_port, args.intake_latency, args.latency_interval, running, answers))
+            probe.start()
+        try:
+            done, failed = wait_delivered(cfg, LIST, args.members, args.timeout, daemon, tmp)
+        finally:
+            running.clear()
         t_recorded = time.time()
         time.sleep(0.2)           # let the sink's counter catch up
         hwm = vm_hwm_mb(daemon.pid)
@@ -382,6 +441,18 @@ def run(args: argparse.Namespace) -> float:
         print(f"daemon peak RSS (VmHWM): {hwm:.0f} MB")
         print(f"CPU during the fan-out: daemon {cpu[0]:.2f} s, its signing workers "
               f"{cpu[1]:.2f} s; load average before: {load0:.2f}")
+        if probe is not None:
+            probe.join(args.timeout)
+            during = [a for a, busy in answers if busy]
+            if during:
+                print(f"intake answer to a 1 KB post during the fan-out ({len(during)} of "
+                      f"{len(answers)} posts, MAIL FROM to 250): "
+                      f"p50 {percentile(during, 50) * 1000:.1f} ms, "
+                      f"p99 {percentile(during, 99) * 1000:.1f} ms, "
+                      f"max {max(during) * 1000:.1f} ms")
+            else:
+                print(f"intake latency: none of the {len(answers)} posts was answered while "
+                      "the fan-out ran (a larger --members?)")
         return done / elapsed
     finally:
         if daemon is not None and daemon.poll() is None:

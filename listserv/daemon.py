@@ -1,13 +1,16 @@
 """The asyncio supervisor behind `listserv serve`.
 
-One event loop runs: the intake server (SMTP or LMTP), the web pages (uvicorn, when ``web``
-is on and ``[web] listen`` is set), the incoming worker loop, the delivery loop
-(listserv.delivery.runner.run) and JOB_WORKERS job loops (listserv.jobs) that run the periodic
-passes (listserv.workers: archive, digests, bounces, hold expiry, retention...) in threads of
-their own, apart from the intake's. The intake wakes the incoming worker right after it
-commits, which makes the archive pass due and wakes the job loops; short polls cover work
-stored by other processes. stop.set() (SIGTERM/SIGINT) closes the listener, lets in-flight
-SMTP transactions, worker passes and jobs finish, then returns.
+The daemon's event loop runs the intake server (SMTP or LMTP; its blocking steps in the
+intake's own threads), the web pages (uvicorn, when ``web`` is on and ``[web] listen`` is
+set), the incoming worker loop and JOB_WORKERS job loops (listserv.jobs) that run the
+periodic passes (listserv.workers: archive, digests, bounces, hold expiry, retention...) in
+threads of their own. Delivery (listserv.delivery.runner.run) runs on a thread of its own with its
+own event loop (DeliveryThread): a fan-out of tens of thousands of SMTP transactions is tens
+of thousands of callbacks, and on the intake's loop each would sit in front of an SMTP
+answer. The intake wakes the incoming worker right after it commits, which makes the
+archive pass due and wakes the job loops and delivery; short polls cover work stored by
+other processes. stop.set() (SIGTERM/SIGINT) closes the listener, lets in-flight SMTP
+transactions, worker passes and jobs finish, then returns.
 """
 
 from __future__ import annotations
@@ -47,6 +50,87 @@ def delivery_runner() -> Callable[[App, asyncio.Event, asyncio.Event], Coroutine
     except ImportError:
         return None
     return getattr(delivery, "run", None)
+
+
+class Nudge:
+    """Sets an asyncio.Event of another thread's event loop, from any thread; a set() before
+    the loop has bound its event is kept and applied when it does."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._target: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
+        self._early = False
+
+    def bind(self, event: asyncio.Event) -> None:
+        """Called in the loop that owns ``event``."""
+        with self._lock:
+            self._target = (asyncio.get_running_loop(), event)
+            if self._early:
+                event.set()
+
+    def set(self) -> None:
+        with self._lock:
+            target = self._target
+            if target is None:
+                self._early = True
+                return
+        loop, event = target
+        try:
+            loop.call_soon_threadsafe(event.set)
+        except RuntimeError:      # that loop has ended
+            pass
+
+
+class DeliveryThread:
+    """The delivery runner on its own thread and event loop. Chosen over a process: it shares
+    the App (settings, database pool, spool) and the signing workers with the daemon, a crash
+    of it stops the daemon as any worker's does, and the members' RSA signatures already run
+    in processes of their own (listserv.delivery.signpool); what is left here is sending, a few
+    callbacks per SMTP transaction, which on the intake's loop would queue in front of its
+    answers. Its blocking steps use its loop's own default executor."""
+
+    def __init__(self, app: App,
+                 runner: Callable[[App, asyncio.Event, asyncio.Event], Coroutine[Any, Any, Any]]
+                 ) -> None:
+        self.app = app
+        self.runner = runner
+        self.wake = Nudge()
+        self.stop = Nudge()
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> "asyncio.Future[None]":
+        """Start the thread; the future (of the calling loop) ends as the runner does."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def finish(exc: BaseException | None) -> None:
+            if done.done():
+                return
+            if exc is None:
+                done.set_result(None)
+            else:
+                done.set_exception(exc)
+
+        def target() -> None:
+            error: BaseException | None = None
+            try:
+                asyncio.run(self._main())
+            except BaseException as exc:     # handed to the daemon, which stops on it
+                error = exc
+            try:
+                loop.call_soon_threadsafe(finish, error)
+            except RuntimeError:             # the daemon's loop has ended already
+                pass
+
+        self.thread = threading.Thread(target=target, name="listserv-delivery", daemon=True)
+        self.thread.start()
+        return done
+
+    async def _main(self) -> None:
+        stop, wake = asyncio.Event(), asyncio.Event()
+        self.stop.bind(stop)
+        self.wake.bind(wake)
+        await self.runner(self.app, stop, wake)
 
 
 class AcceptErrors:
@@ -101,7 +185,7 @@ class Daemon:
         self.handler: intake.IntakeHandler | None = None
         self.bound_port: int | None = None
         self.incoming_wake: asyncio.Event | None = None
-        self.delivery_wake: asyncio.Event | None = None
+        self.delivery_wake: Nudge | None = None     # set from any thread
         self.jobs_wake: asyncio.Event | None = None
         # Without the scheduler (tests), only the archive pass runs, as the incoming
         # worker's follow-up, and the posts' fan-outs; the periodic passes are left to the test.
@@ -126,16 +210,20 @@ class Daemon:
         loop = self.loop
         if loop is None:
             return
-        for ev in (self.incoming_wake, self.delivery_wake, self.jobs_wake):
+        for ev in (self.incoming_wake, self.jobs_wake):
             if ev is not None:
                 loop.call_soon_threadsafe(ev.set)
+        if self.delivery_wake is not None:
+            self.delivery_wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
         app = self.app
         loop = self.loop = asyncio.get_running_loop()
         loop.set_exception_handler(AcceptErrors())
         self.incoming_wake = asyncio.Event()
-        self.delivery_wake = asyncio.Event()
+        runner = delivery_runner() if self.delivery_enabled else None
+        delivery = DeliveryThread(app, runner) if runner is not None else None
+        self.delivery_wake = delivery.wake if delivery is not None else Nudge()
         self.jobs_wake = asyncio.Event()
         wake = self.incoming_wake
 
@@ -161,7 +249,6 @@ class Daemon:
         self.ready.set()
 
         workers_stop = asyncio.Event()
-        delivery_stop = asyncio.Event()
         tasks: list[asyncio.Task[Any]] = []
         if self.incoming_enabled:
             # SQLite has one writer anyway; on PostgreSQL a long fan-out (a 100,000-member
@@ -176,10 +263,9 @@ class Daemon:
                 tasks.append(asyncio.create_task(jobs.work(
                     app, workers_stop, self.jobs_wake, kinds=self.job_kinds,
                     owner=self.job_owner, executor=executor)))
-        delivery_task: asyncio.Task[Any] | None = None
-        runner = delivery_runner() if self.delivery_enabled else None
-        if runner is not None:
-            delivery_task = asyncio.create_task(runner(app, delivery_stop, self.delivery_wake))
+        delivery_task: asyncio.Future[Any] | None = None
+        if delivery is not None:
+            delivery_task = delivery.start()
         elif self.delivery_enabled:
             log.warning("listserv: delivery module not available; outbound mail stays queued")
 
@@ -187,7 +273,7 @@ class Daemon:
         # mail nobody will ever process: stop, and report the failure to the caller.
         failed: list[BaseException] = []
 
-        def watch(task: asyncio.Task[Any]) -> None:
+        def watch(task: asyncio.Future[Any]) -> None:
             if not task.cancelled() and task.exception() is not None and not stop.is_set():
                 failed.append(task.exception())  # type: ignore[arg-type]
                 log.error("listserv: a worker failed; stopping", exc_info=task.exception())
@@ -205,13 +291,15 @@ class Daemon:
         self.wake()
         await asyncio.gather(*tasks, return_exceptions=True)
         executor.shutdown(wait=False)
-        delivery_stop.set()
-        self.delivery_wake.set()
-        if delivery_task is not None and not (delivery_task.done() and failed):
-            try:
-                await asyncio.wait_for(delivery_task, DRAIN_TIMEOUT)
-            except Exception:
-                log.exception("delivery did not stop cleanly")
+        if delivery is not None and delivery_task is not None:
+            delivery.stop.set()
+            delivery.wake.set()
+            if not (delivery_task.done() and failed):
+                try:
+                    await asyncio.wait_for(asyncio.shield(delivery_task), DRAIN_TIMEOUT)
+                except Exception:
+                    log.exception("delivery did not stop cleanly")
+        self.handler.close()
         if web_task is not None:
             await asyncio.gather(web_task, return_exceptions=True)
         if server is not None:

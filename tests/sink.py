@@ -4,14 +4,17 @@
         ... deliver to ("127.0.0.1", sink.port) ...
         sink.wait_for(lambda msgs: len(msgs) >= 3, timeout=10)
 
+The sink offers PIPELINING (RFC 2920; aiosmtpd reads pipelined commands in order but does not
+say so itself); ``SmtpSink(pipelining=False)`` does not, for the client's other path.
 ``sink.fail_rcpt`` maps a recipient to an SMTP reply (e.g. "450 4.2.0 busy") for tests of
 retries and bounces; ``fail_times`` limits how often that reply is given. ``fail_data``
-(data, recipients) -> reply or None answers the end of DATA (e.g. "552 5.3.4 too big").
-``SmtpSink(pipelining=True)`` advertises PIPELINING.
+(data, recipients) -> reply or None answers the end of DATA (e.g. "552 5.3.4 too big"; a 421
+also closes the connection).
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from dataclasses import dataclass, field
@@ -55,6 +58,8 @@ class _Handler:
         if self.sink.fail_data is not None:
             reply = self.sink.fail_data(data, list(envelope.rcpt_tos))
             if reply:
+                if reply.startswith("421"):      # and close the connection, as MTAs do
+                    asyncio.get_running_loop().call_soon(server.transport.close)
                 return reply
         self.sink._record(Captured(envelope.mail_from, list(envelope.rcpt_tos),
                                    bytes(envelope.original_content or envelope.content)))
@@ -70,7 +75,7 @@ class _Controller(Controller):
 
 
 class SmtpSink:
-    def __init__(self, *, pipelining: bool = False) -> None:
+    def __init__(self, *, pipelining: bool = True) -> None:
         self.pipelining = pipelining         # advertise PIPELINING (RFC 2920) in EHLO
         self.messages: list[Captured] = []
         self.fail_rcpt: dict[str, str] = {}

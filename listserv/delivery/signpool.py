@@ -33,7 +33,9 @@ if TYPE_CHECKING:        # workers import this module: keep it light (no dkimpy)
 
 log = logging.getLogger(__name__)
 
-WORKERS = max(1, min(4, (os.cpu_count() or 1) - 1))   # the event loop keeps a core
+# One per core: a copy's RSA signature costs about twice the daemon's work to send it, so
+# on two cores one worker would cap a VERP'd fan-out at what one core can sign.
+WORKERS = max(1, min(4, os.cpu_count() or 1))
 MIN_COPIES = 64           # fewer are made in the calling thread
 CHUNK = 50                # digests per task: the first copies go out early, workers share
 TIMEOUT = 120.0           # seconds for one chunk before the pool counts as broken

@@ -22,6 +22,7 @@ import aiosmtplib
 
 from listserv.core.addresses import verp_encode
 from listserv.core.errors import ConfigError
+from listserv.delivery import smtpwire
 from listserv.delivery.pipelining import PipeliningSMTP
 
 if TYPE_CHECKING:
@@ -53,6 +54,18 @@ class Message:
     # the batch's ``heads[rcpt]``
     maker: "CopyMaker | None" = None
     _lf: bytes | None = None
+    _wire: tuple[bytes, bytes, bytes] | None = None
+
+    @property
+    def wire(self) -> tuple[bytes, bytes, bytes]:
+        """(the copy's bytes, a member's copy's head, its rest) as they go after DATA
+        (smtpwire.wire_form), made once for all the copies."""
+        if self._wire is None:
+            m = self.maker
+            self._wire = (smtpwire.wire_form(self.data, True),
+                          smtpwire.wire_form(m.head, False) if m is not None else b"",
+                          smtpwire.wire_form(m.rest, True) if m is not None else b"")
+        return self._wire
 
     @property
     def lf_data(self) -> bytes:
@@ -100,6 +113,24 @@ class Batch:
             if self._arrived is None:
                 self._arrived = asyncio.Event()
             await self._arrived.wait()
+
+    def own_ready_now(self, rcpts: list[str]) -> bool:
+        """Would own_ready(rcpts) return at once?"""
+        return not self.making or (self.heads is not None and all(r in self.heads
+                                                                  for r in rcpts))
+
+    def wire_data(self, rcpts: list[str]) -> bytes:
+        """data_for(rcpts) as it goes after DATA, up to and with the final dot line."""
+        m = self.message
+        data, head, rest = m.wire
+        if self.heads and m.maker is not None and len(rcpts) == 1:
+            own = self.heads.get(rcpts[0])
+            if own is not None:
+                sig, fields = own
+                if b"\n." in sig or b"\n." in fields:
+                    sig, fields = smtpwire.wire_form(sig, False), smtpwire.wire_form(fields, False)
+                return b"".join((sig, head, fields, rest))
+        return data
 
     def data_for(self, rcpts: list[str]) -> bytes:
         """The bytes to send to ``rcpts``: a member's own copy when there is one."""
@@ -185,6 +216,7 @@ class SmtpTransport:
         self.down_until = 0.0
         self.transactions = 0
         self.low_water = low_water      # (n, callback): called when the backlog drops below n
+        self.pipelining: bool | None = None     # does the server offer it (None: not known)
 
     @property
     def backlog(self) -> int:
@@ -224,23 +256,59 @@ class SmtpTransport:
         if batch.pending_tx == 0:
             self.done(batch)
 
+    def _took(self) -> None:
+        """A transaction left the queue: tell the runner when the backlog runs low."""
+        if self.low_water and self.queue.qsize() == self.low_water[0] - 1:
+            self.low_water[1]()
+
+    def _wired(self, tx: _Tx) -> bool:
+        """One VERP'd copy, for the pipelined client (smtpwire) unless the server lacks it?"""
+        return self.pipelining is not False and tx.batch.message.verp and len(tx.rcpts) == 1
+
+    def next_ready(self) -> _Tx | None:
+        """The next transaction when one is queued (for smtpwire to pipeline behind a copy)."""
+        try:
+            tx = self.queue.get_nowait()
+        except asyncio.QueueEmpty:
+            return None
+        if tx is None:                 # a worker's stop mark: leave it for the queue
+            self.queue.put_nowait(None)
+            return None
+        self._took()
+        return tx
+
     async def _worker(self, n: int) -> None:
         smtp: Connection | None = None
+        wire: smtpwire.Wire | None = None
+        carried: _Tx | None = None     # taken by the pipelined client behind the last copy,
+        sent = False                   # its envelope commands already written
         try:
             while True:
-                tx = await self.queue.get()
-                if tx is None:
-                    return
-                if self.low_water and self.queue.qsize() == self.low_water[0] - 1:
-                    self.low_water[1]()
+                if carried is not None:
+                    tx, carried = carried, None
+                else:
+                    got = await self.queue.get()
+                    if got is None:
+                        return
+                    tx = got
+                    self._took()
                 try:
-                    smtp = await self._send(smtp, tx)
+                    done = None
+                    if self._wired(tx):
+                        done = await smtpwire.transact(self, wire, tx, sent)
+                    if done is None:
+                        sent = False
+                        smtp = await self._send(smtp, tx)
+                    else:
+                        wire, carried, sent = done
                 except Exception as exc:  # never lose a batch to a bug in one transaction
                     log.exception("delivery batch %s: transaction failed", tx.batch.id)
                     tx.batch.outcome(tx.rcpts, None, f"internal error: {exc!r}", whole=True)
                 self.transactions += 1
                 self._finish(tx.batch)
         finally:
+            if wire is not None:
+                await wire.quit(5)
             if smtp is not None and smtp.is_connected:
                 try:
                     await asyncio.wait_for(smtp.quit(), 5)

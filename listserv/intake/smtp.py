@@ -1,8 +1,9 @@
 """SMTP/LMTP intake: route recipients at RCPT, store mail durably at DATA, answer fast.
 
 Only cheap, deterministic checks happen here; rules, moderation and fan-out run later in the
-incoming worker (listserv.pipeline.incoming). Every database or spool call runs in a thread so that one
-slow session never stalls the event loop. A message is written to the spool and one
+incoming worker (listserv.pipeline.incoming). Every database or spool call runs in the intake's own
+threads so that one slow session never stalls the event loop, and no other work of the
+daemon waits in front of it. A message is written to the spool and one
 InboundMessage row per recipient list address is committed before the 250 is sent.
 
 This module is one of the two places that format SMTP replies (the other is aiosmtpd itself):
@@ -12,14 +13,16 @@ inside, code raises ListservError subclasses carrying their SMTP code.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import email.utils
+import functools
 import logging
 import threading
 import time
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.parser import BytesParser
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.lmtp import LMTP
@@ -49,6 +52,9 @@ NEGATIVE_TTL = 1.0   # seconds an unknown one is remembered
 OK_RCPT = "250 2.1.5 OK"
 OK_DATA = "250 2.0.0 Message accepted for delivery"
 TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
+INTAKE_THREADS = 8   # the intake's own threads (spool fsync, commit, RCPT lookups)
+
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -220,10 +226,17 @@ def list_exists(app: App, list_id: int) -> bool:
 
 
 class IntakeHandler:
-    """The aiosmtpd handler. ``on_commit`` is called (from a worker thread) after mail is stored."""
+    """The aiosmtpd handler. ``on_commit`` is called (from a worker thread) after mail is stored.
 
-    def __init__(self, app: App, on_commit: Callable[[], None] | None = None) -> None:
+    Its blocking steps run in its own threads (``executor``, else INTAKE_THREADS made here),
+    not the event loop's default executor: work elsewhere in the process (delivery, jobs)
+    never queues ahead of an SMTP answer."""
+
+    def __init__(self, app: App, on_commit: Callable[[], None] | None = None,
+                 executor: concurrent.futures.ThreadPoolExecutor | None = None) -> None:
         self.app = app
+        self.executor = executor or concurrent.futures.ThreadPoolExecutor(
+            INTAKE_THREADS, thread_name_prefix="listserv-intake")
         self.router = Router(app)
         self.on_commit = on_commit
         self.active = 0          # DATA transactions in flight (for a graceful stop)
@@ -231,12 +244,21 @@ class IntakeHandler:
         self.sessions = 0        # open SMTP/LMTP sessions (intake.max_connections)
         self.refused_sessions = 0
 
+    async def _run(self, fn: Callable[..., R], *args: Any, **kw: Any) -> R:
+        """``fn(*args, **kw)`` in the intake's threads."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, functools.partial(fn, *args, **kw))
+
+    def close(self) -> None:
+        """Let the intake's threads end once idle (the daemon calls this as it stops)."""
+        self.executor.shutdown(wait=False)
+
     async def handle_RCPT(self, server: SMTP, session: Any, envelope: Any, address: str,
                           rcpt_options: list[str]) -> str:
         if len(envelope.rcpt_tos) >= self.app.settings.intake.max_recipients_per_message:
             return TOO_MANY_RECIPIENTS
         try:
-            resolved = await asyncio.to_thread(self.router.resolve, address)
+            resolved = await self._run(self.router.resolve, address)
         except ListservError as exc:
             return exc.smtp_reply()
         except SQLAlchemyError as exc:
@@ -263,7 +285,7 @@ class IntakeHandler:
 
     async def _store(self, mail_from: str, routes: list[Resolved], raw: bytes) -> str:
         try:
-            await asyncio.to_thread(store, self.app, mail_from, routes, raw)
+            await self._run(store, self.app, mail_from, routes, raw)
         except ListservError as exc:
             return exc.smtp_reply()
         except OSError as exc:
@@ -282,7 +304,7 @@ class IntakeHandler:
         answered on its own (the same list address twice: recorded once)."""
         try:
             need_from = all(r.route.subaddress != addresses.BOUNCES for r in routes)
-            spooled = await asyncio.to_thread(spool, self.app, mail_from, raw,
+            spooled = await self._run(spool, self.app, mail_from, raw,
                                               require_from=need_from)
         except ListservError as exc:
             return "\r\n".join([exc.smtp_reply()] * len(routes))
@@ -301,10 +323,10 @@ class IntakeHandler:
 
     async def _record_one(self, spooled: Spooled, route: Resolved) -> str:
         try:
-            if not await asyncio.to_thread(list_exists, self.app, route.list_id):
+            if not await self._run(list_exists, self.app, route.list_id):
                 self.router.forget()
                 return UnknownRecipient(f"no such list address <{route.rcpt}>").smtp_reply()
-            await asyncio.to_thread(record, self.app, spooled, [route])
+            await self._run(record, self.app, spooled, [route])
         except ListservError as exc:
             return exc.smtp_reply()
         except SQLAlchemyError:
