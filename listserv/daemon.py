@@ -22,14 +22,11 @@ import threading
 import time
 from typing import Any, Callable, Coroutine
 
-from sqlalchemy import select
-
 from listserv import jobs, workers
 from listserv.intake import smtp as intake
 from listserv.pipeline import incoming
 from listserv.core.app import App
 from listserv.core.errors import ListservError
-from listserv.core.models import ArchiveEntry
 
 log = logging.getLogger(__name__)
 
@@ -187,11 +184,11 @@ class Daemon:
         self.incoming_wake: asyncio.Event | None = None
         self.delivery_wake: Nudge | None = None     # set from any thread
         self.jobs_wake: asyncio.Event | None = None
-        # Without the scheduler (tests), only the archive pass runs, as the incoming
-        # worker's follow-up, and the posts' fan-outs; the periodic passes are left to the test.
+        # Without the scheduler (tests), only the lists' archive jobs and the posts' fan-outs
+        # run, as the incoming worker's follow-up; the periodic passes are left to the test.
         self.job_kinds: jobs.Registry = (
             workers.REGISTRY if scheduler else
-            {k: workers.REGISTRY[k] for k in (workers.ARCHIVE, workers.FANOUT)}
+            {k: workers.REGISTRY[k] for k in (workers.ARCHIVE_LIST, workers.FANOUT)}
             if incoming_worker else {})
         self.job_owner = jobs.new_worker_id()
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -347,25 +344,9 @@ class Daemon:
                 await _wait(stop, 1.0)
             if done:
                 self.delivery_wake.set()
-                self.jobs_wake.set()         # the posts just accepted: their fan-out jobs
-                if workers.ARCHIVE in self.job_kinds:
-                    try:     # the posts just accepted wait to be archived
-                        await asyncio.to_thread(_kick_archive, self.app)
-                    except Exception:
-                        log.exception("could not make the archive pass due")
-                    self.jobs_wake.set()
+                self.jobs_wake.set()     # the posts just accepted: fan-out and archive jobs
                 continue
             await _wait(self.incoming_wake, POLL_INTERVAL)
-
-
-
-def _kick_archive(app: App) -> None:
-    """Make the archive pass due when posts wait to be archived (a read first: commands and
-    bounces add nothing to archive)."""
-    with app.db.unit_of_work() as session:
-        if session.scalar(select(ArchiveEntry.id).where(ArchiveEntry.appended_at.is_(None))
-                          .limit(1)) is not None:
-            jobs.kick(session, app, workers.ARCHIVE)
 
 
 def serve(app: App) -> None:

@@ -27,17 +27,18 @@ from listserv.jobs.runner import Kind
 TICK = dt.timedelta(seconds=30)
 ARCHIVE = "archive"
 DIGESTS = "digests"
+ARCHIVE_LIST = archive.LIST_KIND
 FANOUT = fanout.KIND
-ARCHIVE_BATCHES = 25        # archive batches per run; more pending: the next run follows at once
 
 
 def archive_pass(app: App, payload: dict[str, Any]) -> None:
-    """Append pending posts to the mbox archives (and refresh their pages)."""
-    for _ in range(ARCHIVE_BATCHES):
-        if archive.append_pending(app) == 0:
-            return
-    with app.db.unit_of_work() as session:
-        runner.kick(session, app, ARCHIVE)
+    """Give each list whose posts wait to be archived without a job of its own one."""
+    archive.sweep(app)
+
+
+def archive_list(app: App, payload: dict[str, Any]) -> None:
+    """Archive one list's waiting posts (one job at a time per list: its partition)."""
+    archive.run_list(app, int(payload["list_id"]))
 
 
 def digests_pass(app: App, payload: dict[str, Any]) -> None:
@@ -64,6 +65,7 @@ KINDS: tuple[Kind, ...] = (
     Kind(fanout.KIND, fanout.run),
     Kind("incoming_reclaim", incoming_reclaim, every=TICK),
     Kind(ARCHIVE, archive_pass, every=TICK),
+    Kind(ARCHIVE_LIST, archive_list),
     Kind("moderation", moderation_pass, every=TICK),
     Kind(DIGESTS, digests_pass, every=TICK),
     Kind("bounces", bounces_pass, every=TICK),

@@ -19,8 +19,6 @@ handled, so these are on the generous side):
 - The newest outbound_message and held_message are always kept, so that their ids are never
   handed out again (SQLite re-uses the highest id once it is deleted).
 - ``digest_entry`` rows of a digest sent more than DIGEST_ENTRY_DAYS ago (pending ones stay).
-- ``archive_entry`` rows appended to the mbox more than ARCHIVE_ENTRY_DAYS ago (the mbox is the
-  archive; pending ones stay).
 - processed ``bounce_event`` rows older than BOUNCE_EVENT_DAYS or the list's
   ``bounce_info_stale_after_days`` * BOUNCE_STALE_FACTOR, whichever is longer.
 - ``fanout`` rows (cross-list duplicate suppression, and the cursor of a post's fan-out job)
@@ -94,7 +92,6 @@ DELIVERY_DAYS = 7            # delivered / failed delivery batches, and their ou
 INBOUND_DAYS = 30            # inbound mail in a final state (accepted, rejected, ...)
 FAILED_INBOUND_DAYS = 90     # inbound mail whose processing failed (waits for a human)
 DIGEST_ENTRY_DAYS = 30       # posts of a digest already sent
-ARCHIVE_ENTRY_DAYS = 7       # archive queue rows already appended to the mbox
 BOUNCE_EVENT_DAYS = 90       # bounce events (at least; see BOUNCE_STALE_FACTOR)
 BOUNCE_STALE_FACTOR = 4      # ... or bounce_info_stale_after_days * 4 when longer
 FANOUT_DAYS = 90             # cross-list duplicate suppression by Message-ID
@@ -109,7 +106,7 @@ SPOOL_CURSOR = "retention_spool_cursor"  # SiteSetting row: where a budgeted swe
 FINAL_STATES = (InboundState.accepted, InboundState.rejected, InboundState.discarded,
                 InboundState.handled)
 ROW_KINDS = ("delivery", "outbound_message", "inbound_message", "digest_entry",
-             "archive_entry", "bounce_event", "fanout")
+             "bounce_event", "fanout")
 _SHA_TAIL = re.compile(r"[0-9a-f]{62}")
 
 
@@ -203,7 +200,9 @@ def digest_entry_gone(now: dt.datetime) -> ColumnElement[bool]:
 
 
 def archive_entry_gone(now: dt.datetime) -> ColumnElement[bool]:
-    return ArchiveEntry.appended_at < now - dt.timedelta(days=ARCHIVE_ENTRY_DAYS)
+    """None: an archive_entry waits to be archived, and the archive job deletes it when it
+    is. Archived messages (archive_message, archive_raw) are kept for ever."""
+    return false()
 
 
 def bounce_days(stale_after_days: int) -> int:
@@ -273,7 +272,6 @@ def _row_rules(now: dt.datetime) -> list[tuple[str, Any, Callable[[Session], Col
         ("outbound_message", OutboundMessage, lambda s: outbound_gone(now)),
         ("inbound_message", InboundMessage, lambda s: inbound_gone(now)),
         ("digest_entry", DigestEntry, lambda s: digest_entry_gone(now)),
-        ("archive_entry", ArchiveEntry, lambda s: archive_entry_gone(now)),
         ("bounce_event", BounceEvent, lambda s: bounce_event_gone(s, now)),
         ("fanout", Fanout, lambda s: fanout_gone(now)),
     ]

@@ -1,1 +1,2 @@
-"""The archive: mbox files, search index, HTML pages, access by mail."""
+"""The archive: messages and their bytes in the database (store, index), the archive job and
+its mbox export (mbox), search, HTML pages, access by mail."""

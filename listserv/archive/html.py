@@ -1,5 +1,5 @@
-"""Static HTML pages derived from the mbox archive (public-inbox style: the mbox files are the
-truth, the pages can be deleted and rebuilt at any time).
+"""Static HTML pages derived from the archive in the database (public-inbox style: the
+archived messages are the truth, the pages can be deleted and rebuilt at any time).
 
     build(app, info, out, months=None, new_only=False) -> Report
 
@@ -30,7 +30,7 @@ from typing import Any, Iterable
 import jinja2
 from markupsafe import Markup
 
-from listserv.archive import read as archive_read
+from listserv.archive import read as archive_read, store as archive_store
 from listserv.core import addresses, isolation, lists
 from listserv.message import htmlmail, replies, untrusted
 from listserv.core.app import App
@@ -275,7 +275,7 @@ class _Writer:
 def write_if_changed(path: Path, data: bytes, mode: int = 0o644) -> bool:
     """Write ``data`` to ``path`` (atomically: a temporary file renamed over it) unless the
     file already holds it; return whether it was written. No fsync: the pages are derived
-    from the mbox files and a crash is repaired by rebuilding them."""
+    from the database and a crash is repaired by rebuilding them."""
     return _write(path, data, mode)
 
 
@@ -318,29 +318,28 @@ def _write_file(path: Path, data: bytes, mode: int) -> None:
 
 def build(app: App, info: ListInfo, out: Path, months: Iterable[str] | None = None, *,
           new_only: bool = False) -> Report:
-    """Render the list index and ``months`` (all when None). ``new_only``: write only the
-    message pages that do not exist yet (month and index pages are always refreshed).
+    """Render the list index and ``months`` (all when None) from the archive in the database
+    (listserv.archive.store). ``new_only``: write only the message pages that do not exist
+    yet (month and index pages are always refreshed).
 
     Each month is read once and each message parsed once; every page is rendered once per
     build, so a bulk import that touched many months builds each of them a single time."""
-    root = app.settings.archive_path
     report = Report(out=out)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / ".lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)       # one builder at a time per output directory
         writer = _Writer(app, info, out, report)
-        all_months = archive_read.months(root, info.address)
-        wanted = all_months if months is None else [m for m in months if m in all_months]
-        counts: dict[str, int] = {}
+        with app.db.unit_of_work() as session:
+            ml = lists.get_list(session, info.address)
+            list_id = ml.id
+            known = archive_store.month_counts(session, list_id)
+        all_months = list(known)
+        wanted = all_months if months is None else [m for m in months if m in known]
         for month in wanted:
-            counts[month] = _build_month(writer, root, month, new_only)
+            with app.db.unit_of_work() as session:
+                entries = archive_store.read_month(session, list_id, month)
+            known[month] = _build_month(writer, entries, month, new_only)
             report.months += 1
-        known = _read_counts(out)
-        known.update(counts)
-        for m in all_months:
-            if m not in known:
-                known[m] = len(archive_read.read_month(root, info.address, m))
-        known = {m: known[m] for m in all_months}
         write_if_changed(out / "months.json", json.dumps(known, indent=1).encode(),
                          writer.mode)
         writer.page("index.html", "archive/index.html.j2",
@@ -351,9 +350,9 @@ def build(app: App, info: ListInfo, out: Path, months: Iterable[str] | None = No
 KEEP_PARSED_BYTES = 64 * 1024 * 1024
 
 
-def _build_month(writer: _Writer, root: Path, month: str, new_only: bool) -> int:
+def _build_month(writer: _Writer, entries: list[archive_read.Entry], month: str,
+                 new_only: bool) -> int:
     """The month's page and its message pages; returns the month's message count."""
-    entries = archive_read.read_month(root, writer.info.address, month)
     month_dir = writer.out / month
     month_dir.mkdir(parents=True, exist_ok=True)
     # New message pages are written in place (not renamed over): the marker says a build of
@@ -394,24 +393,13 @@ def _build_month(writer: _Writer, root: Path, month: str, new_only: bool) -> int
     return len(entries)
 
 
-def _read_counts(out: Path) -> dict[str, int]:
-    """Message counts of the months built before (so that a refresh does not re-read them)."""
-    try:
-        data = json.loads((out / "months.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(data, dict):
-        return {}
-    return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, int)}
-
-
 PAGE_FAILURES = isolation.Failures("archive pages", log)
 
 
 def refresh(app: App, touched: dict[str, set[str]]) -> None:
     """After the archive worker appended: rebuild the touched months of each list into its
-    data_dir pages (never elsewhere). Errors are logged: the mbox is the truth, the pages
-    can be rebuilt with ``listserv archive build``."""
+    data_dir pages (never elsewhere). Errors are logged: the database is the truth, the
+    pages can be rebuilt with ``listserv archive build``."""
     try:
         with app.db.unit_of_work() as session:
             infos = {}

@@ -1,36 +1,37 @@
-"""The archive index: one ArchiveMessage row per archived post, for the web archive and its
-full-text search (public-inbox's lesson: the mbox files are the truth, the index is derived
-and can be rebuilt at any time).
+"""The archive in the database: one ArchiveMessage row per archived post (its month, headers,
+thread, body text: what the web archive and its search read) and its bytes in ArchiveRaw
+(public-inbox's lesson: the raw messages are the truth, the index is derived from them and
+can be rebuilt at any time).
 
-    index_message(session, list_id, raw, month=, offset=, length=, archived_at=) -> bool
-    reindex(app, ml) -> int
+    add_messages(session, list_id, items) -> positions added
+    reindex(app, session, ml) -> int          the index fields again, from the bytes
+    ingest_mbox(app, session, ml) -> int      an older install's mbox files into the database
 
-The archive worker calls index_message for each entry it appends, in the transaction that
-marks the entry written; ``listserv archive reindex`` rebuilds a list's rows from its mbox
-files. Importers that add to an archive call index_message (or reindex) the same way. The
+The archive job (listserv.archive) and the importers add messages with add_messages; the
 engine's full-text index follows the rows by itself (migration 0009_archive_search).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import logging
 from dataclasses import dataclass
 from email import policy
 from email.message import EmailMessage, Message
-from email.parser import BytesParser
 from email.utils import getaddresses
 from typing import Any, Iterable
 
-from sqlalchemy import delete, select
+from sqlalchemy import exists, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from listserv.archive import read as archive_read
 from listserv.message import htmlmail, untrusted
 from listserv.core.app import App
-from listserv.core.models import ArchiveMessage, MailingList
+from listserv.core.models import ArchiveMessage, ArchiveRaw, MailingList
+from listserv.message.parse import parse as parse_message
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ def extract(raw: bytes) -> Fields:
     body = _plain_text(simple)
     if body is not None:
         return _fields(simple, raw, body, 0)
-    msg = BytesParser(policy=untrusted.POLICY).parsebytes(raw)
+    msg = parse_message(raw)
     assert isinstance(msg, EmailMessage)
     try:
         body = body_text(msg)
@@ -145,129 +146,160 @@ def _fields(msg: Message, raw: bytes, body: str, attachments: int) -> Fields:
 
 
 class _Threads:
-    """Parent and thread of a new message: the first of its parent ids already in the
-    list's index (earlier messages are indexed first, so replies follow their parents)."""
+    """Parent and thread of a new message: the first of its parent ids already archived
+    (earlier messages are added first, so replies follow their parents). ``known`` holds the
+    messages seen in this run; with ``lookup`` the others are looked up in the database, else
+    ``known`` is taken to be complete (preloaded, or a rebuild in archive order)."""
 
-    def __init__(self, session: Session, list_id: int, cache: bool) -> None:
-        self.session, self.list_id = session, list_id
-        self.known: dict[str, str] | None = {} if cache else None
+    def __init__(self, session: Session, list_id: int, lookup: bool) -> None:
+        self.session, self.list_id, self.lookup = session, list_id, lookup
+        self.known: dict[str, str] = {}
+
+    def preload(self) -> "_Threads":
+        for mid, tid in self.session.execute(
+                select(ArchiveMessage.message_id, ArchiveMessage.thread_id)
+                .where(ArchiveMessage.list_id == self.list_id)):
+            self.known[mid] = tid
+        return self
 
     def place(self, f: Fields) -> tuple[str | None, str]:
-        found: dict[str, str]
-        if self.known is not None:
-            found = {p: self.known[p] for p in f.parent_ids if p in self.known}
-        elif f.parent_ids:
-            found = {mid: tid for mid, tid in self.session.execute(
-                select(ArchiveMessage.message_id, ArchiveMessage.thread_id)
-                .where(ArchiveMessage.list_id == self.list_id,
-                       ArchiveMessage.message_id.in_(f.parent_ids)))}
-        else:
-            found = {}
+        found = {p: self.known[p] for p in f.parent_ids if p in self.known}
+        missing = [p for p in f.parent_ids if p not in found]
+        if self.lookup and missing:
+            for mid, tid in self.session.execute(
+                    select(ArchiveMessage.message_id, ArchiveMessage.thread_id)
+                    .where(ArchiveMessage.list_id == self.list_id,
+                           ArchiveMessage.message_id.in_(missing))):
+                found[mid] = tid
         for pid in f.parent_ids:
             if pid in found:
                 return pid, found[pid]
         return None, f.message_id
 
     def add(self, message_id: str, thread_id: str) -> None:
-        if self.known is not None:
-            self.known.setdefault(message_id, thread_id)
+        self.known.setdefault(message_id, thread_id)
 
 
-def _row(list_id: int, f: Fields, threads: _Threads, month: str, offset: int, length: int,
+def _row(list_id: int, f: Fields, threads: _Threads, month: str,
          archived_at: dt.datetime) -> dict[str, Any]:
     parent, thread = threads.place(f)
     threads.add(f.message_id, thread)
     return {"list_id": list_id, "message_id": f.message_id, "month": month,
-            "mbox_offset": offset, "mbox_length": length, "archived_at": archived_at,
-            "sent_at": f.sent_at, "sender_name": f.sender_name,
+            "archived_at": archived_at, "sent_at": f.sent_at, "sender_name": f.sender_name,
             "sender_address": f.sender_address, "subject": f.subject, "parent_id": parent,
             "thread_id": thread, "body": f.body, "attachments": f.attachments}
 
 
 def _insert(session: Session, rows: list[dict[str, Any]]) -> None:
-    """Insert, skipping a Message-ID the list's index has already (a reindex running
-    alongside the archive worker, a message archived twice)."""
+    """Insert, skipping a Message-ID the list's archive has already (an importer running
+    alongside the archive job, a message archived twice)."""
     if not rows:
         return
     dialect = session.get_bind().dialect.name
-    insert = sqlite.insert if dialect == "sqlite" else postgresql.insert
-    session.execute(insert(ArchiveMessage).on_conflict_do_nothing(
+    upsert = sqlite.insert if dialect == "sqlite" else postgresql.insert
+    session.execute(upsert(ArchiveMessage).on_conflict_do_nothing(
         index_elements=["list_id", "message_id"]), rows)
 
 
-def index_message(session: Session, list_id: int, raw: bytes, *, month: str, offset: int,
-                  length: int, archived_at: dt.datetime) -> bool:
-    """Add one archived message to the index: ``raw`` is the message stored at ``offset``
-    (``length`` bytes, From_ line included) in the list's ``month`` mbox. Returns False
-    (and logs) when the message could not be read; the caller's transaction stays usable."""
-    try:
-        fields = extract(raw)
-    except Exception:  # noqa: BLE001 - the archive must go on; reindex can retry later
-        log.exception("archive index: message at %s:%d not indexed", month, offset)
-        return False
-    _insert(session, [_row(list_id, fields, _Threads(session, list_id, cache=False), month,
-                           offset, length, archived_at)])
-    return True
+Item = tuple[bytes, str, dt.datetime]       # message bytes (LF line ends), month, archived_at
 
 
-def _month_rows(app: App, address: str, list_id: int, month: str,
-                threads: _Threads) -> Iterable[dict[str, Any]]:
-    path = archive_read.month_path(app.settings.archive_path, address, month)
-    data = path.read_bytes()
-    fallback = dt.datetime.strptime(month, "%Y-%m").replace(tzinfo=dt.timezone.utc)
-    for offset, length, first, raw in archive_read.scan_mbox(data):
+def add_messages(session: Session, list_id: int, items: Iterable[Item], *,
+                 preload: bool = False) -> list[int]:
+    """Archive each (bytes, month, archived_at): its index row and its bytes. A Message-ID
+    the list's archive already holds is skipped (its bytes are stored when its row had none:
+    an archive indexed before the bytes were in the database). An unreadable message is
+    logged and skipped. Returns the positions in ``items`` of the messages whose bytes were
+    stored. ``preload``: read the list's threads once (many messages: importers); otherwise
+    each message's parents are looked up."""
+    threads = _Threads(session, list_id, lookup=not preload)
+    if preload:
+        threads.preload()
+    return _add(session, list_id, items, threads)
+
+
+def _add(session: Session, list_id: int, items: Iterable[Item], threads: _Threads) -> list[int]:
+    added: list[int] = []
+    batch: list[tuple[int, bytes, dict[str, Any]]] = []
+    for position, (data, month, archived_at) in enumerate(items):
         try:
-            fields = extract(raw)
-        except Exception:  # noqa: BLE001
-            log.exception("archive index: %s %s:%d skipped", address, month, offset)
-            continue
-        if threads.known is not None and fields.message_id in threads.known:
-            continue            # a duplicate entry (crash between append and commit)
-        archived_at = archive_read.from_line_time(first) or fallback
-        yield _row(list_id, fields, threads, month, offset, length, archived_at)
-
-
-def reindex(app: App, session: Session, ml: MailingList) -> int:
-    """Rebuild ``ml``'s index from its mbox files; returns how many messages it holds."""
-    session.execute(delete(ArchiveMessage).where(ArchiveMessage.list_id == ml.id))
-    threads = _Threads(session, ml.id, cache=True)
-    count = 0
-    for month in archive_read.months(app.settings.archive_path, ml.address):
-        batch: list[dict[str, Any]] = []
-        for row in _month_rows(app, ml.address, ml.id, month, threads):
-            batch.append(row)
-            if len(batch) >= REINDEX_BATCH:
-                _insert(session, batch)
-                count += len(batch)
-                batch = []
-        _insert(session, batch)
-        count += len(batch)
-    return count
-
-
-def index_messages(session: Session, list_id: int,
-                   items: Iterable[tuple[bytes, str, int, int, dt.datetime]]) -> int:
-    """Bulk form of index_message for importers (listserv.importers.mbox): each item is
-    (raw message, month, offset, length, archived_at). The list's known threads are read
-    once and the rows inserted in batches; an unreadable message is logged and skipped.
-    Returns how many rows were offered."""
-    threads = _Threads(session, list_id, cache=True)
-    assert threads.known is not None
-    for mid, tid in session.execute(select(ArchiveMessage.message_id, ArchiveMessage.thread_id)
-                                    .where(ArchiveMessage.list_id == list_id)):
-        threads.known[mid] = tid
-    batch: list[dict[str, Any]] = []
-    count = 0
-    for raw, month, offset, length, archived_at in items:
-        try:
-            fields = extract(raw)
+            fields = extract(data)
         except Exception:  # noqa: BLE001 - the archive goes on; reindex can retry later
-            log.exception("archive index: message at %s:%d not indexed", month, offset)
+            log.exception("archive: message %d of %s not readable, not archived", position,
+                          month)
             continue
-        batch.append(_row(list_id, fields, threads, month, offset, length, archived_at))
+        batch.append((position, data, _row(list_id, fields, threads, month, archived_at)))
         if len(batch) >= REINDEX_BATCH:
-            _insert(session, batch)
-            count += len(batch)
+            added += _store(session, list_id, batch)
             batch = []
-    _insert(session, batch)
-    return count + len(batch)
+    return added + _store(session, list_id, batch)
+
+
+def _store(session: Session, list_id: int,
+           batch: list[tuple[int, bytes, dict[str, Any]]]) -> list[int]:
+    """Insert the batch's index rows, then the bytes of each row that has none yet."""
+    if not batch:
+        return []
+    _insert(session, [row for _, _, row in batch])
+    first: dict[str, tuple[int, bytes]] = {}
+    for position, data, row in batch:
+        first.setdefault(row["message_id"], (position, data))
+    bare = session.execute(
+        select(ArchiveMessage.id, ArchiveMessage.message_id)
+        .where(ArchiveMessage.list_id == list_id, ArchiveMessage.message_id.in_(list(first)),
+               ~exists().where(ArchiveRaw.message_pk == ArchiveMessage.id))).all()
+    if not bare:
+        return []
+    session.execute(insert(ArchiveRaw),
+                    [{"message_pk": pk, "data": first[mid][1]} for pk, mid in bare])
+    return sorted(first[mid][0] for _, mid in bare)
+
+
+def reindex(app: App, session: Session, ml: MailingList) -> tuple[int, int]:
+    """Compute ``ml``'s index fields and threads again from the archived bytes (a newer
+    listserv reads mail better, or the rows were edited). Returns (messages reindexed,
+    messages without bytes in the database, left as they are)."""
+    threads = _Threads(session, ml.id, lookup=False)      # rows come in archive order
+    count = last = 0
+    while True:
+        rows = session.execute(
+            select(ArchiveMessage.id, ArchiveMessage.message_id, ArchiveMessage.month,
+                   ArchiveMessage.archived_at, ArchiveRaw.data)
+            .join(ArchiveRaw, ArchiveRaw.message_pk == ArchiveMessage.id)
+            .where(ArchiveMessage.list_id == ml.id, ArchiveMessage.id > last)
+            .order_by(ArchiveMessage.id).limit(REINDEX_BATCH)).all()
+        if not rows:
+            break
+        updates = []
+        for pk, mid, month, archived_at, data in rows:
+            try:
+                fields = dataclasses.replace(extract(bytes(data)), message_id=mid)
+            except Exception:  # noqa: BLE001
+                log.exception("archive reindex: %s message <%s> skipped", ml.address, mid)
+                continue
+            row = _row(ml.id, fields, threads, month, archived_at)
+            del row["list_id"], row["message_id"], row["month"], row["archived_at"]
+            updates.append({"id": pk, **row})
+        if updates:
+            session.execute(update(ArchiveMessage), updates)
+        count += len(updates)
+        last = rows[-1][0]
+    bare = session.scalar(select(func.count()).select_from(ArchiveMessage).where(
+        ArchiveMessage.list_id == ml.id,
+        ~exists().where(ArchiveRaw.message_pk == ArchiveMessage.id))) or 0
+    return count, bare
+
+
+def ingest_mbox(app: App, session: Session, ml: MailingList) -> int:
+    """Add the messages of ``ml``'s mbox files under <data_dir>/archives (an install from
+    before the archive was in the database, or files put back from a backup) that the
+    database lacks; returns how many were added (bytes stored)."""
+    threads = _Threads(session, ml.id, lookup=False).preload()
+    added = 0
+    for month in archive_read.months(app.settings.archive_path, ml.address):
+        path = archive_read.month_path(app.settings.archive_path, ml.address, month)
+        fallback = dt.datetime.strptime(month, "%Y-%m").replace(tzinfo=dt.timezone.utc)
+        items = [(raw, month, archive_read.from_line_time(first) or fallback)
+                 for _, _, first, raw in archive_read.scan_mbox(path.read_bytes())]
+        added += len(_add(session, ml.id, items, threads))
+    return added

@@ -1,147 +1,145 @@
-"""The mbox archive: append accepted posts to <data_dir>/archives/<list>/<yyyy-mm>.mbox.
+"""The archive job: accepted posts into the archive in the database, and the mbox export.
 
-The ArchiveEntry rows are the queue (appended_at NULL = still to write). A pass appends each
-pending entry's prepared message (mboxrd: From_ line, '>From ' quoting), fsyncs the file and
-only then commits the rows' appended_at, with each message's row in the search index
-(listserv.archive.index: where in the file it is, its headers and text). A crash between the two can at worst append an entry twice, never
-lose one. Rows are claimed FOR UPDATE SKIP LOCKED on PostgreSQL and files are flock'ed, so
-several processes may run passes.
+Accepting a post adds an ArchiveEntry and makes its list's archive job due (add_entry). The
+job (archive_list) runs one at a time per list (the job engine's partition
+``archive:<list id>``): in one transaction it stores each waiting entry's prepared message
+(from the spool) as an ArchiveMessage row with its bytes (listserv.archive.index), deletes the
+entries, and, when ``[archive] mbox`` is on, appends the messages to the month files
+``<data_dir>/archives/<list>/<yyyy-mm>.mbox`` (fsynced before the commit: a crash in between
+can at worst write an entry twice, never leave one out). A message whose Message-ID the
+list's archive already holds is skipped, so running an entry twice archives it once. The HTML
+pages of the months touched are refreshed after the commit (listserv.archive.html).
+
+The periodic ``archive`` pass only looks for lists whose entries wait without a job of their
+own (entries from before this version; a job deleted by hand) and enqueues one.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import fcntl
 import logging
 import os
-import re
-import time
-from email.parser import BytesHeaderParser
-from email.utils import parseaddr
 from pathlib import Path
-
-from sqlalchemy import select, update
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from listserv.archive import html as archive_html, index as archive_index, read as archive_read
-from listserv.core import isolation
+from listserv import jobs
+from listserv.archive import (
+    html as archive_html,
+    index as archive_index,
+    read as archive_read,
+    store as archive_store,
+)
 from listserv.core.app import App
-from listserv.core.models import ArchiveEntry, Domain, MailingList
+from listserv.core.models import ArchiveEntry, Job, JobState, MailingList
 
 log = logging.getLogger(__name__)
 
-BATCH = 200
-_FROM_LINE = re.compile(rb"^>*From ", re.MULTILINE)
+LIST_KIND = "archive_list"      # the job kind of one list's archiving
+BATCH = 200                     # entries per transaction
+BATCHES_PER_RUN = 25            # then the job hands over to a new one of the same list
 
 
-def mbox_path(app: App, list_address: str, when_year: int, when_month: int) -> Path:
-    return app.settings.archive_path / list_address.lower() / f"{when_year:04d}-{when_month:02d}.mbox"
+def job_key(list_id: int) -> str:
+    return f"archive:{list_id}"
 
 
-def mbox_entry(data: bytes, when: float, sender: str | None = None) -> bytes:
-    """One mboxrd entry: From_ line, body with LF endings and '>From ' quoting, blank line.
-    ``sender`` (the From_ line's address) is read from the From header when not given."""
-    data = data.replace(b"\r\n", b"\n")
-    if sender is None:
-        headers = BytesHeaderParser().parsebytes(data)
-        sender = parseaddr(str(headers.get("From") or ""))[1]
-    sender = sender or "MAILER-DAEMON"
-    sender = "".join(sender.split()) or "MAILER-DAEMON"
-    stamp = time.asctime(time.gmtime(when))
-    body = _FROM_LINE.sub(lambda m: b">" + m.group(0), data)
-    if not body.endswith(b"\n"):
-        body += b"\n"
-    return f"From {sender} {stamp}\n".encode("utf-8", "replace") + body + b"\n"
+def enqueue(session: Session, app: App, list_id: int) -> None:
+    """In the caller's transaction: make the list's archive job due (a read first: posts
+    call this under the list lock, and a waiting job is enough)."""
+    key = job_key(list_id)
+    if session.scalar(select(Job.id).where(Job.dedupe_key == key,
+                                           Job.state == JobState.ready)) is None:
+        jobs.enqueue(session, app, LIST_KIND, {"list_id": list_id}, partition_key=key,
+                     dedupe_key=key)
 
 
-def _list_addresses(session: Session, ids: set[int]) -> dict[int, str]:
-    rows = session.execute(select(MailingList.id, MailingList.name, Domain.name)
-                           .join(Domain).where(MailingList.id.in_(ids))).all()
-    return {r[0]: f"{r[1]}@{r[2]}" for r in rows}
+def add_entry(session: Session, app: App, list_id: int, seq: int, spool_sha: str,
+              message_id: str, now: dt.datetime) -> None:
+    """In the caller's transaction: the accepted post ``seq`` (its prepared bytes are
+    ``spool_sha``) is to be archived."""
+    session.add(ArchiveEntry(list_id=list_id, seq=seq, spool_sha=spool_sha,
+                             message_id=message_id[:998], created_at=now))
+    enqueue(session, app, list_id)
 
 
-def append_pending(app: App, limit: int = BATCH) -> int:
-    """Append up to ``limit`` pending entries; return how many were written. Then refresh
-    the HTML pages of the months touched (listserv.archive.html; failures only logged)."""
-    touched: dict[str, set[str]] = {}
-    done = _append_batch(app, limit, touched)
-    if touched:
-        archive_html.refresh(app, touched)
-    return done
-
-
-FAILURES = isolation.Failures("archive append", log)
-
-
-def _append_batch(app: App, limit: int, touched: dict[str, set[str]]) -> int:
+def run_list(app: App, list_id: int) -> None:
+    """The archive job of one list: its waiting entries, a batch per transaction; when more
+    are left after BATCHES_PER_RUN, a new job of the list follows (others get a turn)."""
+    for _ in range(BATCHES_PER_RUN):
+        if not archive_batch(app, list_id):
+            return
     with app.db.unit_of_work() as session:
-        query = select(ArchiveEntry).where(ArchiveEntry.appended_at.is_(None))
-        waiting = {key[0] for key in FAILURES.waiting() if isinstance(key, tuple)}
-        if waiting:                      # lists whose mbox failed lately wait for their retry
-            query = query.where(ArchiveEntry.list_id.not_in(waiting))
-        candidates = list(session.scalars(
-            query.order_by(ArchiveEntry.id).limit(limit).with_for_update(skip_locked=True)))
-        now = app.now()
-        entries = []
-        for e in candidates:
-            # Claim: the first transaction to mark the row owns it (the row/write lock makes
-            # a concurrent pass wait, then match nothing). Committed only after the fsync.
-            won = session.execute(update(ArchiveEntry)
-                                  .where(ArchiveEntry.id == e.id,
-                                         ArchiveEntry.appended_at.is_(None))
-                                  .values(appended_at=now)
-                                  .execution_options(synchronize_session=False))
-            if won.rowcount == 1:  # type: ignore[attr-defined]
-                entries.append(e)
-        if not entries:
-            return 0
-        names = _list_addresses(session, {e.list_id for e in entries})
-        by_file: dict[tuple[int, Path], list[ArchiveEntry]] = {}
+        enqueue(session, app, list_id)
+
+
+def archive_batch(app: App, list_id: int, limit: int | None = None) -> bool:
+    """Archive up to ``limit`` (BATCH) of the list's waiting entries in one transaction, then
+    refresh the pages of the months touched. True when more entries wait."""
+    limit = BATCH if limit is None else limit
+    with app.db.unit_of_work() as session:
+        entries = list(session.scalars(select(ArchiveEntry).where(
+            ArchiveEntry.list_id == list_id).order_by(ArchiveEntry.id).limit(limit + 1)))
+        more = len(entries) > limit
+        entries = entries[:limit]
+        ml = session.get(MailingList, list_id)
+        if not entries or ml is None:
+            return False
+        address = ml.address.lower()
+        items: list[archive_index.Item] = []
         for e in entries:
-            when = e.created_at
-            path = mbox_path(app, names[e.list_id], when.year, when.month)
-            by_file.setdefault((e.list_id, path), []).append(e)
-        written = 0
-        for (list_id, path), group in by_file.items():
-            # One file that cannot be written (a full disk, a bad path) leaves its entries
-            # pending for a later pass; the other lists' files are still written.
-            key = (list_id, str(path))
-            what = (f"list {names[list_id]} ({path.name}), Message-ID(s) "
-                    + ", ".join(e.message_id or f"entry {e.id}" for e in group[:5]))
-            if FAILURES.run(key, what, lambda: _write_group(app, session, path, group)) is None:
-                session.execute(update(ArchiveEntry)
-                                .where(ArchiveEntry.id.in_([e.id for e in group]))
-                                .values(appended_at=None)
-                                .execution_options(synchronize_session=False))
+            try:
+                data = app.spool.get(e.spool_sha)
+            except (FileNotFoundError, LookupError):
+                log.error("archive: %s post %d <%s>: its message is gone from the spool, "
+                          "not archived", address, e.seq, e.message_id)
                 continue
-            touched.setdefault(names[list_id].lower(), set()).add(path.stem)
-            written += len(group)
-        return written
+            when = e.created_at
+            items.append((data.replace(b"\r\n", b"\n"), f"{when.year:04d}-{when.month:02d}",
+                          when))
+        added = [items[i] for i in archive_index.add_messages(session, list_id, items)]
+        session.execute(delete(ArchiveEntry).where(ArchiveEntry.id.in_([e.id for e in entries]))
+                        .execution_options(synchronize_session=False))
+        months = sorted({month for _, month, _ in added})
+        if app.settings.archive.mbox:
+            for month in months:
+                append_file(archive_read.month_path(app.settings.archive_path, address, month),
+                            b"".join(archive_read.mbox_entry(data, when.timestamp())
+                                     for data, m, when in added if m == month))
+    if months:
+        archive_html.refresh(app, {address: set(months)})
+    return more
 
 
-def _write_group(app: App, session: Session, path: Path, group: list[ArchiveEntry]) -> bool:
-    """Append ``group`` to its mbox and index it (the index rows in a savepoint, so that a
-    failure leaves the transaction usable for the other files)."""
-    chunks = [mbox_entry(app.spool.get(e.spool_sha), e.created_at.timestamp()) for e in group]
-    with session.begin_nested():
-        offset = _append(path, b"".join(chunks))
-        for e, chunk in zip(group, chunks):
-            # The search index row commits with appended_at (a retry re-adds both).
-            archive_index.index_message(
-                session, e.list_id, archive_read.unquote_entry(chunk)[1],
-                month=path.stem, offset=offset, length=len(chunk),
-                archived_at=e.created_at)
-            offset += len(chunk)
-    return True
+def sweep(app: App) -> int:
+    """Enqueue the archive job of each list whose entries wait without one (ready, running
+    or dead: a dead job waits for ``listserv queue retry``); how many were enqueued."""
+    with app.db.unit_of_work() as session:
+        waiting = set(session.scalars(select(ArchiveEntry.list_id).distinct()))
+        if not waiting:
+            return 0
+        have = set(session.scalars(select(Job.partition_key).where(Job.kind == LIST_KIND)))
+        missing = [list_id for list_id in sorted(waiting) if job_key(list_id) not in have]
+        for list_id in missing:
+            enqueue(session, app, list_id)
+        return len(missing)
+
+
+def export(app: App, session: Session, ml: MailingList, out: Path,
+           months: list[str] | None = None) -> dict[str, int]:
+    """Write the mbox export of ``months`` (all when None) of ``ml``'s archive into ``out``
+    (``YYYY-MM.mbox`` each, replaced whole); messages per month written."""
+    written = {}
+    for month in archive_store.months(session, ml.id) if months is None else months:
+        written[month] = archive_store.export_month(session, ml.id, month,
+                                                    out / f"{month}.mbox")
+    return written
 
 
 def append_file(path: Path, data: bytes) -> int:
     """Append ``data`` to the mbox file ``path`` under its lock, fsynced; return where it
     starts (also used by listserv.importers.mbox)."""
-    return _append(path, data)
-
-
-def _append(path: Path, data: bytes) -> int:
-    """Append ``data`` to the mbox at ``path`` (flock'ed, fsynced); return where it starts."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
     try:

@@ -1,15 +1,18 @@
-"""Reading the mbox archive (the truth; everything else is derived from it).
+"""The mbox format of the archive exports, and reading archived messages' headers.
 
-The files are what listserv.archive.mbox writes: ``<data_dir>/archives/<list>/<yyyy-mm>.mbox``,
-mboxrd (every body line matching ``>*From `` got one more ``>``), each entry ended by a blank
-line. A crash between the append and its commit can write an entry twice: readers drop an
-entry whose Message-ID was already seen in the same month.
+The files are what listserv.archive.mbox writes (and ``listserv archive export``):
+``<data_dir>/archives/<list>/<yyyy-mm>.mbox``, mboxrd (every body line matching ``>*From ``
+got one more ``>``), each entry ended by a blank line. The archive itself is in the database
+(listserv.archive.store); these files are read back only to bring an older install's mbox
+archive into it (``listserv archive reindex --from-mbox``). A crash between the append and
+its commit can write an entry twice: readers drop an entry whose Message-ID they have seen.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import re
+import time
 from dataclasses import dataclass
 from email import policy
 from email.header import decode_header, make_header
@@ -19,11 +22,15 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from listserv.message import untrusted
+from listserv.message.parse import parse as parse_message
 
 MONTH_RE = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 _QUOTED_FROM = re.compile(rb"^>(>*From )", re.MULTILINE)
 _FROM_LINE = re.compile(rb"^From ", re.MULTILINE)
 _MESSAGE_ID = re.compile(rb"^message-id:\s*<([^<>\s]+)>", re.MULTILINE | re.IGNORECASE)
+_FROM_HEADER = re.compile(rb"^from:[ \t]*(.*(?:\n[ \t].*)*)", re.MULTILINE | re.IGNORECASE)
+_ADDRESS = re.compile(rb"[^\s<>\"'(),:;]+@[^\s<>\"'(),:;]+")
+_ANY_FROM_LINE = re.compile(rb"^>*From ", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -42,9 +49,7 @@ class Entry:
         return BytesHeaderParser(policy=policy.compat32).parsebytes(head)
 
     def message(self) -> EmailMessage:
-        msg = BytesParser(policy=untrusted.POLICY).parsebytes(self.raw)
-        assert isinstance(msg, EmailMessage)
-        return msg
+        return parse_message(self.raw)
 
 
 def parse_compat32(raw: bytes) -> Message:
@@ -133,18 +138,6 @@ def unquote_entry(chunk: bytes) -> tuple[bytes, bytes]:
     return first, _QUOTED_FROM.sub(rb"\1", body)
 
 
-def entry_raw(archive_root: Path, list_address: str, month: str, offset: int,
-              length: int) -> bytes:
-    """The raw message stored at ``offset`` in a month's mbox (as the archive index records
-    it). Raises FileNotFoundError, or ValueError when no entry starts there."""
-    with open(month_path(archive_root, list_address, month), "rb") as f:
-        f.seek(offset)
-        chunk = f.read(length)
-    if not chunk.startswith(b"From "):
-        raise ValueError(f"no archived message at {month}:{offset}")
-    return unquote_entry(chunk)[1]
-
-
 def message_id_of(raw: bytes) -> str:
     """The Message-ID of a raw message, found the cheap way ('' when it has none)."""
     found = _MESSAGE_ID.search(raw.split(b"\n\n", 1)[0])
@@ -152,7 +145,8 @@ def message_id_of(raw: bytes) -> str:
 
 
 def read_month(archive_root: Path, list_address: str, month: str) -> list[Entry]:
-    """The entries of one month (empty when the month has no file)."""
+    """The entries of one month's mbox file (empty when there is none), an entry whose
+    Message-ID came earlier in the file left out."""
     path = month_path(archive_root, list_address, month)
     try:
         data = path.read_bytes()
@@ -170,24 +164,23 @@ def read_month(archive_root: Path, list_address: str, month: str) -> list[Entry]
     return out
 
 
-def month_bytes(archive_root: Path, list_address: str, month: str,
-                cap: int) -> tuple[bytes, int, int]:
-    """The month's mbox as stored, cut at a message boundary so that it fits in ``cap``
-    bytes: (bytes, messages included, messages in the month). Reads at most ``cap`` bytes
-    into memory (the rest of the file is only scanned for From_ lines)."""
-    total = included = 0
-    cut = offset = 0
-    with open(month_path(archive_root, list_address, month), "rb") as f:
-        for line in f:
-            if line.startswith(b"From "):
-                total += 1
-                if offset <= cap:
-                    cut, included = offset, total - 1
-            offset += len(line)
-        if offset <= cap:
-            cut, included = offset, total
-        f.seek(0)
-        return f.read(cut), included, total
+def from_line_sender(data: bytes) -> str:
+    """The From_ line's address of a message: the first address of its From header."""
+    found = _FROM_HEADER.search(data.split(b"\n\n", 1)[0])
+    address = _ADDRESS.search(found.group(1)) if found else None
+    return address.group(0).decode("ascii", "replace") if address else "MAILER-DAEMON"
+
+
+def mbox_entry(data: bytes, when: float) -> bytes:
+    """One mboxrd entry of a message: From_ line (the From address and ``when``, a POSIX
+    time), body with LF endings and '>From ' quoting, blank line."""
+    data = data.replace(b"\r\n", b"\n")
+    sender = "".join(from_line_sender(data).split()) or "MAILER-DAEMON"
+    stamp = time.asctime(time.gmtime(when))
+    body = _ANY_FROM_LINE.sub(lambda m: b">" + m.group(0), data)
+    if not body.endswith(b"\n"):
+        body += b"\n"
+    return f"From {sender} {stamp}\n".encode("utf-8", "replace") + body + b"\n"
 
 
 # ---------------------------------------------------------------------------- header helpers

@@ -6,7 +6,7 @@ messages before and after it and the thread around it, its attachments.
     month_threads(session, list_id, month) -> [[(message, depth)]]
     message(session, list_id, message_id) -> MessageView | None
     recent(session, list_id, limit) -> [message]
-    raw(app, list_address, message) -> bytes;  attachments(raw) -> [Attachment]
+    raw(session, message) -> bytes;  attachments(raw) -> [Attachment]
 
 Search uses the database's own engine (SQLite FTS5 ranked by bm25; PostgreSQL tsvector
 ranked by ts_rank; subject counts most, then sender, then body). By relevance, the RANKED most
@@ -21,15 +21,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from email.message import EmailMessage
-from email.parser import BytesParser
 from typing import Any, Sequence
 
 from sqlalchemy import func, select, text, tuple_
 from sqlalchemy.orm import Session, defer
 
-from listserv.archive import read as archive_read
-from listserv.message import untrusted
-from listserv.core.app import App
+from listserv.archive import store as archive_store
 from listserv.archive.index import is_attachment
 from listserv.core.models import ArchiveMessage
 
@@ -292,17 +289,10 @@ def message(session: Session, list_id: int, message_id: str) -> MessageView | No
 # ---------------------------------------------------------------------------- the message itself
 
 
-def raw(app: App, list_address: str, m: ArchiveMessage) -> bytes:
-    """The archived message as stored in the mbox (raises OSError/ValueError when the file
-    no longer has it: run ``listserv archive reindex``)."""
-    return archive_read.entry_raw(app.settings.archive_path, list_address, m.month,
-                                  m.mbox_offset, m.mbox_length)
-
-
-def parse(data: bytes) -> EmailMessage:
-    msg = BytesParser(policy=untrusted.POLICY).parsebytes(data)
-    assert isinstance(msg, EmailMessage)
-    return msg
+def raw(session: Session, m: ArchiveMessage) -> bytes:
+    """The archived message's bytes (LookupError when the database has none: an archive
+    indexed before they were kept there; README, upgrading)."""
+    return archive_store.raw(session, m.id)
 
 
 @dataclass(frozen=True)

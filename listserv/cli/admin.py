@@ -6,7 +6,7 @@ import click
 
 from listserv.core import db as dbmod
 from listserv.core.app import ensure_site_secret
-from listserv.cli import Obj, cli, handle_errors, pass_obj
+from listserv.cli.base import Obj, cli, handle_errors, pass_obj
 
 
 @cli.command()

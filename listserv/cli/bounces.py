@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from listserv.bounces import report as bounce_report, process as bounces
-from listserv.cli import Obj, cli, handle_errors, pass_obj
+from listserv.cli.base import Obj, cli, handle_errors, pass_obj
 from listserv.cli.output import json_array
 from listserv.core.lists import get_list
 

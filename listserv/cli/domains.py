@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from listserv.admin import domains as service
-from listserv.cli import Obj, cli, handle_errors, pass_obj
+from listserv.cli.base import Obj, cli, handle_errors, pass_obj
 from listserv.cli.output import json_array, table
 from listserv.core.errors import UsageError
 from listserv.core.models import Domain

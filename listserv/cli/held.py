@@ -13,7 +13,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from listserv.core import lists
 from listserv.message import untrusted
 from listserv.pipeline import moderation
-from listserv.cli import Obj, cli, handle_errors, pass_obj
+from listserv.cli.base import Obj, cli, handle_errors, pass_obj
 from listserv.cli.output import json_array
 from listserv.core.errors import ListservError, UsageError
 from listserv.core.models import Decision, MailingList

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import click
 
 from listserv.core.app import App
-from listserv.cli import Obj, cli, handle_errors, pass_obj
+from listserv.cli.base import Obj, cli, handle_errors, pass_obj
 from listserv.core.errors import UsageError
 
 if TYPE_CHECKING:

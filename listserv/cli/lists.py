@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import click
 
+from listserv.admin import list_info
 from listserv.core import lists as service
 from listserv.core import members as members_service
 from listserv.core import network
 from listserv.core import settings as settings_mod
-from listserv.cli import Obj, cli, handle_errors, pass_obj
+from listserv.cli.base import Obj, cli, handle_errors, pass_obj
 from listserv.cli.output import json_array, json_object, pairs, table
 from listserv.core.errors import UsageError
 from listserv.core.models import Role
@@ -55,9 +56,9 @@ def list_create(obj: Obj, address: str, owners: tuple[str, ...], moderators: tup
 def list_ls(obj: Obj, domain: str | None, as_json: bool, as_tree: bool) -> None:
     """List the mailing lists."""
     if as_tree:
-        from listserv.cli.network import list_tree
-
-        click.get_current_context().invoke(list_tree, address=None, as_json=as_json)
+        # `list tree` (listserv.cli.network, which adds itself to list_group)
+        click.get_current_context().invoke(list_group.commands["tree"], address=None,
+                                           as_json=as_json)
         return
     app = obj.ready_app()
     with app.db.unit_of_work() as session:
@@ -83,7 +84,7 @@ def list_show(obj: Obj, address: str, as_json: bool) -> None:
     """Show a list: its people, delivery counts and every setting."""
     app = obj.ready_app()
     with app.db.unit_of_work() as session:
-        info = service.details(session, service.get_list(session, address))
+        info = list_info.details(session, service.get_list(session, address))
     if as_json:
         json_object(info)
         return

@@ -10,7 +10,7 @@ from listserv.core import lists as lists_service
 from listserv.core import members as service
 from listserv.admin import member_import
 from listserv.core import senders
-from listserv.cli import Obj, cli, handle_errors, pass_obj
+from listserv.cli.base import Obj, cli, handle_errors, pass_obj
 from listserv.cli.output import json_array, table
 from listserv.core.errors import UsageError
 from listserv.core.models import DeliveryMode, Role

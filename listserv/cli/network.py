@@ -6,7 +6,7 @@ import click
 
 from listserv.core import lists as service
 from listserv.core import network
-from listserv.cli import Obj, handle_errors, pass_obj
+from listserv.cli.base import Obj, handle_errors, pass_obj
 from listserv.cli.lists import list_group
 from listserv.cli.output import json_array
 

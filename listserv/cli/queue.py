@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from listserv.cli import Obj, cli, handle_errors, pass_obj
+from listserv.cli.base import Obj, cli, handle_errors, pass_obj
 from listserv.cli.output import json_array, json_object
 from listserv import jobs
 from listserv.admin import retention

@@ -7,7 +7,7 @@ from sqlalchemy import inspect
 
 from listserv.core import db as dbmod
 from listserv.core.app import App, ensure_site_secret
-from listserv.cli import Obj, cli, handle_errors, pass_obj
+from listserv.cli.base import Obj, cli, handle_errors, pass_obj
 
 
 def prepare_database(app: App) -> None:

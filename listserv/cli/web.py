@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from listserv.cli import Obj, cli, fail, handle_errors, pass_obj
+from listserv.cli.base import Obj, cli, fail, handle_errors, pass_obj
 from listserv.core.config import parse_listen
 
 

@@ -62,6 +62,11 @@ class WebSettings:
 
 
 @dataclass(frozen=True)
+class ArchiveSettings:
+    mbox: bool = True                        # also write <data_dir>/archives/LIST/YYYY-MM.mbox
+
+
+@dataclass(frozen=True)
 class Settings:
     data_dir: str = "./listserv-data"
     site_domain: str = "localhost"
@@ -70,6 +75,7 @@ class Settings:
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
     moderation: ModerationSettings = field(default_factory=ModerationSettings)
     web: WebSettings = field(default_factory=WebSettings)
+    archive: ArchiveSettings = field(default_factory=ArchiveSettings)
 
     # -- derived paths -------------------------------------------------
     @property
@@ -99,6 +105,7 @@ SECTIONS: dict[str, type] = {
     "delivery": DeliverySettings,
     "moderation": ModerationSettings,
     "web": WebSettings,
+    "archive": ArchiveSettings,
 }
 
 CHOICES: dict[tuple[str, str], tuple[str, ...]] = {

@@ -1,4 +1,4 @@
-"""List and domain services: lookup, creation, settings. (Extended by the foundation work.)"""
+"""List and domain services: lookup, creation, settings, deletion."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from listserv.core import addresses, senders
+from listserv.core import addresses
 from listserv.core import settings as settings_mod
 from listserv.core.errors import UsageError
-from listserv.core.models import Address, DeliveryMode, Domain, MailingList, Membership, Role
+from listserv.core.models import Domain, MailingList, Membership, Role
 
 
 def find_domain(session: Session, name: str) -> Domain | None:
@@ -88,44 +88,6 @@ def summary(ml: MailingList, counts: dict[Role, int]) -> dict[str, Any]:
             "description": ml.description, "members": counts.get(Role.member, 0),
             "moderators": counts.get(Role.moderator, 0), "owners": counts.get(Role.owner, 0),
             **settings_mod.as_dict(ml)}
-
-
-def details(session: Session, ml: MailingList) -> dict[str, Any]:
-    """Everything `list show` prints: the summary plus owners, moderators and delivery stats."""
-    from listserv.core import network
-
-    out = summary(ml, role_counts(session, [ml.id]).get(ml.id, {}))
-    member_rows = select(Membership.delivery_mode, Membership.enabled, func.count()).where(
-        Membership.list_id == ml.id, Membership.role == Role.member).group_by(
-        Membership.delivery_mode, Membership.enabled)
-    by_mode: dict[str, int] = {m.value: 0 for m in DeliveryMode}
-    disabled = 0
-    for mode, enabled, n in session.execute(member_rows):
-        by_mode[mode.value] += n
-        if not enabled:
-            disabled += n
-    owner_rows = select(Address.email, Membership.role).join(Membership).where(
-        Membership.list_id == ml.id, Membership.role.in_([Role.owner, Role.moderator])
-    ).order_by(Address.email)
-    people: dict[Role, list[str]] = {Role.owner: [], Role.moderator: []}
-    for email, role in session.execute(owner_rows):
-        people[role].append(email)
-    out.update({
-        "list_id": ml.list_id,
-        "owner_emails": people[Role.owner],
-        "moderator_emails": people[Role.moderator],
-        "delivery": by_mode,
-        "disabled": disabled,
-        "dkim_selector": ml.domain.dkim_selector if ml.domain.dkim_private_key else None,
-        "posts": ml.post_id,
-        "sender_rules": [{"pattern": r.pattern, "action": r.action.value}
-                         for r in senders.sender_rules(session, ml.id)],
-        "bans": senders.ban_patterns(session, ml.id),
-        "includes": network.includes_of(session, ml),
-        "included_in": network.included_in(session, ml),
-        "created_at": ml.created_at.isoformat(timespec="seconds"),
-    })
-    return out
 
 
 def set_setting(session: Session, ml: MailingList, key: str, value: str) -> Any:

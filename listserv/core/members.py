@@ -1,4 +1,4 @@
-"""Membership services. (Extended by the foundation work.)"""
+"""Membership services: addresses, members, moderators and owners of a list."""
 
 from __future__ import annotations
 

@@ -13,7 +13,6 @@ from typing import Any, Optional
 
 from sqlalchemy import (
     JSON,
-    BigInteger,
     Boolean,
     DateTime,
     Enum,
@@ -21,6 +20,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -572,10 +572,11 @@ class Fanout(Base):
 
 
 class ArchiveEntry(Base):
-    """A post to append to the list's mbox archive (appended_at set once written)."""
+    """A post waiting to be archived: the list's archive job (listserv.archive) turns it into
+    an ArchiveMessage with its bytes and deletes it in the same transaction."""
 
     __tablename__ = "archive_entry"
-    __table_args__ = (Index("ix_archive_pending", "appended_at"),)
+    __table_args__ = (Index("ix_archive_entry_list", "list_id", "id"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     list_id: Mapped[int] = mapped_column(ForeignKey("mailing_list.id", ondelete="CASCADE"))
@@ -583,15 +584,15 @@ class ArchiveEntry(Base):
     spool_sha: Mapped[str] = mapped_column(String(64), index=True)
     message_id: Mapped[str] = mapped_column(String(998), default="")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
-    appended_at: Mapped[Optional[dt.datetime]] = mapped_column()
 
 
 class ArchiveMessage(Base):
-    """One archived post as the web archive and its search see it: where it is in the mbox
-    (month file, byte offset and length of its entry), its headers, thread and body text.
+    """One archived post: its month, headers, thread and body text (the index the web archive
+    and its search read); its bytes are its ArchiveRaw row.
 
-    Derived from the mbox files (the truth): the archive worker adds a row when it appends,
-    ``listserv archive reindex`` rebuilds them. The full-text index over subject, sender and
+    The archive job adds both rows in one transaction; ``listserv archive reindex`` recomputes
+    these fields from the bytes. The mbox files and HTML pages are exports derived from the
+    database. The full-text index over subject, sender and
     body is made by migration 0009 per engine (SQLite: the FTS5 table ``archive_message_fts``
     kept in step by triggers; PostgreSQL: the generated ``tsvector`` column ``fts`` with a GIN
     index) and is not part of these models (see FULLTEXT_OBJECTS).
@@ -608,9 +609,7 @@ class ArchiveMessage(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     list_id: Mapped[int] = mapped_column(ForeignKey("mailing_list.id", ondelete="CASCADE"))
     message_id: Mapped[str] = mapped_column(String(998))
-    month: Mapped[str] = mapped_column(String(7))             # the mbox file: YYYY-MM
-    mbox_offset: Mapped[int] = mapped_column(BigInteger)      # of its From_ line
-    mbox_length: Mapped[int] = mapped_column()                # up to the next entry
+    month: Mapped[str] = mapped_column(String(7))             # YYYY-MM (its mbox export)
     archived_at: Mapped[dt.datetime] = mapped_column()
     sent_at: Mapped[Optional[dt.datetime]] = mapped_column()  # its Date header
     sender_name: Mapped[str] = mapped_column(String(255), default="")
@@ -620,6 +619,18 @@ class ArchiveMessage(Base):
     thread_id: Mapped[str] = mapped_column(String(998))       # Message-ID of the thread's first
     body: Mapped[str] = mapped_column(Text, default="")       # text (HTML converted), capped
     attachments: Mapped[int] = mapped_column(default=0)
+
+
+class ArchiveRaw(Base):
+    """The bytes of one archived message (LF line ends, as its mbox export holds them), apart
+    from its ArchiveMessage row so that the index pages and searches read narrow rows."""
+
+    __tablename__ = "archive_raw"
+
+    message_pk: Mapped[int] = mapped_column(
+        ForeignKey("archive_message.id", ondelete="CASCADE"), primary_key=True,
+        autoincrement=False)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 # Engine-specific full-text objects that only the migrations create (names, by kind).
@@ -716,9 +727,9 @@ class BounceEvent(Base):
 
 
 # ---------------------------------------------------------------------------- digest modes
-# Owned by the digests work (issue #5). A delivery-mode change made through the ORM (member set,
-# the 'set delivery' email command) records where the member's digest starts, or the one last
-# digest they are owed, so that no post is lost or doubled between regular and digest delivery.
+# A delivery-mode change made through the ORM (member set, the 'set delivery' email command)
+# records where the member's digest starts, or the one last digest they are owed, so that no
+# post is lost or doubled between regular and digest delivery (the hooks are at the end).
 
 class Job(Base):
     """One unit of background work (listserv.jobs). Jobs with the same partition_key run one

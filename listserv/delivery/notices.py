@@ -18,6 +18,7 @@ from listserv.core.app import App
 from listserv.delivery.outbound import queue_message
 from listserv.core.templating import render
 from listserv.core.views import ListView
+from listserv.message.parse import to_bytes
 
 
 HEADER_LIMIT = 300      # characters of one rendered notice header value
@@ -68,11 +69,7 @@ def build_notice(app: App, lst: ListView | None, template: str, to: str | list[s
 def serialise(msg: EmailMessage, seal: Callable[[bytes], bytes] | None = None) -> bytes:
     """The bytes on the wire (CRLF line ends) with ``seal`` applied (the post's ARC set),
     not DKIM-signed."""
-    policy = msg.policy.clone(linesep="\r\n")
-    try:
-        data = msg.as_bytes(policy=policy)
-    except UnicodeEncodeError:       # decoded hostile text: write its UTF-8 bytes instead
-        data = untrusted.serialisable(msg).as_bytes(policy=policy)
+    data = to_bytes(msg, msg.policy.clone(linesep="\r\n"))
     return seal(data) if seal is not None else data
 
 

@@ -19,7 +19,6 @@ The first message failure of an outbound message tells the list owners, once per
 from __future__ import annotations
 
 import logging
-from email.parser import BytesHeaderParser
 from typing import AbstractSet, Any, Sequence
 
 from sqlalchemy import update
@@ -31,6 +30,7 @@ from listserv.core.app import App
 from listserv.bounces.parse import find_status
 from listserv.bounces.report import notify_owners
 from listserv.core.models import MailingList, OutboundMessage
+from listserv.message.parse import parse_headers
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def split(recipients: Sequence[str], failed: Sequence[Item], whole: AbstractSet[
 
 def subject_of(data: bytes) -> str:
     """The Subject of final message bytes (headers only are parsed)."""
-    head = BytesHeaderParser(policy=untrusted.POLICY).parsebytes(data)
+    head = parse_headers(data)
     return untrusted.one_line(head.get("subject", "") or "")
 
 

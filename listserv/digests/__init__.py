@@ -1,4 +1,4 @@
-"""Digests (issue #5): MIME (RFC 2046) and plain-text (RFC 1153) digests, on schedule, by size
+"""Digests: MIME (RFC 2046) and plain-text (RFC 1153) digests, on schedule, by size
 and on demand.
 
 Seams used by the rest of listserv:

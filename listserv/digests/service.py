@@ -25,7 +25,6 @@ import calendar
 import datetime as dt
 import logging
 from dataclasses import dataclass
-from email import message_from_bytes
 from email.message import EmailMessage
 from typing import Iterable, Sequence
 
@@ -44,6 +43,7 @@ from listserv.core.lists import get_list
 from listserv.core.models import DeliveryMode, Digest, DigestEntry, DigestFrequency, MailingList
 from listserv.delivery.outbound import queue_message
 from listserv.core.views import ListView
+from listserv.message.parse import parse as parse_message
 
 log = logging.getLogger(__name__)
 
@@ -194,8 +194,7 @@ def _rowcount(result: object) -> int:
 
 
 def load_items(app: App, entries: Sequence[DigestEntry]) -> list[DigestItem]:
-    return [DigestItem(e.seq, message_from_bytes(app.spool.get(e.spool_sha),  # type: ignore[arg-type]
-                                                 policy=untrusted.POLICY))
+    return [DigestItem(e.seq, parse_message(app.spool.get(e.spool_sha)))
             for e in entries]
 
 

@@ -1,10 +1,10 @@
 """Add an existing mbox archive (Pipermail, HyperKitty export, any mbox) to a list's archive.
 
-Nothing is sent and nothing enters the posting pipeline: each message is appended to the
-list's month file ``<archive>/<list>/<yyyy-mm>.mbox`` (the month of its Date header, else of
-its From_ line, else of the import) in the archive's own mboxrd format and added to the
-search index (listserv.archive.index) as the archive worker does; the HTML pages of the
-touched months are rebuilt afterwards. Messages whose Message-ID the list's archive
+Nothing is sent and nothing enters the posting pipeline: each message is added to the
+list's archive in the database (listserv.archive.index, as the archive job does) in the month
+of its Date header, else of its From_ line, else of the import, and, when ``[archive] mbox``
+is on, appended to that month's mbox export ``<archive>/<list>/<yyyy-mm>.mbox``; the HTML
+pages of the touched months are rebuilt afterwards. Messages whose Message-ID the list's archive
 already holds (or that came earlier in the same file) are skipped, so importing twice adds
 nothing. A message without a Message-ID gets a stable one made from its content.
 
@@ -26,19 +26,22 @@ from email.utils import formataddr, parsedate_to_datetime
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
 from listserv.archive import (
-    mbox as archive,
     html as archive_html,
     index as archive_index,
+    mbox as archive,
     read as archive_read,
 )
 from listserv.core import lists
 from listserv.core.app import App
 from listserv.core.errors import UsageError
-from listserv.core.models import ArchivePolicy
+from listserv.core.models import ArchiveMessage, ArchivePolicy
 
 FLUSH_BYTES = 8 * 1024 * 1024
-Pending = tuple[bytes, bytes, dt.datetime]      # mbox entry, message, archived_at
+Pending = tuple[bytes, dt.datetime]      # message, archived_at
 _FROM_LINE = re.compile(rb"^From \S+(?: at \S+)?\s.*\d\d:\d\d.*\d{4}")
 _QUOTED_FROM = re.compile(rb"^>(>*From )", re.MULTILINE)
 _HEADER = {name: re.compile(rb"^" + name + rb":[ \t]*(.*(?:\n[ \t].*)*)",
@@ -144,14 +147,10 @@ def prepare(raw: bytes, from_line: bytes, list_domain: str,
     return head + b"\n\n" + body, msgid, _when(head, from_line, default), sender
 
 
-def archived_ids(root: Path, list_address: str) -> set[str]:
-    """Every Message-ID in the list's archive (read from the mbox files, the truth)."""
-    ids: set[str] = set()
-    for month in archive_read.months(root, list_address):
-        data = archive_read.month_path(root, list_address, month).read_bytes()
-        for m in archive_read._MESSAGE_ID.finditer(data):
-            ids.add(m.group(1).decode("ascii", "replace"))
-    return ids
+def archived_ids(session: Session, list_id: int) -> set[str]:
+    """Every Message-ID in the list's archive."""
+    return set(session.scalars(select(ArchiveMessage.message_id)
+                               .where(ArchiveMessage.list_id == list_id)))
 
 
 def import_mbox(app: App, list_address: str, path: str | Path, *, dry_run: bool = False,
@@ -166,9 +165,8 @@ def import_mbox(app: App, list_address: str, path: str | Path, *, dry_run: bool 
                              "set archive to public or private first")
         info = archive_html.ListInfo.of(ml)
         domain, list_id = ml.domain.name, ml.id
+        seen = archived_ids(session, list_id)
     report = MboxReport(list_address=info.address)
-    root = app.settings.archive_path
-    seen = archived_ids(root, info.address)
     now = app.now()
     pending: dict[str, list[Pending]] = {}
     size = 0
@@ -189,9 +187,8 @@ def import_mbox(app: App, list_address: str, path: str | Path, *, dry_run: bool 
                 report.added += 1
                 month = f"{when.year:04d}-{when.month:02d}"
                 report.months.add(month)
-                entry = archive.mbox_entry(data, when.timestamp(), sender)
-                pending.setdefault(month, []).append((entry, data, when))
-                size += len(entry)
+                pending.setdefault(month, []).append((data, when))
+                size += len(data)
                 if size >= FLUSH_BYTES:
                     flush()
                     size = 0
@@ -207,15 +204,20 @@ def import_mbox(app: App, list_address: str, path: str | Path, *, dry_run: bool 
 
 
 def _flush(app: App, list_id: int, address: str, pending: dict[str, list[Pending]]) -> int:
-    """Append each month's entries to its file (the truth first), then add them to the
-    search index in one transaction (listserv.archive.index; a crash in between is repaired
-    by ``listserv archive reindex``). Returns the rows offered to the index."""
-    items: list[tuple[bytes, str, int, int, dt.datetime]] = []
-    for month, entries in pending.items():
-        path = archive_read.month_path(app.settings.archive_path, address, month)
-        offset = archive.append_file(path, b"".join(e[0] for e in entries))
-        for entry, data, when in entries:
-            items.append((data, month, offset, len(entry), when))
-            offset += len(entry)
+    """Add the pending messages to the list's archive in one transaction and, when
+    ``[archive] mbox`` is on, append them to their months' mbox exports before the commit.
+    Returns the messages added."""
+    items = [(data, month, when) for month, entries in pending.items()
+             for data, when in entries]
     with app.db.unit_of_work() as session:
-        return archive_index.index_messages(session, list_id, items)
+        added = archive_index.add_messages(session, list_id, items, preload=True)
+        if app.settings.archive.mbox:
+            by_month: dict[str, list[bytes]] = {}
+            for i in added:
+                data, month, when = items[i]
+                by_month.setdefault(month, []).append(
+                    archive_read.mbox_entry(data, when.timestamp()))
+            for month, chunks in by_month.items():
+                archive.append_file(archive_read.month_path(app.settings.archive_path,
+                                                            address, month), b"".join(chunks))
+        return len(added)

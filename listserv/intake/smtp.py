@@ -20,8 +20,6 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from email.message import EmailMessage
-from email.parser import BytesParser
 from typing import Any, Callable, TypeVar
 
 from aiosmtpd.controller import Controller
@@ -44,6 +42,7 @@ from listserv.core.errors import (
     UnknownRecipient,
 )
 from listserv.core.models import InboundMessage, InboundState, MailingList
+from listserv.message.parse import parse_headers
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +122,7 @@ def inspect_message(raw: bytes, site_domain: str, *, require_from: bool = True) 
     usable From address.
     """
     try:
-        msg = BytesParser(policy=untrusted.POLICY).parsebytes(raw, headersonly=True)
+        msg = parse_headers(raw)
         # The sender is the raw addr-spec of exactly one From (replies.sender_address); a
         # From that only looks like an address is accepted and held by the rules, with why.
         from_addr = replies.sender_address(msg)[0]
@@ -145,10 +144,6 @@ def inspect_message(raw: bytes, site_domain: str, *, require_from: bool = True) 
                      has_from)
 
 
-def parse(raw: bytes) -> EmailMessage:
-    """The full message object of stored bytes (untrusted.POLICY: email.policy.default with
-    hostile Date values read as invalid)."""
-    return BytesParser(policy=untrusted.POLICY).parsebytes(raw)  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
     enqueue(session, app, kind, payload, partition_key=, dedupe_key=, run_after=)
     kick(session, app, name)                 run periodic kind ``name`` now
-    run_next_job(app) / run_jobs_until_idle(app)   tests: one job at a time, no loops
+    run_next_job(app, kinds) / run_jobs_until_idle(app, kinds)   tests: one job at a time, no loops
     work(app, stop, wake, kinds=, owner=, executor=)   the daemon's worker loop
 
 listserv.jobs.engine has the queue itself (claim, renew, complete, fail, dead letters);

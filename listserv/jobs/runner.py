@@ -56,12 +56,6 @@ def registry(kinds: Iterable[Kind]) -> dict[str, Kind]:
     return {k.name: k for k in kinds}
 
 
-def default_registry() -> Registry:
-    from listserv import workers
-
-    return workers.REGISTRY
-
-
 # ---------------------------------------------------------------------------- periodic
 
 
@@ -150,9 +144,8 @@ def execute(app: App, job: Claimed, kinds: Registry) -> bool:
     return True
 
 
-def run_next_job(app: App, kinds: Registry | None = None, *, owner: str = "w-driver") -> bool:
+def run_next_job(app: App, kinds: Registry, *, owner: str = "w-driver") -> bool:
     """Claim and run one due job in this thread (tests, tools); False when none was due."""
-    kinds = default_registry() if kinds is None else kinds
     job = engine.claim(app, owner, kinds=list(kinds))
     if job is None:
         return False
@@ -160,7 +153,7 @@ def run_next_job(app: App, kinds: Registry | None = None, *, owner: str = "w-dri
     return True
 
 
-def run_jobs_until_idle(app: App, kinds: Registry | None = None, *, limit: int = 1000) -> int:
+def run_jobs_until_idle(app: App, kinds: Registry, *, limit: int = 1000) -> int:
     """Run due jobs one at a time until none is due; how many ran."""
     n = 0
     while n < limit and run_next_job(app, kinds):

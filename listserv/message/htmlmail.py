@@ -18,19 +18,17 @@ link gets ``rel="nofollow noopener"``.
 
 from __future__ import annotations
 
+import functools
 import html as htmllib
 import re
+from typing import TYPE_CHECKING, Any
 
-import lxml.etree
-import lxml.html
-import nh3
-from inscriptis import Inscriptis
-from inscriptis.css_profiles import CSS_PROFILES
-from inscriptis.model.config import ParserConfig
-from lxml.html import HtmlElement
+if TYPE_CHECKING:
+    from lxml.html import HtmlElement
 
-_CONFIG = ParserConfig(css=CSS_PROFILES["strict"], display_links=False,
-                       display_images=False)
+# lxml, inscriptis and nh3 (≈11 MB together) are imported by the first call that needs them:
+# a daemon that sees no HTML mail and serves no archive page never loads them.
+
 _BLANK_RUN = re.compile(r"\n{3,}")
 _SPACE = re.compile(r"[ \t\u00a0]+")
 # Whole-document parts that are never shown (nh3 works on fragments).
@@ -60,7 +58,18 @@ def _fallback(html: str) -> str:
                      for line in text.split("\n"))
 
 
+@functools.cache
+def _config() -> Any:
+    from inscriptis.css_profiles import CSS_PROFILES
+    from inscriptis.model.config import ParserConfig
+
+    return ParserConfig(css=CSS_PROFILES["strict"], display_links=False, display_images=False)
+
+
 def _tree(html: str) -> HtmlElement | None:
+    import lxml.etree
+    import lxml.html
+
     source = _XML_DECL.sub("", html or "").strip()
     if not source:
         return None
@@ -100,7 +109,9 @@ def _remove(node: HtmlElement) -> None:
 
 
 def _render(root: HtmlElement | None) -> str:
-    return _tidy(Inscriptis(root, _CONFIG).get_text()) if root is not None else ""
+    from inscriptis import Inscriptis
+
+    return _tidy(Inscriptis(root, _config()).get_text()) if root is not None else ""
 
 
 def to_text(html: str) -> str:
@@ -134,6 +145,8 @@ def _attribute_filter(tag: str, attr: str, value: str) -> str | None:
 
 def sanitise(html: str) -> str:
     """HTML safe to embed in our pages. Never raises."""
+    import nh3
+
     source = _HIDDEN.sub("", _COMMENT.sub("", _XML_DECL.sub("", html or "")))
     attributes = {tag: set(attrs) for tag, attrs in nh3.ALLOWED_ATTRIBUTES.items()}
     attributes.setdefault("a", set()).discard("rel")

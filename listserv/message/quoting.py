@@ -30,10 +30,12 @@ Every reader of replies goes through these: moderation replies (modreply), confi
 from __future__ import annotations
 
 import re
-
-from lxml.html import HtmlElement
+from typing import TYPE_CHECKING
 
 from listserv.message import htmlmail
+
+if TYPE_CHECKING:
+    from lxml.html import HtmlElement
 
 # Invisible characters that editors and phones put before words (BOM, zero-width space and
 # joiners, direction marks, word joiner, soft hyphen): gone from every line we read.

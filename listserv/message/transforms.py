@@ -1,4 +1,4 @@
-"""Pure message transforms for a post (issue #3).
+"""Pure message transforms for a post.
 
     prepare(msg, lst, *, resolve_txt) -> EmailMessage
         Deep-copies ``msg`` and runs PREPARE_STEPS in order: cleanse, DMARC mitigation, strip

@@ -23,7 +23,7 @@ from typing import Mapping
 
 from sqlalchemy.orm import Session
 
-from listserv.archive import access as archive_access
+from listserv.pipeline import archive_commands as archive_access
 from listserv.core import ratelimit, tokens
 from listserv.delivery import unsubscribe
 from listserv.message import replies

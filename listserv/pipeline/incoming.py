@@ -23,10 +23,10 @@ from listserv.bounces import process as bounces
 from listserv.core import addresses, members
 from listserv.delivery import outbound, queues
 from listserv.message import untrusted
-from listserv.pipeline import commands, failures, posting
+from listserv.pipeline import commands, failures, verdict
 from listserv.core.app import App
 from listserv.core.errors import TemporaryFailure
-from listserv.intake.smtp import parse
+from listserv.message.parse import parse
 from listserv.core.models import InboundMessage, InboundState, MailingList
 from listserv.core.views import ListView
 
@@ -173,7 +173,7 @@ def dispatch(session: Session, app: App, inbound: InboundMessage, msg: EmailMess
              raw: bytes) -> None:
     sub = inbound.subaddress
     if sub == addresses.POST:
-        posting.handle_post(session, app, inbound, msg)
+        verdict.handle_post(session, app, inbound, msg)
     elif sub in COMMAND_SUBADDRESSES:
         commands.handle_mail(session, app, inbound, msg, raw)
     elif sub == addresses.BOUNCES:

@@ -17,7 +17,6 @@ import datetime as dt
 import logging
 from dataclasses import dataclass
 from email.message import EmailMessage
-from email.parser import BytesParser
 from typing import Any, Sequence
 from urllib.parse import quote
 
@@ -28,7 +27,7 @@ from listserv.core import links as web_links
 from listserv.core import members, ratelimit, tokens
 from listserv.delivery import notices
 from listserv.message import replies, untrusted
-from listserv.pipeline import rules
+from listserv.pipeline import posting, rules
 from listserv.core.app import App
 from listserv.core.errors import UsageError
 from listserv.core.models import (
@@ -41,6 +40,7 @@ from listserv.core.models import (
     TokenKind,
 )
 from listserv.core.views import ListView
+from listserv.message.parse import parse as parse_message
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def attach_original(notice: EmailMessage, original: bytes | None) -> bool:
     if original is None or len(original) > MAX_ATTACHED:
         return False
     try:
-        held_msg = BytesParser(policy=untrusted.POLICY).parsebytes(original)
+        held_msg = parse_message(original)
         part = EmailMessage()
         part.set_content(held_msg, disposition="attachment")   # type: ignore[arg-type]
         part.as_bytes(policy=untrusted.SMTP_POLICY)              # refuses what cannot be sent
@@ -254,14 +254,12 @@ def decide(session: Session, app: App, held_id: int, decision: Decision, *, acto
 
 def _accept_post(session: Session, app: App, inbound: InboundMessage, msg: EmailMessage,
                  *, approved_by: str) -> None:
-    from listserv.pipeline import posting  # the posting pipeline (issue #2)
-
     posting.accept_post(session, app, inbound, msg, approved_by=approved_by)
 
 
 def load_message(app: App, inbound: InboundMessage) -> EmailMessage:
     data = app.spool.get(inbound.spool_sha)
-    return BytesParser(policy=untrusted.POLICY).parsebytes(data)  # type: ignore[return-value]
+    return parse_message(data)
 
 
 def _tell_poster_rejected(session: Session, app: App, ml: MailingList, held: HeldMessage,

@@ -1,4 +1,4 @@
-"""The posting pipeline: rules -> accept / hold / reject / discard, and accept -> fan-out.
+"""The posting pipeline: accept -> fan-out, and the refusal of a rejected post.
 
 accept_post() is the one way a post is distributed; moderation's approve calls it too, so an
 approved post behaves exactly as a directly accepted one. It runs inside the caller's
@@ -18,14 +18,12 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from listserv import digests
+from listserv.archive import mbox as archive
 from listserv.core import network, ratelimit
 from listserv.delivery import fanout, notices, outbound, recipients, unsubscribe
-from listserv.message import arc, transforms, untrusted
-from listserv.pipeline import moderation, rules
+from listserv.message import arc, transforms
 from listserv.core.app import App
 from listserv.core.models import (
-    Action,
-    ArchiveEntry,
     ArchivePolicy,
     Fanout,
     InboundMessage,
@@ -34,45 +32,12 @@ from listserv.core.models import (
 )
 from listserv.core.templating import render
 from listserv.core.views import ListView
+from listserv.message.parse import to_bytes
 
 log = logging.getLogger(__name__)
 
 FOOTER_TEMPLATE = "footer/list.txt.j2"
 REJECTED_TEMPLATE = "notice/user/rejected.txt.j2"
-
-
-def handle_post(session: Session, app: App, inbound: InboundMessage, msg: EmailMessage
-                ) -> rules.Verdict:
-    """Run the rules on a post and carry out the verdict."""
-    ml = session.get(MailingList, inbound.list_id)
-    assert ml is not None
-    inbound.body_sha = rules.body_digest(msg)
-    ctx = rules.build_context(session, ml, inbound, msg)
-    verdict = rules.evaluate(ctx)
-    if verdict.action is Action.reject and ctx.is_auto:
-        # A machine is never sent a refusal: nobody would read it. A person decides instead.
-        action = Action.discard if ml.automatic_action is Action.discard else Action.hold
-        auto = rules.automatic(ctx)
-        verdict = rules.Verdict(action, ((auto.reason,) if auto else ()) + verdict.reasons)
-    log.info("list %s message %s: %s %s", ml.list_id, inbound.message_id,
-             verdict.action.value, "; ".join(verdict.reasons))
-    if verdict.action is Action.accept:
-        accept_post(session, app, inbound, msg)
-    elif verdict.action is Action.hold:
-        moderation.hold(session, app, inbound, msg, list(verdict.reasons))
-        inbound.state = InboundState.held
-        inbound.outcome = inbound.outcome or "; ".join(verdict.reasons)
-    elif verdict.action is Action.discard and verdict.reasons[0].startswith("loop:"):
-        log.warning("list %s dropped a looping message %s from %s: %s", ml.list_id,
-                    inbound.message_id, inbound.mail_from, verdict.reasons[0])
-        inbound.state = InboundState.discarded
-        inbound.outcome = "; ".join(verdict.reasons)
-    elif verdict.action is Action.reject:
-        reject_post(session, app, ml, inbound, msg, list(verdict.reasons), notify=not ctx.is_auto)
-    else:
-        inbound.state = InboundState.discarded
-        inbound.outcome = "; ".join(verdict.reasons)
-    return verdict
 
 
 def reject_post(session: Session, app: App, ml: MailingList, inbound: InboundMessage,
@@ -128,13 +93,6 @@ def render_footer(app: App, lv: ListView) -> str:
                   domain=lv.domain, list_address=lv.address)
 
 
-def to_bytes(msg: EmailMessage) -> bytes:
-    try:
-        return msg.as_bytes(policy=untrusted.SMTP_POLICY)
-    except UnicodeEncodeError:       # decoded hostile text: write its UTF-8 bytes instead
-        return untrusted.serialisable(msg).as_bytes(policy=untrusted.SMTP_POLICY)
-
-
 def accept_post(session: Session, app: App, inbound: InboundMessage, msg: EmailMessage, *,
                 approved_by: str | None = None) -> int | None:
     """Accept a post for distribution. Returns its sequence number, or None for a duplicate
@@ -183,11 +141,10 @@ def accept_post(session: Session, app: App, inbound: InboundMessage, msg: EmailM
                                   per_member=verp)
     fan = fanout.record(session, app, ml.id, mhash, out.id)
     digests.add_post(session, app, ml, seq, prepared_sha, prepared, message_hash=mhash)
-    if ml.archive is not ArchivePolicy.none:
-        session.add(ArchiveEntry(list_id=ml.id, seq=seq, spool_sha=prepared_sha,
-                                 message_id=message_id[:998], created_at=now))
     fanout.start(session, app, fan, inbound_id=inbound.id, seq=seq,
                  skip_remote=network.came_through(msg), approved_by=approved_by)
+    if ml.archive is not ArchivePolicy.none:     # after the fan-out: its job runs first
+        archive.add_entry(session, app, ml.id, seq, prepared_sha, message_id, now)
     inbound.state = InboundState.accepted
     inbound.outcome = (f"accepted as post {seq}; its recipients are being queued"
                        + (f", approved by {approved_by}" if approved_by else ""))

@@ -31,6 +31,7 @@ from listserv.message import htmlmail
 from listserv.archive.html import hide_address
 from listserv.core.models import ArchiveMessage, ArchivePolicy, MailingList
 from listserv.web import pages
+from listserv.message.parse import parse as parse_message
 
 PER_PAGE = 20
 FEED_ENTRIES = 20
@@ -177,11 +178,12 @@ def _load(request: Request) -> tuple[Any, MailingList, archive_search.MessageVie
         view = archive_search.message(session, ml.id, mid)
         if view is None:
             raise HTTPException(404, f"The archive of {ml.address} has no message <{mid}>.")
-    try:
-        data = archive_search.raw(app, ml.address, view.message)
-    except (OSError, ValueError):
-        raise HTTPException(404, "This message is indexed but its mbox entry is gone; the "
-                                 "site's admin can run 'listserv archive reindex'.") from None
+        try:
+            data = archive_search.raw(session, view.message)
+        except LookupError:
+            raise HTTPException(404, "This message is indexed but its text is not in the "
+                                     "database; the site's admin can run 'listserv archive "
+                                     "reindex --from-mbox'.") from None
     return app, ml, view, data
 
 
@@ -205,7 +207,7 @@ def body_of(msg: EmailMessage) -> tuple[str, Markup | None]:
 def message_page(request: Request) -> Response:
     _, ml, view, data = _load(request)
     u = urls(request, ml.address)
-    msg = archive_search.parse(data)
+    msg = parse_message(data)
     text, html = body_of(msg)
     m = view.message
     headers = [("From", sender(m)), ("Date", when(m.sent_at or m.archived_at)),
@@ -235,7 +237,7 @@ def safe_filename(name: str, number: int) -> str:
 def attachment_download(request: Request) -> Response:
     number = request.path_params["number"]
     _, _, _, data = _load(request)
-    found = archive_search.attachment(archive_search.parse(data), number)
+    found = archive_search.attachment(parse_message(data), number)
     if found is None:
         raise HTTPException(404, "This message has no such attachment.")
     filename = safe_filename(found.filename, number)

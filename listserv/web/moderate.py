@@ -10,9 +10,7 @@ and the moderation log records it with ``via`` "web".
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from email import policy
 from email.message import EmailMessage
-from email.parser import BytesParser
 from typing import Any
 from urllib.parse import quote
 
@@ -30,6 +28,7 @@ from listserv.core.views import ListView
 from listserv.web import pages
 from listserv.web import tokens as web_tokens
 from listserv.web.pages import Web
+from listserv.message.parse import parse as parse_message
 
 KINDS = (TokenKind.moderate,)
 DECISIONS = {"approve": Decision.approve, "reject": Decision.reject,
@@ -57,7 +56,7 @@ class Post:
 
 
 def _parse(data: bytes) -> EmailMessage:
-    return BytesParser(policy=policy.default).parsebytes(data)  # type: ignore[return-value]
+    return parse_message(data)
 
 
 def _content(part: Any) -> str | bytes:

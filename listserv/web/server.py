@@ -55,8 +55,9 @@ def bind(listen: str) -> socket.socket:
 def make_server(app: App) -> EmbeddedServer:
     from listserv.web import create_app
 
+    # ws="none": the pages use no WebSockets, and "auto" imports a WebSocket library (≈3 MB)
     config = uvicorn.Config(create_app(app), lifespan="off", log_level=logging.WARNING,
-                            access_log=False, server_header=False,
+                            access_log=False, server_header=False, ws="none",
                             timeout_graceful_shutdown=GRACEFUL_TIMEOUT)
     return EmbeddedServer(config)
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
-from listserv.archive import access as archive_access
-from listserv.archive.mbox import mbox_entry
+from listserv.archive import index as archive_index
+from listserv.pipeline import archive_commands as archive_access
 from listserv.core.models import ArchivePolicy
 from tests.db.modsupport import Outbox, command, make_list, message
 
@@ -14,9 +15,10 @@ ADDR = "dev@example.org"
 
 def test_archive_answers_are_rate_limited(app: Any, clock: Any) -> None:
     list_id = make_list(app, people=("ann@a.example",), archive=ArchivePolicy.private)
-    path = app.settings.archive_path / ADDR / "2026-11.mbox"
-    path.parent.mkdir(parents=True)
-    path.write_bytes(mbox_entry(message("ann@a.example", ADDR, "First"), 1_793_600_000.0))
+    with app.db.unit_of_work() as session:
+        archive_index.add_messages(session, list_id, [(
+            message("ann@a.example", ADDR, "First"), "2026-11",
+            dt.datetime.fromtimestamp(1_793_600_000.0, dt.timezone.utc))])
     outbox = Outbox(app)
     limit = archive_access.DAILY_LIMITS["archive-get"]
     for _ in range(limit + 2):

@@ -1,4 +1,4 @@
-"""Static HTML archive: `listserv archive build` from the mbox files (escaping, threads,
+"""Static HTML archive: `listserv archive build` from the archive in the database (escaping, threads,
 attachments, idempotent rebuild, --out, refusals)."""
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from listserv.archive import read as archive_read
-from listserv.archive.mbox import mbox_entry
+from listserv.archive import index as archive_index, read as archive_read
+from listserv.archive.read import mbox_entry
+from listserv.core import lists
 from listserv.core.models import ArchivePolicy
 from tests.clirun import Cli
 from tests.integration.harness import make_list
@@ -43,6 +44,8 @@ def write_month(app: Any, month: str, *messages: bytes) -> None:
     with open(path, "ab") as f:
         for m in messages:
             f.write(mbox_entry(m, WHEN))
+    with app.db.unit_of_work() as session:      # into the database, as reindex --from-mbox
+        archive_index.ingest_mbox(app, session, lists.get_list(session, LIST))
 
 
 @pytest.fixture

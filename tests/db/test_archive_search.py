@@ -1,4 +1,5 @@
-"""The archive index and its search, built by `listserv archive reindex` from mbox files:
+"""The archive index and its search, built by `listserv archive reindex --from-mbox` from
+mbox files:
 fields, threads, months, prev/next, attachments, the query language on the database's own
 full-text engine (SQLite FTS5 / PostgreSQL tsvector), and the index following deletions."""
 
@@ -14,8 +15,9 @@ from sqlalchemy import delete, func, select, text
 from listserv.archive import index as archive_index, read as archive_read, search as archive_search
 from listserv.core import lists
 from listserv.core.app import App
-from listserv.archive.mbox import mbox_entry
-from listserv.core.models import ArchiveMessage, MailingList
+from listserv.archive.read import mbox_entry
+from listserv.core.models import ArchiveMessage, ArchiveRaw, MailingList
+from listserv.message.parse import parse as parse_message
 from tests.clirun import Cli
 from tests.integration.harness import make_list
 
@@ -56,8 +58,14 @@ def write_month(app: App, month: str, *messages: bytes, address: str = LIST,
 
 
 def reindex(app: App, address: str = LIST) -> int:
+    """`listserv archive reindex --from-mbox`: the month files into the database, then the
+    index computed again from the bytes there."""
     with app.db.unit_of_work() as session:
-        return archive_index.reindex(app, session, lists.get_list(session, address))
+        archive_index.ingest_mbox(app, session, lists.get_list(session, address))
+    with app.db.unit_of_work() as session:
+        count, bare = archive_index.reindex(app, session, lists.get_list(session, address))
+        assert bare == 0
+        return count
 
 
 def list_id(app: App, address: str = LIST) -> int:
@@ -110,10 +118,34 @@ def test_reindex_keeps_the_fields_and_where_each_message_is(archived: App) -> No
         html = rows["d@x.example"].body
         assert "quarterly" in html and "report & plans" in html
         assert "<b>" not in html and "evil" not in html
-        raw = archive_search.raw(archived, LIST, b)
+        raw = archive_search.raw(session, b)
         assert raw.startswith(b"From: Bob <bob@b.example>") or b"Message-ID: <b@x.example>" in raw
         assert b"Tuesday suits me." in raw and b"Kick-off meeting\n" not in raw[:0]
         assert archive_read.message_id_of(raw) == "b@x.example"
+
+
+def test_an_index_row_without_bytes_gets_them_from_the_mbox(archived: App,
+                                                            cli_env: dict[str, str]) -> None:
+    """An install from before the bytes were in the database: its rows are there, their
+    bytes only in the mbox files, until reindex --from-mbox reads them."""
+    with archived.db.unit_of_work() as session:
+        b = archive_search.find(session, list_id(archived), "b@x.example")
+        assert b is not None
+        subject, pk = b.subject, b.id
+        session.execute(delete(ArchiveRaw).where(ArchiveRaw.message_pk == pk))
+    cli = Cli(cli_env)
+    assert cli("archive", "reindex", LIST).stdout == (
+        f"{LIST}: 6 messages indexed; 1 without their text in the database "
+        "(run: listserv archive reindex --from-mbox)\n")
+    with archived.db.unit_of_work() as session:
+        with pytest.raises(LookupError):
+            archive_search.raw(session, b)
+    assert cli("archive", "reindex", "--from-mbox", LIST).stdout == (
+        f"{LIST}: 7 messages indexed, 1 added from its mbox files\n")
+    with archived.db.unit_of_work() as session:
+        again = archive_search.find(session, list_id(archived), "b@x.example")
+        assert again is not None and (again.id, again.subject) == (pk, subject)
+        assert b"Tuesday suits me." in archive_search.raw(session, again)
 
 
 def test_reindex_is_idempotent_and_skips_duplicate_entries(archived: App) -> None:
@@ -228,11 +260,11 @@ def test_months_threads_and_one_message_with_neighbours(archived: App) -> None:
         assert [m.message_id[0] for m in archive_search.recent(session, lid, 2)] == ["f", "e"]
 
 
-def test_attachments_are_read_from_the_mbox(archived: App) -> None:
+def test_attachments_are_read_from_the_database(archived: App) -> None:
     with archived.db.unit_of_work() as session:
         view = archive_search.message(session, list_id(archived), "e@x.example")
         assert view is not None
-        msg = archive_search.parse(archive_search.raw(archived, LIST, view.message))
+        msg = parse_message(archive_search.raw(session, view.message))
     [a] = archive_search.attachments(msg)
     assert (a.number, a.filename, a.content_type, a.data) == (
         1, "slides<1>.pdf", "application/pdf", b"%PDF-1.4 fake")
@@ -262,6 +294,7 @@ def test_the_index_follows_deleted_rows_and_lists(archived: App) -> None:
         lists.delete_list(session, lists.get_list(session, LIST))
     with archived.db.unit_of_work() as session:
         assert session.scalar(select(func.count()).select_from(ArchiveMessage)) == 0
+        assert session.scalar(select(func.count()).select_from(ArchiveRaw)) == 0
         if session.get_bind().dialect.name == "sqlite":
             hits = session.scalar(text("SELECT count(*) FROM archive_message_fts "
                                        "WHERE archive_message_fts MATCH 'tuesday'"))
@@ -274,7 +307,10 @@ def test_cli_reindex_one_list_or_all(archived: App, cli_env: dict[str, str]) -> 
     cli = Cli(cli_env)
     assert cli("archive", "reindex", LIST).stdout == f"{LIST}: 7 messages indexed\n"
     assert cli("archive", "reindex").stdout.splitlines() == [
-        f"{LIST}: 7 messages indexed", f"{OTHER}: 1 messages indexed"]
+        f"{LIST}: 7 messages indexed", f"{OTHER}: 0 messages indexed"]
+    assert cli("archive", "reindex", "--from-mbox").stdout.splitlines() == [
+        f"{LIST}: 7 messages indexed, 0 added from its mbox files",
+        f"{OTHER}: 1 messages indexed, 1 added from its mbox files"]
     assert "no such list" in cli.error("archive", "reindex", "nope@example.org")
     with archived.db.unit_of_work() as session:
         assert session.scalar(select(func.count()).select_from(MailingList)) == 2

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from listserv.archive import read as archive_read
+from listserv.archive import read as archive_read, store as archive_store
 from listserv.core.app import App
 from listserv.core.models import ArchiveEntry, ArchiveMessage, InboundMessage, OutboundMessage
 from tests.clirun import Cli
@@ -52,8 +52,13 @@ def test_pipermail_archive_is_imported_once(cli: Cli, app: App, tmp_path: Path) 
     reply = indexed["m6@example.org"]
     assert reply.thread_id == "m4@example.org" and reply.parent_id == "m4@example.org"
     assert reply.sender_address == "user6@example.org" and reply.month == "2011-03"
-    raw = archive_read.entry_raw(root, ADDR, reply.month, reply.mbox_offset, reply.mbox_length)
+    with app.db.unit_of_work() as s:
+        raw = archive_store.raw(s, reply.id)
     assert b"Message number 6." in raw
+    export = {m: archive_read.month_path(root, ADDR, m).read_bytes() for m in months}
+    with app.db.unit_of_work() as s:                  # the month files are the export
+        assert export == {m: b"".join(archive_store.mbox_entries(s, reply.list_id, m))
+                          for m in months}
 
     sizes = [archive_read.month_path(root, ADDR, m).stat().st_size for m in months]
     again = cli("import", "mbox", ADDR, str(mbox)).stdout

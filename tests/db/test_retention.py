@@ -13,11 +13,14 @@ from sqlalchemy import func, select
 
 from listserv import jobs
 from listserv.admin import retention
+from listserv.archive import index as archive_index
 from listserv.core import tokens
 from listserv.pipeline import moderation
 from listserv.core.app import App
 from listserv.core.models import (
     ArchiveEntry,
+    ArchiveMessage,
+    ArchiveRaw,
     BounceEvent,
     BounceKind,
     Decision,
@@ -222,13 +225,13 @@ def test_digest_entries_go_only_after_their_digest_was_sent(app: App, clock: Any
         s.add(DigestEntry(list_id=list_id, seq=1, spool_sha=sha, digest_id=d.id,
                           added_at=app.now()))
         s.add(DigestEntry(list_id=list_id, seq=2, spool_sha="ab" * 32, added_at=app.now()))
-        s.add(ArchiveEntry(list_id=list_id, seq=1, spool_sha=sha, created_at=app.now(),
-                           appended_at=app.now()))
         s.add(ArchiveEntry(list_id=list_id, seq=2, spool_sha="ab" * 32, created_at=app.now()))
+        archive_index.add_messages(s, list_id, [(b"Message-ID: <kept@x>\nSubject: kept\n\n"
+                                                 b"Archived for ever.\n", "2026-11", app.now())])
     clock.advance(days=8)
     age_files(app, 8)
     stats = retention.prune(app)
-    assert stats.rows["archive_entry"] == 1 and stats.rows["digest_entry"] == 0
+    assert "archive_entry" not in stats.rows and stats.rows["digest_entry"] == 0
     assert sha in spool_shas(app)               # the sent digest entry still refers to it
     clock.advance(days=23)
     stats = retention.prune(app)
@@ -238,6 +241,9 @@ def test_digest_entries_go_only_after_their_digest_was_sent(app: App, clock: Any
         assert [e.seq for e in s.scalars(select(DigestEntry))] == [2]
         assert [e.seq for e in s.scalars(select(ArchiveEntry))] == [2]
         assert s.scalar(select(func.count()).select_from(Digest)) == 1
+        # archived messages are kept for ever, with their bytes
+        assert [m.subject for m in s.scalars(select(ArchiveMessage))] == ["kept"]
+        assert s.scalar(select(func.count()).select_from(ArchiveRaw)) == 1
 
 
 # ---------------------------------------------------------------------------- bounces, fanout

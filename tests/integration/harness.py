@@ -31,7 +31,6 @@ import pytest
 from sqlalchemy import func, select
 
 from listserv import jobs, workers
-from listserv.archive import mbox as archive
 from listserv.core import config, lists
 from listserv.delivery import fanout
 from listserv.pipeline import incoming
@@ -198,7 +197,7 @@ class Harness:
         while True:
             busy = incoming.run_pass(self.app, self.worker)
             busy += run_fanouts(self.app)
-            busy += archive.append_pending(self.app)
+            busy += jobs.run_jobs_until_idle(self.app, ARCHIVE_JOBS)
             if not self.real_delivery:
                 busy += fallback_deliver(self.app)
             else:
@@ -226,12 +225,14 @@ def split_addrs(value: Any) -> list[str]:
     return [a for _, a in getaddresses([str(value)]) if a] if value else []
 
 
+ARCHIVE_JOBS = {workers.ARCHIVE_LIST: workers.REGISTRY[workers.ARCHIVE_LIST]}
+
+
 def archive_pending(app: App) -> int:
-    """Archive entries not yet appended to their mbox (also those a daemon's archive loop is
-    appending right now: its claim is committed only after the mbox fsync)."""
+    """Posts waiting to be archived (also those a daemon's archive job is archiving right
+    now: it deletes their entries in the transaction that archives them)."""
     with app.db.unit_of_work() as session:
-        return session.scalar(select(func.count()).select_from(ArchiveEntry).where(
-            ArchiveEntry.appended_at.is_(None))) or 0
+        return session.scalar(select(func.count()).select_from(ArchiveEntry)) or 0
 
 
 def run_fanouts(app: App) -> int:

@@ -11,11 +11,12 @@ from typing import Iterator
 import dkim
 import pytest
 
-from listserv.archive import access as archive_access
+from listserv.archive import index as archive_index
+from listserv.pipeline import archive_commands as archive_access
 from listserv.core import config, lists, members
 from listserv.message import signing
 from listserv.core.app import App
-from listserv.archive.mbox import mbox_entry
+from listserv.archive.read import mbox_entry
 from listserv.core.models import Action, ArchivePolicy, DeliveryMode, SubscriptionPolicy
 from tests.conftest import Clock
 from tests.integration.harness import Harness, make_list, make_message
@@ -59,6 +60,7 @@ def test_archive_get_is_capped_in_bytes_per_day(harness: Harness) -> None:
                          message_id=f"<big{n}@a.example>")
         chunks.append(mbox_entry(m.as_bytes(), 1_790_000_000.0 + n))
     path.write_bytes(b"".join(chunks))
+    ingest(harness.app)
     size = path.stat().st_size
     assert 5_000_000 < size < archive_access.GET_DAILY_BYTES
     for n in range(4):
@@ -81,7 +83,14 @@ def write_month(h: Harness, month: str, count: int, lines: int) -> int:
                                       message_id=f"<{month}.{n}@a.example>").as_bytes(),
                          1_790_000_000.0 + n) for n in range(count)]
     path.write_bytes(b"".join(chunks))
+    ingest(h.app)
     return path.stat().st_size
+
+
+def ingest(app: App) -> None:
+    """The month files into the archive in the database (reindex --from-mbox)."""
+    with app.db.unit_of_work() as session:
+        archive_index.ingest_mbox(app, session, lists.get_list(session, LIST))
 
 
 def ask(h: Harness, month: str, n: int) -> tuple[list[bytes], str]:

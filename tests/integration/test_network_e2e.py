@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 
 from listserv import digests
 from listserv.core import lists, members, network
-from listserv.core.models import ArchiveEntry, DeliveryMode, HeldMessage, InboundMessage
+from listserv.core.models import ArchiveMessage, DeliveryMode, HeldMessage, InboundMessage
 from tests.integration.harness import Harness, make_list, make_message
 from tests.sink import Captured
 
@@ -85,7 +85,7 @@ def test_cross_post_reaches_each_person_once(harness: Harness) -> None:
     harness.run_until_idle()
     assert per_person(harness.sink.messages) == Counter({p: 1 for p in everyone})
     with harness.app.db.unit_of_work() as s:
-        assert s.scalar(select(func.count()).select_from(ArchiveEntry)) == 2
+        assert s.scalar(select(func.count()).select_from(ArchiveMessage)) == 2
         assert [lists.get_list(s, a).post_id for a in (LOCAL, NATIONAL)] == [1, 1]
     states = sorted(o[1] for o in outcomes(harness))
     assert states == ["accepted", "accepted"]

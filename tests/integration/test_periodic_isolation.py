@@ -10,42 +10,54 @@ from sqlalchemy import select
 
 from listserv.archive import mbox as archive
 from listserv.pipeline import incoming
-from listserv.core.models import ArchiveEntry, ArchivePolicy
+from listserv.core.models import ArchiveEntry, ArchiveMessage, ArchivePolicy, Job
+from tests.conftest import Clock
 from tests.integration.harness import Harness, make_list, make_message
 from tests.waiting import wait_until
 
 
-def test_archive_pass_isolates_a_list_it_cannot_write(
-        harness: Harness, caplog: pytest.LogCaptureFixture) -> None:
+def test_archive_job_isolates_a_list_it_cannot_write(
+        harness: Harness, clock: Clock, caplog: pytest.LogCaptureFixture) -> None:
+    """Each list's archive is its own job: one whose mbox export cannot be written fails
+    (retried with backoff, its posts left waiting) while the other list's posts are
+    archived; once the cause is gone, the retry archives them."""
     app = harness.app
     make_list(app, "good@example.org", members=["a@x.example"], archive=ArchivePolicy.public)
     make_list(app, "bad@example.org", members=["a@x.example"], archive=ArchivePolicy.public)
     root = app.settings.archive_path
     root.mkdir(parents=True, exist_ok=True)
     (root / "bad@example.org").write_text("not a directory")   # mkdir of the list dir fails
-    caplog.set_level(logging.ERROR, logger="listserv.archive.mbox")
+    caplog.set_level(logging.ERROR, logger="listserv.jobs.runner")
     harness.send(make_message("a@x.example", "bad@example.org", "first bad",
                               message_id="<bad1@x.example>"))
     harness.send(make_message("a@x.example", "good@example.org", "first good",
                               message_id="<good1@x.example>"))
     wait_until(lambda: incoming.pending(app) == 0, what="both posts processed")
-    for _ in range(3):
-        archive.append_pending(app)
 
     def pending() -> list[str]:
         with app.db.unit_of_work() as s:
-            return [e.message_id for e in s.scalars(select(ArchiveEntry).where(
-                ArchiveEntry.appended_at.is_(None)))]
+            return list(s.scalars(select(ArchiveEntry.message_id)))
 
-    # the mbox file is written before its entry is marked appended: wait for the commit
-    wait_until(lambda: pending() == ["<bad1@x.example>"], what="good archived, bad pending")
+    def archived() -> list[str]:
+        with app.db.unit_of_work() as s:
+            return sorted(s.scalars(select(ArchiveMessage.message_id)))
+
+    def failed_attempts() -> int:
+        with app.db.unit_of_work() as s:
+            job = s.scalar(select(Job).where(Job.kind == archive.LIST_KIND,
+                                             Job.last_error.is_not(None)))
+            return job.attempts if job is not None else 0
+
+    wait_until(lambda: archived() == ["good1@x.example"] and failed_attempts() == 1,
+               what="good archived, bad's job failed once")
+    assert pending() == ["<bad1@x.example>"]
     assert any((root / "good@example.org").glob("*.mbox"))
-    failures = [r.getMessage() for r in caplog.records if "archive append failed" in r.getMessage()]
-    assert len(failures) == 1
-    assert "bad@example.org" in failures[0] and "<bad1@x.example>" in failures[0]
+    failures = [r.getMessage() for r in caplog.records if "archive_list" in r.getMessage()]
+    assert len(failures) == 1 and "bad@example.org" in failures[0]
 
     (root / "bad@example.org").unlink()                 # the operator fixes it
-    archive.FAILURES.retry_all()
-    wait_until(lambda: archive.append_pending(app) >= 0 and pending() == [],
-               what="the bad list archived on retry")
+    clock.advance(minutes=1)                            # past the retry's backoff
+    harness.daemon.wake()
+    wait_until(lambda: pending() == [], what="the bad list archived on retry")
+    assert archived() == ["bad1@x.example", "good1@x.example"]
     assert any((root / "bad@example.org").glob("*.mbox"))

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import mailbox
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from listserv.core.models import ArchiveEntry, Fanout, InboundMessage, InboundState, MailingList
+from listserv.archive import mbox as archive, store as archive_store
+from listserv.core.models import (
+    ArchiveEntry,
+    ArchiveMessage,
+    Fanout,
+    InboundMessage,
+    InboundState,
+    MailingList,
+)
 from tests.integration.harness import Harness, make_list, make_message, post_id_of, run_fanouts
 
 
@@ -40,7 +48,7 @@ from email.message import EmailMessage  # noqa: E402
 import pytest  # noqa: E402
 
 from listserv.pipeline import incoming, posting  # noqa: E402
-from listserv.intake.smtp import parse  # noqa: E402
+from listserv.message.parse import parse  # noqa: E402
 from listserv.core.models import Action, HeldMessage, OutboundMessage  # noqa: E402
 
 LIST = "dev@example.org"
@@ -235,9 +243,23 @@ def test_archive_appends_mbox_with_from_quoting(harness: Harness) -> None:
     assert subjects == ["[dev] one", "[dev] two"]
     assert b"\n>From here on\n" in path.read_bytes()
     with harness.app.db.unit_of_work() as s:
-        assert all(e.appended_at is not None for e in s.scalars(select(ArchiveEntry)))
-    from listserv.archive import mbox as archive
-    assert archive.append_pending(harness.app) == 0          # nothing appended twice
+        assert list(s.scalars(select(ArchiveEntry))) == []       # archived, so deleted
+        [one] = s.scalars(select(ArchiveMessage).where(ArchiveMessage.subject == "[dev] one"))
+        ml_id, seq = one.list_id, 1
+        assert b"\nFrom here on\n" in archive_store.raw(s, one.id)   # as sent, unquoted
+    # Archiving an entry again (a crash after the commit of the archive, before the job's
+    # end) adds nothing: not to the database, not to the mbox.
+    before = path.read_bytes()
+    with harness.app.db.unit_of_work() as s:
+        entry = s.scalars(select(InboundMessage)).first()
+        assert entry is not None
+        s.add(ArchiveEntry(list_id=ml_id, seq=seq, spool_sha=entry.spool_sha,
+                           created_at=harness.app.now()))
+    assert archive.archive_batch(harness.app, ml_id) is False
+    with harness.app.db.unit_of_work() as s:
+        assert list(s.scalars(select(ArchiveEntry))) == []
+        assert s.scalar(select(func.count()).select_from(ArchiveMessage)) == 2
+    assert path.read_bytes() == before
 
 
 def test_no_archive_entry_when_archive_is_none(harness: Harness) -> None:
@@ -268,7 +290,7 @@ def test_approval_goes_through_accept_post_like_a_direct_accept(quiet_harness: H
     assert sorted(r for m in posts for r in m.rcpt_tos) == MEMBERS
     with h.app.db.unit_of_work() as s:
         assert len(s.scalars(select(Fanout)).all()) == 1
-        assert len(s.scalars(select(ArchiveEntry)).all()) == 1
+        assert len(s.scalars(select(ArchiveMessage)).all()) == 1
 
 
 def test_processing_error_parks_message_as_failed(quiet_harness: Harness,

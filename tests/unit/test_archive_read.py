@@ -1,11 +1,11 @@
-"""Reading the mbox archive: mboxrd round trip, duplicates dropped, the size cap of 'get'."""
+"""The mbox export format: mboxrd round trip, duplicates dropped, headers read cheaply."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from listserv.archive import read as archive_read
-from listserv.archive.mbox import mbox_entry
+from listserv.archive.read import mbox_entry
 
 ADDR = "dev@example.org"
 
@@ -47,19 +47,11 @@ def test_months_ignores_other_files(tmp_path: Path) -> None:
     assert archive_read.months(tmp_path, "other@example.org") == []
 
 
-def test_month_bytes_cuts_at_a_message_boundary(tmp_path: Path) -> None:
-    path = write(tmp_path, "2026-11", *(msg(i, "x" * 500 + "\n") for i in range(10)))
-    whole, included, total = archive_read.month_bytes(tmp_path, ADDR, "2026-11", 10**6)
-    assert (whole, included, total) == (path.read_bytes(), 10, 10)
-    cut, included, total = archive_read.month_bytes(tmp_path, ADDR, "2026-11", 2000)
-    assert total == 10 and 0 < included < 10 and len(cut) <= 2000
-    assert len(list(archive_read.split_mbox(cut))) == included
-    assert whole.startswith(cut) and whole[len(cut):].startswith(b"From ")
-
-
-def test_month_bytes_when_not_even_one_message_fits(tmp_path: Path) -> None:
-    write(tmp_path, "2026-11", msg(1, "x" * 5000 + "\n"), msg(2))
-    assert archive_read.month_bytes(tmp_path, ADDR, "2026-11", 100) == (b"", 0, 2)
+def test_from_line_names_the_from_address() -> None:
+    entry = mbox_entry(b"Subject: x\nFrom: \"Ann\" <ann@a.example>\n\nbody\n", 0)
+    assert entry.startswith(b"From ann@a.example Thu Jan  1 00:00:00 1970\n")
+    assert mbox_entry(b"Subject: no sender\n\nbody", 0).startswith(b"From MAILER-DAEMON ")
+    assert mbox_entry(b"From: x\r\n\r\nbody", 0).endswith(b"\n\nbody\n\n")
 
 
 def test_parse_compat32_gives_what_the_full_parser_gives() -> None:

@@ -99,6 +99,7 @@ BEYOND_CONTRACT = {
     "intake.max_connections": "issue 9",
     "intake.idle_timeout": "issue 9",
     "intake.max_recipients_per_message": "issue 9",
+    "archive.mbox": "issue 14",
 }
 
 

@@ -18,10 +18,12 @@ from collections import Counter
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any
 
-from listserv.archive import read as archive_read
+from sqlalchemy import select
+
+from listserv.archive import read as archive_read, store as archive_store
 from listserv.core import links, members, ratelimit
 from listserv.message import replies
-from listserv.core.models import ArchivePolicy
+from listserv.core.models import ArchiveMessage, ArchivePolicy
 from listserv.delivery.notices import build_notice, send_notice
 from listserv.pipeline.subscriptions import Result
 
@@ -72,17 +74,19 @@ def _limited(kind: str) -> Result:
 def month_summaries(mail: "Mail") -> list[dict[str, Any]]:
     """Per month: name, message count and its subjects (reply markers and the list prefix
     removed, repeated subjects counted once, at most SUBJECTS_PER_MONTH)."""
-    root, address = mail.app.settings.archive_path, mail.ml.address
     prefix = mail.lv.prefix.strip().lower()
+    by_month: dict[str, Counter[str]] = {}
+    counts: Counter[str] = Counter()
+    for month, subject in mail.session.execute(
+            select(ArchiveMessage.month, ArchiveMessage.subject)
+            .where(ArchiveMessage.list_id == mail.ml.id)
+            .order_by(ArchiveMessage.month, ArchiveMessage.id)):
+        by_month.setdefault(month, Counter())[_bare_subject(subject, prefix)] += 1
+        counts[month] += 1
     out = []
-    for month in archive_read.months(root, address):
-        entries = archive_read.read_month(root, address, month)
-        subjects: Counter[str] = Counter()
-        for e in entries:
-            subject = archive_read.text_header(e.headers(), "Subject")
-            subjects[_bare_subject(subject, prefix)] += 1
+    for month, subjects in by_month.items():
         listed = list(subjects.items())
-        out.append({"month": month, "count": len(entries),
+        out.append({"month": month, "count": counts[month],
                     "subjects": listed[:SUBJECTS_PER_MONTH],
                     "more": max(0, len(listed) - SUBJECTS_PER_MONTH)})
     return out
@@ -134,8 +138,8 @@ def web_month(mail: "Mail", month: str) -> str | None:
 
 
 def _send_month(mail: "Mail", month: str) -> Result:
-    root, address = mail.app.settings.archive_path, mail.ml.address
-    if month not in archive_read.months(root, address):
+    session, list_id, address = mail.session, mail.ml.id, mail.ml.address
+    if month not in archive_store.months(session, list_id):
         return Result(f"The archive of {address} has no messages for {month}. "
                       "The index command lists the months there are.")
     daily_mb = GET_DAILY_BYTES // (1024 * 1024)
@@ -143,7 +147,7 @@ def _send_month(mail: "Mail", month: str) -> Result:
                                             "archive-bytes")
     url = web_month(mail, month)
     if url is not None:
-        size = archive_read.month_path(root, address, month).stat().st_size
+        size = archive_store.month_size(session, list_id, month)
         if size > GET_MAX_BYTES:
             return Result(f"The archive of {month} ({_mb(size)}) is larger than one answer "
                           f"may be ({GET_MAX_BYTES // (1024 * 1024)} MB): nothing was "
@@ -154,7 +158,7 @@ def _send_month(mail: "Mail", month: str) -> Result:
                           f"Read it on the web:\n{url}")
     if left <= 0 or not _allowed(mail, "archive-get"):
         return _limited("archive-get")
-    data, included, total = archive_read.month_bytes(root, address, month,
+    data, included, total = archive_store.month_mbox(session, list_id, month,
                                                      min(GET_MAX_BYTES, left))
     if not included or not ratelimit.allow(mail.session, mail.app, mail.ml.id, mail.sender,
                                            "archive-bytes", limit=GET_DAILY_BYTES,
