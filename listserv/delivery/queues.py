@@ -82,8 +82,7 @@ def _pid_alive(pid: int) -> bool:
 
 def claim_is_dead(owner: str | None) -> bool:
     """Whether the make_owner() id ``owner`` belongs to a process of this host that is gone
-    (another host's, or an unreadable, owner: only staleness can tell). Outbound and
-    incoming claims (listserv.pipeline.incoming.reclaim) both use it."""
+    (another host's, or an unreadable, owner: only staleness can tell)."""
     parts = (owner or "").split(":")
     if len(parts) != 3 or parts[0] != socket.gethostname()[:40] or not parts[1].isdigit():
         return False

@@ -15,11 +15,12 @@ from sqlalchemy import select
 
 from listserv.bounces import process as bounces
 from listserv.core import config
-from listserv.delivery import runner as delivery
 from listserv.core.app import App
 from listserv.core.lists import create_list
 from listserv.core.models import BounceEvent, BounceKind, Delivery, DeliveryState, OutboundMessage
+from listserv.delivery import runner as delivery
 from listserv.delivery.outbound import queue_message
+from tests import spooled
 from tests.sink import SmtpSink
 
 MSG = (b"From: Alice <alice@example.net>\r\nTo: dev@lists.example.org\r\n"
@@ -254,7 +255,7 @@ def test_missing_spool_file_parks_the_batch(app: App, sink: SmtpSink) -> None:
         sha = session.scalars(select(OutboundMessage.spool_sha)
                               .order_by(OutboundMessage.id)).first()
     assert sha is not None
-    a.spool.path(sha).unlink()
+    spooled.lose(a, sha)
     assert delivery.deliver_pending(a) == 1
     assert sink.recipients() == ["b@example.com"]
     assert by_state(a) == {"failed": ["a@example.com"], "done": ["b@example.com"]}
