@@ -193,12 +193,8 @@ class Daemon:
 
     def wake_delivery(self) -> None:
         """Thread-safe: a fan-out queued recipients; the delivery loop takes them now."""
-        loop, ev = self.loop, self.delivery_wake
-        if loop is not None and ev is not None:
-            try:
-                loop.call_soon_threadsafe(ev.set)
-            except RuntimeError:       # the daemon has stopped: its loop is closed
-                pass
+        if self.delivery_wake is not None:
+            self.delivery_wake.set()        # a Nudge: straight to the delivery thread's loop
 
     def wake(self) -> None:
         """Thread-safe: nudge every worker loop (tests, intake commits)."""
