@@ -182,7 +182,8 @@ def progress_connection(engine: Engine) -> Connection:
     operating system, not the disk. Progress exists to survive a crash of this process,
     which such a commit does; a power cut (SQLite) or a database server crash (PostgreSQL)
     may lose the last moments of progress, and then more copies are sent twice (none is
-    lost: the row itself stays claimed)."""
+    lost: the row itself stays claimed). Invalidate it when done: it must not go back to the
+    pool with that setting."""
     conn = engine.connect()
     if engine.dialect.name == "sqlite":
         conn.exec_driver_sql("PRAGMA synchronous=NORMAL")

@@ -256,7 +256,8 @@ class Runner:
     def _close_progress(self) -> None:
         conn, self._progress_conn = self._progress_conn, None
         if conn is not None:
-            try:
+            try:       # discarded, not pooled: its commits do not wait for the disk
+                conn.invalidate()
                 conn.close()
             except Exception:
                 log.debug("closing the progress connection failed", exc_info=True)
