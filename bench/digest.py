@@ -8,7 +8,7 @@ DKIM-keyed list, M digest members and N accepted posts (text, some with an attac
 - build: both digests built, serialised and DKIM-signed (pure, outside any transaction);
 - queue: outbound.queue_message of both digests to every recipient (streamed from the
   database), measured alone in a transaction that is rolled back;
-- send: ``digests.send_now``, the real thing: lock, claim, build + sign, spool, queue, commit;
+- send: ``digests.send_now``, the real thing: lock, claim, build + sign, store, queue, commit;
 - deliver: ``delivery.deliver_pending`` to a local SMTP sink in another process (so the peak
   RSS printed is listserv's alone): Postfix's C ``smtp-sink`` when installed, else a counting
   aiosmtpd sink (which, being pure Python, is then the bottleneck).
@@ -173,7 +173,7 @@ def setup(app: App, posts: int, members: int) -> None:
         for n in range(1, posts + 1):
             msg = make_post(n)
             ml.post_id = n
-            sha = app.spool.put(msg.as_bytes(policy=msg.policy.clone(linesep="\r\n")))
+            sha = app.spool.put(msg.as_bytes(policy=msg.policy.clone(linesep="\r\n")), session=s)
             digests.add_post(s, app, ml, n, sha, msg)
 
 

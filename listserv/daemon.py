@@ -2,31 +2,34 @@
 
 The daemon's event loop runs the intake server (SMTP or LMTP; its blocking steps in the
 intake's own threads), the web pages (uvicorn, when ``web`` is on and ``[web] listen`` is
-set), the incoming worker loop and JOB_WORKERS job loops (listserv.jobs) that run the
-periodic passes (listserv.workers: archive, digests, bounces, hold expiry, retention...) in
-threads of their own. Delivery (listserv.delivery.runner.run) runs on a thread of its own with its
-own event loop (DeliveryThread): a fan-out of tens of thousands of SMTP transactions is tens
-of thousands of callbacks, and on the intake's loop each would sit in front of an SMTP
-answer. The intake wakes the incoming worker right after it commits, which makes the
-archive pass due and wakes the job loops and delivery; short polls cover work stored by
-other processes. stop.set() (SIGTERM/SIGINT) closes the listener, lets in-flight SMTP
-transactions, worker passes and jobs finish, then returns.
+set) and the job loops (listserv.jobs) that run the job kinds of listserv.workers
+(processing accepted mail, fan-out, archive, digests, bounces, hold expiry, retention...) in
+threads of their own: JOB_WORKERS loops for every kind, and INCOMING_LOOPS_* for incoming
+mail only (a long pass never delays a post). Delivery (listserv.delivery.runner.run) runs on
+a thread of its own with its own event loop (DeliveryThread): a fan-out of tens of thousands
+of SMTP transactions is tens of thousands of callbacks, and on the intake's loop each would
+sit in front of an SMTP answer. The intake wakes the job loops right after it commits a
+message and its job; every finished job wakes the job loops (it may have queued jobs: a
+post's fan-out) and delivery; short polls cover work stored by other processes. stop.set()
+(SIGTERM/SIGINT) closes the listener, lets in-flight SMTP transactions and jobs finish,
+then returns.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import logging
 import threading
 import time
 from typing import Any, Callable, Coroutine
 
 from listserv import jobs, workers
-from listserv.intake import smtp as intake
-from listserv.pipeline import incoming
 from listserv.core.app import App
 from listserv.core.errors import ListservError
+from listserv.intake import smtp as intake
+from listserv.pipeline import inbound
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +37,12 @@ log = logging.getLogger(__name__)
 class WorkerFailed(ListservError):
     """A worker loop of the daemon died; the daemon stopped (``serve`` exits 1)."""
 
-POLL_INTERVAL = 0.5
 DRAIN_TIMEOUT = 30.0
-INCOMING_LOOPS_PG = 2
 JOB_WORKERS = 2        # job loops per process (one long pass does not hold up the archive)
+# ... plus loops that run only incoming mail, so that long passes (digests, retention) never
+# delay a post; on PostgreSQL two, so that one list's long post does not delay another's.
+INCOMING_LOOPS_SQLITE = 1
+INCOMING_LOOPS_PG = 2
 
 
 def delivery_runner() -> Callable[[App, asyncio.Event, asyncio.Event], Coroutine[Any, Any, Any]] | None:
@@ -155,13 +160,6 @@ class AcceptErrors:
         self.last, self.suppressed = now, 0
 
 
-async def _wait(event: asyncio.Event, timeout: float) -> None:
-    try:
-        await asyncio.wait_for(event.wait(), timeout)
-    except asyncio.TimeoutError:
-        pass
-
-
 class Daemon:
     def __init__(self, app: App, *, host: str | None = None, port: int | None = None,
                  intake_enabled: bool = True, scheduler: bool = True,
@@ -172,64 +170,70 @@ class Daemon:
         self.port = port if port is not None else app.settings.intake.port
         self.intake_enabled = intake_enabled
         self.scheduler_enabled = scheduler
-        self.incoming_enabled = incoming_worker
         self.delivery_enabled = delivery
         self.web_listen = (app.settings.web.listen if web_listen is None else web_listen
                            ) if web else ""
         self.web_port: int | None = None      # the bound web port, once listening
-        self.worker = incoming.worker_identity()
         self.ready = threading.Event()        # set once listening (for embedding and tests)
         self.handler: intake.IntakeHandler | None = None
         self.bound_port: int | None = None
-        self.incoming_wake: asyncio.Event | None = None
         self.delivery_wake: Nudge | None = None     # set from any thread
         self.jobs_wake: asyncio.Event | None = None
-        # Without the scheduler (tests), only the lists' archive jobs and the posts' fan-outs
-        # run, as the incoming worker's follow-up; the periodic passes are left to the test.
-        self.job_kinds: jobs.Registry = (
+        # Without the scheduler (tests), only incoming mail, the posts' fan-outs and the
+        # lists' archive jobs (enqueued with the posts) run; the periodic passes are left to
+        # the test.
+        kinds: jobs.Registry = (
             workers.REGISTRY if scheduler else
-            {k: workers.REGISTRY[k] for k in (workers.ARCHIVE_LIST, workers.FANOUT)}
+            {k: workers.REGISTRY[k] for k in (inbound.KIND, workers.FANOUT, workers.ARCHIVE_LIST)}
             if incoming_worker else {})
+        self.job_kinds = {name: dataclasses.replace(k, handler=self._waking(k.handler))
+                          for name, k in kinds.items()}
         self.job_owner = jobs.new_worker_id()
         self.loop: asyncio.AbstractEventLoop | None = None
 
     def wake_delivery(self) -> None:
         """Thread-safe: a fan-out queued recipients; the delivery loop takes them now."""
-        loop, ev = self.loop, self.delivery_wake
-        if loop is not None and ev is not None:
-            try:
-                loop.call_soon_threadsafe(ev.set)
-            except RuntimeError:       # the daemon has stopped: its loop is closed
-                pass
+        if self.delivery_wake is not None:
+            self.delivery_wake.set()        # a Nudge: straight to the delivery thread's loop
 
     def wake(self) -> None:
         """Thread-safe: nudge every worker loop (tests, intake commits)."""
         loop = self.loop
         if loop is None:
             return
-        for ev in (self.incoming_wake, self.jobs_wake):
-            if ev is not None:
-                loop.call_soon_threadsafe(ev.set)
+        if self.jobs_wake is not None:
+            try:
+                loop.call_soon_threadsafe(self.jobs_wake.set)
+            except RuntimeError:       # the daemon has stopped: its loop is closed
+                pass
         if self.delivery_wake is not None:
             self.delivery_wake.set()
+
+    def _waking(self, handler: jobs.runner.Handler) -> jobs.runner.Handler:
+        """``handler``, then a nudge to the job loops and delivery: the job may have queued
+        jobs (a post's fan-out) or mail."""
+        def run(app: App, payload: dict[str, Any]) -> None:
+            try:
+                handler(app, payload)
+            finally:
+                self.wake()
+        return run
 
     async def run(self, stop: asyncio.Event) -> None:
         app = self.app
         loop = self.loop = asyncio.get_running_loop()
         loop.set_exception_handler(AcceptErrors())
-        self.incoming_wake = asyncio.Event()
         runner = delivery_runner() if self.delivery_enabled else None
         delivery = DeliveryThread(app, runner) if runner is not None else None
         self.delivery_wake = delivery.wake if delivery is not None else Nudge()
         self.jobs_wake = asyncio.Event()
-        wake = self.incoming_wake
+        wake = self.jobs_wake
 
         def on_commit() -> None:
             loop.call_soon_threadsafe(wake.set)
 
         app.wake_delivery = self.wake_delivery
         self.handler = intake.IntakeHandler(app, on_commit=on_commit)
-        await asyncio.to_thread(incoming.reclaim, app)
         if self.job_kinds:
             await asyncio.to_thread(jobs.ensure_periodic, app, self.job_kinds)
 
@@ -247,19 +251,17 @@ class Daemon:
 
         workers_stop = asyncio.Event()
         tasks: list[asyncio.Task[Any]] = []
-        if self.incoming_enabled:
-            # SQLite has one writer anyway; on PostgreSQL a long fan-out (a 100,000-member
-            # list) should not delay the small posts queued behind it.
-            for _ in range(1 if app.db.is_sqlite else INCOMING_LOOPS_PG):
-                tasks.append(asyncio.create_task(self._incoming_loop(workers_stop)))
         # the job loops' own threads: a long pass never waits for, nor holds up, the intake's
-        executor = concurrent.futures.ThreadPoolExecutor(JOB_WORKERS,
+        loops: list[jobs.Registry] = [self.job_kinds] * JOB_WORKERS if self.job_kinds else []
+        if inbound.KIND in self.job_kinds:
+            only = {inbound.KIND: self.job_kinds[inbound.KIND]}
+            loops += [only] * (INCOMING_LOOPS_SQLITE if app.db.is_sqlite else INCOMING_LOOPS_PG)
+        executor = concurrent.futures.ThreadPoolExecutor(max(1, len(loops)),
                                                          thread_name_prefix="listserv-job")
-        if self.job_kinds:
-            for _ in range(JOB_WORKERS):
-                tasks.append(asyncio.create_task(jobs.work(
-                    app, workers_stop, self.jobs_wake, kinds=self.job_kinds,
-                    owner=self.job_owner, executor=executor)))
+        for kinds in loops:
+            tasks.append(asyncio.create_task(jobs.work(
+                app, workers_stop, self.jobs_wake, kinds=kinds, owner=self.job_owner,
+                executor=executor)))
         delivery_task: asyncio.Future[Any] | None = None
         if delivery is not None:
             delivery_task = delivery.start()
@@ -333,24 +335,6 @@ class Daemon:
         deadline = asyncio.get_running_loop().time() + DRAIN_TIMEOUT
         while self.handler.active and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.02)
-
-    async def _incoming_loop(self, stop: asyncio.Event) -> None:
-        assert self.incoming_wake is not None and self.delivery_wake is not None
-        assert self.jobs_wake is not None
-        while not stop.is_set():
-            self.incoming_wake.clear()
-            try:
-                done = await asyncio.to_thread(incoming.run_pass, self.app, self.worker,
-                                               should_stop=stop.is_set)
-            except Exception:
-                log.exception("incoming worker pass failed")
-                done = 0
-                await _wait(stop, 1.0)
-            if done:
-                self.delivery_wake.set()
-                self.jobs_wake.set()     # the posts just accepted: fan-out and archive jobs
-                continue
-            await _wait(self.incoming_wake, POLL_INTERVAL)
 
 
 def serve(app: App) -> None:

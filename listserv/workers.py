@@ -1,9 +1,9 @@
 """The job kinds this process runs (listserv.jobs): one plain function per kind.
 
-A post's fan-out (listserv.delivery.fanout) is a job of its own, enqueued when the post is
-accepted.
-The periodic passes each keep one job in the table that re-enqueues itself ``every`` later;
-N serve processes share them (a dedupe key, no leader). Inside a pass, one list or item that
+Each accepted message is processed by an ``incoming`` job (listserv.pipeline.inbound),
+enqueued with it by the intake; a post's fan-out (listserv.delivery.fanout) and its list's
+archive job are jobs of their own, enqueued when the post is accepted. The periodic passes
+each keep one job in the table that re-enqueues itself ``every`` later; N serve processes share them (a dedupe key, no leader). Inside a pass, one list or item that
 fails is logged once and retried later while the others go on (listserv.core.isolation); a pass
 that fails as a whole (the database is down) is retried by the engine with backoff, and after
 MAX_ATTEMPTS shows in `listserv queue failed` while its next run is already scheduled.
@@ -19,16 +19,17 @@ from listserv.admin import retention
 from listserv.archive import mbox as archive
 from listserv.bounces import process as bounces
 from listserv.delivery import fanout
-from listserv.pipeline import incoming, moderation
 from listserv.core.app import App
 from listserv.jobs import runner
 from listserv.jobs.runner import Kind
+from listserv.pipeline import inbound, incoming, moderation
 
 TICK = dt.timedelta(seconds=30)
 ARCHIVE = "archive"
 DIGESTS = "digests"
 ARCHIVE_LIST = archive.LIST_KIND
 FANOUT = fanout.KIND
+INCOMING_RETRY = dt.timedelta(seconds=5)   # first retry of a temporary failure; doubles
 
 
 def archive_pass(app: App, payload: dict[str, Any]) -> None:
@@ -57,13 +58,10 @@ def retention_pass(app: App, payload: dict[str, Any]) -> None:
     retention.run(app)
 
 
-def incoming_reclaim(app: App, payload: dict[str, Any]) -> None:
-    incoming.reclaim(app)
-
-
 KINDS: tuple[Kind, ...] = (
+    Kind(inbound.KIND, incoming.handle_job, max_attempts=inbound.JOB_ATTEMPTS,
+         retry_base=INCOMING_RETRY),
     Kind(fanout.KIND, fanout.run),
-    Kind("incoming_reclaim", incoming_reclaim, every=TICK),
     Kind(ARCHIVE, archive_pass, every=TICK),
     Kind(ARCHIVE_LIST, archive_list),
     Kind("moderation", moderation_pass, every=TICK),

@@ -1,4 +1,4 @@
-"""Retention: forget finished work and the spool files nobody needs any more.
+"""Retention: forget finished work and the stored messages nobody needs any more.
 
     prune(app, now=None, dry_run=False, budget=None) -> Stats   (`listserv queue prune`)
     run(app)                                 (the daemon's "retention" job, every INTERVAL)
@@ -27,16 +27,13 @@ handled, so these are on the generous side):
 - ``auto_response`` and ``pending_token`` rows are already purged by moderation.tick
   (ratelimit.purge, tokens.purge): not repeated here.
 
-Then the spool: a file goes when no row refers to its sha (inbound_message, outbound_message,
-digest_entry, archive_entry) and it was not written or re-used (Spool.put touches it) for
-SPOOL_GRACE. Directory by directory (``ab/``), the referenced shas of that prefix are read from
-the database (an index range), so memory stays small whatever the spool size. A file to delete
-is first renamed to its parked name; then its mtime and its references are checked again, and
-only then is it unlinked (Spool.get puts a parked file back). So a file that a transaction
-committed after the scan refers to is never lost: such a transaction called Spool.put, which
-either touched the file before it was parked (the re-check sees the fresh mtime) or, after it
-was parked, wrote it anew. Leftover temporary files of a crashed put older than SPOOL_GRACE go
-too, and parked files of a crashed sweep are put back or deleted.
+Then the spool (stored message bytes, table spool_blob, listserv.core.spool): a message goes when
+no row refers to its sha (inbound_message, outbound_message, digest_entry, archive_entry) and
+it was not stored or used again (Spool.put moves ``stored_at`` on) for SPOOL_GRACE. The sweep
+reads BATCH blobs at a time in sha order, checks which are referenced, and deletes the others
+with a DELETE that repeats both conditions; so bytes that a transaction committed after the
+check refers to are never lost: that transaction called Spool.put, which either made the
+blob recent again or, after the DELETE, stored it anew.
 
 Rows are deleted in batches of BATCH, each in its own transaction, and every DELETE repeats its
 conditions: a row another worker claimed or changed meanwhile is not deleted. A crash at any
@@ -47,7 +44,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -83,8 +79,8 @@ from listserv.core.models import (
     OutboundMessage,
     PendingToken,
     SiteSetting,
+    SpoolBlob,
 )
-from listserv.core.spool import PARKED_SUFFIX
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +91,7 @@ DIGEST_ENTRY_DAYS = 30       # posts of a digest already sent
 BOUNCE_EVENT_DAYS = 90       # bounce events (at least; see BOUNCE_STALE_FACTOR)
 BOUNCE_STALE_FACTOR = 4      # ... or bounce_info_stale_after_days * 4 when longer
 FANOUT_DAYS = 90             # cross-list duplicate suppression by Message-ID
-SPOOL_GRACE = dt.timedelta(hours=1)    # a spool file this recent is never removed
+SPOOL_GRACE = dt.timedelta(hours=1)    # a message stored this recently is never removed
 INTERVAL = dt.timedelta(hours=1)       # the daemon prunes this often (one job, all processes)
 TICK_BUDGET = 30.0           # seconds one daemon run may take; the next run goes on
 BATCH = 500
@@ -107,7 +103,7 @@ FINAL_STATES = (InboundState.accepted, InboundState.rejected, InboundState.disca
                 InboundState.handled)
 ROW_KINDS = ("delivery", "outbound_message", "inbound_message", "digest_entry",
              "bounce_event", "fanout")
-_SHA_TAIL = re.compile(r"[0-9a-f]{62}")
+_SHA = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass
@@ -116,17 +112,16 @@ class Stats:
 
     dry_run: bool = False
     rows: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ROW_KINDS, 0))
-    spool_files: int = 0         # message files removed
+    spool_messages: int = 0      # stored messages (spool_blob rows) removed
     spool_bytes: int = 0
-    spool_kept: int = 0          # message files still referenced or too recent
-    temp_files: int = 0          # leftovers of interrupted writes
+    spool_kept: int = 0          # stored messages still referenced or too recent
     complete: bool = True        # False when the time budget ran out (the next run goes on)
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return {"dry_run": self.dry_run, "rows": dict(self.rows),
-                "spool": {"files": self.spool_files, "bytes": self.spool_bytes,
-                          "kept": self.spool_kept, "temp_files": self.temp_files},
+                "spool": {"messages": self.spool_messages, "bytes": self.spool_bytes,
+                          "kept": self.spool_kept},
                 "complete": self.complete, "seconds": round(self.seconds, 3)}
 
     def lines(self) -> list[str]:
@@ -134,10 +129,9 @@ class Stats:
         out = [f"{verb}:"]
         for kind in ROW_KINDS:
             out.append(f"  {kind:<18} {self.rows[kind]:>9} rows")
-        out.append(f"  {'spool files':<18} {self.spool_files:>9} ({_size(self.spool_bytes)}); "
+        out.append(f"  {'spooled messages':<18} {self.spool_messages:>9} "
+                   f"({_size(self.spool_bytes)}); "
                    f"{self.spool_kept} kept")
-        if self.temp_files:
-            out.append(f"  {'temporary files':<18} {self.temp_files:>9}")
         if not self.complete:
             out.append("stopped at the time budget: the next run goes on")
         return out
@@ -280,7 +274,7 @@ def _row_rules(now: dt.datetime) -> list[tuple[str, Any, Callable[[Session], Col
 # ---------------------------------------------------------------------------- spool
 
 # Every column that holds a spool sha (grep spool_sha and spool.put across listserv/ when
-# adding one: a file referenced only by a column missing here would be deleted).
+# adding one: bytes referenced only by a column missing here would be deleted).
 SHA_COLUMNS = (InboundMessage.spool_sha, OutboundMessage.spool_sha, DigestEntry.spool_sha,
                ArchiveEntry.spool_sha)
 
@@ -292,170 +286,101 @@ def _referencing(now: dt.datetime, dry_run: bool) -> list[tuple[Any, ColumnEleme
     return [(col, ~gone(now) if dry_run else None) for col, gone in zip(SHA_COLUMNS, rules)]
 
 
-def _referenced_in_range(session: Session, prefix: str, now: dt.datetime,
-                         dry_run: bool) -> set[str]:
-    """The shas beginning with the two hex digits ``prefix`` that some row refers to."""
-    lo = prefix
-    nxt = int(prefix, 16) + 1
-    hi = f"{nxt:02x}" if nxt < 256 else None
-    selects = []
-    for col, keep in _referencing(now, dry_run):
-        q = select(col.label("sha")).where(col >= lo)
-        if hi is not None:
-            q = q.where(col < hi)
-        if keep is not None:
-            q = q.where(keep)
-        selects.append(q)
-    rows = session.execute(union_all(*selects).execution_options(yield_per=5000)).scalars()
-    return {sha for sha in rows if sha.startswith(prefix)}
-
-
-def referenced(session: Session, shas: list[str]) -> set[str]:
-    """Which of ``shas`` some row refers to now (exact comparison; the last check)."""
+def referenced(session: Session, shas: list[str], now: dt.datetime | None = None,
+               dry_run: bool = False) -> set[str]:
+    """Which of ``shas`` some row refers to now (in a dry run: some row the run keeps)."""
     out: set[str] = set()
     for i in range(0, len(shas), BATCH):
         chunk = shas[i:i + BATCH]
-        q = union_all(*[select(col.label("sha")).where(col.in_(chunk)) for col in SHA_COLUMNS])
-        out.update(session.execute(q).scalars())
+        selects = []
+        for col, keep in _referencing(now or dt.datetime.now(dt.timezone.utc), dry_run):
+            q = select(col.label("sha")).where(col.in_(chunk))
+            selects.append(q.where(keep) if keep is not None else q)
+        out.update(session.execute(union_all(*selects)).scalars())
     return out
 
 
-def _mtime(path: str) -> float | None:
-    try:
-        return os.stat(path).st_mtime
-    except FileNotFoundError:
-        return None
+def _unreferenced() -> list[ColumnElement[bool]]:
+    """The DELETE's own check, repeated: no row refers to the blob (at the DELETE's time)."""
+    return [~exists().where(col == SpoolBlob.sha) for col in SHA_COLUMNS]
 
 
-def _restore(parked: str, final: str) -> None:
-    """Put a parked file back (same sha, same bytes: replacing a rewritten copy is harmless)."""
-    try:
-        os.replace(parked, final)
-    except FileNotFoundError:
-        pass       # Spool.get already took it back
-
-
-def _sweep_dir(app: App, prefix: str, now: dt.datetime, cutoff: float, dry_run: bool,
-               stats: Stats) -> None:
-    d = os.path.join(str(app.spool.root), prefix)
-    files: list[str] = []             # shas of the message files in the directory
-    parked: list[str] = []            # shas parked by a sweep that did not finish
-    try:
-        entries = os.scandir(d)
-    except (FileNotFoundError, NotADirectoryError):
-        return
-    with entries:
-        for e in entries:
-            name = e.name
-            if name.startswith("."):
-                if name.endswith(".tmp") and (_mtime(e.path) or cutoff) < cutoff:
-                    stats.temp_files += 1
-                    if not dry_run:
-                        _unlink(e.path)
-                elif name.endswith(".eml" + PARKED_SUFFIX):
-                    tail = name[1:-len(".eml" + PARKED_SUFFIX)]
-                    if _SHA_TAIL.fullmatch(tail):
-                        parked.append(prefix + tail)
-                continue
-            if name.endswith(".eml") and _SHA_TAIL.fullmatch(name[:-4]):
-                files.append(prefix + name[:-4])
-    if not files and not parked:
-        return
+def _sweep_batch(app: App, after: str, upto: str | None, now: dt.datetime,
+                 cutoff: dt.datetime, dry_run: bool, stats: Stats) -> str | None:
+    """Sweep the next BATCH blobs in sha order after ``after`` (up to ``upto``); the last
+    sha seen, or None when there were none."""
     with app.db.unit_of_work() as session:
-        refs = _referenced_in_range(session, prefix, now, dry_run)
-    # Only the unreferenced files are stat'ed (most files of a spool are referenced).
-    old: dict[str, int] = {}          # sha -> size, unreferenced and older than the grace
-    for sha in files:
-        if sha in refs:
-            continue
-        try:
-            st = os.stat(os.path.join(d, sha[2:] + ".eml"))
-        except FileNotFoundError:
-            continue
-        if st.st_mtime < cutoff:
-            old[sha] = st.st_size
-    unused = list(old)
-    stats.spool_kept += len(files) - len(unused)
-    if dry_run:
-        stats.spool_files += len(unused)
-        stats.spool_bytes += sum(old.values())
-        return
-    spool = app.spool
-    # Park, then check again what may have changed since the scan: the mtime (Spool.put
-    # touches a file it re-uses) and the references (exact shas, committed rows).
-    moved: list[str] = []
-    for sha in unused + parked:
-        if sha in old:
-            try:
-                os.rename(spool.path(sha), spool.parked_path(sha))
-            except FileNotFoundError:
-                continue
-        moved.append(sha)
-    if not moved:
-        return
-    with app.db.unit_of_work() as session:
-        still = referenced(session, moved)
-    for sha in moved:
-        p, final = str(spool.parked_path(sha)), str(spool.path(sha))
-        mtime = _mtime(p)
-        if mtime is None:
-            continue                      # taken back by a reader
-        if sha in still or mtime >= cutoff:
-            _restore(p, final)
-            stats.spool_kept += 1
-            continue
-        try:
-            size = os.stat(p).st_size
-            os.unlink(p)
-        except FileNotFoundError:
-            continue
-        stats.spool_files += 1
-        stats.spool_bytes += size
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+        query = select(SpoolBlob.sha, SpoolBlob.size, SpoolBlob.stored_at).where(
+            SpoolBlob.sha > after)
+        if upto is not None:
+            query = query.where(SpoolBlob.sha <= upto)
+        rows = session.execute(query.order_by(SpoolBlob.sha).limit(BATCH)).all()
+        if not rows:
+            return None
+        refs = referenced(session, [r.sha for r in rows], now, dry_run)
+        old = {r.sha: r.size for r in rows if r.sha not in refs and r.stored_at < cutoff}
+        if dry_run:
+            stats.spool_kept += len(rows) - len(old)
+            stats.spool_messages += len(old)
+            stats.spool_bytes += sum(old.values())
+        elif old:
+            # Both conditions again, in the DELETE: a transaction that referred to a blob
+            # after the check above called Spool.put, which moved its stored_at on.
+            gone = session.execute(
+                delete(SpoolBlob).where(SpoolBlob.sha.in_(list(old)),
+                                        SpoolBlob.stored_at < cutoff, *_unreferenced())
+                .returning(SpoolBlob.sha, SpoolBlob.size)
+                .execution_options(synchronize_session=False)).all()
+            stats.spool_messages += len(gone)
+            stats.spool_bytes += sum(g.size for g in gone)
+            stats.spool_kept += len(rows) - len(gone)
+        else:
+            stats.spool_kept += len(rows)
+        return str(rows[-1].sha)
 
 
 def sweep_spool(app: App, now: dt.datetime, *, dry_run: bool, stats: Stats,
                 budget: _Budget, wall_clock: Callable[[], float] = time.time) -> bool:
-    """Remove unreferenced spool files older than SPOOL_GRACE; True when every directory was
-    visited. The grace period is measured on the wall clock, like the files' mtimes.
+    """Remove stored message bytes (table spool_blob) that no row refers to and that were not
+    stored or used again for SPOOL_GRACE; True when every blob was visited. The grace is
+    measured on the wall clock, like stored_at (listserv.core.spool).
 
-    A run stopped by its budget resumes at the next directory (SPOOL_CURSOR), so a spool too
-    big to sweep within one budget is still swept whole over a few runs."""
-    cutoff = wall_clock() - SPOOL_GRACE.total_seconds()
-    start = 0 if dry_run or budget.deadline is None else _get_cursor(app)
-    for i in range(256):
-        n = (start + i) % 256
-        if i and budget.out():
-            _set_cursor(app, n)
-            return False
-        _sweep_dir(app, f"{n:02x}", now, cutoff, dry_run, stats)
+    A run stopped by its budget resumes after the last sha it saw (SPOOL_CURSOR), so a spool
+    too big to sweep within one budget is still swept whole over a few runs."""
+    cutoff = (dt.datetime.fromtimestamp(wall_clock(), dt.timezone.utc) - SPOOL_GRACE)
+    start = "" if dry_run else _get_cursor(app)
+    # from the cursor to the end, then from the beginning up to the cursor
+    ranges: list[tuple[str, str | None]] = [(start, None)] + ([("", start)] if start else [])
+    first = True
+    for after, upto in ranges:
+        last = after
+        while True:
+            if not first and budget.out():
+                _set_cursor(app, last)
+                return False
+            first = False
+            seen = _sweep_batch(app, last, upto, now, cutoff, dry_run, stats)
+            if seen is None:
+                break
+            last = seen
     if not dry_run and start:
-        _set_cursor(app, 0)
+        _set_cursor(app, "")
     return True
 
 
-def _get_cursor(app: App) -> int:
+def _get_cursor(app: App) -> str:
     with app.db.unit_of_work() as session:
         value = session.scalar(select(SiteSetting.value).where(SiteSetting.name == SPOOL_CURSOR))
-    try:
-        return int(value or "0", 16) % 256
-    except ValueError:
-        return 0
+    return value if value and _SHA.fullmatch(value) else ""
 
 
-def _set_cursor(app: App, n: int) -> None:
+def _set_cursor(app: App, sha: str) -> None:
     with app.db.unit_of_work() as session:
         row = session.get(SiteSetting, SPOOL_CURSOR)
         if row is None:
-            session.add(SiteSetting(name=SPOOL_CURSOR, value=f"{n:02x}"))
+            session.add(SiteSetting(name=SPOOL_CURSOR, value=sha))
         else:
-            row.value = f"{n:02x}"
+            row.value = sha
 
 
 # ---------------------------------------------------------------------------- entry points

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from email import policy
 from email.message import EmailMessage, Message
 from email.utils import getaddresses
-from typing import Any, Iterable
+from typing import Any, Iterable, cast
 
-from sqlalchemy import exists, func, insert, select, update
+from sqlalchemy import Table, exists, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -250,8 +250,9 @@ def _store(session: Session, list_id: int,
                ~exists().where(ArchiveRaw.message_pk == ArchiveMessage.id))).all()
     if not bare:
         return []
-    session.execute(insert(ArchiveRaw),
-                    [{"message_pk": pk, "data": first[mid][1]} for pk, mid in bare])
+    # Core executemany: the ORM's bulk insert would send one statement per row here.
+    session.connection().execute(insert(cast(Table, ArchiveRaw.__table__)),
+                                 [{"message_pk": pk, "data": first[mid][1]} for pk, mid in bare])
     return sorted(first[mid][0] for _, mid in bare)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from listserv.core import db as dbmod
-from listserv.core.app import ensure_site_secret
+from listserv.core.app import App, ensure_site_secret
 from listserv.cli.base import Obj, cli, handle_errors, pass_obj
 
 
@@ -16,9 +16,9 @@ def init(obj: Obj) -> None:
     """Create data_dir, the database schema and the site secret (idempotent)."""
     app = obj.app
     app.settings.data_path.mkdir(parents=True, exist_ok=True)
-    app.spool.root.mkdir(parents=True, exist_ok=True)
     app.db.check()
     dbmod.upgrade(app.db)
+    _import_spool(app)
     with app.db.unit_of_work() as session:
         ensure_site_secret(session)
     click.echo(f"initialised {app.settings.data_path} "
@@ -44,3 +44,13 @@ def db_upgrade(obj: Obj) -> None:
         click.echo(f"database already at {after}")
     else:
         click.echo(f"database upgraded from {before or 'empty'} to {after}")
+    _import_spool(app)
+
+
+def _import_spool(app: App) -> None:
+    """Message files of the spool directory of older versions go into the database."""
+    files, size = app.spool.import_files()
+    if files:
+        click.echo(f"imported {files} message file(s) ({size} bytes) from "
+                   f"{app.spool.legacy_root} into the database; the directory is no longer "
+                   "used and may be removed")

@@ -112,11 +112,12 @@ def failed(obj: Obj, limit: int, as_json: bool) -> None:
 @handle_errors
 def prune(obj: Obj, dry_run: bool, as_json: bool) -> None:
     """Remove finished deliveries, old inbound mail, sent digest and archived entries, old
-    bounce events, then the spool files nothing refers to any more (serve does this hourly).
+    bounce events, then the stored messages nothing refers to any more (serve does this
+    hourly).
 
     Kept: delivered/failed batches 7 days, handled inbound mail 30 days (failed 90), held
     posts until decided, digest entries 30 days after their digest, appended archive entries 7
-    days, bounce events 90 days, the moderation log for ever, spool files used in the last
+    days, bounce events 90 days, the moderation log for ever, stored messages used in the last
     hour."""
     app = obj.ready_app()
     now = app.now()

@@ -13,7 +13,6 @@ from listserv.cli.base import Obj, cli, handle_errors, pass_obj
 def prepare_database(app: App) -> None:
     """Initialise a database that was never set up (first run); refuse one that is behind."""
     app.settings.data_path.mkdir(parents=True, exist_ok=True)
-    app.spool.root.mkdir(parents=True, exist_ok=True)
     app.db.check()
     if not inspect(app.db.engine).has_table("alembic_version"):
         click.echo(f"listserv: initialising {dbmod.safe_url(app.db.url)}", err=True)

@@ -54,8 +54,8 @@ class App:
 
     @classmethod
     def from_settings(cls, settings: Settings, **kw: Any) -> "App":
-        return cls(settings=settings, db=Database(settings.database_url), spool=Spool(
-            settings.spool_path), **kw)
+        db = Database(settings.database_url)
+        return cls(settings=settings, db=db, spool=Spool(db, settings.spool_path), **kw)
 
     @classmethod
     def load(cls, config_path: str | None = None, **kw: Any) -> "App":

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from sqlalchemy import create_engine, event, inspect, text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -64,9 +64,42 @@ class Database:
         return self.engine.dialect.name == "sqlite"
 
     @contextlib.contextmanager
-    def unit_of_work(self) -> Iterator[Session]:
-        """One transaction: commit on success, roll back on error. Helpers never commit."""
-        session = self.sessions()
+    def unit_of_work(self, *, durable: bool = True) -> Iterator[Session]:
+        """One transaction: commit on success, roll back on error. Helpers never commit.
+
+        ``durable=False``: the commit does not wait for the disk (SQLite ``synchronous=
+        NORMAL``, PostgreSQL ``synchronous_commit = off``). A power cut may undo it, never
+        half of it, and the next durable commit of anyone (which flushes the log up to
+        itself) makes it durable too. Only for work that is redone when it is undone."""
+        if durable:
+            session = self.sessions()
+        elif self.is_sqlite:      # a connection-wide pragma: set, and put back, around it
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA synchronous=NORMAL")
+                conn.commit()
+                try:
+                    with self._session_on(conn) as session:
+                        yield session
+                finally:
+                    conn.rollback()
+                    conn.exec_driver_sql("PRAGMA synchronous=FULL")
+                    conn.commit()
+            return
+        else:
+            session = self.sessions()
+            session.execute(text("SET LOCAL synchronous_commit = off"))
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    @contextlib.contextmanager
+    def _session_on(self, conn: Connection) -> Iterator[Session]:
+        session = Session(bind=conn, expire_on_commit=False)
         try:
             yield session
             session.commit()

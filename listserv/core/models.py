@@ -170,7 +170,7 @@ class TokenKind(enum.Enum):
 
 class DeliveryState(enum.Enum):
     pending = "pending"      # ready at next_attempt_at
-    sending = "sending"      # claimed by a worker (locked_by / locked_at)
+    sending = "sending"      # leased by lease_owner until lease_expires (then anyone's)
     done = "done"
     failed = "failed"        # permanent failure or gave up
 
@@ -414,7 +414,7 @@ class Ban(Base):
 class InboundMessage(Base):
     """One message accepted by the intake for one list address. The raw bytes are in the spool.
 
-    The table is also the incoming work queue: rows in state ``new`` are claimed by workers.
+    A row in state ``new`` has an ``incoming`` job (listserv.pipeline.inbound) that processes it.
     """
 
     __tablename__ = "inbound_message"
@@ -434,9 +434,7 @@ class InboundMessage(Base):
     spool_sha: Mapped[str] = mapped_column(String(64), index=True)
     received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     state: Mapped[InboundState] = mapped_column(_enum(InboundState), default=InboundState.new)
-    locked_by: Mapped[Optional[str]] = mapped_column(String(64))
-    locked_at: Mapped[Optional[dt.datetime]] = mapped_column()
-    attempts: Mapped[int] = mapped_column(default=0)
+    attempts: Mapped[int] = mapped_column(default=0)     # runs of its incoming job
     outcome: Mapped[Optional[str]] = mapped_column(Text)    # reasons / error, for humans
     body_sha: Mapped[Optional[str]] = mapped_column(String(64))  # a post's text (flood rules)
 
@@ -535,8 +533,13 @@ class Delivery(Base):
     attempts: Mapped[int] = mapped_column(default=0)
     next_attempt_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     first_attempt_at: Mapped[Optional[dt.datetime]] = mapped_column()
-    locked_by: Mapped[Optional[str]] = mapped_column(String(64))
-    locked_at: Mapped[Optional[dt.datetime]] = mapped_column()
+    # a claim: the worker (listserv.jobs.new_worker_id) and when its lease ends unless renewed
+    lease_owner: Mapped[Optional[str]] = mapped_column(String(64))
+    lease_expires: Mapped[Optional[dt.datetime]] = mapped_column()
+    # positions in ``recipients`` of those delivered under the current claim, as ranges
+    # ("0-211,213-250"), recorded as transactions complete: a worker that takes over an
+    # expired lease skips them (listserv.queues.Ranges)
+    sent: Mapped[Optional[str]] = mapped_column(Text)
     last_code: Mapped[Optional[int]] = mapped_column()
     last_error: Mapped[Optional[str]] = mapped_column(Text)
     finished_at: Mapped[Optional[dt.datetime]] = mapped_column()
@@ -730,6 +733,18 @@ class BounceEvent(Base):
 # A delivery-mode change made through the ORM (member set, the 'set delivery' email command)
 # records where the member's digest starts, or the one last digest they are owed, so that no
 # post is lost or doubled between regular and digest delivery (the hooks are at the end).
+
+class SpoolBlob(Base):
+    """Message bytes by SHA-256 (listserv.core.spool), stored once for every row naming the sha
+    (inbound_message, outbound_message, digest_entry, archive_entry ``spool_sha``)."""
+
+    __tablename__ = "spool_blob"
+
+    sha: Mapped[str] = mapped_column(String(64), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    size: Mapped[int] = mapped_column()
+    stored_at: Mapped[dt.datetime] = mapped_column()   # written or used again (retention)
+
 
 class Job(Base):
     """One unit of background work (listserv.jobs). Jobs with the same partition_key run one

@@ -1,65 +1,171 @@
-"""Content-addressed raw message store: <spool>/ab/cdef...eml, written tmp -> fsync -> rename.
+"""Message bytes in the database, content-addressed: table ``spool_blob`` (sha256 -> bytes).
 
-listserv.admin.retention removes files no row refers to. For that to be race-free: put() refreshes the
-mtime of a file that already exists (a file used in the last hour is never removed), and the
-sweep first renames a file to its "parked" name (.cdef....eml.pruning); get() puts a parked
-file back, so a reader never loses a file the sweep was still checking.
+Every process that shares the database reads every message it needs from it: one thing to
+back up and replicate, no shared directory whose rename/fsync semantics must hold across
+hosts. The intake writes the bytes in the transaction that records the message, so the row
+and its bytes commit together before the 250 (PostgreSQL keeps MB-size values out of line in
+TOAST; SQLite stores them in the database file).
+
+put() inserts the bytes unless that sha is stored already (the same bytes twice: one copy),
+and then marks an old row as used again (``stored_at``), which is what keeps the retention
+sweep (listserv.admin.retention) away from bytes a transaction is about to refer to: the
+sweep only deletes rows no row refers to whose stored_at is older than its grace period, and
+repeats both conditions in its DELETE.
+
+Installations from before the database spool kept the bytes as files
+(``<data_dir>/spool/ab/cdef....eml``): `listserv db upgrade` imports them (import_files), and
+get() still reads such a file when the database lacks the sha.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
+import logging
 import os
 from pathlib import Path
+from typing import Any, Callable
 
-PARKED_SUFFIX = ".pruning"
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from listserv.core.db import Database
+from listserv.core.models import SpoolBlob
+
+log = logging.getLogger(__name__)
+
+# put() refreshes the stored_at of a row older than this (retention.SPOOL_GRACE is longer),
+# so that storing the same bytes often (a re-sent notice) does not write each time.
+REFRESH = dt.timedelta(minutes=10)
+LEGACY_SUFFIXES = (".eml", ".eml.pruning")
+
+
+class SpoolMissing(FileNotFoundError):
+    """No stored bytes for a sha (callers treat it like the lost file it used to be)."""
+
+
+def wall_clock() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def sha_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 class Spool:
-    def __init__(self, root: Path | str) -> None:
-        self.root = Path(root)
+    """put/get of message bytes by sha256. With ``session``, in the caller's transaction (a
+    row and the bytes it names commit together); without, in a short transaction of its own.
+    ``legacy_root`` is the old spool directory, read when the database lacks a sha."""
 
-    def path(self, sha: str) -> Path:
-        return self.root / sha[:2] / f"{sha[2:]}.eml"
+    def __init__(self, db: Database, legacy_root: Path | str | None = None,
+                 clock: Callable[[], dt.datetime] = wall_clock) -> None:
+        self.db = db
+        self.legacy_root = Path(legacy_root) if legacy_root is not None else None
+        self.clock = clock
 
-    def parked_path(self, sha: str) -> Path:
-        """Where listserv.admin.retention moves a file while it decides whether to delete it."""
-        return self.root / sha[:2] / f".{sha[2:]}.eml{PARKED_SUFFIX}"
-
-    def put(self, data: bytes) -> str:
-        """Store bytes durably; return their SHA-256. Idempotent."""
-        sha = hashlib.sha256(data).hexdigest()
-        final = self.path(sha)
-        if final.exists():
-            try:
-                os.utime(final)      # recently used: the retention sweep leaves it alone
-                return sha
-            except FileNotFoundError:
-                pass                 # removed meanwhile: write it again
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f".{final.name}.{os.getpid()}.{id(data)}.tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
-        dir_fd = os.open(final.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    def put(self, data: bytes, session: Session | None = None) -> str:
+        """Store ``data`` (idempotent); return its SHA-256."""
+        sha = sha_of(data)
+        if session is None:
+            with self.db.unit_of_work() as own:
+                self._insert(own, sha, data)
+        else:
+            self._insert(session, sha, data)
         return sha
 
-    def get(self, sha: str) -> bytes:
-        path = self.path(sha)
-        try:
-            return path.read_bytes()
-        except FileNotFoundError:
-            try:   # parked by a retention sweep that has not decided yet: take it back
-                os.replace(self.parked_path(sha), path)
-            except FileNotFoundError:
-                pass
-            return path.read_bytes()
+    def _insert(self, session: Session, sha: str, data: bytes) -> None:
+        now = self.clock()
+        stmt = _insert(session).values(sha=sha, data=data, size=len(data), stored_at=now)
+        session.execute(stmt.on_conflict_do_update(
+            index_elements=[SpoolBlob.sha], set_={"stored_at": now},
+            where=SpoolBlob.stored_at < now - REFRESH))
 
-    def exists(self, sha: str) -> bool:
-        return self.path(sha).exists()
+    def get(self, sha: str, session: Session | None = None) -> bytes:
+        """The bytes stored under ``sha``; SpoolMissing when there are none."""
+        query = select(SpoolBlob.data).where(SpoolBlob.sha == sha)
+        if session is None:
+            with self.db.unit_of_work() as own:
+                data = own.scalar(query)
+        else:
+            data = session.scalar(query)
+        if data is None:
+            data = self._legacy(sha)
+        if data is None:
+            raise SpoolMissing(f"no stored message {sha}")
+        return bytes(data)
+
+    def size(self, sha: str, session: Session) -> int | None:
+        return session.scalar(select(SpoolBlob.size).where(SpoolBlob.sha == sha))
+
+    def exists(self, sha: str, session: Session | None = None) -> bool:
+        query = select(SpoolBlob.sha).where(SpoolBlob.sha == sha)
+        if session is None:
+            with self.db.unit_of_work() as own:
+                return own.scalar(query) is not None
+        return session.scalar(query) is not None
+
+    # ------------------------------------------------------------------ the old directory
+
+    def _legacy_paths(self, sha: str) -> list[Path]:
+        if self.legacy_root is None or len(sha) != 64:
+            return []
+        d = self.legacy_root / sha[:2]
+        return [d / f"{sha[2:]}.eml", d / f".{sha[2:]}.eml.pruning"]
+
+    def _legacy(self, sha: str) -> bytes | None:
+        for path in self._legacy_paths(sha):
+            try:
+                data = path.read_bytes()
+            except OSError:
+                continue
+            if sha_of(data) == sha:
+                return data
+        return None
+
+    def import_files(self, batch: int = 200) -> tuple[int, int]:
+        """Copy the old spool directory's message files into the database (those it lacks);
+        (files imported, bytes). The files stay; once imported they are no longer read."""
+        if self.legacy_root is None or not self.legacy_root.is_dir():
+            return 0, 0
+        done = [0, 0]
+        pending: list[tuple[str, bytes]] = []
+
+        def flush() -> None:
+            with self.db.unit_of_work() as session:
+                have = set(session.scalars(select(SpoolBlob.sha).where(
+                    SpoolBlob.sha.in_([sha for sha, _ in pending]))))
+                for sha, data in pending:
+                    if sha not in have:
+                        self._insert(session, sha, data)
+                        done[0], done[1] = done[0] + 1, done[1] + len(data)
+            pending.clear()
+
+        for dirpath, _, names in os.walk(self.legacy_root):
+            prefix = os.path.basename(dirpath)
+            for name in names:
+                tail = next((name[:-len(s)] for s in LEGACY_SUFFIXES if name.endswith(s)), None)
+                if tail is None:
+                    continue
+                sha = prefix + tail.lstrip(".")
+                try:
+                    data = Path(dirpath, name).read_bytes()
+                except OSError as exc:
+                    log.warning("spool import: cannot read %s: %s", name, exc)
+                    continue
+                if sha_of(data) != sha:
+                    continue          # not a complete message file (an interrupted write)
+                pending.append((sha, data))
+                if len(pending) >= batch:
+                    flush()
+        if pending:
+            flush()
+        return done[0], done[1]
+
+
+def _insert(session: Session) -> Any:
+    """The dialect's INSERT with ON CONFLICT (SQLite and PostgreSQL both have it)."""
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
+    return insert(SpoolBlob)

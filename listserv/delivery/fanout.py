@@ -99,42 +99,52 @@ def expand(app: App, payload: dict[str, Any], *, max_chunks: int | None = None,
 
 
 def step(app: App, payload: dict[str, Any]) -> tuple[bool, int]:
-    """Queue the next chunk in one transaction: (complete, recipients queued)."""
+    """Queue the next chunk: (complete, recipients queued).
+
+    The chunk is read first, outside any write transaction (on SQLite, other writers such as
+    the delivery loop's claims are not held up by the read); then its Delivery rows and the
+    cursor's move are written in one short transaction that moves the cursor only if it
+    still is where the chunk was read from. That commit does not wait for the disk: the
+    delivery loop's claim of those rows, a durable commit, makes it durable before any copy
+    is sent, and a chunk undone by a power cut is read again from the cursor."""
     fanout_id = int(payload["fanout"])
     with app.db.unit_of_work() as session:
-        if app.db.is_sqlite:
-            session.connection().exec_driver_sql("BEGIN IMMEDIATE")
-        fan = session.get(Fanout, fanout_id, with_for_update=True)
+        fan = session.get(Fanout, fanout_id)
         if fan is None or fan.expanded_at is not None:
             return True, 0
+        outbound_id, after, queued = fan.outbound_id, fan.after_address_id, fan.queued
+        list_id = fan.list_id
+        if outbound_id is not None:
+            size = app.settings.delivery.max_recipients_per_transaction
+            chunk = recipients.next_chunk(
+                session, fan.list_id, fan.message_id_hash, after=after,
+                limit=size if after == 0 else max(CHUNK, size), before=fan.id,
+                upto=fan.members_upto, skip_remote=payload.get("skip_remote") or ())
+    with app.db.unit_of_work(durable=False) as session:
+        if app.db.is_sqlite:
+            session.connection().exec_driver_sql("BEGIN IMMEDIATE")
         now = app.now()
-        if fan.outbound_id is None:           # the message was pruned: nothing left to send
-            fan.expanded_at = now
+        cas = update(Fanout).where(Fanout.id == fanout_id, Fanout.after_address_id == after,
+                                   Fanout.queued == queued, Fanout.expanded_at.is_(None))
+        if outbound_id is None:               # the message was pruned: nothing left to send
+            session.execute(cas.values(expanded_at=now)
+                            .execution_options(synchronize_session=False))
             return True, 0
-        size = app.settings.delivery.max_recipients_per_transaction
-        limit = size if fan.after_address_id == 0 else max(CHUNK, size)
-        chunk = recipients.next_chunk(
-            session, fan.list_id, fan.message_id_hash, after=fan.after_address_id,
-            limit=limit, before=fan.id, upto=fan.members_upto,
-            skip_remote=payload.get("skip_remote") or ())
-        added = outbound.add_recipients(session, app, fan.outbound_id,
+        added = outbound.add_recipients(session, app, outbound_id,
                                         [*chunk.people, *chunk.remote])
-        total = fan.queued + added
-        moved = session.execute(
-            update(Fanout).where(Fanout.id == fan.id,
-                                 Fanout.after_address_id == fan.after_address_id,
-                                 Fanout.queued == fan.queued, Fanout.expanded_at.is_(None))
-            .values(after_address_id=chunk.last, queued=total,
-                    expanded_at=now if chunk.complete else None)
-            .execution_options(synchronize_session=False))
+        moved = session.execute(cas.values(after_address_id=chunk.last, queued=queued + added,
+                                           expanded_at=now if chunk.complete else None)
+                                .execution_options(synchronize_session=False))
         if getattr(moved, "rowcount", 0) != 1:
-            raise CursorMoved(f"fan-out {fan.id}: another worker queued this chunk")
+            raise CursorMoved(f"fan-out {fanout_id}: another worker queued this chunk")
         if chunk.complete:
-            _finished(session, app, fan, payload, total)
-        return chunk.complete, added
+            _finished(session, app, list_id, payload, queued + added)
+    log.debug("fan-out %d: %d recipients queued (%d in all)%s", fanout_id, added,
+              queued + added, ", complete" if chunk.complete else "")
+    return chunk.complete, added
 
 
-def _finished(session: Session, app: App, fan: Fanout, payload: dict[str, Any],
+def _finished(session: Session, app: App, list_id: int, payload: dict[str, Any],
               total: int) -> None:
     seq, approved_by = payload.get("seq"), payload.get("approved_by")
     inbound = (session.get(InboundMessage, int(payload["inbound"]))
@@ -142,7 +152,7 @@ def _finished(session: Session, app: App, fan: Fanout, payload: dict[str, Any],
     if inbound is not None and inbound.state is InboundState.accepted:
         inbound.outcome = (f"accepted as post {seq} to {total} recipients"
                            + (f", approved by {approved_by}" if approved_by else ""))
-    log.info("list_id %s message %s: post %s queued for %d recipients", fan.list_id,
+    log.info("list_id %s message %s: post %s queued for %d recipients", list_id,
              inbound.message_id if inbound is not None else "-", seq, total)
 
 

@@ -31,8 +31,8 @@ def _batches(recipients: Iterable[str], size: int) -> Iterator[list[str]]:
 def create_message(session: Session, app: App, data: bytes, *, kind: str,
                    envelope_from: str, list_id: int | None = None, verp: bool = False,
                    message_id: str = "", per_member: bool = False) -> OutboundMessage:
-    """Spool ``data`` and record it as an OutboundMessage (flushed) with no recipients yet."""
-    sha = app.spool.put(data)
+    """Store ``data`` and record it as an OutboundMessage (flushed) with no recipients yet."""
+    sha = app.spool.put(data, session=session)
     out = OutboundMessage(list_id=list_id, kind=kind, spool_sha=sha,
                           envelope_from=envelope_from, verp=verp, message_id=message_id,
                           created_at=app.now(), per_member=per_member and verp)

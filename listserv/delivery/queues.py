@@ -1,29 +1,37 @@
-"""The outbound queue in the database (the ``delivery`` table): claim ready batches, give
-stale claims back, record results, and the figures of `listserv queue status`.
+"""The outbound queue in the database (the ``delivery`` table): claim ready batches by lease,
+renew leases, record progress and results, and the figures of `listserv queue status`.
 
-listserv.delivery.outbound.queue_message() fills the queue; listserv.delivery.runner runs the workers.
-A claim moves rows from ``pending`` to ``sending`` in one statement (``FOR UPDATE SKIP
-LOCKED`` on PostgreSQL, so several processes share one database). Results are written per
-batch, never per recipient: a batch whose recipients end in different states is split (the
-row keeps one group, new rows take the others).
+listserv.delivery.outbound.queue_message() fills the queue; listserv.delivery.runner runs the
+workers. Claims follow the job engine's lease rule (listserv.jobs.engine): a claimed row is
+``sending`` with ``lease_owner`` and ``lease_expires``; its worker renews the lease by a
+heartbeat; a row whose lease expired is anyone's (its worker died or hung), and is taken
+over by the next claim. No hostname or pid is ever consulted. A claim reads its candidates
+with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL (several processes share one database) and
+takes them with an ``UPDATE ... RETURNING`` that checks again that each is due (SQLite has
+one writer at a time: of two racing claims, the second finds the rows taken).
+
+While a batch is sent, the positions of the recipients delivered so far are written to the
+row's ``sent`` column as transactions complete (record_progress, in group commits; Ranges):
+a worker that takes over an expired lease sends only to the others. Results are written
+per batch, never per recipient: a batch whose recipients end in different states is split
+(the row keeps one group, new rows take the others). Reporting failures (bounce scoring,
+telling owners) is the caller's business: record() returns what failed.
 """
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import logging
-import os
-import secrets
-import socket
-from typing import Any, Iterable, cast
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Sequence, cast
 
-from sqlalchemy import Table, func, insert, select, update
-from sqlalchemy.engine import CursorResult
+from sqlalchemy import Table, Text, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy.engine import Connection, CursorResult, Engine
 from sqlalchemy.orm import Session
 
-from listserv.bounces import process as bounces
-from listserv.delivery import post_failures
-from listserv.core.app import App
+from listserv.core.config import DeliverySettings
+from listserv.jobs.engine import LEASE
 from listserv.core.models import (
     Delivery,
     DeliveryState,
@@ -37,78 +45,157 @@ from listserv.delivery.transport import Batch
 
 log = logging.getLogger(__name__)
 
-STALE_AFTER = dt.timedelta(minutes=30)
 ERROR_LINES = 20              # recipients quoted in last_error
 T = cast(Table, Delivery.__table__)
 
-
-def make_owner() -> str:
-    """A claim owner id: HOST:PID:RANDOM (the pid lets a restart on this host spot dead claims)."""
-    return f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
-
-
-# ---------------------------------------------------------------------------- queue operations
+Item = tuple[str, Any, str]   # (recipient, code, reply text)
+# (recipients, failed, whole, gave_up) -> (the recipients' own failures, the message's)
+Blame = Callable[[Sequence[str], Sequence[Item], set[str], set[str]],
+                 tuple[list[Item], list[Item]]]
 
 
-def claim(session: Session, owner: str, now: dt.datetime, limit: int) -> list[Any]:
-    """Move up to ``limit`` ready rows to ``sending`` for ``owner``; return them (id,
-    outbound_id, recipients, attempts, first_attempt_at), oldest first."""
-    ready = (select(T.c.id)
-             .where(T.c.state == DeliveryState.pending, T.c.next_attempt_at <= now)
+# ---------------------------------------------------------------------------- claims
+
+
+def _due(now: dt.datetime) -> Any:
+    return or_(and_(T.c.state == DeliveryState.pending, T.c.next_attempt_at <= now),
+               and_(T.c.state == DeliveryState.sending, T.c.lease_expires <= now))
+
+
+def claim(session: Session, owner: str, now: dt.datetime, limit: int,
+          lease: dt.timedelta = LEASE) -> list[Any]:
+    """Lease up to ``limit`` due rows to ``owner`` until ``now + lease``: ready ``pending``
+    rows and ``sending`` rows whose lease expired. Returns them (id, outbound_id,
+    recipients, sent, attempts, first_attempt_at), in id order.
+
+    The candidates are read first (on PostgreSQL locked, skipping rows another claim has
+    locked); the UPDATE checks again that each is due, so that of two claims racing for a
+    row (SQLite) only one gets it."""
+    due = _due(now)
+    ready = (select(T.c.id, T.c.state).where(due)
              .order_by(T.c.next_attempt_at, T.c.id).limit(limit))
     # A plain read first: an idle poll then never takes SQLite's write lock.
     if session.execute(ready.limit(1)).first() is None:
         return []
     if session.get_bind().dialect.name == "postgresql":
         ready = ready.with_for_update(skip_locked=True)
-    stmt = (update(T).where(T.c.id.in_(ready), T.c.state == DeliveryState.pending)
-            .values(state=DeliveryState.sending, locked_by=owner, locked_at=now)
-            .returning(T.c.id, T.c.outbound_id, T.c.recipients, T.c.attempts,
+    seen = session.execute(ready).all()
+    if not seen:
+        return []
+    stmt = (update(T).where(T.c.id.in_([r.id for r in seen]), due)
+            .values(state=DeliveryState.sending, lease_owner=owner, lease_expires=now + lease)
+            .returning(T.c.id, T.c.outbound_id, T.c.recipients, T.c.sent, T.c.attempts,
                        T.c.first_attempt_at))
     rows = list(session.execute(stmt))
     rows.sort(key=lambda r: r.id)
+    expired = {r.id for r in seen if r.state is DeliveryState.sending}
+    taken = [r.id for r in rows if r.id in expired]
+    if taken:
+        log.warning("delivery: took over %d batches whose lease expired (%s)",
+                    len(taken), ", ".join(map(str, taken[:10])))
     return rows
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return True
+def renew(session: Session, owner: str, now: dt.datetime,
+          lease: dt.timedelta = LEASE) -> set[int]:
+    """The heartbeat: extend the leases of every row ``owner`` holds; their ids (a row
+    missing from the answer was taken over by another worker)."""
+    res = session.execute(update(T).where(T.c.lease_owner == owner,
+                                          T.c.state == DeliveryState.sending)
+                          .values(lease_expires=now + lease).returning(T.c.id))
+    return {r.id for r in res}
 
 
-def claim_is_dead(owner: str | None) -> bool:
-    """Whether the make_owner() id ``owner`` belongs to a process of this host that is gone
-    (another host's, or an unreadable, owner: only staleness can tell). Outbound and
-    incoming claims (listserv.pipeline.incoming.reclaim) both use it."""
-    parts = (owner or "").split(":")
-    if len(parts) != 3 or parts[0] != socket.gethostname()[:40] or not parts[1].isdigit():
-        return False
-    return not _pid_alive(int(parts[1]))
+def record_progress(conn: Connection, owner: str, now: dt.datetime, sent: dict[int, str],
+                    lease: dt.timedelta = LEASE) -> set[int]:
+    """Set rows' ``sent`` (Ranges text of the recipients delivered so far) and renew their
+    leases, in the caller's transaction on ``conn`` (see progress_connection); the ids whose
+    lease was lost (another worker took the row over)."""
+    lost: set[int] = set()
+    for rid, text in sent.items():
+        res = conn.execute(_PROGRESS, {"rid": rid, "owner": owner, "exp": now + lease,
+                                       "sent": text})
+        if not res.rowcount:
+            lost.add(rid)
+    return lost
 
 
-def recover(session: Session, now: dt.datetime, stale_after: dt.timedelta = STALE_AFTER) -> int:
-    """Give claims of dead or stuck workers back to the queue; return how many rows."""
-    rows = session.execute(select(T.c.id, T.c.locked_by, T.c.locked_at)
-                           .where(T.c.state == DeliveryState.sending)).all()
-    by_owner: dict[str | None, list[int]] = {}
-    for r in rows:
-        if (r.locked_at is None or r.locked_at <= now - stale_after
-                or claim_is_dead(r.locked_by)):
-            by_owner.setdefault(r.locked_by, []).append(r.id)
-    count = 0
-    for owner, ids in by_owner.items():
-        cond = T.c.locked_by.is_(None) if owner is None else T.c.locked_by == owner
-        res = cast(CursorResult[Any], session.execute(
-            update(T).where(T.c.id.in_(ids), T.c.state == DeliveryState.sending, cond)
-            .values(state=DeliveryState.pending, locked_by=None, locked_at=None)))
-        count += res.rowcount or 0
-    if count:
-        log.warning("delivery: %d stale claims returned to the queue", count)
-    return count
+_PROGRESS = (update(T).where(T.c.id == bindparam("rid"), T.c.lease_owner == bindparam("owner"),
+                             T.c.state == DeliveryState.sending)
+             .values(sent=bindparam("sent"), lease_expires=bindparam("exp")))
+
+
+class Ranges:
+    """A set of recipient positions in a row's ``recipients``, kept and written as sorted
+    ranges ("0-211,213-250"): transactions complete almost in order, so the text stays a
+    few ranges long however many recipients a row has."""
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.ends: list[int] = []           # exclusive
+
+    @classmethod
+    def parse(cls, text: str | None) -> "Ranges":
+        r = cls()
+        for part in (text or "").split(","):
+            a, _, b = part.partition("-")
+            if a.strip().isdigit():
+                end = int(b) + 1 if b.strip().isdigit() else int(a) + 1
+                r.starts.append(int(a))
+                r.ends.append(max(end, int(a) + 1))
+        return r
+
+    def add(self, i: int) -> None:
+        k = bisect.bisect_right(self.starts, i) - 1
+        if k >= 0 and i < self.ends[k]:
+            return
+        left = k >= 0 and self.ends[k] == i
+        right = k + 1 < len(self.starts) and self.starts[k + 1] == i + 1
+        if left and right:
+            self.ends[k] = self.ends[k + 1]
+            del self.starts[k + 1], self.ends[k + 1]
+        elif left:
+            self.ends[k] = i + 1
+        elif right:
+            self.starts[k + 1] = i
+        else:
+            self.starts.insert(k + 1, i)
+            self.ends.insert(k + 1, i + 1)
+
+    def __contains__(self, i: object) -> bool:
+        if not isinstance(i, int):
+            return False
+        k = bisect.bisect_right(self.starts, i) - 1
+        return k >= 0 and i < self.ends[k]
+
+    def __iter__(self) -> Iterator[int]:
+        for a, b in zip(self.starts, self.ends):
+            yield from range(a, b)
+
+    def __str__(self) -> str:
+        return ",".join(f"{a}-{b - 1}" if b - a > 1 else str(a)
+                        for a, b in zip(self.starts, self.ends))
+
+
+def progress_connection(engine: Engine) -> Connection:
+    """A connection for record_progress, kept open by a worker: its commits wait for the
+    operating system, not the disk. Progress exists to survive a crash of this process,
+    which such a commit does; a power cut (SQLite) or a database server crash (PostgreSQL)
+    may lose the last moments of progress, and then more copies are sent twice (none is
+    lost: the row itself stays claimed). Invalidate it when done: it must not go back to the
+    pool with that setting."""
+    conn = engine.connect()
+    if engine.dialect.name == "sqlite":
+        conn.exec_driver_sql("PRAGMA synchronous=NORMAL")
+    else:
+        conn.exec_driver_sql("SET synchronous_commit TO off")
+    conn.commit()
+    return conn
+
+
+def _whose(recipients: Sequence[str], failed: Sequence[Item], whole: set[str],
+           gave_up: set[str]) -> tuple[list[Item], list[Item]]:
+    return list(failed), []
 
 
 def _error_text(items: list[tuple[str, Any, str]]) -> str:
@@ -118,17 +205,27 @@ def _error_text(items: list[tuple[str, Any, str]]) -> str:
     return "\n".join(lines)
 
 
-def record(session: Session, app: App, owner: str, batches: Iterable[Batch]) -> None:
-    """Write the outcome of finished batches (see the module docstring). Permanent failures are
-    reported to bounces.record_failure in the same transaction."""
-    now = app.now()
-    d = app.settings.delivery
+@dataclass
+class Recorded:
+    """A batch whose outcome was written, with the permanent failures to report."""
+
+    batch: Batch
+    recipient_failures: list[Item]      # the recipients' own (bounce scoring)
+    message_failures: list[Item]        # the message's or the next hop's (nobody scored)
+
+
+def record(session: Session, now: dt.datetime, d: DeliverySettings, owner: str,
+           batches: Iterable[Batch], blame: Blame = _whose) -> list[Recorded]:
+    """Write the outcome of finished batches (see the module docstring) and end their
+    claims; what was recorded. ``blame`` splits permanent failures into the recipients'
+    own and the message's (listserv.delivery.post_failures.split)."""
     give_up = dt.timedelta(days=d.give_up_after_days)
+    out: list[Recorded] = []
     for b in batches:
         tries = b.attempts + 1
         first = b.first_attempt_at or now
-        retry: list[tuple[str, Any, str]] = []
-        failed: list[tuple[str, Any, str]] = list(b.perm)
+        retry: list[Item] = []
+        failed: list[Item] = list(b.perm)
         gave_up: set[str] = set()
         for item in b.temp:
             if now - first >= give_up:
@@ -137,14 +234,14 @@ def record(session: Session, app: App, owner: str, batches: Iterable[Batch]) -> 
                 gave_up.add(item[0])
             else:
                 retry.append(item)
-        rcpt_failed, msg_failed = post_failures.split(
-            b.recipients, failed, b.whole, gave_up)
+        rcpt_failed, msg_failed = blame(b.recipients, failed, b.whole, gave_up)
         delay = d.retry_schedule[min(tries, len(d.retry_schedule)) - 1]
         groups: list[dict[str, Any]] = []
-        base = {"outbound_id": b.message.outbound_id, "locked_by": None, "locked_at": None,
-                "first_attempt_at": first, "blame": None}
-        if b.ok:
-            groups.append({**base, "recipients": b.ok, "state": DeliveryState.done,
+        base = {"outbound_id": b.message.outbound_id, "lease_owner": None,
+                "lease_expires": None, "sent": None, "first_attempt_at": first, "blame": None}
+        ok = b.already + b.ok
+        if ok:
+            groups.append({**base, "recipients": ok, "state": DeliveryState.done,
                            "attempts": tries, "next_attempt_at": now, "last_code": 250,
                            "last_error": None, "finished_at": now})
         if retry:
@@ -153,13 +250,13 @@ def record(session: Session, app: App, owner: str, batches: Iterable[Batch]) -> 
                            "next_attempt_at": now + dt.timedelta(seconds=delay),
                            "last_code": retry[0][1], "last_error": _error_text(retry),
                            "finished_at": None})
-        for blame, items in (("recipient", rcpt_failed), ("message", msg_failed)):
+        for kind, items in (("recipient", rcpt_failed), ("message", msg_failed)):
             if items:
                 groups.append({**base, "recipients": [r for r, _, _ in items],
                                "state": DeliveryState.failed, "attempts": tries,
                                "next_attempt_at": now, "last_code": items[0][1],
                                "last_error": _error_text(items), "finished_at": now,
-                               "blame": blame})
+                               "blame": kind})
         if b.unsent:
             groups.append({**base, "recipients": b.unsent, "state": DeliveryState.pending,
                            "attempts": b.attempts, "next_attempt_at": now,
@@ -172,48 +269,21 @@ def record(session: Session, app: App, owner: str, batches: Iterable[Batch]) -> 
             continue
         head, rest = groups[0], groups[1:]
         res = cast(CursorResult[Any], session.execute(
-            update(T).where(T.c.id == b.id, T.c.locked_by == owner,
+            update(T).where(T.c.id == b.id, T.c.lease_owner == owner,
                             T.c.state == DeliveryState.sending)
             .values(**{k: v for k, v in head.items() if k != "outbound_id"})))
         if not res.rowcount:
-            log.warning("delivery batch %s: claim was lost (recovered by another worker); "
+            log.warning("delivery batch %s: its lease was lost (taken over by another worker); "
                         "its result is not recorded", b.id)
             continue
         if rest:
             session.execute(insert(T), rest)
-        _report_failures(session, app, b, rcpt_failed)
-        if msg_failed:
-            _report_message_failure(session, app, b, msg_failed)
+        out.append(Recorded(b, rcpt_failed, msg_failed))
         log.info("delivery batch %s list_id=%s Message-ID=%s: %d delivered, %d to retry, "
                  "%d failed (%d of them the message's), %d not sent", b.id, b.message.list_id,
-                 b.message.message_id, len(b.ok), len(retry), len(failed), len(msg_failed),
+                 b.message.message_id, len(ok), len(retry), len(failed), len(msg_failed),
                  len(b.unsent))
-
-
-def _report_failures(session: Session, app: App, b: Batch,
-                     failed: list[tuple[str, Any, str]]) -> None:
-    by_reply: dict[tuple[int, str], list[str]] = {}
-    for rcpt, code, text in failed:
-        by_reply.setdefault((int(code or 550), text), []).append(rcpt)
-    for (code, text), rcpts in by_reply.items():
-        try:
-            with session.begin_nested():
-                bounces.record_failure(session, app, b.message.list_id, rcpts, code, text, True)
-        except Exception:
-            log.exception("delivery batch %s: bounce processing failed", b.id)
-
-
-def _report_message_failure(session: Session, app: App, b: Batch,
-                            failed: list[tuple[str, Any, str]]) -> None:
-    m = b.message
-    try:
-        with session.begin_nested():
-            kind = session.scalar(select(OutboundMessage.kind)
-                                  .where(OutboundMessage.id == m.outbound_id)) or ""
-            post_failures.report(session, app, m.outbound_id, m.list_id, kind, m.message_id,
-                                 m.data, failed)
-    except Exception:
-        log.exception("delivery batch %s: reporting the message failure failed", b.id)
+    return out
 
 
 # ---------------------------------------------------------------------------- status

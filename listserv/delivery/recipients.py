@@ -24,6 +24,9 @@ from listserv.core import network
 from listserv.core.models import Address, DeliveryMode, Fanout, Membership, Role
 
 STREAM_CHUNK = 5000
+# Each chunk of a network's query evaluates the whole network's membership: after the first,
+# its chunks are this big (a few such queries instead of one per STREAM_CHUNK).
+NETWORK_CHUNK = 25000
 
 
 def message_hash(message_id: str) -> str:
@@ -93,13 +96,15 @@ def next_chunk(session: Session, list_id: int, message_hash: str | None, *, afte
                skip_remote: Iterable[str] = ()) -> Chunk:
     """The next ``limit`` recipients of a post to ``list_id`` in address id order, after
     address id ``after`` (keyset pagination: each chunk is one index range, whatever the
-    list's size). ``skip_remote``: remote included lists not to send to (those the post came
-    through)."""
+    list's size; a network's chunks after the first hold at least NETWORK_CHUNK).
+    ``skip_remote``: remote included lists not to send to (those the post came through)."""
     others = earlier_lists(session, list_id, message_hash, before)
     if not others:
         message_hash = None  # no other list sent it: skip the per-member NOT EXISTS probe
     networked = network.has_children(session, [list_id, *others])
     if networked:
+        if after:
+            limit = max(limit, NETWORK_CHUNK)
         people_q = network.post_people_query(list_id, message_hash, before, upto)
         key = people_q.selected_columns[0]
         stmt = people_q.where(key > after).order_by(key).limit(limit)

@@ -1,5 +1,6 @@
-"""Delivery workers: claim ready batches from the durable outbound queue (listserv.delivery.queues),
-send them through a transport (listserv.delivery.transport), record the results.
+"""Delivery workers: claim ready batches from the durable outbound queue
+(listserv.delivery.queues), send them through a transport (listserv.delivery.transport),
+record the results.
 
 - delivered recipients: ``done``;
 - 4xx / connection failure: ``pending`` again at ``now + retry_schedule[attempts-1]`` (the last
@@ -7,12 +8,15 @@ send them through a transport (listserv.delivery.transport), record the results.
 - 5xx: ``failed``, and ``bounces.record_failure(..., permanent=True)``;
 - not sent because we were stopping: ``pending`` at once, attempts unchanged.
 
-Rows left in ``sending`` by a killed process (dead pid on this host, or ``locked_at`` older
-than queues.STALE_AFTER) go back to ``pending``: nothing accepted is lost, and what may be
-sent twice is bounded by the batches that were in flight. The spooled bytes of a message are
-read once and shared by all its batches and recipients; nothing is re-parsed or re-signed,
-except that a VERP'd post gives each member a copy with their own one-click unsubscribe
-headers and DKIM signature (listserv.delivery.unsubscribe: the body is hashed once per post).
+Claims are leases (listserv.delivery.queues): the Runner renews its rows' leases by a
+heartbeat every third of the lease; the rows of a process that died are taken over by any
+worker when their lease expires, so nothing accepted is lost. What a transaction delivered
+is recorded before its connection starts the next transaction (group commits shared by the
+connections), so what a crash sends twice is at most one transaction per connection. The
+spooled bytes of a message are read once and shared by all its batches and recipients;
+nothing is re-parsed or re-signed, except that a VERP'd post gives each member a copy with
+their own one-click unsubscribe headers and DKIM signature (listserv.delivery.unsubscribe:
+the body is hashed once per post).
 """
 
 from __future__ import annotations
@@ -26,19 +30,30 @@ from collections import OrderedDict
 from typing import Callable, Union
 
 from sqlalchemy import select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-from listserv.delivery import signpool, unsubscribe
-from listserv.message import signing
+from listserv.bounces import process as bounces
 from listserv.core.app import App, site_secret
 from listserv.core.models import DeliveryState, MailingList, OutboundMessage
-from listserv.delivery.queues import T, claim, make_owner, record, recover
-from listserv.delivery.transport import Batch, MaildirTransport, Message, SmtpTransport
 from listserv.core.views import ListView
+from listserv.delivery import post_failures, signpool, unsubscribe
+from listserv.delivery.queues import (
+    T,
+    Ranges,
+    Recorded,
+    claim,
+    progress_connection,
+    record,
+    record_progress,
+    renew,
+)
+from listserv.delivery.transport import Batch, MaildirTransport, Message, SmtpTransport
+from listserv.jobs.engine import LEASE, new_worker_id
+from listserv.message import signing
 
 log = logging.getLogger(__name__)
 
-RECOVER_EVERY = 60.0          # seconds between stale-claim sweeps in run()
 POLL = 0.5                    # idle poll when nobody sets ``wake``
 ERROR_PAUSE = 2.0             # after a database error in run()
 RECORD_TRIES = 3              # tries to write one batch's results (others succeeding)
@@ -55,7 +70,8 @@ class Runner:
 
     def __init__(self, app: App, owner: str | None = None) -> None:
         self.app = app
-        self.owner = owner or make_owner()
+        self.owner = owner or new_worker_id()
+        self.lease = LEASE
         d = app.settings.delivery
         self.claim_limit = d.connections
         self.max_inflight = 2 * d.connections
@@ -67,6 +83,9 @@ class Runner:
         self.messages: OrderedDict[int, Message] = OrderedDict()
         self.secret: str | None = None
         self.signing = _Pipeline()
+        self.claimed: dict[int, Batch] = {}     # batches whose lease this Runner holds
+        self.progress = _Progress(self)
+        self._progress_conn: Connection | None = None
         self.transport: Transport = self._make_transport()
 
     def _make_transport(self) -> Transport:
@@ -76,7 +95,8 @@ class Runner:
             return MaildirTransport(out[len("maildir:"):], self._done)
         return SmtpTransport(out, s.delivery.connections,
                              s.delivery.max_recipients_per_transaction, s.site_domain, self._done,
-                             low_water=(self.low_water, self.changed.set))
+                             low_water=(self.low_water, self.changed.set),
+                             settle=self.progress.settle)
 
     def _done(self, batch: Batch) -> None:
         self.finished.append(batch)
@@ -87,7 +107,7 @@ class Runner:
     def _claim_sync(self, limit: int) -> list[Batch]:
         now = self.app.now()
         with self.app.db.unit_of_work() as session:
-            rows = claim(session, self.owner, now, limit)
+            rows = claim(session, self.owner, now, limit, self.lease)
             need = {r.outbound_id for r in rows}
             have = {i: self.messages[i] for i in need if i in self.messages}
             if need - set(have):
@@ -101,15 +121,23 @@ class Runner:
             bad = [r.id for r in rows if r.outbound_id not in have]
             if bad:   # parked for a human: visible as failed in `listserv queue status`
                 session.execute(update(T).where(T.c.id.in_(bad)).values(
-                    state=DeliveryState.failed, locked_by=None, locked_at=None,
+                    state=DeliveryState.failed, lease_owner=None, lease_expires=None,
                     finished_at=now, last_error="spool file of the message is missing"))
             if any(m.maker is not None for m in have.values()):
                 self._site_secret(session)
         for m in have.values():
             self._remember(m)
-        batches = [Batch(r.id, have[r.outbound_id], [x for x in r.recipients.split("\n") if x],
-                         r.attempts, r.first_attempt_at)
-                   for r in rows if r.outbound_id in have]
+        batches = []
+        for r in rows:
+            if r.outbound_id in have:
+                listed = [x for x in r.recipients.split("\n") if x]
+                done = Ranges.parse(r.sent)
+                b = Batch(r.id, have[r.outbound_id],
+                          [x for i, x in enumerate(listed) if i not in done],
+                          r.attempts, r.first_attempt_at,
+                          already=[listed[i] for i in done if i < len(listed)])
+                self.progress.track(b, listed, done)
+                batches.append(b)
         return batches
 
     def _personalise(self, batch: Batch, arrived: Arrived | None = None
@@ -182,8 +210,7 @@ class Runner:
         batch does not hold up the others. Returns the batches that could not be recorded;
         raises when none could and the database does not answer (then nothing is counted)."""
         try:
-            with self.app.db.unit_of_work() as session:
-                record(session, self.app, self.owner, batches)
+            self._record_one_transaction(batches)
             return []
         except Exception:
             if len(batches) == 1:
@@ -192,8 +219,7 @@ class Runner:
         if len(batches) > 1:
             for b in batches:
                 try:
-                    with self.app.db.unit_of_work() as session:
-                        record(session, self.app, self.owner, [b])
+                    self._record_one_transaction([b])
                 except Exception:
                     log.exception("delivery batch %s: cannot record its results", b.id)
                     left.append(b)
@@ -209,9 +235,55 @@ class Runner:
         except Exception:
             return False
 
-    def _recover_sync(self) -> int:
+    def _record_one_transaction(self, batches: list[Batch]) -> None:
         with self.app.db.unit_of_work() as session:
-            return recover(session, self.app.now())
+            done = record(session, self.app.now(), self.app.settings.delivery, self.owner,
+                          batches, post_failures.split)
+            for r in done:
+                report_failures(session, self.app, r)
+
+    def _progress_sync(self, sent: dict[int, str]) -> set[int]:
+        conn = self._progress_conn
+        try:
+            if conn is None:
+                conn = self._progress_conn = progress_connection(self.app.db.engine)
+            with conn.begin():
+                return record_progress(conn, self.owner, self.app.now(), sent, self.lease)
+        except Exception:
+            self._close_progress()
+            raise
+
+    def _close_progress(self) -> None:
+        conn, self._progress_conn = self._progress_conn, None
+        if conn is not None:
+            try:       # discarded, not pooled: its commits do not wait for the disk
+                conn.invalidate()
+                conn.close()
+            except Exception:
+                log.debug("closing the progress connection failed", exc_info=True)
+
+    def _renew_sync(self) -> set[int]:
+        with self.app.db.unit_of_work() as session:
+            return renew(session, self.owner, self.app.now(), self.lease)
+
+    async def _heartbeat(self) -> None:
+        """Renew the leases of the rows in hand every third of the lease; a row another worker
+        took over (this process stalled past its lease) is sent no further."""
+        while True:
+            await asyncio.sleep(self.lease.total_seconds() / 3)
+            ids = set(self.claimed)
+            if not ids:
+                continue
+            try:
+                held = await asyncio.to_thread(self._renew_sync)
+            except Exception:
+                log.exception("delivery: renewing the leases failed")
+                continue
+            for i in ids - held:
+                b = self.claimed.get(i)
+                if b is not None and not b.lost:
+                    b.lost = True
+                    log.warning("delivery batch %s: lease lost to another worker", i)
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -222,12 +294,19 @@ class Runner:
         except Exception:
             self.finished[:0] = batches   # keep them; try again
             raise
+        kept = {id(b) for b in left}
+        for b in batches:
+            if id(b) not in kept:
+                self.claimed.pop(b.id, None)
+                self.progress.forget(b)
         for b in left:
             b.record_tries += 1
         dropped = [b for b in left if b.record_tries >= RECORD_TRIES]
         for b in dropped:
-            log.error("delivery batch %s: results not recorded after %d tries; the row stays "
-                      "claimed until it is recovered as stale", b.id, RECORD_TRIES)
+            self.claimed.pop(b.id, None)
+            self.progress.forget(b)
+            log.error("delivery batch %s: results not recorded after %d tries; the row is "
+                      "taken over when its lease expires", b.id, RECORD_TRIES)
         self.finished[:0] = [b for b in left if b.record_tries < RECORD_TRIES]
         self.inflight -= len(batches) - len(left) + len(dropped)
         self.handled += len(batches) - len(left)
@@ -236,6 +315,7 @@ class Runner:
         batches = await asyncio.to_thread(self._claim_sync, limit)
         if batches:
             log.debug("delivery: claimed %d batches", len(batches))
+        self.claimed.update((b.id, b) for b in batches)
         plain = [b for b in batches if b.message.maker is None]
         personal = [b for b in batches if b.message.maker is not None]
         for b in plain:
@@ -249,8 +329,17 @@ class Runner:
 
     async def serve(self, stop: asyncio.Event, wake: asyncio.Event,
                     until_idle: bool = False) -> None:
-        await asyncio.to_thread(self._recover_sync)
-        last_recover = time.monotonic()
+        heartbeat = asyncio.create_task(self._heartbeat())
+        try:
+            await self._serve(stop, wake, until_idle)
+        finally:
+            heartbeat.cancel()
+            await asyncio.gather(heartbeat, return_exceptions=True)
+            await asyncio.to_thread(self._close_progress)
+            log.info("delivery: stopped after %d transactions, %d progress commits",
+                     self.transport.transactions, self.progress.commits)
+
+    async def _serve(self, stop: asyncio.Event, wake: asyncio.Event, until_idle: bool) -> None:
         last_claim = -POLL
         exhausted = False         # the last claim found less than it asked for
         async with self.transport:
@@ -272,9 +361,6 @@ class Runner:
                             continue
                         if idle:
                             break
-                    if time.monotonic() - last_recover > RECOVER_EVERY:
-                        last_recover = time.monotonic()
-                        await asyncio.to_thread(self._recover_sync)
                 except Exception:
                     if until_idle:
                         raise
@@ -352,6 +438,103 @@ class _Pipeline:
     async def drain(self) -> None:
         if self.task is not None:
             await asyncio.gather(self.task, return_exceptions=True)
+
+
+class _Progress:
+    """Group commits of what transactions delivered. A connection that finished a
+    transaction waits (``settle``) for the commit that records its delivered recipients in
+    the row's ``sent`` before it starts its next transaction; connections that finish while
+    a commit runs share the next one. A crash then re-sends at most the one transaction per
+    connection that was on the wire or waiting for its commit."""
+
+    def __init__(self, runner: "Runner") -> None:
+        self.runner = runner
+        self.rows: dict[int, tuple[dict[str, int], Ranges]] = {}   # batch id -> positions, sent
+        self.listed: dict[int, list[str]] = {}
+        self.dirty: dict[int, Batch] = {}
+        self.waiters: list[asyncio.Future[None]] = []
+        self.task: asyncio.Task[None] | None = None
+        self.commits = 0
+
+    def track(self, batch: Batch, listed: list[str], done: Ranges) -> None:
+        """A claimed batch: ``listed`` its row's recipients, ``done`` the positions sent."""
+        self.listed[batch.id] = listed
+        self.rows[batch.id] = ({}, done)
+
+    def forget(self, batch: Batch) -> None:
+        self.listed.pop(batch.id, None)
+        self.rows.pop(batch.id, None)
+
+    async def settle(self, batch: Batch) -> None:
+        if batch.lost or len(batch.ok) <= batch.saved or batch.id not in self.rows:
+            return                      # nothing delivered to record (failures are retried)
+        self.dirty[batch.id] = batch
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._commits())
+        await waiter
+
+    def _text(self, b: Batch, mark: int) -> str:
+        pos, done = self.rows[b.id]
+        if not pos:
+            pos.update((r, i) for i, r in enumerate(self.listed[b.id]))
+        for r in b.ok[b.saved:mark]:
+            i = pos.get(r)
+            if i is not None:
+                done.add(i)
+        return str(done)
+
+    async def _commits(self) -> None:
+        while self.waiters:
+            batches = [b for b in self.dirty.values() if b.id in self.rows]
+            waiters, self.waiters, self.dirty = self.waiters, [], {}
+            marks = {b.id: len(b.ok) for b in batches}
+            try:
+                sent = {b.id: self._text(b, marks[b.id]) for b in batches}
+                for b in batches:
+                    b.saved = marks[b.id]
+                lost = await asyncio.to_thread(self.runner._progress_sync, sent)
+            except Exception:   # go on sending: only the bound on duplicates is at stake
+                log.exception("delivery: cannot record progress (a crash now may send these "
+                              "copies twice)")
+            else:
+                self.commits += 1
+                for b in batches:
+                    if b.id in lost and not b.lost:
+                        b.lost = True
+                        log.warning("delivery batch %s: lease lost to another worker", b.id)
+            finally:
+                for w in waiters:
+                    if not w.done():
+                        w.set_result(None)
+
+
+def report_failures(session: Session, app: App, r: Recorded) -> None:
+    """Permanent failures of a recorded batch: the recipients' own to bounce scoring, the
+    message's to listserv.post_failures (owners told once per message). In the caller's
+    transaction, each in a savepoint: a failure here never loses the batch's result."""
+    b = r.batch
+    by_reply: dict[tuple[int, str], list[str]] = {}
+    for rcpt, code, text in r.recipient_failures:
+        by_reply.setdefault((int(code or 550), text), []).append(rcpt)
+    for (code, text), rcpts in by_reply.items():
+        try:
+            with session.begin_nested():
+                bounces.record_failure(session, app, b.message.list_id, rcpts, code, text, True)
+        except Exception:
+            log.exception("delivery batch %s: bounce processing failed", b.id)
+    if not r.message_failures:
+        return
+    m = b.message
+    try:
+        with session.begin_nested():
+            kind = session.scalar(select(OutboundMessage.kind)
+                                  .where(OutboundMessage.id == m.outbound_id)) or ""
+            post_failures.report(session, app, m.outbound_id, m.list_id, kind, m.message_id,
+                                 m.data, r.message_failures)
+    except Exception:
+        log.exception("delivery batch %s: reporting the message failure failed", b.id)
 
 
 async def _wait_any(events: list[asyncio.Event], timeout: float) -> None:

@@ -15,7 +15,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Union
+from typing import TYPE_CHECKING, Awaitable, Callable, Union
 from urllib.parse import urlsplit
 
 import aiosmtplib
@@ -94,6 +94,10 @@ class Batch:
     pending_tx: int = 0
     conn_failed: bool = False
     record_tries: int = 0
+    # delivered under an earlier claim whose lease expired (the row's ``sent``): not sent again
+    already: list[str] = field(default_factory=list)
+    saved: int = 0                      # ok[:saved] is recorded as the row's progress
+    lost: bool = False                  # the lease was taken over: send nothing more
     # recipient -> (DKIM-Signature field, own List-Unsubscribe fields) of their own copy
     heads: dict[str, tuple[bytes, bytes]] | None = None
     # own parts still arriving (listserv.delivery.runner): a transaction waits for its recipient's
@@ -176,6 +180,10 @@ def transactions(batch: Batch, max_rcpts: int) -> list[tuple[str, list[str]]]:
 
 
 Done = Callable[[Batch], None]
+# awaited by a connection after each transaction, before it starts the next one: returns
+# once what the transaction delivered is recorded (listserv.delivery.runner's group
+# commits), so a crash re-sends at most one transaction per connection
+Settle = Callable[[Batch], Awaitable[None]]
 Connection = Union[aiosmtplib.SMTP, PipeliningSMTP]
 
 
@@ -205,7 +213,8 @@ class SmtpTransport:
     streams = True
 
     def __init__(self, url: str, connections: int, max_rcpts: int, helo: str, done: Done,
-                 low_water: tuple[int, Callable[[], None]] | None = None) -> None:
+                 low_water: tuple[int, Callable[[], None]] | None = None,
+                 settle: Settle | None = None) -> None:
         self.host, self.port = parse_smtp_url(url)
         self.connections = connections
         self.max_rcpts = max_rcpts
@@ -216,6 +225,7 @@ class SmtpTransport:
         self.down_until = 0.0
         self.transactions = 0
         self.low_water = low_water      # (n, callback): called when the backlog drops below n
+        self.settle = settle
         self.pipelining: bool | None = None     # does the server offer it (None: not known)
 
     @property
@@ -292,6 +302,10 @@ class SmtpTransport:
                         return
                     tx = got
                     self._took()
+                if tx.batch.lost and not sent:   # (written envelopes go on: the wire's order)
+                    tx.batch.unsent.extend(tx.rcpts)
+                    self._finish(tx.batch)
+                    continue
                 try:
                     done = None
                     if self._wired(tx):
@@ -305,6 +319,8 @@ class SmtpTransport:
                     log.exception("delivery batch %s: transaction failed", tx.batch.id)
                     tx.batch.outcome(tx.rcpts, None, f"internal error: {exc!r}", whole=True)
                 self.transactions += 1
+                if self.settle is not None:
+                    await self.settle(tx.batch)
                 self._finish(tx.batch)
         finally:
             if wire is not None:

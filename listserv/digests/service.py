@@ -105,9 +105,8 @@ def add_post(session: Session, app: App, ml: MailingList, seq: int, prepared_sha
              msg: EmailMessage, *, message_hash: str | None = None) -> None:
     """Record an accepted post (prepared bytes in the spool) for the list's next digest;
     ``message_hash``: its Message-ID's hash, as recorded in Fanout (listserv.delivery.recipients)."""
-    try:
-        size = app.spool.path(prepared_sha).stat().st_size
-    except OSError:
+    size = app.spool.size(prepared_sha, session)
+    if size is None:
         size = len(msg.as_bytes())
     subject = untrusted.one_line(msg.get("Subject", "") or "", 998)   # no NUL for PostgreSQL
     sender = untrusted.one_line(msg.get("From", "") or "", 400)

@@ -1,10 +1,11 @@
 """SMTP/LMTP intake: route recipients at RCPT, store mail durably at DATA, answer fast.
 
 Only cheap, deterministic checks happen here; rules, moderation and fan-out run later in the
-incoming worker (listserv.pipeline.incoming). Every database or spool call runs in the intake's own
+``incoming`` job (listserv.pipeline.incoming). Every database call runs in the intake's own
 threads so that one slow session never stalls the event loop, and no other work of the
-daemon waits in front of it. A message is written to the spool and one
-InboundMessage row per recipient list address is committed before the 250 is sent.
+daemon waits in front of it. A message's bytes (listserv.core.spool), one InboundMessage row
+per recipient list address and their jobs are committed in one transaction before the 250
+is sent.
 
 This module is one of the two places that format SMTP replies (the other is aiosmtpd itself):
 inside, code raises ListservError subclasses carrying their SMTP code.
@@ -30,7 +31,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from listserv import __version__
 from listserv.core import addresses, lists
-from listserv.message import replies, untrusted
+from listserv.core import spool as spool_mod
 from listserv.core.app import App
 from listserv.core.config import Settings
 from listserv.core.errors import (
@@ -42,7 +43,9 @@ from listserv.core.errors import (
     UnknownRecipient,
 )
 from listserv.core.models import InboundMessage, InboundState, MailingList
+from listserv.message import replies, untrusted
 from listserv.message.parse import parse_headers
+from listserv.pipeline import inbound
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +54,7 @@ NEGATIVE_TTL = 1.0   # seconds an unknown one is remembered
 OK_RCPT = "250 2.1.5 OK"
 OK_DATA = "250 2.0.0 Message accepted for delivery"
 TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
-INTAKE_THREADS = 8   # the intake's own threads (spool fsync, commit, RCPT lookups)
+INTAKE_THREADS = 8   # the intake's own threads (commits, RCPT lookups)
 
 R = TypeVar("R")
 
@@ -148,7 +151,8 @@ def inspect_message(raw: bytes, site_domain: str, *, require_from: bool = True) 
 
 @dataclass(frozen=True)
 class Spooled:
-    """A message of one DATA: inspected once and durable in the spool."""
+    """A message of one DATA, inspected once; record() stores its bytes (listserv.core.spool)
+    with its rows."""
 
     mail_from: str          # the reverse-path without brackets, '' for the null one
     info: Inspected
@@ -162,7 +166,7 @@ class Spooled:
 
 
 def spool(app: App, mail_from: str, raw: bytes, *, require_from: bool) -> Spooled:
-    """Check the size, inspect (adding a Message-ID when missing) and spool ``raw``. Blocking.
+    """Check the size and inspect ``raw`` (adding a Message-ID when missing). Blocking.
 
     Done once per DATA, also when LMTP then records it for several lists: every list sees
     the same bytes and Message-ID (the cross-list duplicate check relies on it)."""
@@ -179,29 +183,35 @@ def spool(app: App, mail_from: str, raw: bytes, *, require_from: bool) -> Spoole
         raise StructureRefused(f"MIME parts nested more than {untrusted.MAX_MIME_DEPTH} "
                                "levels deep")
     info = inspect_message(raw, app.settings.site_domain, require_from=require_from)
-    return Spooled(mail_from, info, app.spool.put(info.raw))
+    return Spooled(mail_from, info, spool_mod.sha_of(info.raw))
 
 
 def record(app: App, spooled: Spooled, resolved: list[Resolved]) -> None:
-    """Commit one InboundMessage per distinct list address of ``resolved``. Blocking."""
+    """Commit the message's bytes and one InboundMessage per distinct list address of
+    ``resolved``, each with the job that will process it (listserv.pipeline.inbound), in one
+    transaction. Blocking."""
     spooled.check_from(resolved)
     info, mail_from = spooled.info, spooled.mail_from
     now = app.now()
     seen: set[tuple[int, str, str | None]] = set()
     try:
         with app.db.unit_of_work() as session:
+            app.spool.put(info.raw, session=session)
             for r in resolved:
                 key = (r.list_id, r.route.subaddress, r.route.extra)
                 if key in seen:
                     continue
                 seen.add(key)
-                session.add(InboundMessage(
+                row = InboundMessage(
                     list_id=r.list_id, subaddress=r.route.subaddress,
                     extra=_clip(r.route.extra, 400) if r.route.extra else None,
                     rcpt=_clip(r.rcpt, 400), mail_from=_clip(mail_from, 400),
                     message_id=info.message_id, from_addr=info.from_addr,
                     subject=info.subject, size=len(info.raw), spool_sha=spooled.sha,
-                    received_at=now, state=InboundState.new, attempts=0))
+                    received_at=now, state=InboundState.new, attempts=0)
+                session.add(row)
+                session.flush()
+                inbound.enqueue(session, app, row.id, r.list_id, r.route.subaddress)
     except SQLAlchemyError as exc:
         log.warning("intake: cannot record message %s: %s", info.message_id, exc)
         raise TemporaryFailure("cannot record the message now, try again later") from None
@@ -210,7 +220,7 @@ def record(app: App, spooled: Spooled, resolved: list[Resolved]) -> None:
 
 
 def store(app: App, mail_from: str, resolved: list[Resolved], raw: bytes) -> None:
-    """Spool ``raw`` and commit one InboundMessage per distinct list address. Blocking."""
+    """Inspect ``raw`` and commit it with one InboundMessage per distinct list address."""
     need_from = any(r.route.subaddress != addresses.BOUNCES for r in resolved)
     record(app, spool(app, mail_from, raw, require_from=need_from), resolved)
 
@@ -283,9 +293,6 @@ class IntakeHandler:
             await self._run(store, self.app, mail_from, routes, raw)
         except ListservError as exc:
             return exc.smtp_reply()
-        except OSError as exc:
-            log.error("intake: spool write failed: %s", exc)
-            return TemporaryFailure("cannot store the message now").smtp_reply()
         self._committed()
         return OK_DATA
 
@@ -295,7 +302,7 @@ class IntakeHandler:
             self.on_commit()
 
     async def _store_lmtp(self, mail_from: str, routes: list[Resolved], raw: bytes) -> str:
-        """LMTP: spooled once, then each recipient recorded in its own transaction and
+        """LMTP: inspected once, then each recipient recorded in its own transaction and
         answered on its own (the same list address twice: recorded once)."""
         try:
             need_from = all(r.route.subaddress != addresses.BOUNCES for r in routes)
@@ -303,10 +310,6 @@ class IntakeHandler:
                                               require_from=need_from)
         except ListservError as exc:
             return "\r\n".join([exc.smtp_reply()] * len(routes))
-        except OSError as exc:
-            log.error("intake: spool write failed: %s", exc)
-            reply = TemporaryFailure("cannot store the message now").smtp_reply()
-            return "\r\n".join([reply] * len(routes))
         replies: list[str] = []
         done: dict[tuple[int, str, str | None], str] = {}
         for r in routes:

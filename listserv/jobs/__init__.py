@@ -26,6 +26,7 @@ from listserv.jobs.engine import (
 from listserv.jobs.runner import (
     Kind,
     Registry,
+    current_job,
     ensure_periodic,
     execute,
     kick,
@@ -38,6 +39,6 @@ from listserv.jobs.runner import (
 )
 
 __all__ = ["LEASE", "Claimed", "claim", "complete", "counts", "dead_items", "enqueue",
-           "ensure", "fail", "new_worker_id", "renew", "retry_dead", "Kind", "Registry",
+           "ensure", "fail", "new_worker_id", "renew", "retry_dead", "Kind", "Registry", "current_job",
            "ensure_periodic", "execute", "kick", "postpone", "registry", "schedule", "run_jobs_until_idle",
            "run_next_job", "work"]

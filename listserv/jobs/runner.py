@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import datetime as dt
 import functools
 import logging
@@ -32,6 +33,9 @@ from listserv.core.models import Job, JobState
 log = logging.getLogger(__name__)
 
 Handler = Callable[[App, dict[str, Any]], None]
+# The job whose handler runs in this thread (attempt count, last error), for handlers that
+# decide by it (listserv.incoming parks a message after its last attempt).
+_current: contextvars.ContextVar[Claimed | None] = contextvars.ContextVar("job", default=None)
 POLL_INTERVAL = 0.5                  # seconds between claims while nothing is due
 ENSURE_INTERVAL = 300.0              # seconds between checks that every periodic job exists
 
@@ -118,6 +122,7 @@ def postpone(session: Session, app: App, name: str, until: dt.datetime) -> None:
 def execute(app: App, job: Claimed, kinds: Registry) -> bool:
     """Run a claimed job's handler and record the outcome; True when it succeeded."""
     kind = kinds[job.kind]
+    token = _current.set(job)
     try:
         kind.handler(app, job.payload)
     except Exception as exc:  # noqa: BLE001 - the engine records it: retry, then dead
@@ -135,6 +140,8 @@ def execute(app: App, job: Claimed, kinds: Registry) -> bool:
         else:     # the same error as last time: one line
             log.warning("job %d (%s) failed again, %s: %s", job.id, job.kind, what, error)
         return False
+    finally:
+        _current.reset(token)
     with app.db.unit_of_work() as session:
         if engine.complete(session, app, job):
             if kind.every is not None:
@@ -142,6 +149,11 @@ def execute(app: App, job: Claimed, kinds: Registry) -> bool:
         else:
             log.warning("job %d (%s) finished after its lease was taken over", job.id, job.kind)
     return True
+
+
+def current_job() -> Claimed | None:
+    """The job being run by this thread's handler (None outside a handler)."""
+    return _current.get()
 
 
 def run_next_job(app: App, kinds: Registry, *, owner: str = "w-driver") -> bool:

@@ -3,7 +3,8 @@
 A message whose processing raises (a bug, hostile structure nobody foresaw) is parked in
 state 'failed' with the error as the reason, and the list owners are told (rate-limited per
 owner and list per day, so a flood of failing mail is not a flood of notices). `listserv queue
-failed` lists such items and `listserv queue retry ID` processes one again.
+failed` lists such items and `listserv queue retry ID` processes one again (a fresh
+``incoming`` job).
 
 Rows carry a ``kind``: "incoming" (an InboundMessage) or "job" (a dead job of the job
 engine, listserv.jobs: a periodic pass that failed MAX_ATTEMPTS times in a row).
@@ -14,17 +15,18 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from listserv import jobs
 from listserv.core import members, ratelimit
-from listserv.delivery import notices
-from listserv.message import untrusted
 from listserv.core.app import App
 from listserv.core.errors import UsageError
 from listserv.core.models import InboundMessage, InboundState, MailingList
 from listserv.core.views import ListView
+from listserv.delivery import notices
+from listserv.message import untrusted
+from listserv.pipeline import inbound as inbound_jobs
 
 log = logging.getLogger(__name__)
 
@@ -95,13 +97,10 @@ def retry(session: Session, app: App, item_id: int, kind: str = "incoming") -> s
         return jobs.retry_dead(session, app, item_id)
     if not 0 < item_id <= MAX_ID:
         raise UsageError(f"no failed {kind} message with id {item_id}")
-    result = session.execute(
-        update(InboundMessage)
-        .where(InboundMessage.id == item_id, InboundMessage.state == InboundState.failed)
-        .values(state=InboundState.new, attempts=0, locked_by=None, locked_at=None,
-                outcome=None)
-        .execution_options(synchronize_session=False))
-    if result.rowcount != 1:  # type: ignore[attr-defined]
+    row = session.get(InboundMessage, item_id, with_for_update=True)
+    if row is None or row.state is not InboundState.failed:
         raise UsageError(f"no failed {kind} message with id {item_id}")
+    row.state, row.attempts, row.outcome = InboundState.new, 0, None
+    inbound_jobs.enqueue(session, app, row.id, row.list_id, row.subaddress)
     log.warning("message %d: queued again for processing (queue retry)", item_id)
     return f"message {item_id} queued again for processing"

@@ -131,7 +131,7 @@ def accept_post(session: Session, app: App, inbound: InboundMessage, msg: EmailM
     lv = unsubscribe.with_web(ListView.of(ml), app.settings.web)
     prepared, raw, data = early if lv == guess else _copies(app, msg, lv, resolver, found,
                                                             verp)
-    prepared_sha = app.spool.put(raw)
+    prepared_sha = app.spool.put(raw, session=session)
     now = app.now()
     # VERP'd copies are one per member: each gets its own one-click unsubscribe headers and
     # DKIM signature at delivery (listserv.delivery.unsubscribe): their bytes are sealed,

@@ -142,7 +142,7 @@ def _attachment(w: Web, token: str, index: int) -> tuple[str, bytes] | None:
             return None
         held = session.get_one(HeldMessage, c.row.held_id)
         inbound = session.get_one(InboundMessage, held.inbound_id)
-        data = w.app.spool.get(inbound.spool_sha)
+        data = w.app.spool.get(inbound.spool_sha, session=session)
     leaves = _leaves(_parse(data))
     if not 0 <= index < len(leaves):
         return None

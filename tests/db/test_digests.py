@@ -31,6 +31,7 @@ from listserv.core.models import (
     Membership,
     OutboundMessage,
 )
+from tests import spooled
 from tests.conftest import Clock
 
 LIST = "dev@example.org"
@@ -312,9 +313,7 @@ def test_failure_while_sending_leaves_everything_pending(app: App, clock: Clock)
     post(app, 2)
     with app.db.unit_of_work() as s:
         sha = s.scalars(select(DigestEntry.spool_sha).order_by(DigestEntry.seq)).all()[1]
-    path = app.spool.path(sha)
-    saved = path.read_bytes()
-    path.unlink()                             # a crash in the middle of building
+    saved = spooled.lose(app, sha)            # a crash in the middle of building
     clock.advance(days=1)
     assert digests.tick(app) == []            # logged, not raised
     assert queued(app) == [] and pending_count(app) == 2

@@ -19,7 +19,7 @@ from listserv.core.app import App
 from listserv.core.db import Database
 from listserv.delivery import fanout, outbound
 from listserv.intake import smtp as intake
-from listserv.pipeline import incoming
+from listserv.pipeline import inbound
 from listserv.core.models import (
     Address,
     Delivery,
@@ -33,10 +33,12 @@ from listserv.core.models import (
 from tests.conftest import Clock
 from tests.db.modsupport import make_list, message
 
+INCOMING = {inbound.KIND: workers.REGISTRY[inbound.KIND]}
+# only the fan-out jobs (an accepted post also makes the archive pass due)
+FANOUT = {fanout.KIND: workers.REGISTRY[fanout.KIND]}
+
 LIST = "big@example.org"
 PER_TX = 10                 # recipients per Delivery row (SMTP transaction)
-
-KINDS = {workers.FANOUT: workers.REGISTRY[workers.FANOUT]}   # not the lists' archive jobs
 
 
 @pytest.fixture
@@ -55,7 +57,7 @@ def post(app: App, to: str = LIST, sender: str = "m1@d1.example", **headers: str
     """A post through the intake's store and one incoming pass (accepted: members post)."""
     route = intake.Router(app).resolve(to)
     intake.store(app, sender, [route], message(sender, to, **headers))
-    assert incoming.run_pass(app, incoming.worker_identity()) == 1
+    assert jobs.run_next_job(app, INCOMING)
 
 
 def queued(app: App) -> Counter[str]:
@@ -86,7 +88,7 @@ def test_accept_queues_one_job_and_nobody_and_the_job_queues_everyone(small: App
     with small.db.unit_of_work() as s:
         fan = s.scalars(select(Fanout)).one()
         assert fan.expanded_at is None and fan.after_address_id == 0 and fan.outbound_id
-    assert jobs.run_next_job(small, KINDS)
+    assert jobs.run_next_job(small, FANOUT)
     got = queued(small)
     assert sorted(got) == sorted(everyone) and set(got.values()) == {1}
     with small.db.unit_of_work() as s:
@@ -104,7 +106,7 @@ def test_a_crash_resumes_from_the_cursor_without_duplicates_or_loss(
     everyone = people(200)
     make_list(small, LIST, people=everyone)
     post(small)
-    job = jobs.claim(small, "w-first")
+    job = jobs.claim(small, "w-first", kinds=[fanout.KIND])
     assert job is not None and job.kind == fanout.KIND
     # the first worker queues two chunks (10, then 30 recipients) and dies
     assert not fanout.expand(small, job.payload, max_chunks=2)
@@ -120,9 +122,10 @@ def test_a_crash_resumes_from_the_cursor_without_duplicates_or_loss(
         fanout.step(small, job.payload)
     monkeypatch.setattr(outbound, "add_recipients", real)
     assert sum(queued(small).values()) == 40
-    assert not jobs.run_next_job(small, KINDS)             # the lease is still the dead worker's
+    assert not jobs.run_next_job(small, FANOUT)     # the lease is still the dead worker's
     clock.advance(seconds=jobs.LEASE.total_seconds() + 1)
-    assert jobs.run_next_job(small, KINDS, owner="w-second")   # taken over: runs from the cursor
+    # taken over: runs from the cursor
+    assert jobs.run_next_job(small, FANOUT, owner="w-second")
     got = queued(small)
     assert sorted(got) == sorted(everyone) and set(got.values()) == {1}
     assert fanout_jobs(small) == []
@@ -132,7 +135,7 @@ def test_a_crash_resumes_from_the_cursor_without_duplicates_or_loss(
 def test_a_job_run_again_after_completion_queues_nothing(small: App) -> None:
     make_list(small, LIST, people=people(25))
     post(small)
-    job = jobs.claim(small, "w-a")
+    job = jobs.claim(small, "w-a", kinds=[fanout.KIND])
     assert job is not None
     assert fanout.expand(small, job.payload)
     assert fanout.expand(small, job.payload)        # e.g. the worker died before complete()
@@ -151,12 +154,12 @@ def test_members_who_leave_switch_or_join_after_accept(small: App) -> None:
         s.execute(update(Membership).where(Membership.address_id == select(Address.id).where(
             Address.email == digest).scalar_subquery()).values(
             delivery_mode=DeliveryMode.mime_digest))
-    assert jobs.run_next_job(small, KINDS)
+    assert jobs.run_next_job(small, FANOUT)
     got = queued(small)
     assert sorted(got) == sorted(set(everyone) - {gone, digest})
     assert late not in got
     post(small, subject="second")                     # the next post reaches the newcomer
-    assert jobs.run_next_job(small, KINDS)
+    assert jobs.run_next_job(small, FANOUT)
     assert queued(small)[late] == 1
 
 
@@ -185,7 +188,7 @@ def test_the_list_is_not_locked_between_chunks(small: App) -> None:
                 Address.id).where(Address.email == switched).scalar_subquery()).values(
                 delivery_mode=DeliveryMode.plain_digest))
     try:
-        job = jobs.claim(small, "w-a")
+        job = jobs.claim(small, "w-a", kinds=[fanout.KIND])
         assert job is not None
         assert fanout.expand(small, job.payload, after_chunk=meanwhile)
     finally:
@@ -203,7 +206,7 @@ def test_a_person_on_two_lists_gets_a_crosspost_once_whichever_job_runs_first(
     routes = [intake.Router(small).resolve(to) for to in ("a@example.org", "b@example.org")]
     intake.store(small, both, routes, message(both, "a@example.org, b@example.org"))
     # both posts are accepted (each list numbers and records its own) before any expansion
-    while incoming.run_pass(small, incoming.worker_identity()):
+    while jobs.run_next_job(small, INCOMING):
         pass
     a_job, b_job = fanout_jobs(small)
     # the second list's job runs first: it leaves out the first list's members all the same
@@ -218,7 +221,7 @@ def test_the_outbound_message_gone_ends_the_fanout(small: App) -> None:
     post(small)
     with small.db.unit_of_work() as s:
         s.execute(update(Fanout).values(outbound_id=None))
-    assert jobs.run_next_job(small, KINDS)
+    assert jobs.run_next_job(small, FANOUT)
     assert queued(small) == Counter()
     with small.db.unit_of_work() as s:
         assert s.scalar(select(func.count()).select_from(Fanout)

@@ -51,7 +51,7 @@ def test_concurrent_claims_never_overlap(app: App) -> None:
     every = [i for ids in got.values() for i in ids]
     assert len(every) == 60 and len(set(every)) == 60
     with app.db.unit_of_work() as session:
-        owners = {r.id: r.locked_by for r in session.scalars(select(Delivery))}
+        owners = {r.id: r.lease_owner for r in session.scalars(select(Delivery))}
         assert all(r.state is DeliveryState.sending for r in session.scalars(select(Delivery)))
     assert all(owners[i] == name for name, ids in got.items() for i in ids)
 
@@ -77,7 +77,7 @@ def test_queue_status_cli(app: App, clock: Any, cli_env: dict[str, str]) -> None
                                    state=InboundState.new))
         rows = list(session.scalars(select(Delivery).order_by(Delivery.id)))
         rows[0].state, rows[0].attempts = DeliveryState.pending, 2
-        rows[1].state, rows[1].locked_by = DeliveryState.sending, "x:1:y"
+        rows[1].state, rows[1].lease_owner = DeliveryState.sending, "w-x"
         rows[2].state, rows[2].finished_at = DeliveryState.failed, clock()
     runner = CliRunner()
     res = runner.invoke(cli, ["queue", "status", "--json"], env=cli_env)
@@ -101,3 +101,55 @@ def test_queue_status_on_a_missing_database_is_one_line(tmp_path: Any) -> None:
         "LISTSERV_DATA_DIR": str(tmp_path / "nothing")})
     assert res.exit_code == 1
     assert "not initialised" in res.output and "Traceback" not in res.output
+
+
+def test_an_expired_lease_is_anyones_and_its_old_owner_can_record_nothing(
+        app: App, clock: Any) -> None:
+    fill(app, 1, per_batch=3)
+    with app.db.unit_of_work() as session:
+        [row] = queues.claim(session, "w-one", clock(), 5)
+        assert row.sent is None
+    with app.db.engine.connect() as conn:
+        with conn.begin():
+            assert queues.record_progress(conn, "w-one", clock(), {row.id: "0"}) == set()
+    clock.advance(seconds=20)
+    with app.db.unit_of_work() as session:
+        assert queues.renew(session, "w-one", clock()) == {row.id}   # the heartbeat
+    clock.advance(seconds=20)                 # 40 s after the claim, 20 after the renewal
+    with app.db.unit_of_work() as session:
+        assert queues.claim(session, "w-two", clock(), 5) == []
+    clock.advance(seconds=11)                 # w-one stopped renewing: its lease expired
+    with app.db.unit_of_work() as session:
+        [again] = queues.claim(session, "w-two", clock(), 5)
+    assert again.id == row.id and again.sent == "0"   # what w-one had recorded as sent
+    with app.db.unit_of_work() as session:
+        assert queues.renew(session, "w-one", clock()) == set()
+    with app.db.engine.connect() as conn:
+        with conn.begin():
+            assert queues.record_progress(conn, "w-one", clock(), {row.id: "0-2"}) == {row.id}
+    with app.db.unit_of_work() as session:
+        r = session.get(Delivery, row.id)
+        assert r is not None and r.lease_owner == "w-two" and r.sent == "0"
+        assert r.state is DeliveryState.sending
+
+
+def test_ranges_of_sent_positions() -> None:
+    r = queues.Ranges()
+    for i in (0, 1, 2, 5, 4, 9, 3):
+        r.add(i)
+    assert str(r) == "0-5,9"
+    assert list(r) == [0, 1, 2, 3, 4, 5, 9] and 9 in r and 6 not in r
+    r.add(8)
+    r.add(7)
+    r.add(6)
+    assert str(r) == "0-9"
+    assert list(queues.Ranges.parse("0-2,5,7-8")) == [0, 1, 2, 5, 7, 8]
+    assert list(queues.Ranges.parse(None)) == [] and str(queues.Ranges.parse("")) == ""
+
+
+def test_a_claim_takes_no_more_than_its_limit(app: App, clock: Any) -> None:
+    fill(app, 10)
+    with app.db.unit_of_work() as session:
+        assert len(queues.claim(session, "w-one", clock(), 3)) == 3
+    with app.db.unit_of_work() as session:
+        assert len(queues.claim(session, "w-two", clock(), 30)) == 7

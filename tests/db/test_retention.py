@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import time
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from listserv import jobs
 from listserv.admin import retention
@@ -37,6 +35,7 @@ from listserv.core.models import (
     ModerationLog,
     OutboundMessage,
     PendingToken,
+    SpoolBlob,
 )
 from listserv.delivery.outbound import queue_message
 from tests.clirun import Cli
@@ -45,21 +44,18 @@ from tests.db.modsupport import make_list, message, post_held
 DAY = 86400.0
 
 
-def age_files(app: App, days: float) -> None:
-    """Make every spool file look ``days`` old (the sweep reads mtimes on the wall clock)."""
-    when = time.time() - days * DAY
-    for dirpath, _, names in os.walk(app.spool.root):
-        for n in names:
-            os.utime(os.path.join(dirpath, n), (when, when))
+def age_files(app: App, days: float, *shas: str) -> None:
+    """Make the stored messages (``shas``, default all) look ``days`` old (the sweep compares
+    stored_at with the wall clock)."""
+    when = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=days)
+    with app.db.unit_of_work() as s:
+        q = update(SpoolBlob).values(stored_at=when)
+        s.execute(q.where(SpoolBlob.sha.in_(shas)) if shas else q)
 
 
 def spool_shas(app: App) -> set[str]:
-    out = set()
-    for dirpath, _, names in os.walk(app.spool.root):
-        for n in names:
-            if n.endswith(".eml") and not n.startswith("."):
-                out.add(os.path.basename(dirpath) + n[:-4])
-    return out
+    with app.db.unit_of_work() as s:
+        return set(s.scalars(select(SpoolBlob.sha)))
 
 
 def count(app: App, model: Any) -> int:
@@ -89,7 +85,7 @@ def outbound(app: App, *states: DeliveryState, body: str = "o") -> tuple[int, st
             s.add(Delivery(outbound_id=out.id, recipients=f"u{i}@example.com", count=1,
                            state=state, next_attempt_at=app.now(),
                            finished_at=app.now() if final else None,
-                           locked_by="w:1:x" if state is DeliveryState.sending else None))
+                           lease_owner="w-x" if state is DeliveryState.sending else None))
         return out.id, out.spool_sha
 
 
@@ -129,7 +125,7 @@ def test_finished_deliveries_go_after_seven_days_with_their_message(app: App, cl
                     (recent, DeliveryState.done)}
     shas = spool_shas(app)
     assert done_sha not in shas and mixed_sha in shas
-    assert stats.spool_files == 1
+    assert stats.spool_messages == 1
 
 
 def test_ids_are_never_handed_out_again(app: App, clock: Any, list_id: int) -> None:
@@ -295,76 +291,93 @@ def test_bounce_events_keep_the_longer_of_90_days_and_four_stale_periods(
 # ---------------------------------------------------------------------------- spool
 
 
-def test_spool_files_go_only_when_unreferenced_and_old(app: App, clock: Any,
-                                                       list_id: int) -> None:
+def test_stored_messages_go_only_when_unreferenced_and_old(app: App, clock: Any,
+                                                          list_id: int) -> None:
     _, referenced = inbound(app, list_id, InboundState.new)
     unused_old = app.spool.put(b"orphan, old")
     unused_new = app.spool.put(b"orphan, just written")
-    age_files(app, 2)
-    os.utime(app.spool.path(unused_new))         # written a moment ago (intake may commit)
-    tmp = app.spool.path(unused_old).with_name(".leftover.123.456.tmp")
-    tmp.write_bytes(b"half")
-    os.utime(tmp, (time.time() - 7200, time.time() - 7200))
+    age_files(app, 2, referenced, unused_old)   # the new one: intake may commit its row soon
     stats = retention.prune(app)
     assert spool_shas(app) == {referenced, unused_new}
-    assert not tmp.exists()
-    assert (stats.spool_files, stats.temp_files) == (1, 1)
+    assert stats.spool_messages == 1
     assert stats.spool_bytes == len(b"orphan, old")
+    assert stats.spool_kept == 2
 
 
-def test_reused_file_is_touched_and_survives(app: App, list_id: int) -> None:
+def test_stored_again_is_used_again_and_survives(app: App, list_id: int) -> None:
     data = b"the same bytes again"
     sha = app.spool.put(data)
     age_files(app, 3)
     assert app.spool.put(data) == sha            # intake stores identical bytes again ...
     retention.prune(app)                         # ... but has not committed its row yet
     assert sha in spool_shas(app)
+    assert count(app, SpoolBlob) == 1
 
 
-def test_parked_files_of_an_interrupted_sweep(app: App, list_id: int) -> None:
-    _, referenced = inbound(app, list_id, InboundState.new)
-    orphan = app.spool.put(b"orphan")
-    age_files(app, 2)
-    for sha in (referenced, orphan):            # a sweep parked both, then crashed
-        os.rename(app.spool.path(sha), app.spool.parked_path(sha))
-    stats = retention.prune(app)
-    assert spool_shas(app) == {referenced}
-    assert not app.spool.parked_path(referenced).exists()
-    assert not app.spool.parked_path(orphan).exists()
-    assert stats.spool_files == 1
-
-
-def test_get_takes_a_parked_file_back(app: App) -> None:
-    sha = app.spool.put(b"being checked")
-    os.rename(app.spool.path(sha), app.spool.parked_path(sha))
-    assert app.spool.get(sha) == b"being checked"
-    assert app.spool.path(sha).exists() and not app.spool.parked_path(sha).exists()
-    os.unlink(app.spool.path(sha))
+def test_missing_bytes_raise_a_file_not_found_error(app: App) -> None:
     with pytest.raises(FileNotFoundError):
-        app.spool.get(sha)
+        app.spool.get("0" * 64)
 
 
-def test_file_referenced_by_a_row_committed_after_the_scan_survives(
+def test_old_spool_files_are_imported_and_still_readable(app: App) -> None:
+    """An installation from before the database spool: its message files."""
+    import hashlib
+
+    data = b"Subject: old\r\n\r\nfrom the spool directory\r\n"
+    sha = hashlib.sha256(data).hexdigest()
+    root = app.settings.spool_path
+    (root / sha[:2]).mkdir(parents=True)
+    (root / sha[:2] / f"{sha[2:]}.eml").write_bytes(data)
+    (root / sha[:2] / ".half-written.tmp").write_bytes(b"half")
+    assert app.spool.get(sha) == data            # read through before the import
+    assert app.spool.import_files() == (1, len(data))
+    assert app.spool.import_files() == (0, 0)    # idempotent
+    (root / sha[:2] / f"{sha[2:]}.eml").unlink()
+    assert app.spool.get(sha) == data and spool_shas(app) == {sha}
+
+
+def test_bytes_referenced_by_a_row_committed_after_the_check_survive(
         app: App, list_id: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The final exact re-check: a row that appears between the directory scan and the
-    unlink keeps its file."""
+    """A row that appears between the sweep's check and its DELETE keeps its bytes: the
+    transaction that adds it stores the bytes too (Spool.put), which makes them recent."""
     data = message("late@out.example", "dev@example.org", body="late row")
     sha = app.spool.put(data)
     age_files(app, 2)
-    real = retention._referenced_in_range
+    real = retention.referenced
 
-    def scan_then_commit(session: Any, prefix: str, now: Any, dry_run: bool) -> set[str]:
-        found = real(session, prefix, now, dry_run)
-        if prefix == sha[:2]:
-            with app.db.unit_of_work() as s:    # another process commits its row now
-                s.add(InboundMessage(list_id=list_id, subaddress="post", rcpt="x", mail_from="",
-                                     spool_sha=sha, received_at=app.now()))
+    def check_then_commit(session: Any, shas: list[str], *a: Any) -> set[str]:
+        found = real(session, shas, *a)
+        with app.db.unit_of_work() as s:         # another process commits its row now
+            app.spool.put(data, session=s)
+            s.add(InboundMessage(list_id=list_id, subaddress="post", rcpt="x", mail_from="",
+                                 spool_sha=sha, received_at=app.now()))
         return found
 
-    monkeypatch.setattr(retention, "_referenced_in_range", scan_then_commit)
+    monkeypatch.setattr(retention, "referenced", check_then_commit)
     stats = retention.prune(app)
-    assert sha in spool_shas(app) and stats.spool_files == 0
+    assert sha in spool_shas(app) and stats.spool_messages == 0
     assert app.spool.get(sha) == data
+
+
+def test_a_row_the_delete_sees_keeps_its_bytes(app: App, list_id: int,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The DELETE repeats the reference check: a row committed (without a put) after the
+    check still keeps its bytes."""
+    data = message("late@out.example", "dev@example.org", body="late row 2")
+    sha = app.spool.put(data)
+    age_files(app, 2)
+    real = retention.referenced
+
+    def check_then_commit(session: Any, shas: list[str], *a: Any) -> set[str]:
+        found = real(session, shas, *a)
+        with app.db.unit_of_work() as s:
+            s.add(InboundMessage(list_id=list_id, subaddress="post", rcpt="x", mail_from="",
+                                 spool_sha=sha, received_at=app.now()))
+        return found
+
+    monkeypatch.setattr(retention, "referenced", check_then_commit)
+    assert retention.prune(app).spool_messages == 0
+    assert sha in spool_shas(app)
 
 
 def test_concurrent_prunes_remove_each_thing_once(app: App, clock: Any, list_id: int) -> None:
@@ -395,10 +408,8 @@ def test_concurrent_prunes_remove_each_thing_once(app: App, clock: Any, list_id:
         t.join(60)
     assert not errors
     assert sum(r.rows["inbound_message"] for r in results) == 30
-    assert sum(r.spool_files for r in results) == 60
+    assert sum(r.spool_messages for r in results) == 60
     assert spool_shas(app) == keep
-    assert not [n for _, _, names in os.walk(app.spool.root) for n in names
-                if n.startswith(".")]
 
 
 # ---------------------------------------------------------------------------- dry run, budget
@@ -419,8 +430,8 @@ def test_dry_run_reports_exactly_what_a_run_removes(app: App, clock: Any, list_i
     real = retention.prune(app)
     assert dry.dry_run and not real.dry_run
     assert dry.rows == real.rows
-    assert (dry.spool_files, dry.spool_bytes) == (real.spool_files, real.spool_bytes)
-    assert real.spool_files == 3                # delivered notice, accepted post, orphan
+    assert (dry.spool_messages, dry.spool_bytes) == (real.spool_messages, real.spool_bytes)
+    assert real.spool_messages == 3                # delivered notice, accepted post, orphan
     assert len(spool_shas(app)) == 2
 
 
@@ -439,23 +450,17 @@ def test_budget_stops_between_batches_and_the_next_run_goes_on(
 
 def test_a_budgeted_sweep_goes_on_where_it_stopped(app: App, monkeypatch: pytest.MonkeyPatch
                                                    ) -> None:
-    shas: dict[str, str] = {}
-    i = 0
-    while len(shas) < 2:                        # two orphans in different directories
-        sha = app.spool.put(b"orphan %d" % i)
-        shas.setdefault(sha[:2], sha)
-        i += 1
-    first, second = sorted(shas)
-    for sha in list(shas.values()):
-        if sha not in (shas[first], shas[second]):
-            os.unlink(app.spool.path(sha))
+    monkeypatch.setattr(retention, "BATCH", 2)
+    shas = sorted(app.spool.put(b"orphan %d" % i) for i in range(5))
     age_files(app, 2)
-    retention._set_cursor(app, int(first, 16))
-    stats = retention.prune(app, budget=0.0)    # one directory per run at this budget
-    assert not stats.complete and stats.spool_files == 1
-    assert spool_shas(app) == {shas[second]}
-    assert retention._get_cursor(app) == int(first, 16) + 1
-    assert retention.prune(app).spool_files == 1 and not spool_shas(app)
+    retention._set_cursor(app, shas[1])
+    stats = retention.prune(app, budget=0.0)    # one batch per run at this budget
+    assert not stats.complete and stats.spool_messages == 2
+    assert spool_shas(app) == set(shas[:2] + shas[4:])
+    assert retention._get_cursor(app) == shas[3]
+    stats = retention.prune(app)                # the rest, then from the start to the cursor
+    assert stats.complete and stats.spool_messages == 3 and not spool_shas(app)
+    assert retention._get_cursor(app) == ""
 
 
 def retention_job() -> dict[str, Any]:
@@ -517,7 +522,7 @@ def test_cli_prune_and_dry_run(app: App, clock: Any, list_id: int,
     assert "inbound_message            1 rows" in out
     assert exists(app, InboundMessage, ib) and sha in spool_shas(app)
     data = json.loads(cli("queue", "prune", "--json").stdout)
-    assert data["rows"]["inbound_message"] == 1 and data["spool"]["files"] >= 1
+    assert data["rows"]["inbound_message"] == 1 and data["spool"]["messages"] >= 1
     assert not data["dry_run"]
     assert not exists(app, InboundMessage, ib) and sha not in spool_shas(app)
     assert exists(app, HeldMessage, held_id)

@@ -15,11 +15,12 @@ from sqlalchemy import select
 
 from listserv.bounces import process as bounces
 from listserv.core import config
-from listserv.delivery import runner as delivery
 from listserv.core.app import App
 from listserv.core.lists import create_list
 from listserv.core.models import BounceEvent, BounceKind, Delivery, DeliveryState, OutboundMessage
+from listserv.delivery import runner as delivery
 from listserv.delivery.outbound import queue_message
+from tests import spooled
 from tests.sink import SmtpSink
 
 MSG = (b"From: Alice <alice@example.net>\r\nTo: dev@lists.example.org\r\n"
@@ -208,22 +209,33 @@ def test_connection_failure_is_temporary_for_the_batch(app: App) -> None:
     assert r.last_code is None and "cannot connect" in (r.last_error or "")
 
 
-def test_stale_and_dead_claims_are_recovered(app: App, clock: Any, sink: SmtpSink) -> None:
+def test_expired_leases_are_taken_over_without_what_was_sent(app: App, clock: Any,
+                                                              sink: SmtpSink) -> None:
     a = with_delivery(app, outbound=sink.url)
-    for addr in ("dead@example.com", "stale@example.com", "live@example.com"):
-        enqueue(a, [addr])
-    host = socket.gethostname()[:40]
-    owners = {"dead@example.com": (f"{host}:999999999:abcd", clock()),      # no such pid
-              "stale@example.com": ("otherhost:1:abcd", clock() - dt.timedelta(hours=2)),
-              "live@example.com": ("otherhost:1:abcd", clock() - dt.timedelta(minutes=1))}
+    enqueue(a, ["a@example.com", "b@example.com", "c@example.com"], verp=True)
+    enqueue(a, ["live@example.com"])
     with a.db.unit_of_work() as session:
-        for r in session.scalars(select(Delivery)):
-            r.state = DeliveryState.sending
-            r.locked_by, r.locked_at = owners[r.recipients]
-    assert delivery.deliver_pending(a) == 2
-    assert sorted(sink.recipients()) == ["dead@example.com", "stale@example.com"]
-    assert by_state(a) == {"done": ["dead@example.com", "stale@example.com"],
-                           "sending": ["live@example.com"]}
+        dead, live = session.scalars(select(Delivery).order_by(Delivery.id)).all()
+        # a worker that died after delivering to a and b (its recorded progress)
+        dead.state, dead.lease_owner = DeliveryState.sending, "w-dead"
+        dead.lease_expires, dead.sent = clock() - dt.timedelta(seconds=1), \
+            "0-1"
+        # one that is alive: its lease runs for another 20 seconds
+        live.state, live.lease_owner = DeliveryState.sending, "w-live"
+        live.lease_expires = clock() + dt.timedelta(seconds=20)
+    assert delivery.deliver_pending(a) == 1
+    assert sink.recipients() == ["c@example.com"]
+    [r, rlive] = rows(a)
+    assert r.state is DeliveryState.done and r.count == 3 and r.sent is None
+    assert r.lease_owner is None and r.lease_expires is None
+    assert sorted(r.recipients.split("\n")) == ["a@example.com", "b@example.com",
+                                                "c@example.com"]
+    assert rlive.state is DeliveryState.sending and rlive.lease_owner == "w-live"
+    clock.advance(seconds=21)
+    assert delivery.deliver_pending(a) == 1
+    assert sorted(sink.recipients()) == ["c@example.com", "live@example.com"]
+    assert by_state(a) == {"done": ["a@example.com", "b@example.com", "c@example.com",
+                                    "live@example.com"]}
 
 
 def test_maildir_outbox_with_envelope_lines(app: App) -> None:
@@ -254,7 +266,7 @@ def test_missing_spool_file_parks_the_batch(app: App, sink: SmtpSink) -> None:
         sha = session.scalars(select(OutboundMessage.spool_sha)
                               .order_by(OutboundMessage.id)).first()
     assert sha is not None
-    a.spool.path(sha).unlink()
+    spooled.lose(a, sha)
     assert delivery.deliver_pending(a) == 1
     assert sink.recipients() == ["b@example.com"]
     assert by_state(a) == {"failed": ["a@example.com"], "done": ["b@example.com"]}
@@ -290,14 +302,16 @@ def test_a_batch_whose_results_cannot_be_written_does_not_block_others(
     bad_id = rows(a)[0].id
     real = delivery.record
 
-    def poisoned(session: Any, ap: App, owner: str, batches: Any) -> None:
+    def poisoned(session: Any, now: Any, d: Any, owner: str, batches: Any,
+                 blame: Any) -> Any:
         batches = list(batches)
         if any(b.id == bad_id for b in batches):
             raise RuntimeError("cannot write this one")
-        real(session, ap, owner, batches)
+        return real(session, now, d, owner, batches, blame)
 
     monkeypatch.setattr(delivery, "record", poisoned)
     assert delivery.deliver_pending(a) == 1          # returns: the bad batch is given up
     assert sorted(sink.recipients()) == ["bad@example.com", "good@example.com"]
-    # the unrecorded claim stays until it is recovered as stale (then sent again)
+    # the unrecorded claim stays until its lease expires (then it is sent again, except to
+    # the recipients its recorded progress names)
     assert by_state(a) == {"sending": ["bad@example.com"], "done": ["good@example.com"]}

@@ -1,5 +1,7 @@
-"""kill -9 of `listserv serve` in the middle of a fan-out: after a restart every recipient has
-its copy, and the only duplicates are recipients of batches that were in flight."""
+"""kill -9 of `listserv serve` in the middle of a VERP fan-out: after a restart every recipient
+has its copy once the dead process's leases expire, and duplicates are at most the
+transactions that were on the wire: one per connection (each connection waits for its
+delivered recipients to be recorded before it starts the next transaction)."""
 
 from __future__ import annotations
 
@@ -68,7 +70,8 @@ def test_kill_9_loses_nothing_and_duplicates_are_bounded(app: App,
                 assert second.poll() is None, "listserv serve exited"
                 return recipients_in(app, DeliveryState.done) >= 600
 
-            wait_until(all_done, 60, "every recipient delivered after the restart")
+            # the dead process's rows are taken over when their lease (30 s) expires
+            wait_until(all_done, 90, "every recipient delivered after the restart")
         finally:
             second.terminate()
             assert second.wait(30) == 0
@@ -76,5 +79,5 @@ def test_kill_9_loses_nothing_and_duplicates_are_bounded(app: App,
     assert set(got) == set(rcpts)
     duplicates = len(got) - len(set(got))
     print(f"in flight at kill: {in_flight}, duplicates: {duplicates}")
-    assert duplicates <= in_flight
+    assert duplicates <= 2                     # delivery.connections
     assert recipients_in(app, DeliveryState.sending) == 0

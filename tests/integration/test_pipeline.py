@@ -15,7 +15,14 @@ from listserv.core.models import (
     InboundState,
     MailingList,
 )
-from tests.integration.harness import Harness, make_list, make_message, post_id_of, run_fanouts
+from tests.integration.harness import (
+    INCOMING_KINDS,
+    Harness,
+    make_list,
+    make_message,
+    post_id_of,
+    run_fanouts,
+)
 
 
 def states(h: Harness) -> list[tuple[str, str, str | None]]:
@@ -47,9 +54,12 @@ from email.message import EmailMessage  # noqa: E402
 
 import pytest  # noqa: E402
 
-from listserv.pipeline import incoming, posting  # noqa: E402
-from listserv.message.parse import parse  # noqa: E402
+from typing import Any  # noqa: E402
+
+from listserv import jobs  # noqa: E402
 from listserv.core.models import Action, HeldMessage, OutboundMessage  # noqa: E402
+from listserv.message.parse import parse  # noqa: E402
+from listserv.pipeline import inbound, posting  # noqa: E402
 
 LIST = "dev@example.org"
 MEMBERS = ["ann@a.example", "bob@b.example"]
@@ -313,24 +323,32 @@ def test_processing_error_parks_message_as_failed(quiet_harness: Harness,
     assert [s for _, s, _ in states(h)] == ["failed", "accepted"]
 
 
-def test_reclaim_takes_over_messages_of_a_dead_worker(quiet_harness: Harness) -> None:
+def test_a_dead_workers_message_is_taken_over_when_its_lease_expires(
+        quiet_harness: Harness, clock: Any) -> None:
     h = quiet_harness
     make_list(h.app, LIST, members=MEMBERS)
     h.send(make_message("ann@a.example", LIST))
-    dead = incoming.worker_identity().split(":")[0] + ":999999:abcdef"
-    assert incoming.claim(h.app, dead) != []
-    assert incoming.run_pass(h.app, h.worker) == 0          # nothing new to claim
-    assert incoming.reclaim(h.app) == 1
+    dead = jobs.claim(h.app, "w-dead", kinds=[inbound.KIND])     # claimed, then the worker died
+    assert dead is not None
+    assert not jobs.run_next_job(h.app, INCOMING_KINDS)          # its lease still holds
+    assert outcome(h)[0] == "new"
+    clock.advance(seconds=jobs.LEASE.total_seconds() + 1)
     h.run_until_idle()
     assert outcome(h)[0] == "accepted"
 
 
-def test_live_workers_messages_are_not_reclaimed(quiet_harness: Harness) -> None:
+def test_a_message_that_kills_its_worker_every_time_ends_failed(
+        quiet_harness: Harness, clock: Any) -> None:
     h = quiet_harness
-    make_list(h.app, LIST, members=MEMBERS)
+    make_list(h.app, LIST, members=MEMBERS, owners=["owner@example.org"])
     h.send(make_message("ann@a.example", LIST))
-    assert incoming.claim(h.app, incoming.worker_identity()) != []
-    assert incoming.reclaim(h.app) == 0
+    for _ in range(inbound.MAX_CRASHES):
+        assert jobs.claim(h.app, "w-dying", kinds=[inbound.KIND]) is not None
+        clock.advance(seconds=jobs.LEASE.total_seconds() + 1)
+    h.run_until_idle()
+    state, text = outcome(h)
+    assert state == "failed" and "did not finish in 5 attempts" in (text or "")
+    assert h.sink.wait_for(lambda m: any("owner@example.org" in x.rcpt_tos for x in m))
 
 
 def test_signed_when_the_domain_has_a_key(harness: Harness) -> None:
@@ -383,7 +401,7 @@ def test_large_list_fans_out_in_batches(app) -> None:  # type: ignore[no-untyped
     intake.store(app, "m1@d1.example", [route],
                  make_message("m1@d1.example", LIST, "big").as_bytes())
     t = time.perf_counter()
-    assert incoming.run_pass(app, incoming.worker_identity()) == 1
+    assert jobs.run_next_job(app, INCOMING_KINDS)
     with app.db.unit_of_work() as s:      # accepted: numbered and recorded, nobody queued
         assert s.scalar(select(func.count()).select_from(Delivery)) == 0
     assert run_fanouts(app) == 1          # the post's one fan-out job queues everyone
@@ -412,9 +430,9 @@ def test_concurrent_workers_process_each_message_once(quiet_harness: Harness) ->
     errors: list[BaseException] = []
 
     def work() -> None:
-        me = incoming.worker_identity()
+        me = jobs.new_worker_id()
         try:
-            while incoming.run_pass(h.app, me, limit=3):
+            while jobs.run_next_job(h.app, INCOMING_KINDS, owner=me):
                 pass
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)

@@ -4,7 +4,6 @@ the spool with only the held post, the mbox archive intact, and the held post st
 from __future__ import annotations
 
 import os
-import time
 
 from sqlalchemy import func, select
 
@@ -23,6 +22,7 @@ from listserv.core.models import (
     InboundMessage,
     OutboundMessage,
 )
+from tests import spooled
 from tests.conftest import Clock
 from tests.integration.harness import Harness, make_list, make_message
 
@@ -30,15 +30,11 @@ LIST = "dev@example.org"
 
 
 def spool_files(h: Harness) -> set[str]:
-    return {os.path.basename(d) + n[:-4] for d, _, names in os.walk(h.app.spool.root)
-            for n in names if n.endswith(".eml") and not n.startswith(".")}
+    return spooled.stored(h.app)
 
 
 def age_spool(h: Harness, days: float) -> None:
-    when = time.time() - days * 86400
-    for d, _, names in os.walk(h.app.spool.root):
-        for n in names:
-            os.utime(os.path.join(d, n), (when, when))
+    spooled.age(h.app, days)
 
 
 def test_a_month_later_only_the_held_post_is_left(harness: Harness, clock: Clock) -> None:
@@ -73,7 +69,7 @@ def test_a_month_later_only_the_held_post_is_left(harness: Harness, clock: Clock
     before = spool_files(harness)
     assert post_shas | {held_sha, newest_out} <= before
 
-    assert retention.prune(harness.app).spool_files == 0    # nothing is old yet
+    assert retention.prune(harness.app).spool_messages == 0    # nothing is old yet
     assert spool_files(harness) == before
 
     clock.advance(days=31)
@@ -83,7 +79,7 @@ def test_a_month_later_only_the_held_post_is_left(harness: Harness, clock: Clock
     # kept so that SQLite never re-uses its id).
     assert spool_files(harness) == {held_sha, newest_out}
     assert not post_shas & spool_files(harness)
-    assert stats.spool_files == len(before) - 2
+    assert stats.spool_messages == len(before) - 2
     assert stats.rows["inbound_message"] == 1 and stats.rows["digest_entry"] == 1
     with harness.app.db.unit_of_work() as s:
         assert s.scalar(select(func.count()).select_from(OutboundMessage)) == 1

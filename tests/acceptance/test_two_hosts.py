@@ -1,0 +1,82 @@
+"""Two `serve` processes, each with its own data_dir (two hosts), on one PostgreSQL database
+work as one system: mail accepted by one is processed and delivered by the other when the
+first is killed right after its 250. They share nothing but the database and the settings:
+the message bytes are in the database (listserv.spool), the work is jobs in it."""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from listserv.core import config
+from listserv.core.db import Database
+from listserv.core.models import InboundMessage, InboundState, Job, JobState, MailingList
+from listserv.pipeline import inbound
+from tests.acceptance.conftest import Site, make_site, message
+from tests.conftest import PG_URL
+from tests.sink import SmtpSink
+from tests.waiting import wait_until
+
+pytestmark = pytest.mark.skipif(
+    not PG_URL, reason="several serve processes share a PostgreSQL database; a SQLite "
+                       "database is one host's file, served by one process")
+
+LIST = "multi@hosts.example"
+
+
+def test_a_post_accepted_by_a_killed_host_is_delivered_by_the_other(
+        tmp_path: Path, sink: SmtpSink) -> None:
+    members = [f"m{i}@d{i % 3}.hosts.example" for i in range(20)]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    for a in make_site(tmp_path / "a", sink):
+        url = config.load(str(a.config)).database_url
+        b = Site(tmp_path / "b", sink, url)        # its own data_dir; the same database
+        db = Database(url)
+        try:
+            a.run("list", "create", LIST)
+            a.run("member", "add", LIST, *members)
+            a.run("list", "set", LIST, "nonmember_action", "accept")
+            with db.unit_of_work() as s:
+                list_id = s.scalars(select(MailingList.id)).one()
+                # The list's earlier mail is still being processed by a worker (a job of
+                # the list's partition with a live lease): host A's job for the post waits
+                # behind it, so A surely dies before processing it. The lease runs out a
+                # few seconds later, as a dead worker's would.
+                now = dt.datetime.now(dt.timezone.utc)
+                s.add(Job(kind=inbound.KIND, payload={"inbound_id": 0},
+                          partition_key=inbound.partition_key(list_id, "post"),
+                          state=JobState.running, run_after=now, attempts=1, max_attempts=6,
+                          lease_owner="w-earlier", lease_expires=now + dt.timedelta(seconds=3),
+                          created_at=now))
+            a.serve()
+            a.send(LIST, message("ann@outside.example", LIST, "accepted by host A"))
+            a.kill9()
+            with db.unit_of_work() as s:
+                [row] = s.scalars(select(InboundMessage)).all()
+                assert row.state is InboundState.new
+            assert not [m for m in list(sink.messages) if set(members) & set(m.rcpt_tos)]
+
+            b.serve()
+            got = sink.wait_for(lambda ms: set(members) <= {
+                r for m in ms for r in m.rcpt_tos}, 60)
+            b.quiet()
+            assert b.stop() == 0
+            copies = collections.Counter(r for m in got for r in m.rcpt_tos if r in members)
+            assert set(copies.values()) == {1}
+            assert all("accepted by host A" in str(m.message["Subject"]) for m in got
+                       if set(members) & set(m.rcpt_tos))
+            with db.unit_of_work() as s:
+                assert s.get_one(InboundMessage, row.id).state is InboundState.accepted
+            # B never saw A's data_dir, and neither wrote message files of its own
+            for site in ("a", "b"):
+                assert not (tmp_path / site / "data" / "spool").exists()
+        finally:
+            if b.proc is not None:
+                b.proc.kill()
+                b.proc.wait(10)
+            db.dispose()
