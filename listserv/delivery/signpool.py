@@ -51,8 +51,24 @@ made_in_workers = 0           # copies made by the workers (for tests and benchm
 _keys: dict[str, Any] = {}    # in a worker: PEM -> the parsed key
 
 
+PARENT_CHECK = 1.0        # seconds between a worker's checks that its daemon is alive
+
+
 def _init() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # Ctrl-C is for the daemon to handle
+    # A daemon killed with SIGKILL cannot shut its pool down, and the workers' task queue
+    # never reaches EOF (each worker holds both ends), so a worker exits by itself once
+    # its parent is gone (it is then re-parented).
+    parent = os.getppid()
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True,
+                     name="signpool-parent").start()
+
+
+def _exit_with_parent(parent: int, check: float = PARENT_CHECK) -> None:
+    gone = threading.Event()
+    while not gone.wait(check):
+        if os.getppid() != parent:
+            os._exit(0)
 
 
 def _make(job: copies.CopyJob, members: list[tuple[int, str]]) -> list[copies.Own]:
