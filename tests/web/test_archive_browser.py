@@ -96,8 +96,9 @@ def test_search_the_archive_and_open_a_hit(browser_site: tuple[Site, str],
     site.send(LIST, message("ann@a.example", LIST, "Tomato seedlings",
                             "The zucchinivariety <b>sprouted</b> on Tuesday.\n"))
     search = f"{base}/lists/{LIST}/archive/search?q=zucchinivariety"
+    # searches are rate limited (30 a minute per client): poll no faster than that allows
     wait_until(lambda: "Tomato seedlings" in _fetch(search), 30,
-               "the post to be archived and indexed")
+               "the post to be archived and indexed", interval=2.0)
 
     browser.get(f"{base}/lists/{LIST}/")
     box = browser.find_element(By.NAME, "q")
