@@ -54,12 +54,16 @@ _keys: dict[str, Any] = {}    # in a worker: PEM -> the parsed key
 PARENT_CHECK = 1.0        # seconds between a worker's checks that its daemon is alive
 
 
-def _init() -> None:
+def _init(parent: int) -> None:
+    """In a worker, first: ``parent`` is the daemon's pid, passed from the daemon itself."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # Ctrl-C is for the daemon to handle
     # A daemon killed with SIGKILL cannot shut its pool down, and the workers' task queue
     # never reaches EOF (each worker holds both ends), so a worker exits by itself once
-    # its parent is gone (it is then re-parented).
-    parent = os.getppid()
+    # its parent is gone (it is then re-parented). The daemon's pid comes from the daemon:
+    # a worker still starting when its daemon was killed would otherwise take its new
+    # parent for the daemon, and wait for it forever.
+    if os.getppid() != parent:
+        os._exit(0)
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True,
                      name="signpool-parent").start()
 
@@ -99,13 +103,14 @@ def _get() -> cf.ProcessPoolExecutor | None:
     with _lock:
         if _pool is None:
             _pool = cf.ProcessPoolExecutor(WORKERS, multiprocessing.get_context("spawn"),
-                                           initializer=_init)
+                                           initializer=_init, initargs=(os.getpid(),))
             if not _registered:
                 _registered.append(True)
                 atexit.register(shutdown)      # before the interpreter tears modules down
             _ready = _pool.submit(_warm)
             for _ in range(WORKERS - 1):   # each task here starts one more process now,
                 _pool.submit(_warm)         # not in the middle of the first large fan-out
+            log.info("signing processes started: %d", WORKERS)
         assert _ready is not None
         if not _ready.done():
             return None
