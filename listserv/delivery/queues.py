@@ -113,14 +113,14 @@ def record_progress(conn: Connection, owner: str, now: dt.datetime, sent: dict[i
     lease was lost (another worker took the row over)."""
     lost: set[int] = set()
     for rid, text in sent.items():
-        res = conn.execute(_PROGRESS, {"rid": rid, "owner": owner, "exp": now + lease,
+        res = conn.execute(PROGRESS_UPDATE, {"rid": rid, "owner": owner, "exp": now + lease,
                                        "sent": text})
         if not res.rowcount:
             lost.add(rid)
     return lost
 
 
-_PROGRESS = (update(T).where(T.c.id == bindparam("rid"), T.c.lease_owner == bindparam("owner"),
+PROGRESS_UPDATE = (update(T).where(T.c.id == bindparam("rid"), T.c.lease_owner == bindparam("owner"),
                              T.c.state == DeliveryState.sending)
              .values(sent=bindparam("sent"), lease_expires=bindparam("exp")))
 

@@ -30,7 +30,6 @@ from collections import OrderedDict
 from typing import Callable, Union
 
 from sqlalchemy import select, update
-from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from listserv.bounces import process as bounces
@@ -38,14 +37,13 @@ from listserv.core.app import App, site_secret
 from listserv.core.models import DeliveryState, MailingList, OutboundMessage
 from listserv.core.views import ListView
 from listserv.delivery import post_failures, signpool, unsubscribe
+from listserv.delivery.progress import Busy, ProgressWriter
 from listserv.delivery.queues import (
     T,
     Ranges,
     Recorded,
     claim,
-    progress_connection,
     record,
-    record_progress,
     renew,
 )
 from listserv.delivery.transport import Batch, MaildirTransport, Message, SmtpTransport
@@ -85,7 +83,7 @@ class Runner:
         self.signing = _Pipeline()
         self.claimed: dict[int, Batch] = {}     # batches whose lease this Runner holds
         self.progress = _Progress(self)
-        self._progress_conn: Connection | None = None
+        self._writer: ProgressWriter | None = None
         self.transport: Transport = self._make_transport()
 
     def _make_transport(self) -> Transport:
@@ -242,23 +240,38 @@ class Runner:
             for r in done:
                 report_failures(session, self.app, r)
 
-    def _progress_sync(self, sent: dict[int, str]) -> set[int]:
-        conn = self._progress_conn
+    def _progress_writer(self) -> ProgressWriter:
+        if self._writer is None:
+            self._writer = ProgressWriter(self.app.db.engine)
+        return self._writer
+
+    def _progress_now(self, sent: dict[int, str]) -> set[int] | None:
+        """SQLite: the progress record written right here, on the delivery loop, when the
+        write lock is free (a few microseconds, no hop to a thread); None when it is not
+        (or on PostgreSQL): then _progress_sync writes it from a thread."""
+        if not self.app.db.is_sqlite:
+            return None
         try:
-            if conn is None:
-                conn = self._progress_conn = progress_connection(self.app.db.engine)
-            with conn.begin():
-                return record_progress(conn, self.owner, self.app.now(), sent, self.lease)
+            return self._progress_writer().write(self.owner, self.app.now(), sent,
+                                                 self.lease, wait=False)
+        except Busy:
+            return None
+        except Exception:
+            self._close_progress()
+            raise
+
+    def _progress_sync(self, sent: dict[int, str]) -> set[int]:
+        try:
+            return self._progress_writer().write(self.owner, self.app.now(), sent, self.lease)
         except Exception:
             self._close_progress()
             raise
 
     def _close_progress(self) -> None:
-        conn, self._progress_conn = self._progress_conn, None
-        if conn is not None:
-            try:       # discarded, not pooled: its commits do not wait for the disk
-                conn.invalidate()
-                conn.close()
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            try:
+                writer.close()
             except Exception:
                 log.debug("closing the progress connection failed", exc_info=True)
 
@@ -494,7 +507,9 @@ class _Progress:
                 sent = {b.id: self._text(b, marks[b.id]) for b in batches}
                 for b in batches:
                     b.saved = marks[b.id]
-                lost = await asyncio.to_thread(self.runner._progress_sync, sent)
+                lost = self.runner._progress_now(sent)
+                if lost is None:
+                    lost = await asyncio.to_thread(self.runner._progress_sync, sent)
             except Exception:   # go on sending: only the bound on duplicates is at stake
                 log.exception("delivery: cannot record progress (a crash now may send these "
                               "copies twice)")
