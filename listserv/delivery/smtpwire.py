@@ -1,19 +1,26 @@
-"""A lean SMTP client for one-recipient transactions (VERP'd copies) with RFC 2920 PIPELINING.
+"""The SMTP client of delivery: RFC 2920 PIPELINING, one client for every transaction.
 
-A VERP'd fan-out is one SMTP transaction per member: thousands per second, so the client's
-cost per transaction is what limits it. aiosmtplib sends MAIL, RCPT, DATA and the message as
-four writes, each awaiting its reply, parses both addresses with the email package's address
-parser and runs two regular expressions over every copy; its protocol also reads one reply
-per read, so it cannot take the replies of a pipelined group. Here, when the server offers
-PIPELINING, one write carries a copy's content and the next transaction's
-``MAIL FROM``/``RCPT TO``/``DATA`` (RFC 2920 3.1: the content may start a group, DATA ends
-it), so a transaction is one write and one read; the message's line endings and dot-stuffing
-are done once per message (listserv.delivery.transport.Message) instead of once per copy. Servers
-without PIPELINING, and TLS, stay with aiosmtplib (listserv.delivery.transport).
+A VERP'd fan-out is one SMTP transaction per member, thousands per second, and a batched one
+sends hundreds of RCPT TO per transaction: both are limited by the round trips and the
+client's own work per transaction. aiosmtplib sends each command and waits for its reply,
+parses both addresses with the email package's parser and reads one reply per read, so it
+cannot take the replies of a pipelined group. This client, when the server offers
+PIPELINING:
+
+- batched transactions (``batched``): MAIL FROM and every RCPT TO in one write, their
+  replies read in order, then DATA and the message;
+- one-recipient transactions (VERP'd copies, ``transact``): one write carries a copy's
+  content and the next transaction's ``MAIL FROM``/``RCPT TO``/``DATA`` (RFC 2920 3.1: the
+  content may start a group, DATA ends it), so a copy is one write and one read.
+
+The message's line endings and dot-stuffing are done once per message
+(listserv.delivery.transport.Message), not per copy. Servers without PIPELINING (found at
+the first connection: NoPipelining) are served by aiosmtplib, one command at a time
+(listserv.delivery.transport). No TLS and no AUTH: the next hop is the local MTA.
 
 ``Wire`` is the connection (an asyncio protocol that parses replies as they arrive);
-``send_one`` runs one transaction on it and records the outcome on the batch exactly as the
-aiosmtplib path does.
+``batched`` and ``transact`` run a transaction on it and record its outcome on the batch:
+MAIL FROM's and DATA's replies are about the transaction, RCPT TO's about the recipient.
 """
 
 from __future__ import annotations
@@ -37,6 +44,8 @@ DOWN_HOLD_SECONDS = 5.0     # as listserv.delivery.transport: fail fast after a 
 MAX_REPLY = 32 * 1024          # bytes of one reply (a multi-line EHLO answer is a few hundred)
 _LINE_ENDINGS = re.compile(rb"\r\n|\n|\r(?!\n)")
 _PERIOD = re.compile(rb"(?m)^\.")
+# never in an address or option on a command line (injection); an address is sent as it is
+# stored (an addr-spec), not parsed again: that cost more than the rest of a transaction
 _CONTROL = re.compile(r"[\x00-\x1f\x7f<>]")
 
 
@@ -47,6 +56,10 @@ class Reply(NamedTuple):
 
 class WireClosed(ConnectionError):
     """The connection ended (or a reply was malformed) before the replies awaited came."""
+
+
+class NoPipelining(Exception):
+    """The server does not offer PIPELINING (or refused EHLO): aiosmtplib serves it."""
 
 
 def wire_form(data: bytes, end: bool) -> bytes:
@@ -76,12 +89,14 @@ class Wire(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.WriteTransport | None = None
         self.buf = bytearray()
-        self.lines: list[bytes] = []
+        self.lines: list[bytes] = []       # the lines of a multi-line reply so far
         self.replies: collections.deque[Reply] = collections.deque()
         self.want = 0
         self.waiter: asyncio.Future[None] | None = None
         self.error: Exception | None = None
         self.extensions: set[str] = set()
+        self.deadline = 0.0                # of the read waiting now (loop time)
+        self.timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -92,24 +107,34 @@ class Wire(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         buf = self.buf
         buf += data
-        start = 0
-        while True:
-            end = buf.find(b"\n", start)
-            if end < 0:
-                break
-            line = bytes(buf[start:end]).rstrip(b"\r")
-            start = end + 1
-            self.lines.append(line)
-            if line[3:4] == b"-":
+        end = buf.rfind(b"\n")
+        if end < 0:
+            if len(buf) > MAX_REPLY:
+                self._fail(WireClosed("SMTP reply too long"))
+            return
+        whole = bytes(buf[:end])
+        del buf[:end + 1]
+        replies = self.replies
+        for line in whole.split(b"\n"):
+            if line[3:4] == b"-":                  # a multi-line reply goes on
+                self.lines.append(line)
+                if sum(map(len, self.lines)) > MAX_REPLY:
+                    self._fail(WireClosed("SMTP reply too long"))
+                    return
                 continue
-            lines, self.lines = self.lines, []
-            if not line[:3].isdigit():
+            code = line[:3]
+            if not code.isdigit():
                 self._fail(WireClosed(f"malformed SMTP reply {line[:80]!r}"))
                 return
-            self.replies.append(Reply(int(line[:3]), "\n".join(
-                x[4:].decode("utf-8", "replace") for x in lines)))
-        del buf[:start]
-        if len(buf) + sum(len(x) for x in self.lines) > MAX_REPLY:
+            if self.lines:
+                self.lines.append(line)
+                text = "\n".join(x[4:].rstrip(b"\r").decode("utf-8", "replace")
+                                 for x in self.lines)
+                self.lines = []
+            else:
+                text = line[4:].rstrip(b"\r").decode("utf-8", "replace")
+            replies.append(Reply(int(code), text))
+        if len(buf) > MAX_REPLY:
             self._fail(WireClosed("SMTP reply too long"))
             return
         self._wake()
@@ -138,6 +163,19 @@ class Wire(asyncio.Protocol):
         if w is not None and not w.done() and (len(self.replies) >= self.want or self.error):
             w.set_result(None)
 
+    def _check_time(self) -> None:
+        """The connection's one timer: fires at a read's deadline (a read that ended
+        earlier leaves it running, and the next read moves the deadline on)."""
+        self.timer = None
+        w = self.waiter
+        if w is None or w.done():
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() >= self.deadline:
+            w.set_result(None)               # read() sees too few replies: a timeout
+        else:
+            self.timer = loop.call_at(self.deadline, self._check_time)
+
     def write(self, data: bytes) -> None:
         if self.transport is None or self.error is not None:
             raise self.error or WireClosed("not connected")
@@ -152,19 +190,24 @@ class Wire(asyncio.Protocol):
             loop = asyncio.get_running_loop()
             self.want = n
             self.waiter = waiter = loop.create_future()
-            timer = loop.call_later(timeout, _time_out, waiter)
+            self.deadline = loop.time() + timeout
+            if self.timer is None:
+                self.timer = loop.call_at(self.deadline, self._check_time)
             try:
                 await waiter
             finally:
-                timer.cancel()
                 self.waiter = None
             if len(self.replies) < n:
                 if self.error is not None:
                     raise self.error
                 raise asyncio.TimeoutError("no SMTP reply in time")
-        return [self.replies.popleft() for _ in range(n)]
+        popleft = self.replies.popleft
+        return [popleft() for _ in range(n)]
 
     def close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         if self.transport is not None:
             self.transport.abort()
 
@@ -179,14 +222,10 @@ class Wire(asyncio.Protocol):
         self.close()
 
 
-def _time_out(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)       # read() sees too few replies: a timeout
-
-
 async def open_wire(host: str, port: int, helo: str, timeout: float) -> Wire:
     """Connect, read the greeting and say EHLO; OSError/asyncio.TimeoutError when that fails
-    (WireClosed, a ConnectionError, when the server refuses)."""
+    (WireClosed, a ConnectionError, when the server refuses). A server that refuses EHLO
+    gets no extensions (so the caller finds no PIPELINING)."""
     loop = asyncio.get_running_loop()
     _, wire = await asyncio.wait_for(loop.create_connection(Wire, host, port), timeout)
     try:
@@ -195,13 +234,12 @@ async def open_wire(host: str, port: int, helo: str, timeout: float) -> Wire:
             raise WireClosed(f"greeting {greeting.code} {greeting.text}")
         wire.write(f"EHLO {helo}\r\n".encode("ascii"))
         ehlo, = await wire.read(1, timeout)
-        if ehlo.code != 250:
-            raise WireClosed(f"EHLO refused: {ehlo.code} {ehlo.text}")
     except BaseException:
         wire.close()
         raise
-    wire.extensions = {line.split(" ", 1)[0].upper()
-                       for line in ehlo.text.split("\n")[1:] if line.strip()}
+    if ehlo.code == 250:
+        wire.extensions = {line.split(" ", 1)[0].upper()
+                           for line in ehlo.text.split("\n")[1:] if line.strip()}
     return wire
 
 
@@ -242,7 +280,146 @@ def settle(batch: "Batch", rcpts: list[str], mail: Reply, rcpt: Reply, data: Rep
         batch.ok.extend(rcpts)
 
 
-Sent = Optional[tuple[Optional[Wire], "Optional[_Tx]", bool]]
+def size_of(data: bytes) -> int:
+    """The SIZE (RFC 1870) of a message: its bytes with CRLF line endings, ending in one."""
+    crlf = _LINE_ENDINGS.sub(b"\r\n", data)
+    return len(crlf) + (0 if crlf.endswith(b"\r\n") else 2)
+
+
+def envelope_many(wire: Wire, sender: str, rcpts: list[str], eight_bit: bool,
+                  size: int) -> bytes:
+    """``MAIL FROM`` and every ``RCPT TO`` of a batched transaction; ValueError for an
+    address that cannot be sent (as envelope()) or that needs SMTPUTF8 the server lacks."""
+    opts: list[str] = []
+    if "SIZE" in wire.extensions:
+        opts.append(f"SIZE={size}")
+    utf8 = not (sender.isascii() and all(r.isascii() for r in rcpts))
+    if utf8:
+        if "SMTPUTF8" not in wire.extensions:
+            raise ValueError("the server does not offer SMTPUTF8 for a non-ASCII address")
+        opts.append("SMTPUTF8")
+    if eight_bit and "8BITMIME" in wire.extensions:
+        opts.append("BODY=8BITMIME")
+    if _CONTROL.search(sender) or any(_CONTROL.search(r) for r in rcpts):
+        raise ValueError("address contains a control character or an angle bracket")
+    text = "".join([f"MAIL FROM:<{sender}>", *(" " + o for o in opts), "\r\n",
+                    *(f"RCPT TO:<{r}>\r\n" for r in rcpts)])
+    return text.encode("utf-8" if utf8 else "ascii")
+
+
+async def connect(t: "SmtpTransport", wire: Wire | None, batch: "Batch",
+                  rcpts: list[str]) -> Wire | None:
+    """``wire`` when it is open, else a new connection to ``t``'s smarthost; None when
+    connecting fails (recorded on ``batch`` for ``rcpts``). NoPipelining when the server
+    does not offer it (``t.pipelining`` is then False)."""
+    if wire is not None:
+        if wire.is_open:
+            return wire
+        wire.close()
+    try:
+        wire = await open_wire(t.host, t.port, t.helo, CONNECT_TIMEOUT)
+    except (OSError, asyncio.TimeoutError) as exc:
+        t.down_until = time.monotonic() + DOWN_HOLD_SECONDS
+        batch.conn_failed = True
+        batch.outcome(rcpts, None, f"cannot connect to {t.host}:{t.port}: {exc}", whole=True)
+        return None
+    if "PIPELINING" not in wire.extensions:
+        t.pipelining = False
+        await wire.quit(5)
+        raise NoPipelining()
+    t.pipelining = True
+    return wire
+
+
+def _unavailable(t: "SmtpTransport", batch: "Batch", rcpts: list[str]) -> bool:
+    """Is the smarthost known to be down (recorded on ``batch`` when so)?"""
+    if batch.conn_failed or time.monotonic() < t.down_until:
+        batch.outcome(rcpts, None, f"smarthost {t.host}:{t.port} unavailable", whole=True)
+        return True
+    return False
+
+
+async def _reset(wire: Wire) -> Wire | None:
+    """RSET after a refused transaction; the connection to keep (None: it failed)."""
+    try:
+        wire.write(b"RSET\r\n")
+        await wire.read(1, COMMAND_TIMEOUT)
+        return wire
+    except OSError:                  # WireClosed and timeouts are; the next one reconnects
+        wire.close()
+        return None
+
+
+async def batched(t: "SmtpTransport", wire: Wire | None, tx: "_Tx") -> Wire | None:
+    """Run transaction ``tx`` (any number of recipients) of transport ``t`` on ``wire``
+    (connecting when it is None or closed): MAIL FROM and every RCPT TO in one write, then
+    DATA and the message when a recipient was accepted. Records each recipient's outcome
+    on the batch; returns the connection to keep. NoPipelining: see connect()."""
+    batch, rcpts = tx.batch, tx.rcpts
+    if _unavailable(t, batch, rcpts):
+        return wire
+    for attempt in (1, 2):
+        reused = wire is not None and wire.is_open
+        wire = await connect(t, wire, batch, rcpts)
+        if wire is None:
+            return None
+        if batch.making:
+            await batch.own_ready(rcpts)
+        try:
+            commands = envelope_many(wire, tx.sender, rcpts, batch.message.eight_bit,
+                                     batch.message.size)
+        except ValueError as exc:
+            batch.outcome(rcpts, 550, f"cannot send: {exc}", whole=True)
+            return wire
+        try:
+            wire.write(commands)
+            replies = await wire.read(1 + len(rcpts), COMMAND_TIMEOUT)
+            break
+        except WireClosed as exc:
+            wire.close()
+            wire = None
+            if attempt == 1 and reused:
+                continue      # a kept connection the server had dropped: try a fresh one
+            batch.outcome(rcpts, None, f"connection lost: {exc}", whole=True)
+            return None
+        except OSError as exc:          # asyncio.TimeoutError is one
+            wire.close()
+            batch.outcome(rcpts, None, f"timeout or network error: {exc}", whole=True)
+            return None
+    else:                                # pragma: no cover - the loop breaks or returns
+        return None
+    mail = replies[0]
+    if not 200 <= mail.code < 300:
+        batch.outcome(rcpts, mail.code, mail.text, whole=True)
+        return wire
+    accepted: list[str] = []
+    for rcpt, reply in zip(rcpts, replies[1:]):
+        if 200 <= reply.code < 300:
+            accepted.append(rcpt)
+        else:
+            batch.outcome([rcpt], 452 if reply.code == 552 else reply.code, reply.text)
+    if not accepted:
+        return await _reset(wire)
+    try:
+        wire.write(b"DATA\r\n")
+        data, = await wire.read(1, COMMAND_TIMEOUT)
+        if data.code != 354:
+            batch.outcome(accepted, data.code, data.text, whole=True)
+            return await _reset(wire)
+        wire.write(batch.wire_data(accepted))
+        end, = await wire.read(1, COMMAND_TIMEOUT)
+    except OSError as exc:               # WireClosed and timeouts are
+        wire.close()
+        batch.outcome(accepted, None, f"connection lost during DATA: {exc}", whole=True)
+        return None
+    if 200 <= end.code < 300:
+        batch.ok.extend(accepted)
+    else:
+        batch.outcome(accepted, end.code, end.text, whole=True)
+    return wire
+
+
+Sent = tuple[Optional[Wire], "Optional[_Tx]", bool]
 
 
 async def transact(t: "SmtpTransport", wire: Wire | None, tx: "_Tx", sent: bool) -> Sent:
@@ -250,33 +427,17 @@ async def transact(t: "SmtpTransport", wire: Wire | None, tx: "_Tx", sent: bool)
     (connecting when it is None or closed); ``sent``: its envelope commands were written
     already, behind the previous copy. Returns (the connection to keep, the next
     transaction when one was taken from the queue, whether its envelope commands were
-    written), or None when the server does not offer PIPELINING (``t.pipelining`` is then
-    False and the caller sends it with aiosmtplib)."""
+    written). NoPipelining: see connect()."""
     batch, rcpts = tx.batch, tx.rcpts
-    if not sent and (batch.conn_failed or time.monotonic() < t.down_until):
-        batch.outcome(rcpts, None, f"smarthost {t.host}:{t.port} unavailable", whole=True)
+    if not sent and _unavailable(t, batch, rcpts):
         return wire, None, False
     for attempt in (1, 2):
         reused = sent or (wire is not None and wire.is_open)
         try:
             if not sent:
-                if wire is None or not wire.is_open:
-                    if wire is not None:
-                        wire.close()
-                    wire = None
-                    try:
-                        wire = await open_wire(t.host, t.port, t.helo, CONNECT_TIMEOUT)
-                    except (OSError, asyncio.TimeoutError) as exc:
-                        t.down_until = time.monotonic() + DOWN_HOLD_SECONDS
-                        batch.conn_failed = True
-                        batch.outcome(rcpts, None,
-                                      f"cannot connect to {t.host}:{t.port}: {exc}", whole=True)
-                        return None, None, False
-                    if "PIPELINING" not in wire.extensions:
-                        t.pipelining = False
-                        await wire.quit(5)
-                        return None
-                    t.pipelining = True
+                wire = await connect(t, wire, batch, rcpts)
+                if wire is None:
+                    return None, None, False
                 if batch.making:
                     await batch.own_ready(rcpts)
                 try:
@@ -306,18 +467,13 @@ async def transact(t: "SmtpTransport", wire: Wire | None, tx: "_Tx", sent: bool)
     if data.code != 354:
         settle(batch, rcpts, mail, rcpt, data, None)
         if 200 <= mail.code < 300:       # the server still holds the envelope: reset it
-            try:
-                wire.write(b"RSET\r\n")
-                await wire.read(1, COMMAND_TIMEOUT)
-            except OSError:              # WireClosed is one; the next transaction reconnects
-                wire.close()
-                return None, None, False
+            return await _reset(wire), None, False
         return wire, None, False
     accepted = 200 <= mail.code < 300 and 200 <= rcpt.code < 300
     nxt = t.next_ready() if accepted else None
     ahead = b""
     try:
-        if nxt is not None and t._wired(nxt) and not nxt.batch.conn_failed \
+        if nxt is not None and t.single(nxt) and not nxt.batch.conn_failed \
                 and nxt.batch.own_ready_now(nxt.rcpts):
             try:
                 ahead = group(wire, nxt.batch, nxt.sender, nxt.rcpts[0])

@@ -1,4 +1,4 @@
-"""Outbound transports: a pool of reused SMTP connections (aiosmtplib) and a Maildir writer.
+"""Outbound transports: a pool of reused SMTP connections and a Maildir writer.
 
 A claimed Delivery row becomes a ``Batch``; a transport sends it as one or more SMTP
 transactions (one per recipient with VERP) and records each recipient's outcome on the batch.
@@ -15,7 +15,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Awaitable, Callable, Union
+from typing import TYPE_CHECKING, Awaitable, Callable
 from urllib.parse import urlsplit
 
 import aiosmtplib
@@ -23,7 +23,6 @@ import aiosmtplib
 from listserv.core.addresses import verp_encode
 from listserv.core.errors import ConfigError
 from listserv.delivery import smtpwire
-from listserv.delivery.pipelining import PipeliningSMTP
 
 if TYPE_CHECKING:
     from listserv.delivery.unsubscribe import CopyMaker
@@ -55,6 +54,14 @@ class Message:
     maker: "CopyMaker | None" = None
     _lf: bytes | None = None
     _wire: tuple[bytes, bytes, bytes] | None = None
+    _size: int | None = None
+
+    @property
+    def size(self) -> int:
+        """The message's SIZE (RFC 1870) as batched transactions announce it."""
+        if self._size is None:
+            self._size = smtpwire.size_of(self.data)
+        return self._size
 
     @property
     def wire(self) -> tuple[bytes, bytes, bytes]:
@@ -184,7 +191,6 @@ Done = Callable[[Batch], None]
 # once what the transaction delivered is recorded (listserv.delivery.runner's group
 # commits), so a crash re-sends at most one transaction per connection
 Settle = Callable[[Batch], Awaitable[None]]
-Connection = Union[aiosmtplib.SMTP, PipeliningSMTP]
 
 
 # ---------------------------------------------------------------------------- SMTP
@@ -271,9 +277,10 @@ class SmtpTransport:
         if self.low_water and self.queue.qsize() == self.low_water[0] - 1:
             self.low_water[1]()
 
-    def _wired(self, tx: _Tx) -> bool:
-        """One VERP'd copy, for the pipelined client (smtpwire) unless the server lacks it?"""
-        return self.pipelining is not False and tx.batch.message.verp and len(tx.rcpts) == 1
+    @staticmethod
+    def single(tx: _Tx) -> bool:
+        """One VERP'd copy (smtpwire.transact pipelines the next one's envelope behind it)?"""
+        return tx.batch.message.verp and len(tx.rcpts) == 1
 
     def next_ready(self) -> _Tx | None:
         """The next transaction when one is queued (for smtpwire to pipeline behind a copy)."""
@@ -288,7 +295,7 @@ class SmtpTransport:
         return tx
 
     async def _worker(self, n: int) -> None:
-        smtp: Connection | None = None
+        smtp: aiosmtplib.SMTP | None = None   # for a server without PIPELINING
         wire: smtpwire.Wire | None = None
         carried: _Tx | None = None     # taken by the pipelined client behind the last copy,
         sent = False                   # its envelope commands already written
@@ -307,14 +314,18 @@ class SmtpTransport:
                     self._finish(tx.batch)
                     continue
                 try:
-                    done = None
-                    if self._wired(tx):
-                        done = await smtpwire.transact(self, wire, tx, sent)
-                    if done is None:
-                        sent = False
+                    piped = self.pipelining is not False
+                    if piped:
+                        try:
+                            if self.single(tx):
+                                wire, carried, sent = await smtpwire.transact(self, wire, tx,
+                                                                              sent)
+                            else:
+                                wire, sent = await smtpwire.batched(self, wire, tx), False
+                        except smtpwire.NoPipelining:
+                            wire, sent, piped = None, False, False
+                    if not piped:
                         smtp = await self._send(smtp, tx)
-                    else:
-                        wire, carried, sent = done
                 except Exception as exc:  # never lose a batch to a bug in one transaction
                     log.exception("delivery batch %s: transaction failed", tx.batch.id)
                     tx.batch.outcome(tx.rcpts, None, f"internal error: {exc!r}", whole=True)
@@ -331,21 +342,15 @@ class SmtpTransport:
                 except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
                     smtp.close()
 
-    async def _connect(self, batched: bool = False) -> Connection:
-        """A new connection: for batched transactions the pipelining client, else aiosmtplib
-        (a kept connection of either kind serves any transaction: they answer alike)."""
-        smtp: Connection
-        if batched:
-            smtp = PipeliningSMTP(self.host, self.port, self.helo, COMMAND_TIMEOUT)
-        else:
-            smtp = aiosmtplib.SMTP(hostname=self.host, port=self.port,
-                                   local_hostname=self.helo, timeout=COMMAND_TIMEOUT,
-                                   start_tls=False, use_tls=False)
+    async def _connect(self) -> aiosmtplib.SMTP:
+        smtp = aiosmtplib.SMTP(hostname=self.host, port=self.port, local_hostname=self.helo,
+                               timeout=COMMAND_TIMEOUT, start_tls=False, use_tls=False)
         await smtp.connect(timeout=CONNECT_TIMEOUT)
         return smtp
 
-    async def _send(self, smtp: Connection | None, tx: _Tx) -> Connection | None:
-        """Run one transaction, recording each recipient's outcome; return the connection."""
+    async def _send(self, smtp: aiosmtplib.SMTP | None, tx: _Tx) -> aiosmtplib.SMTP | None:
+        """Run one transaction with aiosmtplib (a server without PIPELINING), recording each
+        recipient's outcome; return the connection."""
         batch = tx.batch
         if batch.conn_failed or time.monotonic() < self.down_until:
             batch.outcome(tx.rcpts, None, f"smarthost {self.host}:{self.port} unavailable",
@@ -355,7 +360,7 @@ class SmtpTransport:
             reused = smtp is not None and smtp.is_connected
             try:
                 if not reused:
-                    smtp = await self._connect(_batched(batch.message))
+                    smtp = await self._connect()
             except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
                 self.down_until = time.monotonic() + DOWN_HOLD_SECONDS
                 batch.conn_failed = True
@@ -379,7 +384,7 @@ class SmtpTransport:
                 return None
         return smtp
 
-    async def _transaction(self, smtp: Connection, tx: _Tx) -> None:
+    async def _transaction(self, smtp: aiosmtplib.SMTP, tx: _Tx) -> None:
         batch, msg = tx.batch, tx.batch.message
         opts: list[str] = []
         if not (tx.sender.isascii() and all(r.isascii() for r in tx.rcpts)):
@@ -412,12 +417,6 @@ class SmtpTransport:
             batch.ok.extend(r for r in tx.rcpts if r not in errors)
         else:
             batch.ok.extend(tx.rcpts)
-
-
-def _batched(msg: Message) -> bool:
-    """Whether ``msg``'s transactions may have many recipients (not VERP'd): those go
-    through the pipelining client (listserv.delivery.pipelining)."""
-    return not (msg.verp and msg.envelope_from)
 
 
 def _rcpt_code(code: int) -> int:
