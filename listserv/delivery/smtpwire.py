@@ -72,14 +72,24 @@ def wire_form(data: bytes, end: bool) -> bytes:
     return data + b".\r\n" if end else data
 
 
-def envelope(sender: str, rcpt: str, options: list[str], utf8: bool) -> bytes:
-    """``MAIL FROM``, ``RCPT TO`` and ``DATA`` of one transaction; ValueError for an address
-    that cannot be sent (control characters or angle brackets, or not ASCII without
-    SMTPUTF8)."""
-    if _CONTROL.search(sender) or _CONTROL.search(rcpt):
+def envelope(extensions: set[str], sender: str, rcpts: list[str], eight_bit: bool,
+             size: int | None = None, data: bool = False) -> bytes:
+    """``MAIL FROM`` and every ``RCPT TO`` of a transaction to a server offering
+    ``extensions`` (and ``DATA``, pipelined behind them for one-recipient copies);
+    ValueError for an address that cannot be sent: a control character or an angle bracket
+    (injection), or not ASCII without SMTPUTF8."""
+    opts = f" SIZE={size}" if size is not None and "SIZE" in extensions else ""
+    utf8 = not (sender.isascii() and all(map(str.isascii, rcpts)))
+    if utf8:
+        if "SMTPUTF8" not in extensions:
+            raise ValueError("the server does not offer SMTPUTF8 for a non-ASCII address")
+        opts += " SMTPUTF8"
+    if eight_bit and "8BITMIME" in extensions:
+        opts += " BODY=8BITMIME"
+    if _CONTROL.search(sender) or any(map(_CONTROL.search, rcpts)):
         raise ValueError("address contains a control character or an angle bracket")
-    opts = "".join(" " + o for o in options)
-    text = f"MAIL FROM:<{sender}>{opts}\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n"
+    text = "".join([f"MAIL FROM:<{sender}>{opts}\r\n", *[f"RCPT TO:<{r}>\r\n" for r in rcpts],
+                    "DATA\r\n" if data else ""])
     return text.encode("utf-8" if utf8 else "ascii")
 
 
@@ -243,24 +253,9 @@ async def open_wire(host: str, port: int, helo: str, timeout: float) -> Wire:
     return wire
 
 
-def options(wire: Wire, sender: str, rcpt: str, eight_bit: bool) -> tuple[list[str], bool]:
-    """MAIL FROM parameters of a transaction and whether its addresses go as UTF-8;
-    ValueError when they need SMTPUTF8 and the server lacks it."""
-    opts: list[str] = []
-    utf8 = not (sender.isascii() and rcpt.isascii())
-    if utf8:
-        if "SMTPUTF8" not in wire.extensions:
-            raise ValueError("the server does not offer SMTPUTF8 for a non-ASCII address")
-        opts.append("SMTPUTF8")
-    if eight_bit and "8BITMIME" in wire.extensions:
-        opts.append("BODY=8BITMIME")
-    return opts, utf8
-
-
 def group(wire: Wire, batch: "Batch", sender: str, rcpt: str) -> bytes:
-    """The envelope commands of one transaction (ValueError: see options)."""
-    opts, utf8 = options(wire, sender, rcpt, batch.message.eight_bit)
-    return envelope(sender, rcpt, opts, utf8)
+    """The commands of a one-recipient transaction up to DATA (ValueError: see envelope)."""
+    return envelope(wire.extensions, sender, [rcpt], batch.message.eight_bit, data=True)
 
 
 def settle(batch: "Batch", rcpts: list[str], mail: Reply, rcpt: Reply, data: Reply | None,
@@ -284,27 +279,6 @@ def size_of(data: bytes) -> int:
     """The SIZE (RFC 1870) of a message: its bytes with CRLF line endings, ending in one."""
     crlf = _LINE_ENDINGS.sub(b"\r\n", data)
     return len(crlf) + (0 if crlf.endswith(b"\r\n") else 2)
-
-
-def envelope_many(wire: Wire, sender: str, rcpts: list[str], eight_bit: bool,
-                  size: int) -> bytes:
-    """``MAIL FROM`` and every ``RCPT TO`` of a batched transaction; ValueError for an
-    address that cannot be sent (as envelope()) or that needs SMTPUTF8 the server lacks."""
-    opts: list[str] = []
-    if "SIZE" in wire.extensions:
-        opts.append(f"SIZE={size}")
-    utf8 = not (sender.isascii() and all(r.isascii() for r in rcpts))
-    if utf8:
-        if "SMTPUTF8" not in wire.extensions:
-            raise ValueError("the server does not offer SMTPUTF8 for a non-ASCII address")
-        opts.append("SMTPUTF8")
-    if eight_bit and "8BITMIME" in wire.extensions:
-        opts.append("BODY=8BITMIME")
-    if _CONTROL.search(sender) or any(_CONTROL.search(r) for r in rcpts):
-        raise ValueError("address contains a control character or an angle bracket")
-    text = "".join([f"MAIL FROM:<{sender}>", *(" " + o for o in opts), "\r\n",
-                    *(f"RCPT TO:<{r}>\r\n" for r in rcpts)])
-    return text.encode("utf-8" if utf8 else "ascii")
 
 
 async def connect(t: "SmtpTransport", wire: Wire | None, batch: "Batch",
@@ -366,8 +340,8 @@ async def batched(t: "SmtpTransport", wire: Wire | None, tx: "_Tx") -> Wire | No
         if batch.making:
             await batch.own_ready(rcpts)
         try:
-            commands = envelope_many(wire, tx.sender, rcpts, batch.message.eight_bit,
-                                     batch.message.size)
+            commands = envelope(wire.extensions, tx.sender, rcpts, batch.message.eight_bit,
+                                batch.message.size)
         except ValueError as exc:
             batch.outcome(rcpts, 550, f"cannot send: {exc}", whole=True)
             return wire

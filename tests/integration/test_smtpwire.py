@@ -129,8 +129,13 @@ def test_replies_split_and_joined_arbitrarily() -> None:
 
 def test_envelope_refuses_injection() -> None:
     with pytest.raises(ValueError):
-        smtpwire.envelope("a@x.example", "b@y.example>\r\nRCPT TO:<c@z.example", [], False)
-    with pytest.raises(UnicodeEncodeError):
-        smtpwire.envelope("a@x.example", "jörg@y.example", [], False)
-    assert smtpwire.envelope("a@x.example", "b@y.example", ["BODY=8BITMIME"], False) == (
-        b"MAIL FROM:<a@x.example> BODY=8BITMIME\r\nRCPT TO:<b@y.example>\r\nDATA\r\n")
+        smtpwire.envelope(set(), "a@x.example", ["b@y.example>\r\nRCPT TO:<c@z.example"], False)
+    with pytest.raises(ValueError):
+        smtpwire.envelope(set(), "a@x.example", ["jörg@y.example"], False)   # no SMTPUTF8
+    assert smtpwire.envelope({"8BITMIME", "SMTPUTF8"}, "a@x.example", ["jörg@y.example"],
+                             True, data=True) == (
+        "MAIL FROM:<a@x.example> SMTPUTF8 BODY=8BITMIME\r\nRCPT TO:<jörg@y.example>\r\n"
+        "DATA\r\n").encode()
+    assert smtpwire.envelope({"SIZE"}, "a@x.example", ["b@y.example", "c@y.example"], True,
+                             size=10) == (b"MAIL FROM:<a@x.example> SIZE=10\r\n"
+                                          b"RCPT TO:<b@y.example>\r\nRCPT TO:<c@y.example>\r\n")
