@@ -401,56 +401,75 @@ class Runner:
 
 
 class _Pipeline:
-    """Batches waiting for their members' own parts: made one batch at a time in a thread
-    (listserv.delivery.signpool: in worker processes), in chunks. A transport that ``streams`` gets
-    each batch at once and each chunk as it is ready (a transaction waits for its
-    recipient's part: the first copies leave after one chunk); otherwise a batch is handed
-    over when all its parts are made."""
+    """Batches waiting for their members' own parts: made in a thread
+    (listserv.delivery.signpool: in worker processes), in chunks. A transport that
+    ``streams`` gets each batch at once and each chunk as it is ready (a transaction waits
+    for its recipient's part: the first copies leave after one chunk); otherwise a batch is
+    handed over when all its parts are made, one batch after the other.
+
+    Streamed, the next batch's parts are asked for once the current batch's first chunk
+    is back (all its chunks are in the workers' queue by then, ahead of the next ones), so
+    the workers do not wait at the end of every batch for its last chunk; at most AHEAD
+    batches are being made at once."""
+
+    AHEAD = 2
 
     def __init__(self) -> None:
-        self.task: asyncio.Task[None] | None = None
+        # the batches last handed over, in order: (first chunk back or done, being made)
+        self.chain: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
 
     def then(self, batches: list[Batch], work: Work, submit: Callable[[Batch], None],
              streams: bool) -> "_Pipeline":
-        before = self.task
-
-        async def run() -> None:
-            if before is not None:
-                await asyncio.gather(before, return_exceptions=True)
-            loop = asyncio.get_running_loop()
-            for b in batches:
-                if not streams:
-                    try:
-                        b.heads = await asyncio.to_thread(work, b, None) or None
-                    except Exception:         # work() logs its own; never lose the batch
-                        b.heads = None
-                    submit(b)
-                    continue
-                b.heads, b.making = {}, True
-                submit(b)
-
-                def add(rcpts: list[str], owns: list[tuple[bytes, bytes]],
-                        b: Batch = b) -> None:
-                    assert b.heads is not None
-                    b.heads.update(zip(rcpts, owns))
-                    b.own_arrived()
-
-                def arrived(rcpts: list[str], owns: list[tuple[bytes, bytes]]) -> None:
-                    loop.call_soon_threadsafe(add, rcpts, owns)   # from the work thread
-                try:
-                    await asyncio.to_thread(work, b, arrived)
-                except Exception:
-                    pass                      # work() logs its own; the rest: generic copy
-                finally:
-                    b.making = False
-                    b.own_arrived()
-
-        self.task = asyncio.create_task(run())
+        for b in batches:
+            before = self.chain[-self.AHEAD:]
+            started = asyncio.Event()
+            task = asyncio.create_task(self._make(b, before, started, work, submit, streams))
+            self.chain = [*before, (started, task)][-self.AHEAD:]
         return self
 
+    @staticmethod
+    async def _make(b: Batch, before: list[tuple[asyncio.Event, asyncio.Task[None]]],
+                    started: asyncio.Event, work: Work, submit: Callable[[Batch], None],
+                    streams: bool) -> None:
+        try:
+            if before:
+                if not streams or len(before) >= _Pipeline.AHEAD:
+                    await asyncio.gather(before[-1 if not streams else 0][1],
+                                         return_exceptions=True)
+                if streams:
+                    await before[-1][0].wait()
+            if not streams:
+                try:
+                    b.heads = await asyncio.to_thread(work, b, None) or None
+                except Exception:         # work() logs its own; never lose the batch
+                    b.heads = None
+                submit(b)
+                return
+            loop = asyncio.get_running_loop()
+            b.heads, b.making = {}, True
+            submit(b)
+
+            def add(rcpts: list[str], owns: list[tuple[bytes, bytes]]) -> None:
+                assert b.heads is not None
+                b.heads.update(zip(rcpts, owns))
+                b.own_arrived()
+                started.set()
+
+            def arrived(rcpts: list[str], owns: list[tuple[bytes, bytes]]) -> None:
+                loop.call_soon_threadsafe(add, rcpts, owns)   # from the work thread
+            try:
+                await asyncio.to_thread(work, b, arrived)
+            except Exception:
+                pass                      # work() logs its own; the rest: generic copy
+            finally:
+                b.making = False
+                b.own_arrived()
+        finally:
+            started.set()
+
     async def drain(self) -> None:
-        if self.task is not None:
-            await asyncio.gather(self.task, return_exceptions=True)
+        for _, task in self.chain:
+            await asyncio.gather(task, return_exceptions=True)
 
 
 class _Progress:

@@ -192,8 +192,9 @@ class CopyMaker:
             return copies.CopyJob(secret, parts, post)
         s = self.signer
         head, tail = s.for_stamp(int(time.time()) if timestamp is None else int(timestamp))
-        return copies.CopyJob(secret, parts, post, s.signer.key_pem, s.names,
-                              tuple(s.pieces), tuple(s.slots), head, tail)
+        job = copies.CopyJob(secret, parts, post, s.signer.key_pem, s.names,
+                             tuple(s.pieces), tuple(s.slots), head, tail)
+        return dataclasses.replace(job, canon=job.canonical())
 
     def own(self, secret: str, members: list[tuple[int, str]],
             on_part: Callable[[int, list[copies.Own]], None] | None = None

@@ -28,8 +28,8 @@ Own = tuple[bytes, bytes]     # (the copy's DKIM-Signature field or b"", the mem
 
 def mac(secret: str, membership_id: int, nonce: str) -> str:
     """128 bits of HMAC-SHA256 over the membership and its nonce, lower-case base32."""
-    digest = hmac.new(secret.encode(), f"unsubscribe\0{membership_id}\0{nonce}".encode(),
-                      hashlib.sha256).digest()[:16]
+    digest = hmac.digest(secret.encode(), f"unsubscribe\0{membership_id}\0{nonce}".encode(),
+                         "sha256")[:16]
     return base64.b32encode(digest).decode("ascii").rstrip("=").lower()
 
 
@@ -74,6 +74,16 @@ class CopyJob:
     slots: tuple[int, ...] = ()
     sig_head: bytes = b""              # DKIM-Signature field up to b=
     sig_tail: bytes = b""              # its canonical form without b= (hashed last)
+    # the relaxed canonical forms of the member's two fields, the first split where the
+    # token goes (a token is letters and digits: canonicalisation leaves it as it is)
+    canon: tuple[tuple[bytes, ...], bytes] = ((), b"")
+
+    def canonical(self) -> tuple[tuple[bytes, ...], bytes]:
+        """``canon``, or (when the job was made without it) computed from the fields."""
+        if self.canon[0]:
+            return self.canon
+        return (tuple(relaxed(self.names[0], b"\0".join(self.unsub)).split(b"\0")),
+                relaxed(self.names[1], self.post))
 
 
 def make(job: CopyJob, members: list[tuple[int, str]], rsa: Rsa | None) -> list[Own]:
@@ -81,11 +91,15 @@ def make(job: CopyJob, members: list[tuple[int, str]], rsa: Rsa | None) -> list[
     copy's DKIM-Signature field (b"" when ``job`` has no key) and the member's two fields."""
     fields: list[bytes] = []
     digests: list[bytes] = []
+    signed = bool(job.key_pem)
+    if signed:
+        (canon_unsub, canon_post) = job.canonical()
     for mid, nonce in members:
-        unsub = make_token(job.secret, mid, nonce).encode("ascii").join(job.unsub)
-        fields.append(b"List-Unsubscribe:" + unsub + b"List-Unsubscribe-Post:" + job.post)
-        if job.key_pem:
-            own = [relaxed(n, v) for n, v in zip(job.names, (unsub, job.post))]
+        token = make_token(job.secret, mid, nonce).encode("ascii")
+        fields.append(b"List-Unsubscribe:" + token.join(job.unsub)
+                      + b"List-Unsubscribe-Post:" + job.post)
+        if signed:
+            own = [token.join(canon_unsub), canon_post]
             digests.append(digest(job.pieces, job.slots, own, job.sig_tail))
     if not job.key_pem:
         return [(b"", f) for f in fields]

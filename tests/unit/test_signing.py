@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import time
 from email import policy
 
@@ -136,6 +138,20 @@ def test_from_must_be_signed_and_key_must_be_rsa(key: str) -> None:
     from listserv.core.errors import UsageError
     with pytest.raises(UsageError):
         signing.Signer(DOMAIN, SELECTOR, key, include_headers=[b"Subject"])
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_a_multi_prime_key_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # A 3-prime RSA-2048 key makes ordinary PKCS#1 v1.5 signatures, but `cryptography` does
+    # not load multi-prime keys, and OpenSSL 3.0 signs with them more slowly than with two
+    # primes (no fast path): listserv neither makes nor takes them (README).
+    from listserv.core.errors import UsageError
+    pem = tmp_path / "k3.pem"
+    subprocess.run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt",
+                    "rsa_keygen_bits:2048", "-pkeyopt", "rsa_keygen_primes:3", "-out", str(pem)],
+                   check=True, capture_output=True)
+    with pytest.raises(UsageError):
+        signing.load_key(pem.read_text())
 
 
 @pytest.mark.parametrize("name", ["plain.eml", "alternative.eml", "signed.eml",
