@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 
 from listserv.bounces import process as bounces
 from listserv.core.app import App, site_secret
-from listserv.core.models import DeliveryState, MailingList, OutboundMessage
+from listserv.core.models import DeliveryState, Domain, MailingList, OutboundMessage
 from listserv.core.views import ListView
 from listserv.delivery import post_failures, signpool, unsubscribe
 from listserv.delivery.progress import Busy, ProgressWriter
@@ -587,9 +587,22 @@ async def run(app: App, stop: asyncio.Event, wake: asyncio.Event) -> None:
     """The daemon's delivery loop: deliver what is ready, wait on ``wake`` (set after a
     message is queued) or a short poll; on ``stop`` finish transactions in progress, give the
     rest back to the queue and return."""
-    if app.settings.delivery.verp:
+    if app.settings.delivery.verp and await asyncio.to_thread(_signs, app):
         signpool.start()         # members' own copies: many RSA signatures per post
     await Runner(app).serve(stop, wake)
+
+
+def _signs(app: App) -> bool:
+    """Does any domain sign its mail (DKIM key)? Then VERP'd posts need the signing
+    workers, started now; otherwise they start on first use (a key added while running)."""
+    try:
+        with app.db.unit_of_work() as session:
+            return session.scalar(select(Domain.id).where(Domain.dkim_private_key.is_not(None))
+                                  .limit(1)) is not None
+    except Exception:
+        log.exception("delivery: cannot tell whether any domain signs; starting the signing "
+                      "processes")
+        return True
 
 
 def deliver_pending(app: App) -> int:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from listserv.admin import domains
 from listserv.core.app import App
 from listserv.delivery import signpool
 from tests.waiting import wait_until
@@ -72,9 +73,11 @@ def workers(mark: str) -> list[int]:
 @pytest.mark.parametrize("when", ["starting", "started"])
 def test_kill_9_of_the_daemon_leaves_no_signing_worker(app: App, cli_env: dict[str, str],
                                                        tmp_path: Path, when: str) -> None:
+    with app.db.unit_of_work() as session:      # a domain that signs: the pool starts
+        domains.generate_dkim_key(session, "example.org", "s1")
     mark = uuid.uuid4().hex
     env = {**os.environ, **cli_env, MARK: mark,
-           "LISTSERV_DELIVERY_VERP": "true",      # VERP'd posts: the pool starts with delivery
+           "LISTSERV_DELIVERY_VERP": "true",      # VERP'd posts: signed copy by copy
            "LISTSERV_DELIVERY_OUTBOUND": f"smtp://127.0.0.1:{free_port()}",
            "LISTSERV_INTAKE_PORT": str(free_port())}
     env.pop("LISTSERV_CONFIG", None)
@@ -101,3 +104,11 @@ def test_kill_9_of_the_daemon_leaves_no_signing_worker(app: App, cli_env: dict[s
         return not marked(mark)      # the workers and multiprocessing's resource tracker
 
     wait_until(none_left, 60, "the signing workers to exit", interval=0.05)
+
+
+def test_the_pool_starts_with_the_daemon_only_when_a_domain_signs(app: App) -> None:
+    from listserv.delivery.runner import _signs
+    assert not _signs(app)             # VERP'd copies unsigned: no RSA to spread over processes
+    with app.db.unit_of_work() as session:
+        domains.generate_dkim_key(session, "example.org", "s1")
+    assert _signs(app)
