@@ -349,8 +349,9 @@ class Runner:
             heartbeat.cancel()
             await asyncio.gather(heartbeat, return_exceptions=True)
             await asyncio.to_thread(self._close_progress)
-            log.info("delivery: stopped after %d transactions, %d progress commits",
-                     self.transport.transactions, self.progress.commits)
+            log.info("delivery: stopped after %d transactions, %d progress commits (%d from "
+                     "a thread)", self.transport.transactions, self.progress.commits,
+                     self.progress.threaded)
 
     async def _serve(self, stop: asyncio.Event, wake: asyncio.Event, until_idle: bool) -> None:
         last_claim = -POLL
@@ -487,6 +488,7 @@ class _Progress:
         self.waiters: list[asyncio.Future[None]] = []
         self.task: asyncio.Task[None] | None = None
         self.commits = 0
+        self.threaded = 0             # of them written from a thread
 
     def track(self, batch: Batch, listed: list[str], done: Ranges) -> None:
         """A claimed batch: ``listed`` its row's recipients, ``done`` the positions sent."""
@@ -528,6 +530,7 @@ class _Progress:
                     b.saved = marks[b.id]
                 lost = self.runner._progress_now(sent)
                 if lost is None:
+                    self.threaded += 1
                     lost = await asyncio.to_thread(self.runner._progress_sync, sent)
             except Exception:   # go on sending: only the bound on duplicates is at stake
                 log.exception("delivery: cannot record progress (a crash now may send these "

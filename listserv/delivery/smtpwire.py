@@ -54,6 +54,9 @@ class Reply(NamedTuple):
     text: str
 
 
+_reply = tuple.__new__        # Reply(code, text) without the generated __new__'s call
+
+
 class WireClosed(ConnectionError):
     """The connection ended (or a reply was malformed) before the replies awaited came."""
 
@@ -116,14 +119,17 @@ class Wire(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         buf = self.buf
-        buf += data
-        end = buf.rfind(b"\n")
-        if end < 0:
-            if len(buf) > MAX_REPLY:
-                self._fail(WireClosed("SMTP reply too long"))
-            return
-        whole = bytes(buf[:end])
-        del buf[:end + 1]
+        if not buf and data[-1:] == b"\n":         # whole replies: the usual case
+            whole = data[:-1]
+        else:
+            buf += data
+            end = buf.rfind(b"\n")
+            if end < 0:
+                if len(buf) > MAX_REPLY:
+                    self._fail(WireClosed("SMTP reply too long"))
+                return
+            whole = bytes(buf[:end])
+            del buf[:end + 1]
         replies = self.replies
         for line in whole.split(b"\n"):
             if line[3:4] == b"-":                  # a multi-line reply goes on
@@ -143,7 +149,7 @@ class Wire(asyncio.Protocol):
                 self.lines = []
             else:
                 text = line[4:].rstrip(b"\r").decode("utf-8", "replace")
-            replies.append(Reply(int(code), text))
+            replies.append(_reply(Reply, (int(code), text)))
         if len(buf) > MAX_REPLY:
             self._fail(WireClosed("SMTP reply too long"))
             return
