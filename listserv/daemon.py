@@ -8,8 +8,8 @@ threads of their own: JOB_WORKERS loops for every kind, and INCOMING_LOOPS_* for
 mail only (a long pass never delays a post). Delivery (listserv.delivery.runner.run) runs on
 a thread of its own with its own event loop (DeliveryThread): a fan-out of tens of thousands
 of SMTP transactions is tens of thousands of callbacks, and on the intake's loop each would
-sit in front of an SMTP answer. The intake wakes the job loops right after it commits a
-message and its job; every finished job wakes the job loops (it may have queued jobs: a
+sit in front of an SMTP answer. The intake wakes the incoming loops right after it commits
+a message and its job; every finished job wakes the job loops (it may have queued jobs: a
 post's fan-out) and delivery; short polls cover work stored by other processes. stop.set()
 (SIGTERM/SIGINT) closes the listener, lets in-flight SMTP transactions and jobs finish,
 then returns.
@@ -178,7 +178,8 @@ class Daemon:
         self.handler: intake.IntakeHandler | None = None
         self.bound_port: int | None = None
         self.delivery_wake: Nudge | None = None     # set from any thread
-        self.jobs_wake: asyncio.Event | None = None
+        self.jobs_wakes: list[asyncio.Event] = []   # one per job loop
+        self.incoming_wakes: list[asyncio.Event] = []   # the loops that run only incoming
         # Without the scheduler (tests), only incoming mail, the posts' fan-outs and the
         # lists' archive jobs (enqueued with the posts) run; the periodic passes are left to
         # the test.
@@ -201,9 +202,9 @@ class Daemon:
         loop = self.loop
         if loop is None:
             return
-        if self.jobs_wake is not None:
+        if self.jobs_wakes:
             try:
-                loop.call_soon_threadsafe(self.jobs_wake.set)
+                loop.call_soon_threadsafe(_set_all, self.jobs_wakes)
             except RuntimeError:       # the daemon has stopped: its loop is closed
                 pass
         if self.delivery_wake is not None:
@@ -226,11 +227,11 @@ class Daemon:
         runner = delivery_runner() if self.delivery_enabled else None
         delivery = DeliveryThread(app, runner) if runner is not None else None
         self.delivery_wake = delivery.wake if delivery is not None else Nudge()
-        self.jobs_wake = asyncio.Event()
-        wake = self.jobs_wake
 
         def on_commit() -> None:
-            loop.call_soon_threadsafe(wake.set)
+            # only the loops that run incoming mail: the others would only race them for
+            # the one new job (a claim each, on the path to the message's first copy)
+            loop.call_soon_threadsafe(_set_all, self.incoming_wakes or self.jobs_wakes)
 
         app.wake_delivery = self.wake_delivery
         self.handler = intake.IntakeHandler(app, on_commit=on_commit)
@@ -259,8 +260,12 @@ class Daemon:
         executor = concurrent.futures.ThreadPoolExecutor(max(1, len(loops)),
                                                          thread_name_prefix="listserv-job")
         for kinds in loops:
+            wake = asyncio.Event()
+            self.jobs_wakes.append(wake)
+            if set(kinds) == {inbound.KIND}:
+                self.incoming_wakes.append(wake)
             tasks.append(asyncio.create_task(jobs.work(
-                app, workers_stop, self.jobs_wake, kinds=kinds, owner=self.job_owner,
+                app, workers_stop, wake, kinds=kinds, owner=self.job_owner,
                 executor=executor)))
         delivery_task: asyncio.Future[Any] | None = None
         if delivery is not None:
@@ -335,6 +340,11 @@ class Daemon:
         deadline = asyncio.get_running_loop().time() + DRAIN_TIMEOUT
         while self.handler.active and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.02)
+
+
+def _set_all(events: list[asyncio.Event]) -> None:
+    for event in events:
+        event.set()
 
 
 def serve(app: App) -> None:
