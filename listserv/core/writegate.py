@@ -91,6 +91,14 @@ class Gate:
                 if is_urgent:
                     self._urgent_waiting -= 1
 
+    def try_acquire(self) -> bool:
+        """Take the gate only if it is free and no urgent writer waits; never waits."""
+        with self._cond:
+            if self._held or self._urgent_waiting:
+                return False
+            self._held = True
+            return True
+
     def release(self) -> None:
         with self._cond:
             self._held = False

@@ -6,10 +6,10 @@ so the statement of listserv.delivery.queues.record_progress is compiled once, i
 parameters converted by the columns' own types, and run on the driver's connection: a few
 microseconds instead of SQLAlchemy's per-execution work. Same statement, same effect.
 
-On SQLite a record may be written without waiting for the database's write lock
-(``wait=False``): the delivery loop does that in line, which spares it a hop to a thread
-and back per record, and hands the record to a thread only when another writer holds the
-lock. PostgreSQL is always written from a thread (a network round trip).
+On SQLite a record may be written without waiting for the database's write lock or this
+process's write gate (``wait=False``): the delivery loop does that in line, which spares it
+a hop to a thread and back per record, and hands the record to a thread only when another
+writer holds them. PostgreSQL is always written from a thread (a network round trip).
 """
 
 from __future__ import annotations
@@ -72,6 +72,7 @@ class ProgressWriter:
             cur.execute(f"PRAGMA busy_timeout={WAIT_MS if wait else 0}")
             cur.close()
             self.waits = wait
+        self._gate(wait)
         exp = now + lease
         lost: set[int] = set()
         cur = self.raw.cursor()
@@ -94,6 +95,21 @@ class ProgressWriter:
         finally:
             cur.close()
         return lost
+
+    def _gate(self, wait: bool) -> None:
+        """SQLite: take this process's write gate (listserv.core.writegate: the writers of
+        one process queue for the lock, the intake first), as every SQLAlchemy write does;
+        Busy when it is taken and ``wait`` is False. Given back by commit or rollback."""
+        raw = self.raw
+        gate = getattr(raw, "gate", None)
+        if gate is None or raw.holds:
+            return
+        if wait:
+            raw.take()
+        elif gate.try_acquire():
+            raw.holds = True
+        else:
+            raise Busy()
 
     def close(self) -> None:
         """Discard the connection (not back to the pool: see progress_connection)."""

@@ -1,7 +1,7 @@
 """Progress records through the driver (listserv.delivery.progress) do what
 queues.record_progress does: set ``sent``, renew the lease, report a lost lease; on SQLite a
 record that must not wait gives up at once, having written nothing, while another writer
-holds the lock."""
+holds the lock or this process's write gate."""
 
 from __future__ import annotations
 
@@ -68,7 +68,14 @@ def test_a_record_that_must_not_wait_gives_way_to_another_writer(app: App,
                 writer.write("w-one", clock(), {row.id: "0"}, wait=False)
             other.rollback()
         assert row_of(app, row.id).sent is None
+        gate = app.db.engine.write_gate    # type: ignore[attr-defined]
+        assert gate.try_acquire()           # this process's other writer (the write gate)
+        with pytest.raises(Busy):
+            writer.write("w-one", clock(), {row.id: "0"}, wait=False)
+        gate.release()
         assert writer.write("w-one", clock(), {row.id: "0"}, wait=False) == set()
         assert row_of(app, row.id).sent == "0"
+        assert gate.try_acquire()           # given back with the commit
+        gate.release()
     finally:
         writer.close()
