@@ -30,7 +30,7 @@ import collections
 import logging
 import re
 import time
-from typing import TYPE_CHECKING, NamedTuple, Optional
+from typing import TYPE_CHECKING, NamedTuple, Optional, cast
 
 if TYPE_CHECKING:
     from listserv.delivery.transport import Batch, SmtpTransport, _Tx
@@ -114,8 +114,7 @@ class Wire(asyncio.Protocol):
     # -- asyncio.Protocol -----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.WriteTransport)
-        self.transport = transport
+        self.transport = cast(asyncio.WriteTransport, transport)   # (any loop's TCP transport)
 
     def data_received(self, data: bytes) -> None:
         buf = self.buf
