@@ -21,7 +21,6 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from email import policy
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
@@ -33,7 +32,7 @@ from click.testing import CliRunner
 from sqlalchemy import create_engine, text
 
 from listserv.cli import cli as click_cli
-from tests.conftest import PG_URL, _pg_admin_url
+from tests.conftest import PG_URL, _pg_admin_url, pg_database_name
 from tests.sink import Captured, SmtpSink
 from tests.waiting import wait_until
 
@@ -192,7 +191,7 @@ def _database(root: Path) -> Iterator[str]:
         yield f"sqlite:///{root / 'data' / 'listserv.db'}"
         return
     admin = create_engine(_pg_admin_url(), isolation_level="AUTOCOMMIT")
-    name = f"listserv_acc_{uuid.uuid4().hex[:10]}"
+    name = pg_database_name("acc")
     with admin.connect() as c:
         c.execute(text(f'CREATE DATABASE "{name}"'))
     try:
