@@ -28,9 +28,8 @@ from listserv.core.db import Database
 from listserv.core.errors import UsageError
 from listserv.importers import member_csv
 from listserv.core.lists import get_list
-from listserv.core.members import parse_person
-from listserv.digests.groups import DIGEST_MODES
-from listserv.core.models import Address, DeliveryMode, Membership, Role, _locked_post_id, utcnow
+from listserv.core.members import locked_post_id, parse_person
+from listserv.core.models import DIGEST_MODES, Address, DeliveryMode, Membership, Role, utcnow
 
 ADDRESS = cast(Table, Address.__table__)
 MEMBERSHIP = cast(Table, Membership.__table__)
@@ -233,9 +232,9 @@ def _insert_chunk(db: Database, list_id: int, chunk: list[Row]) -> tuple[int, in
             Address.email, Address.id).where(Address.email.in_(emails)))}
         have = set(session.execute(select(Membership.address_id, Membership.role).where(
             Membership.list_id == list_id, Membership.address_id.in_(list(ids.values())))))
-        # A core INSERT skips the ORM hook that starts a digest member's digests at the
-        # list's current post (models._digest_start_on_insert): set it here, the same way.
-        from_seq = (_locked_post_id(session.connection(), list_id)
+        # A digest reader's digests start after the list's current post, as in
+        # members.add_member.
+        from_seq = (locked_post_id(session, list_id)
                     if any(row[3] in DIGEST_MODES for row in chunk) else 0)
         rows = [{"list_id": list_id, "address_id": ids[email], "role": role,
                  "delivery_mode": mode, "moderated": moderated, "enabled": True,

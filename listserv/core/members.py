@@ -7,14 +7,16 @@ import re
 from email.utils import parseaddr
 from typing import Any, Iterable, Iterator
 
-from sqlalchemy import select
+from sqlalchemy import Table, insert, select, update
 from sqlalchemy.orm import Session
 
 from listserv.core import addresses
 from listserv.core.errors import UsageError
 from listserv.core.models import (
+    DIGEST_MODES,
     Address,
     DeliveryMode,
+    FinalDigest,
     MailingList,
     Membership,
     Role,
@@ -57,9 +59,43 @@ def add_member(session: Session, ml: MailingList, email: str, *, role: Role = Ro
     if m is None:
         m = Membership(list_id=ml.id, address=addr, role=role, delivery_mode=delivery_mode,
                        moderated=moderated)
+        if delivery_mode in DIGEST_MODES:
+            m.digest_from_seq = locked_post_id(session, ml.id)
         session.add(m)
         session.flush()
     return m
+
+
+def locked_post_id(session: Session, list_id: int) -> int:
+    """The list's post number under its write lock (the one the posting pipeline takes): a
+    post being accepted concurrently is then wholly before or wholly after what the caller
+    records against this number (a digest reader's start, a final digest's end)."""
+    t: Table = MailingList.__table__  # type: ignore[assignment]
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(update(t).where(t.c.id == list_id).values(post_id=t.c.post_id))
+        return int(session.scalar(select(t.c.post_id).where(t.c.id == list_id)) or 0)
+    return int(session.scalar(select(t.c.post_id).where(t.c.id == list_id)
+                              .with_for_update()) or 0)
+
+
+def change_delivery_mode(session: Session, m: Membership, mode: DeliveryMode,
+                         now: dt.datetime) -> None:
+    """Set a member's delivery mode, keeping the digest bookkeeping right: someone who starts
+    reading digests gets the posts after the current one in their first digest; someone who
+    goes back to regular delivery is owed one last digest of the posts since their start,
+    which they will not get as regular copies."""
+    old = m.delivery_mode
+    if old is mode:
+        return
+    if (old in DIGEST_MODES) != (mode in DIGEST_MODES):
+        seq = locked_post_id(session, m.list_id)
+        if mode in DIGEST_MODES:
+            m.digest_from_seq = seq
+        elif mode is DeliveryMode.regular and seq > (m.digest_from_seq or 0):
+            session.execute(insert(FinalDigest).values(
+                list_id=m.list_id, membership_id=m.id, mode=old,
+                from_seq=m.digest_from_seq or 0, to_seq=seq, created_at=now))
+    m.delivery_mode = mode
 
 
 def _domain_ok(domain: str) -> bool:
@@ -223,7 +259,7 @@ def set_member(session: Session, ml: MailingList, email: str, *, role: Role | No
     rows = _require(session, ml, [email], role)
     for m in rows:
         if delivery_mode is not None:
-            m.delivery_mode = delivery_mode
+            change_delivery_mode(session, m, delivery_mode, utcnow())
         if moderated is not None:
             m.moderated = moderated
         if enabled is True:

@@ -24,7 +24,6 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
-    event,
     false,
     text,
 )
@@ -87,6 +86,9 @@ class DeliveryMode(enum.Enum):
     mime_digest = "mime-digest"
     plain_digest = "plain-digest"
     nomail = "nomail"
+
+
+DIGEST_MODES = (DeliveryMode.mime_digest, DeliveryMode.plain_digest)
 
 
 class Action(enum.Enum):
@@ -772,50 +774,6 @@ class Job(Base):
     last_error: Mapped[Optional[str]] = mapped_column(Text)
     failed_at: Mapped[Optional[dt.datetime]] = mapped_column()
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
-
-
-_DIGEST_MODES = (DeliveryMode.mime_digest, DeliveryMode.plain_digest)
-
-
-def _locked_post_id(connection: Any, list_id: int) -> int:
-    """The list's post_id under its write lock (as the posting pipeline takes it): a post being
-    distributed concurrently is then wholly before or wholly after the mode change."""
-    from sqlalchemy import Table, select, update
-
-    t: Table = MailingList.__table__  # type: ignore[assignment]
-    if connection.dialect.name == "sqlite":
-        connection.execute(update(t).where(t.c.id == list_id).values(post_id=t.c.post_id))
-        return int(connection.scalar(select(t.c.post_id).where(t.c.id == list_id)) or 0)
-    return int(connection.scalar(select(t.c.post_id).where(t.c.id == list_id)
-                                 .with_for_update()) or 0)
-
-
-def _digest_start_on_insert(mapper: Any, connection: Any, target: Membership) -> None:
-    if target.delivery_mode in _DIGEST_MODES and target.list_id is not None:
-        target.digest_from_seq = _locked_post_id(connection, target.list_id)
-
-
-def _digest_mode_change(mapper: Any, connection: Any, target: Membership) -> None:
-    from sqlalchemy import insert
-    from sqlalchemy.orm import attributes
-
-    hist = attributes.get_history(target, "delivery_mode")
-    if not hist.deleted or not hist.added:
-        return
-    old, new = hist.deleted[0], hist.added[0]
-    if (old in _DIGEST_MODES) == (new in _DIGEST_MODES):
-        return
-    seq = _locked_post_id(connection, target.list_id)
-    if new in _DIGEST_MODES:
-        target.digest_from_seq = seq
-    elif new is DeliveryMode.regular and seq > (target.digest_from_seq or 0):
-        connection.execute(insert(FinalDigest).values(
-            list_id=target.list_id, membership_id=target.id, mode=old,
-            from_seq=target.digest_from_seq or 0, to_seq=seq, created_at=utcnow()))
-
-
-event.listen(Membership, "before_insert", _digest_start_on_insert)
-event.listen(Membership, "before_update", _digest_mode_change)
 
 
 __all__ = [name for name in dir() if not name.startswith("_")]

@@ -30,8 +30,8 @@ from sqlalchemy.orm import Session
 
 from listserv.core import network
 from listserv.core.models import (
+    DIGEST_MODES,
     Address,
-    DeliveryMode,
     Fanout,
     FinalDigest,
     MailingList,
@@ -39,7 +39,6 @@ from listserv.core.models import (
     Role,
 )
 
-DIGEST_MODES = (DeliveryMode.mime_digest, DeliveryMode.plain_digest)
 CHUNK = 500
 
 

@@ -18,9 +18,7 @@ from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from listserv.core import network
-from listserv.core.models import Address, DeliveryMode, FinalDigest, Membership, Role
-
-DIGEST_MODES = (DeliveryMode.mime_digest, DeliveryMode.plain_digest)
+from listserv.core.models import DIGEST_MODES, Address, DeliveryMode, FinalDigest, Membership, Role
 
 
 @dataclass

@@ -2,8 +2,8 @@
 leave the rest alone (so a second import changes nothing). Never removes anyone.
 
 Members go in with core bulk INSERTs (one statement per table per few thousand rows); the
-few memberships that differ from the import are changed through the ORM so that the digest
-mode hooks (models._digest_mode_change) run.
+few memberships that differ from the import are changed one by one, their delivery mode
+through members.change_delivery_mode so that the digest bookkeeping is kept.
 """
 
 from __future__ import annotations
@@ -16,20 +16,19 @@ from typing import Any, cast
 from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
-from listserv.core import addresses, lists, senders, settings as settings_mod
+from listserv.core import addresses, lists, members, senders, settings as settings_mod
 from listserv.core.db import Database
-from listserv.digests.groups import DIGEST_MODES
 from listserv.core.errors import UsageError
 from listserv.importers import py2pickle
 from listserv.importers.mailman2 import Mm2List, Person, map_list
 from listserv.core.models import (
+    DIGEST_MODES,
     Address,
     Ban,
     MailingList,
     Membership,
     Role,
     SenderAction,
-    _locked_post_id,
     utcnow,
 )
 
@@ -119,7 +118,7 @@ def _people(session: Session, ml: MailingList, chunk: list[Person], changes: Cha
         found = have.get((ids[p.email], p.role))
         if found is None:
             if p.delivery in DIGEST_MODES and from_seq is None:
-                from_seq = _locked_post_id(session.connection(), ml.id)
+                from_seq = members.locked_post_id(session, ml.id)
             rows.append({"list_id": ml.id, "address_id": ids[p.email], "role": p.role,
                          "joined_at": now, **want,
                          "digest_from_seq": (from_seq or 0) if p.delivery in DIGEST_MODES
@@ -134,7 +133,10 @@ def _people(session: Session, ml: MailingList, chunk: list[Person], changes: Cha
     if differ:
         for m in session.scalars(select(Membership).where(Membership.id.in_(list(differ)))):
             for k, v in differ[m.id].items():
-                setattr(m, k, v)
+                if k == "delivery_mode":
+                    members.change_delivery_mode(session, m, v, now)
+                else:
+                    setattr(m, k, v)
         changes.updated += len(differ)
 
 

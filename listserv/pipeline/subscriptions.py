@@ -210,7 +210,7 @@ def set_delivery(session: Session, app: App, ml: MailingList, email: str, value:
     if m.delivery_mode is mode:
         return Result(f"Delivery for {email} is already {mode.value}.")
     if confirmed:
-        m.delivery_mode = mode
+        members.change_delivery_mode(session, m, mode, app.now())
         return Result(f"Delivery for {email} is now {mode.value}.")
     if not _may_confirm(session, app, ml, email):
         return _confirm_limited(ml, email)

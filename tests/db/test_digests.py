@@ -20,6 +20,7 @@ from listserv.message import signing
 from listserv.core.app import App
 from listserv.cli import cli
 from listserv.core.models import (
+    utcnow,
     Address,
     Delivery,
     DeliveryMode,
@@ -97,7 +98,7 @@ def set_mode(app: App, email: str, mode: DeliveryMode) -> None:
         ml = lists.get_list(s, LIST)
         m = members.find_membership(s, ml, email)
         assert m is not None
-        m.delivery_mode = mode
+        members.change_delivery_mode(s, m, mode, utcnow())
 
 
 def list_row(app: App) -> MailingList:

@@ -7,7 +7,7 @@ from collections import Counter
 
 from listserv import digests
 from listserv.core import lists, members, network
-from listserv.core.models import DeliveryMode
+from listserv.core.models import DeliveryMode, utcnow
 from tests.integration.harness import Harness, make_list, make_message
 from tests.sink import Captured
 
@@ -21,7 +21,7 @@ def modes(h: Harness, address: str, **by_person: DeliveryMode) -> None:
         for email, mode in by_person.items():
             m = members.find_membership(s, ml, email.replace("_", "@") + ".example")
             assert m is not None
-            m.delivery_mode = mode
+            members.change_delivery_mode(s, m, mode, utcnow())
 
 
 def post(h: Harness, to: str | list[str], subject: str, message_id: str) -> None:

@@ -18,7 +18,7 @@ from listserv.cli import cli
 from listserv.core.app import App
 from listserv import workers
 from listserv.daemon import Daemon
-from listserv.core.models import DeliveryMode, Digest
+from listserv.core.models import DeliveryMode, Digest, utcnow
 from tests.conftest import Clock
 from tests.integration.harness import Harness, make_list, make_message
 from tests.sink import Captured, SmtpSink
@@ -39,7 +39,7 @@ def setup_list(h: Harness, key: str | None = None) -> None:
         for email, mode in MODES.items():
             m = members.find_membership(s, ml, email)
             assert m is not None
-            m.delivery_mode = mode
+            members.change_delivery_mode(s, m, mode, utcnow())
 
 
 def to(msgs: list[Captured], rcpt: str) -> list[Captured]:
@@ -136,7 +136,7 @@ def test_mode_change_mid_period_loses_and_doubles_nothing(harness: Harness,
                             ("mime@b.example", DeliveryMode.regular)):
             m = members.find_membership(s, ml, email)
             assert m is not None
-            m.delivery_mode = mode
+            members.change_delivery_mode(s, m, mode, utcnow())
     harness.send(make_message("reg@a.example", LIST, "Topic 2", message_id="<p2@a.example>"))
     harness.run_until_idle()
     clock.advance(days=1, minutes=1)

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 
 from listserv import digests
 from listserv.core import lists, members, network
-from listserv.core.models import ArchiveMessage, DeliveryMode, HeldMessage, InboundMessage
+from listserv.core.models import ArchiveMessage, DeliveryMode, HeldMessage, InboundMessage, utcnow
 from tests.integration.harness import Harness, make_list, make_message
 from tests.sink import Captured
 
@@ -101,15 +101,15 @@ def test_digest_only_person_gets_the_parents_digest(harness: Harness, cli_env: d
         for email in ("dig@x.org", "n1@x.org"):
             m = members.find_membership(s, child, email)
             assert m is not None
-            m.delivery_mode = DeliveryMode.mime_digest
+            members.change_delivery_mode(s, m, DeliveryMode.mime_digest, utcnow())
         # nat@ reads the national list itself as a plain digest
         nat = members.find_membership(s, lists.get_list(s, NATIONAL), "nat@x.org")
         assert nat is not None
-        nat.delivery_mode = DeliveryMode.plain_digest
+        members.change_delivery_mode(s, nat, DeliveryMode.plain_digest, utcnow())
         # both@ reads the national list as a digest but is a regular member of north
         both = members.find_membership(s, lists.get_list(s, NATIONAL), "both@x.org")
         assert both is not None
-        both.delivery_mode = DeliveryMode.mime_digest
+        members.change_delivery_mode(s, both, DeliveryMode.mime_digest, utcnow())
         network.include(s, lists.get_list(s, NATIONAL), ["digesters@example.org"])
     harness.send(make_message("boss@x.org", NATIONAL, "News"))
     harness.run_until_idle()

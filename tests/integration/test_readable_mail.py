@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from listserv.core import lists, members
 from listserv.cli import cli
-from listserv.core.models import DeliveryMode
+from listserv.core.models import DeliveryMode, utcnow
 from tests.integration.harness import Harness, make_list, make_message
 from tests.sink import Captured
 
@@ -56,7 +56,7 @@ def test_plain_digest_of_html_only_post_keeps_structure(harness: Harness,
         ml = lists.get_list(s, LIST)
         m = members.find_membership(s, ml, "plain@c.example")
         assert m is not None
-        m.delivery_mode = DeliveryMode.plain_digest
+        members.change_delivery_mode(s, m, DeliveryMode.plain_digest, utcnow())
     h.send(html_post("ann@a.example", "gmail", "Garden"))
     h.run_until_idle()
     out = CliRunner().invoke(cli, ["digest", "send", LIST], env=cli_env)
@@ -243,7 +243,7 @@ def test_non_ascii_subjects_keep_their_spaces_in_copies_archive_and_index(
                             ("mime@d.example", DeliveryMode.mime_digest)):
             m = members.find_membership(s, ml, email)
             assert m is not None
-            m.delivery_mode = mode
+            members.change_delivery_mode(s, m, mode, utcnow())
     for n, subject in enumerate(SUBJECTS):
         h.send(encoded_post(subject, n), mail_from="ann@a.example", rcpts=[LIST])
         h.run_until_idle()
@@ -426,7 +426,7 @@ def test_digest_send_reports_what_each_digest_holds_and_keeps_the_signature_spac
         ml = lists.get_list(s, LIST)
         m = members.find_membership(s, ml, "plain@c.example")
         assert m is not None
-        m.delivery_mode = DeliveryMode.plain_digest
+        members.change_delivery_mode(s, m, DeliveryMode.plain_digest, utcnow())
     for n in (1, 2):
         h.send(make_message("ann@a.example", LIST, f"Post {n}", f"Text {n}.\n\n-- \nAnn\n",
                             message_id=f"<d{n}@a.example>"))

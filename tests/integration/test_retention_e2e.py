@@ -13,6 +13,7 @@ from listserv.archive import store as archive_store
 from listserv.core import lists, members
 from listserv.pipeline import moderation
 from listserv.core.models import (
+    utcnow,
     ArchiveMessage,
     Decision,
     Delivery,
@@ -44,7 +45,7 @@ def test_a_month_later_only_the_held_post_is_left(harness: Harness, clock: Clock
         ml = lists.get_list(s, LIST)
         m = members.find_membership(s, ml, "dig@b.example")
         assert m is not None
-        m.delivery_mode = DeliveryMode.mime_digest
+        members.change_delivery_mode(s, m, DeliveryMode.mime_digest, utcnow())
     harness.send(make_message("reg@a.example", LIST, "Kept in the archive", "Archived body.\n",
                               message_id="<kept@a.example>"))
     harness.run_until_idle()
