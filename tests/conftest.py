@@ -55,6 +55,12 @@ def _pg_admin_url() -> str:
     return base + "/postgres"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``long`` first (a stable sort: the others keep their order), so that
+    pytest-xdist starts them first instead of finishing with them."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)
+
+
 @pytest.fixture(scope="session")
 def _template_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A migrated template database, built once per session."""
