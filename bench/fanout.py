@@ -23,6 +23,10 @@ MAIL-to-250 exchange; it prints p50/p99/max over the posts answered while copies
 going out:
 
     python bench/fanout.py --members 100000 --no-verp --dkim --intake-latency 200
+
+``--trace`` runs the daemon through bench/trace_serve.py and prints, after the run, the timed
+steps between the post's 250 and its first copies (job claims, accept, fan-out chunks,
+delivery claim, connect, first transactions, commits), in milliseconds from the 250.
 """
 
 from __future__ import annotations
@@ -298,6 +302,71 @@ main()
 """
 
 
+TRACE_INSTALL = ("import sys; sys.path.insert(0, 'bench'); import trace_serve; "
+                 "trace_serve.install()\n")
+TRACED = TRACE_INSTALL + "from listserv.cli import main\nmain()\n"
+
+
+def stop_daemon(daemon: subprocess.Popen[bytes] | None) -> None:
+    if daemon is not None and daemon.poll() is None:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.wait(30)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+
+
+def print_trace(path: Path, t_posted: float, t_accepted: float, first: float | None,
+                steps: int) -> None:
+    """The traced steps that started after the post was sent, in start order, in ms from the
+    250 (negative: before it), up to the first copy seen by the sink and a few after."""
+    import json
+
+    if not path.exists():
+        print("trace: no trace file (did the daemon stop cleanly?)")
+        return
+    events = [json.loads(line) for line in path.read_text().splitlines()]
+    events = sorted((e for e in events if e[1] >= t_posted), key=lambda e: e[1])
+    print(f"trace: {len(events)} steps after the post was sent; ms from the 250 "
+          f"(the sink saw the first copy at "
+          f"{(first - t_accepted) * 1000 if first else float('nan'):.1f} ms):")
+    print("     start   +wall    cpu  step                           thread")
+    steps_shown = [e for e in events if not e[0].startswith(("gate.", "Session.commit"))]
+    for name, t0, t1, thread, extra, cpu in steps_shown[:steps]:
+        print(f"  {(t0 - t_accepted) * 1000:8.1f} +{(t1 - t0) * 1000:6.1f} {cpu * 1000:6.1f}  "
+              f"{name:<30} {thread[:22]:<22} {extra}")
+    held: dict[str, float] = {}
+    holds = []
+    for name, t0, t1, thread, _, _ in events:
+        if name == "gate.acquire":
+            held[thread] = t1
+        elif name == "gate.release" and thread in held:
+            holds.append((t0 - held[thread], thread, held.pop(thread) - t_accepted))
+    waits = sorted(t1 - t0 for name, t0, t1, _, _, _ in events if name == "gate.acquire")
+    if waits:
+        print(f"write gate: {len(waits)} takes, wait p50 {percentile(waits, 50) * 1000:.1f} ms, "
+              f"p99 {percentile(waits, 99) * 1000:.1f} ms; longest holds (ms, thread, at):")
+        for h, thread, at in sorted(holds)[-8:]:
+            t0 = t_accepted + at
+            inside = sorted({e[0] for e in events if e[3] == thread and e[1] <= t0 + h
+                             and e[2] >= t0 and not e[0].startswith("gate.")})
+            print(f"  {h * 1000:7.1f} {thread[:22]:<22} {at * 1000:8.1f}  {', '.join(inside)}")
+    stores = [(t1 - t0, cpu, sub, t0 - t_accepted, thread)
+              for name, t0, t1, thread, _, cpu in events
+              for sub in [[(e[2] - e[1], e[5]) for e in events if e[0] == "Session.commit"
+                           and e[3] == thread and t0 <= e[1] <= t1]]
+              if name == "intake.store" and t0 > t_accepted]
+    if stores:
+        walls = sorted(w for w, _, _, _, _ in stores)
+        worst = sorted(stores, key=lambda x: x[0])[-5:]
+        print(f"intake.store after the 250 ({len(stores)}): wall p50 "
+              f"{percentile(walls, 50) * 1000:.1f} ms, p99 {percentile(walls, 99) * 1000:.1f} ms;"
+              " slowest (wall, cpu, at, thread, its commits' wall/cpu) ms:")
+        for w, c, sub, at, thread in worst:
+            print(f"  {w * 1000:7.1f} {c * 1000:6.1f} {at * 1000:8.1f} {thread[:18]:<18} "
+                  + ", ".join(f"{a * 1000:.1f}/{b * 1000:.1f}" for a, b in sub))
+
+
 def cpu_seconds(pid: int) -> tuple[float, float]:
     """User + system CPU seconds so far of process ``pid`` (all its threads) and of its child
     processes (the signing workers)."""
@@ -342,6 +411,11 @@ def main() -> None:
     ap.add_argument("--intake-latency", type=int, default=0, metavar="N",
                     help="post N 1 KB messages while the fan-out runs and print the "
                          "intake's answer times (p50/p99/max)")
+    ap.add_argument("--trace", action="store_true",
+                    help="print the daemon's timed steps from the post's 250 to its first "
+                         "copies (bench/trace_serve.py)")
+    ap.add_argument("--trace-steps", type=int, default=40, metavar="N",
+                    help="how many traced steps to print")
     ap.add_argument("--latency-interval", type=float, default=0.02, metavar="SECONDS",
                     help="pause between two latency probe posts")
     args = ap.parse_args()
@@ -393,9 +467,14 @@ def run(args: argparse.Namespace) -> float:
         log = open(tmp / "serve.log", "wb")
         flags = os.environ.get("BENCH_SERVE_FLAGS", "").split()   # e.g. "-vv"
         how = ["-m", "listserv"] if args.per_member else ["-c", NO_PER_MEMBER]
+        env = dict(os.environ)
+        if args.trace:
+            how = ["-c", TRACED if args.per_member else NO_PER_MEMBER.replace(
+                "from listserv.cli import main", TRACE_INSTALL + "from listserv.cli import main")]
+            env["BENCH_TRACE_FILE"] = str(tmp / "trace.jsonl")
         daemon = subprocess.Popen([sys.executable, *how, "--config", str(cfg),
                                    *flags, "serve"], stdout=log, stderr=subprocess.STDOUT,
-                                  cwd=ROOT)
+                                  cwd=ROOT, env=env)
         wait_port(intake_port, 30, daemon)
 
         if args.warmup:
@@ -407,6 +486,7 @@ def run(args: argparse.Namespace) -> float:
         cpu0 = cpu_seconds(daemon.pid)
         load0 = os.getloadavg()[0]
         with smtplib.SMTP("127.0.0.1", intake_port) as smtp:
+            t_posted = time.time()
             smtp.sendmail(POSTER, [LIST], message(LIST, "fan-out benchmark"))
             t_accepted = time.time()
         running = threading.Event()
@@ -453,14 +533,13 @@ def run(args: argparse.Namespace) -> float:
             else:
                 print(f"intake latency: none of the {len(answers)} posts was answered while "
                       "the fan-out ran (a larger --members?)")
+        if args.trace:
+            stop_daemon(daemon)
+            print_trace(tmp / "trace.jsonl", t_posted, t_accepted, sink.first,
+                        args.trace_steps)
         return done / elapsed
     finally:
-        if daemon is not None and daemon.poll() is None:
-            daemon.send_signal(signal.SIGTERM)
-            try:
-                daemon.wait(30)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
+        stop_daemon(daemon)
         sink.stop()
         if args.keep:
             print(f"kept {tmp}")

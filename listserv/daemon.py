@@ -8,8 +8,8 @@ threads of their own: JOB_WORKERS loops for every kind, and INCOMING_LOOPS_* for
 mail only (a long pass never delays a post). Delivery (listserv.delivery.runner.run) runs on
 a thread of its own with its own event loop (DeliveryThread): a fan-out of tens of thousands
 of SMTP transactions is tens of thousands of callbacks, and on the intake's loop each would
-sit in front of an SMTP answer. The intake wakes the job loops right after it commits a
-message and its job; every finished job wakes the job loops (it may have queued jobs: a
+sit in front of an SMTP answer. The intake wakes the incoming loops right after it commits
+a message and its job; every finished job wakes the job loops (it may have queued jobs: a
 post's fan-out) and delivery; short polls cover work stored by other processes. stop.set()
 (SIGTERM/SIGINT) closes the listener, lets in-flight SMTP transactions and jobs finish,
 then returns.
@@ -21,6 +21,7 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import logging
+import sys
 import threading
 import time
 from typing import Any, Callable, Coroutine
@@ -43,6 +44,13 @@ JOB_WORKERS = 2        # job loops per process (one long pass does not hold up t
 # delay a post; on PostgreSQL two, so that one list's long post does not delay another's.
 INCOMING_LOOPS_SQLITE = 1
 INCOMING_LOOPS_PG = 2
+# The GIL's switch interval in `serve` (Python's default: 5 ms). A thread that gives up the GIL
+# for each database statement or socket read (the intake storing a message, delivery claiming
+# and sending) waits up to the interval to get it back from a thread that is computing (a
+# fan-out chunk, an archive pass), once per statement: at 5 ms that made a 1 KB post's
+# commit take tens of milliseconds during a fan-out; at 1 ms the computing threads lose a
+# little throughput to more frequent switches.
+SWITCH_INTERVAL = 0.001
 
 
 def delivery_runner() -> Callable[[App, asyncio.Event, asyncio.Event], Coroutine[Any, Any, Any]] | None:
@@ -178,7 +186,8 @@ class Daemon:
         self.handler: intake.IntakeHandler | None = None
         self.bound_port: int | None = None
         self.delivery_wake: Nudge | None = None     # set from any thread
-        self.jobs_wake: asyncio.Event | None = None
+        self.jobs_wakes: list[asyncio.Event] = []   # one per job loop
+        self.incoming_wakes: list[asyncio.Event] = []   # the loops that run only incoming
         # Without the scheduler (tests), only incoming mail, the posts' fan-outs and the
         # lists' archive jobs (enqueued with the posts) run; the periodic passes are left to
         # the test.
@@ -201,9 +210,9 @@ class Daemon:
         loop = self.loop
         if loop is None:
             return
-        if self.jobs_wake is not None:
+        if self.jobs_wakes:
             try:
-                loop.call_soon_threadsafe(self.jobs_wake.set)
+                loop.call_soon_threadsafe(_set_all, self.jobs_wakes)
             except RuntimeError:       # the daemon has stopped: its loop is closed
                 pass
         if self.delivery_wake is not None:
@@ -226,11 +235,11 @@ class Daemon:
         runner = delivery_runner() if self.delivery_enabled else None
         delivery = DeliveryThread(app, runner) if runner is not None else None
         self.delivery_wake = delivery.wake if delivery is not None else Nudge()
-        self.jobs_wake = asyncio.Event()
-        wake = self.jobs_wake
 
         def on_commit() -> None:
-            loop.call_soon_threadsafe(wake.set)
+            # only the loops that run incoming mail: the others would only race them for
+            # the one new job (a claim each, on the path to the message's first copy)
+            loop.call_soon_threadsafe(_set_all, self.incoming_wakes or self.jobs_wakes)
 
         app.wake_delivery = self.wake_delivery
         self.handler = intake.IntakeHandler(app, on_commit=on_commit)
@@ -259,8 +268,12 @@ class Daemon:
         executor = concurrent.futures.ThreadPoolExecutor(max(1, len(loops)),
                                                          thread_name_prefix="listserv-job")
         for kinds in loops:
+            wake = asyncio.Event()
+            self.jobs_wakes.append(wake)
+            if set(kinds) == {inbound.KIND}:
+                self.incoming_wakes.append(wake)
             tasks.append(asyncio.create_task(jobs.work(
-                app, workers_stop, self.jobs_wake, kinds=kinds, owner=self.job_owner,
+                app, workers_stop, wake, kinds=kinds, owner=self.job_owner,
                 executor=executor)))
         delivery_task: asyncio.Future[Any] | None = None
         if delivery is not None:
@@ -337,9 +350,16 @@ class Daemon:
             await asyncio.sleep(0.02)
 
 
+def _set_all(events: list[asyncio.Event]) -> None:
+    for event in events:
+        event.set()
+
+
 def serve(app: App) -> None:
     """Run the daemon in this thread until SIGTERM or SIGINT."""
     import signal
+
+    sys.setswitchinterval(SWITCH_INTERVAL)
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -13,6 +13,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from listserv.core import writegate
 from listserv.core.errors import ConfigError, TemporaryFailure
 
 log = logging.getLogger(__name__)
@@ -35,9 +36,10 @@ def make_engine(url: str, **kw: Any) -> Engine:
         path = url.split("///", 1)[1] if "///" in url else ""
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
-                               **kw)
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False,
+                                                  "factory": writegate.GatedConnection}, **kw)
         event.listen(engine, "connect", _sqlite_pragmas)
+        writegate.install(engine)      # this process's writers queue for the write lock
         # pysqlite's own transaction handling: BEGIN (deferred) before the first write, so a
         # read-then-write is not atomic against another writer; SELECT ... FOR UPDATE is a
         # no-op. Claims are therefore UPDATE ... WHERE state=... with a row count check, and

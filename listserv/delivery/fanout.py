@@ -74,11 +74,44 @@ def record(session: Session, app: App, list_id: int, message_hash: str, outbound
 
 
 def start(session: Session, app: App, fan: Fanout, *, inbound_id: int | None, seq: int,
-          skip_remote: Iterable[str] = (), approved_by: str | None = None) -> int:
-    """Enqueue the fan-out job of ``fan`` (in the caller's transaction); its job id."""
+          skip_remote: Iterable[str] = (), approved_by: str | None = None) -> int | None:
+    """In the caller's transaction (the accept's, under the list lock): queue the first
+    transaction's worth of recipients at once, when no earlier post of the list is still
+    fanning out (its copies go first), and enqueue the fan-out job for the rest. Returns how
+    many recipients were queued when that was all of them (no job: a list of up to one
+    transaction's worth of members), else None.
+
+    The first chunk commits with the accept itself: the delivery loop, woken when the accept
+    commits, sends the first copies while the job is still to be claimed, with no commit in
+    between. It is a bounded amount of work under the lock (one keyset read of at most
+    max_recipients_per_transaction members and one Delivery row)."""
     payload: dict[str, Any] = {"fanout": fan.id, "inbound": inbound_id, "seq": seq,
                                "skip_remote": sorted(skip_remote), "approved_by": approved_by}
-    return engine.enqueue(session, app, KIND, payload, partition_key=partition(fan.list_id))
+    busy = session.scalar(select(Fanout.id).where(
+        Fanout.list_id == fan.list_id, Fanout.id != fan.id, Fanout.expanded_at.is_(None))
+        .limit(1))
+    if busy is None and fan.outbound_id is not None:
+        chunk = recipients.next_chunk(
+            session, fan.list_id, fan.message_id_hash, after=0,
+            limit=app.settings.delivery.max_recipients_per_transaction, before=fan.id,
+            upto=fan.members_upto, skip_remote=payload["skip_remote"])
+        added = outbound.add_recipients(session, app, fan.outbound_id,
+                                        [*chunk.people, *chunk.remote])
+        fan.after_address_id, fan.queued = chunk.last, added
+        if chunk.complete:
+            fan.expanded_at = app.now()
+            session.flush()
+            log.info("list_id %s: post %s queued for %d recipients", fan.list_id, seq, added)
+            return added
+        session.flush()
+    engine.enqueue(session, app, KIND, payload, partition_key=partition(fan.list_id))
+    return None
+
+
+def outcome(seq: int | None, total: int, approved_by: str | None) -> str:
+    """The inbound message's outcome once its post is queued for everyone."""
+    return (f"accepted as post {seq} to {total} recipients"
+            + (f", approved by {approved_by}" if approved_by else ""))
 
 
 def start_digest(session: Session, app: App, list_id: int, key: str,
@@ -187,8 +220,7 @@ def _finished(session: Session, app: App, list_id: int, payload: dict[str, Any],
     inbound = (session.get(InboundMessage, int(payload["inbound"]))
                if payload.get("inbound") else None)
     if inbound is not None and inbound.state is InboundState.accepted:
-        inbound.outcome = (f"accepted as post {seq} to {total} recipients"
-                           + (f", approved by {approved_by}" if approved_by else ""))
+        inbound.outcome = outcome(seq, total, approved_by)
     log.info("list_id %s message %s: post %s queued for %d recipients", list_id,
              inbound.message_id if inbound is not None else "-", seq, total)
 

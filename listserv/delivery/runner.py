@@ -106,8 +106,13 @@ class Runner:
 
     def _claim_sync(self, limit: int) -> list[Batch]:
         now = self.app.now()
+        # The claim commits on its own: reading and preparing the messages' bytes (a DKIM
+        # signature) must not hold SQLite's write lock.
         with self.app.db.unit_of_work() as session:
             rows = claim(session, self.owner, now, limit, self.lease)
+        if not rows:
+            return []
+        with self.app.db.unit_of_work() as session:
             need = {r.outbound_id for r in rows}
             have = {i: self.messages[i] for i in need if i in self.messages}
             if need - set(have):

@@ -32,6 +32,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from listserv import __version__
 from listserv.core import addresses, lists
 from listserv.core import spool as spool_mod
+from listserv.core import writegate
 from listserv.core.app import App
 from listserv.core.config import Settings
 from listserv.core.errors import (
@@ -195,7 +196,8 @@ def record(app: App, spooled: Spooled, resolved: list[Resolved]) -> None:
     now = app.now()
     seen: set[tuple[int, str, str | None]] = set()
     try:
-        with app.db.unit_of_work() as session:
+        # urgent: the client waits for our answer; other writers of the process wait for us
+        with writegate.urgent(), app.db.unit_of_work() as session:
             app.spool.put(info.raw, session=session)
             for r in resolved:
                 key = (r.list_id, r.route.subaddress, r.route.extra)

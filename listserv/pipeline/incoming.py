@@ -107,10 +107,12 @@ def process(app: App, inbound_id: int, *, attempt: int = 1,
             inbound = session.get(InboundMessage, inbound_id)
             if inbound is None or inbound.state is not InboundState.new:
                 return None
-            inbound.attempts = attempt
             raw = app.spool.get(inbound.spool_sha, session=session)
             msg = parse(raw)
             dispatch(session, app, inbound, msg, raw)
+            # written last: on SQLite the first write takes the database's one write lock,
+            # and the rules and the preparing of a post (most of the time here) only read
+            inbound.attempts = attempt
             if inbound.state in (InboundState.processing, InboundState.new):
                 inbound.state = InboundState.handled
             return inbound.state

@@ -141,12 +141,13 @@ def accept_post(session: Session, app: App, inbound: InboundMessage, msg: EmailM
                                   per_member=verp)
     fan = fanout.record(session, app, ml.id, mhash, out.id)
     digests.add_post(session, app, ml, seq, prepared_sha, prepared, message_hash=mhash)
-    fanout.start(session, app, fan, inbound_id=inbound.id, seq=seq,
-                 skip_remote=network.came_through(msg), approved_by=approved_by)
+    everyone = fanout.start(session, app, fan, inbound_id=inbound.id, seq=seq,
+                            skip_remote=network.came_through(msg), approved_by=approved_by)
     if ml.archive is not ArchivePolicy.none:     # after the fan-out: its job runs first
         archive.add_entry(session, app, ml.id, seq, prepared_sha, message_id, now)
     inbound.state = InboundState.accepted
-    inbound.outcome = (f"accepted as post {seq}; its recipients are being queued"
+    inbound.outcome = (fanout.outcome(seq, everyone, approved_by) if everyone is not None else
+                       f"accepted as post {seq}; its recipients are being queued"
                        + (f", approved by {approved_by}" if approved_by else ""))
     log.info("list %s message %s: accepted as post %d", ml.list_id, message_id, seq)
     return seq

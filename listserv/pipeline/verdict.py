@@ -23,9 +23,12 @@ def handle_post(session: Session, app: App, inbound: InboundMessage, msg: EmailM
     """Run the rules on a post and carry out the verdict."""
     ml = session.get(MailingList, inbound.list_id)
     assert ml is not None
-    inbound.body_sha = rules.body_digest(msg)
-    ctx = rules.build_context(session, ml, inbound, msg)
-    verdict = rules.evaluate(ctx)
+    # The rules only read: nothing is written before the verdict, so that on SQLite the
+    # database's one write lock is not taken (and held) while they run.
+    with session.no_autoflush:
+        inbound.body_sha = rules.body_digest(msg)
+        ctx = rules.build_context(session, ml, inbound, msg)
+        verdict = rules.evaluate(ctx)
     if verdict.action is Action.reject and ctx.is_auto:
         # A machine is never sent a refusal: nobody would read it. A person decides instead.
         action = Action.discard if ml.automatic_action is Action.discard else Action.hold

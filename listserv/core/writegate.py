@@ -1,0 +1,155 @@
+"""One SQLite writer at a time inside this process, taken in turn, the intake first.
+
+SQLite lets one connection write at a time. A connection that finds the write lock taken
+does not queue for it: SQLite's busy handler sleeps (1, 2, 5, 10 ... 100 ms) and tries
+again, so a writer that arrives while others commit back to back (a fan-out's chunks, the
+delivery loop's progress and results, job claims) can sleep for hundreds of milliseconds
+while the others keep the lock between its tries. That is what made the intake answer a
+post in 300-600 ms while a large fan-out ran.
+
+Here each engine's connections take a process-wide gate before their first write of a
+transaction (an INSERT/UPDATE/DELETE/REPLACE, ``BEGIN IMMEDIATE`` or DDL) and give it back
+when the transaction ends (commit, rollback, close). Writers of this process therefore wait
+for each other in a queue that wakes the next one the moment the last one ends, and SQLite's
+busy handler only ever waits for other processes (the CLI). A thread marked ``urgent()``
+(the intake recording a message before its 250) goes ahead of every waiting writer that is
+not. A writer that waits longer than the busy timeout goes on without the gate and leaves it
+to SQLite, as before; the gate never turns a wait into a deadlock.
+
+Reads take no gate (WAL: readers never wait for the writer).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import sqlite3
+import threading
+import time
+from typing import Any, Iterator
+
+log = logging.getLogger(__name__)
+
+WAIT = 30.0          # seconds, as the connections' busy_timeout; then go on without the gate
+_WRITE = re.compile(r"\s*(INSERT|UPDATE|DELETE|REPLACE|BEGIN\s+(IMMEDIATE|EXCLUSIVE)|CREATE|"
+                    r"DROP|ALTER)\b", re.IGNORECASE)
+_CTE_WRITE = re.compile(r"\b(INSERT|UPDATE|DELETE)\b", re.IGNORECASE)
+_local = threading.local()
+
+
+def is_write(statement: str) -> bool:
+    """Does ``statement`` take SQLite's write lock?"""
+    if _WRITE.match(statement):
+        return True
+    return statement.lstrip()[:4].upper() == "WITH" and bool(_CTE_WRITE.search(statement))
+
+
+@contextlib.contextmanager
+def urgent() -> Iterator[None]:
+    """This thread's writes go ahead of the waiting writers that are not urgent."""
+    before = getattr(_local, "urgent", False)
+    _local.urgent = True
+    try:
+        yield
+    finally:
+        _local.urgent = before
+
+
+class Gate:
+    """A lock for one engine's writers: FIFO-ish (every waiter is woken and the first to run
+    takes it) with urgent writers first."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._held = False
+        self._urgent_waiting = 0
+        self.waits = 0                 # writers that found the gate taken (for tests)
+
+    def acquire(self, timeout: float = WAIT) -> bool:
+        """Take the gate; False after ``timeout`` seconds without it (go on anyway)."""
+        is_urgent = getattr(_local, "urgent", False)
+        with self._cond:
+            if not self._held and (is_urgent or not self._urgent_waiting):
+                self._held = True
+                return True
+            self.waits += 1
+            deadline = time.monotonic() + timeout
+            if is_urgent:
+                self._urgent_waiting += 1
+            try:
+                while self._held or (not is_urgent and self._urgent_waiting):
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        log.warning("database: waited %.0f s for this process's other "
+                                    "writers; going on without the write gate", timeout)
+                        return False
+                    self._cond.wait(left)
+                self._held = True
+                return True
+            finally:
+                if is_urgent:
+                    self._urgent_waiting -= 1
+
+    def release(self) -> None:
+        with self._cond:
+            self._held = False
+            self._cond.notify_all()
+
+
+class GatedConnection(sqlite3.Connection):
+    """A pysqlite connection that gives its engine's Gate back when its transaction ends."""
+
+    gate: Gate | None = None
+    holds = False
+    passed = False           # waited WAIT in vain this transaction: no second wait
+
+    def take(self) -> None:
+        if self.gate is not None and not self.holds and not self.passed:
+            self.holds = self.gate.acquire()
+            self.passed = not self.holds
+
+    def _give_back(self) -> None:
+        self.passed = False
+        if self.holds and self.gate is not None:
+            self.holds = False
+            self.gate.release()
+
+    def commit(self) -> None:
+        try:
+            super().commit()
+        finally:
+            self._give_back()
+
+    def rollback(self) -> None:
+        try:
+            super().rollback()
+        finally:
+            self._give_back()
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._give_back()
+
+
+def install(engine: Any) -> None:
+    """Gate the writers of ``engine`` (an SQLAlchemy engine made with
+    ``connect_args={"factory": GatedConnection}``)."""
+    from sqlalchemy import event
+
+    gate = Gate()
+    engine.write_gate = gate
+
+    @event.listens_for(engine, "connect")
+    def bind(dbapi_conn: Any, _record: Any) -> None:
+        if isinstance(dbapi_conn, GatedConnection):
+            dbapi_conn.gate = gate
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def before(conn: Any, cursor: Any, statement: str, params: Any, context: Any,
+               executemany: bool) -> None:
+        raw = cursor.connection
+        if isinstance(raw, GatedConnection) and not raw.holds and is_write(statement):
+            raw.take()
