@@ -1,5 +1,10 @@
 """Shared fixtures: a fresh, migrated database per test (SQLite file, or PostgreSQL when
-LISTSERV_TEST_DATABASE_URL is set), an App bound to it, and a controllable clock."""
+LISTSERV_TEST_DATABASE_URL is set), an App bound to it, and a controllable clock.
+
+Under pytest-xdist (`pytest -n N`) each worker builds its own template database and copies it
+per test; PostgreSQL database names carry the worker's id (``listserv_t_gw0_...``), so workers
+never share a database, and everything else a test starts (sinks, daemons, Postfix) listens on
+ephemeral ports under the worker's own temp dirs."""
 
 from __future__ import annotations
 
@@ -36,9 +41,24 @@ class Clock:
         return self.t
 
 
+# "gw0", "gw1"... under pytest-xdist; "main" in a plain run
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
+
+
+def pg_database_name(kind: str) -> str:
+    """A new PostgreSQL database name of this worker: listserv_KIND_WORKER_RANDOM."""
+    return f"listserv_{kind}_{WORKER}_{uuid.uuid4().hex[:10]}"
+
+
 def _pg_admin_url() -> str:
     base, _, _ = PG_URL.rpartition("/")
     return base + "/postgres"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``long`` first (a stable sort: the others keep their order), so that
+    pytest-xdist starts them first instead of finishing with them."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)
 
 
 @pytest.fixture(scope="session")
@@ -46,7 +66,7 @@ def _template_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A migrated template database, built once per session."""
     if PG_URL:
         admin = create_engine(_pg_admin_url(), isolation_level="AUTOCOMMIT")
-        name = f"listserv_tmpl_{uuid.uuid4().hex[:8]}"
+        name = pg_database_name("tmpl")
         with admin.connect() as c:
             c.execute(text(f'CREATE DATABASE "{name}"'))
         url = PG_URL.rpartition("/")[0] + "/" + name
@@ -76,7 +96,7 @@ def db_url(_template_db: str, tmp_path: Path) -> Iterator[str]:
     """URL of a fresh, migrated database with a site secret, private to this test."""
     if PG_URL:
         admin = create_engine(_pg_admin_url(), isolation_level="AUTOCOMMIT")
-        name = f"listserv_t_{uuid.uuid4().hex[:12]}"
+        name = pg_database_name("t")
         with admin.connect() as c:
             c.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{_template_db}"'))
         yield PG_URL.rpartition("/")[0] + "/" + name

@@ -8,7 +8,10 @@ entries, and, when ``[archive] mbox`` is on, appends the messages to the month f
 ``<data_dir>/archives/<list>/<yyyy-mm>.mbox`` (fsynced before the commit: a crash in between
 can at worst write an entry twice, never leave one out). A message whose Message-ID the
 list's archive already holds is skipped, so running an entry twice archives it once. The HTML
-pages of the months touched are refreshed after the commit (listserv.archive.html).
+pages of the months touched are refreshed after the commit (listserv.archive.html) when
+``[archive] pages`` is on. Both files are exports of the database: with several hosts, they are
+turned off on all of them and written by ``listserv archive export`` / ``archive build`` where
+they are published.
 
 The periodic ``archive`` pass only looks for lists whose entries wait without a job of their
 own (entries from before this version; a job deleted by hand) and enqueues one.
@@ -107,7 +110,7 @@ def archive_batch(app: App, list_id: int, limit: int | None = None) -> bool:
                 append_file(archive_read.month_path(app.settings.archive_path, address, month),
                             b"".join(archive_read.mbox_entry(data, when.timestamp())
                                      for data, m, when in added if m == month))
-    if months:
+    if months and app.settings.archive.pages:
         archive_html.refresh(app, {address: set(months)})
     return more
 

@@ -25,6 +25,9 @@ DAYS_MAX = 36500      # day counts: date arithmetic stays within datetime's rang
 @dataclass(frozen=True)
 class DatabaseSettings:
     url: str = "sqlite:///<data_dir>/listserv.db"
+    # how long a process's claim on a job or delivery batch lasts unless renewed (renewed every
+    # third of it); the work of a process that died is taken over after this
+    lease_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,7 @@ class WebSettings:
 @dataclass(frozen=True)
 class ArchiveSettings:
     mbox: bool = True                        # also write <data_dir>/archives/LIST/YYYY-MM.mbox
+    pages: bool = True                       # refresh the static pages in <data_dir>/archives/LIST/html/
 
 
 @dataclass(frozen=True)
@@ -283,6 +287,9 @@ def _validate(s: Settings) -> None:
     if any(not 0 <= delay <= DAYS_MAX * 86400 for delay in s.delivery.retry_schedule):
         raise ConfigError("configuration key 'delivery.retry_schedule': each delay must be "
                           f"between 0 and {DAYS_MAX * 86400} seconds")
+    if not 3 <= s.database.lease_seconds <= 3600:
+        raise ConfigError("configuration key 'database.lease_seconds' must be between 3 and "
+                          "3600 seconds")
     if s.delivery.connections < 1:
         raise ConfigError("configuration key 'delivery.connections' must be at least 1")
     if s.delivery.max_recipients_per_transaction < 1:

@@ -26,12 +26,18 @@ queued. Someone who leaves, is disabled or switches to digests before their chun
 does not get it; someone who joins after the post was accepted does not either. A person on
 several lists that distribute one Message-ID gets it from the list that accepted it first
 (fanout rows with a lower id; listserv.recipients).
+
+A digest to many members (listserv.digests.service) is fanned out the same way: the digest's
+transaction builds and stores its messages and records a Fanout row and job (start_digest);
+the job queues the list's digest members chunk by chunk in address id order, each to the
+digest message their mode and start point call for when their chunk is queued
+(recipients.next_digest_chunk).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -108,6 +114,22 @@ def outcome(seq: int | None, total: int, approved_by: str | None) -> str:
             + (f", approved by {approved_by}" if approved_by else ""))
 
 
+def start_digest(session: Session, app: App, list_id: int, key: str,
+                 targets: Sequence[recipients.DigestTarget]) -> Fanout:
+    """In the caller's transaction (the digest's own): record the fan-out of a digest whose
+    messages are built and stored (``targets``: which digest members get which message) and
+    enqueue its job, which queues the digest members chunk by chunk behind the same cursor
+    as a post's. ``key`` names the digest (unique per list)."""
+    upto = session.scalar(select(func.max(Membership.id)))
+    fan = Fanout(message_id_hash=recipients.message_hash(key), list_id=list_id, at=app.now(),
+                 outbound_id=targets[0][3], members_upto=upto or 0)
+    session.add(fan)
+    session.flush()
+    engine.enqueue(session, app, KIND, {"fanout": fan.id, "digest": [list(t) for t in targets]},
+                   partition_key=partition(list_id))
+    return fan
+
+
 def run(app: App, payload: dict[str, Any]) -> None:
     """The job kind's handler: queue every chunk."""
     expand(app, payload)
@@ -147,7 +169,12 @@ def step(app: App, payload: dict[str, Any]) -> tuple[bool, int]:
             return True, 0
         outbound_id, after, queued = fan.outbound_id, fan.after_address_id, fan.queued
         list_id = fan.list_id
-        if outbound_id is not None:
+        digest = payload.get("digest")
+        if outbound_id is not None and digest:
+            targets = [(str(m), lo, int(hi), int(o)) for m, lo, hi, o in digest]
+            dchunk = recipients.next_digest_chunk(session, list_id, targets, after=after,
+                                                  limit=CHUNK, upto=fan.members_upto)
+        elif outbound_id is not None:
             size = app.settings.delivery.max_recipients_per_transaction
             chunk = recipients.next_chunk(
                 session, fan.list_id, fan.message_id_hash, after=after,
@@ -163,22 +190,32 @@ def step(app: App, payload: dict[str, Any]) -> tuple[bool, int]:
             session.execute(cas.values(expanded_at=now)
                             .execution_options(synchronize_session=False))
             return True, 0
-        added = outbound.add_recipients(session, app, outbound_id,
-                                        [*chunk.people, *chunk.remote])
-        moved = session.execute(cas.values(after_address_id=chunk.last, queued=queued + added,
-                                           expanded_at=now if chunk.complete else None)
+        if digest:
+            added = sum(outbound.add_recipients(session, app, message, people)
+                        for message, people in dchunk.by_message.items())
+            last, complete = dchunk.last, dchunk.complete
+        else:
+            added = outbound.add_recipients(session, app, outbound_id,
+                                            [*chunk.people, *chunk.remote])
+            last, complete = chunk.last, chunk.complete
+        moved = session.execute(cas.values(after_address_id=last, queued=queued + added,
+                                           expanded_at=now if complete else None)
                                 .execution_options(synchronize_session=False))
         if getattr(moved, "rowcount", 0) != 1:
             raise CursorMoved(f"fan-out {fanout_id}: another worker queued this chunk")
-        if chunk.complete:
+        if complete:
             _finished(session, app, list_id, payload, queued + added)
     log.debug("fan-out %d: %d recipients queued (%d in all)%s", fanout_id, added,
-              queued + added, ", complete" if chunk.complete else "")
-    return chunk.complete, added
+              queued + added, ", complete" if complete else "")
+    return complete, added
 
 
 def _finished(session: Session, app: App, list_id: int, payload: dict[str, Any],
               total: int) -> None:
+    if payload.get("digest"):
+        log.info("list_id %s: digest fan-out %s queued for %d digest members", list_id,
+                 payload["fanout"], total)
+        return
     seq, approved_by = payload.get("seq"), payload.get("approved_by")
     inbound = (session.get(InboundMessage, int(payload["inbound"]))
                if payload.get("inbound") else None)

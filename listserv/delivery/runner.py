@@ -49,7 +49,7 @@ from listserv.delivery.queues import (
     renew,
 )
 from listserv.delivery.transport import Batch, MaildirTransport, Message, SmtpTransport
-from listserv.jobs.engine import LEASE, new_worker_id
+from listserv.jobs.engine import lease_of, new_worker_id
 from listserv.message import signing
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class Runner:
     def __init__(self, app: App, owner: str | None = None) -> None:
         self.app = app
         self.owner = owner or new_worker_id()
-        self.lease = LEASE
+        self.lease = lease_of(app)
         d = app.settings.delivery
         self.claim_limit = d.connections
         self.max_inflight = 2 * d.connections

@@ -30,13 +30,21 @@ class Slice:
     hi: int
     count: int = 0
     queries: list[Select[Any]] = field(default_factory=list)
+    # The list's own digest members in ``mode`` whose digest_from_seq is in [lowest, below)
+    # (lowest None: any below): (lowest, below), their query (one of ``queries``) and count.
+    # Set only for a list that includes no other: these can be fanned out later in chunks.
+    members: tuple[int | None, int] | None = None
+    member_query: Select[Any] | None = None
+    member_count: int = 0
 
-    def recipients(self, session: Session) -> Iterator[str]:
-        if len(self.queries) == 1:    # the common case: one streamed query, no set kept
-            yield from session.scalars(self.queries[0].execution_options(yield_per=2000))
+    def recipients(self, session: Session, *, without_members: bool = False) -> Iterator[str]:
+        """Everyone the slice goes to; ``without_members``: all but the member query's."""
+        queries = [q for q in self.queries if not (without_members and q is self.member_query)]
+        if len(queries) == 1:    # the common case: one streamed query, no set kept
+            yield from session.scalars(queries[0].execution_options(yield_per=2000))
             return
         seen: set[str] = set()
-        for q in self.queries:
+        for q in queries:
             for email in session.scalars(q.execution_options(yield_per=2000)):
                 if email not in seen:
                     seen.add(email)
@@ -87,7 +95,11 @@ def plan(session: Session, list_id: int, seqs: Sequence[int]) -> list[Slice]:
                 q = q.where(Membership.digest_from_seq >= seqs[lo - 1])
             if regular is not None:
                 q = q.where(Membership.address_id.not_in(regular))
-            s.queries.append(q.order_by(Address.email))
+            q = q.order_by(Address.email)
+            s.queries.append(q)
+            if regular is None:
+                s.members = (seqs[lo - 1] if lo > 0 else None, seqs[lo])
+                s.member_query, s.member_count = q, count
     if networked and n:
         for mode, q in network.included_digest_queries(list_id):
             count = int(session.scalar(select(func.count()).select_from(q.subquery())) or 0)

@@ -15,6 +15,14 @@ Decisions (operators, see the report/README):
   one MIME and one plain digest, queue both on the durable outbound queue (recipients streamed),
   bump the list counters. A crash before commit leaves everything pending; after commit the
   outbound queue owns delivery. Two ticks (or processes) cannot claim the same entries.
+- A digest to more than IN_ONE_TRANSACTION of the list's own digest members (a list that
+  includes no other, no cross-posted entry) queues only its messages in that transaction, with
+  a Fanout row and a ``fanout`` job (listserv.delivery.fanout.start_digest): the job queues the
+  digest members in chunks in address id order behind the Fanout row's cursor, as a post's
+  members are, so the list is not locked while 100,000 recipients are queued, a crash resumes
+  from the cursor and nobody is queued twice. Each member gets the digest message of their
+  mode and start point when their chunk is queued; one who changed mode or left meanwhile
+  is passed over (as with a post's fan-out), one who joined meanwhile is not reached.
 - The volume increases with the first digest of a new calendar year; the issue then restarts
   at 1.
 """
@@ -33,7 +41,7 @@ from sqlalchemy.orm import Session
 
 from listserv import jobs
 from listserv.core import isolation
-from listserv.delivery import notices
+from listserv.delivery import fanout, notices
 from listserv.message import untrusted
 from listserv.core.app import App
 from listserv.digests import crosspost, groups
@@ -41,6 +49,7 @@ from listserv.digests.build import DigestItem, build_mime_digest, build_plain_di
 from listserv.core.errors import ListservError
 from listserv.core.lists import get_list
 from listserv.core.models import DeliveryMode, Digest, DigestEntry, DigestFrequency, MailingList
+from listserv.delivery import recipients
 from listserv.delivery.outbound import queue_message
 from listserv.core.views import ListView
 from listserv.message.parse import parse as parse_message
@@ -49,6 +58,9 @@ log = logging.getLogger(__name__)
 
 BUILDERS = {DeliveryMode.mime_digest: build_mime_digest,
             DeliveryMode.plain_digest: build_plain_digest}
+# A digest to more of the list's own digest members than this is not queued for them in its
+# transaction: a fan-out job queues them in chunks (listserv.delivery.fanout).
+IN_ONE_TRANSACTION = 5000
 # Called (no arguments) after a post pushed a list over its size threshold, when the daemon
 # provides it, so the scheduler runs tick() at once instead of at its next period.
 
@@ -249,18 +261,32 @@ def send(session: Session, app: App, ml: MailingList, *, force: bool = False
     holds: list[tuple[int, int]] = []
     built = 0
 
-    def queue(mode: DeliveryMode, chosen: Sequence[DigestItem], to: Iterable[str]) -> int:
+    targets: list[recipients.DigestTarget] = []
+
+    def queue(mode: DeliveryMode, chosen: Sequence[DigestItem], to: Iterable[str],
+              members: tuple[int | None, int] | None = None) -> int:
         msg = BUILDERS[mode](list(chosen), lv, volume, number, date=now,
                              data_dir=app.settings.data_dir)
         data = notices.finalise(msg, lv)   # CRLF, then DKIM-signed when the domain has a key
-        queue_message(session, app, data, to, kind="digest", envelope_from=lv.bounces,
-                      list_id=ml.id, verp=app.settings.delivery.verp,
-                      message_id=str(msg["Message-ID"]))
+        out = queue_message(session, app, data, to, kind="digest", envelope_from=lv.bounces,
+                            list_id=ml.id, verp=app.settings.delivery.verp,
+                            message_id=str(msg["Message-ID"]))
+        if members is not None:        # and the fan-out job queues these members
+            targets.append((mode.value, members[0], members[1], out.id))
         return len(data)
 
     # a cross-posted entry reaches each person in one digest only (listserv.digests.crosspost)
     skip = crosspost.exclusions(session, ml.id, [e.message_id_hash for e in entries])
+    # Many digest members: only the messages are made here, the members are queued in chunks.
+    fan_out = not skip and sum(sl.member_count for sl in slices) > IN_ONE_TRANSACTION
     for sl in slices:
+        if fan_out and sl.members is not None:
+            total += queue(sl.mode, items[sl.lo:sl.hi],
+                           sl.recipients(session, without_members=True), sl.members)
+            counts[sl.mode] += sl.count
+            holds.append((sl.hi - sl.lo, sl.count))
+            built += 1
+            continue
         if not skip:
             total += queue(sl.mode, items[sl.lo:sl.hi], sl.recipients(session))
             counts[sl.mode] += sl.count
@@ -282,6 +308,8 @@ def send(session: Session, app: App, ml: MailingList, *, force: bool = False
             if people:
                 counts[sl.mode] += people
                 holds.append((posts, people))
+    if targets:
+        fanout.start_digest(session, app, ml.id, f"digest {digest.id}", targets)
     groups.settle_finals(session, ml.id, seqs[-1])
     ml.digest_volume, ml.digest_number, ml.digest_last_sent_at = volume, number, now
     log.info("digest %s: Vol %d, Issue %d (%s): %d post(s), %d message(s), %d MIME + %d plain "

@@ -37,12 +37,17 @@ from listserv.core.models import Job, JobState
 
 log = logging.getLogger(__name__)
 
-LEASE = dt.timedelta(seconds=30)        # a claim lasts this long unless renewed
+LEASE = dt.timedelta(seconds=30)        # a claim lasts this long unless renewed (the default)
 BACKOFF_BASE = dt.timedelta(seconds=30)  # first retry after this; doubles per attempt
 BACKOFF_MAX = dt.timedelta(hours=1)
 MAX_ATTEMPTS = 5
 CLAIM_CANDIDATES = 8
 MAX_ID = 2**31 - 1
+
+
+def lease_of(app: App) -> dt.timedelta:
+    """The lease of this process's claims: ``[database] lease_seconds``."""
+    return dt.timedelta(seconds=app.settings.database.lease_seconds)
 
 
 def new_worker_id() -> str:

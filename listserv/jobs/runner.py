@@ -185,11 +185,12 @@ async def _wait(event: asyncio.Event, timeout: float) -> None:
 
 async def work(app: App, stop: asyncio.Event, wake: asyncio.Event, *, kinds: Registry,
                owner: str, executor: concurrent.futures.Executor,
-               lease: dt.timedelta = engine.LEASE, poll: float = POLL_INTERVAL) -> None:
+               lease: dt.timedelta | None = None, poll: float = POLL_INTERVAL) -> None:
     """Claim and run jobs until ``stop`` (the job in hand is finished first). Claims and
     handlers run in ``executor`` (the daemon's own threads, not the intake's); the lease is
     renewed every third of its length while a handler runs. ``wake`` is set to look for work
-    at once."""
+    at once. ``lease``: [database] lease_seconds unless given."""
+    lease = lease or engine.lease_of(app)
     loop = asyncio.get_running_loop()
     names = list(kinds)
     next_ensure = loop.time() + ENSURE_INTERVAL

@@ -21,7 +21,6 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from email import policy
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
@@ -33,7 +32,7 @@ from click.testing import CliRunner
 from sqlalchemy import create_engine, text
 
 from listserv.cli import cli as click_cli
-from tests.conftest import PG_URL, _pg_admin_url
+from tests.conftest import PG_URL, _pg_admin_url, pg_database_name
 from tests.sink import Captured, SmtpSink
 from tests.waiting import wait_until
 
@@ -81,7 +80,8 @@ def message(frm: str, to: str, subject: str, body: str | None = None,
 
 
 class Site:
-    def __init__(self, root: Path, sink: SmtpSink, database_url: str, extra: str = "") -> None:
+    def __init__(self, root: Path, sink: SmtpSink, database_url: str, extra: str = "", *,
+                 lease_seconds: float | None = None) -> None:
         self.root = root
         self.sink = sink
         self.port = free_port()
@@ -89,6 +89,7 @@ class Site:
         self.config.write_text(
             f'data_dir = "{root / "data"}"\n'
             f'[database]\nurl = "{database_url}"\n'
+            + (f"lease_seconds = {lease_seconds}\n" if lease_seconds else "") +
             f'[intake]\nport = {self.port}\n'
             f'[web]\nlisten = "127.0.0.1:0"\n'
             f'[delivery]\noutbound = "{sink.url}"\nretry_schedule = [1]\n' + extra)
@@ -192,7 +193,7 @@ def _database(root: Path) -> Iterator[str]:
         yield f"sqlite:///{root / 'data' / 'listserv.db'}"
         return
     admin = create_engine(_pg_admin_url(), isolation_level="AUTOCOMMIT")
-    name = f"listserv_acc_{uuid.uuid4().hex[:10]}"
+    name = pg_database_name("acc")
     with admin.connect() as c:
         c.execute(text(f'CREATE DATABASE "{name}"'))
     try:
@@ -203,9 +204,12 @@ def _database(root: Path) -> Iterator[str]:
         admin.dispose()
 
 
-def make_site(root: Path, sink: SmtpSink, extra: str = "") -> Iterator[Site]:
+def make_site(root: Path, sink: SmtpSink, extra: str = "", *,
+              lease_seconds: float | None = None) -> Iterator[Site]:
+    """An initialised Site on a fresh database (``lease_seconds``: [database] lease_seconds,
+    for tests that wait for a killed process's leases to expire)."""
     for url in _database(root):
-        site = Site(root, sink, url, extra)
+        site = Site(root, sink, url, extra, lease_seconds=lease_seconds)
         site.cli("init")
         try:
             yield site

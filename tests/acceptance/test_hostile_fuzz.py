@@ -161,6 +161,7 @@ def fuzz_site(tmp_path: Path) -> Iterator[Site]:
             yield site
 
 
+@pytest.mark.long
 @pytest.mark.timeout(900)
 def test_hostile_stream_every_accepted_message_is_delivered_held_or_refused(
         fuzz_site: Site) -> None:

@@ -112,7 +112,7 @@ def test_unlabelled_8bit_post_reaches_members_intact(site: Site) -> None:
 def test_kill_9_in_the_middle_of_a_fan_out(tmp_path: Path, sink: SmtpSink) -> None:
     n, batch, conns = 2500, 100, 4
     for s in make_site(tmp_path, sink, f"max_recipients_per_transaction = {batch}\n"
-                                       f"connections = {conns}\n"):
+                                       f"connections = {conns}\n", lease_seconds=8):
         s.run("list", "create", "big@fan.example")
         people = tmp_path / "people.txt"
         people.write_text("".join(f"u{i}@d{i % 40}.fan.example\n" for i in range(n)))

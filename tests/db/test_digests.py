@@ -1,8 +1,10 @@
 """The digest service against a real database: collecting, when a digest is due, numbering,
-crash safety and concurrency, and what is queued for whom."""
+crash safety and concurrency, and what is queued for whom; a digest to many members queued in
+chunks by its fan-out job (driven one job at a time)."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import threading
 from dataclasses import dataclass
@@ -14,8 +16,9 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, insert, select, update
 
-from listserv import digests
-from listserv.core import lists, members
+from listserv import digests, jobs, workers
+from listserv.core import config, lists, members
+from listserv.delivery import fanout
 from listserv.message import signing
 from listserv.core.app import App
 from listserv.cli import cli
@@ -462,3 +465,86 @@ def test_kill_9_while_sending_loses_and_doubles_nothing(app: App, clock: Clock,
     assert (mime.recipients, plain.recipients) == (["mime@example.net"], ["plain@example.net"])
     assert message_ids(mime) == message_ids(plain) == ["<post1@example.com>",
                                                        "<post2@example.com>"]
+
+
+FANOUT = {fanout.KIND: workers.REGISTRY[fanout.KIND]}
+
+
+@pytest.fixture
+def chunked(app: App, monkeypatch: pytest.MonkeyPatch) -> App:
+    """Digests fanned out by a job even to a few members (IN_ONE_TRANSACTION is 5,000 in
+    production), chunks of 30 members, 10 recipients per transaction."""
+    monkeypatch.setattr(digests.service, "IN_ONE_TRANSACTION", 0)
+    monkeypatch.setattr(fanout, "CHUNK", 30)
+    return dataclasses.replace(app, settings=config.replace(
+        app.settings, delivery__max_recipients_per_transaction=10))
+
+
+def add_members(app: App, prefix: str, n: int, mode: DeliveryMode) -> list[str]:
+    emails = [f"{prefix}{i:03d}@example.com" for i in range(n)]
+    with app.db.unit_of_work() as s:   # a bulk import (Core inserts, as the importer does)
+        ml = lists.get_list(s, LIST)
+        s.execute(insert(Address), [{"email": e, "display_name": "", "created_at": utcnow()}
+                                    for e in emails])
+        ids = s.scalars(select(Address.id).where(Address.email.in_(emails)))
+        s.execute(insert(Membership), [{"list_id": ml.id, "address_id": a,
+                                        "delivery_mode": mode} for a in ids])
+    return emails
+
+
+def deliveries(app: App) -> int:
+    with app.db.unit_of_work() as s:
+        return s.scalar(select(func.coalesce(func.sum(Delivery.count), 0))) or 0
+
+
+def test_many_digest_members_are_queued_in_chunks_and_a_crash_resumes(
+        chunked: App, clock: Clock) -> None:
+    app = chunked
+    make_list(app)
+    mime = ["mime@example.net", *add_members(app, "m", 50, DeliveryMode.mime_digest)]
+    plain = ["plain@example.net", *add_members(app, "p", 100, DeliveryMode.plain_digest)]
+    post(app, 1)
+    post(app, 2)
+    [res] = digests.send_now(app)
+    assert (res.mime_recipients, res.plain_recipients) == (51, 101)
+    # the digest's transaction stored its two messages and queued nobody: a job will
+    assert deliveries(app) == 0 and len(queued(app)) == 2
+    with app.db.unit_of_work() as s:
+        assert s.scalar(select(func.count(Job.id)).where(Job.kind == fanout.KIND)) == 1
+    job = jobs.claim(app, "w-first", kinds=[fanout.KIND])
+    assert job is not None
+    assert not fanout.expand(app, job.payload, max_chunks=2)     # then the worker dies
+    first = deliveries(app)
+    assert 0 < first < 152
+    assert not jobs.run_next_job(app, FANOUT)         # its lease is still the dead worker's
+    clock.advance(seconds=jobs.LEASE.total_seconds() + 1)
+    assert jobs.run_next_job(app, FANOUT, owner="w-second")    # on from the cursor
+    assert not jobs.run_next_job(app, FANOUT)
+    got_mime, got_plain = queued(app)
+    assert got_mime.recipients == sorted(mime) and got_plain.recipients == sorted(plain)
+    assert message_ids(got_mime) == message_ids(got_plain) == ["<post1@example.com>",
+                                                               "<post2@example.com>"]
+    assert pending_count(app) == 0 and list_row(app).digest_number == 1
+
+
+def test_a_member_who_switches_format_mid_fan_out_gets_one_digest(chunked: App) -> None:
+    app = chunked
+    make_list(app)
+    mime = add_members(app, "m", 80, DeliveryMode.mime_digest)
+    post(app, 1)
+    digests.send_now(app)
+    job = jobs.claim(app, "w-a", kinds=[fanout.KIND])
+    assert job is not None
+    assert not fanout.expand(app, job.payload, max_chunks=1)
+    early = queued(app)[0]                             # the MIME digest: its first members
+    assert early.message.get_content_type() == "multipart/mixed"
+    done, later = next(r for r in early.recipients if r in mime), mime[-1]
+    assert later not in early.recipients
+    set_mode(app, done, DeliveryMode.plain_digest)     # already queued: no second digest
+    set_mode(app, later, DeliveryMode.plain_digest)    # not yet: the plain one
+    assert fanout.expand(app, job.payload)
+    got_mime, got_plain = queued(app)
+    assert got_plain.recipients == sorted(["plain@example.net", later])
+    assert done in got_mime.recipients and later not in got_mime.recipients
+    assert sorted(got_mime.recipients + got_plain.recipients) == sorted(
+        ["mime@example.net", "plain@example.net", *mime])

@@ -37,6 +37,11 @@ def recipients_in(app: App, state: DeliveryState) -> int:
                                   .where(Delivery.state == state)) or 0)
 
 
+# [database] lease_seconds: the restarted process waits for the dead one's leases to expire;
+# 8 s, not the default 30 (a live process renews every third of it)
+LEASE = 8
+
+
 def serve(env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "listserv", "serve"], env=env, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -52,7 +57,8 @@ def test_kill_9_loses_nothing_and_duplicates_are_bounded(app: App,
                       envelope_from="dev-bounces@example.org", verp=True)
     with SmtpSink() as sink:
         env = {**os.environ, **cli_env, "LISTSERV_DELIVERY_OUTBOUND": sink.url,
-               "LISTSERV_DELIVERY_CONNECTIONS": "2", "LISTSERV_INTAKE_PORT": str(free_port())}
+               "LISTSERV_DELIVERY_CONNECTIONS": "2", "LISTSERV_INTAKE_PORT": str(free_port()),
+               "LISTSERV_DATABASE_LEASE_SECONDS": str(LEASE)}
         env.pop("LISTSERV_CONFIG", None)
         first = serve(env)
         try:
@@ -70,7 +76,7 @@ def test_kill_9_loses_nothing_and_duplicates_are_bounded(app: App,
                 assert second.poll() is None, "listserv serve exited"
                 return recipients_in(app, DeliveryState.done) >= 600
 
-            # the dead process's rows are taken over when their lease (30 s) expires
+            # the dead process's rows are taken over when their lease (LEASE s) expires
             wait_until(all_done, 90, "every recipient delivered after the restart")
         finally:
             second.terminate()

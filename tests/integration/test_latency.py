@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from tests.integration.harness import Harness, make_list, make_message
+
+# a wall-clock bound: .ci/run runs it on its own, not next to other xdist workers
+pytestmark = pytest.mark.serial
 
 
 def test_first_copy_leaves_quickly_after_accept(harness: Harness) -> None:

@@ -127,7 +127,9 @@ def test_serve_initialises_a_fresh_data_dir(tmp_path: Path) -> None:
 def test_kill_9_loses_nothing_accepted(app: App, cli_env: dict[str, str],
                                        tmp_path: Path) -> None:
     # outbound to a closed port: deliveries just wait for a retry (this test is about intake)
-    server_env = {**cli_env, "LISTSERV_DELIVERY_OUTBOUND": f"smtp://127.0.0.1:{free_port()}"}
+    server_env = {**cli_env, "LISTSERV_DELIVERY_OUTBOUND": f"smtp://127.0.0.1:{free_port()}",
+                  # the restart takes the dead process's jobs over when their leases expire
+                  "LISTSERV_DATABASE_LEASE_SECONDS": "8"}
     list_id = make_list(app, LIST, sender_post_limit=0)    # 30 posts from one member
     with app.db.unit_of_work() as s:        # a list big enough that fan-out takes a while
         s.execute(insert(Address), [{"email": f"m{i}@x{i % 50}.example", "display_name": ""}

@@ -100,6 +100,8 @@ BEYOND_CONTRACT = {
     "intake.idle_timeout": "issue 9",
     "intake.max_recipients_per_message": "issue 9",
     "archive.mbox": "issue 14",
+    "database.lease_seconds": "issue 14",
+    "archive.pages": "issue 14",
 }
 
 

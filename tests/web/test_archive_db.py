@@ -1,7 +1,8 @@
 """The archive lives in the database: posts archived by their list's job (driven one job at a
 time) are served by the web archive, attachments, search, Atom, `get`/`index` by mail and the
 static pages with every mbox file deleted; `archive export` writes the same mbox the job
-appended; `[archive] mbox = false` writes none; the periodic pass gives waiting posts a job."""
+appended; `[archive] mbox = false` writes none, `pages = false` no page; the periodic pass
+gives waiting posts a job."""
 
 from __future__ import annotations
 
@@ -148,6 +149,23 @@ def test_without_mbox_export_the_job_writes_no_file(app: App) -> None:
         assert [m.subject for m in s.scalars(select(ArchiveMessage))] == [
             "[dev] Only in the database"]
     assert not list((quiet.settings.archive_path / LIST).glob("*.mbox"))
+
+
+def test_without_pages_the_job_writes_no_static_pages(app: App) -> None:
+    """`[archive] pages = false` (the hosts that do not publish): the job writes no page;
+    with the default, the same post's month page is written."""
+    html = app.settings.archive_path / LIST / "html"
+    for pages in (False, True):
+        this = App(settings=config.replace(app.settings, archive__pages=pages), db=app.db,
+                   spool=app.spool, now=app.now, resolve_txt=app.resolve_txt)
+        if not pages:
+            list_id = make_list(this, LIST, people=("ann@a.example",),
+                                archive=ArchivePolicy.public)
+        post(this, list_id, message("ann@a.example", LIST, f"Pages {pages}"))
+        assert jobs.run_jobs_until_idle(this, ARCHIVE_JOBS) == 1
+        if not pages:
+            assert not html.exists()
+    assert "Pages True" in (html / month_of(app) / "index.html").read_text()
 
 
 def test_one_job_per_list_and_the_sweep_for_posts_without_one(app: App) -> None:
