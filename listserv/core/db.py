@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import contextlib
 import logging
 from pathlib import Path
@@ -191,10 +192,13 @@ def refuse_newer(db: Database) -> None:
                           "newer listserv; run that version")
 
 
-def script_heads() -> set[str]:
+@functools.lru_cache(maxsize=1)
+def script_heads() -> frozenset[str]:
     """The head revisions of the migration scripts, read from the files with ``ast``: the
     common check (the database is at the one head) needs no Alembic import (≈11 MB RSS
-    that an idle daemon would keep)."""
+    that an idle daemon would keep). Read once per process: CPython 3.11's ``ast.parse`` is
+    not safe while another thread parses too (the traceback module does, to print a
+    traceback): "SystemError: AST constructor recursion depth mismatch"."""
     revisions: set[str] = set()
     revised: set[str] = set()
     for path in (MIGRATIONS_DIR / "versions").glob("*.py"):
@@ -213,7 +217,7 @@ def script_heads() -> set[str]:
             elif name == "down_revision":
                 value = ast.literal_eval(value_node)    # None, one id, or a tuple (a merge)
                 revised.update([value] if isinstance(value, str) else value or ())
-    return revisions - revised
+    return frozenset(revisions - revised)
 
 
 def require_schema(db: Database) -> None:
