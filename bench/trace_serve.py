@@ -30,7 +30,9 @@ def _note(name: str, t0: float, t1: float, extra: str = "", cpu: float = 0.0) ->
 
 def wrap(owner: Any, attr: str, name: str | None = None,
          describe: Callable[..., str] | None = None) -> None:
-    fn = getattr(owner, attr)
+    fn = getattr(owner, attr, None)
+    if fn is None:          # renamed or gone: trace the rest
+        return
     label = name or f"{getattr(owner, '__name__', owner)}.{attr}"
     if inspect.iscoroutinefunction(fn):
         @functools.wraps(fn)
@@ -71,7 +73,7 @@ def install() -> None:
     from sqlalchemy.orm import Session
 
     from listserv import daemon
-    from listserv.delivery import fanout, pipelining, runner, smtpwire, transport
+    from listserv.delivery import fanout, runner, smtpwire, transport
     from listserv.intake import smtp as intake
     from listserv.jobs import engine
     from listserv.jobs import runner as jobs_runner
@@ -97,8 +99,6 @@ def install() -> None:
     wrap(transport.SmtpTransport, "_transaction", "transport.transaction")
     wrap(smtpwire, "open_wire", "smtpwire.open_wire")
     wrap(smtpwire, "transact", "smtpwire.transact")
-    wrap(pipelining.PipeliningSMTP, "sendmail", "pipelining.sendmail",
-         describe=lambda self, s, r, m, **kw: f"{len(r)} rcpts")
     wrap(Session, "commit", "Session.commit")
     try:
         from listserv.core import writegate
