@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,25 +20,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"listserv serve exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), 0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listens on {port}")
+from fanout import free_port, stop_daemon, wait_port  # noqa: E402  (bench/fanout.py)
 
 
 def status_kb(pid: int, field: str) -> int:
@@ -80,21 +62,16 @@ def once(args: argparse.Namespace) -> tuple[float, float, float]:
         daemon = subprocess.Popen([sys.executable, "-m", "listserv", "--config", str(cfg),
                                    "serve"], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
                                   env=env)
-        wait_port(smtp_port, daemon)
+        wait_port(smtp_port, 60, daemon)
         if web_port is not None:
-            wait_port(web_port, daemon)
+            wait_port(web_port, 60, daemon)
         time.sleep(args.wait)           # idle: what the daemon holds when nothing happens
         rss = status_kb(daemon.pid, "VmRSS") / 1024
         hwm = status_kb(daemon.pid, "VmHWM") / 1024
         kids = sum(status_kb(c, "VmRSS") for c in children(daemon.pid)) / 1024
         return rss, hwm, kids
     finally:
-        if daemon is not None and daemon.poll() is None:
-            daemon.send_signal(signal.SIGTERM)
-            try:
-                daemon.wait(30)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
+        stop_daemon(daemon)
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import random
 import shutil
-import signal
 import smtplib
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from fanout import (  # noqa: E402
     cli,
     free_port,
     message,
+    stop_daemon,
     vm_hwm_mb,
     wait_delivered,
     wait_port,
@@ -201,12 +201,7 @@ def main() -> None:
         print(f"ratio national / flat: {results[NATIONAL] / results[FLAT]:.2f}")
         print(f"daemon peak RSS (VmHWM): {vm_hwm_mb(daemon.pid):.0f} MB")
     finally:
-        if daemon is not None and daemon.poll() is None:
-            daemon.send_signal(signal.SIGTERM)
-            try:
-                daemon.wait(30)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
+        stop_daemon(daemon)
         sink.stop()
         if args.keep:
             print(f"kept {tmp}")
