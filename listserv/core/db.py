@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from sqlalchemy import create_engine, event, inspect, text
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -54,6 +54,19 @@ def make_engine(url: str, **kw: Any) -> Engine:
     return create_engine(url, **kw)
 
 
+@contextlib.contextmanager
+def _committed(session: Session) -> Iterator[Session]:
+    """Commit ``session`` when the block ends, roll it back on an error; close it either way."""
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
 class Database:
     """The engine plus a session factory; one per process, passed explicitly."""
 
@@ -81,7 +94,7 @@ class Database:
                 conn.exec_driver_sql("PRAGMA synchronous=NORMAL")
                 conn.commit()
                 try:
-                    with self._session_on(conn) as session:
+                    with _committed(Session(bind=conn, expire_on_commit=False)) as session:
                         yield session
                 finally:
                     conn.rollback()
@@ -91,26 +104,8 @@ class Database:
         else:
             session = self.sessions()
             session.execute(text("SET LOCAL synchronous_commit = off"))
-        try:
+        with _committed(session):
             yield session
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
-        finally:
-            session.close()
-
-    @contextlib.contextmanager
-    def _session_on(self, conn: Connection) -> Iterator[Session]:
-        session = Session(bind=conn, expire_on_commit=False)
-        try:
-            yield session
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
-        finally:
-            session.close()
 
     def check(self) -> None:
         """Connect once; raise ConfigError with one clear line when the database is unreachable."""
