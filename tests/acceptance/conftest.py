@@ -180,12 +180,14 @@ class Site:
             return not (out["pending"]["recipients"] or out["in_flight"]["recipients"]
                         or inc["new"] or inc["processing"])
         wait_until(idle, 20, "the queues to drain")
-        deadline = time.monotonic() + settle
-        n = len(self.sink.messages)
-        while time.monotonic() < deadline:
-            time.sleep(0.05)
-            if len(self.sink.messages) != n:
-                n, deadline = len(self.sink.messages), time.monotonic() + settle
+        seen = {"n": len(self.sink.messages), "since": time.monotonic()}
+
+        def settled() -> bool:
+            n = len(self.sink.messages)
+            if n != seen["n"]:
+                seen.update(n=n, since=time.monotonic())
+            return time.monotonic() - seen["since"] >= settle
+        wait_until(settled, 60, f"{settle} s without a new outbound message", interval=0.05)
 
 
 def _database(root: Path) -> Iterator[str]:

@@ -22,7 +22,6 @@ import asyncio
 from email import policy
 import smtplib
 import threading
-import time
 from email.message import EmailMessage
 from email.utils import make_msgid
 from typing import Any, Iterator
@@ -46,6 +45,7 @@ from listserv.core.models import (
     Role,
 )
 from tests.sink import SmtpSink
+from tests.waiting import wait_until
 
 
 def make_message(sender: str, to: str | list[str], subject: str = "Hello",
@@ -192,8 +192,7 @@ class Harness:
     # -- waiting ------------------------------------------------------------
     def run_until_idle(self, timeout: float = 15.0) -> None:
         """Run worker passes until no inbound message, archive entry or due delivery is left."""
-        deadline = time.monotonic() + timeout
-        while True:
+        def settled() -> bool:
             busy = jobs.run_jobs_until_idle(self.app, INCOMING_KINDS)
             busy += run_fanouts(self.app)
             busy += jobs.run_jobs_until_idle(self.app, ARCHIVE_JOBS)
@@ -201,15 +200,16 @@ class Harness:
                 busy += fallback_deliver(self.app)
             else:
                 self.daemon.wake()
-            if not busy and incoming.pending(self.app) == 0 and deliveries_due(self.app) == 0 \
-                    and archive_pending(self.app) == 0 and fanouts_pending(self.app) == 0:
-                return
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"not idle after {timeout}s: {incoming.pending(self.app)} inbound, "
-                    f"{deliveries_due(self.app)} deliveries due")
-            if not busy:
-                time.sleep(0.01)   # polling a condition with a deadline; see loop above
+            return not busy and incoming.pending(self.app) == 0 \
+                and deliveries_due(self.app) == 0 and archive_pending(self.app) == 0 \
+                and fanouts_pending(self.app) == 0
+
+        try:
+            wait_until(settled, timeout, "the pipeline to be idle")
+        except AssertionError:
+            raise AssertionError(
+                f"not idle after {timeout}s: {incoming.pending(self.app)} inbound, "
+                f"{deliveries_due(self.app)} deliveries due") from None
 
 
 # The job kinds run_until_idle drives itself (the periodic passes are left to the test).
