@@ -44,10 +44,6 @@ def have_browser() -> bool:
     return Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file()
 
 
-needs_browser = pytest.mark.skipif(not have_browser(),
-                                   reason="chromium and chromedriver are not installed")
-
-
 @dataclass
 class Live:
     """A running `listserv serve` (``site``: tests.acceptance.conftest.Site) and the base URL
@@ -101,8 +97,9 @@ def browser(request: pytest.FixtureRequest, tmp_path: Path,
             monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """Headless chromium (phone-sized window) through Debian's chromedriver."""
     if not have_browser():
-        pytest.skip("chromium and chromedriver are not installed")
-    webdriver = pytest.importorskip("selenium.webdriver")
+        pytest.fail("chromium and chromedriver are not installed "
+                    "(apt install chromium chromium-driver): the browser tests need them")
+    from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.selenium_manager import SeleniumManager

@@ -6,23 +6,18 @@ test's temp dir when a test fails."""
 from __future__ import annotations
 
 import re
-import shutil
 import urllib.request
 from email.message import EmailMessage
 from typing import Any, Iterator
 
 import pytest
+from selenium.webdriver.common.by import By
 
 from tests.acceptance.conftest import Site, free_port, make_site, message
 from tests.sink import SmtpSink
 from tests.waiting import wait_until
 from tests.web.conftest import assert_no_script, press
 
-webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.webdriver.common.by import By  # noqa: E402
-
-pytestmark = pytest.mark.skipif(not (shutil.which("chromium") and shutil.which("chromedriver")),
-                                reason="chromium and chromedriver are not installed")
 
 LIST = "garden@example.org"
 

@@ -9,13 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from selenium.webdriver.common.by import By
 
 from tests.acceptance.conftest import message
 from tests.waiting import wait_until
-from tests.web.conftest import Live, assert_no_script, needs_browser, press
-
-pytestmark = needs_browser
-By = pytest.importorskip("selenium.webdriver.common.by").By
+from tests.web.conftest import Live, assert_no_script, press
 
 
 def body_text(captured: Any) -> str:
