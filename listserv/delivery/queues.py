@@ -26,7 +26,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence, cast
 
-from sqlalchemy import Table, Text, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import Integer, Table, Text, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, CursorResult, Engine
 from sqlalchemy.orm import Session
 
@@ -57,9 +57,18 @@ Blame = Callable[[Sequence[str], Sequence[Item], set[str], set[str]],
 # ---------------------------------------------------------------------------- claims
 
 
-def _due(now: dt.datetime) -> Any:
-    return or_(and_(T.c.state == DeliveryState.pending, T.c.next_attempt_at <= now),
-               and_(T.c.state == DeliveryState.sending, T.c.lease_expires <= now))
+# Built once (``now`` and the rest are parameters): a claim is on the path from a post's
+# 250 to its first copy.
+_NOW = bindparam("now", type_=T.c.next_attempt_at.type)
+_DUE = or_(and_(T.c.state == DeliveryState.pending, T.c.next_attempt_at <= _NOW),
+           and_(T.c.state == DeliveryState.sending, T.c.lease_expires <= _NOW))
+_READY = (select(T.c.id, T.c.state).where(_DUE).order_by(T.c.next_attempt_at, T.c.id)
+          .limit(bindparam("limit", type_=Integer)))
+_TAKE = (update(T).where(T.c.id.in_(bindparam("ids", expanding=True)), _DUE)
+         .values(state=DeliveryState.sending, lease_owner=bindparam("owner"),
+                 lease_expires=bindparam("expires", type_=T.c.lease_expires.type))
+         .returning(T.c.id, T.c.outbound_id, T.c.recipients, T.c.sent, T.c.attempts,
+                    T.c.first_attempt_at))
 
 
 def claim(session: Session, owner: str, now: dt.datetime, limit: int,
@@ -69,24 +78,20 @@ def claim(session: Session, owner: str, now: dt.datetime, limit: int,
     recipients, sent, attempts, first_attempt_at), in id order.
 
     The candidates are read first (on PostgreSQL locked, skipping rows another claim has
-    locked); the UPDATE checks again that each is due, so that of two claims racing for a
-    row (SQLite) only one gets it."""
-    due = _due(now)
-    ready = (select(T.c.id, T.c.state).where(due)
-             .order_by(T.c.next_attempt_at, T.c.id).limit(limit))
-    # A plain read first: an idle poll then never takes SQLite's write lock.
-    if session.execute(ready.limit(1)).first() is None:
-        return []
+    locked, after a plain read that finds any: an idle poll then locks nothing; on SQLite
+    the read takes no lock); the UPDATE checks again that each is due, so that of two
+    claims racing for a row (SQLite) only one gets it."""
+    params: dict[str, Any] = {"now": now, "limit": limit}
+    ready: Any = _READY
     if session.get_bind().dialect.name == "postgresql":
+        if session.execute(ready, {**params, "limit": 1}).first() is None:
+            return []
         ready = ready.with_for_update(skip_locked=True)
-    seen = session.execute(ready).all()
+    seen = session.execute(ready, params).all()
     if not seen:
         return []
-    stmt = (update(T).where(T.c.id.in_([r.id for r in seen]), due)
-            .values(state=DeliveryState.sending, lease_owner=owner, lease_expires=now + lease)
-            .returning(T.c.id, T.c.outbound_id, T.c.recipients, T.c.sent, T.c.attempts,
-                       T.c.first_attempt_at))
-    rows = list(session.execute(stmt))
+    rows = list(session.execute(_TAKE, {"now": now, "ids": [r.id for r in seen],
+                                        "owner": owner, "expires": now + lease}))
     rows.sort(key=lambda r: r.id)
     expired = {r.id for r in seen if r.state is DeliveryState.sending}
     taken = [r.id for r in rows if r.id in expired]

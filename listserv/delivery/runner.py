@@ -138,7 +138,8 @@ class Runner:
                 listed = [x for x in r.recipients.split("\n") if x]
                 done = Ranges.parse(r.sent)
                 b = Batch(r.id, have[r.outbound_id],
-                          [x for i, x in enumerate(listed) if i not in done],
+                          [x for i, x in enumerate(listed) if i not in done]
+                          if done.starts else list(listed),
                           r.attempts, r.first_attempt_at,
                           already=[listed[i] for i in done if i < len(listed)])
                 self.progress.track(b, listed, done)
