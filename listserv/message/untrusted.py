@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import threading
+from collections import OrderedDict
 from email import _header_value_parser, errors, headerregistry, policy
 from email.message import EmailMessage
 from email.utils import parsedate_to_datetime
@@ -158,14 +160,45 @@ class _UnparsedHeader(headerregistry.UnstructuredHeader):
 
 class _SafeRegistry(headerregistry.HeaderRegistry):
     """Header objects that never raise on access: the email package's structured parsers
-    have bugs on hostile values (an AttributeError on an address list of raw bytes...)."""
+    have bugs on hostile values (an AttributeError on an address list of raw bytes...).
+
+    The email package parses a header again each time it is read (``msg["Content-Type"]``,
+    ``get_content_type()``...), and a post's way through rules, transforms and decoration
+    reads the same few fields dozens of times: the last CACHE header objects made from
+    short values are kept and handed out again (they are read-only strings with their
+    parse; equal name and value give an equal object)."""
+
+    CACHE = 256
+    CACHED_LENGTH = 2000           # longer values are parsed every time (hostile mail)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._made: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> "_SafeRegistry":
+        return self               # one registry (and cache) for every copy of the policy
 
     def __call__(self, name: str, value: Any) -> Any:
+        key = (name, value) if type(value) is str and len(value) <= self.CACHED_LENGTH \
+            else None
+        if key is not None:
+            with self._lock:
+                made = self._made.get(key)
+                if made is not None:
+                    self._made.move_to_end(key)
+                    return made
         try:
-            return super().__call__(name, value)
+            made = super().__call__(name, value)
         except Exception:   # noqa: BLE001 - any parser failure: read the value as text
             cls = type("_UnparsedHeader", (_UnparsedHeader, self.base_class), {})
-            return cls(name, value)
+            made = cls(name, value)
+        if key is not None:
+            with self._lock:
+                self._made[key] = made
+                if len(self._made) > self.CACHE:
+                    self._made.popitem(last=False)
+        return made
 
 
 def _registry() -> headerregistry.HeaderRegistry:
