@@ -72,7 +72,8 @@ _TAKE = (update(T).where(T.c.id.in_(bindparam("ids", expanding=True)), _DUE)
 
 
 def claim(session: Session, owner: str, now: dt.datetime, limit: int,
-          lease: dt.timedelta = LEASE) -> list[Any]:
+          lease: dt.timedelta = LEASE, found: Callable[[], None] | None = None
+          ) -> list[Any]:
     """Lease up to ``limit`` due rows to ``owner`` until ``now + lease``: ready ``pending``
     rows and ``sending`` rows whose lease expired. Returns them (id, outbound_id,
     recipients, sent, attempts, first_attempt_at), in id order.
@@ -80,7 +81,8 @@ def claim(session: Session, owner: str, now: dt.datetime, limit: int,
     The candidates are read first (on PostgreSQL locked, skipping rows another claim has
     locked, after a plain read that finds any: an idle poll then locks nothing; on SQLite
     the read takes no lock); the UPDATE checks again that each is due, so that of two
-    claims racing for a row (SQLite) only one gets it."""
+    claims racing for a row (SQLite) only one gets it. ``found()`` is called when the read
+    finds candidates, before they are taken."""
     params: dict[str, Any] = {"now": now, "limit": limit}
     ready: Any = _READY
     if session.get_bind().dialect.name == "postgresql":
@@ -90,6 +92,8 @@ def claim(session: Session, owner: str, now: dt.datetime, limit: int,
     seen = session.execute(ready, params).all()
     if not seen:
         return []
+    if found is not None:
+        found()
     rows = list(session.execute(_TAKE, {"now": now, "ids": [r.id for r in seen],
                                         "owner": owner, "expires": now + lease}))
     rows.sort(key=lambda r: r.id)

@@ -104,12 +104,13 @@ class Runner:
 
     # -- database steps (run in a thread) -------------------------------------------------
 
-    def _claim_sync(self, limit: int) -> list[Batch]:
+    def _claim_sync(self, limit: int, found: Callable[[], None] | None = None
+                    ) -> list[Batch]:
         now = self.app.now()
         # The claim commits on its own: reading and preparing the messages' bytes (a DKIM
         # signature) must not hold SQLite's write lock.
         with self.app.db.unit_of_work() as session:
-            rows = claim(session, self.owner, now, limit, self.lease)
+            rows = claim(session, self.owner, now, limit, self.lease, found=found)
         if not rows:
             return []
         with self.app.db.unit_of_work() as session:
@@ -356,7 +357,15 @@ class Runner:
         self.handled += len(batches) - len(left)
 
     async def _claim(self, limit: int) -> int:
-        batches = await asyncio.to_thread(self._claim_sync, limit)
+        found = None
+        if isinstance(self.transport, SmtpTransport):
+            # once the claim has found work: a connection opens while it takes the rows and
+            # reads their messages (transport.warm)
+            loop, warm = asyncio.get_running_loop(), self.transport.warm
+
+            def found() -> None:
+                loop.call_soon_threadsafe(warm)
+        batches = await asyncio.to_thread(self._claim_sync, limit, found)
         if batches:
             log.debug("delivery: claimed %d batches", len(batches))
         self.claimed.update((b.id, b) for b in batches)

@@ -296,7 +296,8 @@ async def connect(t: "SmtpTransport", wire: Wire | None, batch: "Batch",
             return wire
         wire.close()
     try:
-        wire = await open_wire(t.host, t.port, t.helo, CONNECT_TIMEOUT)
+        wire = (await t.take_spare()) or (await open_wire(t.host, t.port, t.helo,
+                                                          CONNECT_TIMEOUT))
     except (OSError, asyncio.TimeoutError) as exc:
         t.down_until = time.monotonic() + DOWN_HOLD_SECONDS
         batch.conn_failed = True

@@ -233,6 +233,8 @@ class SmtpTransport:
         self.low_water = low_water      # (n, callback): called when the backlog drops below n
         self.settle = settle
         self.pipelining: bool | None = None     # does the server offer it (None: not known)
+        self.wires: list[smtpwire.Wire | None] = [None] * connections   # each worker's
+        self.spare: asyncio.Task[smtpwire.Wire] | None = None     # opened ahead (warm())
 
     @property
     def backlog(self) -> int:
@@ -246,6 +248,33 @@ class SmtpTransport:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    def warm(self) -> None:
+        """Open one connection ahead, in the background, when no worker holds one open: the
+        runner calls this when its claim has found work, so that the first transaction finds
+        a connection (greeting and EHLO done) instead of opening one after the claim. At
+        most one such connection is opened ahead; it is the next connection a worker needs."""
+        if self.pipelining is False or self.spare is not None \
+                or time.monotonic() < self.down_until \
+                or any(w is not None and w.is_open for w in self.wires):
+            return
+        self.spare = asyncio.create_task(smtpwire.open_wire(self.host, self.port, self.helo,
+                                                            CONNECT_TIMEOUT))
+
+    async def take_spare(self) -> smtpwire.Wire | None:
+        """The connection warm() opened, when it is open; None otherwise."""
+        task, self.spare = self.spare, None
+        if task is None:
+            return None
+        try:
+            wire = await task
+        except Exception as exc:    # noqa: BLE001 - the caller connects itself, and reports
+            log.debug("delivery: the connection opened ahead failed: %r", exc)
+            return None
+        if wire.is_open:
+            return wire
+        wire.close()
+        return None
+
     def submit(self, batch: Batch) -> None:
         txs = transactions(batch, self.max_rcpts)
         batch.pending_tx = len(txs)
@@ -256,6 +285,12 @@ class SmtpTransport:
 
     async def close(self) -> None:
         """Finish transactions in progress; give back (unsent) those not started."""
+        task, self.spare = self.spare, None
+        if task is not None:
+            task.cancel()                 # (none of it when it is done)
+            wire, = await asyncio.gather(task, return_exceptions=True)
+            if isinstance(wire, smtpwire.Wire):
+                await wire.quit(5)
         while not self.queue.empty():
             tx = self.queue.get_nowait()
             if tx is not None:
@@ -329,6 +364,7 @@ class SmtpTransport:
                 except Exception as exc:  # never lose a batch to a bug in one transaction
                     log.exception("delivery batch %s: transaction failed", tx.batch.id)
                     tx.batch.outcome(tx.rcpts, None, f"internal error: {exc!r}", whole=True)
+                self.wires[n] = wire
                 self.transactions += 1
                 if self.settle is not None:
                     await self.settle(tx.batch)

@@ -17,6 +17,7 @@ from listserv.core.models import Delivery
 from listserv.delivery import runner as delivery
 from listserv.delivery import smtpwire
 from listserv.delivery.outbound import queue_message
+from listserv.delivery.transport import Batch, Message, SmtpTransport
 from tests.sink import SmtpSink
 
 MSG = (b"From: Alice <alice@example.net>\r\nTo: dev@lists.example.org\r\n"
@@ -112,6 +113,48 @@ def test_a_dropped_connection_is_reopened(app: App, sink: SmtpSink) -> None:
     assert st["u0@example.com"] == st["u3@example.com"] == st["u4@example.com"] == "done"
     assert st["u1@example.com"] == "pending" and st["u2@example.com"] in ("done", "pending")
     assert sorted(sink.recipients()) == sorted(r for r in rcpts if st[r] == "done")
+
+
+def test_a_connection_opened_ahead_carries_the_first_transaction(sink: SmtpSink) -> None:
+    """warm() (the runner calls it once its claim has found work) opens one connection in
+    the background; the first transaction goes out on it; with a worker's connection open,
+    none is opened ahead."""
+    done: list[Batch] = []
+
+    async def go() -> None:
+        finished = asyncio.Event()
+
+        def batch_done(b: Batch) -> None:
+            done.append(b)
+            finished.set()
+        t = SmtpTransport(sink.url, 2, 100, "test.example", batch_done)
+        async with t:
+            t.warm()
+            t.warm()                          # at most one ahead
+            ahead = t.spare
+            assert ahead is not None
+            wire = await ahead                # greeting and EHLO done
+            assert wire.is_open and "PIPELINING" in wire.extensions
+            msg = Message(1, None, BOUNCES, True, MSG, False)
+            t.submit(Batch(1, msg, ["u0@example.com"], 0, None))
+            await asyncio.wait_for(finished.wait(), 10)
+            assert any(w is wire for w in t.wires) and t.spare is None
+            t.warm()                          # a worker holds an open connection
+            assert t.spare is None
+    asyncio.run(go())
+    assert done[0].ok == ["u0@example.com"] and sink.recipients() == ["u0@example.com"]
+
+
+def test_a_claim_that_finds_nothing_opens_no_connection(app: App, sink: SmtpSink) -> None:
+    async def go() -> None:
+        r = delivery.Runner(with_sink(app, sink))
+        assert await r._claim(2) == 0
+        assert isinstance(r.transport, SmtpTransport) and r.transport.spare is None
+        enqueue(with_sink(app, sink), ["u1@example.com"])
+        assert await r._claim(2) == 1
+        assert r.transport.spare is not None      # opened while the claim took the row
+        await r.transport.close()
+    asyncio.run(go())
 
 
 def test_replies_split_and_joined_arbitrarily() -> None:
