@@ -208,30 +208,41 @@ def read(session: Session, app: App, list_id: int, plan: Plan, *, after: int, li
     """The readers after address id ``after``, up to about ``limit`` of them, and the message
     each gets (digest messages they need that do not exist yet are built here, outside the
     chunk's write transaction)."""
-    # (rows of (address id, email, ...), their target; None: the own members' query, whose
-    # rows carry mode and digest_from_seq, matched to a target per row)
-    fetched: list[tuple[list[Any], Target | None]] = []
+    conn = session.connection()          # plain rows: no ORM result layer
+    people: dict[int, tuple[str, Target]] = {}     # own members first
+    full: list[int] = []                 # the last address id of each query that filled up
+    seen = after                         # the highest address id read
     if plan.own:
-        fetched.append((list(session.execute(
-            _own_query(list_id, plan, after, limit, upto)).all()), None))
+        rows = conn.execute(_own_query(list_id, plan, after, limit, upto)).all()
+        by_mode: dict[DeliveryMode, list[Target]] = {}
+        for t in plan.own:
+            by_mode.setdefault(t.mode, []).append(t)
+        for address_id, email, mode, from_seq in rows:
+            for t in by_mode.get(mode, ()):
+                if t.takes(mode, from_seq):
+                    people[address_id] = (email, t)
+                    break
+        if rows:
+            seen = rows[-1][0]
+        if len(rows) >= limit:
+            full.append(seen)
     if plan.included:
         queries = dict(network.included_digest_queries(list_id, upto))
         for t in plan.included:
             q = (queries[t.mode].with_only_columns(Address.id, Address.email)
                  .where(Address.id > after).order_by(Address.id).limit(limit))
-            fetched.append((list(session.execute(q).all()), t))
-    full = [rows[-1][0] for rows, _ in fetched if len(rows) >= limit]
-    last = min(full) if full else max((rows[-1][0] for rows, _ in fetched if rows),
-                                      default=after)
+            if full:                     # nothing beyond what the chunk can hold anyway
+                q = q.where(Address.id <= min(full))
+            rows = conn.execute(q).all()
+            for address_id, email in rows:
+                people.setdefault(address_id, (email, t))
+            if rows:
+                seen = max(seen, rows[-1][0])
+            if len(rows) >= limit:
+                full.append(rows[-1][0])
+    last = min(full) if full else seen
     chunk = Chunk(last=last, complete=not full)
-    people: dict[int, tuple[str, Target]] = {}     # in query order: own members first
-    for rows, target in fetched:
-        for r in rows:
-            if r[0] > last or r[0] in people:
-                continue
-            match = target or next((o for o in plan.own if o.takes(r[2], r[3])), None)
-            if match is not None:
-                people[r[0]] = (r[1], match)
+    people = {a: p for a, p in people.items() if a <= last}
     if not people:
         return chunk
     skip: dict[str, frozenset[int]] = {}

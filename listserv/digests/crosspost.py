@@ -76,9 +76,14 @@ def exclusions(session: Session, list_id: int, hashes: Sequence[str | None], *,
                ) -> dict[str, frozenset[int]]:
     """Per address: the indexes (into ``hashes``, one per claimed entry) of the entries to
     leave out of that person's digest of ``list_id``. Empty when nothing was cross-posted.
-    Only among ``readers`` (address ids; everyone who may get the digest when None) and,
-    with ``within`` (after, last), the address ids above ``after`` up to ``last`` (a
-    digest's fan-out asks chunk by chunk)."""
+    Only among ``readers`` (address ids; everyone who may get the digest when None); with
+    ``within`` (after, last), among the address ids above ``after`` up to ``last`` instead
+    (a digest's fan-out asks for the readers of one chunk at a time)."""
+
+    def ranged(q: Select[Any]) -> Select[Any]:
+        return q if within is None else q.where(Membership.address_id > within[0],
+                                                Membership.address_id <= within[1])
+
     wanted = sorted({h for h in hashes if h})
     rows: list[Any] = []
     for i in range(0, len(wanted), CHUNK):
@@ -95,14 +100,17 @@ def exclusions(session: Session, list_id: int, hashes: Sequence[str | None], *,
     for index, h in enumerate(hashes):
         if not h or h not in others:
             continue
-        reached = network.regular_members(_subtree([lid for lid, _ in others[h]], "xregular"))
+        reached = ranged(network.regular_members(
+            _subtree([lid for lid, _ in others[h]], "xregular")))
         earlier = [lid for lid, fid in others[h] if h not in mine or fid < mine[h]]
         conditions = [Address.id.in_(reached)]
         if earlier:
-            conditions.append(Address.id.in_(_digest_members(_subtree(earlier, "xearlier"))))
-        q = select(Address.email).where(
-            Address.id.in_(_readers(list_id) if readers is None else readers), or_(*conditions))
-        if within is not None:
+            conditions.append(Address.id.in_(ranged(
+                _digest_members(_subtree(earlier, "xearlier")))))
+        q = select(Address.email).where(or_(*conditions))
+        if within is None:
+            q = q.where(Address.id.in_(_readers(list_id) if readers is None else readers))
+        else:
             q = q.where(Address.id > within[0], Address.id <= within[1])
         for email in session.scalars(q):
             out.setdefault(email, set()).add(index)
