@@ -418,6 +418,9 @@ def main() -> None:
                     help="how many traced steps to print")
     ap.add_argument("--latency-interval", type=float, default=0.02, metavar="SECONDS",
                     help="pause between two latency probe posts")
+    ap.add_argument("--roles", choices=("all", "split"), default="all",
+                    help="all: one `serve`; split: `serve --role intake` and "
+                         "`serve --role worker` (figures are the two processes' sums/peaks)")
     args = ap.parse_args()
     rates = []
     for i in range(args.repeat):
@@ -448,6 +451,7 @@ def run(args: argparse.Namespace) -> float:
                    f'verp = {"true" if args.verp else "false"}\n'
                    f'\n[web]\nlisten = "127.0.0.1:0"\n')
     daemon: subprocess.Popen[bytes] | None = None
+    worker: subprocess.Popen[bytes] | None = None
     try:
         cli(cfg, "init")
         cli(cfg, "list", "create", LIST, "--owner", "owner@bench.example")
@@ -472,18 +476,24 @@ def run(args: argparse.Namespace) -> float:
             how = ["-c", TRACED if args.per_member else NO_PER_MEMBER.replace(
                 "from listserv.cli import main", TRACE_INSTALL + "from listserv.cli import main")]
             env["BENCH_TRACE_FILE"] = str(tmp / "trace.jsonl")
+        role = ["--role", "intake"] if args.roles == "split" else []
         daemon = subprocess.Popen([sys.executable, *how, "--config", str(cfg),
-                                   *flags, "serve"], stdout=log, stderr=subprocess.STDOUT,
-                                  cwd=ROOT, env=env)
+                                   *flags, "serve", *role], stdout=log,
+                                  stderr=subprocess.STDOUT, cwd=ROOT, env=env)
         wait_port(intake_port, 30, daemon)
+        if args.roles == "split":
+            worker = subprocess.Popen([sys.executable, *how, "--config", str(cfg),
+                                       *flags, "serve", "--role", "worker"], stdout=log,
+                                      stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+        pids = [p.pid for p in (daemon, worker) if p is not None]
 
         if args.warmup:
             # A long-running daemon is warm: imports done, key loaded, connections open.
             with smtplib.SMTP("127.0.0.1", intake_port) as smtp:
                 smtp.sendmail(POSTER, [WARMUP], message(WARMUP, "warm-up"))
-            wait_delivered(cfg, WARMUP, 1, 60, daemon, tmp)
+            wait_delivered(cfg, WARMUP, 1, 60, worker or daemon, tmp)
             sink.reset()
-        cpu0 = cpu_seconds(daemon.pid)
+        cpu0 = [cpu_seconds(pid) for pid in pids]
         load0 = os.getloadavg()[0]
         with smtplib.SMTP("127.0.0.1", intake_port) as smtp:
             t_posted = time.time()
@@ -498,13 +508,16 @@ def run(args: argparse.Namespace) -> float:
                 intake_port, args.intake_latency, args.latency_interval, running, answers))
             probe.start()
         try:
-            done, failed = wait_delivered(cfg, LIST, args.members, args.timeout, daemon, tmp)
+            done, failed = wait_delivered(cfg, LIST, args.members, args.timeout,
+                                          worker or daemon, tmp)
         finally:
             running.clear()
         t_recorded = time.time()
         time.sleep(0.2)           # let the sink's counter catch up
-        hwm = vm_hwm_mb(daemon.pid)
-        cpu = [b - a for a, b in zip(cpu0, cpu_seconds(daemon.pid))]
+        hwms = [vm_hwm_mb(pid) for pid in pids]
+        hwm = sum(hwms)
+        cpus = [[b - a for a, b in zip(c0, cpu_seconds(pid))] for c0, pid in zip(cpu0, pids)]
+        cpu = [sum(c[0] for c in cpus), sum(c[1] for c in cpus)]
         last = sink.last or t_recorded
         elapsed = last - t_accepted
         first = (sink.first - t_accepted) if sink.first else float("nan")
@@ -518,9 +531,11 @@ def run(args: argparse.Namespace) -> float:
         print(f"SMTP transactions: {sink.count - sink.base}")
         print(f"first delivery latency: {first:.3f} s "
               f"({'warm daemon' if args.warmup else 'first post after start'})")
-        print(f"daemon peak RSS (VmHWM): {hwm:.0f} MB")
+        print(f"daemon peak RSS (VmHWM): {hwm:.0f} MB"
+              + (f" (intake {hwms[0]:.0f} + worker {hwms[1]:.0f})" if worker else ""))
         print(f"CPU during the fan-out: daemon {cpu[0]:.2f} s, its signing workers "
-              f"{cpu[1]:.2f} s; load average before: {load0:.2f}")
+              f"{cpu[1]:.2f} s; load average before: {load0:.2f}"
+              + (f" (intake process {cpus[0][0]:.2f} s)" if worker else ""))
         if probe is not None:
             probe.join(args.timeout)
             during = [a for a, busy in answers if busy]
@@ -534,11 +549,13 @@ def run(args: argparse.Namespace) -> float:
                 print(f"intake latency: none of the {len(answers)} posts was answered while "
                       "the fan-out ran (a larger --members?)")
         if args.trace:
+            stop_daemon(worker)
             stop_daemon(daemon)
             print_trace(tmp / "trace.jsonl", t_posted, t_accepted, sink.first,
                         args.trace_steps)
         return done / elapsed
     finally:
+        stop_daemon(worker)
         stop_daemon(daemon)
         sink.stop()
         if args.keep:

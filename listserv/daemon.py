@@ -13,6 +13,11 @@ a message and its job; every finished job wakes the job loops (it may have queue
 post's fan-out) and delivery; short polls cover work stored by other processes. stop.set()
 (SIGTERM/SIGINT) closes the listener, lets in-flight SMTP transactions and jobs finish,
 then returns.
+
+`serve --role` splits this process in two (ROLES): an ``intake`` process answers SMTP (and
+the web) and does nothing else, a ``worker`` process runs every job kind and delivery. The
+intake then answers without sharing a GIL with a large fan-out's Python work; it wakes the
+workers on its host through listserv.core.wakeup.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import time
 from typing import Any, Callable, Coroutine
 
 from listserv import jobs, workers
+from listserv.core import wakeup
 from listserv.core.app import App
 from listserv.core.errors import ListservError
 from listserv.intake import smtp as intake
@@ -52,6 +58,7 @@ INCOMING_LOOPS_PG = 2
 # 1 ms; but 1 ms cost a 100,000-member fan-out about 25% more of the daemon's CPU (1.6-1.8 s
 # against 1.3-1.4 s), 2 ms about half of that.
 SWITCH_INTERVAL = 0.002
+ROLES = ("all", "intake", "worker")
 
 
 def delivery_runner() -> Callable[[App, asyncio.Event, asyncio.Event], Coroutine[Any, Any, Any]] | None:
@@ -173,8 +180,14 @@ class Daemon:
     def __init__(self, app: App, *, host: str | None = None, port: int | None = None,
                  intake_enabled: bool = True, scheduler: bool = True,
                  incoming_worker: bool = True, delivery: bool = True, web: bool = False,
-                 web_listen: str | None = None) -> None:
+                 web_listen: str | None = None, wake_workers: bool = False,
+                 wake_listen: bool = False) -> None:
+        """``wake_workers``: wake the worker processes on this host (listserv.core.wakeup)
+        after each commit of the intake and each mail queued here; ``wake_listen``: take
+        those wake-ups (a worker process)."""
         self.app = app
+        self.wake_workers = wake_workers
+        self.wake_listen = wake_listen
         self.host = host if host is not None else app.settings.intake.host
         self.port = port if port is not None else app.settings.intake.port
         self.intake_enabled = intake_enabled
@@ -200,11 +213,21 @@ class Daemon:
                           for name, k in kinds.items()}
         self.job_owner = jobs.new_worker_id()
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.wake_sender: wakeup.Sender | None = None
 
     def wake_delivery(self) -> None:
         """Thread-safe: a fan-out queued recipients; the delivery loop takes them now."""
         if self.delivery_wake is not None:
             self.delivery_wake.set()        # a Nudge: straight to the delivery thread's loop
+        if self.wake_sender is not None:
+            self.wake_sender.send(wakeup.EVENT_DELIVERY)
+
+    def _woken(self, event: bytes) -> None:
+        """A wake-up from the intake process (runs on this daemon's loop)."""
+        if event == wakeup.EVENT_INCOMING:
+            _set_all(self.incoming_wakes or self.jobs_wakes)
+        elif event == wakeup.EVENT_DELIVERY and self.delivery_wake is not None:
+            self.delivery_wake.set()
 
     def wake(self) -> None:
         """Thread-safe: nudge every worker loop (tests, intake commits)."""
@@ -237,10 +260,16 @@ class Daemon:
         delivery = DeliveryThread(app, runner) if runner is not None else None
         self.delivery_wake = delivery.wake if delivery is not None else Nudge()
 
+        wake_dir = wakeup.directory(app.settings.data_path)
+        sender = self.wake_sender = wakeup.Sender(wake_dir) if self.wake_workers else None
+
         def on_commit() -> None:
             # only the loops that run incoming mail: the others would only race them for
             # the one new job (a claim each, on the path to the message's first copy)
-            loop.call_soon_threadsafe(_set_all, self.incoming_wakes or self.jobs_wakes)
+            if sender is not None:
+                sender.send(wakeup.EVENT_INCOMING)
+            if self.incoming_wakes or self.jobs_wakes:
+                loop.call_soon_threadsafe(_set_all, self.incoming_wakes or self.jobs_wakes)
 
         app.wake_delivery = self.wake_delivery
         self.handler = intake.IntakeHandler(app, on_commit=on_commit)
@@ -281,6 +310,9 @@ class Daemon:
             delivery_task = delivery.start()
         elif self.delivery_enabled:
             log.warning("listserv: delivery module not available; outbound mail stays queued")
+        receiver = wakeup.Receiver(wake_dir) if self.wake_listen else None
+        if receiver is not None:
+            await receiver.start(self._woken)
 
         # A worker that dies (a bug, a bad transport) must not leave an intake that accepts
         # mail nobody will ever process: stop, and report the failure to the caller.
@@ -296,6 +328,8 @@ class Daemon:
             t.add_done_callback(watch)
         await stop.wait()
         log.info("listserv: stopping")
+        if receiver is not None:
+            receiver.close()
         web_stop.set()
         if server is not None:
             server.close()
@@ -313,6 +347,8 @@ class Daemon:
                 except Exception:
                     log.exception("delivery did not stop cleanly")
         self.handler.close()
+        if sender is not None:
+            sender.close()
         if web_task is not None:
             await asyncio.gather(web_task, return_exceptions=True)
         if server is not None:
@@ -356,7 +392,21 @@ def _set_all(events: list[asyncio.Event]) -> None:
         event.set()
 
 
-def serve(app: App) -> None:
+def for_role(app: App, role: str) -> Daemon:
+    """The daemon of one `serve --role` (ROLES): ``all`` runs everything in this process;
+    ``intake`` only the SMTP/LMTP intake and the web, waking the workers on this host;
+    ``worker`` every job kind and delivery, without a listener."""
+    if role == "intake":
+        return Daemon(app, web=True, scheduler=False, incoming_worker=False, delivery=False,
+                      wake_workers=True)
+    if role == "worker":
+        return Daemon(app, intake_enabled=False, wake_listen=True)
+    if role == "all":
+        return Daemon(app, web=True)
+    raise ValueError(f"unknown role {role!r}")
+
+
+def serve(app: App, role: str = "all") -> None:
     """Run the daemon in this thread until SIGTERM or SIGINT."""
     import signal
 
@@ -367,6 +417,6 @@ def serve(app: App) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await Daemon(app, web=True).run(stop)
+        await for_role(app, role).run(stop)
 
     asyncio.run(main())

@@ -23,12 +23,18 @@ def prepare_database(app: App) -> None:
 
 
 @cli.command()
+@click.option("--role", type=click.Choice(["all", "intake", "worker"]), default="all",
+              show_default=True,
+              help="all: everything in this process. intake: only the SMTP/LMTP intake and the "
+                   "web pages; worker: every job and delivery, no listener. Run one intake and "
+                   "one or more workers on a host (same config) so that a large fan-out never "
+                   "slows the intake's answers.")
 @pass_obj
 @handle_errors
-def serve(obj: Obj) -> None:
+def serve(obj: Obj, role: str) -> None:
     """Run the SMTP/LMTP intake, delivery workers and the scheduler until SIGTERM/SIGINT."""
     from listserv import daemon
 
     app = obj.app
     prepare_database(app)
-    daemon.serve(app)
+    daemon.serve(app, role)

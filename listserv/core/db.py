@@ -34,13 +34,14 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 def make_engine(url: str, **kw: Any) -> Engine:
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[1] if "///" in url else ""
+        path = url.split("///", 1)[1].split("?", 1)[0] if "///" in url else ""
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False,
                                                   "factory": writegate.GatedConnection}, **kw)
         event.listen(engine, "connect", _sqlite_pragmas)
-        writegate.install(engine)      # this process's writers queue for the write lock
+        # this process's writers queue for the write lock, and queue with other processes'
+        writegate.install(engine, path if path and path != ":memory:" else None)
         # pysqlite's own transaction handling: BEGIN (deferred) before the first write, so a
         # read-then-write is not atomic against another writer; SELECT ... FOR UPDATE is a
         # no-op. Claims are therefore UPDATE ... WHERE state=... with a row count check, and

@@ -16,13 +16,22 @@ busy handler only ever waits for other processes (the CLI). A thread marked ``ur
 not. A writer that waits longer than the busy timeout goes on without the gate and leaves it
 to SQLite, as before; the gate never turns a wait into a deadlock.
 
+Several processes on one database file (`serve --role intake` beside a worker, the CLI)
+queue the same way across processes: the holder of a process's gate also takes an exclusive
+flock(2) on ``<database>-writers`` before it writes, and gives it back with the gate. A
+process that waits for the flock sleeps in the kernel and is woken the moment the other lets
+go, where SQLite's busy handler would sleep its fixed steps. The kernel drops the flock of a
+process that dies, so a kill -9 never leaves it held.
+
 Reads take no gate (WAL: readers never wait for the writer).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
+import os
 import re
 import sqlite3
 import threading
@@ -60,14 +69,47 @@ class Gate:
     """A lock for one engine's writers: FIFO-ish (every waiter is woken and the first to run
     takes it) with urgent writers first."""
 
-    def __init__(self) -> None:
+    def __init__(self, lock_path: str | None = None) -> None:
         self._cond = threading.Condition()
         self._held = False
         self._urgent_waiting = 0
         self.waits = 0                 # writers that found the gate taken (for tests)
+        # the file whose flock the holder takes, for the other processes on this database
+        self._fd: int | None = None
+        if lock_path is not None:
+            try:
+                self._fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError as exc:
+                log.warning("database: no writers' lock file %s (%s); other processes' "
+                            "writers are left to SQLite's busy handler", lock_path, exc)
+
+    def _lock_file(self, block: bool) -> bool:
+        """Take the flock after the gate; False only when ``block`` is False and another
+        process holds it."""
+        if self._fd is None:
+            return True
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
+        except BlockingIOError:
+            return False
+        except OSError as exc:            # a file system without flock: SQLite's own wait
+            log.warning("database: flock on the writers' lock file failed (%s)", exc)
+            os.close(self._fd)
+            self._fd = None
+        return True
+
+    def _unlock_file(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def acquire(self, timeout: float = WAIT) -> bool:
         """Take the gate; False after ``timeout`` seconds without it (go on anyway)."""
+        if not self._acquire(timeout):
+            return False
+        self._lock_file(block=True)       # outside the condition: the others may queue
+        return True
+
+    def _acquire(self, timeout: float) -> bool:
         is_urgent = getattr(_local, "urgent", False)
         with self._cond:
             if not self._held and (is_urgent or not self._urgent_waiting):
@@ -97,9 +139,16 @@ class Gate:
             if self._held or self._urgent_waiting:
                 return False
             self._held = True
+        if self._lock_file(block=False):
             return True
+        self._release_gate()
+        return False
 
     def release(self) -> None:
+        self._unlock_file()
+        self._release_gate()
+
+    def _release_gate(self) -> None:
         with self._cond:
             self._held = False
             self._cond.notify_all()
@@ -142,12 +191,13 @@ class GatedConnection(sqlite3.Connection):
             self._give_back()
 
 
-def install(engine: Any) -> None:
+def install(engine: Any, database_path: str | None = None) -> None:
     """Gate the writers of ``engine`` (an SQLAlchemy engine made with
-    ``connect_args={"factory": GatedConnection}``)."""
+    ``connect_args={"factory": GatedConnection}``); with ``database_path`` (a file), across
+    processes too."""
     from sqlalchemy import event
 
-    gate = Gate()
+    gate = Gate(f"{database_path}-writers" if database_path else None)
     engine.write_gate = gate
 
     @event.listens_for(engine, "connect")

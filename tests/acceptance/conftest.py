@@ -127,17 +127,24 @@ class Site:
         return json.loads(self.run(*args, "--json"))
 
     # -- the daemon ------------------------------------------------------------------
-    def serve(self) -> "Site":
-        out = open(self.log, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "listserv", "--config", str(self.config), "serve"],
-            stdout=out, stderr=out, env=clean_env())
-        out.close()
+    def serve(self, *flags: str) -> "Site":
+        """Start `listserv serve FLAGS` and wait until it listens."""
+        self.proc = self.start_serve(*flags)
         proc = self.proc
         wait_until(lambda: listening(self.port) or proc.poll() is not None, 30,
                    "listserv serve to listen")
         assert proc.poll() is None, self.log.read_text()
         return self
+
+    def start_serve(self, *flags: str) -> subprocess.Popen[bytes]:
+        """Start `listserv serve FLAGS` (logging to serve.log) without waiting for it."""
+        out = open(self.log, "ab")
+        try:
+            return subprocess.Popen(
+                [sys.executable, "-m", "listserv", "--config", str(self.config), "serve",
+                 *flags], stdout=out, stderr=out, env=clean_env())
+        finally:
+            out.close()
 
     def stop(self) -> int:
         assert self.proc is not None

@@ -94,3 +94,41 @@ class _nothing:
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+def test_two_processes_writers_queue_through_the_lock_file(tmp_path: Path) -> None:
+    """Two engines on one file (as two processes would be: each has its own gate and its own
+    open lock file): a writer of the second waits for the first's transaction to end, and is
+    let in as it ends, without an error from SQLite's busy handler."""
+    url = f"sqlite:///{tmp_path / 'two.db'}"
+    first, second = Database(url), Database(url)
+    try:
+        with first.engine.begin() as conn:
+            conn.execute(text("CREATE TABLE t (who TEXT)"))
+        assert (tmp_path / "two.db-writers").exists()
+        gate1 = first.engine.write_gate     # type: ignore[attr-defined]
+        gate2 = second.engine.write_gate    # type: ignore[attr-defined]
+        assert gate1 is not gate2
+        done = threading.Event()
+
+        def second_writer() -> None:
+            with second.engine.begin() as conn:
+                conn.execute(text("INSERT INTO t VALUES ('second')"))
+            done.set()
+
+        with first.engine.begin() as conn:
+            conn.execute(text("INSERT INTO t VALUES ('first')"))
+            assert not gate2.try_acquire()          # the other process's writer holds it
+            t = threading.Thread(target=second_writer)
+            t.start()
+            assert not done.wait(0.3)               # it waits for this transaction
+        wait_until(done.is_set, 10, "the second writer to get in")
+        t.join(10)
+        with first.engine.connect() as conn:
+            assert [r[0] for r in conn.execute(text("SELECT who FROM t ORDER BY rowid"))] == [
+                "first", "second"]
+        assert gate2.try_acquire()                  # free again once both are done
+        gate2.release()
+    finally:
+        first.dispose()
+        second.dispose()

@@ -30,6 +30,15 @@ def test_systemd_unit_runs_serve_with_the_config() -> None:
     assert "KillSignal=SIGTERM" in unit
 
 
+def test_the_split_units_run_one_role_each_with_the_same_config() -> None:
+    for role in ("intake", "worker"):
+        unit = (DEPLOY / f"listserv-{role}.service").read_text()
+        assert re.search(rf"^ExecStart=\S+/listserv (-v )?serve --role {role}$", unit, re.M)
+        assert "LISTSERV_CONFIG=/etc/listserv/listserv.toml" in unit
+        assert "KillSignal=SIGTERM" in unit
+        assert "WorkingDirectory=/var/lib/listserv" in unit
+
+
 def test_readme_names_every_dns_record() -> None:
     text = (DEPLOY / "README.md").read_text()
     for needle in ("MX", "v=spf1", "_domainkey", "dkim-keygen", "_dmarc", "v=DMARC1"):

@@ -1,0 +1,79 @@
+"""`serve --role intake` beside `serve --role worker` on one data_dir and database: the intake
+only stores mail and answers, the worker processes and delivers it, woken by the intake."""
+
+from __future__ import annotations
+
+import collections
+import signal
+import subprocess
+from pathlib import Path
+
+from tests.acceptance.conftest import make_site, message
+from tests.sink import SmtpSink
+from tests.waiting import wait_until
+
+LIST = "roles@split.example"
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> int:
+    proc.send_signal(signal.SIGTERM)
+    return proc.wait(30)
+
+
+def test_intake_and_worker_processes_work_as_one(tmp_path: Path, sink: SmtpSink) -> None:
+    members = [f"m{i}@split.example" for i in range(5)]
+    for site in make_site(tmp_path, sink):
+        site.run("list", "create", LIST)
+        site.run("member", "add", LIST, *members)
+        site.run("list", "set", LIST, "nonmember_action", "accept")
+        site.serve("--role", "intake")
+        worker = site.start_serve("--role", "worker")
+        try:
+            site.send(LIST, message("ann@outside.example", LIST, "through two processes"))
+            for m in members:
+                site.mail_to(m)
+            assert worker.poll() is None
+            # the worker's wake-up socket is in the data_dir while it runs
+            assert list((tmp_path / "data" / "wake").glob("w*.sock"))
+        finally:
+            assert _stop(worker) == 0
+        assert site.stop() == 0
+        assert not list((tmp_path / "data" / "wake").glob("w*.sock"))
+
+
+def test_the_intake_accepts_while_no_worker_runs_and_a_new_worker_delivers(
+        tmp_path: Path, sink: SmtpSink) -> None:
+    """Mail accepted while the worker is down (here: killed with SIGKILL, its wake-up socket
+    left behind) waits in the database; the next worker delivers each copy once."""
+    members = [f"w{i}@split.example" for i in range(4)]
+    for site in make_site(tmp_path, sink):
+        site.run("list", "create", LIST)
+        site.run("member", "add", LIST, *members)
+        site.run("list", "set", LIST, "nonmember_action", "accept")
+        site.serve("--role", "intake")
+        worker = site.start_serve("--role", "worker")
+        wake_dir = tmp_path / "data" / "wake"
+        wait_until(lambda: bool(list(wake_dir.glob("w*.sock"))), 30,
+                   "the worker's wake-up socket")
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(10)
+        assert list(wake_dir.glob("w*.sock"))         # left behind by the kill
+
+        for n in range(3):
+            site.send(LIST, message("ann@outside.example", LIST, f"while down {n}"))
+        q = site.json("queue", "status")
+        assert q["incoming"]["new"] == 3
+        assert not [m for m in list(sink.messages) if set(members) & set(m.rcpt_tos)]
+
+        worker = site.start_serve("--role", "worker")
+        try:
+            sink.wait_for(lambda ms: sum(
+                1 for m in ms for r in m.rcpt_tos if r in members) >= 3 * len(members), 60)
+            site.quiet()
+        finally:
+            assert _stop(worker) == 0
+        assert site.stop() == 0
+        copies = collections.Counter((r, str(m.message["Subject"]))
+                                     for m in list(sink.messages)
+                                     for r in m.rcpt_tos if r in members)
+        assert len(copies) == 3 * len(members) and set(copies.values()) == {1}, copies
