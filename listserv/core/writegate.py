@@ -41,6 +41,7 @@ from typing import Any, Iterator
 log = logging.getLogger(__name__)
 
 WAIT = 30.0          # seconds, as the connections' busy_timeout; then go on without the gate
+YIELD = 0.05         # seconds a thread about to compute waits for the writer in progress
 _WRITE = re.compile(r"\s*(INSERT|UPDATE|DELETE|REPLACE|BEGIN\s+(IMMEDIATE|EXCLUSIVE)|CREATE|"
                     r"DROP|ALTER)\b", re.IGNORECASE)
 _CTE_WRITE = re.compile(r"\b(INSERT|UPDATE|DELETE)\b", re.IGNORECASE)
@@ -132,6 +133,16 @@ class Gate:
             finally:
                 if is_urgent:
                     self._urgent_waiting -= 1
+
+    def wait_free(self, timeout: float = YIELD) -> None:
+        """Wait, without the GIL, until no writer of this process holds the gate (at most
+        ``timeout`` s). A thread about to compute (a fan-out chunk, the rules of a message)
+        calls it: a writer holds SQLite's lock for as long as its transaction takes in wall
+        time, and every thread computing beside it stretches that time (one GIL), while the
+        writers of other processes, the intake first, wait for the lock."""
+        with self._cond:
+            if self._held:
+                self._cond.wait_for(lambda: not self._held, timeout)
 
     def try_acquire(self) -> bool:
         """Take the gate only if it is free and no urgent writer waits; never waits."""

@@ -163,6 +163,7 @@ def step(app: App, payload: dict[str, Any]) -> tuple[bool, int]:
     delivery loop's claim of those rows, a durable commit, makes it durable before any copy
     is sent, and a chunk undone by a power cut is read again from the cursor."""
     fanout_id = int(payload["fanout"])
+    app.db.let_writer_finish()      # the chunk's reading is the fan-out's computing
     with app.db.unit_of_work() as session:
         fan = session.get(Fanout, fanout_id)
         if fan is None or fan.expanded_at is not None:
