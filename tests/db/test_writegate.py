@@ -153,3 +153,14 @@ def test_a_thread_about_to_compute_lets_the_writer_in_progress_finish() -> None:
     assert gate.acquire()
     gate.wait_free(0.01)                    # bounded: a long writer is not waited out
     gate.release()
+
+
+def test_a_stuck_holder_of_the_lock_file_is_not_waited_for_past_the_timeout(
+        tmp_path: Path) -> None:
+    held = writegate.Gate(str(tmp_path / "x-writers"))
+    waiting = writegate.Gate(str(tmp_path / "x-writers"))
+    assert held.acquire()
+    assert not waiting._lock_file(block=True, timeout=0.05)   # gave up, did not hang
+    held.release()
+    assert waiting._lock_file(block=True, timeout=0.05)
+    waiting.release()
