@@ -73,7 +73,7 @@ def install() -> None:
     from sqlalchemy.orm import Session
 
     from listserv import daemon
-    from listserv.delivery import fanout, runner, smtpwire, transport
+    from listserv.delivery import fanout, runner, signpool, smtpwire, transport, unsubscribe
     from listserv.intake import smtp as intake
     from listserv.jobs import engine
     from listserv.jobs import runner as jobs_runner
@@ -97,6 +97,13 @@ def install() -> None:
     wrap(transport.SmtpTransport, "submit", "transport.submit")
     wrap(transport.SmtpTransport, "_connect", "transport.connect")
     wrap(transport.SmtpTransport, "_transaction", "transport.transaction")
+    wrap(runner.Runner, "_load", "delivery.load message")
+    wrap(runner.Runner, "_personalise", "delivery.personalise")
+    wrap(unsubscribe, "memberships_for", "unsubscribe.memberships_for")
+    wrap(signpool, "make", "signpool.make")
+    wrap(posting, "_copies", "posting.copies")
+    wrap(posting, "_arc_results", "posting.arc_results")
+    wrap(fanout, "start", "fanout.start")
     wrap(smtpwire, "open_wire", "smtpwire.open_wire")
     wrap(smtpwire, "transact", "smtpwire.transact")
     wrap(Session, "commit", "Session.commit")

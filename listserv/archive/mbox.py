@@ -48,23 +48,26 @@ def job_key(list_id: int) -> str:
     return f"archive:{list_id}"
 
 
-def enqueue(session: Session, app: App, list_id: int) -> None:
-    """In the caller's transaction: make the list's archive job due (a read first: posts
-    call this under the list lock, and a waiting job is enough)."""
+def enqueue(session: Session, app: App, list_id: int,
+            run_after: dt.datetime | None = None) -> None:
+    """In the caller's transaction: make the list's archive job due (at ``run_after``, else
+    now; a read first: posts call this under the list lock, and a waiting job is enough)."""
     key = job_key(list_id)
     if session.scalar(select(Job.id).where(Job.dedupe_key == key,
                                            Job.state == JobState.ready)) is None:
         jobs.enqueue(session, app, LIST_KIND, {"list_id": list_id}, partition_key=key,
-                     dedupe_key=key)
+                     dedupe_key=key, run_after=run_after)
 
 
 def add_entry(session: Session, app: App, list_id: int, seq: int, spool_sha: str,
-              message_id: str, now: dt.datetime) -> None:
+              message_id: str, now: dt.datetime, *, delay: dt.timedelta | None = None
+              ) -> None:
     """In the caller's transaction: the accepted post ``seq`` (its prepared bytes are
-    ``spool_sha``) is to be archived."""
+    ``spool_sha``) is to be archived, ``delay`` from ``now`` when given (a job of the list
+    already waiting takes the entry along whenever it runs)."""
     session.add(ArchiveEntry(list_id=list_id, seq=seq, spool_sha=spool_sha,
                              message_id=message_id[:998], created_at=now))
-    enqueue(session, app, list_id)
+    enqueue(session, app, list_id, now + delay if delay is not None else None)
 
 
 def run_list(app: App, list_id: int) -> None:

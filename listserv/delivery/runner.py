@@ -57,6 +57,7 @@ ERROR_PAUSE = 2.0             # after a database error in run()
 RECORD_TRIES = 3              # tries to write one batch's results (others succeeding)
 MESSAGE_CACHE = 64            # OutboundMessages whose bytes are kept in memory ...
 MESSAGE_CACHE_BYTES = 64 << 20  # ... and at most this many bytes of them
+FIRST_COPIES = 8              # per-member copies made first, on their own (_personalise)
 
 Transport = Union[SmtpTransport, MaildirTransport]
 Arrived = Callable[[list[str], list[tuple[bytes, bytes]]], None]
@@ -82,6 +83,7 @@ class Runner:
         self.secret: str | None = None
         self.signing = _Pipeline()
         self.claimed: dict[int, Batch] = {}     # batches whose lease this Runner holds
+        self.first_made: set[int] = set()       # messages whose first copies were made
         self.progress = _Progress(self)
         self._writer: ProgressWriter | None = None
         self.transport: Transport = self._make_transport()
@@ -149,25 +151,47 @@ class Runner:
         signature), made in worker processes (listserv.delivery.signpool) when there are many, so
         this runs in a thread; ``arrived(rcpts, owns)`` is called as each chunk is ready.
         None on any error: the members without their own part get the generic copy (never
-        a lost batch)."""
+        a lost batch).
+
+        In the first batch of a message, the first FIRST_COPIES members' parts are looked up
+        and made here first, on their own: the first copies then leave after a small query
+        and a few signatures, not after the whole batch's query and a round trip through the
+        workers."""
         maker, list_id = batch.message.maker, batch.message.list_id
         if maker is None or list_id is None or self.secret is None:
             return {}
+        first = batch.message.outbound_id not in self.first_made
+        self.first_made.add(batch.message.outbound_id)
+        split = FIRST_COPIES if first and len(batch.recipients) > FIRST_COPIES else 0
+        out: dict[str, tuple[bytes, bytes]] = {}
+        parts = ([(batch.recipients[:split], True), (batch.recipients[split:], False)]
+                 if split else [(batch.recipients, False)])
+        for recipients, here_only in parts:
+            got = self._own_parts(batch, maker, list_id, recipients, arrived, here_only)
+            if got is None:
+                return None if not out else out
+            out.update(got)
+        return out
+
+    def _own_parts(self, batch: Batch, maker: unsubscribe.CopyMaker, list_id: int,
+                   recipients: list[str], arrived: Arrived | None, here_only: bool
+                   ) -> dict[str, tuple[bytes, bytes]] | None:
+        assert self.secret is not None
         try:      # the members' memberships: one query per 500 recipients
             with self.app.db.unit_of_work() as session:
-                members = unsubscribe.memberships_for(session, list_id, batch.recipients)
+                members = unsubscribe.memberships_for(session, list_id, recipients)
         except Exception:
             log.exception("delivery batch %s: cannot look up the members; sending the list "
                           "copy", batch.id)
             return None
-        rcpts = [r for r in batch.recipients if r.lower() in members]
+        rcpts = [r for r in recipients if r.lower() in members]
 
         def part(start: int, owns: list[tuple[bytes, bytes]]) -> None:
             if arrived is not None:
                 arrived(rcpts[start:start + len(owns)], owns)
         try:
             return dict(zip(rcpts, maker.own(self.secret, [members[r.lower()] for r in rcpts],
-                                             part)))
+                                             part, here_only=here_only)))
         except Exception:
             log.exception("delivery batch %s: per-member copies failed; sending the list copy",
                           batch.id)
@@ -206,7 +230,8 @@ class Runner:
         while len(self.messages) > 1 and (
                 len(self.messages) > MESSAGE_CACHE
                 or sum(len(x.data) for x in self.messages.values()) > MESSAGE_CACHE_BYTES):
-            self.messages.popitem(last=False)   # batches in flight keep their own reference
+            gone, _ = self.messages.popitem(last=False)  # batches in flight keep theirs
+            self.first_made.discard(gone)
 
     def _record_sync(self, batches: list[Batch]) -> list[Batch]:
         """Record ``batches`` in one transaction; if that fails, one by one, so that one bad

@@ -130,11 +130,13 @@ def _drop(pool: cf.ProcessPoolExecutor | None) -> None:
 
 
 def make(job: copies.CopyJob, members: list[tuple[int, str]], signer: "Signer | None",
-         on_part: Callable[[int, list[copies.Own]], None] | None = None) -> list[copies.Own]:
+         on_part: Callable[[int, list[copies.Own]], None] | None = None, *,
+         here_only: bool = False) -> list[copies.Own]:
     """copies.make() for ``members``, in the worker processes when they are signed, there
-    are at least MIN_COPIES and the workers are up, else here with ``signer`` (the job's key); blocks
-    (call it from a thread). Made CHUNK at a time: ``on_part(start, owns)`` is called (in
-    this thread, in order) as each chunk is ready, so their copies can leave at once."""
+    are at least MIN_COPIES, the workers are up and not ``here_only``, else here with
+    ``signer`` (the job's key); blocks (call it from a thread). Made CHUNK at a time:
+    ``on_part(start, owns)`` is called (in this thread, in order) as each chunk is ready, so
+    their copies can leave at once."""
     here = signer.rsa_many if signer is not None else None
     out: list[copies.Own] = []
 
@@ -148,7 +150,7 @@ def make(job: copies.CopyJob, members: list[tuple[int, str]], signer: "Signer | 
             got(copies.make(job, members[i:i + CHUNK], here))
         return out
 
-    if (not job.key_pem or len(members) < MIN_COPIES
+    if (here_only or not job.key_pem or len(members) < MIN_COPIES
             or time.monotonic() - _failed_at < RETRY_AFTER):
         return locally()          # unsigned copies cost a token and two strings each
     pool = None

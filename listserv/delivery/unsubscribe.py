@@ -197,12 +197,14 @@ class CopyMaker:
         return dataclasses.replace(job, canon=job.canonical())
 
     def own(self, secret: str, members: list[tuple[int, str]],
-            on_part: Callable[[int, list[copies.Own]], None] | None = None
-            ) -> list[copies.Own]:
+            on_part: Callable[[int, list[copies.Own]], None] | None = None, *,
+            here_only: bool = False) -> list[copies.Own]:
         """(DKIM-Signature field, the member's two fields) of each member's copy, made in
-        worker processes when there are many (listserv.delivery.signpool; ``on_part`` as there)."""
+        worker processes when there are many (listserv.delivery.signpool; ``on_part`` and
+        ``here_only`` as there)."""
         return signpool.make(self.job(secret), members,
-                             self.signer.signer if self.signer is not None else None, on_part)
+                             self.signer.signer if self.signer is not None else None, on_part,
+                             here_only=here_only)
 
     def copy(self, secret: str, membership_id: int, nonce: str) -> bytes:
         """One member's whole copy."""

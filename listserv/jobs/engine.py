@@ -4,7 +4,8 @@ Claiming (claim()) takes one job that is due: a *ready* job whose run_after has 
 *running* job whose lease expired (its worker died or hung: whoever comes next takes it over;
 no hostname or pid is ever consulted). The claim runs in one transaction that PostgreSQL
 serialises per row with ``SELECT ... FOR UPDATE SKIP LOCKED`` (plus a transaction-scoped
-advisory lock per partition) and SQLite with ``BEGIN IMMEDIATE`` (one writer).
+advisory lock per partition); on SQLite (one writer) it is a compare-and-set UPDATE of a
+candidate read just before.
 
 A job with a partition_key runs only when no earlier job of its partition is ready or
 running and no job of its partition holds a live lease: a partition's jobs run one at a time,
@@ -28,8 +29,23 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Collection
 
-from sqlalchemy import and_, delete, exists, func, or_, select, text, update
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import (
+    BindParameter,
+    String,
+    Table,
+    and_,
+    bindparam,
+    cast,
+    delete,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.orm import Session
 
 from listserv.core.app import App
 from listserv.core.errors import UsageError
@@ -141,45 +157,103 @@ def ensure(session: Session, app: App, kind: str, dedupe_key: str, *,
 # ---------------------------------------------------------------------------- claim
 
 
-def _due_clause(now: dt.datetime) -> Any:
-    return or_(and_(Job.state == JobState.ready, Job.run_after <= now),
-               and_(Job.state == JobState.running, Job.lease_expires <= now))
-
-
-def _partition_free(now: dt.datetime) -> Any:
-    """No other job of the partition ahead of this one (earlier and not finished) and none
-    holding a live lease."""
-    other = aliased(Job)
-    blocker = exists().where(
-        other.partition_key == Job.partition_key, other.id != Job.id,
-        or_(and_(other.id < Job.id, other.state.in_([JobState.ready, JobState.running])),
-            and_(other.state == JobState.running, other.lease_expires > now)))
-    return or_(Job.partition_key.is_(None), ~blocker)
-
-
 def claim(app: App, owner: str, *, kinds: Collection[str] | None = None,
           lease: dt.timedelta = LEASE) -> Claimed | None:
     """Lease one due job of ``kinds`` (any kind when None) to ``owner``; None if none is due.
 
     A job whose lease expired after max_attempts claims (it kept killing or hanging its
     worker) is made dead instead of being run again."""
+    if app.db.is_sqlite:
+        return _claim_sqlite(app, owner, kinds, lease)
+    return _claim_locking(app, owner, kinds, lease)
+
+
+# The claim is on the path from a post's 250 to its first copy, and every job loop polls with
+# it: its statements are built once, in Core (``now`` a parameter).
+# _DUE: ready and its run_after passed, or running and its lease expired.
+# _FREE: no other job of its partition ahead of it (earlier and not finished), none holding a
+# live lease.
+# On SQLite, a claim reads the candidates outside any transaction (an idle poll takes no write
+# lock), then takes one with a compare-and-set UPDATE that checks again, under the write lock,
+# that it is still due and its partition free (one writer: the UPDATE, first statement of its
+# transaction, sees every commit before it), and returns the row it took.
+_J: Table = Job.__table__  # type: ignore[assignment]
+_OTHER = _J.alias("other")
+_NOW = bindparam("now", type_=_J.c.run_after.type)
+_DUE = or_(and_(_J.c.state == JobState.ready, _J.c.run_after <= _NOW),
+           and_(_J.c.state == JobState.running, _J.c.lease_expires <= _NOW))
+_FREE = or_(_J.c.partition_key.is_(None), ~exists().where(
+    _OTHER.c.partition_key == _J.c.partition_key, _OTHER.c.id != _J.c.id,
+    or_(and_(_OTHER.c.id < _J.c.id, _OTHER.c.state.in_([JobState.ready, JobState.running])),
+        and_(_OTHER.c.state == JobState.running, _OTHER.c.lease_expires > _NOW))))
+_CANDIDATES = (select(_J.c.id, _J.c.state, _J.c.attempts, _J.c.max_attempts)
+               .where(_DUE, _FREE).order_by(_J.c.run_after, _J.c.id).limit(CLAIM_CANDIDATES))
+_KINDS: BindParameter[str] = bindparam("kinds", expanding=True)
+_CANDIDATES_OF = _CANDIDATES.where(_J.c.kind.in_(_KINDS))
+_TAKE = (update(_J).where(_J.c.id == bindparam("jid"), _DUE, _FREE,
+                          or_(_J.c.state == JobState.ready, _J.c.attempts < _J.c.max_attempts))
+         .values(state=JobState.running, lease_owner=bindparam("owner"),
+                 lease_expires=bindparam("expires", type_=_J.c.lease_expires.type),
+                 attempts=_J.c.attempts + 1)
+         .returning(_J.c.id, _J.c.kind, _J.c.payload, _J.c.partition_key, _J.c.dedupe_key,
+                    _J.c.attempts, _J.c.max_attempts, _J.c.lease_owner, _J.c.last_error))
+_BURY = (update(_J).where(_J.c.id == bindparam("jid"), _J.c.state == JobState.running,
+                          _J.c.lease_expires <= _NOW, _J.c.attempts >= _J.c.max_attempts)
+         .values(state=JobState.dead, failed_at=bindparam("failed", type_=_J.c.failed_at.type),
+                 lease_owner=None, lease_expires=None,
+                 last_error=func.substr(
+                     literal("its worker's lease expired ") + cast(_J.c.attempts, String)
+                     + literal(" times (the worker died or hung); last error: ")
+                     + func.coalesce(_J.c.last_error, "-"), 1, 4000))
+         .returning(_J.c.id, _J.c.kind, _J.c.last_error))
+
+
+def _claim_sqlite(app: App, owner: str, kinds: Collection[str] | None,
+                  lease: dt.timedelta) -> Claimed | None:
+    now = app.now()
+    params: dict[str, Any] = {"now": now}
+    query = _CANDIDATES
+    if kinds is not None:
+        query, params["kinds"] = _CANDIDATES_OF, list(kinds)
+    with app.db.unit_of_work() as session:
+        candidates = session.execute(query, params).all()   # no transaction yet: no lock
+        for jid, state, attempts, max_attempts in candidates:
+            if state is JobState.running and attempts >= max_attempts:
+                buried = session.execute(_BURY, {"jid": jid, "now": now, "failed": now}).first()
+                if buried is not None:
+                    log.error("job %d (%s) is dead: %s", *buried)
+                continue
+            row = session.execute(_TAKE, {"jid": jid, "now": now, "owner": owner,
+                                          "expires": now + lease}).first()
+            if row is None:       # taken or blocked since the read
+                continue
+            if state is JobState.running:
+                log.warning("job %d (%s): lease expired; taken over by %s", row.id, row.kind,
+                            owner)
+            return Claimed(row.id, row.kind, dict(row.payload or {}), row.partition_key,
+                           row.dedupe_key, row.attempts, row.max_attempts, owner,
+                           row.last_error)
+    return None
+
+
+def _claim_locking(app: App, owner: str, kinds: Collection[str] | None,
+                   lease: dt.timedelta) -> Claimed | None:
+    """PostgreSQL: SELECT ... FOR UPDATE SKIP LOCKED of the candidates, each job's partition
+    held by an advisory lock for the transaction (_lock_partition)."""
     db = app.db
     now = app.now()
-    query = (select(Job).where(_due_clause(now), _partition_free(now))
-             .order_by(Job.run_after, Job.id).limit(CLAIM_CANDIDATES))
+    params: dict[str, Any] = {"now": now}
+    query = (select(Job).where(_DUE, _FREE).order_by(Job.run_after, Job.id)
+             .limit(CLAIM_CANDIDATES))
     if kinds is not None:
-        query = query.where(Job.kind.in_(list(kinds)))
+        query, params["kinds"] = query.where(_J.c.kind.in_(_KINDS)), list(kinds)
     with db.unit_of_work() as session:      # a plain read first: idle polls take no lock
-        if session.scalar(query.with_only_columns(Job.id).limit(1)) is None:
+        if session.scalar(query.with_only_columns(Job.id).limit(1), params) is None:
             return None
     with db.unit_of_work() as session:
-        if db.is_sqlite:
-            session.connection().exec_driver_sql("BEGIN IMMEDIATE")
-        if not db.is_sqlite:
-            query = query.with_for_update(skip_locked=True, of=Job)
-        for job in session.scalars(query).all():
-            if job.partition_key is not None and not db.is_sqlite \
-                    and not _lock_partition(session, job, now):
+        query = query.with_for_update(skip_locked=True, of=Job)
+        for job in session.scalars(query, params).all():
+            if job.partition_key is not None and not _lock_partition(session, job, now):
                 continue
             if job.state is JobState.running and job.attempts >= job.max_attempts:
                 job.state, job.failed_at = JobState.dead, now
@@ -208,7 +282,7 @@ def _lock_partition(session: Session, job: Job, now: dt.datetime) -> bool:
         func.hashtextextended(job.partition_key, 0))))
     if not got:
         return False
-    still = session.scalar(select(Job.id).where(Job.id == job.id, _partition_free(now)))
+    still = session.scalar(select(Job.id).where(Job.id == job.id, _FREE), {"now": now})
     return still is not None
 
 

@@ -9,6 +9,7 @@ job then queues the recipients in chunks (listserv.delivery.fanout).
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from email.message import EmailMessage
 from typing import Callable
@@ -38,6 +39,11 @@ log = logging.getLogger(__name__)
 
 FOOTER_TEMPLATE = "footer/list.txt.j2"
 REJECTED_TEMPLATE = "notice/user/rejected.txt.j2"
+# A post that fans out in a job (more recipients than one SMTP transaction) is archived this
+# long after its accept, not at once: archiving it (reading, indexing and storing the message
+# in the database, the month's pages) would otherwise run on the other core and compete with
+# the steps that send its first copies.
+ARCHIVE_AFTER_FANOUT = dt.timedelta(seconds=1)
 
 
 def reject_post(session: Session, app: App, ml: MailingList, inbound: InboundMessage,
@@ -144,7 +150,8 @@ def accept_post(session: Session, app: App, inbound: InboundMessage, msg: EmailM
     everyone = fanout.start(session, app, fan, inbound_id=inbound.id, seq=seq,
                             skip_remote=network.came_through(msg), approved_by=approved_by)
     if ml.archive is not ArchivePolicy.none:     # after the fan-out: its job runs first
-        archive.add_entry(session, app, ml.id, seq, prepared_sha, message_id, now)
+        archive.add_entry(session, app, ml.id, seq, prepared_sha, message_id, now,
+                          delay=ARCHIVE_AFTER_FANOUT if everyone is None else None)
     inbound.state = InboundState.accepted
     inbound.outcome = (fanout.outcome(seq, everyone, approved_by) if everyone is not None else
                        f"accepted as post {seq}; its recipients are being queued"

@@ -21,9 +21,11 @@ from listserv.core.app import App
 from listserv.core.db import Database
 from listserv.delivery import fanout, outbound
 from listserv.intake import smtp as intake
-from listserv.pipeline import inbound
+from listserv.pipeline import inbound, posting
 from listserv.core.models import (
     Address,
+    ArchiveEntry,
+    ArchiveMessage,
     Delivery,
     DeliveryMode,
     Fanout,
@@ -256,3 +258,37 @@ def test_the_outbound_message_gone_ends_the_fanout(small: App) -> None:
     with small.db.unit_of_work() as s:
         assert s.scalar(select(func.count()).select_from(Fanout)
                         .where(Fanout.expanded_at.is_(None))) == 0
+
+
+ARCHIVE_AND_FANOUT = {k: workers.REGISTRY[k] for k in (fanout.KIND, workers.ARCHIVE_LIST)}
+
+
+def archived(app: App) -> tuple[int, int]:
+    """(entries waiting, messages in the archive)."""
+    with app.db.unit_of_work() as s:
+        return (len(list(s.scalars(select(ArchiveEntry.id)))),
+                len(list(s.scalars(select(ArchiveMessage.id)))))
+
+
+def test_a_post_that_fans_out_is_archived_a_moment_after_its_first_copies(
+        small: App, clock: Clock) -> None:
+    """Its archive job waits ARCHIVE_AFTER_FANOUT, so that archiving does not compete with
+    the first copies; then the post is archived as usual."""
+    make_list(small, LIST, people=people(95))
+    post(small)
+    with small.db.unit_of_work() as s:
+        job = s.scalars(select(Job).where(Job.kind == workers.ARCHIVE_LIST)).one()
+        assert job.run_after == clock() + posting.ARCHIVE_AFTER_FANOUT
+    jobs.run_jobs_until_idle(small, ARCHIVE_AND_FANOUT)     # the fan-out runs, not the archive
+    assert fanout_jobs(small) == [] and sum(queued(small).values()) == 95
+    assert archived(small) == (1, 0)
+    clock.advance(seconds=posting.ARCHIVE_AFTER_FANOUT.total_seconds())
+    assert jobs.run_jobs_until_idle(small, ARCHIVE_AND_FANOUT) == 1
+    assert archived(small) == (0, 1)
+
+
+def test_a_post_queued_whole_with_its_accept_is_archived_at_once(small: App) -> None:
+    make_list(small, LIST, people=people(PER_TX - 1))
+    post(small)
+    assert jobs.run_jobs_until_idle(small, ARCHIVE_AND_FANOUT) == 1
+    assert archived(small) == (0, 1)

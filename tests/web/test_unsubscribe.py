@@ -160,6 +160,30 @@ def test_copies_made_in_the_worker_processes_verify(  # type: ignore[no-untyped-
     assert sorted(seen) == sorted(PEOPLE) and len(set(seen.values())) == 3
 
 
+def test_a_messages_first_copies_are_made_in_the_daemon_the_rest_in_the_workers(  # type: ignore[no-untyped-def]
+        harness: Harness, monkeypatch) -> None:
+    """The first FIRST_COPIES members' copies are made at once by the delivery thread (a
+    small query and their signatures), not after the whole batch's query and a round trip
+    through the workers; every copy verifies either way."""
+    from listserv.delivery import runner, signpool
+    from tests.waiting import wait_until
+
+    monkeypatch.setattr(signpool, "MIN_COPIES", 1)
+    monkeypatch.setattr(runner, "FIRST_COPIES", 1)
+    signpool.start()
+    wait_until(signpool.ready, timeout=60)
+    before = signpool.made_in_workers
+    h = harness
+    make_list(h.app, LIST, members=PEOPLE)
+    key = set_key(h.app)
+    h.send(make_message("ann@a.example", LIST, "first here"))
+    h.run_until_idle()
+    got = h.sink.wait_for(lambda m: len({r for x in m for r in x.rcpt_tos}) >= 3)
+    assert signpool.made_in_workers - before == 2
+    seen = check_copies(got, key, h.app)
+    assert sorted(seen) == sorted(PEOPLE) and len(set(seen.values())) == 3
+
+
 def test_a_broken_pool_falls_back_to_signing_in_the_daemon(  # type: ignore[no-untyped-def]
         harness: Harness, monkeypatch, caplog) -> None:
     import concurrent.futures.process as cfp
