@@ -15,6 +15,7 @@ import datetime as dt
 from typing import Any
 
 from listserv import digests
+from listserv.digests import chunks as digest_chunks
 from listserv.admin import retention
 from listserv.archive import mbox as archive
 from listserv.bounces import process as bounces
@@ -42,6 +43,15 @@ def archive_list(app: App, payload: dict[str, Any]) -> None:
     archive.run_list(app, int(payload["list_id"]))
 
 
+def fanout_job(app: App, payload: dict[str, Any]) -> None:
+    """Queue a post's or a digest's recipients in chunks (one job kind, one partition per
+    list: a list's posts and digests go out in order)."""
+    if digest_chunks.is_digest(payload):
+        digest_chunks.run(app, payload)
+    else:
+        fanout.run(app, payload)
+
+
 def digests_pass(app: App, payload: dict[str, Any]) -> None:
     digests.tick(app)
 
@@ -61,7 +71,7 @@ def retention_pass(app: App, payload: dict[str, Any]) -> None:
 KINDS: tuple[Kind, ...] = (
     Kind(inbound.KIND, incoming.handle_job, max_attempts=inbound.JOB_ATTEMPTS,
          retry_base=INCOMING_RETRY),
-    Kind(fanout.KIND, fanout.run),
+    Kind(fanout.KIND, fanout_job),
     Kind(ARCHIVE, archive_pass, every=TICK),
     Kind(ARCHIVE_LIST, archive_list),
     Kind("moderation", moderation_pass, every=TICK),

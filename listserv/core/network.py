@@ -89,17 +89,20 @@ def regular_members(list_ids: Any) -> Select[Any]:
     return _regular(list_ids)
 
 
-def included_digest_queries(list_id: int) -> list[tuple[DeliveryMode, Select[Any]]]:
+def included_digest_queries(list_id: int, upto: int | None = None
+                            ) -> list[tuple[DeliveryMode, Select[Any]]]:
     """For each digest mode, the people who get ``list_id``'s digest in that mode only through
-    the lists it includes: a digest membership somewhere below, no regular one anywhere in the
-    network, no digest membership of ``list_id`` itself (those have their own slices), and
-    MIME before plain when they have both."""
+    the lists it includes: a digest membership somewhere below (with an id up to ``upto``,
+    when given), no regular one anywhere in the network, no digest membership of ``list_id``
+    itself (those have their own slices), and MIME before plain when they have both."""
     tree = subtree_ids(list_id)
 
     def having(mode: DeliveryMode, below: bool) -> Select[Any]:
         q = select(Membership.address_id).where(
             Membership.list_id.in_(tree), Membership.role == Role.member,
             Membership.enabled.is_(True), Membership.delivery_mode == mode)
+        if upto is not None:
+            q = q.where(Membership.id <= upto)
         return q.where(Membership.list_id != list_id) if below else q
 
     own = select(Membership.address_id).where(

@@ -27,17 +27,15 @@ does not get it; someone who joins after the post was accepted does not either. 
 several lists that distribute one Message-ID gets it from the list that accepted it first
 (fanout rows with a lower id; listserv.recipients).
 
-A digest to many members (listserv.digests.service) is fanned out the same way: the digest's
-transaction builds and stores its messages and records a Fanout row and job (start_digest);
-the job queues the list's digest members chunk by chunk in address id order, each to the
-digest message their mode and start point call for when their chunk is queued
-(recipients.next_digest_chunk).
+A digest to many readers is fanned out the same way, by a job of the same kind in the same
+partition (listserv.digests.chunks: it reads its chunks, this module moves the cursor).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Iterable, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Iterable, Iterator
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -114,35 +112,25 @@ def outcome(seq: int | None, total: int, approved_by: str | None) -> str:
             + (f", approved by {approved_by}" if approved_by else ""))
 
 
-def start_digest(session: Session, app: App, list_id: int, key: str,
-                 targets: Sequence[recipients.DigestTarget]) -> Fanout:
-    """In the caller's transaction (the digest's own): record the fan-out of a digest whose
-    messages are built and stored (``targets``: which digest members get which message) and
-    enqueue its job, which queues the digest members chunk by chunk behind the same cursor
-    as a post's. ``key`` names the digest (unique per list)."""
-    upto = session.scalar(select(func.max(Membership.id)))
-    fan = Fanout(message_id_hash=recipients.message_hash(key), list_id=list_id, at=app.now(),
-                 outbound_id=targets[0][3], members_upto=upto or 0)
-    session.add(fan)
-    session.flush()
-    engine.enqueue(session, app, KIND, {"fanout": fan.id, "digest": [list(t) for t in targets]},
-                   partition_key=partition(list_id))
-    return fan
-
-
 def run(app: App, payload: dict[str, Any]) -> None:
-    """The job kind's handler: queue every chunk."""
+    """Queue every chunk of a post (the job kind's handler, listserv.workers, hands a
+    digest's payload to listserv.digests.chunks instead)."""
     expand(app, payload)
 
 
+Step = Callable[[App, dict[str, Any]], tuple[bool, int]]
+
+
 def expand(app: App, payload: dict[str, Any], *, max_chunks: int | None = None,
-           after_chunk: Callable[[int], None] | None = None) -> bool:
+           after_chunk: Callable[[int], None] | None = None,
+           queue_chunk: Step | None = None) -> bool:
     """Queue chunks of recipients, one transaction each, until the fan-out is complete (or
     ``max_chunks`` were queued); whether it is complete. ``after_chunk(n)`` is called after
-    the n-th chunk committed (tests)."""
+    the n-th chunk committed (tests). ``queue_chunk``: what queues one chunk (a post's, step(),
+    by default; a digest's is listserv.digests.chunks.step)."""
     n = 0
     while max_chunks is None or n < max_chunks:
-        complete, added = step(app, payload)
+        complete, added = (queue_chunk or step)(app, payload)
         n += 1
         if added:
             app.wake_delivery()
@@ -153,15 +141,39 @@ def expand(app: App, payload: dict[str, Any], *, max_chunks: int | None = None,
     return False
 
 
+@contextmanager
+def writing(app: App) -> Iterator[Session]:
+    """The short write transaction of one chunk. Its commit does not wait for the disk: the
+    delivery loop's claim of the chunk's rows, a durable commit, makes it durable before any
+    copy is sent, and a chunk undone by a power cut is read again from the cursor. On SQLite
+    the write lock is taken first (BEGIN IMMEDIATE), not on the first write."""
+    with app.db.unit_of_work(durable=False) as session:
+        if app.db.is_sqlite:
+            session.connection().exec_driver_sql("BEGIN IMMEDIATE")
+        yield session
+
+
+def move_cursor(session: Session, fanout_id: int, *, after: int, queued: int, last: int,
+                added: int, complete: bool, now: Any) -> None:
+    """Move the fan-out's cursor past a chunk (in the chunk's transaction), only if it still
+    is where the chunk was read from (``after``, ``queued``): CursorMoved otherwise, and the
+    caller's transaction, the chunk's rows with it, rolls back."""
+    moved = session.execute(
+        update(Fanout).where(Fanout.id == fanout_id, Fanout.after_address_id == after,
+                             Fanout.queued == queued, Fanout.expanded_at.is_(None))
+        .values(after_address_id=last, queued=queued + added,
+                expanded_at=now if complete else None)
+        .execution_options(synchronize_session=False))
+    if getattr(moved, "rowcount", 0) != 1:
+        raise CursorMoved(f"fan-out {fanout_id}: another worker queued this chunk")
+
+
 def step(app: App, payload: dict[str, Any]) -> tuple[bool, int]:
-    """Queue the next chunk: (complete, recipients queued).
+    """Queue a post's next chunk: (complete, recipients queued).
 
     The chunk is read first, outside any write transaction (on SQLite, other writers such as
     the delivery loop's claims are not held up by the read); then its Delivery rows and the
-    cursor's move are written in one short transaction that moves the cursor only if it
-    still is where the chunk was read from. That commit does not wait for the disk: the
-    delivery loop's claim of those rows, a durable commit, makes it durable before any copy
-    is sent, and a chunk undone by a power cut is read again from the cursor."""
+    cursor's move are written in one short transaction (writing(), move_cursor())."""
     fanout_id = int(payload["fanout"])
     app.db.let_writer_finish()      # the chunk's reading is the fan-out's computing
     with app.db.unit_of_work() as session:
@@ -170,53 +182,34 @@ def step(app: App, payload: dict[str, Any]) -> tuple[bool, int]:
             return True, 0
         outbound_id, after, queued = fan.outbound_id, fan.after_address_id, fan.queued
         list_id = fan.list_id
-        digest = payload.get("digest")
-        if outbound_id is not None and digest:
-            targets = [(str(m), lo, int(hi), int(o)) for m, lo, hi, o in digest]
-            dchunk = recipients.next_digest_chunk(session, list_id, targets, after=after,
-                                                  limit=CHUNK, upto=fan.members_upto)
-        elif outbound_id is not None:
+        if outbound_id is not None:
             size = app.settings.delivery.max_recipients_per_transaction
             chunk = recipients.next_chunk(
                 session, fan.list_id, fan.message_id_hash, after=after,
                 limit=size if after == 0 else max(CHUNK, size), before=fan.id,
                 upto=fan.members_upto, skip_remote=payload.get("skip_remote") or ())
-    with app.db.unit_of_work(durable=False) as session:
-        if app.db.is_sqlite:
-            session.connection().exec_driver_sql("BEGIN IMMEDIATE")
+    with writing(app) as session:
         now = app.now()
-        cas = update(Fanout).where(Fanout.id == fanout_id, Fanout.after_address_id == after,
-                                   Fanout.queued == queued, Fanout.expanded_at.is_(None))
         if outbound_id is None:               # the message was pruned: nothing left to send
-            session.execute(cas.values(expanded_at=now)
-                            .execution_options(synchronize_session=False))
+            try:
+                move_cursor(session, fanout_id, after=after, queued=queued, last=after,
+                            added=0, complete=True, now=now)
+            except CursorMoved:               # another worker ended it first
+                pass
             return True, 0
-        if digest:
-            added = sum(outbound.add_recipients(session, app, message, people)
-                        for message, people in dchunk.by_message.items())
-            last, complete = dchunk.last, dchunk.complete
-        else:
-            added = outbound.add_recipients(session, app, outbound_id,
-                                            [*chunk.people, *chunk.remote])
-            last, complete = chunk.last, chunk.complete
-        moved = session.execute(cas.values(after_address_id=last, queued=queued + added,
-                                           expanded_at=now if complete else None)
-                                .execution_options(synchronize_session=False))
-        if getattr(moved, "rowcount", 0) != 1:
-            raise CursorMoved(f"fan-out {fanout_id}: another worker queued this chunk")
-        if complete:
+        added = outbound.add_recipients(session, app, outbound_id,
+                                        [*chunk.people, *chunk.remote])
+        move_cursor(session, fanout_id, after=after, queued=queued, last=chunk.last,
+                    added=added, complete=chunk.complete, now=now)
+        if chunk.complete:
             _finished(session, app, list_id, payload, queued + added)
     log.debug("fan-out %d: %d recipients queued (%d in all)%s", fanout_id, added,
-              queued + added, ", complete" if complete else "")
-    return complete, added
+              queued + added, ", complete" if chunk.complete else "")
+    return chunk.complete, added
 
 
 def _finished(session: Session, app: App, list_id: int, payload: dict[str, Any],
               total: int) -> None:
-    if payload.get("digest"):
-        log.info("list_id %s: digest fan-out %s queued for %d digest members", list_id,
-                 payload["fanout"], total)
-        return
     seq, approved_by = payload.get("seq"), payload.get("approved_by")
     inbound = (session.get(InboundMessage, int(payload["inbound"]))
                if payload.get("inbound") else None)

@@ -8,16 +8,15 @@ A list that includes other lists (listserv.core.network), or a cross-post to a l
 takes the network query instead: one recursive CTE, deduplicated by the database.
 
 Both are read in chunks in address id order (keyset pagination): the fan-out job
-(listserv.delivery.fanout) queues one chunk per transaction behind a durable cursor. A digest
-to many members is queued the same way (next_digest_chunk: each digest member gets the one
-digest message their mode and start point call for).
+(listserv.delivery.fanout) queues one chunk per transaction behind a durable cursor. (A digest
+to many members is read the same way by listserv.digests.chunks.)
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Iterable, Iterator
 
 from sqlalchemy import Select, exists, select
 from sqlalchemy.orm import Session, aliased
@@ -138,47 +137,3 @@ def post_recipients(session: Session, list_id: int, message_hash: str | None = N
             yield from chunk.remote
             return
         after = chunk.last
-
-
-# (delivery mode, lowest digest_from_seq or None, digest_from_seq below, outbound message id):
-# digest members in that mode whose digest_from_seq is in [lowest, below) get that message
-DigestTarget = tuple[str, Optional[int], int, int]
-
-
-@dataclass(frozen=True)
-class DigestChunk:
-    """Up to ``limit`` digest members after address id ``after``, grouped by the digest message
-    each gets (outbound id -> addresses); ``last``, ``complete`` as in Chunk."""
-
-    by_message: dict[int, list[str]]
-    last: int
-    complete: bool
-
-
-def next_digest_chunk(session: Session, list_id: int, targets: Sequence[DigestTarget], *,
-                      after: int, limit: int, upto: int | None) -> DigestChunk:
-    """The next ``limit`` digest members of ``list_id`` in address id order after ``after``
-    (memberships with an id up to ``upto``), each sent the message of the target matching
-    their mode and digest_from_seq now; a member no target matches (they changed mode since
-    the digest was built) is passed over. One membership per person: nobody gets two."""
-    modes = sorted({mode for mode, _, _, _ in targets})
-    stmt = (select(Membership.address_id, Address.email, Membership.delivery_mode,
-                   Membership.digest_from_seq)
-            .join(Address, Address.id == Membership.address_id)
-            .where(Membership.list_id == list_id, Membership.role == Role.member,
-                   Membership.enabled.is_(True),
-                   Membership.delivery_mode.in_([DeliveryMode(m) for m in modes]),
-                   Membership.address_id > after)
-            .order_by(Membership.address_id).limit(limit))
-    if upto is not None:
-        stmt = stmt.where(Membership.id <= upto)
-    rows = session.execute(stmt).all()
-    out: dict[int, list[str]] = {}
-    for _, email, mode, from_seq in rows:
-        seq = from_seq or 0
-        for t_mode, lowest, below, outbound_id in targets:
-            if t_mode == mode.value and (lowest is None or seq >= lowest) and seq < below:
-                out.setdefault(outbound_id, []).append(email)
-                break
-    last = rows[-1][0] if rows else after
-    return DigestChunk(out, last, len(rows) < limit)

@@ -12,8 +12,10 @@ digest when
   digest membership anywhere in that list's network): the first list's digest keeps it.
 
 Everything is decided in the database, one query per cross-posted entry, over the people who
-read this list's digest at all. People whose digest loses entries get a digest of the rest
-(one message per distinct set of entries left out); the others share the usual ones.
+read this list's digest at all (or, for a digest queued in chunks by its fan-out job, over one
+chunk's address range at a time: listserv.digests.chunks). People whose digest loses entries
+get a digest of the rest (one message per distinct set of entries left out); the others share
+the usual ones.
 
 What this cannot see: a digest already sent before another list accepted the same message
 (say a post held for moderation on one list and approved after the other list's digest went
@@ -59,16 +61,29 @@ def _digest_members(list_ids: Any) -> Select[Any]:
 def _readers(list_id: int) -> CompoundSelect[Any]:
     """address_id of everyone who may get ``list_id``'s digest: digest members of it and of
     the lists it includes, and members owed a last digest by it."""
-    return _digest_members(_subtree([list_id], "xown")).union(
-        select(Membership.address_id).join(FinalDigest,
-                                           FinalDigest.membership_id == Membership.id)
-        .where(FinalDigest.list_id == list_id))
+    return _digest_members(_subtree([list_id], "xown")).union(final_readers(list_id))
 
 
-def exclusions(session: Session, list_id: int, hashes: Sequence[str | None]
+def final_readers(list_id: int) -> Select[Any]:
+    """address_id of the members owed a last digest by ``list_id``."""
+    return (select(Membership.address_id)
+            .join(FinalDigest, FinalDigest.membership_id == Membership.id)
+            .where(FinalDigest.list_id == list_id))
+
+
+def exclusions(session: Session, list_id: int, hashes: Sequence[str | None], *,
+               readers: Select[Any] | None = None, within: tuple[int, int] | None = None
                ) -> dict[str, frozenset[int]]:
     """Per address: the indexes (into ``hashes``, one per claimed entry) of the entries to
-    leave out of that person's digest of ``list_id``. Empty when nothing was cross-posted."""
+    leave out of that person's digest of ``list_id``. Empty when nothing was cross-posted.
+    Only among ``readers`` (address ids; everyone who may get the digest when None); with
+    ``within`` (after, last), among the address ids above ``after`` up to ``last`` instead
+    (a digest's fan-out asks for the readers of one chunk at a time)."""
+
+    def ranged(q: Select[Any]) -> Select[Any]:
+        return q if within is None else q.where(Membership.address_id > within[0],
+                                                Membership.address_id <= within[1])
+
     wanted = sorted({h for h in hashes if h})
     rows: list[Any] = []
     for i in range(0, len(wanted), CHUNK):
@@ -85,12 +100,18 @@ def exclusions(session: Session, list_id: int, hashes: Sequence[str | None]
     for index, h in enumerate(hashes):
         if not h or h not in others:
             continue
-        reached = network.regular_members(_subtree([lid for lid, _ in others[h]], "xregular"))
+        reached = ranged(network.regular_members(
+            _subtree([lid for lid, _ in others[h]], "xregular")))
         earlier = [lid for lid, fid in others[h] if h not in mine or fid < mine[h]]
         conditions = [Address.id.in_(reached)]
         if earlier:
-            conditions.append(Address.id.in_(_digest_members(_subtree(earlier, "xearlier"))))
-        q = select(Address.email).where(Address.id.in_(_readers(list_id)), or_(*conditions))
+            conditions.append(Address.id.in_(ranged(
+                _digest_members(_subtree(earlier, "xearlier")))))
+        q = select(Address.email).where(or_(*conditions))
+        if within is None:
+            q = q.where(Address.id.in_(_readers(list_id) if readers is None else readers))
+        else:
+            q = q.where(Address.id > within[0], Address.id <= within[1])
         for email in session.scalars(q):
             out.setdefault(email, set()).add(index)
     return {email: frozenset(indexes) for email, indexes in out.items()}

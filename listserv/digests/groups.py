@@ -32,14 +32,28 @@ class Slice:
     queries: list[Select[Any]] = field(default_factory=list)
     # The list's own digest members in ``mode`` whose digest_from_seq is in [lowest, below)
     # (lowest None: any below): (lowest, below), their query (one of ``queries``) and count.
-    # Set only for a list that includes no other: these can be fanned out later in chunks.
     members: tuple[int | None, int] | None = None
     member_query: Select[Any] | None = None
     member_count: int = 0
+    # The people who read the digest in ``mode`` only through the lists this one includes
+    # (slices of all the entries): their query (one of ``queries``) and count.
+    included_query: Select[Any] | None = None
+    included_count: int = 0
+
+    @property
+    def readers(self) -> int:
+        """How many of the recipients a fan-out job can queue later in chunks (the digest
+        members, own and included); the others are owed a last digest (FinalDigest rows,
+        settled when the digest is made) and are queued with it."""
+        return self.member_count + self.included_count
 
     def recipients(self, session: Session, *, without_members: bool = False) -> Iterator[str]:
-        """Everyone the slice goes to; ``without_members``: all but the member query's."""
-        queries = [q for q in self.queries if not (without_members and q is self.member_query)]
+        """Everyone the slice goes to; ``without_members``: all but the digest members (own
+        and included: the ones a fan-out job queues)."""
+        queries = [q for q in self.queries if not (without_members and (
+            q is self.member_query or q is self.included_query))]
+        if not queries:
+            return
         if len(queries) == 1:    # the common case: one streamed query, no set kept
             yield from session.scalars(queries[0].execution_options(yield_per=2000))
             return
@@ -97,16 +111,17 @@ def plan(session: Session, list_id: int, seqs: Sequence[int]) -> list[Slice]:
                 q = q.where(Membership.address_id.not_in(regular))
             q = q.order_by(Address.email)
             s.queries.append(q)
-            if regular is None:
-                s.members = (seqs[lo - 1] if lo > 0 else None, seqs[lo])
-                s.member_query, s.member_count = q, count
+            s.members = (seqs[lo - 1] if lo > 0 else None, seqs[lo])
+            s.member_query, s.member_count = q, count
     if networked and n:
         for mode, q in network.included_digest_queries(list_id):
             count = int(session.scalar(select(func.count()).select_from(q.subquery())) or 0)
             if count:
                 s = slot(mode, 0, n)
                 s.count += count
-                s.queries.append(q.order_by(Address.email))
+                s.included_query = q.order_by(Address.email)
+                s.queries.append(s.included_query)
+                s.included_count = count
 
     finals = session.execute(
         select(FinalDigest.mode, FinalDigest.from_seq, FinalDigest.to_seq,

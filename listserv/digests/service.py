@@ -15,14 +15,17 @@ Decisions (operators, see the report/README):
   one MIME and one plain digest, queue both on the durable outbound queue (recipients streamed),
   bump the list counters. A crash before commit leaves everything pending; after commit the
   outbound queue owns delivery. Two ticks (or processes) cannot claim the same entries.
-- A digest to more than IN_ONE_TRANSACTION of the list's own digest members (a list that
-  includes no other, no cross-posted entry) queues only its messages in that transaction, with
-  a Fanout row and a ``fanout`` job (listserv.delivery.fanout.start_digest): the job queues the
-  digest members in chunks in address id order behind the Fanout row's cursor, as a post's
-  members are, so the list is not locked while 100,000 recipients are queued, a crash resumes
-  from the cursor and nobody is queued twice. Each member gets the digest message of their
-  mode and start point when their chunk is queued; one who changed mode or left meanwhile
-  is passed over (as with a post's fan-out), one who joined meanwhile is not reached.
+- A digest to more than IN_ONE_TRANSACTION digest members (the list's own and, for a list
+  that includes others, those who read it through an included list) queues in that
+  transaction only its messages and the members owed a last digest, with a Fanout row and a
+  ``fanout`` job (listserv.digests.chunks): the job queues the digest members in chunks in
+  address id order behind the Fanout row's cursor, as a post's members are, so the list is
+  not locked while 100,000 recipients are queued, a crash resumes from the cursor and nobody
+  is queued twice. Each member gets the digest message of their mode and start point when
+  their chunk is queued; one who changed mode or left meanwhile is passed over (as with a
+  post's fan-out), one who joined meanwhile is not reached. Cross-posted entries are left
+  out chunk by chunk (the digests without them are built by the job as needed); the counts
+  such a digest reports are of the readers when it was made.
 - The volume increases with the first digest of a new calendar year; the issue then restarts
   at 1.
 """
@@ -41,28 +44,29 @@ from sqlalchemy.orm import Session
 
 from listserv import jobs
 from listserv.core import isolation
-from listserv.delivery import fanout, notices
 from listserv.message import untrusted
 from listserv.core.app import App
-from listserv.digests import crosspost, groups
-from listserv.digests.build import DigestItem, build_mime_digest, build_plain_digest
+from listserv.digests import chunks, crosspost, groups
+from listserv.digests.build import DigestItem
+from listserv.digests.chunks import load_items
 from listserv.core.errors import ListservError
 from listserv.core.lists import get_list
-from listserv.core.models import DeliveryMode, Digest, DigestEntry, DigestFrequency, MailingList
-from listserv.delivery import recipients
+from listserv.core.models import (
+    DeliveryMode,
+    Digest,
+    DigestEntry,
+    DigestFrequency,
+    MailingList,
+    OutboundMessage,
+)
 from listserv.delivery.outbound import queue_message
 from listserv.core.views import ListView
-from listserv.message.parse import parse as parse_message
 
 log = logging.getLogger(__name__)
 
-BUILDERS = {DeliveryMode.mime_digest: build_mime_digest,
-            DeliveryMode.plain_digest: build_plain_digest}
-# A digest to more of the list's own digest members than this is not queued for them in its
-# transaction: a fan-out job queues them in chunks (listserv.delivery.fanout).
+# A digest to more digest members than this is not queued for them in its transaction: a
+# fan-out job queues them in chunks (listserv.digests.chunks).
 IN_ONE_TRANSACTION = 5000
-# Called (no arguments) after a post pushed a list over its size threshold, when the daemon
-# provides it, so the scheduler runs tick() at once instead of at its next period.
 
 
 class DigestConflict(ListservError):
@@ -204,14 +208,10 @@ def _rowcount(result: object) -> int:
     return int(getattr(result, "rowcount", 0))
 
 
-def load_items(app: App, entries: Sequence[DigestEntry]) -> list[DigestItem]:
-    return [DigestItem(e.seq, parse_message(app.spool.get(e.spool_sha)))
-            for e in entries]
-
-
-def send(session: Session, app: App, ml: MailingList, *, force: bool = False
-         ) -> SendResult | None:
+def send(session: Session, app: App, ml: MailingList, *, force: bool = False,
+         in_one_transaction: int = IN_ONE_TRANSACTION) -> SendResult | None:
     """Send the list's pending digest if due (or ``force``): see the module docstring.
+    ``in_one_transaction``: up to how many digest members are queued in this transaction.
 
     Returns what was done, or None when nothing was pending / due. Raises DigestConflict when
     another process claimed the entries meanwhile (the caller's transaction rolls back)."""
@@ -261,55 +261,54 @@ def send(session: Session, app: App, ml: MailingList, *, force: bool = False
     holds: list[tuple[int, int]] = []
     built = 0
 
-    targets: list[recipients.DigestTarget] = []
+    own: list[chunks.Target] = []
+    included: list[chunks.Target] = []
 
     def queue(mode: DeliveryMode, chosen: Sequence[DigestItem], to: Iterable[str],
-              members: tuple[int | None, int] | None = None) -> int:
-        msg = BUILDERS[mode](list(chosen), lv, volume, number, date=now,
-                             data_dir=app.settings.data_dir)
-        data = notices.finalise(msg, lv)   # CRLF, then DKIM-signed when the domain has a key
-        out = queue_message(session, app, data, to, kind="digest", envelope_from=lv.bounces,
-                            list_id=ml.id, verp=app.settings.delivery.verp,
-                            message_id=str(msg["Message-ID"]))
-        if members is not None:        # and the fan-out job queues these members
-            targets.append((mode.value, members[0], members[1], out.id))
-        return len(data)
+              message_id: str | None = None) -> OutboundMessage:
+        nonlocal total, built
+        message_id, data = chunks.compose(app, lv, mode, chosen, volume, number, now,
+                                          message_id)
+        total += len(data)
+        built += 1
+        return queue_message(session, app, data, to, kind="digest", envelope_from=lv.bounces,
+                             list_id=ml.id, verp=app.settings.delivery.verp,
+                             message_id=message_id)
 
-    # a cross-posted entry reaches each person in one digest only (listserv.digests.crosspost)
-    skip = crosspost.exclusions(session, ml.id, [e.message_id_hash for e in entries])
-    # Many digest members: only the messages are made here, the members are queued in chunks.
-    fan_out = not skip and sum(sl.member_count for sl in slices) > IN_ONE_TRANSACTION
+    # Many digest members: only the messages (and the few owed a last digest) are queued here,
+    # the members are queued in chunks by a fan-out job.
+    fan_out = sum(sl.readers for sl in slices) > in_one_transaction
+    # a cross-posted entry reaches each person in one digest only (listserv.digests.crosspost);
+    # for a fan-out, the job leaves them out of the members' digests chunk by chunk
+    skip = crosspost.exclusions(session, ml.id, [e.message_id_hash for e in entries],
+                                readers=crosspost.final_readers(ml.id) if fan_out else None)
     for sl in slices:
-        if fan_out and sl.members is not None:
-            total += queue(sl.mode, items[sl.lo:sl.hi],
-                           sl.recipients(session, without_members=True), sl.members)
-            counts[sl.mode] += sl.count
-            holds.append((sl.hi - sl.lo, sl.count))
-            built += 1
-            continue
-        if not skip:
-            total += queue(sl.mode, items[sl.lo:sl.hi], sl.recipients(session))
-            counts[sl.mode] += sl.count
-            holds.append((sl.hi - sl.lo, sl.count))
-            built += 1
-            continue
-        split = crosspost.Split(sl.recipients(session), skip, sl.lo, sl.hi)
-        if split.any_whole:
-            total += queue(sl.mode, items[sl.lo:sl.hi], split.whole_recipients())
-            built += 1
-        parts = [(sl.hi - sl.lo, split.whole)]
-        for left_out, emails in sorted(split.fewer.items(), key=lambda kv: sorted(kv[0])):
+        later = sl.readers if fan_out else 0      # queued by the fan-out job
+        emails = sl.recipients(session, without_members=fan_out)
+        split = crosspost.Split(emails, skip, sl.lo, sl.hi) if skip else None
+        whole: OutboundMessage | None = None
+        if later or split is None or split.any_whole:
+            whole = queue(sl.mode, items[sl.lo:sl.hi],
+                          emails if split is None else split.whole_recipients())
+            if later and sl.members is not None and sl.member_count:
+                own.append(chunks.Target(sl.mode, whole.id, *sl.members))
+            if later and sl.included_count:
+                included.append(chunks.Target(sl.mode, whole.id))
+        parts = [(sl.hi - sl.lo, sl.count if split is None else later + split.whole)]
+        for left_out, people in (sorted(split.fewer.items(), key=lambda kv: sorted(kv[0]))
+                                 if split is not None else ()):
             chosen = [items[i] for i in range(sl.lo, sl.hi) if i not in left_out]
             if chosen:      # else every entry reached them through another list
-                total += queue(sl.mode, chosen, emails)
-                built += 1
-                parts.append((len(chosen), len(emails)))
-        for posts, people in parts:
-            if people:
-                counts[sl.mode] += people
-                holds.append((posts, people))
-    if targets:
-        fanout.start_digest(session, app, ml.id, f"digest {digest.id}", targets)
+                # named as the fan-out job names the same digest, which then reuses it
+                queue(sl.mode, chosen, people, None if whole is None else
+                      chunks.variant_id(whole.message_id, left_out))
+                parts.append((len(chosen), len(people)))
+        for posts, people_count in parts:
+            if people_count:
+                counts[sl.mode] += people_count
+                holds.append((posts, people_count))
+    if own or included:
+        chunks.start(session, app, ml.id, digest.id, own, included)
     groups.settle_finals(session, ml.id, seqs[-1])
     ml.digest_volume, ml.digest_number, ml.digest_last_sent_at = volume, number, now
     log.info("digest %s: Vol %d, Issue %d (%s): %d post(s), %d message(s), %d MIME + %d plain "
@@ -347,12 +346,13 @@ def due_lists(session: Session, now: dt.datetime) -> list[int]:
     return out
 
 
-def _send_one(app: App, list_id: int, force: bool) -> SendResult | None:
+def _send_one(app: App, list_id: int, force: bool,
+              in_one_transaction: int = IN_ONE_TRANSACTION) -> SendResult | None:
     with app.db.unit_of_work() as session:
         ml = session.get(MailingList, list_id)
         if ml is None:
             return None
-        return send(session, app, ml, force=force)
+        return send(session, app, ml, force=force, in_one_transaction=in_one_transaction)
 
 
 FAILURES = isolation.Failures("digest", log, retry_after=0)   # retried every tick, logged once
@@ -382,8 +382,10 @@ def tick(app: App) -> list[SendResult]:
     return results
 
 
-def send_now(app: App, list_address: str | None = None) -> list[SendResult]:
-    """``listserv digest send [LIST]``: send pending digests now, due or not."""
+def send_now(app: App, list_address: str | None = None, *,
+             in_one_transaction: int = IN_ONE_TRANSACTION) -> list[SendResult]:
+    """``listserv digest send [LIST]``: send pending digests now, due or not
+    (``in_one_transaction``: as in send())."""
     if list_address is not None:
         with app.db.unit_of_work() as session:
             ids = [get_list(session, list_address).id]
@@ -392,7 +394,7 @@ def send_now(app: App, list_address: str | None = None) -> list[SendResult]:
             ids = lists_with_pending(session)
     results = []
     for list_id in ids:
-        r = _send_one(app, list_id, force=True)
+        r = _send_one(app, list_id, force=True, in_one_transaction=in_one_transaction)
         if r is not None:
             results.append(r)
     return results

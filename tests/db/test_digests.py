@@ -19,6 +19,7 @@ from sqlalchemy import func, insert, select, update
 from listserv import digests, jobs, workers
 from listserv.core import config, lists, members
 from listserv.delivery import fanout
+from listserv.digests import chunks
 from listserv.message import signing
 from listserv.core.app import App
 from listserv.cli import cli
@@ -471,11 +472,9 @@ FANOUT = {fanout.KIND: workers.REGISTRY[fanout.KIND]}
 
 
 @pytest.fixture
-def chunked(app: App, monkeypatch: pytest.MonkeyPatch) -> App:
-    """Digests fanned out by a job even to a few members (IN_ONE_TRANSACTION is 5,000 in
-    production), chunks of 30 members, 10 recipients per transaction."""
-    monkeypatch.setattr(digests.service, "IN_ONE_TRANSACTION", 0)
-    monkeypatch.setattr(fanout, "CHUNK", 30)
+def chunked(app: App) -> App:
+    """10 recipients per transaction; the tests send digests with in_one_transaction=0 (a
+    fan-out job even for a few members) and expand them in chunks of 30."""
     return dataclasses.replace(app, settings=config.replace(
         app.settings, delivery__max_recipients_per_transaction=10))
 
@@ -505,7 +504,7 @@ def test_many_digest_members_are_queued_in_chunks_and_a_crash_resumes(
     plain = ["plain@example.net", *add_members(app, "p", 100, DeliveryMode.plain_digest)]
     post(app, 1)
     post(app, 2)
-    [res] = digests.send_now(app)
+    [res] = digests.send_now(app, in_one_transaction=0)
     assert (res.mime_recipients, res.plain_recipients) == (51, 101)
     # the digest's transaction stored its two messages and queued nobody: a job will
     assert deliveries(app) == 0 and len(queued(app)) == 2
@@ -513,7 +512,7 @@ def test_many_digest_members_are_queued_in_chunks_and_a_crash_resumes(
         assert s.scalar(select(func.count(Job.id)).where(Job.kind == fanout.KIND)) == 1
     job = jobs.claim(app, "w-first", kinds=[fanout.KIND])
     assert job is not None
-    assert not fanout.expand(app, job.payload, max_chunks=2)     # then the worker dies
+    assert not chunks.expand(app, job.payload, chunk=30, max_chunks=2)   # then the worker dies
     first = deliveries(app)
     assert 0 < first < 152
     assert not jobs.run_next_job(app, FANOUT)         # its lease is still the dead worker's
@@ -532,17 +531,17 @@ def test_a_member_who_switches_format_mid_fan_out_gets_one_digest(chunked: App) 
     make_list(app)
     mime = add_members(app, "m", 80, DeliveryMode.mime_digest)
     post(app, 1)
-    digests.send_now(app)
+    digests.send_now(app, in_one_transaction=0)
     job = jobs.claim(app, "w-a", kinds=[fanout.KIND])
     assert job is not None
-    assert not fanout.expand(app, job.payload, max_chunks=1)
+    assert not chunks.expand(app, job.payload, chunk=30, max_chunks=1)
     early = queued(app)[0]                             # the MIME digest: its first members
     assert early.message.get_content_type() == "multipart/mixed"
     done, later = next(r for r in early.recipients if r in mime), mime[-1]
     assert later not in early.recipients
     set_mode(app, done, DeliveryMode.plain_digest)     # already queued: no second digest
     set_mode(app, later, DeliveryMode.plain_digest)    # not yet: the plain one
-    assert fanout.expand(app, job.payload)
+    assert chunks.expand(app, job.payload, chunk=30)
     got_mime, got_plain = queued(app)
     assert got_plain.recipients == sorted(["plain@example.net", later])
     assert done in got_mime.recipients and later not in got_mime.recipients

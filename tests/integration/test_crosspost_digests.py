@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
+from sqlalchemy import func, select
+
 from listserv import digests
 from listserv.core import lists, members, network
-from listserv.core.models import DeliveryMode, utcnow
+from listserv.core.models import Delivery, DeliveryMode, OutboundMessage, utcnow
 from tests.integration.harness import Harness, make_list, make_message
 from tests.sink import Captured
 
@@ -36,11 +39,25 @@ def digest_text(c: Captured) -> str:
                      if part.get_content_maintype() == "text")
 
 
-def send_digests(h: Harness) -> list[Captured]:
+@pytest.fixture(params=[digests.service.IN_ONE_TRANSACTION, 0], ids=["whole", "fan-out"])
+def in_one(request: pytest.FixtureRequest) -> int:
+    """Each test twice: digests queued whole in their transaction, and queued by a fan-out
+    job (listserv.digests.chunks) even to a few members."""
+    return int(request.param)
+
+
+def digest_recipients(h: Harness) -> int:
+    with h.app.db.unit_of_work() as s:
+        return s.scalar(select(func.coalesce(func.sum(Delivery.count), 0)).join(
+            OutboundMessage, OutboundMessage.id == Delivery.outbound_id).where(
+            OutboundMessage.kind == "digest")) or 0
+
+
+def send_digests(h: Harness, in_one: int) -> list[Captured]:
     before = len(h.sink.messages)
-    results = digests.send_now(h.app)
-    expected = sum(r.mime_recipients + r.plain_recipients for r in results)
-    h.run_until_idle()
+    digests.send_now(h.app, in_one_transaction=in_one)
+    h.run_until_idle()                     # runs a digest's fan-out job too
+    expected = digest_recipients(h)
     got = h.sink.wait_for(lambda ms: sum(len(m.rcpt_tos) for m in ms[before:]) >= expected)
     h.run_until_idle()
     return [m for m in list(h.sink.messages)[before:] if "Digest" in str(m.message["Subject"])]
@@ -56,7 +73,8 @@ def regular_copies(h: Harness, subject: str) -> Counter[str]:
                    and subject in str(m.message["Subject"]) for r in m.rcpt_tos)
 
 
-def test_same_message_id_to_two_lists_is_in_one_digest_per_person(harness: Harness) -> None:
+def test_same_message_id_to_two_lists_is_in_one_digest_per_person(
+        harness: Harness, in_one: int) -> None:
     h = harness
     make_list(h.app, A, members=["poster@p.example", "both@d.example", "reg@r.example"])
     make_list(h.app, B, members=["poster@p.example", "both@d.example", "reg@r.example",
@@ -68,7 +86,7 @@ def test_same_message_id_to_two_lists_is_in_one_digest_per_person(harness: Harne
     post(h, B, "Only on B", "<onlyb@p.example>")
     post(h, A, "Only on A", "<onlya@p.example>")
 
-    got = send_digests(h)
+    got = send_digests(h, in_one)
     cross = holding(got, CROSS)
     assert cross["both@d.example"] == 1          # a digest reader of both lists: once
     assert cross["bonly@o.example"] == 1         # only on B: B's digest has it
@@ -80,7 +98,8 @@ def test_same_message_id_to_two_lists_is_in_one_digest_per_person(harness: Harne
     assert holding(got, "Only on A") == Counter({"both@d.example": 1})
 
 
-def test_cross_post_to_a_list_and_its_umbrella_is_in_one_digest(harness: Harness) -> None:
+def test_cross_post_to_a_list_and_its_umbrella_is_in_one_digest(
+        harness: Harness, in_one: int) -> None:
     h = harness
     make_list(h.app, UMBRELLA, members=["poster@p.example", "top@t.example"])
     make_list(h.app, A, members=["poster@p.example", "dig@d.example", "low@l.example"])
@@ -91,7 +110,7 @@ def test_cross_post_to_a_list_and_its_umbrella_is_in_one_digest(harness: Harness
     post(h, [A, UMBRELLA], CROSS, "<cross2@p.example>")
     post(h, A, "Local matters", "<local@p.example>")
 
-    got = send_digests(h)
+    got = send_digests(h, in_one)
     cross = holding(got, CROSS)
     # dig@ and low@ read A's digest and, through the include, the umbrella's: once each
     assert cross == Counter({"dig@d.example": 1, "low@l.example": 1, "top@t.example": 1})
@@ -99,7 +118,8 @@ def test_cross_post_to_a_list_and_its_umbrella_is_in_one_digest(harness: Harness
     assert regular_copies(h, CROSS) == Counter({"poster@p.example": 1})
 
 
-def test_a_digest_emptied_by_cross_posts_is_not_sent(harness: Harness) -> None:
+def test_a_digest_emptied_by_cross_posts_is_not_sent(
+        harness: Harness, in_one: int) -> None:
     """Everything in B's digest reached its reader through A: no empty digest from B."""
     h = harness
     make_list(h.app, A, members=["poster@p.example", "both@d.example"])
@@ -109,6 +129,6 @@ def test_a_digest_emptied_by_cross_posts_is_not_sent(harness: Harness) -> None:
     post(h, A, "First", "<first@p.example>")
     post(h, A, CROSS, "<cross3@p.example>")      # the same message reaches B later
     post(h, B, CROSS, "<cross3@p.example>")
-    got = send_digests(h)
+    got = send_digests(h, in_one)
     assert holding(got, CROSS) == Counter({"both@d.example": 1})
     assert [c.rcpt_tos for c in got] == [["both@d.example"]]
