@@ -80,6 +80,14 @@ class Database:
     def is_sqlite(self) -> bool:
         return self.engine.dialect.name == "sqlite"
 
+    def let_writer_finish(self, timeout: float = writegate.YIELD) -> None:
+        """SQLite: before a stretch of computing, wait (at most ``timeout`` s) for this
+        process's write transaction in progress, if any, to end (writegate.Gate.wait_free).
+        A no-op on PostgreSQL, whose writers do not hold up one another."""
+        gate = getattr(self.engine, "write_gate", None)
+        if gate is not None:
+            gate.wait_free(timeout)
+
     @contextlib.contextmanager
     def unit_of_work(self, *, durable: bool = True) -> Iterator[Session]:
         """One transaction: commit on success, roll back on error. Helpers never commit.

@@ -19,9 +19,11 @@ to SQLite, as before; the gate never turns a wait into a deadlock.
 Several processes on one database file (`serve --role intake` beside a worker, the CLI)
 queue the same way across processes: the holder of a process's gate also takes an exclusive
 flock(2) on ``<database>-writers`` before it writes, and gives it back with the gate. A
-process that waits for the flock sleeps in the kernel and is woken the moment the other lets
-go, where SQLite's busy handler would sleep its fixed steps. The kernel drops the flock of a
-process that dies, so a kill -9 never leaves it held.
+process that waits for the flock tries again every 0.1 ms, doubling up to 1 ms, so it
+gets the lock within a millisecond of the other's commit, where SQLite's busy handler
+sleeps 1, 2, 5, 10 ... 100 ms between tries. The kernel drops the flock of a process that
+dies, so a kill -9 never leaves it held; one that holds it for longer than the busy
+timeout (a stuck process) is not waited for beyond it: SQLite then answers as before.
 
 Reads take no gate (WAL: readers never wait for the writer).
 """
@@ -41,6 +43,8 @@ from typing import Any, Iterator
 log = logging.getLogger(__name__)
 
 WAIT = 30.0          # seconds, as the connections' busy_timeout; then go on without the gate
+YIELD = 0.05         # seconds a thread about to compute waits for the writer in progress
+POLL_MIN, POLL_MAX = 0.0001, 0.001   # seconds between tries of another process's lock
 _WRITE = re.compile(r"\s*(INSERT|UPDATE|DELETE|REPLACE|BEGIN\s+(IMMEDIATE|EXCLUSIVE)|CREATE|"
                     r"DROP|ALTER)\b", re.IGNORECASE)
 _CTE_WRITE = re.compile(r"\b(INSERT|UPDATE|DELETE)\b", re.IGNORECASE)
@@ -83,20 +87,36 @@ class Gate:
                 log.warning("database: no writers' lock file %s (%s); other processes' "
                             "writers are left to SQLite's busy handler", lock_path, exc)
 
-    def _lock_file(self, block: bool) -> bool:
-        """Take the flock after the gate; False only when ``block`` is False and another
-        process holds it."""
+    def _lock_file(self, block: bool, timeout: float = WAIT) -> bool:
+        """Take the flock after the gate. Without ``block``: False when another process
+        holds it. With it: tried again every POLL_MIN..POLL_MAX s (a flock(2) that blocks
+        could not be given up) for ``timeout`` s, then False, logged: the writer goes on and
+        SQLite's busy timeout decides, as it would without the file."""
         if self._fd is None:
             return True
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
-        except BlockingIOError:
-            return False
-        except OSError as exc:            # a file system without flock: SQLite's own wait
-            log.warning("database: flock on the writers' lock file failed (%s)", exc)
-            os.close(self._fd)
-            self._fd = None
-        return True
+        deadline: float | None = None
+        pause = POLL_MIN
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if not block:
+                    return False
+            except OSError as exc:        # a file system without flock: SQLite's own wait
+                log.warning("database: flock on the writers' lock file failed (%s)", exc)
+                os.close(self._fd)
+                self._fd = None
+                return True
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + timeout
+            elif now >= deadline:
+                log.warning("database: another process has held the write lock for %.0f s; "
+                            "going on without waiting for it here", timeout)
+                return False
+            time.sleep(pause)
+            pause = min(pause * 2, POLL_MAX)
 
     def _unlock_file(self) -> None:
         if self._fd is not None:
@@ -132,6 +152,16 @@ class Gate:
             finally:
                 if is_urgent:
                     self._urgent_waiting -= 1
+
+    def wait_free(self, timeout: float = YIELD) -> None:
+        """Wait, without the GIL, until no writer of this process holds the gate (at most
+        ``timeout`` s). A thread about to compute (a fan-out chunk, the rules of a message)
+        calls it: a writer holds SQLite's lock for as long as its transaction takes in wall
+        time, and every thread computing beside it stretches that time (one GIL), while the
+        writers of other processes, the intake first, wait for the lock."""
+        with self._cond:
+            if self._held:
+                self._cond.wait_for(lambda: not self._held, timeout)
 
     def try_acquire(self) -> bool:
         """Take the gate only if it is free and no urgent writer waits; never waits."""

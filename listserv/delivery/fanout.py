@@ -175,6 +175,7 @@ def step(app: App, payload: dict[str, Any]) -> tuple[bool, int]:
     the delivery loop's claims are not held up by the read); then its Delivery rows and the
     cursor's move are written in one short transaction (writing(), move_cursor())."""
     fanout_id = int(payload["fanout"])
+    app.db.let_writer_finish()      # the chunk's reading is the fan-out's computing
     with app.db.unit_of_work() as session:
         fan = session.get(Fanout, fanout_id)
         if fan is None or fan.expanded_at is not None:

@@ -132,3 +132,35 @@ def test_two_processes_writers_queue_through_the_lock_file(tmp_path: Path) -> No
     finally:
         first.dispose()
         second.dispose()
+
+
+def test_a_thread_about_to_compute_lets_the_writer_in_progress_finish() -> None:
+    gate = writegate.Gate()
+    gate.wait_free(5)                       # free: returns at once
+    assert gate.acquire()
+    returned = threading.Event()
+
+    def computer() -> None:
+        gate.wait_free(30)
+        returned.set()
+
+    t = threading.Thread(target=computer)
+    t.start()
+    assert not returned.wait(0.2)           # the writer still holds the gate
+    gate.release()
+    wait_until(returned.is_set, 10, "wait_free to return once the writer is done")
+    t.join(10)
+    assert gate.acquire()
+    gate.wait_free(0.01)                    # bounded: a long writer is not waited out
+    gate.release()
+
+
+def test_a_stuck_holder_of_the_lock_file_is_not_waited_for_past_the_timeout(
+        tmp_path: Path) -> None:
+    held = writegate.Gate(str(tmp_path / "x-writers"))
+    waiting = writegate.Gate(str(tmp_path / "x-writers"))
+    assert held.acquire()
+    assert not waiting._lock_file(block=True, timeout=0.05)   # gave up, did not hang
+    held.release()
+    assert waiting._lock_file(block=True, timeout=0.05)
+    waiting.release()

@@ -402,7 +402,9 @@ def test_archive_page_shows_sanitised_html_and_saves_attachments(harness: Harnes
     h.run_until_idle()
     html_dir = h.app.settings.archive_path / LIST / "html"
     pages = lambda: sorted(html_dir.glob("*/1.html"))  # noqa: E731
-    wait_until(lambda: bool(pages()), 10, "the message page")
+    # a new message page is written in place (archive/html.py): wait for all of it
+    wait_until(lambda: bool(pages()) and "</html>" in pages()[0].read_text(), 10,
+               "the message page")
     page = pages()[0].read_text()
     month_dir = pages()[0].parent
     assert '<div class="body html">' in page and "<b>flyer</b>" in page
