@@ -13,14 +13,12 @@ month), hence ``new_only`` for the archive worker's cheap refresh of the months 
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import fcntl
 import json
 import logging
 import os
 import re
-import threading
 from dataclasses import dataclass, field
 from email.message import EmailMessage, Message
 from email.utils import getaddresses
@@ -30,7 +28,7 @@ from typing import Any, Iterable
 import jinja2
 from markupsafe import Markup
 
-from listserv.archive import read as archive_read, store as archive_store
+from listserv.archive import files, read as archive_read, store as archive_store
 from listserv.core import addresses, isolation, lists
 from listserv.message import htmlmail, replies, untrusted
 from listserv.core.app import App
@@ -284,36 +282,16 @@ def _write(path: Path, data: bytes, mode: int, *, fresh: bool = False) -> bool:
     partial file after a crash (_build_month's marker): written in place, one file creation
     instead of two metadata operations."""
     if fresh:
-        _write_file(path, data, mode)
+        files.write(path, [data], mode=mode)
         return True
     try:
         with open(path, "rb") as f:
             if f.read() == data:
                 return False
     except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    # A name of this process and thread: concurrent writers never share a temporary file.
-    tmp = path.with_name(f".tmp-{os.getpid()}-{threading.get_ident()}-{path.name}")
-    try:
-        _write_file(tmp, data, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+        pass
+    files.replace(path, [data], mode=mode)
     return True
-
-
-def _write_file(path: Path, data: bytes, mode: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        if os.fstat(fd).st_mode & 0o7777 != mode:      # exactly ``mode``, whatever the umask
-            os.fchmod(fd, mode)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-    finally:
-        os.close(fd)
 
 
 def build(app: App, info: ListInfo, out: Path, months: Iterable[str] | None = None, *,

@@ -9,16 +9,14 @@ which is the order of the month's mbox export.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import os
 from pathlib import Path
 from typing import Iterator
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from listserv.archive import read as archive_read
+from listserv.archive import files, read as archive_read
 from listserv.archive.read import Entry
 from listserv.core.models import ArchiveMessage, ArchiveRaw
 
@@ -104,21 +102,15 @@ def month_mbox(session: Session, list_id: int, month: str, cap: int) -> tuple[by
 
 
 def export_month(session: Session, list_id: int, month: str, path: Path) -> int:
-    """Write the month's mbox export to ``path`` (a temporary file renamed over it, so that a
-    reader never sees half a file); how many messages it holds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    """Write the month's mbox export to ``path`` (atomically and durably: a reader never sees
+    half a file, listserv.archive.files); how many messages it holds."""
     count = 0
-    try:
-        with open(tmp, "wb") as f:
-            for entry in mbox_entries(session, list_id, month):
-                f.write(entry)
-                count += 1
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+
+    def entries() -> Iterator[bytes]:
+        nonlocal count
+        for entry in mbox_entries(session, list_id, month):
+            count += 1
+            yield entry
+
+    files.replace(path, entries(), durable=True)
     return count

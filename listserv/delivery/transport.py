@@ -22,7 +22,7 @@ import aiosmtplib
 
 from listserv.core.addresses import verp_encode
 from listserv.core.errors import ConfigError
-from listserv.delivery import smtpwire
+from listserv.delivery import smtpconn, smtpwire
 
 if TYPE_CHECKING:
     from listserv.delivery.unsubscribe import CopyMaker
@@ -331,7 +331,7 @@ class SmtpTransport:
 
     async def _worker(self, n: int) -> None:
         smtp: aiosmtplib.SMTP | None = None   # for a server without PIPELINING
-        wire: smtpwire.Wire | None = None
+        wire: smtpconn.Wire | None = None
         carried: _Tx | None = None     # taken by the pipelined client behind the last copy,
         sent = False                   # its envelope commands already written
         try:

@@ -316,6 +316,7 @@ def step(app: App, payload: dict[str, Any], *, chunk: int | None = None) -> tupl
     """Queue the digest's next chunk of readers: (complete, recipients queued). ``chunk``:
     readers read per query (CHUNK, or NETWORK_CHUNK for a list that includes others)."""
     plan = Plan.of(payload)
+    app.db.let_writer_finish()      # reading the chunk is the fan-out's computing
     with app.db.unit_of_work() as session:
         fan = session.get(Fanout, plan.fanout_id)
         if fan is None or fan.expanded_at is not None:

@@ -15,7 +15,7 @@ from listserv.core import config
 from listserv.core.app import App
 from listserv.core.models import Delivery
 from listserv.delivery import runner as delivery
-from listserv.delivery import smtpwire
+from listserv.delivery import smtpconn, smtpwire
 from listserv.delivery.outbound import queue_message
 from listserv.delivery.transport import Batch, Message, SmtpTransport
 from tests.sink import SmtpSink
@@ -161,7 +161,7 @@ def test_replies_split_and_joined_arbitrarily() -> None:
     # The protocol object alone: replies arriving in pieces, several in one read, and a
     # multi-line one, come out whole and in order.
     async def go() -> list[Any]:
-        wire = smtpwire.Wire()
+        wire = smtpconn.Wire()
         for piece in (b"250 2.1.0 O", b"k\r\n250-first\r\n250-sec", b"ond\r\n250 last\r\n354 go",
                       b" ahead\r\n"):
             wire.data_received(piece)
