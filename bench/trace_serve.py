@@ -105,6 +105,7 @@ def install() -> None:
     wrap(posting, "_arc_results", "posting.arc_results")
     wrap(fanout, "start", "fanout.start")
     wrap(smtpwire, "open_wire", "smtpwire.open_wire")
+    wrap(transport.SmtpTransport, "take_spare", "transport.take_spare (connection ahead)")
     wrap(smtpwire, "transact", "smtpwire.transact")
     wrap(Session, "commit", "Session.commit")
     try:

@@ -233,8 +233,8 @@ class SmtpTransport:
         self.low_water = low_water      # (n, callback): called when the backlog drops below n
         self.settle = settle
         self.pipelining: bool | None = None     # does the server offer it (None: not known)
-        self.wires: list[smtpwire.Wire | None] = [None] * connections   # each worker's
-        self.spare: asyncio.Task[smtpwire.Wire] | None = None     # opened ahead (warm())
+        self.wires: list[smtpconn.Wire | None] = [None] * connections   # each worker's
+        self.spare: asyncio.Task[smtpconn.Wire] | None = None     # opened ahead (warm())
 
     @property
     def backlog(self) -> int:
@@ -257,10 +257,10 @@ class SmtpTransport:
                 or time.monotonic() < self.down_until \
                 or any(w is not None and w.is_open for w in self.wires):
             return
-        self.spare = asyncio.create_task(smtpwire.open_wire(self.host, self.port, self.helo,
+        self.spare = asyncio.create_task(smtpconn.open_wire(self.host, self.port, self.helo,
                                                             CONNECT_TIMEOUT))
 
-    async def take_spare(self) -> smtpwire.Wire | None:
+    async def take_spare(self) -> smtpconn.Wire | None:
         """The connection warm() opened, when it is open; None otherwise."""
         task, self.spare = self.spare, None
         if task is None:
@@ -289,7 +289,7 @@ class SmtpTransport:
         if task is not None:
             task.cancel()                 # (none of it when it is done)
             wire, = await asyncio.gather(task, return_exceptions=True)
-            if isinstance(wire, smtpwire.Wire):
+            if isinstance(wire, smtpconn.Wire):
                 await wire.quit(5)
         while not self.queue.empty():
             tx = self.queue.get_nowait()
