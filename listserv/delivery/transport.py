@@ -253,7 +253,14 @@ class SmtpTransport:
         runner calls this when its claim has found work, so that the first transaction finds
         a connection (greeting and EHLO done) instead of opening one after the claim. At
         most one such connection is opened ahead; it is the next connection a worker needs."""
-        if self.pipelining is False or self.spare is not None \
+        spare = self.spare
+        if spare is not None and spare.done() and (
+                spare.cancelled() or spare.exception() is not None
+                or not spare.result().is_open):          # it failed, or the server closed it
+            if not spare.cancelled() and spare.exception() is None:
+                spare.result().close()
+            spare = self.spare = None
+        if self.pipelining is False or spare is not None \
                 or time.monotonic() < self.down_until \
                 or any(w is not None and w.is_open for w in self.wires):
             return

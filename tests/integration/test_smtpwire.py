@@ -145,6 +145,21 @@ def test_a_connection_opened_ahead_carries_the_first_transaction(sink: SmtpSink)
     assert done[0].ok == ["u0@example.com"] and sink.recipients() == ["u0@example.com"]
 
 
+def test_a_connection_opened_ahead_and_closed_since_is_opened_again(sink: SmtpSink) -> None:
+    async def go() -> None:
+        t = SmtpTransport(sink.url, 2, 100, "test.example", lambda b: None)
+        t.warm()
+        first = t.spare
+        assert first is not None
+        (await first).close()               # e.g. the server's idle timeout
+        t.warm()
+        assert t.spare is not None and t.spare is not first
+        assert (await t.spare).is_open
+        await t.close()
+        assert t.spare is None
+    asyncio.run(go())
+
+
 def test_a_claim_that_finds_nothing_opens_no_connection(app: App, sink: SmtpSink) -> None:
     async def go() -> None:
         r = delivery.Runner(with_sink(app, sink))
