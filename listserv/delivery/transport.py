@@ -249,13 +249,21 @@ class SmtpTransport:
         await self.close()
 
     def warm(self) -> None:
-        """Open one connection ahead, in the background, when no worker holds one open: the
-        runner calls this when its claim has found work, so that the first transaction finds
-        a connection (greeting and EHLO done) instead of opening one after the claim. At
-        most one such connection is opened ahead; it is the next connection a worker needs."""
-        if self.pipelining is False or self.spare is not None \
+        """Open one connection ahead, in the background, when a worker has none open (the
+        next transaction may go to it): the runner calls this when its claim has found work,
+        so that the first transaction finds a connection (greeting and EHLO done) instead of
+        opening one after the claim. At most one such connection is opened ahead; it is the
+        next connection a worker needs."""
+        spare = self.spare
+        if spare is not None and spare.done() and (
+                spare.cancelled() or spare.exception() is not None
+                or not spare.result().is_open):          # it failed, or the server closed it
+            if not spare.cancelled() and spare.exception() is None:
+                spare.result().close()
+            spare = self.spare = None
+        if self.pipelining is False or spare is not None \
                 or time.monotonic() < self.down_until \
-                or any(w is not None and w.is_open for w in self.wires):
+                or all(w is not None and w.is_open for w in self.wires):
             return
         self.spare = asyncio.create_task(smtpconn.open_wire(self.host, self.port, self.helo,
                                                             CONNECT_TIMEOUT))

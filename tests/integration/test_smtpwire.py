@@ -117,8 +117,8 @@ def test_a_dropped_connection_is_reopened(app: App, sink: SmtpSink) -> None:
 
 def test_a_connection_opened_ahead_carries_the_first_transaction(sink: SmtpSink) -> None:
     """warm() (the runner calls it once its claim has found work) opens one connection in
-    the background; the first transaction goes out on it; with a worker's connection open,
-    none is opened ahead."""
+    the background; the first transaction goes out on it; when every worker holds an open
+    connection, none is opened ahead."""
     done: list[Batch] = []
 
     async def go() -> None:
@@ -127,7 +127,7 @@ def test_a_connection_opened_ahead_carries_the_first_transaction(sink: SmtpSink)
         def batch_done(b: Batch) -> None:
             done.append(b)
             finished.set()
-        t = SmtpTransport(sink.url, 2, 100, "test.example", batch_done)
+        t = SmtpTransport(sink.url, 1, 100, "test.example", batch_done)
         async with t:
             t.warm()
             t.warm()                          # at most one ahead
@@ -139,10 +139,41 @@ def test_a_connection_opened_ahead_carries_the_first_transaction(sink: SmtpSink)
             t.submit(Batch(1, msg, ["u0@example.com"], 0, None))
             await asyncio.wait_for(finished.wait(), 10)
             assert any(w is wire for w in t.wires) and t.spare is None
-            t.warm()                          # a worker holds an open connection
+            t.warm()                          # the one worker holds an open connection
             assert t.spare is None
     asyncio.run(go())
     assert done[0].ok == ["u0@example.com"] and sink.recipients() == ["u0@example.com"]
+
+
+def test_a_connection_is_opened_ahead_while_a_worker_has_none(sink: SmtpSink) -> None:
+    """The next transaction may go to any idle worker: one without a connection takes the
+    one opened ahead."""
+    async def go() -> None:
+        finished = asyncio.Event()
+        t = SmtpTransport(sink.url, 2, 100, "test.example", lambda b: finished.set())
+        async with t:
+            msg = Message(1, None, BOUNCES, True, MSG, False)
+            t.submit(Batch(1, msg, ["u0@example.com"], 0, None))
+            await asyncio.wait_for(finished.wait(), 10)
+            assert sum(w is not None and w.is_open for w in t.wires) == 1
+            t.warm()
+            assert t.spare is not None
+    asyncio.run(go())
+
+
+def test_a_connection_opened_ahead_and_closed_since_is_opened_again(sink: SmtpSink) -> None:
+    async def go() -> None:
+        t = SmtpTransport(sink.url, 2, 100, "test.example", lambda b: None)
+        t.warm()
+        first = t.spare
+        assert first is not None
+        (await first).close()               # e.g. the server's idle timeout
+        t.warm()
+        assert t.spare is not None and t.spare is not first
+        assert (await t.spare).is_open
+        await t.close()
+        assert t.spare is None
+    asyncio.run(go())
 
 
 def test_a_claim_that_finds_nothing_opens_no_connection(app: App, sink: SmtpSink) -> None:
