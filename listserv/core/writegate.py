@@ -18,7 +18,8 @@ to SQLite, as before; the gate never turns a wait into a deadlock.
 
 Several processes on one database file (`serve --role intake` beside a worker, the CLI)
 queue the same way across processes: the holder of a process's gate also takes an exclusive
-flock(2) on ``<database>-writers`` before it writes, and gives it back with the gate. A
+flock(2) on ``<database>-writers`` before it writes, and gives it back with the gate; an
+urgent writer (the intake) waiting for it goes before the other processes' (Gate._lock_file). A
 process that waits for the flock tries again every 0.1 ms, doubling up to 1 ms, so it
 gets the lock within a millisecond of the other's commit, where SQLite's busy handler
 sleeps 1, 2, 5, 10 ... 100 ms between tries. The kernel drops the flock of a process that
@@ -78,36 +79,66 @@ class Gate:
         self._held = False
         self._urgent_waiting = 0
         self.waits = 0                 # writers that found the gate taken (for tests)
-        # the file whose flock the holder takes, for the other processes on this database
+        # the files whose flocks the holder takes, for the other processes on this database:
+        # the lock itself, and the turnstile in front of it (see _lock_file)
         self._fd: int | None = None
+        self._turnstile: int | None = None
         if lock_path is not None:
             try:
                 self._fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                self._turnstile = os.open(f"{lock_path}-turnstile",
+                                          os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             except OSError as exc:
                 log.warning("database: no writers' lock file %s (%s); other processes' "
                             "writers are left to SQLite's busy handler", lock_path, exc)
+                self._close_files()
+
+    def _close_files(self) -> None:
+        for fd in (self._fd, self._turnstile):
+            if fd is not None:
+                os.close(fd)
+        self._fd = self._turnstile = None
 
     def _lock_file(self, block: bool, timeout: float = WAIT) -> bool:
         """Take the flock after the gate. Without ``block``: False when another process
-        holds it. With it: tried again every POLL_MIN..POLL_MAX s (a flock(2) that blocks
-        could not be given up) for ``timeout`` s, then False, logged: the writer goes on and
-        SQLite's busy timeout decides, as it would without the file."""
-        if self._fd is None:
+        holds it or an urgent writer of another process waits for it. With it: False after
+        ``timeout`` s, logged: the writer goes on and SQLite's busy timeout decides, as it
+        would without the file.
+
+        The turnstile puts the urgent writers (the intake) first across processes as the
+        gate does inside one: an urgent writer holds it shared while it waits for the lock,
+        the others must pass it exclusively (and hold it until they have the lock), so
+        while an intake waits, no other process's writer can take the lock after the
+        current holder; without it the worker's writers, handing the lock on to each other
+        within microseconds, would keep the intake polling through several transactions."""
+        if self._fd is None or self._turnstile is None:
             return True
+        turn = fcntl.LOCK_SH if getattr(_local, "urgent", False) else fcntl.LOCK_EX
+        try:
+            if not self._flock(self._turnstile, turn, block, timeout):
+                return False
+            try:
+                return self._flock(self._fd, fcntl.LOCK_EX, block, timeout)
+            finally:
+                fcntl.flock(self._turnstile, fcntl.LOCK_UN)
+        except OSError as exc:            # a file system without flock: SQLite's own wait
+            log.warning("database: flock on the writers' lock files failed (%s)", exc)
+            self._close_files()
+            return True
+
+    @staticmethod
+    def _flock(fd: int, mode: int, block: bool, timeout: float) -> bool:
+        """flock ``mode`` on ``fd``; with ``block``, tried again every POLL_MIN..POLL_MAX s
+        (a flock(2) that blocks could not be given up) for at most ``timeout`` s."""
         deadline: float | None = None
         pause = POLL_MIN
         while True:
             try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
                 return True
             except BlockingIOError:
                 if not block:
                     return False
-            except OSError as exc:        # a file system without flock: SQLite's own wait
-                log.warning("database: flock on the writers' lock file failed (%s)", exc)
-                os.close(self._fd)
-                self._fd = None
-                return True
             now = time.monotonic()
             if deadline is None:
                 deadline = now + timeout

@@ -4,6 +4,7 @@ handler sleeps; the intake's writes (urgent) go before the others waiting."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -164,3 +165,43 @@ def test_a_stuck_holder_of_the_lock_file_is_not_waited_for_past_the_timeout(
     held.release()
     assert waiting._lock_file(block=True, timeout=0.05)
     waiting.release()
+
+
+
+def test_an_intake_waiting_for_another_process_goes_before_its_next_writers(
+        tmp_path: Path) -> None:
+    """Three processes' gates on one file: while an urgent writer (the intake) waits for the
+    lock, the other processes' writers cannot take it after the holder: it is next."""
+    import fcntl
+    import os
+
+    lock = str(tmp_path / "t-writers")
+    holder, intake, worker = (writegate.Gate(lock) for _ in range(3))
+    order: list[str] = []
+    assert holder.acquire()
+
+    def take(gate: writegate.Gate, name: str, urgent: bool) -> None:
+        with writegate.urgent() if urgent else contextlib.nullcontext():
+            assert gate.acquire()
+        order.append(name)
+        gate.release()
+
+    def turnstile_taken() -> bool:        # the intake holds it shared while it waits
+        fd = os.open(f"{lock}-turnstile", os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+    t_intake = threading.Thread(target=take, args=(intake, "intake", True))
+    t_intake.start()
+    wait_until(turnstile_taken, 10, "the intake to wait for the lock")
+    t_worker = threading.Thread(target=take, args=(worker, "worker", False))
+    t_worker.start()
+    holder.release()
+    t_intake.join(10)
+    t_worker.join(10)
+    assert order == ["intake", "worker"]
