@@ -47,7 +47,8 @@ class Sender:
 
     def _list(self) -> list[str]:
         now = self.clock()
-        if now - self._listed >= RELIST:
+        # an empty listing is not kept: a worker that has just started is woken at once
+        if now - self._listed >= RELIST or not self._targets:
             self._listed = now
             try:
                 names = os.listdir(self.dir)

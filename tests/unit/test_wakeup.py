@@ -56,16 +56,22 @@ def test_a_dead_workers_socket_is_removed_and_no_send_fails() -> None:
     try:
         assert sender.send(wakeup.EVENT_INCOMING) == 0
         assert not stale.exists()
-        # a worker that starts later is found once the listing is renewed
-        receiver_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        receiver_sock.bind(str(wake_dir / "w1.sock"))
+        # a worker that starts while none is known is found at the next send; a second
+        # one, once the listing (kept RELIST seconds) is renewed
+        first = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        second = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        first.bind(str(wake_dir / "w1.sock"))
         try:
-            assert sender.send(wakeup.EVENT_INCOMING) == 0     # the listing is reused
-            clock[0] += wakeup.RELIST
             assert sender.send(wakeup.EVENT_INCOMING) == 1
-            assert receiver_sock.recv(16) == wakeup.EVENT_INCOMING
+            assert first.recv(16) == wakeup.EVENT_INCOMING
+            second.bind(str(wake_dir / "w2.sock"))
+            assert sender.send(wakeup.EVENT_INCOMING) == 1     # the listing is reused
+            clock[0] += wakeup.RELIST
+            assert sender.send(wakeup.EVENT_INCOMING) == 2
+            assert second.recv(16) == wakeup.EVENT_INCOMING
         finally:
-            receiver_sock.close()
+            first.close()
+            second.close()
     finally:
         sender.close()
 
