@@ -20,8 +20,9 @@ from tests.sink import SmtpSink
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.skipif(
-    not PG_URL, reason="needs PostgreSQL (LISTSERV_TEST_DATABASE_URL): several serve "
-                       "processes share one database; a SQLite site runs one serve process")
+    not PG_URL, reason="several worker processes sharing one database's leases are a "
+                       "PostgreSQL deployment; on SQLite one worker runs (runs in the "
+                       "PostgreSQL pass)")
 
 LIST = "many@procs.example"
 MEMBERS = 2000

@@ -8,7 +8,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from tests.acceptance.conftest import make_site, message
+from tests.acceptance.conftest import Site, make_site, message
 from tests.sink import SmtpSink
 from tests.waiting import wait_until
 
@@ -20,14 +20,20 @@ def _stop(proc: subprocess.Popen[bytes]) -> int:
     return proc.wait(30)
 
 
+def _split(site: Site, members: list[str]) -> subprocess.Popen[bytes]:
+    """LIST with ``members``, open to anyone; `serve --role intake` listening and
+    `serve --role worker` started (returned)."""
+    site.run("list", "create", LIST)
+    site.run("member", "add", LIST, *members)
+    site.run("list", "set", LIST, "nonmember_action", "accept")
+    site.serve("--role", "intake")
+    return site.start_serve("--role", "worker")
+
+
 def test_intake_and_worker_processes_work_as_one(tmp_path: Path, sink: SmtpSink) -> None:
     members = [f"m{i}@split.example" for i in range(5)]
     for site in make_site(tmp_path, sink):
-        site.run("list", "create", LIST)
-        site.run("member", "add", LIST, *members)
-        site.run("list", "set", LIST, "nonmember_action", "accept")
-        site.serve("--role", "intake")
-        worker = site.start_serve("--role", "worker")
+        worker = _split(site, members)
         try:
             site.send(LIST, message("ann@outside.example", LIST, "through two processes"))
             for m in members:
@@ -47,11 +53,7 @@ def test_the_intake_accepts_while_no_worker_runs_and_a_new_worker_delivers(
     left behind) waits in the database; the next worker delivers each copy once."""
     members = [f"w{i}@split.example" for i in range(4)]
     for site in make_site(tmp_path, sink):
-        site.run("list", "create", LIST)
-        site.run("member", "add", LIST, *members)
-        site.run("list", "set", LIST, "nonmember_action", "accept")
-        site.serve("--role", "intake")
-        worker = site.start_serve("--role", "worker")
+        worker = _split(site, members)
         wake_dir = tmp_path / "data" / "wake"
         wait_until(lambda: bool(list(wake_dir.glob("w*.sock"))), 30,
                    "the worker's wake-up socket")

@@ -33,8 +33,8 @@ from tests.sink import SmtpSink
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.skipif(
-    not PG_URL, reason="several serve processes share a PostgreSQL database; a SQLite "
-                       "database is one host's file, served by one process")
+    not PG_URL, reason="two hosts share a PostgreSQL database; a SQLite database is one "
+                       "host's file (runs in the PostgreSQL pass)")
 
 LIST = "multi@hosts.example"
 

@@ -56,7 +56,8 @@ def test_the_writer_records_as_record_progress_does(app: App, clock: Any) -> Non
 def test_a_record_that_must_not_wait_gives_way_to_another_writer(app: App,
                                                                  clock: Any) -> None:
     if not app.db.is_sqlite:
-        pytest.skip("SQLite's write lock")
+        pytest.skip("tests giving way to SQLite's one write lock; PostgreSQL has no such "
+                    "lock (runs in the SQLite pass)")
     fill(app, 1, per_batch=3)
     with app.db.unit_of_work() as session:
         [row] = queues.claim(session, "w-one", clock(), 5)

@@ -26,7 +26,8 @@ def test_concurrent_workers_share_the_limit(app: App) -> None:
     On PostgreSQL (several serve processes) B waits for A's row lock. SQLite runs one
     incoming worker per process, and pysqlite's deferred BEGIN cannot lock a read."""
     if app.db.is_sqlite:
-        pytest.skip("several workers counting at once is a PostgreSQL deployment")
+        pytest.skip("tests a row lock held by a concurrent counter, which pysqlite's "
+                    "deferred BEGIN cannot take (runs in the PostgreSQL pass)")
     with app.db.unit_of_work() as s:
         lid = create_list(s, "dev@example.org").id
     with app.db.unit_of_work() as s:        # the counter row exists (yesterday's or today's)

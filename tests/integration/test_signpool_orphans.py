@@ -69,7 +69,8 @@ def workers(mark: str) -> list[int]:
     return [pid for pid, cmd in marked(mark).items() if "multiprocessing.spawn" in cmd]
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.skipif(not sys.platform.startswith("linux"),
+                    reason="finds the workers through /proc, which only Linux has")
 @pytest.mark.parametrize("when", ["starting", "started"])
 def test_kill_9_of_the_daemon_leaves_no_signing_worker(app: App, cli_env: dict[str, str],
                                                        tmp_path: Path, when: str) -> None:

@@ -139,24 +139,31 @@ def check_copies(got, key: str, app: App) -> dict[str, str]:  # type: ignore[no-
     return seen
 
 
-def test_copies_made_in_the_worker_processes_verify(  # type: ignore[no-untyped-def]
-        harness: Harness, monkeypatch) -> None:
+def _post_with_the_pool(h: Harness, subject: str) -> tuple[int, dict[str, str]]:
+    """Start the signing workers, post to LIST (PEOPLE, the domain's key set) and wait for
+    the three copies: (copies made in the workers, check_copies of what arrived)."""
     from listserv.delivery import signpool
     from tests.waiting import wait_until
 
-    monkeypatch.setattr(signpool, "MIN_COPIES", 1)
-    monkeypatch.setattr(signpool, "CHUNK", 2)      # 3 members: two chunks
     signpool.start()
     wait_until(signpool.ready, timeout=60)
     before = signpool.made_in_workers
-    h = harness
     make_list(h.app, LIST, members=PEOPLE)
     key = set_key(h.app)
-    h.send(make_message("ann@a.example", LIST, "made elsewhere"))
+    h.send(make_message("ann@a.example", LIST, subject))
     h.run_until_idle()
     got = h.sink.wait_for(lambda m: len({r for x in m for r in x.rcpt_tos}) >= 3)
-    assert signpool.made_in_workers - before == 3
-    seen = check_copies(got, key, h.app)
+    return signpool.made_in_workers - before, check_copies(got, key, h.app)
+
+
+def test_copies_made_in_the_worker_processes_verify(  # type: ignore[no-untyped-def]
+        harness: Harness, monkeypatch) -> None:
+    from listserv.delivery import signpool
+
+    monkeypatch.setattr(signpool, "MIN_COPIES", 1)
+    monkeypatch.setattr(signpool, "CHUNK", 2)      # 3 members: two chunks
+    made_in_workers, seen = _post_with_the_pool(harness, "made elsewhere")
+    assert made_in_workers == 3
     assert sorted(seen) == sorted(PEOPLE) and len(set(seen.values())) == 3
 
 
@@ -166,21 +173,11 @@ def test_a_messages_first_copies_are_made_in_the_daemon_the_rest_in_the_workers(
     small query and their signatures), not after the whole batch's query and a round trip
     through the workers; every copy verifies either way."""
     from listserv.delivery import runner, signpool
-    from tests.waiting import wait_until
 
     monkeypatch.setattr(signpool, "MIN_COPIES", 1)
     monkeypatch.setattr(runner, "FIRST_COPIES", 1)
-    signpool.start()
-    wait_until(signpool.ready, timeout=60)
-    before = signpool.made_in_workers
-    h = harness
-    make_list(h.app, LIST, members=PEOPLE)
-    key = set_key(h.app)
-    h.send(make_message("ann@a.example", LIST, "first here"))
-    h.run_until_idle()
-    got = h.sink.wait_for(lambda m: len({r for x in m for r in x.rcpt_tos}) >= 3)
-    assert signpool.made_in_workers - before == 2
-    seen = check_copies(got, key, h.app)
+    made_in_workers, seen = _post_with_the_pool(harness, "first here")
+    assert made_in_workers == 2
     assert sorted(seen) == sorted(PEOPLE) and len(set(seen.values())) == 3
 
 
