@@ -222,10 +222,16 @@ class Daemon:
         if self.wake_sender is not None:
             self.wake_sender.send(wakeup.EVENT_DELIVERY)
 
+    def _wake_incoming(self) -> None:
+        """On this daemon's loop: wake the loops that run incoming mail (only those: the
+        others would only race them for the one new job, a claim each on the path to the
+        message's first copy)."""
+        _set_all(self.incoming_wakes or self.jobs_wakes)
+
     def _woken(self, event: bytes) -> None:
         """A wake-up from the intake process (runs on this daemon's loop)."""
         if event == wakeup.EVENT_INCOMING:
-            _set_all(self.incoming_wakes or self.jobs_wakes)
+            self._wake_incoming()
         elif event == wakeup.EVENT_DELIVERY and self.delivery_wake is not None:
             self.delivery_wake.set()
 
@@ -264,12 +270,10 @@ class Daemon:
         sender = self.wake_sender = wakeup.Sender(wake_dir) if self.wake_workers else None
 
         def on_commit() -> None:
-            # only the loops that run incoming mail: the others would only race them for
-            # the one new job (a claim each, on the path to the message's first copy)
             if sender is not None:
                 sender.send(wakeup.EVENT_INCOMING)
-            if self.incoming_wakes or self.jobs_wakes:
-                loop.call_soon_threadsafe(_set_all, self.incoming_wakes or self.jobs_wakes)
+            if self.jobs_wakes:
+                loop.call_soon_threadsafe(self._wake_incoming)
 
         app.wake_delivery = self.wake_delivery
         self.handler = intake.IntakeHandler(app, on_commit=on_commit)

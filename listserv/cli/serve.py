@@ -27,8 +27,9 @@ def prepare_database(app: App) -> None:
               show_default=True,
               help="all: everything in this process. intake: only the SMTP/LMTP intake and the "
                    "web pages; worker: every job and delivery, no listener. Run one intake and "
-                   "one or more workers on a host (same config) so that a large fan-out never "
-                   "slows the intake's answers.")
+                   "workers (same config and data_dir; on SQLite one worker, on PostgreSQL "
+                   "as many as you like) so that a large fan-out never slows the intake's "
+                   "answers.")
 @pass_obj
 @handle_errors
 def serve(obj: Obj, role: str) -> None:

@@ -114,38 +114,35 @@ class Gate:
         if self._fd is None or self._turnstile is None:
             return True
         turn = fcntl.LOCK_SH if getattr(_local, "urgent", False) else fcntl.LOCK_EX
+        deadline = time.monotonic() + timeout if block else None   # one for both flocks
         try:
-            if not self._flock(self._turnstile, turn, block, timeout):
-                return False
-            try:
-                return self._flock(self._fd, fcntl.LOCK_EX, block, timeout)
-            finally:
-                fcntl.flock(self._turnstile, fcntl.LOCK_UN)
+            got = self._flock(self._turnstile, turn, deadline)
+            if got:
+                try:
+                    got = self._flock(self._fd, fcntl.LOCK_EX, deadline)
+                finally:
+                    fcntl.flock(self._turnstile, fcntl.LOCK_UN)
         except OSError as exc:            # a file system without flock: SQLite's own wait
             log.warning("database: flock on the writers' lock files failed (%s)", exc)
             self._close_files()
             return True
+        if not got and block:
+            log.warning("database: other processes' writers have held the write lock for "
+                        "%.0f s; going on without waiting for them here", timeout)
+        return got
 
     @staticmethod
-    def _flock(fd: int, mode: int, block: bool, timeout: float) -> bool:
-        """flock ``mode`` on ``fd``; with ``block``, tried again every POLL_MIN..POLL_MAX s
-        (a flock(2) that blocks could not be given up) for at most ``timeout`` s."""
-        deadline: float | None = None
+    def _flock(fd: int, mode: int, deadline: float | None) -> bool:
+        """flock ``mode`` on ``fd``: once when ``deadline`` is None, else tried again every
+        POLL_MIN..POLL_MAX s (a flock(2) that blocks could not be given up) until then."""
         pause = POLL_MIN
         while True:
             try:
                 fcntl.flock(fd, mode | fcntl.LOCK_NB)
                 return True
             except BlockingIOError:
-                if not block:
+                if deadline is None or time.monotonic() >= deadline:
                     return False
-            now = time.monotonic()
-            if deadline is None:
-                deadline = now + timeout
-            elif now >= deadline:
-                log.warning("database: another process has held the write lock for %.0f s; "
-                            "going on without waiting for it here", timeout)
-                return False
             time.sleep(pause)
             pause = min(pause * 2, POLL_MAX)
 
@@ -186,8 +183,8 @@ class Gate:
 
     def wait_free(self, timeout: float = YIELD) -> None:
         """Wait, without the GIL, until no writer of this process holds the gate (at most
-        ``timeout`` s). A thread about to compute (a fan-out chunk, the rules of a message)
-        calls it: a writer holds SQLite's lock for as long as its transaction takes in wall
+        ``timeout`` s). A thread about to compute (the reading of a fan-out's or a digest's
+        chunk) calls it: a writer holds SQLite's lock for as long as its transaction takes in wall
         time, and every thread computing beside it stretches that time (one GIL), while the
         writers of other processes, the intake first, wait for the lock."""
         with self._cond:
