@@ -2,7 +2,7 @@
 
 A VERP'd fan-out records what it delivered thousands of times a second (each connection
 waits for the record of its last copy before it sends the next: listserv.delivery.runner),
-so the statement of listserv.delivery.queues.record_progress is compiled once, its
+so listserv.delivery.queues.PROGRESS_UPDATE is compiled once, its
 parameters converted by the columns' own types, and run on the driver's connection: a few
 microseconds instead of SQLAlchemy's per-execution work. Same statement, same effect.
 
@@ -31,7 +31,7 @@ class Busy(Exception):
 
 
 class ProgressWriter:
-    """record_progress on one kept connection of its own (queues.progress_connection)."""
+    """Progress records on one kept connection of its own (queues.progress_connection)."""
 
     def __init__(self, engine: Engine) -> None:
         dialect = engine.dialect
@@ -65,7 +65,7 @@ class ProgressWriter:
     def write(self, owner: str, now: dt.datetime, sent: dict[int, str],
               lease: dt.timedelta = LEASE, wait: bool = True) -> set[int]:
         """Set rows' ``sent`` and renew their leases, committed; the ids whose lease was lost
-        (queues.record_progress). ``wait=False`` (SQLite): raise Busy at once, having
+        (queues.PROGRESS_UPDATE). ``wait=False`` (SQLite): raise Busy at once, having
         written nothing, when another writer holds the lock."""
         if self.sqlite and wait != self.waits:
             cur = self.raw.cursor()

@@ -11,7 +11,7 @@ takes them with an ``UPDATE ... RETURNING`` that checks again that each is due (
 one writer at a time: of two racing claims, the second finds the rows taken).
 
 While a batch is sent, the positions of the recipients delivered so far are written to the
-row's ``sent`` column as transactions complete (record_progress, in group commits; Ranges):
+row's ``sent`` column as transactions complete (PROGRESS_UPDATE, in group commits; Ranges):
 a worker that takes over an expired lease sends only to the others. Results are written
 per batch, never per recipient: a batch whose recipients end in different states is split
 (the row keeps one group, new rows take the others). Reporting failures (bounce scoring,
@@ -115,23 +115,12 @@ def renew(session: Session, owner: str, now: dt.datetime,
     return {r.id for r in res}
 
 
-def record_progress(conn: Connection, owner: str, now: dt.datetime, sent: dict[int, str],
-                    lease: dt.timedelta = LEASE) -> set[int]:
-    """Set rows' ``sent`` (Ranges text of the recipients delivered so far) and renew their
-    leases, in the caller's transaction on ``conn`` (see progress_connection); the ids whose
-    lease was lost (another worker took the row over)."""
-    lost: set[int] = set()
-    for rid, text in sent.items():
-        res = conn.execute(PROGRESS_UPDATE, {"rid": rid, "owner": owner, "exp": now + lease,
-                                       "sent": text})
-        if not res.rowcount:
-            lost.add(rid)
-    return lost
-
-
-PROGRESS_UPDATE = (update(T).where(T.c.id == bindparam("rid"), T.c.lease_owner == bindparam("owner"),
-                             T.c.state == DeliveryState.sending)
-             .values(sent=bindparam("sent"), lease_expires=bindparam("exp")))
+# A row's ``sent`` (Ranges text of the recipients delivered so far) and a renewed lease, if
+# ``owner`` still holds it; run by listserv.delivery.progress.ProgressWriter.
+PROGRESS_UPDATE = (update(T).where(T.c.id == bindparam("rid"),
+                                   T.c.lease_owner == bindparam("owner"),
+                                   T.c.state == DeliveryState.sending)
+                   .values(sent=bindparam("sent"), lease_expires=bindparam("exp")))
 
 
 class Ranges:
@@ -187,7 +176,7 @@ class Ranges:
 
 
 def progress_connection(engine: Engine) -> Connection:
-    """A connection for record_progress, kept open by a worker: its commits wait for the
+    """A connection for progress records (PROGRESS_UPDATE), kept open by a worker: its commits wait for the
     operating system, not the disk. Progress exists to survive a crash of this process,
     which such a commit does; a power cut (SQLite) or a database server crash (PostgreSQL)
     may lose the last moments of progress, and then more copies are sent twice (none is

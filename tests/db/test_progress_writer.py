@@ -1,5 +1,5 @@
-"""Progress records through the driver (listserv.delivery.progress) do what
-queues.record_progress does: set ``sent``, renew the lease, report a lost lease; on SQLite a
+"""Progress records through the driver (listserv.delivery.progress, queues.PROGRESS_UPDATE):
+set ``sent``, renew the lease, report a lost lease; on SQLite a
 record that must not wait gives up at once, having written nothing, while another writer
 holds the lock or this process's write gate."""
 
@@ -26,7 +26,7 @@ def row_of(app: App, rid: int) -> Delivery:
         return row
 
 
-def test_the_writer_records_as_record_progress_does(app: App, clock: Any) -> None:
+def test_the_writer_records_sent_positions_and_renews_leases(app: App, clock: Any) -> None:
     fill(app, 2, per_batch=3)
     with app.db.unit_of_work() as session:
         one, two = queues.claim(session, "w-one", clock(), 5)

@@ -16,6 +16,7 @@ from listserv.cli import cli
 from listserv.core.lists import create_list
 from listserv.core.models import Delivery, DeliveryState, InboundMessage, InboundState
 from listserv.delivery.outbound import queue_message
+from listserv.delivery.progress import ProgressWriter
 
 
 def fill(app: App, n_batches: int, per_batch: int = 2) -> None:
@@ -109,9 +110,11 @@ def test_an_expired_lease_is_anyones_and_its_old_owner_can_record_nothing(
     with app.db.unit_of_work() as session:
         [row] = queues.claim(session, "w-one", clock(), 5)
         assert row.sent is None
-    with app.db.engine.connect() as conn:
-        with conn.begin():
-            assert queues.record_progress(conn, "w-one", clock(), {row.id: "0"}) == set()
+    writer = ProgressWriter(app.db.engine)
+    try:
+        assert writer.write("w-one", clock(), {row.id: "0"}) == set()
+    finally:
+        writer.close()
     clock.advance(seconds=20)
     with app.db.unit_of_work() as session:
         assert queues.renew(session, "w-one", clock()) == {row.id}   # the heartbeat
@@ -124,9 +127,11 @@ def test_an_expired_lease_is_anyones_and_its_old_owner_can_record_nothing(
     assert again.id == row.id and again.sent == "0"   # what w-one had recorded as sent
     with app.db.unit_of_work() as session:
         assert queues.renew(session, "w-one", clock()) == set()
-    with app.db.engine.connect() as conn:
-        with conn.begin():
-            assert queues.record_progress(conn, "w-one", clock(), {row.id: "0-2"}) == {row.id}
+    writer = ProgressWriter(app.db.engine)
+    try:
+        assert writer.write("w-one", clock(), {row.id: "0-2"}) == {row.id}
+    finally:
+        writer.close()
     with app.db.unit_of_work() as session:
         r = session.get(Delivery, row.id)
         assert r is not None and r.lease_owner == "w-two" and r.sent == "0"
