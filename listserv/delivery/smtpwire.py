@@ -98,7 +98,7 @@ def settle(batch: "Batch", rcpts: list[str], mail: Reply, rcpt: Reply, data: Rep
     if not 200 <= mail.code < 300:
         batch.outcome(rcpts, mail.code, mail.text, whole=True)
     elif not 200 <= rcpt.code < 300:
-        batch.outcome(rcpts, 452 if rcpt.code == 552 else rcpt.code, rcpt.text)
+        batch.outcome(rcpts, rcpt_code(rcpt.code), rcpt.text)
     elif data is not None and data.code != 354:
         batch.outcome(rcpts, data.code, data.text, whole=True)
     elif end is not None and not 200 <= end.code < 300:
@@ -138,7 +138,12 @@ async def connect(t: "SmtpTransport", wire: Wire | None, batch: "Batch",
     return wire
 
 
-def _unavailable(t: "SmtpTransport", batch: "Batch", rcpts: list[str]) -> bool:
+def rcpt_code(code: int) -> int:
+    """RFC 5321 4.5.3.1.10: 552 "too many recipients" at RCPT is to be treated as 452."""
+    return 452 if code == 552 else code
+
+
+def unavailable(t: "SmtpTransport", batch: "Batch", rcpts: list[str]) -> bool:
     """Is the smarthost known to be down (recorded on ``batch`` when so)?"""
     if batch.conn_failed or time.monotonic() < t.down_until:
         batch.outcome(rcpts, None, f"smarthost {t.host}:{t.port} unavailable", whole=True)
@@ -163,7 +168,7 @@ async def batched(t: "SmtpTransport", wire: Wire | None, tx: "_Tx") -> Wire | No
     DATA and the message when a recipient was accepted. Records each recipient's outcome
     on the batch; returns the connection to keep. NoPipelining: see connect()."""
     batch, rcpts = tx.batch, tx.rcpts
-    if _unavailable(t, batch, rcpts):
+    if unavailable(t, batch, rcpts):
         return wire
     for attempt in (1, 2):
         reused = wire is not None and wire.is_open
@@ -204,7 +209,7 @@ async def batched(t: "SmtpTransport", wire: Wire | None, tx: "_Tx") -> Wire | No
         if 200 <= reply.code < 300:
             accepted.append(rcpt)
         else:
-            batch.outcome([rcpt], 452 if reply.code == 552 else reply.code, reply.text)
+            batch.outcome([rcpt], rcpt_code(reply.code), reply.text)
     if not accepted:
         return await _reset(wire)
     try:
@@ -236,7 +241,7 @@ async def transact(t: "SmtpTransport", wire: Wire | None, tx: "_Tx", sent: bool)
     transaction when one was taken from the queue, whether its envelope commands were
     written). NoPipelining: see connect()."""
     batch, rcpts = tx.batch, tx.rcpts
-    if not sent and _unavailable(t, batch, rcpts):
+    if not sent and unavailable(t, batch, rcpts):
         return wire, None, False
     for attempt in (1, 2):
         reused = sent or (wire is not None and wire.is_open)

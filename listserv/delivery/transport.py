@@ -396,9 +396,7 @@ class SmtpTransport:
         """Run one transaction with aiosmtplib (a server without PIPELINING), recording each
         recipient's outcome; return the connection."""
         batch = tx.batch
-        if batch.conn_failed or time.monotonic() < self.down_until:
-            batch.outcome(tx.rcpts, None, f"smarthost {self.host}:{self.port} unavailable",
-                          whole=True)
+        if smtpwire.unavailable(self, batch, tx.rcpts):
             return smtp
         for attempt in (1, 2):
             reused = smtp is not None and smtp.is_connected
@@ -442,7 +440,7 @@ class SmtpTransport:
                                                  mail_options=opts)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             for err in exc.recipients:
-                batch.outcome([err.recipient], _rcpt_code(err.code), err.message)
+                batch.outcome([err.recipient], smtpwire.rcpt_code(err.code), err.message)
             return
         except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
             raise
@@ -457,15 +455,10 @@ class SmtpTransport:
             return
         if errors:
             for rcpt, resp in errors.items():
-                batch.outcome([rcpt], _rcpt_code(resp.code), resp.message)
+                batch.outcome([rcpt], smtpwire.rcpt_code(resp.code), resp.message)
             batch.ok.extend(r for r in tx.rcpts if r not in errors)
         else:
             batch.ok.extend(tx.rcpts)
-
-
-def _rcpt_code(code: int) -> int:
-    """RFC 5321 4.5.3.1.10: 552 "too many recipients" at RCPT is to be treated as 452."""
-    return 452 if code == 552 else code
 
 
 # ---------------------------------------------------------------------------- Maildir
