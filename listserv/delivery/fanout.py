@@ -33,6 +33,7 @@ partition (listserv.digests.chunks: it reads its chunks, this module moves the c
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator
@@ -168,6 +169,17 @@ def move_cursor(session: Session, fanout_id: int, *, after: int, queued: int, la
         raise CursorMoved(f"fan-out {fanout_id}: another worker queued this chunk")
 
 
+def end_pruned(session: Session, fanout_id: int, *, after: int, queued: int,
+               now: dt.datetime) -> None:
+    """Mark a fan-out whose message was pruned complete where its cursor is (nothing left
+    to send); nothing to do if another worker ended it first."""
+    try:
+        move_cursor(session, fanout_id, after=after, queued=queued, last=after, added=0,
+                    complete=True, now=now)
+    except CursorMoved:
+        pass
+
+
 def step(app: App, payload: dict[str, Any]) -> tuple[bool, int]:
     """Queue a post's next chunk: (complete, recipients queued).
 
@@ -191,11 +203,7 @@ def step(app: App, payload: dict[str, Any]) -> tuple[bool, int]:
     with writing(app) as session:
         now = app.now()
         if outbound_id is None:               # the message was pruned: nothing left to send
-            try:
-                move_cursor(session, fanout_id, after=after, queued=queued, last=after,
-                            added=0, complete=True, now=now)
-            except CursorMoved:               # another worker ended it first
-                pass
+            end_pruned(session, fanout_id, after=after, queued=queued, now=now)
             return True, 0
         added = outbound.add_recipients(session, app, outbound_id,
                                         [*chunk.people, *chunk.remote])

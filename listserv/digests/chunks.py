@@ -330,11 +330,7 @@ def step(app: App, payload: dict[str, Any], *, chunk: int | None = None) -> tupl
     with fanout.writing(app) as session:
         now = app.now()
         if got is None:                      # the messages were pruned: nothing to send
-            try:
-                fanout.move_cursor(session, plan.fanout_id, after=after, queued=queued,
-                                   last=after, added=0, complete=True, now=now)
-            except fanout.CursorMoved:       # another worker ended it first
-                pass
+            fanout.end_pruned(session, plan.fanout_id, after=after, queued=queued, now=now)
             return True, 0
         added = 0
         for outbound_id, emails in got.by_message.items():
