@@ -35,6 +35,7 @@ from listserv import jobs, workers
 from listserv.core import wakeup
 from listserv.core.app import App
 from listserv.core.errors import ListservError
+from listserv.intake import journal as intake_journal
 from listserv.intake import smtp as intake
 from listserv.pipeline import inbound
 
@@ -181,11 +182,20 @@ class Daemon:
                  intake_enabled: bool = True, scheduler: bool = True,
                  incoming_worker: bool = True, delivery: bool = True, web: bool = False,
                  web_listen: str | None = None, wake_workers: bool = False,
-                 wake_listen: bool = False) -> None:
+                 wake_listen: bool = False, journal: bool = False) -> None:
         """``wake_workers``: wake the worker processes on this host (listserv.core.wakeup)
         after each commit of the intake and each mail queued here; ``wake_listen``: take
-        those wake-ups (a worker process)."""
+        those wake-ups (a worker process). ``journal`` (SQLite only): the intake commits to
+        its own journal file (listserv.intake.journal). Incoming workers on SQLite copy any
+        journal's entries into the database, also those left by an intake that ran before
+        (a site that went back from `--role intake` to one process)."""
         self.app = app
+        journal_path = intake_journal.path_for(app)
+        self.journal = (intake_journal.Journal(app, journal_path)
+                        if journal and journal_path is not None and intake_enabled else None)
+        self.drain = (intake_journal.Drain(app, journal_path)
+                      if journal_path is not None and incoming_worker else None)
+        self.drain_wake: asyncio.Event | None = None
         self.wake_workers = wake_workers
         self.wake_listen = wake_listen
         self.host = host if host is not None else app.settings.intake.host
@@ -228,10 +238,18 @@ class Daemon:
         message's first copy)."""
         _set_all(self.incoming_wakes or self.jobs_wakes)
 
+    def _incoming_committed(self) -> None:
+        """On this daemon's loop: the intake committed mail; copy it from the journal
+        first when there is one."""
+        if self.drain_wake is not None:
+            self.drain_wake.set()
+        else:
+            self._wake_incoming()
+
     def _woken(self, event: bytes) -> None:
         """A wake-up from the intake process (runs on this daemon's loop)."""
         if event == wakeup.EVENT_INCOMING:
-            self._wake_incoming()
+            self._incoming_committed()
         elif event == wakeup.EVENT_DELIVERY and self.delivery_wake is not None:
             self.delivery_wake.set()
 
@@ -273,10 +291,12 @@ class Daemon:
             if sender is not None:
                 sender.send(wakeup.EVENT_INCOMING)
             if self.jobs_wakes:
-                loop.call_soon_threadsafe(self._wake_incoming)
+                loop.call_soon_threadsafe(self._incoming_committed)
 
         app.wake_delivery = self.wake_delivery
-        self.handler = intake.IntakeHandler(app, on_commit=on_commit)
+        self.handler = intake.IntakeHandler(
+            app, on_commit=on_commit,
+            recorder=self.journal.append if self.journal is not None else intake.record)
         if self.job_kinds:
             await asyncio.to_thread(jobs.ensure_periodic, app, self.job_kinds)
 
@@ -309,6 +329,10 @@ class Daemon:
             tasks.append(asyncio.create_task(jobs.work(
                 app, workers_stop, wake, kinds=kinds, owner=self.job_owner,
                 executor=executor)))
+        if self.drain is not None:
+            self.drain_wake = asyncio.Event()
+            tasks.append(asyncio.create_task(self._drain_journal(
+                self.drain, workers_stop, self.drain_wake)))
         delivery_task: asyncio.Future[Any] | None = None
         if delivery is not None:
             delivery_task = delivery.start()
@@ -351,6 +375,10 @@ class Daemon:
                 except Exception:
                     log.exception("delivery did not stop cleanly")
         self.handler.close()
+        if self.journal is not None:
+            self.journal.close()
+        if self.drain is not None:
+            self.drain.close()
         if sender is not None:
             sender.close()
         if web_task is not None:
@@ -363,6 +391,28 @@ class Daemon:
         log.info("listserv: stopped")
         if failed:
             raise WorkerFailed(f"a worker failed: {failed[0]}") from failed[0]
+
+    async def _drain_journal(self, drain: intake_journal.Drain, stop: asyncio.Event,
+                             wake: asyncio.Event) -> None:
+        """Copy the intake journal's entries into the database when the intake commits
+        (``wake``) and every jobs.runner.POLL_INTERVAL; then wake the incoming loops."""
+        failing = ""
+        while not stop.is_set():
+            wake.clear()
+            try:
+                copied = await asyncio.to_thread(drain)
+                failing = ""
+            except Exception as exc:    # the database or the journal unavailable: retry
+                if str(exc) != failing:
+                    log.exception("listserv: cannot copy the intake journal")
+                failing, copied = str(exc), 0
+            if copied:
+                self._wake_incoming()
+            if not wake.is_set():
+                try:
+                    await asyncio.wait_for(wake.wait(), jobs.runner.POLL_INTERVAL)
+                except asyncio.TimeoutError:
+                    pass
 
     async def _start_web(self, web_stop: asyncio.Event) -> asyncio.Task[Any]:
         """Start the web server; return once it listens (a busy port raises here)."""
@@ -402,7 +452,7 @@ def for_role(app: App, role: str) -> Daemon:
     ``worker`` every job kind and delivery, without a listener."""
     if role == "intake":
         return Daemon(app, web=True, scheduler=False, incoming_worker=False, delivery=False,
-                      wake_workers=True)
+                      wake_workers=True, journal=True)
     if role == "worker":
         return Daemon(app, intake_enabled=False, wake_listen=True)
     if role == "all":
