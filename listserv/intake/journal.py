@@ -6,13 +6,15 @@ threads share one interpreter lock, and an SMTP client waiting for its 250 would
 them. So an intake that runs in a process of its own (`serve --role intake`) on SQLite commits
 each accepted message to ``<database>-intake``, a second SQLite file (WAL, synchronous=FULL:
 the 250 is sent after the message is on disk) in which it is the only writer, and answers.
+A journal is named by a random token made when its file is created.
 
 The worker copies the journal's entries into the database (``Drain``): each entry becomes what
 listserv.intake.smtp.record writes directly (the message's bytes, one InboundMessage per list
-address, their incoming jobs). The last entry copied is a SiteSetting row (MARK) written in the
-same transaction as the copies, by compare-and-set, so a crash or a second worker never copies
-an entry twice. The intake deletes the entries up to the mark at its next write, so the
-journal stays small and has one writer.
+address, their incoming jobs). The journal's token and the id of the last entry copied are a
+SiteSetting row (MARK, ``token:id``) written in the same transaction as the copies, by
+compare-and-set, so a crash or a second worker never copies an entry twice; a journal made
+anew (another token) starts from its first entry. The intake deletes the entries up to the
+mark at its next write, so the journal stays small and has one writer.
 
 Entries wait in the journal while no worker runs; `listserv queue status` counts them.
 """
@@ -40,9 +42,10 @@ from listserv.intake.smtp import Resolved, Spooled
 
 log = logging.getLogger(__name__)
 
-MARK = "intake_journal_copied"   # SiteSetting: the id of the last entry copied
+MARK = "intake_journal_copied"   # SiteSetting: "<journal token>:<id of the last entry copied>"
 SCHEMA_VERSION = 1
-BATCH = 64                       # entries copied per transaction
+BATCH = 64                       # entries copied per transaction, at most,
+BATCH_BYTES = 32 * 1024 * 1024   # and about this many message bytes (at least one entry)
 MARK_TTL = 1.0                   # seconds the intake trusts the mark it last read
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entry (
@@ -55,7 +58,10 @@ CREATE TABLE IF NOT EXISTS entry (
     sha TEXT NOT NULL,
     routes TEXT NOT NULL,
     raw BLOB NOT NULL
-)"""
+);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT OR IGNORE INTO meta (name, value) VALUES ('token', lower(hex(randomblob(16))));
+"""
 _COLUMNS = "id, received_at, mail_from, message_id, from_addr, subject, sha, routes, raw"
 
 
@@ -79,16 +85,26 @@ def _connect(path: Path) -> sqlite3.Connection:
         conn.close()
         raise RuntimeError(f"{path}: intake journal version {version}, "
                            f"this listserv reads {SCHEMA_VERSION}")
-    conn.execute(_SCHEMA)
-    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    if version == 0:
+        conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA}; PRAGMA user_version={SCHEMA_VERSION};"
+                           " COMMIT;")
     return conn
 
 
-def copied_mark(app: App) -> int:
-    """The id of the last journal entry copied into the database (0: none yet)."""
+def token_of(conn: sqlite3.Connection) -> str:
+    return str(conn.execute("SELECT value FROM meta WHERE name = 'token'").fetchone()[0])
+
+
+def copied_mark(app: App) -> str:
+    """The MARK row's value: ``token:id`` of the last journal entry copied ('' : none)."""
     with app.db.unit_of_work() as session:
-        value = session.scalar(select(SiteSetting.value).where(SiteSetting.name == MARK))
-    return int(value) if value else 0
+        return session.scalar(select(SiteSetting.value).where(SiteSetting.name == MARK)) or ""
+
+
+def copied_up_to(mark: str, token: str) -> int:
+    """The id of the last entry of journal ``token`` copied, by ``mark`` (0: none)."""
+    mark_token, _, last = mark.partition(":")
+    return int(last) if mark_token == token and last.isdigit() else 0
 
 
 class Journal:
@@ -100,7 +116,8 @@ class Journal:
         self.path = path
         self.lock = threading.Lock()    # one connection, one writer at a time
         self.conn: sqlite3.Connection | None = None
-        self.mark = 0                   # the last copied mark read, and when
+        self.token = ""
+        self.mark = ""                  # the last copied mark read, and when
         self.mark_read = float("-inf")
         self.deleted = 0                # entries up to here are deleted
 
@@ -113,25 +130,31 @@ class Journal:
         try:
             mark = self._mark()
             with self.lock:
-                conn = self.conn = self.conn or _connect(self.path)
-                conn.execute("BEGIN IMMEDIATE")
+                if self.conn is None:
+                    self.conn = _connect(self.path)
+                    self.token = token_of(self.conn)
+                conn = self.conn
+                copied = copied_up_to(mark, self.token)
                 try:
-                    if mark > self.deleted:
-                        conn.execute("DELETE FROM entry WHERE id <= ?", (mark,))
+                    conn.execute("BEGIN IMMEDIATE")
+                    if copied > self.deleted:
+                        conn.execute("DELETE FROM entry WHERE id <= ?", (copied,))
                     conn.execute(f"INSERT INTO entry ({_COLUMNS.split(', ', 1)[1]}) "
                                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
                     conn.execute("COMMIT")
                 except BaseException:
-                    conn.execute("ROLLBACK")
+                    # a connection left in doubt (disk full, I/O error) is not used again
+                    self.conn = None
+                    conn.close()
                     raise
-                self.deleted = max(self.deleted, mark)
+                self.deleted = max(self.deleted, copied)
         except (sqlite3.Error, OSError) as exc:
             log.warning("intake: cannot journal message %s: %s", info.message_id, exc)
             raise TemporaryFailure("cannot record the message now, try again later") from None
         log.info("accepted %s from <%s> for %s", info.message_id, spooled.mail_from,
                  ", ".join(r.rcpt for r in resolved))
 
-    def _mark(self) -> int:
+    def _mark(self) -> str:
         """The copied mark, read from the database at most every MARK_TTL seconds (a read:
         it never waits for the write lock). A stale mark only delays a deletion."""
         now = time.monotonic()
@@ -158,31 +181,39 @@ class Drain:
         self.app = app
         self.path = path
         self.conn: sqlite3.Connection | None = None
+        self.token = ""
 
     def _reader(self) -> sqlite3.Connection | None:
         if self.conn is None and self.path.exists():
             self.conn = _connect(self.path)
             self.conn.execute("PRAGMA query_only=1")
+            self.token = token_of(self.conn)
         return self.conn
 
     def __call__(self) -> int:
-        """Copy every entry not yet copied, BATCH per transaction; the number copied."""
+        """Copy every entry not yet copied, a batch per transaction; the number copied."""
         total = 0
-        while True:
-            copied = self._batch()
+        while copied := self._batch():
             total += copied
-            if copied < BATCH:
-                return total
+        return total
 
     def _batch(self) -> int:
         conn = self._reader()
         if conn is None:
             return 0
         mark = copied_mark(self.app)
-        rows = conn.execute(f"SELECT {_COLUMNS} FROM entry WHERE id > ? ORDER BY id LIMIT ?",
-                            (mark, BATCH)).fetchall()
-        if not rows:
+        after = copied_up_to(mark, self.token)
+        last, size = after, 0
+        for entry_id, length in conn.execute(
+                "SELECT id, length(raw) FROM entry WHERE id > ? ORDER BY id LIMIT ?",
+                (after, BATCH)):
+            if last > after and size + length > BATCH_BYTES:
+                break
+            last, size = entry_id, size + length
+        if last == after:
             return 0
+        rows = conn.execute(f"SELECT {_COLUMNS} FROM entry WHERE id > ? AND id <= ? "
+                            "ORDER BY id", (after, last)).fetchall()
         app = self.app
         if not mark:
             self._ensure_mark()
@@ -190,10 +221,10 @@ class Drain:
             # compare-and-set as the first write: it takes the write lock, and a second
             # worker that copied these entries first makes it change nothing
             moved = getattr(session.execute(update(SiteSetting).where(
-                SiteSetting.name == MARK, SiteSetting.value == str(mark)).values(
-                value=str(rows[-1][0]))), "rowcount", 0)
+                SiteSetting.name == MARK, SiteSetting.value == mark).values(
+                value=f"{self.token}:{last}")), "rowcount", 0)
             if not moved:
-                log.info("intake journal: entries after %d copied by another worker", mark)
+                log.info("intake journal: entries after %d copied by another worker", after)
                 return 0
             alive = set(session.scalars(select(MailingList.id).where(MailingList.id.in_(
                 {route[0] for row in rows for route in json.loads(row[7])}))))
@@ -203,7 +234,7 @@ class Drain:
 
     def _ensure_mark(self) -> None:
         with writegate.urgent(), self.app.db.unit_of_work() as session:
-            session.execute(sqlite_insert(SiteSetting).values(name=MARK, value="0")
+            session.execute(sqlite_insert(SiteSetting).values(name=MARK, value="")
                             .on_conflict_do_nothing())
 
     def _copy(self, session: Any, row: tuple[Any, ...], alive: set[int]) -> None:
@@ -232,7 +263,8 @@ def waiting(app: App) -> int:
         return 0
     conn = _connect(path)
     try:
+        after = copied_up_to(copied_mark(app), token_of(conn))
         return int(conn.execute("SELECT count(*) FROM entry WHERE id > ?",
-                                (copied_mark(app),)).fetchone()[0])
+                                (after,)).fetchone()[0])
     finally:
         conn.close()

@@ -107,7 +107,7 @@ def test_a_worker_with_a_stale_mark_copies_nothing(journaled: Harness,
     first, second = _drain(app), _drain(app)
     try:
         assert first() == 1
-        monkeypatch.setattr(journal, "copied_mark", lambda app: 0)   # read before the copy
+        monkeypatch.setattr(journal, "copied_mark", lambda app: "")  # read before the copy
         assert second() == 0
     finally:
         first.close()
@@ -189,3 +189,50 @@ def test_an_unwritable_journal_gets_a_temporary_failure(journaled: Harness) -> N
     Path(path).rmdir()
     assert journaled.send(make_message("ann@a.example", LIST, "again")) == {}
     assert journal.waiting(app) == 1
+
+
+def test_a_journal_made_anew_is_copied_from_its_first_entry(journaled: Harness) -> None:
+    """The mark names its journal: entries of a new journal file (the old one removed, ids
+    from 1 again) are not taken for entries of the old one already copied."""
+    app = journaled.app
+    make_list(app, LIST)
+    for n in range(3):
+        journaled.send(make_message("ann@a.example", LIST, f"old {n}"))
+    drain = _drain(app)
+    try:
+        assert drain() == 3
+    finally:
+        drain.close()
+    assert journaled.daemon.journal is not None
+    journaled.daemon.journal.close()
+    path = journal.path_for(app)
+    assert path is not None
+    for leftover in path.parent.glob(path.name + "*"):
+        leftover.unlink()
+    journaled.send(make_message("ann@a.example", LIST, "new 0"))
+    assert journal.waiting(app) == 1
+    drain = _drain(app)
+    try:
+        assert drain() == 1
+    finally:
+        drain.close()
+    assert [r.subject for r in _rows(app)] == ["old 0", "old 1", "old 2", "new 0"]
+
+
+def test_a_drain_copies_large_messages_a_few_at_a_time(
+        journaled: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    app = journaled.app
+    make_list(app, LIST)
+    for n in range(5):
+        journaled.send(make_message("ann@a.example", LIST, f"big {n}", body="x" * 3000 + "\n"))
+    monkeypatch.setattr(journal, "BATCH_BYTES", 7000)      # two of these per transaction
+    drain = _drain(app)
+    batches = []
+    real = drain._batch
+    monkeypatch.setattr(drain, "_batch", lambda: batches.append(real()) or batches[-1])
+    try:
+        assert drain() == 5
+    finally:
+        drain.close()
+    assert batches == [2, 2, 1, 0]
+    assert [r.subject for r in _rows(app)] == [f"big {n}" for n in range(5)]
