@@ -132,7 +132,7 @@ class Journal:
             with self.lock:
                 if self.conn is None:
                     self.conn = _connect(self.path)
-                    self.token = token_of(self.conn)
+                    self.token, self.deleted = token_of(self.conn), 0
                 conn = self.conn
                 copied = copied_up_to(mark, self.token)
                 try:
