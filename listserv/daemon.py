@@ -197,6 +197,8 @@ class Daemon:
         self.drain = (intake_journal.Drain(app, journal_path)
                       if journal_path is not None and incoming_worker else None)
         self.drain_wake: asyncio.Event | None = None
+        # seconds between the job loops' (and the drain's) looks for work nobody woke them for
+        self.poll = jobs.runner.POLL_INTERVAL
         self.wake_workers = wake_workers
         self.wake_listen = wake_listen
         self.host = host if host is not None else app.settings.intake.host
@@ -240,18 +242,13 @@ class Daemon:
         message's first copy)."""
         _set_all(self.incoming_wakes or self.jobs_wakes)
 
-    def _incoming_committed(self) -> None:
-        """On this daemon's loop: the intake committed mail; copy it from the journal
-        first when there is one."""
-        if self.drain_wake is not None:
-            self.drain_wake.set()
-        else:
-            self._wake_incoming()
-
     def _woken(self, event: bytes) -> None:
         """A wake-up from the intake process (runs on this daemon's loop)."""
         if event == wakeup.EVENT_INCOMING:
-            self._incoming_committed()
+            if self.drain_wake is not None:   # the drain wakes the incoming loops after
+                self.drain_wake.set()
+            else:
+                self._wake_incoming()
         elif event == wakeup.EVENT_DELIVERY and self.delivery_wake is not None:
             self.delivery_wake.set()
 
@@ -292,8 +289,10 @@ class Daemon:
         def on_commit() -> None:
             if sender is not None:
                 sender.send(wakeup.EVENT_INCOMING)
-            if self.jobs_wakes:
-                loop.call_soon_threadsafe(self._incoming_committed)
+            if self.journal is not None and self.drain_wake is not None:
+                loop.call_soon_threadsafe(self.drain_wake.set)
+            elif self.jobs_wakes:
+                loop.call_soon_threadsafe(self._wake_incoming)
 
         app.wake_delivery = self.wake_delivery
         self.handler = intake.IntakeHandler(
@@ -332,7 +331,7 @@ class Daemon:
                 self.incoming_wakes.append(wake)
             tasks.append(asyncio.create_task(jobs.work(
                 app, workers_stop, wake, kinds=kinds, owner=self.job_owner,
-                executor=executor)))
+                executor=executor, poll=self.poll)))
         if self.drain is not None:
             self.drain_wake = asyncio.Event()
             tasks.append(asyncio.create_task(self._drain_journal(
@@ -368,6 +367,8 @@ class Daemon:
             await self._drain_intake()
         workers_stop.set()
         self.wake()
+        if self.drain_wake is not None:
+            self.drain_wake.set()
         await asyncio.gather(*tasks, return_exceptions=True)
         executor.shutdown(wait=False)
         if delivery is not None and delivery_task is not None:
@@ -399,9 +400,11 @@ class Daemon:
     async def _drain_journal(self, drain: intake_journal.Drain, stop: asyncio.Event,
                              wake: asyncio.Event) -> None:
         """Copy the intake journal's entries into the database when the intake commits
-        (``wake``) and every jobs.runner.POLL_INTERVAL; then wake the incoming loops."""
+        (``wake``) and every ``self.poll`` seconds; then wake the incoming loops (after
+        a wake-up also when nothing was copied: that intake wrote the database itself)."""
         failing = ""
         while not stop.is_set():
+            woken = wake.is_set()
             wake.clear()
             try:
                 copied = await asyncio.to_thread(drain)
@@ -410,11 +413,11 @@ class Daemon:
                 if str(exc) != failing:
                     log.exception("listserv: cannot copy the intake journal")
                 failing, copied = str(exc), 0
-            if copied:
+            if copied or woken:
                 self._wake_incoming()
             if not wake.is_set():
                 try:
-                    await asyncio.wait_for(wake.wait(), jobs.runner.POLL_INTERVAL)
+                    await asyncio.wait_for(wake.wait(), self.poll)
                 except asyncio.TimeoutError:
                     pass
 
