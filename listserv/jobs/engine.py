@@ -86,6 +86,7 @@ class Claimed:
     max_attempts: int
     owner: str
     last_error: str | None
+    more: bool = False          # the claim saw other due jobs it could have taken
 
 
 def backoff(attempts: int, base: dt.timedelta = BACKOFF_BASE,
@@ -223,8 +224,8 @@ def claim(app: App, owner: str, *, kinds: Collection[str] | None = None,
         query = _LOCK_CANDIDATES_OF if locking else _CANDIDATES_OF
         params["kinds"] = list(kinds)
     with app.db.unit_of_work() as session:
-        for jid, state, attempts, max_attempts, partition, was in (
-                session.execute(query, params).all()):
+        candidates = session.execute(query, params).all()
+        for i, (jid, state, attempts, max_attempts, partition, was) in enumerate(candidates):
             if state is JobState.running and attempts >= max_attempts:
                 buried = session.execute(_BURY, {"jid": jid, "now": now, "failed": now}).first()
                 if buried is not None:
@@ -242,7 +243,7 @@ def claim(app: App, owner: str, *, kinds: Collection[str] | None = None,
                             row.kind, was, owner)
             return Claimed(row.id, row.kind, dict(row.payload or {}), row.partition_key,
                            row.dedupe_key, row.attempts, row.max_attempts, owner,
-                           row.last_error)
+                           row.last_error, more=i + 1 < len(candidates))
     return None
 
 

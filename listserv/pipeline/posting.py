@@ -120,7 +120,7 @@ def accept_post(session: Session, app: App, inbound: InboundMessage, msg: EmailM
     resolver = _MemoResolver(app.resolve_txt)
     guess = _with_post_id(unsubscribe.with_web(ListView.of(ml), app.settings.web),
                           ml.post_id + 1)
-    found = _arc_results(app, guess, inbound)
+    found = _arc_results(session, app, guess, inbound)
     early = _copies(app, msg, guess, resolver, found, verp)
 
     _lock_message(session, mhash)
@@ -173,12 +173,13 @@ def _copies(app: App, msg: EmailMessage, lv: ListView, resolver: _MemoResolver,
     return prepared, raw, data
 
 
-def _arc_results(app: App, lv: ListView, inbound: InboundMessage) -> list[str] | None:
+def _arc_results(session: Session, app: App, lv: ListView, inbound: InboundMessage
+                 ) -> list[str] | None:
     """The incoming post's authentication results for its ARC seal; None: not sealed."""
     if not (lv.arc and lv.dkim_key and lv.dkim_selector):
         return None
     try:
-        raw = app.spool.get(inbound.spool_sha)
+        raw = app.spool.get(inbound.spool_sha, session=session)
     except OSError as exc:
         log.warning("list %s message %s: not ARC-sealed, original unreadable: %s",
                     lv.list_id, inbound.message_id, exc)
