@@ -8,9 +8,11 @@ threads of their own: JOB_WORKERS loops for every kind, and INCOMING_LOOPS_* for
 mail only (a long pass never delays a post). Delivery (listserv.delivery.runner.run) runs on
 a thread of its own with its own event loop (DeliveryThread): a fan-out of tens of thousands
 of SMTP transactions is tens of thousands of callbacks, and on the intake's loop each would
-sit in front of an SMTP answer. The intake wakes the incoming loops right after it commits
-a message and its job; every finished job wakes the job loops (it may have queued jobs: a
-post's fan-out) and delivery; short polls cover work stored by other processes. stop.set()
+sit in front of an SMTP answer. The intake wakes one free incoming loop right after it
+commits a message and its job; every finished job wakes delivery (it may have queued mail)
+and, when an incoming loop ran it, one free loop of every kind (it may have queued jobs: a
+post's fan-out); a loop that takes a job while more are due wakes the next free one of its
+kinds (listserv.jobs.runner.Idle); short polls cover work stored by other processes. stop.set()
 (SIGTERM/SIGINT) closes the listener, lets in-flight SMTP transactions and jobs finish,
 then returns.
 
@@ -202,7 +204,8 @@ class Daemon:
         self.bound_port: int | None = None
         self.delivery_wake: Nudge | None = None     # set from any thread
         self.jobs_wakes: list[asyncio.Event] = []   # one per job loop
-        self.incoming_wakes: list[asyncio.Event] = []   # the loops that run only incoming
+        self.general = jobs.Idle()      # the loops that run every kind
+        self.incoming = jobs.Idle()     # the loops that run only incoming mail
         # Without the scheduler (tests), only incoming mail, the posts' fan-outs and the
         # lists' archive jobs (enqueued with the posts) run; the periodic passes are left to
         # the test.
@@ -224,10 +227,11 @@ class Daemon:
             self.wake_sender.send(wakeup.EVENT_DELIVERY)
 
     def _wake_incoming(self) -> None:
-        """On this daemon's loop: wake the loops that run incoming mail (only those: the
-        others would only race them for the one new job, a claim each on the path to the
-        message's first copy)."""
-        _set_all(self.incoming_wakes or self.jobs_wakes)
+        """On this daemon's loop: a message and its job were stored; one free loop takes it
+        (the others would only race it for the job, a claim each on the path to the
+        message's first copy), one that runs only incoming mail when one is free."""
+        if not self.incoming.wake_one():
+            self.general.wake_one()
 
     def _woken(self, event: bytes) -> None:
         """A wake-up from the intake process (runs on this daemon's loop)."""
@@ -250,13 +254,13 @@ class Daemon:
             self.delivery_wake.set()
 
     def _waking(self, handler: jobs.runner.Handler) -> jobs.runner.Handler:
-        """``handler``, then a nudge to the job loops and delivery: the job may have queued
-        jobs (a post's fan-out) or mail."""
+        """``handler``, then a nudge to delivery: the job may have queued mail (a post's
+        first transaction, committed with its accept)."""
         def run(app: App, payload: dict[str, Any]) -> None:
             try:
                 handler(app, payload)
             finally:
-                self.wake()
+                self.wake_delivery()
         return run
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -305,11 +309,14 @@ class Daemon:
         for kinds in loops:
             wake = asyncio.Event()
             self.jobs_wakes.append(wake)
-            if set(kinds) == {inbound.KIND}:
-                self.incoming_wakes.append(wake)
+            # An incoming loop's job may have queued jobs of other kinds (a post's fan-out
+            # and archive): one free loop of every kind looks for them. A loop of every
+            # kind looks for more work itself when its job ends.
+            only_incoming = set(kinds) == {inbound.KIND}
             tasks.append(asyncio.create_task(jobs.work(
                 app, workers_stop, wake, kinds=kinds, owner=self.job_owner,
-                executor=executor)))
+                executor=executor, idle=self.incoming if only_incoming else self.general,
+                after_job=self.general.wake_one if only_incoming else None)))
         delivery_task: asyncio.Future[Any] | None = None
         if delivery is not None:
             delivery_task = delivery.start()

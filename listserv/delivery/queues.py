@@ -64,6 +64,7 @@ _DUE = or_(and_(T.c.state == DeliveryState.pending, T.c.next_attempt_at <= _NOW)
            and_(T.c.state == DeliveryState.sending, T.c.lease_expires <= _NOW))
 _READY = (select(T.c.id, T.c.state).where(_DUE).order_by(T.c.next_attempt_at, T.c.id)
           .limit(bindparam("limit", type_=Integer)))
+_READY_LOCKED = _READY.with_for_update(skip_locked=True)
 _TAKE = (update(T).where(T.c.id.in_(bindparam("ids", expanding=True)), _DUE)
          .values(state=DeliveryState.sending, lease_owner=bindparam("owner"),
                  lease_expires=bindparam("expires", type_=T.c.lease_expires.type))
@@ -79,17 +80,13 @@ def claim(session: Session, owner: str, now: dt.datetime, limit: int,
     recipients, sent, attempts, first_attempt_at), in id order.
 
     The candidates are read first (on PostgreSQL locked, skipping rows another claim has
-    locked, after a plain read that finds any: an idle poll then locks nothing; on SQLite
-    the read takes no lock); the UPDATE checks again that each is due, so that of two
-    claims racing for a row (SQLite) only one gets it. ``found()`` is called when the read
-    finds candidates, before they are taken."""
+    locked; an idle poll finds none and so locks nothing; on SQLite the read takes no
+    lock); the UPDATE checks again that each is due, so that of two claims racing for a
+    row (SQLite) only one gets it. ``found()`` is called when the read finds candidates,
+    before they are taken."""
     params: dict[str, Any] = {"now": now, "limit": limit}
-    ready: Any = _READY
-    if session.get_bind().dialect.name == "postgresql":
-        if session.execute(ready, {**params, "limit": 1}).first() is None:
-            return []
-        ready = ready.with_for_update(skip_locked=True)
-    seen = session.execute(ready, params).all()
+    locking = session.get_bind().dialect.name == "postgresql"
+    seen = session.execute(_READY_LOCKED if locking else _READY, params).all()
     if not seen:
         return []
     if found is not None:

@@ -118,10 +118,13 @@ class SendResult:
 
 
 def add_post(session: Session, app: App, ml: MailingList, seq: int, prepared_sha: str,
-             msg: EmailMessage, *, message_hash: str | None = None) -> None:
+             msg: EmailMessage, *, message_hash: str | None = None,
+             size: int | None = None) -> None:
     """Record an accepted post (prepared bytes in the spool) for the list's next digest;
-    ``message_hash``: its Message-ID's hash, as recorded in Fanout (listserv.delivery.recipients)."""
-    size = app.spool.size(prepared_sha, session)
+    ``message_hash``: its Message-ID's hash, as recorded in Fanout (listserv.delivery.recipients);
+    ``size``: of the prepared bytes, when the caller has them."""
+    if size is None:
+        size = app.spool.size(prepared_sha, session)
     if size is None:
         size = len(msg.as_bytes())
     subject = untrusted.one_line(msg.get("Subject", "") or "", 998)   # no NUL for PostgreSQL

@@ -24,6 +24,7 @@ from listserv.jobs.engine import (
     retry_dead,
 )
 from listserv.jobs.runner import (
+    Idle,
     Kind,
     Registry,
     current_job,
@@ -39,6 +40,6 @@ from listserv.jobs.runner import (
 )
 
 __all__ = ["LEASE", "Claimed", "claim", "complete", "counts", "dead_items", "enqueue",
-           "ensure", "fail", "new_worker_id", "renew", "retry_dead", "Kind", "Registry", "current_job",
+           "ensure", "fail", "new_worker_id", "renew", "retry_dead", "Idle", "Kind", "Registry", "current_job",
            "ensure_periodic", "execute", "kick", "postpone", "registry", "schedule", "run_jobs_until_idle",
            "run_next_job", "work"]

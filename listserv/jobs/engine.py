@@ -2,10 +2,11 @@
 
 Claiming (claim()) takes one job that is due: a *ready* job whose run_after has passed, or a
 *running* job whose lease expired (its worker died or hung: whoever comes next takes it over;
-no hostname or pid is ever consulted). The claim runs in one transaction that PostgreSQL
-serialises per row with ``SELECT ... FOR UPDATE SKIP LOCKED`` (plus a transaction-scoped
-advisory lock per partition); on SQLite (one writer) it is a compare-and-set UPDATE of a
-candidate read just before.
+no hostname or pid is ever consulted). The claim is one transaction of the same form on
+both databases: a read of candidates, then a compare-and-set UPDATE of one of them that
+checks again that it is due and its partition free. PostgreSQL's read locks the candidates
+(``FOR UPDATE SKIP LOCKED``) and a partition is held by a transaction-scoped advisory lock;
+SQLite has one writer.
 
 A job with a partition_key runs only when no earlier job of its partition is ready or
 running and no job of its partition holds a live lease: a partition's jobs run one at a time,
@@ -85,6 +86,7 @@ class Claimed:
     max_attempts: int
     owner: str
     last_error: str | None
+    more: bool = False          # the claim saw other due jobs it could have taken
 
 
 def backoff(attempts: int, base: dt.timedelta = BACKOFF_BASE,
@@ -157,26 +159,11 @@ def ensure(session: Session, app: App, kind: str, dedupe_key: str, *,
 # ---------------------------------------------------------------------------- claim
 
 
-def claim(app: App, owner: str, *, kinds: Collection[str] | None = None,
-          lease: dt.timedelta = LEASE) -> Claimed | None:
-    """Lease one due job of ``kinds`` (any kind when None) to ``owner``; None if none is due.
-
-    A job whose lease expired after max_attempts claims (it kept killing or hanging its
-    worker) is made dead instead of being run again."""
-    if app.db.is_sqlite:
-        return _claim_sqlite(app, owner, kinds, lease)
-    return _claim_locking(app, owner, kinds, lease)
-
-
 # The claim is on the path from a post's 250 to its first copy, and every job loop polls with
 # it: its statements are built once, in Core (``now`` a parameter).
 # _DUE: ready and its run_after passed, or running and its lease expired.
 # _FREE: no other job of its partition ahead of it (earlier and not finished), none holding a
 # live lease.
-# On SQLite, a claim reads the candidates outside any transaction (an idle poll takes no write
-# lock), then takes one with a compare-and-set UPDATE that checks again, under the write lock,
-# that it is still due and its partition free (one writer: the UPDATE, first statement of its
-# transaction, sees every commit before it), and returns the row it took.
 _J: Table = Job.__table__  # type: ignore[assignment]
 _OTHER = _J.alias("other")
 _NOW = bindparam("now", type_=_J.c.run_after.type)
@@ -186,10 +173,15 @@ _FREE = or_(_J.c.partition_key.is_(None), ~exists().where(
     _OTHER.c.partition_key == _J.c.partition_key, _OTHER.c.id != _J.c.id,
     or_(and_(_OTHER.c.id < _J.c.id, _OTHER.c.state.in_([JobState.ready, JobState.running])),
         and_(_OTHER.c.state == JobState.running, _OTHER.c.lease_expires > _NOW))))
-_CANDIDATES = (select(_J.c.id, _J.c.state, _J.c.attempts, _J.c.max_attempts)
+_CANDIDATES = (select(_J.c.id, _J.c.state, _J.c.attempts, _J.c.max_attempts,
+                      _J.c.partition_key, _J.c.lease_owner)
                .where(_DUE, _FREE).order_by(_J.c.run_after, _J.c.id).limit(CLAIM_CANDIDATES))
 _KINDS: BindParameter[str] = bindparam("kinds", expanding=True)
 _CANDIDATES_OF = _CANDIDATES.where(_J.c.kind.in_(_KINDS))
+_LOCK_CANDIDATES = _CANDIDATES.with_for_update(skip_locked=True, of=_J)
+_LOCK_CANDIDATES_OF = _CANDIDATES_OF.with_for_update(skip_locked=True, of=_J)
+_LOCK_PARTITION = select(func.pg_try_advisory_xact_lock(
+    func.hashtextextended(bindparam("partition", type_=String), 0)))
 _TAKE = (update(_J).where(_J.c.id == bindparam("jid"), _DUE, _FREE,
                           or_(_J.c.state == JobState.ready, _J.c.attempts < _J.c.max_attempts))
          .values(state=JobState.running, lease_owner=bindparam("owner"),
@@ -208,82 +200,51 @@ _BURY = (update(_J).where(_J.c.id == bindparam("jid"), _J.c.state == JobState.ru
          .returning(_J.c.id, _J.c.kind, _J.c.last_error))
 
 
-def _claim_sqlite(app: App, owner: str, kinds: Collection[str] | None,
-                  lease: dt.timedelta) -> Claimed | None:
+def claim(app: App, owner: str, *, kinds: Collection[str] | None = None,
+          lease: dt.timedelta = LEASE) -> Claimed | None:
+    """Lease one due job of ``kinds`` (any kind when None) to ``owner``; None if none is due.
+
+    A job whose lease expired after max_attempts claims (it kept killing or hanging its
+    worker) is made dead instead of being run again.
+
+    One transaction on both databases: read up to CLAIM_CANDIDATES candidates, then take
+    the first that can be taken with _TAKE, a compare-and-set UPDATE that checks again that
+    it is due and its partition free, and returns the row it took. On SQLite the read takes
+    no lock (pysqlite begins the transaction at the UPDATE, which, one writer, sees every
+    commit before it); an idle poll thus writes nothing. On PostgreSQL the read locks the
+    candidates, skipping those another claim holds (``FOR UPDATE SKIP LOCKED``: an idle poll
+    locks nothing either), and a partitioned job's partition is held by a transaction-scoped
+    advisory lock before the UPDATE, whose fresh snapshot then sees any job of the
+    partition claimed and committed after the read."""
     now = app.now()
+    locking = not app.db.is_sqlite
     params: dict[str, Any] = {"now": now}
-    query = _CANDIDATES
+    query = _LOCK_CANDIDATES if locking else _CANDIDATES
     if kinds is not None:
-        query, params["kinds"] = _CANDIDATES_OF, list(kinds)
+        query = _LOCK_CANDIDATES_OF if locking else _CANDIDATES_OF
+        params["kinds"] = list(kinds)
     with app.db.unit_of_work() as session:
-        candidates = session.execute(query, params).all()   # no transaction yet: no lock
-        for jid, state, attempts, max_attempts in candidates:
+        candidates = session.execute(query, params).all()
+        for i, (jid, state, attempts, max_attempts, partition, was) in enumerate(candidates):
             if state is JobState.running and attempts >= max_attempts:
                 buried = session.execute(_BURY, {"jid": jid, "now": now, "failed": now}).first()
                 if buried is not None:
                     log.error("job %d (%s) is dead: %s", *buried)
                 continue
+            if locking and partition is not None and not session.scalar(
+                    _LOCK_PARTITION, {"partition": partition}):
+                continue          # another claim is taking a job of this partition
             row = session.execute(_TAKE, {"jid": jid, "now": now, "owner": owner,
                                           "expires": now + lease}).first()
             if row is None:       # taken or blocked since the read
                 continue
             if state is JobState.running:
-                log.warning("job %d (%s): lease expired; taken over by %s", row.id, row.kind,
-                            owner)
+                log.warning("job %d (%s): lease of %s expired; taken over by %s", row.id,
+                            row.kind, was, owner)
             return Claimed(row.id, row.kind, dict(row.payload or {}), row.partition_key,
                            row.dedupe_key, row.attempts, row.max_attempts, owner,
-                           row.last_error)
+                           row.last_error, more=i + 1 < len(candidates))
     return None
-
-
-def _claim_locking(app: App, owner: str, kinds: Collection[str] | None,
-                   lease: dt.timedelta) -> Claimed | None:
-    """PostgreSQL: SELECT ... FOR UPDATE SKIP LOCKED of the candidates, each job's partition
-    held by an advisory lock for the transaction (_lock_partition)."""
-    db = app.db
-    now = app.now()
-    params: dict[str, Any] = {"now": now}
-    query = (select(Job).where(_DUE, _FREE).order_by(Job.run_after, Job.id)
-             .limit(CLAIM_CANDIDATES))
-    if kinds is not None:
-        query, params["kinds"] = query.where(_J.c.kind.in_(_KINDS)), list(kinds)
-    with db.unit_of_work() as session:      # a plain read first: idle polls take no lock
-        if session.scalar(query.with_only_columns(Job.id).limit(1), params) is None:
-            return None
-    with db.unit_of_work() as session:
-        query = query.with_for_update(skip_locked=True, of=Job)
-        for job in session.scalars(query, params).all():
-            if job.partition_key is not None and not _lock_partition(session, job, now):
-                continue
-            if job.state is JobState.running and job.attempts >= job.max_attempts:
-                job.state, job.failed_at = JobState.dead, now
-                job.last_error = (f"its worker's lease expired {job.attempts} times (the "
-                                  f"worker died or hung); last error: {job.last_error or '-'}")
-                job.lease_owner = job.lease_expires = None
-                log.error("job %d (%s) is dead: %s", job.id, job.kind, job.last_error)
-                continue
-            if job.state is JobState.running:
-                log.warning("job %d (%s): lease of %s expired; taken over by %s", job.id,
-                            job.kind, job.lease_owner, owner)
-            job.state = JobState.running
-            job.lease_owner, job.lease_expires = owner, now + lease
-            job.attempts += 1
-            return Claimed(job.id, job.kind, dict(job.payload or {}), job.partition_key,
-                           job.dedupe_key, job.attempts, job.max_attempts, owner,
-                           job.last_error)
-    return None
-
-
-def _lock_partition(session: Session, job: Job, now: dt.datetime) -> bool:
-    """PostgreSQL: hold the partition's advisory lock for this transaction and check again,
-    with a fresh snapshot, that the partition is free (closes the window where a job of the
-    partition was claimed and committed after our snapshot)."""
-    got = session.scalar(select(func.pg_try_advisory_xact_lock(
-        func.hashtextextended(job.partition_key, 0))))
-    if not got:
-        return False
-    still = session.scalar(select(Job.id).where(Job.id == job.id, _FREE), {"now": now})
-    return still is not None
 
 
 def renew(app: App, job: Claimed, lease: dt.timedelta = LEASE) -> bool:

@@ -183,50 +183,98 @@ async def _wait(event: asyncio.Event, timeout: float) -> None:
         pass
 
 
+class Idle:
+    """The job loops of one process that run the same kinds, as its event loop sees them:
+    which of them are free (not running a job), so that new work wakes one of them and not
+    all (the others' claims would only race it for the job, beside the work on the way to a
+    post's first copy). A loop that takes a job while more are due wakes the next one."""
+
+    def __init__(self) -> None:
+        self.free: list[asyncio.Event] = []     # the free loops' wake events, longest first
+
+    def wake_one(self) -> bool:
+        """On the owning event loop: make a free loop look for work (one already woken
+        will); False when every loop runs a job (each looks for work when it ends)."""
+        for event in self.free:
+            if event.is_set():
+                return True
+        if not self.free:
+            return False
+        event = self.free.pop(0)
+        self.free.append(event)
+        event.set()
+        return True
+
+
 async def work(app: App, stop: asyncio.Event, wake: asyncio.Event, *, kinds: Registry,
                owner: str, executor: concurrent.futures.Executor,
-               lease: dt.timedelta | None = None, poll: float = POLL_INTERVAL) -> None:
+               lease: dt.timedelta | None = None, poll: float = POLL_INTERVAL,
+               idle: Idle | None = None, after_job: Callable[[], object] | None = None) -> None:
     """Claim and run jobs until ``stop`` (the job in hand is finished first). Claims and
     handlers run in ``executor`` (the daemon's own threads, not the intake's); the lease is
     renewed every third of its length while a handler runs. ``wake`` is set to look for work
-    at once. ``lease``: [database] lease_seconds unless given."""
+    at once. ``lease``: [database] lease_seconds unless given. ``idle``: the group of loops
+    this one belongs to (it is free there while it runs no job); ``after_job()`` is called
+    on the event loop after each job."""
     lease = lease or engine.lease_of(app)
     loop = asyncio.get_running_loop()
     names = list(kinds)
     next_ensure = loop.time() + ENSURE_INTERVAL
-    while not stop.is_set():
-        wake.clear()
-        if loop.time() >= next_ensure:
-            next_ensure = loop.time() + ENSURE_INTERVAL
+    free = idle.free if idle is not None else []
+    free.append(wake)
+    try:
+        while not stop.is_set():
+            wake.clear()
+            if loop.time() >= next_ensure:
+                next_ensure = loop.time() + ENSURE_INTERVAL
+                try:
+                    await loop.run_in_executor(executor, ensure_periodic, app, kinds)
+                except Exception:
+                    log.exception("checking the periodic jobs failed")
             try:
-                await loop.run_in_executor(executor, ensure_periodic, app, kinds)
+                job = await loop.run_in_executor(executor, functools.partial(
+                    engine.claim, app, owner, kinds=names, lease=lease))
             except Exception:
-                log.exception("checking the periodic jobs failed")
-        try:
-            job = await loop.run_in_executor(executor, functools.partial(
-                engine.claim, app, owner, kinds=names, lease=lease))
+                log.exception("claiming a job failed")
+                await _wait(stop, 1.0)
+                continue
+            if job is None:
+                await _wait(wake, poll)
+                continue
+            free.remove(wake)
+            # more jobs were due, or a wake-up came during the claim: the next free loop
+            if idle is not None and (job.more or wake.is_set()):
+                idle.wake_one()
+            try:
+                await _run(app, job, kinds, executor, lease, stop)
+            finally:
+                free.append(wake)
+            if after_job is not None:
+                after_job()
+    finally:
+        if wake in free:
+            free.remove(wake)
+
+
+async def _run(app: App, job: Claimed, kinds: Registry, executor: concurrent.futures.Executor,
+               lease: dt.timedelta, stop: asyncio.Event) -> None:
+    """Run a claimed job in ``executor``, renewing its lease every third of its length."""
+    loop = asyncio.get_running_loop()
+    running = loop.run_in_executor(executor, execute, app, job, kinds)
+    while True:
+        done, _ = await asyncio.wait({running}, timeout=lease.total_seconds() / 3)
+        if done:
+            break
+        try:     # a short write: the default executor, the handler's thread is busy
+            kept = await asyncio.to_thread(engine.renew, app, job, lease)
         except Exception:
-            log.exception("claiming a job failed")
-            await _wait(stop, 1.0)
-            continue
-        if job is None:
-            await _wait(wake, poll)
-            continue
-        running = loop.run_in_executor(executor, execute, app, job, kinds)
-        while True:
-            done, _ = await asyncio.wait({running}, timeout=lease.total_seconds() / 3)
-            if done:
-                break
-            try:     # a short write: the default executor, the handler's thread is busy
-                kept = await asyncio.to_thread(engine.renew, app, job, lease)
-            except Exception:
-                log.exception("job %d (%s): renewing its lease failed", job.id, job.kind)
-            else:
-                if not kept:
-                    log.warning("job %d (%s): lease lost to another worker", job.id, job.kind)
-        try:
-            running.result()
-        except Exception:
-            log.exception("job %d (%s): recording its outcome failed (retried when the "
-                          "lease expires)", job.id, job.kind)
-            await _wait(stop, 1.0)
+            log.exception("job %d (%s): renewing its lease failed", job.id, job.kind)
+        else:
+            if not kept:
+                log.warning("job %d (%s): lease lost to another worker", job.id, job.kind)
+    try:
+        running.result()
+    except Exception:
+        log.exception("job %d (%s): recording its outcome failed (retried when the "
+                      "lease expires)", job.id, job.kind)
+        await _wait(stop, 1.0)

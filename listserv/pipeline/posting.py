@@ -73,10 +73,10 @@ def _lock_message(session: Session, message_hash: str) -> None:
 
 def _next_post_id(session: Session, list_id: int) -> int:
     """post_id += 1 under the row's write lock; safe on PostgreSQL and SQLite."""
-    session.execute(update(MailingList).where(MailingList.id == list_id)
-                    .values(post_id=MailingList.post_id + 1)
-                    .execution_options(synchronize_session=False))
-    seq = session.scalar(select(MailingList.post_id).where(MailingList.id == list_id))
+    seq = session.scalar(update(MailingList).where(MailingList.id == list_id)
+                         .values(post_id=MailingList.post_id + 1)
+                         .returning(MailingList.post_id)
+                         .execution_options(synchronize_session=False))
     assert seq is not None
     return seq
 
@@ -120,7 +120,7 @@ def accept_post(session: Session, app: App, inbound: InboundMessage, msg: EmailM
     resolver = _MemoResolver(app.resolve_txt)
     guess = _with_post_id(unsubscribe.with_web(ListView.of(ml), app.settings.web),
                           ml.post_id + 1)
-    found = _arc_results(app, guess, inbound)
+    found = _arc_results(session, app, guess, inbound)
     early = _copies(app, msg, guess, resolver, found, verp)
 
     _lock_message(session, mhash)
@@ -146,7 +146,8 @@ def accept_post(session: Session, app: App, inbound: InboundMessage, msg: EmailM
                                   list_id=ml.id, verp=verp, message_id=message_id[:998],
                                   per_member=verp)
     fan = fanout.record(session, app, ml.id, mhash, out.id)
-    digests.add_post(session, app, ml, seq, prepared_sha, prepared, message_hash=mhash)
+    digests.add_post(session, app, ml, seq, prepared_sha, prepared, message_hash=mhash,
+                     size=len(raw))
     everyone = fanout.start(session, app, fan, inbound_id=inbound.id, seq=seq,
                             skip_remote=network.came_through(msg), approved_by=approved_by)
     if ml.archive is not ArchivePolicy.none:     # after the fan-out: its job runs first
@@ -173,12 +174,13 @@ def _copies(app: App, msg: EmailMessage, lv: ListView, resolver: _MemoResolver,
     return prepared, raw, data
 
 
-def _arc_results(app: App, lv: ListView, inbound: InboundMessage) -> list[str] | None:
+def _arc_results(session: Session, app: App, lv: ListView, inbound: InboundMessage
+                 ) -> list[str] | None:
     """The incoming post's authentication results for its ARC seal; None: not sealed."""
     if not (lv.arc and lv.dkim_key and lv.dkim_selector):
         return None
     try:
-        raw = app.spool.get(inbound.spool_sha)
+        raw = app.spool.get(inbound.spool_sha, session=session)
     except OSError as exc:
         log.warning("list %s message %s: not ARC-sealed, original unreadable: %s",
                     lv.list_id, inbound.message_id, exc)
