@@ -49,6 +49,7 @@ class WorkerFailed(ListservError):
     """A worker loop of the daemon died; the daemon stopped (``serve`` exits 1)."""
 
 DRAIN_TIMEOUT = 30.0
+JOURNAL_ERROR_REPEAT = 300.0   # seconds between repeats of one intake-journal copy error
 JOB_WORKERS = 2        # job loops per process (one long pass does not hold up the archive)
 # ... plus loops that run only incoming mail, so that long passes (digests, retention) never
 # delay a post; on PostgreSQL two, so that one list's long post does not delay another's.
@@ -408,20 +409,27 @@ class Daemon:
     async def _drain_journal(self, drain: intake_journal.Drain, stop: asyncio.Event,
                              wake: asyncio.Event) -> None:
         """Copy the intake journal's entries into the database when the intake commits
-        (``wake``) and every ``self.poll`` seconds; then wake the incoming loops (after
-        a wake-up also when nothing was copied: that intake wrote the database itself)."""
-        failing = ""
+        (``wake``) and every ``self.poll`` seconds, a batch per transaction, waking the
+        incoming loops after each batch (and after a wake-up also when nothing was copied:
+        that intake wrote the database itself). A stop is noticed between batches. A
+        failure is logged when it changes, and again every JOURNAL_ERROR_REPEAT seconds."""
+        failing, logged = "", float("-inf")
+        loop = asyncio.get_running_loop()
         while not stop.is_set():
             woken = wake.is_set()
             wake.clear()
+            copied = 0
             try:
-                copied = await asyncio.to_thread(drain)
+                while not stop.is_set() and (batch := await asyncio.to_thread(drain.batch)):
+                    copied += batch
+                    self._wake_incoming()
                 failing = ""
             except Exception as exc:    # the database or the journal unavailable: retry
-                if str(exc) != failing:
+                if str(exc) != failing or loop.time() - logged >= JOURNAL_ERROR_REPEAT:
                     log.exception("listserv: cannot copy the intake journal")
-                failing, copied = str(exc), 0
-            if copied or woken:
+                    logged = loop.time()
+                failing = str(exc)
+            if woken and not copied:
                 self._wake_incoming()
             if not wake.is_set():
                 try:

@@ -49,7 +49,8 @@ def status(obj: Obj, as_json: bool) -> None:
     inc = st["incoming"]
     click.echo("incoming queue:")
     for key in ("journaled", "new", "processing", "failed"):
-        click.echo(f"  {key:<16} {inc[key]:>9} messages")
+        n = "unknown" if inc[key] is None else inc[key]   # an unreadable journal
+        click.echo(f"  {key:<16} {n:>9} messages")
     js = st["jobs"]
     click.echo("jobs:")
     for key, label in (("ready", "ready"), ("due", "due now"), ("running", "running"),

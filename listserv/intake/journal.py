@@ -24,6 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -63,6 +64,9 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 INSERT OR IGNORE INTO meta (name, value) VALUES ('token', lower(hex(randomblob(16))));
 """
 _COLUMNS = "id, received_at, mail_from, message_id, from_addr, subject, sha, routes, raw"
+_INSERT = (f"INSERT INTO entry ({_COLUMNS.split(', ', 1)[1]}) "
+           "VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+DELETE_AT_MOST = 256             # copied entries the intake deletes per message it journals
 
 
 def path_for(app: App) -> Path | None:
@@ -76,10 +80,24 @@ def path_for(app: App) -> Path | None:
     return Path(database + "-intake")
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    """The file's (device, inode), None when it is missing: a process holding a journal
+    open notices when it was removed or replaced and opens the one now at ``path``."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
+    # deleted entries' pages are reused, not overwritten with zeros (which some builds do
+    # by default, writing every deleted message again); the WAL is cut back after use
+    conn.execute("PRAGMA secure_delete=OFF")
+    conn.execute(f"PRAGMA journal_size_limit={64 * 1024 * 1024}")
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version not in (0, SCHEMA_VERSION):
         conn.close()
@@ -116,6 +134,7 @@ class Journal:
         self.path = path
         self.lock = threading.Lock()    # one connection, one writer at a time
         self.conn: sqlite3.Connection | None = None
+        self.identity: tuple[int, int] | None = None
         self.token = ""
         self.mark = ""                  # the last copied mark read, and when
         self.mark_read = float("-inf")
@@ -130,29 +149,48 @@ class Journal:
         try:
             mark = self._mark()
             with self.lock:
-                if self.conn is None:
-                    self.conn = _connect(self.path)
-                    self.token, self.deleted = token_of(self.conn), 0
-                conn = self.conn
-                copied = copied_up_to(mark, self.token)
+                conn = self._open()
+                # the copied entries, a few at a time: a backlog copied after a worker was
+                # down is not all deleted in front of one client's 250
+                upto = min(copied_up_to(mark, self.token), self.deleted + DELETE_AT_MOST)
                 try:
                     conn.execute("BEGIN IMMEDIATE")
-                    if copied > self.deleted:
-                        conn.execute("DELETE FROM entry WHERE id <= ?", (copied,))
-                    conn.execute(f"INSERT INTO entry ({_COLUMNS.split(', ', 1)[1]}) "
-                                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
+                    if upto > self.deleted:
+                        conn.execute("DELETE FROM entry WHERE id <= ?", (upto,))
+                    conn.execute(_INSERT, row)
                     conn.execute("COMMIT")
                 except BaseException:
                     # a connection left in doubt (disk full, I/O error) is not used again
-                    self.conn = None
-                    conn.close()
+                    self.close_connection()
                     raise
-                self.deleted = max(self.deleted, copied)
+                self.deleted = max(self.deleted, upto)
         except (sqlite3.Error, OSError) as exc:
             log.warning("intake: cannot journal message %s: %s", info.message_id, exc)
             raise TemporaryFailure("cannot record the message now, try again later") from None
         log.info("accepted %s from <%s> for %s", info.message_id, spooled.mail_from,
                  ", ".join(r.rcpt for r in resolved))
+
+    def _open(self) -> sqlite3.Connection:
+        """The connection to the journal now at ``path`` (made when missing), under the lock."""
+        identity = _identity(self.path)
+        if self.conn is not None and identity != self.identity:
+            log.warning("intake journal %s was removed or replaced; opening it again", self.path)
+            self.close_connection()
+        if self.conn is None:
+            conn = _connect(self.path)
+            self.identity = _identity(self.path)
+            self.token = token_of(conn)
+            # everything before the first entry left (or, none left, the last id given)
+            self.deleted = int(conn.execute(
+                "SELECT coalesce((SELECT min(id) - 1 FROM entry), "
+                "(SELECT seq FROM sqlite_sequence WHERE name = 'entry'), 0)").fetchone()[0])
+            self.conn = conn
+        return self.conn
+
+    def close_connection(self) -> None:
+        if self.conn is not None:
+            conn, self.conn = self.conn, None
+            conn.close()
 
     def _mark(self) -> str:
         """The copied mark, read from the database at most every MARK_TTL seconds (a read:
@@ -168,9 +206,7 @@ class Journal:
 
     def close(self) -> None:
         with self.lock:
-            if self.conn is not None:
-                self.conn.close()
-                self.conn = None
+            self.close_connection()
 
 
 class Drain:
@@ -181,21 +217,35 @@ class Drain:
         self.app = app
         self.path = path
         self.conn: sqlite3.Connection | None = None
+        self.identity: tuple[int, int] | None = None
         self.token = ""
 
     def _reader(self) -> sqlite3.Connection | None:
-        if self.conn is None and self.path.exists():
-            self.conn = _connect(self.path)
-            self.conn.execute("PRAGMA query_only=1")
-            self.token = token_of(self.conn)
+        """The connection to the journal now at ``path``; None while there is none."""
+        identity = _identity(self.path)
+        if self.conn is not None and identity != self.identity:
+            self.close()             # removed or replaced: read the new one
+        if self.conn is None and identity is not None:
+            conn = _connect(self.path)
+            conn.execute("PRAGMA query_only=1")
+            self.identity, self.token, self.conn = identity, token_of(conn), conn
         return self.conn
 
     def __call__(self) -> int:
         """Copy every entry not yet copied, a batch per transaction; the number copied."""
         total = 0
-        while copied := self._batch():
+        while copied := self.batch():
             total += copied
         return total
+
+    def batch(self) -> int:
+        """Copy the next entries (at most BATCH, about BATCH_BYTES) in one transaction;
+        the number copied. After an error the journal is opened afresh."""
+        try:
+            return self._batch()
+        except BaseException:
+            self.close()
+            raise
 
     def _batch(self) -> int:
         conn = self._reader()
@@ -212,8 +262,9 @@ class Drain:
             last, size = entry_id, size + length
         if last == after:
             return 0
-        rows = conn.execute(f"SELECT {_COLUMNS} FROM entry WHERE id > ? AND id <= ? "
-                            "ORDER BY id", (after, last)).fetchall()
+        rows = [(row, json.loads(row[7])) for row in conn.execute(
+            f"SELECT {_COLUMNS} FROM entry WHERE id > ? AND id <= ? ORDER BY id",
+            (after, last))]
         app = self.app
         if not mark:
             self._ensure_mark()
@@ -227,9 +278,9 @@ class Drain:
                 log.info("intake journal: entries after %d copied by another worker", after)
                 return 0
             alive = set(session.scalars(select(MailingList.id).where(MailingList.id.in_(
-                {route[0] for row in rows for route in json.loads(row[7])}))))
-            for row in rows:
-                self._copy(session, row, alive)
+                {route[0] for _, routes in rows for route in routes}))))
+            for row, routes in rows:
+                self._copy(session, row, routes, alive)
         return len(rows)
 
     def _ensure_mark(self) -> None:
@@ -237,10 +288,11 @@ class Drain:
             session.execute(sqlite_insert(SiteSetting).values(name=MARK, value="")
                             .on_conflict_do_nothing())
 
-    def _copy(self, session: Any, row: tuple[Any, ...], alive: set[int]) -> None:
-        (_id, received, mail_from, message_id, from_addr, subject, sha, routes, raw) = row
-        keep = [tuple(r) for r in json.loads(routes) if r[0] in alive]
-        if len(keep) < len(json.loads(routes)):
+    def _copy(self, session: Any, row: tuple[Any, ...], routes: list[list[Any]],
+              alive: set[int]) -> None:
+        (_id, received, mail_from, message_id, from_addr, subject, sha, _routes, raw) = row
+        keep = [tuple(r) for r in routes if r[0] in alive]
+        if len(keep) < len(routes):
             # the list was deleted after the 250: its inbound rows would have gone with it
             log.warning("intake journal: %s was accepted for a list deleted since; "
                         "not processed for that list", message_id)
@@ -256,15 +308,21 @@ class Drain:
             self.conn = None
 
 
-def waiting(app: App) -> int:
-    """Entries accepted by the intake and not yet copied into the database."""
+def waiting(app: App) -> int | None:
+    """Entries accepted by the intake and not yet copied into the database (None: the
+    journal cannot be read)."""
     path = path_for(app)
     if path is None or not path.exists():
         return 0
-    conn = _connect(path)
     try:
-        after = copied_up_to(copied_mark(app), token_of(conn))
-        return int(conn.execute("SELECT count(*) FROM entry WHERE id > ?",
-                                (after,)).fetchone()[0])
-    finally:
-        conn.close()
+        conn = sqlite3.connect(path, timeout=30)
+        try:
+            conn.execute("PRAGMA query_only=1")
+            after = copied_up_to(copied_mark(app), token_of(conn))
+            return int(conn.execute("SELECT count(*) FROM entry WHERE id > ?",
+                                    (after,)).fetchone()[0])
+        finally:
+            conn.close()
+    except (sqlite3.Error, TypeError) as exc:    # TypeError: no token row
+        log.warning("intake journal %s cannot be read: %s", path, exc)
+        return None

@@ -192,8 +192,10 @@ def test_an_unwritable_journal_gets_a_temporary_failure(journaled: Harness) -> N
 
 
 def test_a_journal_made_anew_is_copied_from_its_first_entry(journaled: Harness) -> None:
-    """The mark names its journal: entries of a new journal file (the old one removed, ids
-    from 1 again) are not taken for entries of the old one already copied."""
+    """The journal removed while both sides hold it open: the intake makes a new one at its
+    next message (it does not write into the removed file), the same worker's drain reads
+    the new one, and the mark, which names its journal, does not take the new entries (ids
+    from 1 again) for the old ones already copied."""
     app = journaled.app
     make_list(app, LIST)
     for n in range(3):
@@ -201,22 +203,69 @@ def test_a_journal_made_anew_is_copied_from_its_first_entry(journaled: Harness) 
     drain = _drain(app)
     try:
         assert drain() == 3
-    finally:
-        drain.close()
-    assert journaled.daemon.journal is not None
-    journaled.daemon.journal.close()
-    path = journal.path_for(app)
-    assert path is not None
-    for leftover in path.parent.glob(path.name + "*"):
-        leftover.unlink()
-    journaled.send(make_message("ann@a.example", LIST, "new 0"))
-    assert journal.waiting(app) == 1
-    drain = _drain(app)
-    try:
+        path = journal.path_for(app)
+        assert path is not None
+        for leftover in path.parent.glob(path.name + "*"):
+            leftover.unlink()
+        journaled.send(make_message("ann@a.example", LIST, "new 0"))
+        assert path.exists() and journal.waiting(app) == 1
         assert drain() == 1
     finally:
         drain.close()
     assert [r.subject for r in _rows(app)] == ["old 0", "old 1", "old 2", "new 0"]
+
+
+def test_the_intake_deletes_a_copied_backlog_a_few_entries_at_a_time(
+        journaled: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    app = journaled.app
+    make_list(app, LIST)
+    monkeypatch.setattr(journal, "DELETE_AT_MOST", 2)
+    for n in range(5):
+        journaled.send(make_message("ann@a.example", LIST, f"backlog {n}"))
+    drain = _drain(app)
+    try:
+        assert drain() == 5
+        assert journaled.daemon.journal is not None
+        left = []
+        for n in range(3):
+            journaled.daemon.journal.mark_read = float("-inf")
+            journaled.send(make_message("ann@a.example", LIST, f"after {n}"))
+            left.append(_entries(app))
+        # the 5 copied entries go 2, 2 and 1 at a time while one new entry comes each time
+        assert left == [4, 3, 3]
+        assert drain() == 3
+    finally:
+        drain.close()
+
+
+def test_a_failed_copy_is_retried_and_an_unreadable_journal_is_reported(
+        journaled: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    app = journaled.app
+    make_list(app, LIST)
+    journaled.send(make_message("ann@a.example", LIST, "retried"))
+    drain = _drain(app)
+    real = journal.copied_mark
+
+    def unavailable(app: App) -> str:
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(journal, "copied_mark", unavailable)
+    try:
+        with pytest.raises(sqlite3.OperationalError):
+            drain.batch()
+        monkeypatch.setattr(journal, "copied_mark", real)
+        assert drain() == 1
+    finally:
+        drain.close()
+    assert [r.subject for r in _rows(app)] == ["retried"]
+
+    path = journal.path_for(app)
+    assert path is not None and journaled.daemon.journal is not None
+    journaled.daemon.journal.close()
+    for leftover in path.parent.glob(path.name + "*"):
+        leftover.unlink()
+    path.write_bytes(b"not a journal" * 100)
+    assert journal.waiting(app) is None
 
 
 def test_a_drain_copies_large_messages_a_few_at_a_time(
