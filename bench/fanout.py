@@ -45,6 +45,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -53,6 +54,9 @@ LIST = "bench@bench.example"
 WARMUP = "warmup@bench.example"
 PROBE = "probe@bench.example"
 POSTER = "poster@sender.example"
+POLL = 0.02               # seconds between two looks at the sink's count or the queue
+SLOW_POLL = 0.5           # seconds between two reads of the queue before the sink has counted all
+READ_PAUSE = 0.005        # seconds between two reads of smtp-sink's counter once it counts
 
 
 def free_port() -> int:
@@ -101,18 +105,26 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def wait_delivered(cfg: Path, address: str, n: int, timeout: float,
-                   daemon: subprocess.Popen[bytes], tmp: Path) -> tuple[int, int]:
+                   daemon: subprocess.Popen[bytes], tmp: Path,
+                   sink_done: Callable[[], bool] | None = None) -> tuple[int, int]:
+    """(delivered, failed) once the queue has every recipient of the mail to ``address``
+    done or failed. ``sink_done``: whether the sink has counted every transaction the fan-out
+    needs; until it has, the queue is read only every SLOW_POLL seconds (a read costs about
+    a millisecond of CPU, taken from the daemon being measured)."""
     deadline = time.monotonic() + timeout
+    last = -SLOW_POLL
     while True:
-        done, failed, left = progress(cfg, address)
-        if done + failed >= n and left == 0:
-            return done, failed
+        if sink_done is None or sink_done() or time.monotonic() - last >= SLOW_POLL:
+            last = time.monotonic()
+            done, failed, left = progress(cfg, address)
+            if done + failed >= n and left == 0:
+                return done, failed
         if time.monotonic() > deadline:
             raise SystemExit(f"timeout: {done} done, {failed} failed, {left} unfinished")
         if daemon.poll() is not None:
             raise SystemExit(f"listserv serve exited with {daemon.returncode}; "
                              f"see {tmp / 'serve.log'}")
-        time.sleep(0.02)
+        time.sleep(POLL)
 
 
 def wait_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
@@ -184,6 +196,11 @@ class Sink:
                 i = last.rfind(b"mesg=")
                 if i >= 0:
                     self._seen(int(last[i + 5:].split()[0]))
+            if self.first is not None:
+                # smtp-sink prints its counter once per message: read it in batches (the
+                # time of the last delivery is then up to READ_PAUSE late, never early), so
+                # that this process does not take a core's tenth from the daemon it measures
+                time.sleep(READ_PAUSE)
 
     def _start_aiosmtpd(self) -> None:
         from aiosmtpd.controller import Controller
@@ -384,6 +401,14 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     return own / tck, kids / tck
 
 
+def machine_cpu() -> tuple[float, float]:
+    """(busy, idle) CPU seconds of the whole machine so far, all cores (/proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]                     # idle + iowait
+    tck = os.sysconf("SC_CLK_TCK")
+    return (sum(fields[:8]) - idle) / tck, idle / tck
+
+
 def vm_hwm_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -494,6 +519,9 @@ def run(args: argparse.Namespace) -> float:
             wait_delivered(cfg, WARMUP, 1, 60, worker or daemon, tmp)
             sink.reset()
         cpu0 = [cpu_seconds(pid) for pid in pids]
+        sink0 = cpu_seconds(sink.proc.pid)[0] if sink.proc is not None else 0.0
+        machine0 = machine_cpu()
+        self0 = time.process_time()
         load0 = os.getloadavg()[0]
         with smtplib.SMTP("127.0.0.1", intake_port) as smtp:
             t_posted = time.time()
@@ -508,11 +536,16 @@ def run(args: argparse.Namespace) -> float:
                 intake_port, args.intake_latency, args.latency_interval, running, answers))
             probe.start()
         try:
+            # one transaction per recipient with VERP, else at least one per 500
+            want = sink.base + (args.members if args.verp else -(-args.members // 500))
             done, failed = wait_delivered(cfg, LIST, args.members, args.timeout,
-                                          worker or daemon, tmp)
+                                          worker or daemon, tmp, lambda: sink.count >= want)
         finally:
             running.clear()
         t_recorded = time.time()
+        machine = [b - a for a, b in zip(machine0, machine_cpu())]
+        self_cpu = time.process_time() - self0
+        sink_cpu = (cpu_seconds(sink.proc.pid)[0] - sink0) if sink.proc is not None else None
         time.sleep(0.2)           # let the sink's counter catch up
         hwms = [vm_hwm_mb(pid) for pid in pids]
         hwm = sum(hwms)
@@ -536,6 +569,10 @@ def run(args: argparse.Namespace) -> float:
         print(f"CPU during the fan-out: daemon {cpu[0]:.2f} s, its signing workers "
               f"{cpu[1]:.2f} s; load average before: {load0:.2f}"
               + (f" (intake process {cpus[0][0]:.2f} s)" if worker else ""))
+        print(f"  the sink {'%.2f s' % sink_cpu if sink_cpu is not None else 'in-process'}, "
+              f"this benchmark {self_cpu:.2f} s; "
+              f"the whole machine from the post to the last result recorded: busy "
+              f"{machine[0]:.2f} s, idle {machine[1]:.2f} s ({os.cpu_count()} cores)")
         if probe is not None:
             probe.join(args.timeout)
             during = [a for a, busy in answers if busy]

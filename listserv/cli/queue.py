@@ -9,6 +9,7 @@ from listserv.cli.base import Obj, cli, handle_errors, pass_obj
 from listserv.cli.output import json_array, json_object
 from listserv import jobs
 from listserv.admin import retention
+from listserv.intake import journal
 from listserv.pipeline import failures
 from listserv.delivery.queues import failed_deliveries, queue_status
 
@@ -27,12 +28,14 @@ def queue_group() -> None:
 @pass_obj
 @handle_errors
 def status(obj: Obj, as_json: bool) -> None:
-    """Outbound queue depth (pending, retrying, in flight, failed, delivered), incoming, and
+    """Outbound queue depth (pending, retrying, in flight, failed, delivered), incoming
+    (journaled: accepted by a `serve --role intake` on SQLite, not yet read by a worker), and
     background jobs by state (ready: waiting or due; running; dead: see `queue failed`)."""
     app = obj.ready_app()
     with app.db.unit_of_work() as session:
         st = queue_status(session, app.now())
         st["jobs"] = jobs.counts(session, app.now())
+    st["incoming"]["journaled"] = journal.waiting(app)
     if as_json:
         json_object(st)
         return
@@ -45,7 +48,7 @@ def status(obj: Obj, as_json: bool) -> None:
         click.echo(f"  next retry at    {out['next_retry_at']}")
     inc = st["incoming"]
     click.echo("incoming queue:")
-    for key in ("new", "processing", "failed"):
+    for key in ("journaled", "new", "processing", "failed"):
         click.echo(f"  {key:<16} {inc[key]:>9} messages")
     js = st["jobs"]
     click.echo("jobs:")

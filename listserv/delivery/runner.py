@@ -542,6 +542,7 @@ class _Progress:
         self.task: asyncio.Task[None] | None = None
         self.commits = 0
         self.threaded = 0             # of them written from a thread
+        self.loop: asyncio.AbstractEventLoop | None = None    # (get_running_loop: a getpid)
 
     def track(self, batch: Batch, listed: list[str], done: Ranges) -> None:
         """A claimed batch: ``listed`` its row's recipients, ``done`` the positions sent."""
@@ -556,7 +557,9 @@ class _Progress:
         if batch.lost or len(batch.ok) <= batch.saved or batch.id not in self.rows:
             return                      # nothing delivered to record (failures are retried)
         self.dirty[batch.id] = batch
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.loop is None:
+            self.loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = self.loop.create_future()
         self.waiters.append(waiter)
         if self.task is None or self.task.done():
             self.task = asyncio.create_task(self._commits())

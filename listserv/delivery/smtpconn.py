@@ -41,11 +41,14 @@ class Wire(asyncio.Protocol):
         self.extensions: set[str] = set()
         self.deadline = 0.0                # of the read waiting now (loop time)
         self.timer: asyncio.TimerHandle | None = None
+        # the loop it runs on (asyncio.get_running_loop() costs a getpid(2) per call)
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.WriteTransport, transport)   # (any loop's TCP transport)
+        self.loop = asyncio.get_running_loop()
 
     def data_received(self, data: bytes) -> None:
         buf = self.buf
@@ -133,7 +136,7 @@ class Wire(asyncio.Protocol):
         if len(self.replies) < n:
             if self.error is not None:
                 raise self.error
-            loop = asyncio.get_running_loop()
+            loop = self.loop or asyncio.get_running_loop()
             self.want = n
             self.waiter = waiter = loop.create_future()
             self.deadline = loop.time() + timeout

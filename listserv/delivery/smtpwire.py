@@ -30,7 +30,7 @@ import asyncio
 import logging
 import re
 import time
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from listserv.delivery.smtpconn import Reply, Wire, WireClosed, open_wire
 
@@ -86,7 +86,13 @@ def envelope(extensions: set[str], sender: str, rcpts: list[str], eight_bit: boo
 
 
 def group(wire: Wire, batch: "Batch", sender: str, rcpt: str) -> bytes:
-    """The commands of a one-recipient transaction up to DATA (ValueError: see envelope)."""
+    """The commands of a one-recipient transaction up to DATA (ValueError: see envelope);
+    envelope()'s result, built directly for the usual ASCII addresses (once per copy)."""
+    if sender.isascii() and rcpt.isascii() and not (_CONTROL.search(sender)
+                                                    or _CONTROL.search(rcpt)):
+        opts = " BODY=8BITMIME" if batch.message.eight_bit and "8BITMIME" in wire.extensions \
+            else ""
+        return f"MAIL FROM:<{sender}>{opts}\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n".encode("ascii")
     return envelope(wire.extensions, sender, [rcpt], batch.message.eight_bit, data=True)
 
 
@@ -162,44 +168,62 @@ async def _reset(wire: Wire) -> Wire | None:
         return None
 
 
+async def _open(t: "SmtpTransport", wire: Wire | None, tx: "_Tx", sent: bool, n: int,
+                commands: Callable[[Wire], bytes]) -> tuple[Wire | None, list[Reply] | None]:
+    """The start of transaction ``tx`` of transport ``t``, shared by batched() and
+    transact(): on ``wire`` (connecting when it is None or closed), ``commands(wire)``
+    written, unless ``sent`` (written already, behind the previous copy), and their ``n``
+    replies read; a kept connection that the server had dropped is replaced by a fresh one,
+    once. Returns (the connection to keep, the replies); the replies are None when the
+    transaction ended here, its outcome recorded on the batch. NoPipelining: see
+    connect()."""
+    batch, rcpts = tx.batch, tx.rcpts
+    if not sent and unavailable(t, batch, rcpts):
+        return wire, None
+    for attempt in (1, 2):
+        reused = sent or (wire is not None and wire.is_open)
+        try:
+            if not sent:
+                wire = await connect(t, wire, batch, rcpts)
+                if wire is None:
+                    return None, None
+                if batch.making:
+                    await batch.own_ready(rcpts)
+                try:
+                    data = commands(wire)
+                except ValueError as exc:
+                    batch.outcome(rcpts, 550, f"cannot send: {exc}", whole=True)
+                    return wire, None
+                wire.write(data)
+            assert wire is not None
+            return wire, await wire.read(n, COMMAND_TIMEOUT)
+        except WireClosed as exc:
+            if wire is not None:
+                wire.close()
+            wire, sent = None, False
+            if attempt == 1 and reused:
+                continue      # a kept connection the server had dropped: try a fresh one
+            batch.outcome(rcpts, None, f"connection lost: {exc}", whole=True)
+            return None, None
+        except OSError as exc:          # asyncio.TimeoutError is one
+            if wire is not None:
+                wire.close()
+            batch.outcome(rcpts, None, f"timeout or network error: {exc}", whole=True)
+            return None, None
+    raise AssertionError("not reached: the second attempt returns")    # pragma: no cover
+
+
 async def batched(t: "SmtpTransport", wire: Wire | None, tx: "_Tx") -> Wire | None:
     """Run transaction ``tx`` (any number of recipients) of transport ``t`` on ``wire``
     (connecting when it is None or closed): MAIL FROM and every RCPT TO in one write, then
     DATA and the message when a recipient was accepted. Records each recipient's outcome
     on the batch; returns the connection to keep. NoPipelining: see connect()."""
     batch, rcpts = tx.batch, tx.rcpts
-    if unavailable(t, batch, rcpts):
+    wire, replies = await _open(t, wire, tx, False, 1 + len(rcpts), lambda w: envelope(
+        w.extensions, tx.sender, rcpts, batch.message.eight_bit, batch.message.size))
+    if replies is None:
         return wire
-    for attempt in (1, 2):
-        reused = wire is not None and wire.is_open
-        wire = await connect(t, wire, batch, rcpts)
-        if wire is None:
-            return None
-        if batch.making:
-            await batch.own_ready(rcpts)
-        try:
-            commands = envelope(wire.extensions, tx.sender, rcpts, batch.message.eight_bit,
-                                batch.message.size)
-        except ValueError as exc:
-            batch.outcome(rcpts, 550, f"cannot send: {exc}", whole=True)
-            return wire
-        try:
-            wire.write(commands)
-            replies = await wire.read(1 + len(rcpts), COMMAND_TIMEOUT)
-            break
-        except WireClosed as exc:
-            wire.close()
-            wire = None
-            if attempt == 1 and reused:
-                continue      # a kept connection the server had dropped: try a fresh one
-            batch.outcome(rcpts, None, f"connection lost: {exc}", whole=True)
-            return None
-        except OSError as exc:          # asyncio.TimeoutError is one
-            wire.close()
-            batch.outcome(rcpts, None, f"timeout or network error: {exc}", whole=True)
-            return None
-    else:                                # pragma: no cover - the loop breaks or returns
-        return None
+    assert wire is not None
     mail = replies[0]
     if not 200 <= mail.code < 300:
         batch.outcome(rcpts, mail.code, mail.text, whole=True)
@@ -241,41 +265,12 @@ async def transact(t: "SmtpTransport", wire: Wire | None, tx: "_Tx", sent: bool)
     transaction when one was taken from the queue, whether its envelope commands were
     written). NoPipelining: see connect()."""
     batch, rcpts = tx.batch, tx.rcpts
-    if not sent and unavailable(t, batch, rcpts):
+    wire, replies = await _open(t, wire, tx, sent, 3,
+                                lambda w: group(w, batch, tx.sender, rcpts[0]))
+    if replies is None:
         return wire, None, False
-    for attempt in (1, 2):
-        reused = sent or (wire is not None and wire.is_open)
-        try:
-            if not sent:
-                wire = await connect(t, wire, batch, rcpts)
-                if wire is None:
-                    return None, None, False
-                if batch.making:
-                    await batch.own_ready(rcpts)
-                try:
-                    commands = group(wire, batch, tx.sender, rcpts[0])
-                except ValueError as exc:
-                    batch.outcome(rcpts, 550, f"cannot send: {exc}", whole=True)
-                    return wire, None, False
-                wire.write(commands)
-            assert wire is not None
-            mail, rcpt, data = await wire.read(3, COMMAND_TIMEOUT)
-            break
-        except WireClosed as exc:
-            if wire is not None:
-                wire.close()
-            wire, sent = None, False
-            if attempt == 1 and reused:
-                continue      # a kept connection the server had dropped: try a fresh one
-            batch.outcome(rcpts, None, f"connection lost: {exc}", whole=True)
-            return None, None, False
-        except OSError as exc:          # asyncio.TimeoutError is one
-            if wire is not None:
-                wire.close()
-            batch.outcome(rcpts, None, f"timeout or network error: {exc}", whole=True)
-            return None, None, False
-    else:                                # pragma: no cover - the loop breaks or returns
-        return None, None, False
+    assert wire is not None
+    mail, rcpt, data = replies
     if data.code != 354:
         settle(batch, rcpts, mail, rcpt, data, None)
         if 200 <= mail.code < 300:       # the server still holds the envelope: reset it

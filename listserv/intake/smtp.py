@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import datetime as dt
 import email.utils
 import functools
 import logging
@@ -28,6 +29,7 @@ from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from listserv import __version__
 from listserv.core import addresses, lists
@@ -187,33 +189,52 @@ def spool(app: App, mail_from: str, raw: bytes, *, require_from: bool) -> Spoole
     return Spooled(mail_from, info, spool_mod.sha_of(info.raw))
 
 
+Route = tuple[int, str, str | None, str]   # list id, subaddress, extra, rcpt
+
+
+def distinct_routes(resolved: list[Resolved]) -> list[Route]:
+    """One (list id, subaddress, extra, rcpt) per distinct list address of ``resolved``."""
+    seen: set[tuple[int, str, str | None]] = set()
+    routes: list[Route] = []
+    for r in resolved:
+        key = (r.list_id, r.route.subaddress, r.route.extra)
+        if key not in seen:
+            seen.add(key)
+            routes.append((*key, r.rcpt))
+    return routes
+
+
+def add_rows(session: Session, app: App, *, raw: bytes, sha: str, mail_from: str,
+             message_id: str, from_addr: str, subject: str, received_at: dt.datetime,
+             routes: list[Route]) -> None:
+    """In the caller's transaction: the message's bytes and, per route, its InboundMessage
+    and the job that will process it (listserv.pipeline.inbound)."""
+    app.spool.put(raw, session=session)
+    for list_id, subaddress, extra, rcpt in routes:
+        row = InboundMessage(
+            list_id=list_id, subaddress=subaddress,
+            extra=_clip(extra, 400) if extra else None,
+            rcpt=_clip(rcpt, 400), mail_from=_clip(mail_from, 400),
+            message_id=message_id, from_addr=from_addr, subject=subject, size=len(raw),
+            spool_sha=sha, received_at=received_at, state=InboundState.new, attempts=0)
+        session.add(row)
+        session.flush()
+        inbound.enqueue(session, app, row.id, list_id, subaddress)
+
+
 def record(app: App, spooled: Spooled, resolved: list[Resolved]) -> None:
     """Commit the message's bytes and one InboundMessage per distinct list address of
-    ``resolved``, each with the job that will process it (listserv.pipeline.inbound), in one
-    transaction. Blocking."""
+    ``resolved``, each with the job that will process it, in one transaction. Blocking.
+    (An intake with a journal records with listserv.intake.journal.Journal.append instead.)"""
     spooled.check_from(resolved)
     info, mail_from = spooled.info, spooled.mail_from
-    now = app.now()
-    seen: set[tuple[int, str, str | None]] = set()
     try:
         # urgent: the client waits for our answer; other writers of the process wait for us
         with writegate.urgent(), app.db.unit_of_work() as session:
-            app.spool.put(info.raw, session=session)
-            for r in resolved:
-                key = (r.list_id, r.route.subaddress, r.route.extra)
-                if key in seen:
-                    continue
-                seen.add(key)
-                row = InboundMessage(
-                    list_id=r.list_id, subaddress=r.route.subaddress,
-                    extra=_clip(r.route.extra, 400) if r.route.extra else None,
-                    rcpt=_clip(r.rcpt, 400), mail_from=_clip(mail_from, 400),
-                    message_id=info.message_id, from_addr=info.from_addr,
-                    subject=info.subject, size=len(info.raw), spool_sha=spooled.sha,
-                    received_at=now, state=InboundState.new, attempts=0)
-                session.add(row)
-                session.flush()
-                inbound.enqueue(session, app, row.id, r.list_id, r.route.subaddress)
+            add_rows(session, app, raw=info.raw, sha=spooled.sha, mail_from=mail_from,
+                     message_id=info.message_id, from_addr=info.from_addr,
+                     subject=info.subject, received_at=app.now(),
+                     routes=distinct_routes(resolved))
     except SQLAlchemyError as exc:
         log.warning("intake: cannot record message %s: %s", info.message_id, exc)
         raise TemporaryFailure("cannot record the message now, try again later") from None
@@ -221,10 +242,14 @@ def record(app: App, spooled: Spooled, resolved: list[Resolved]) -> None:
              ", ".join(r.rcpt for r in resolved))
 
 
-def store(app: App, mail_from: str, resolved: list[Resolved], raw: bytes) -> None:
+Recorder = Callable[[App, Spooled, list[Resolved]], None]
+
+
+def store(app: App, mail_from: str, resolved: list[Resolved], raw: bytes,
+          recorder: Recorder = record) -> None:
     """Inspect ``raw`` and commit it with one InboundMessage per distinct list address."""
     need_from = any(r.route.subaddress != addresses.BOUNCES for r in resolved)
-    record(app, spool(app, mail_from, raw, require_from=need_from), resolved)
+    recorder(app, spool(app, mail_from, raw, require_from=need_from), resolved)
 
 
 def list_exists(app: App, list_id: int) -> bool:
@@ -233,15 +258,18 @@ def list_exists(app: App, list_id: int) -> bool:
 
 
 class IntakeHandler:
-    """The aiosmtpd handler. ``on_commit`` is called (from a worker thread) after mail is stored.
+    """The aiosmtpd handler. ``on_commit`` is called (from a worker thread) after mail is stored
+    by ``recorder`` (``record``: in the database; or listserv.intake.journal).
 
     Its blocking steps run in its own threads (``executor``, else INTAKE_THREADS made here),
     not the event loop's default executor: work elsewhere in the process (delivery, jobs)
     never queues ahead of an SMTP answer."""
 
     def __init__(self, app: App, on_commit: Callable[[], None] | None = None,
-                 executor: concurrent.futures.ThreadPoolExecutor | None = None) -> None:
+                 executor: concurrent.futures.ThreadPoolExecutor | None = None,
+                 recorder: Recorder = record) -> None:
         self.app = app
+        self.recorder = recorder
         self.executor = executor or concurrent.futures.ThreadPoolExecutor(
             INTAKE_THREADS, thread_name_prefix="listserv-intake")
         self.router = Router(app)
@@ -292,7 +320,7 @@ class IntakeHandler:
 
     async def _store(self, mail_from: str, routes: list[Resolved], raw: bytes) -> str:
         try:
-            await self._run(store, self.app, mail_from, routes, raw)
+            await self._run(store, self.app, mail_from, routes, raw, self.recorder)
         except ListservError as exc:
             return exc.smtp_reply()
         self._committed()
@@ -326,7 +354,7 @@ class IntakeHandler:
             if not await self._run(list_exists, self.app, route.list_id):
                 self.router.forget()
                 return UnknownRecipient(f"no such list address <{route.rcpt}>").smtp_reply()
-            await self._run(record, self.app, spooled, [route])
+            await self._run(self.recorder, self.app, spooled, [route])
         except ListservError as exc:
             return exc.smtp_reply()
         except SQLAlchemyError:

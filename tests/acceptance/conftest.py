@@ -84,6 +84,7 @@ class Site:
                  lease_seconds: float | None = None) -> None:
         self.root = root
         self.sink = sink
+        self.sqlite = database_url.startswith("sqlite")
         self.port = free_port()
         self.config = root / "listserv.toml"
         self.config.write_text(

@@ -50,7 +50,8 @@ def test_intake_and_worker_processes_work_as_one(tmp_path: Path, sink: SmtpSink)
 def test_the_intake_accepts_while_no_worker_runs_and_a_new_worker_delivers(
         tmp_path: Path, sink: SmtpSink) -> None:
     """Mail accepted while the worker is down (here: killed with SIGKILL, its wake-up socket
-    left behind) waits in the database; the next worker delivers each copy once."""
+    left behind) waits (on SQLite in the intake's journal, on PostgreSQL in the database);
+    the next worker delivers each copy once."""
     members = [f"w{i}@split.example" for i in range(4)]
     for site in make_site(tmp_path, sink):
         worker = _split(site, members)
@@ -63,8 +64,8 @@ def test_the_intake_accepts_while_no_worker_runs_and_a_new_worker_delivers(
 
         for n in range(3):
             site.send(LIST, message("ann@outside.example", LIST, f"while down {n}"))
-        q = site.json("queue", "status")
-        assert q["incoming"]["new"] == 3
+        q = site.json("queue", "status")["incoming"]
+        assert (q["journaled"], q["new"]) == ((3, 0) if site.sqlite else (0, 3))
         assert not [m for m in list(sink.messages) if set(members) & set(m.rcpt_tos)]
 
         worker = site.start_serve("--role", "worker")
@@ -72,6 +73,7 @@ def test_the_intake_accepts_while_no_worker_runs_and_a_new_worker_delivers(
             sink.wait_for(lambda ms: sum(
                 1 for m in ms for r in m.rcpt_tos if r in members) >= 3 * len(members), 60)
             site.quiet()
+            assert site.json("queue", "status")["incoming"]["journaled"] == 0
         finally:
             assert _stop(worker) == 0
         assert site.stop() == 0
@@ -79,3 +81,43 @@ def test_the_intake_accepts_while_no_worker_runs_and_a_new_worker_delivers(
                                      for m in list(sink.messages)
                                      for r in m.rcpt_tos if r in members)
         assert len(copies) == 3 * len(members) and set(copies.values()) == {1}, copies
+
+
+def test_mail_answered_by_an_intake_killed_right_after_is_delivered(
+        tmp_path: Path, sink: SmtpSink) -> None:
+    """The intake is killed with SIGKILL right after its 250s: what it answered is on disk
+    (on SQLite in its journal), and the worker delivers each copy once."""
+    members = [f"k{i}@split.example" for i in range(3)]
+    for site in make_site(tmp_path, sink):
+        worker = _split(site, members)
+        try:
+            for n in range(4):
+                site.send(LIST, message("ann@outside.example", LIST, f"then killed {n}"))
+            site.kill9()
+            sink.wait_for(lambda ms: sum(
+                1 for m in ms for r in m.rcpt_tos if r in members) >= 4 * len(members), 60)
+            site.quiet()
+            assert site.json("queue", "status")["incoming"]["journaled"] == 0
+        finally:
+            assert _stop(worker) == 0
+        copies = collections.Counter((r, str(m.message["Subject"]))
+                                     for m in list(sink.messages)
+                                     for r in m.rcpt_tos if r in members)
+        assert len(copies) == 4 * len(members) and set(copies.values()) == {1}, copies
+
+
+def test_one_process_copies_what_an_earlier_intake_journaled(
+        tmp_path: Path, sink: SmtpSink) -> None:
+    """A site goes back from `--role intake` + `--role worker` to one `serve`: mail the
+    intake journaled while no worker ran is delivered by the one process."""
+    members = ["back@split.example"]
+    for site in make_site(tmp_path, sink):
+        _stop(_split(site, members))
+        site.send(LIST, message("ann@outside.example", LIST, "journaled, then one process"))
+        assert site.stop() == 0
+        site.serve()
+        site.mail_to(members[0])
+        site.quiet()
+        assert site.json("queue", "status")["incoming"]["journaled"] == 0
+        assert site.stop() == 0
+        assert site.count_to(members[0]) == 1

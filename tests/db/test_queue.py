@@ -90,7 +90,7 @@ def test_queue_status_cli(app: App, clock: Any, cli_env: dict[str, str]) -> None
     assert out["in_flight"] == {"batches": 1, "recipients": 2}
     assert out["failed"] == {"batches": 1, "recipients": 2}
     assert out["done_24h"] == {"batches": 0, "recipients": 0}
-    assert st["incoming"] == {"new": 1, "processing": 0, "failed": 0}
+    assert st["incoming"] == {"journaled": 0, "new": 1, "processing": 0, "failed": 0}
     res = runner.invoke(cli, ["queue", "status"], env=cli_env)
     assert res.exit_code == 0
     assert "retrying (4xx)" in res.output and "in flight" in res.output

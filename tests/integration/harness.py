@@ -89,9 +89,13 @@ def make_list(app: App, address: str, *, members: list[str] | None = None,
 
 class Harness:
     def __init__(self, app: App, sink: SmtpSink, *, protocol: str = "smtp",
-                 background: bool = True, **overrides: Any) -> None:
+                 background: bool = True, journal: bool = False,
+                 daemon: dict[str, Any] | None = None, **overrides: Any) -> None:
         """``background=False``: only the intake (and delivery) run by themselves; inbound
-        messages stay 'new' until run_until_idle(). ``overrides``: config.replace() keys,
+        messages stay 'new' until run_until_idle(). ``journal``: the intake writes to its
+        journal (listserv.intake.journal). ``daemon``: more Daemon arguments (e.g. the
+        roles' ``intake_enabled``, ``wake_workers``, ``wake_listen``). ``overrides``:
+        config.replace() keys,
         e.g. ``intake__max_message_size=2000``."""
         settings = config.replace(app.settings, delivery__outbound=sink.url,
                                   intake__protocol=protocol, **overrides)
@@ -101,8 +105,9 @@ class Harness:
         self.protocol = protocol
         self.host = "127.0.0.1"
         self.real_delivery = delivery_runner() is not None
-        self.daemon = Daemon(self.app, host=self.host, port=0, scheduler=False,
-                             incoming_worker=background, delivery=self.real_delivery)
+        self.daemon = Daemon(self.app, **{
+            "host": self.host, "port": 0, "scheduler": False, "incoming_worker": background,
+            "delivery": self.real_delivery, "journal": journal, **(daemon or {})})
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._run, name="listserv-harness", daemon=True)

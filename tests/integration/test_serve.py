@@ -6,6 +6,7 @@ import os
 import signal
 import smtplib
 import socket
+import gc
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from sqlalchemy import func, insert, select
 
 from listserv.core import lists
 from listserv.core.app import App
+from listserv import daemon as daemon_mod
 from listserv.daemon import delivery_runner
 from listserv.core.models import (
     Address,
@@ -26,7 +28,7 @@ from listserv.core.models import (
     OutboundMessage,
     Role,
 )
-from tests.integration.harness import make_list, make_message
+from tests.integration.harness import Harness, make_list, make_message
 from tests.sink import SmtpSink
 from tests.waiting import wait_until
 
@@ -171,3 +173,25 @@ def test_kill_9_loses_nothing_accepted(app: App, cli_env: dict[str, str],
         ml = lists.get_list(s, LIST)
         assert posts == sent and ml.post_id == sent          # each exactly once
     assert left > 0, "the kill came too late to test anything"
+
+
+def test_the_daemon_calls_on_ready_once_listening_and_freeze_heap_freezes(
+        app: App, sink: SmtpSink) -> None:
+    """`serve` hides the objects alive at startup from the cycle collector (freeze_heap, as
+    the daemon's on_ready): a full collection then walks only what came after."""
+    h = Harness(app, sink, background=False)
+    seen: list[tuple[int | None, int]] = []
+
+    def on_ready() -> None:
+        before = gc.get_freeze_count()
+        daemon_mod.freeze_heap()
+        seen.append((h.daemon.bound_port, gc.get_freeze_count() - before))
+
+    h.daemon.on_ready = on_ready
+    h.start()
+    try:
+        [(port, frozen)] = seen
+        assert port == h.port and frozen > 10_000
+    finally:
+        h.stop()
+        gc.unfreeze()

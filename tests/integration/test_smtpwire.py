@@ -213,3 +213,30 @@ def test_envelope_refuses_injection() -> None:
     assert smtpwire.envelope({"SIZE"}, "a@x.example", ["b@y.example", "c@y.example"], True,
                              size=10) == (b"MAIL FROM:<a@x.example> SIZE=10\r\n"
                                           b"RCPT TO:<b@y.example>\r\nRCPT TO:<c@y.example>\r\n")
+
+
+@pytest.mark.parametrize("extensions", [set(), {"8BITMIME"}, {"8BITMIME", "SMTPUTF8"}])
+@pytest.mark.parametrize("eight_bit", [False, True])
+@pytest.mark.parametrize("sender,rcpt", [
+    ("dev-bounces+b=y.example@x.example", "b@y.example"),
+    ("dev-bounces+j=y.example@x.example", "jörg@y.example"),
+    ("a@x.example", "b@y.example>\r\nRCPT TO:<c@z.example"),
+    ("a@x.example\x00", "b@y.example"),
+])
+def test_a_copys_commands_are_the_envelopes(extensions: set[str], eight_bit: bool, sender: str,
+                                            rcpt: str) -> None:
+    # group() builds a VERP'd copy's commands itself for ASCII addresses: the same bytes,
+    # and the same refusals, as envelope()
+    wire = smtpconn.Wire()
+    wire.extensions = extensions
+    batch = Batch(1, Message(1, 1, BOUNCES, True, MSG, eight_bit), [rcpt], 0, None)
+    try:
+        expected: bytes | type[ValueError] = smtpwire.envelope(extensions, sender, [rcpt],
+                                                               eight_bit, data=True)
+    except ValueError:
+        expected = ValueError
+    if expected is ValueError:
+        with pytest.raises(ValueError):
+            smtpwire.group(wire, batch, sender, rcpt)
+    else:
+        assert smtpwire.group(wire, batch, sender, rcpt) == expected
