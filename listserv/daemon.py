@@ -501,9 +501,4 @@ def serve(app: App, role: str = "all") -> None:
         daemon.on_ready = freeze_heap
         await daemon.run(stop)
 
-    # What is loaded by now (modules, settings, the engine) lives as long as the process:
-    # keep it out of the cycle collector's full passes, which otherwise walk all of it
-    # (measured: one or two passes per 10k-member VERP fan-out, each 0.07-0.1 s of CPU
-    # with every thread of the daemon stopped).
-    gc.freeze()
     asyncio.run(main())
