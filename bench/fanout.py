@@ -9,7 +9,12 @@ in-process aiosmtpd sink is the fallback, and says so), initialises a temporary 
 the list (DKIM key via `listserv domain dkim-keygen`, members by direct SQL inserts), starts
 `python -m listserv serve`, posts one message with smtplib and prints: seconds from the post's
 250 to the last recipient delivered, deliveries per second, SMTP transactions, the latency to
-the first delivery, and the daemon's peak RSS (VmHWM).
+the first delivery, the daemon's peak RSS (VmHWM), and the CPU seconds spent during the
+fan-out by the daemon, its signing workers, the sink and this script, with the whole
+machine's busy and idle CPU seconds: on two shared cores the wall-clock figures move with
+whatever else runs, the CPU per copy much less. This script reads the queue's progress only
+every half second until the sink has counted every transaction, so that it takes little CPU
+from the daemon it measures.
 
 VERP'd posts give each member a copy with their own one-click unsubscribe headers and DKIM
 signature. ``--no-per-member`` runs the same daemon with that switched off (the post is then

@@ -52,6 +52,9 @@ def make_engine(url: str, **kw: Any) -> Engine:
         url = "postgresql+psycopg://" + url[len("postgresql://"):]
     kw.setdefault("pool_size", 10)
     kw.setdefault("max_overflow", 10)
+    # the connection returned last is used next: the few in use stay warm (unpinged, below),
+    # the others idle
+    kw.setdefault("pool_use_lifo", True)
     engine = create_engine(url, **kw)
     if not kw.get("pool_pre_ping"):
         _ping_when_idle(engine)
