@@ -431,11 +431,7 @@ class Daemon:
                 failing = str(exc)
             if woken and not copied:
                 self._wake_incoming()
-            if not wake.is_set():
-                try:
-                    await asyncio.wait_for(wake.wait(), self.poll)
-                except asyncio.TimeoutError:
-                    pass
+            await jobs.runner.wait_at_most(wake, self.poll)
 
     async def _start_web(self, web_stop: asyncio.Event) -> asyncio.Task[Any]:
         """Start the web server; return once it listens (a busy port raises here)."""

@@ -14,7 +14,8 @@ address, their incoming jobs). The journal's token and the id of the last entry 
 SiteSetting row (MARK, ``token:id``) written in the same transaction as the copies, by
 compare-and-set, so a crash or a second worker never copies an entry twice; a journal made
 anew (another token) starts from its first entry. The intake deletes the entries up to the
-mark at its next write, so the journal stays small and has one writer.
+mark as it journals the next messages (DELETE_AT_MOST per message), so the journal stays
+small and has one writer.
 
 Entries wait in the journal while no worker runs; `listserv queue status` counts them.
 """
@@ -230,13 +231,6 @@ class Drain:
             conn.execute("PRAGMA query_only=1")
             self.identity, self.token, self.conn = identity, token_of(conn), conn
         return self.conn
-
-    def __call__(self) -> int:
-        """Copy every entry not yet copied, a batch per transaction; the number copied."""
-        total = 0
-        while copied := self.batch():
-            total += copied
-        return total
 
     def batch(self) -> int:
         """Copy the next entries (at most BATCH, about BATCH_BYTES) in one transaction;

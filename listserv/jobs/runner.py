@@ -176,7 +176,8 @@ def run_jobs_until_idle(app: App, kinds: Registry, *, limit: int = 1000) -> int:
 # ---------------------------------------------------------------------------- daemon loop
 
 
-async def _wait(event: asyncio.Event, timeout: float) -> None:
+async def wait_at_most(event: asyncio.Event, timeout: float) -> None:
+    """Until ``event`` is set (at once if it is), or ``timeout`` seconds."""
     try:
         await asyncio.wait_for(event.wait(), timeout)
     except asyncio.TimeoutError:
@@ -236,10 +237,10 @@ async def work(app: App, stop: asyncio.Event, wake: asyncio.Event, *, kinds: Reg
                     engine.claim, app, owner, kinds=names, lease=lease))
             except Exception:
                 log.exception("claiming a job failed")
-                await _wait(stop, 1.0)
+                await wait_at_most(stop, 1.0)
                 continue
             if job is None:
-                await _wait(wake, poll)
+                await wait_at_most(wake, poll)
                 continue
             free.remove(wake)
             # more jobs were due, or a wake-up came during the claim: the next free loop
@@ -277,4 +278,4 @@ async def _run(app: App, job: Claimed, kinds: Registry, executor: concurrent.fut
     except Exception:
         log.exception("job %d (%s): recording its outcome failed (retried when the "
                       "lease expires)", job.id, job.kind)
-        await _wait(stop, 1.0)
+        await wait_at_most(stop, 1.0)

@@ -30,6 +30,18 @@ def _split(site: Site, members: list[str]) -> subprocess.Popen[bytes]:
     return site.start_serve("--role", "worker")
 
 
+def _wait_copies(sink: SmtpSink, members: list[str], posts: int) -> None:
+    sink.wait_for(lambda ms: sum(1 for m in ms for r in m.rcpt_tos if r in members)
+                  >= posts * len(members), 60)
+
+
+def _assert_each_once(sink: SmtpSink, members: list[str], posts: int) -> None:
+    """Each of ``members`` got one copy of each of ``posts`` posts (told by Subject)."""
+    copies = collections.Counter((r, str(m.message["Subject"])) for m in list(sink.messages)
+                                 for r in m.rcpt_tos if r in members)
+    assert len(copies) == posts * len(members) and set(copies.values()) == {1}, copies
+
+
 def test_intake_and_worker_processes_work_as_one(tmp_path: Path, sink: SmtpSink) -> None:
     members = [f"m{i}@split.example" for i in range(5)]
     for site in make_site(tmp_path, sink):
@@ -70,17 +82,13 @@ def test_the_intake_accepts_while_no_worker_runs_and_a_new_worker_delivers(
 
         worker = site.start_serve("--role", "worker")
         try:
-            sink.wait_for(lambda ms: sum(
-                1 for m in ms for r in m.rcpt_tos if r in members) >= 3 * len(members), 60)
+            _wait_copies(sink, members, 3)
             site.quiet()
             assert site.json("queue", "status")["incoming"]["journaled"] == 0
         finally:
             assert _stop(worker) == 0
         assert site.stop() == 0
-        copies = collections.Counter((r, str(m.message["Subject"]))
-                                     for m in list(sink.messages)
-                                     for r in m.rcpt_tos if r in members)
-        assert len(copies) == 3 * len(members) and set(copies.values()) == {1}, copies
+        _assert_each_once(sink, members, 3)
 
 
 def test_mail_answered_by_an_intake_killed_right_after_is_delivered(
@@ -94,16 +102,12 @@ def test_mail_answered_by_an_intake_killed_right_after_is_delivered(
             for n in range(4):
                 site.send(LIST, message("ann@outside.example", LIST, f"then killed {n}"))
             site.kill9()
-            sink.wait_for(lambda ms: sum(
-                1 for m in ms for r in m.rcpt_tos if r in members) >= 4 * len(members), 60)
+            _wait_copies(sink, members, 4)
             site.quiet()
             assert site.json("queue", "status")["incoming"]["journaled"] == 0
         finally:
             assert _stop(worker) == 0
-        copies = collections.Counter((r, str(m.message["Subject"]))
-                                     for m in list(sink.messages)
-                                     for r in m.rcpt_tos if r in members)
-        assert len(copies) == 4 * len(members) and set(copies.values()) == {1}, copies
+        _assert_each_once(sink, members, 4)
 
 
 def test_one_process_copies_what_an_earlier_intake_journaled(
