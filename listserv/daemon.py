@@ -40,7 +40,7 @@ from listserv.core.app import App
 from listserv.core.errors import ListservError
 from listserv.intake import journal as intake_journal
 from listserv.intake import smtp as intake
-from listserv.pipeline import inbound
+from listserv.pipeline import hold_notices, inbound
 
 log = logging.getLogger(__name__)
 
@@ -220,12 +220,13 @@ class Daemon:
         self.jobs_wakes: list[asyncio.Event] = []   # one per job loop
         self.general = jobs.Idle()      # the loops that run every kind
         self.incoming = jobs.Idle()     # the loops that run only incoming mail
-        # Without the scheduler (tests), only incoming mail, the posts' fan-outs and the
-        # lists' archive jobs (enqueued with the posts) run; the periodic passes are left to
-        # the test.
+        # Without the scheduler (tests), only incoming mail, held posts' notices, the posts'
+        # fan-outs and the lists' archive jobs (enqueued with them) run; the periodic passes
+        # are left to the test.
         kinds: jobs.Registry = (
             workers.REGISTRY if scheduler else
-            {k: workers.REGISTRY[k] for k in (inbound.KIND, workers.FANOUT, workers.ARCHIVE_LIST)}
+            {k: workers.REGISTRY[k] for k in (inbound.KIND, hold_notices.KIND, workers.FANOUT,
+                                               workers.ARCHIVE_LIST)}
             if incoming_worker else {})
         self.job_kinds = {name: dataclasses.replace(k, handler=self._waking(k.handler))
                           for name, k in kinds.items()}

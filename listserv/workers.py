@@ -23,7 +23,7 @@ from listserv.delivery import fanout
 from listserv.core.app import App
 from listserv.jobs import runner
 from listserv.jobs.runner import Kind
-from listserv.pipeline import inbound, incoming, moderation
+from listserv.pipeline import hold_notices, inbound, incoming, moderation
 
 TICK = dt.timedelta(seconds=30)
 ARCHIVE = "archive"
@@ -72,6 +72,7 @@ KINDS: tuple[Kind, ...] = (
     Kind(inbound.KIND, incoming.handle_job, max_attempts=inbound.JOB_ATTEMPTS,
          retry_base=INCOMING_RETRY),
     Kind(fanout.KIND, fanout_job),
+    Kind(hold_notices.KIND, hold_notices.handle_job),
     Kind(ARCHIVE, archive_pass, every=TICK),
     Kind(ARCHIVE_LIST, archive_list),
     Kind("moderation", moderation_pass, every=TICK),

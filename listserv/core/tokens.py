@@ -51,11 +51,14 @@ def lifetime(app: App) -> dt.timedelta:
 
 
 def create(session: Session, app: App, kind: TokenKind, ml: MailingList, email: str, *,
-           held_id: int | None = None, payload: dict[str, Any] | None = None
+           held_id: int | None = None, payload: dict[str, Any] | None = None,
+           token: str | None = None, now: dt.datetime | None = None
            ) -> tuple[str, PendingToken]:
-    """A new token (returned in clear once, never stored) and its row."""
-    token = new_token()
-    now = app.now()
+    """A new token (returned in clear once, never stored) and its row. ``token`` and ``now``:
+    made earlier with new_token() and app.now() (a notice that shows them composed before
+    its transaction writes)."""
+    token = token or new_token()
+    now = now or app.now()
     row = PendingToken(token_hash=hash_token(token), kind=kind, list_id=ml.id, email=email,
                        held_id=held_id, payload=dict(payload or {}), created_at=now,
                        last_sent_at=now, expires_at=now + lifetime(app))

@@ -87,7 +87,15 @@ def send_notice(session: Session, app: App, lst: ListView | None, msg: EmailMess
                 recipients: Iterable[str], *, null_sender: bool = False) -> None:
     """Queue a notice. Its envelope sender is the list's -bounces address (so failures come
     back to the bounce processor, never to a person), or null when ``null_sender``."""
+    queue_notice(session, app, lst, finalise(msg, lst), str(msg["Message-ID"]), recipients,
+                 null_sender=null_sender)
+
+
+def queue_notice(session: Session, app: App, lst: ListView | None, data: bytes,
+                 message_id: str, recipients: Iterable[str], *,
+                 null_sender: bool = False) -> None:
+    """send_notice() for a notice finalised already (``data``: finalise()'s bytes)."""
     env_from = "" if null_sender or lst is None else lst.bounces
-    queue_message(session, app, finalise(msg, lst), list(recipients), kind="notice",
+    queue_message(session, app, data, list(recipients), kind="notice",
                   envelope_from=env_from, list_id=lst.id if lst else None,
-                  message_id=str(msg["Message-ID"]))
+                  message_id=message_id)

@@ -79,12 +79,19 @@ class Router:
         self._cache: dict[str, tuple[float, int | None]] = {}
         self._lock = threading.Lock()
 
-    def _list_id(self, address: str) -> int | None:
-        now = time.monotonic()
+    _MISS = -1
+
+    def _cached(self, address: str, now: float) -> int | None:
+        """The cached list id of ``address`` (None: not a list), or _MISS."""
         with self._lock:
             hit = self._cache.get(address)
-        if hit is not None and hit[0] > now:
-            return hit[1]
+        return hit[1] if hit is not None and hit[0] > now else self._MISS
+
+    def _list_id(self, address: str) -> int | None:
+        now = time.monotonic()
+        hit = self._cached(address, now)
+        if hit != self._MISS:
+            return hit
         with self.app.db.unit_of_work() as session:
             ml = lists.find_list(session, address)
             list_id = ml.id if ml is not None else None
@@ -98,6 +105,18 @@ class Router:
     def forget(self) -> None:
         with self._lock:
             self._cache.clear()
+
+    def cached(self, rcpt: str) -> Resolved | None:
+        """resolve() from the cache alone, without blocking: None when a reading of ``rcpt``
+        would need the database (then call resolve() in a thread)."""
+        now = time.monotonic()
+        for route in addresses.route_candidates(rcpt):
+            list_id = self._cached(route.list_address, now)
+            if list_id == self._MISS:
+                return None
+            if list_id is not None:
+                return Resolved(rcpt, list_id, route)
+        raise UnknownRecipient(f"no such list address <{rcpt}>")
 
     def resolve(self, rcpt: str) -> Resolved:
         """The route of ``rcpt`` or UnknownRecipient (550 5.1.1). Blocking: call in a thread."""
@@ -293,7 +312,10 @@ class IntakeHandler:
         if len(envelope.rcpt_tos) >= self.app.settings.intake.max_recipients_per_message:
             return TOO_MANY_RECIPIENTS
         try:
-            resolved = await self._run(self.router.resolve, address)
+            # a list address seen in the last seconds is answered here, without the
+            # round trip through a thread (each hop waits for the interpreter lock)
+            resolved = self.router.cached(address) or await self._run(self.router.resolve,
+                                                                      address)
         except ListservError as exc:
             return exc.smtp_reply()
         except SQLAlchemyError as exc:

@@ -18,16 +18,16 @@ import logging
 from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Any, Sequence
-from urllib.parse import quote
 
 from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session
 
-from listserv.core import links as web_links
 from listserv.core import members, ratelimit, tokens
 from listserv.delivery import notices
-from listserv.message import replies, untrusted
-from listserv.pipeline import posting, rules
+from listserv.message import replies
+from listserv import jobs
+from listserv.pipeline import hold_notices, posting, rules
+from listserv.pipeline.hold_notices import is_list_address
 from listserv.core.app import App
 from listserv.core.errors import UsageError
 from listserv.core.models import (
@@ -44,9 +44,6 @@ from listserv.message.parse import parse as parse_message
 
 log = logging.getLogger(__name__)
 
-EXCERPT_LINES = 20
-EXCERPT_CHARS = 2000
-MAX_ATTACHED = 1024 * 1024     # a larger held post is described, not attached
 NOTE_LINES = 60
 PAST = {Decision.approve: "approved", Decision.reject: "rejected",
         Decision.discard: "discarded", Decision.cancel: "withdrawn by the poster",
@@ -56,9 +53,11 @@ PAST = {Decision.approve: "approved", Decision.reject: "rejected",
 # ---------------------------------------------------------------------------- holding
 
 
-def hold(session: Session, app: App, inbound: InboundMessage, msg: EmailMessage,
-         reasons: list[str]) -> HeldMessage:
-    """Park a post for moderators with every reason collected by the rules, and tell them."""
+def hold(session: Session, app: App, inbound: InboundMessage, reasons: list[str]
+         ) -> HeldMessage:
+    """Park a post for moderators with every reason collected by the rules; its notices are
+    a job enqueued here (listserv.pipeline.hold_notices: made before their transaction
+    writes)."""
     held = HeldMessage(inbound_id=inbound.id, list_id=inbound.list_id,
                        sender=inbound.from_addr or inbound.mail_from,
                        subject=inbound.subject, size=inbound.size, reasons=list(reasons),
@@ -70,80 +69,10 @@ def hold(session: Session, app: App, inbound: InboundMessage, msg: EmailMessage,
     ml = session.get_one(MailingList, inbound.list_id)
     write_log(session, app, ml.id, held.id, actor="listserv", action="hold", via="rules",
               detail="; ".join(reasons))
-    notify_moderators(session, app, ml, held, msg, original=_raw(app, inbound))
-    if ml.notify_poster_on_hold:
-        notify_poster(session, app, ml, held, inbound, msg)
+    jobs.enqueue(session, app, hold_notices.KIND, {"held_id": held.id})
     log.info("list_id=%s message_id=%s held #%d: %s", ml.list_id, inbound.message_id,
              held.id, "; ".join(reasons))
     return held
-
-
-def excerpt(msg: EmailMessage) -> list[str]:
-    lines = replies.body_text(msg).splitlines()[:EXCERPT_LINES]
-    out, total = [], 0
-    for line in lines:
-        total += len(line) + 1
-        if total > EXCERPT_CHARS:
-            break
-        out.append(line)
-    return out
-
-
-def mailto(address: str, subject: str, body: str) -> str:
-    return f"mailto:{address}?subject={quote(subject, safe='')}&body={quote(body, safe='')}"
-
-
-def _raw(app: App, inbound: InboundMessage) -> bytes | None:
-    try:
-        return app.spool.get(inbound.spool_sha)
-    except OSError:
-        return None
-
-
-def attach_original(notice: EmailMessage, original: bytes | None) -> bool:
-    """Attach the held post as message/rfc822 (as Mailman does), so a moderator's client shows
-    it as it is. Not when larger than MAX_ATTACHED, or when it cannot be re-serialised."""
-    if original is None or len(original) > MAX_ATTACHED:
-        return False
-    try:
-        held_msg = parse_message(original)
-        part = EmailMessage()
-        part.set_content(held_msg, disposition="attachment")   # type: ignore[arg-type]
-        part.as_bytes(policy=untrusted.SMTP_POLICY)              # refuses what cannot be sent
-    except Exception:  # noqa: BLE001 - a hostile post must not stop the notice
-        log.warning("held post not attached to the moderators' notice: cannot serialise")
-        return False
-    notice.make_mixed()
-    notice.attach(part)
-    return True
-
-
-def notify_moderators(session: Session, app: App, ml: MailingList, held: HeldMessage,
-                      msg: EmailMessage, *, original: bytes | None = None) -> int:
-    """One notice per moderator and owner, each with its own token, the held post attached.
-    Returns how many."""
-    lv = ListView.of(ml)
-    recipients = members.moderators_and_owners(session, ml)
-    if not recipients:
-        log.warning("list_id=%s held #%d but the list has no moderator or owner",
-                    ml.list_id, held.id)
-    lines = excerpt(msg)
-    for moderator in recipients:
-        token, row = tokens.create(session, app, TokenKind.moderate, ml, moderator,
-                                   held_id=held.id)
-        confirm = lv.sub("confirm", token)
-        subject = f"Re: confirm {token}"
-        links = {word: mailto(confirm, subject, word)
-                 for word in ("approve", "reject", "discard")}
-        attached = original is not None and len(original) <= MAX_ATTACHED
-        notice = notices.build_notice(app, lv, "notice/moderator/held.txt.j2", moderator, {
-            "held": held, "token": token, "confirm_address": confirm, "links": links,
-            "excerpt": lines, "expires_at": row.expires_at, "moderator": moderator,
-            "attached": attached, "moderate_url": web_links.moderate(app.settings, token),
-        }, reply_to=confirm)
-        attach_original(notice, original if attached else None)
-        notices.send_notice(session, app, lv, notice, [moderator])
-    return len(recipients)
 
 
 def note_to_moderators(session: Session, app: App, ml: MailingList, held: HeldMessage,
@@ -159,37 +88,6 @@ def note_to_moderators(session: Session, app: App, ml: MailingList, held: HeldMe
         "truncated": len(text.splitlines()) > NOTE_LINES}, reply_to=poster)
     notices.send_notice(session, app, lv, notice, recipients)
     return recipients
-
-
-def notify_poster(session: Session, app: App, ml: MailingList, held: HeldMessage,
-                  inbound: InboundMessage, msg: EmailMessage) -> bool:
-    """Tell the poster the post awaits moderation (never auto-senders; rate-limited)."""
-    poster = replies.from_address(msg)
-    if not poster or replies.is_auto_reply(msg, inbound.mail_from):
-        return False
-    if is_list_address(ml, poster) or is_list_address(ml, inbound.mail_from):
-        return False
-    if not ratelimit.allow(session, app, ml.id, poster, "hold"):
-        return False
-    lv = ListView.of(ml)
-    token, row = tokens.create(session, app, TokenKind.cancel_post, ml, poster, held_id=held.id)
-    confirm = lv.sub("confirm", token)
-    notice = notices.build_notice(app, lv, "notice/user/held.txt.j2", poster, {
-        "held": held, "token": token, "confirm_address": confirm,
-        "cancel_link": mailto(confirm, f"Re: confirm {token}", "cancel"),
-        "cancel_url": web_links.confirm(app.settings, token), "expires_at": row.expires_at,
-        "looks_like_command": any(r.startswith(rules.COMMAND_REASON) for r in held.reasons),
-    }, reply_to=confirm, in_reply_to=inbound.message_id or None,
-        auto_submitted="auto-replied")
-    notices.send_notice(session, app, lv, notice, [poster])
-    return True
-
-
-def is_list_address(ml: MailingList, address: str) -> bool:
-    """Is ``address`` one of the list's own addresses (NAME@, NAME-owner@, NAME-bounces+x@...)?"""
-    from listserv.core import addresses
-
-    return any(r.list_address == ml.address for r in addresses.route_candidates(address or ""))
 
 
 # ---------------------------------------------------------------------------- deciding

@@ -110,18 +110,21 @@ def accept_post(session: Session, app: App, inbound: InboundMessage, msg: EmailM
     only numbered and recorded: prepared and final bytes, OutboundMessage, Fanout row, digest
     and archive entries, and the one fan-out job that queues its recipients afterwards
     (listserv.delivery.fanout)."""
-    ml = session.get(MailingList, inbound.list_id)
-    assert ml is not None
-    message_id = str(msg.get("Message-ID") or inbound.message_id or "").strip()
-    mhash = recipients.message_hash(message_id or inbound.spool_sha)
-    verp = app.settings.delivery.verp
-
-    # DNS (DMARC, ARC) before taking any lock: a slow resolver must not hold the list row.
-    resolver = _MemoResolver(app.resolve_txt)
-    guess = _with_post_id(unsubscribe.with_web(ListView.of(ml), app.settings.web),
-                          ml.post_id + 1)
-    found = _arc_results(session, app, guess, inbound)
-    early = _copies(app, msg, guess, resolver, found, verp)
+    # Nothing is written before the lock either: a change left pending by the rules (the body
+    # digest), flushed by a read here, would take SQLite's one write lock for the whole
+    # preparation.
+    with session.no_autoflush:
+        ml = session.get(MailingList, inbound.list_id)
+        assert ml is not None
+        message_id = str(msg.get("Message-ID") or inbound.message_id or "").strip()
+        mhash = recipients.message_hash(message_id or inbound.spool_sha)
+        verp = app.settings.delivery.verp
+        # DNS (DMARC, ARC) before taking any lock: a slow resolver must not hold the list row.
+        resolver = _MemoResolver(app.resolve_txt)
+        guess = _with_post_id(unsubscribe.with_web(ListView.of(ml), app.settings.web),
+                              ml.post_id + 1)
+        found = _arc_results(session, app, guess, inbound)
+        early = _copies(app, msg, guess, resolver, found, verp)
 
     _lock_message(session, mhash)
     seq = _next_post_id(session, ml.id)   # from here on we hold the list's write lock

@@ -39,7 +39,7 @@ def handle_post(session: Session, app: App, inbound: InboundMessage, msg: EmailM
     if verdict.action is Action.accept:
         posting.accept_post(session, app, inbound, msg)
     elif verdict.action is Action.hold:
-        moderation.hold(session, app, inbound, msg, list(verdict.reasons))
+        moderation.hold(session, app, inbound, list(verdict.reasons))
         inbound.state = InboundState.held
         inbound.outcome = inbound.outcome or "; ".join(verdict.reasons)
     elif verdict.action is Action.discard and verdict.reasons[0].startswith("loop:"):

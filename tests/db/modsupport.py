@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from listserv import jobs, workers
 from listserv.core import lists, members
-from listserv.pipeline import commands, moderation
+from listserv.pipeline import commands, hold_notices, moderation
 from listserv.core.app import App
 from listserv.core.models import Delivery, InboundMessage, MailingList, OutboundMessage, Role
 
@@ -69,8 +69,9 @@ def post_held(app: App, list_id: int, data: bytes, mail_from: str = "poster@out.
               reasons: tuple[str, ...] = ("Post by non-member",)) -> int:
     with app.db.unit_of_work() as s:
         ib = _inbound(s, app, list_id, "post", data, mail_from, None)
-        held = moderation.hold(s, app, ib, parse(data), list(reasons))
-        return held.id
+        held_id = moderation.hold(s, app, ib, list(reasons)).id
+    run_hold_notices(app)
+    return held_id
 
 
 def command(app: App, list_id: int, sub: str, data: bytes, *, mail_from: str | None = None,
@@ -114,6 +115,11 @@ class Outbox:
         if items:
             self.seen = items[-1].id
         return items
+
+
+def run_hold_notices(app: App) -> int:
+    """Run the jobs that send held posts' notices, as a daemon would."""
+    return jobs.run_jobs_until_idle(app, {hold_notices.KIND: workers.REGISTRY[hold_notices.KIND]})
 
 
 def run_fanouts(app: App) -> int:

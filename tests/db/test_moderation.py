@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from listserv.core import tokens
-from listserv.pipeline import moderation
+from listserv.pipeline import hold_notices, moderation
 from listserv.cli import cli
 from listserv.core.models import (
     Decision,
@@ -21,7 +21,16 @@ from listserv.core.models import (
     ModerationLog,
     PendingToken,
 )
-from tests.db.modsupport import Outbox, command, make_list, message, post_held, token_of
+from tests.db.modsupport import (
+    Outbox,
+    _inbound,
+    command,
+    make_list,
+    message,
+    post_held,
+    run_hold_notices,
+    token_of,
+)
 
 MODS = ("mod@example.org",)
 OWNERS = ("boss@example.org",)
@@ -78,6 +87,68 @@ def test_hold_sends_one_notice_per_moderator_with_own_token(app: Any, setup: Any
         assert tokens.hash_token(t1) in hashes and t1 not in hashes
         assert {r.email for r in rows} == {"mod@example.org", "boss@example.org",
                                            "poster@out.example"}
+
+
+def hold_only(app: Any, list_id: int, data: bytes) -> int:
+    """A post held as the rules hold it, its notices' job not run yet."""
+    with app.db.unit_of_work() as s:
+        return moderation.hold(s, app, _inbound(s, app, list_id, "post", data,
+                                                "poster@out.example", None),
+                               ["Post by non-member"]).id
+
+
+def test_hold_notices_are_a_job_of_their_own_sent_once(app: Any, setup: Any) -> None:
+    list_id, outbox = setup
+    held_id = hold_only(app, list_id, message("Poster <poster@out.example>", "dev@example.org",
+                                              "Q"))
+    assert outbox.new() == []                      # the hold's transaction queues none
+    assert run_hold_notices(app) == 1
+    assert sorted(m.recipients[0] for m in outbox.new()) == [
+        "boss@example.org", "mod@example.org", "poster@out.example"]
+    # run again (a worker that died after the commit, before the job was marked done)
+    assert hold_notices.run(app, held_id) == 0
+    assert outbox.new() == []
+
+
+def test_hold_notices_not_sent_for_a_post_decided_first(app: Any, setup: Any) -> None:
+    list_id, outbox = setup
+    held_id = hold_only(app, list_id, message("poster@out.example", "dev@example.org", "Q"))
+    with app.db.unit_of_work() as s:
+        moderation.decide(s, app, held_id, Decision.discard, actor="boss@example.org",
+                          via="cli")
+    outbox.new()
+    assert hold_notices.run(app, held_id) == 0
+    assert outbox.new() == []
+
+
+def test_hold_notices_are_made_before_their_transaction_writes(
+        app: Any, setup: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The notices (templates, the post attached, signature) are made before the first write
+    of their transaction: on SQLite the one write lock is not held meanwhile."""
+    from sqlalchemy import event
+
+    from listserv.core import writegate
+    from listserv.delivery import notices
+
+    list_id, outbox = setup
+    held_id = hold_only(app, list_id, message("Poster <poster@out.example>", "dev@example.org",
+                                              "Q"))
+    steps: list[str] = []
+    finalise = notices.finalise
+    monkeypatch.setattr(notices, "finalise",
+                        lambda *a, **k: steps.append("made") or finalise(*a, **k))
+
+    def seen(conn: Any, cursor: Any, statement: str, *rest: Any) -> None:
+        steps.append("write" if writegate.is_write(statement) else "read")
+
+    event.listen(app.db.engine, "before_cursor_execute", seen)
+    try:
+        assert hold_notices.run(app, held_id) == 3
+    finally:
+        event.remove(app.db.engine, "before_cursor_execute", seen)
+    assert steps.count("made") == 3
+    first_write = steps.index("write")
+    assert "made" not in steps[first_write:]
 
 
 def reply(app: Any, list_id: int, token: str, sender: str, body: str, **headers: str) -> Any:

@@ -34,12 +34,14 @@ from listserv.core import config, lists
 from listserv.delivery import fanout
 from listserv.core import members as members_mod
 from listserv.core.app import App
-from listserv.pipeline import inbound, incoming
+from listserv.pipeline import hold_notices, inbound, incoming
 from listserv.daemon import Daemon, delivery_runner
 from listserv.core.models import (
     ArchiveEntry,
     Delivery,
     DeliveryState,
+    Job,
+    JobState,
     MailingList,
     OutboundMessage,
     Role,
@@ -207,7 +209,7 @@ class Harness:
                 self.daemon.wake()
             return not busy and incoming.pending(self.app) == 0 \
                 and deliveries_due(self.app) == 0 and archive_pending(self.app) == 0 \
-                and fanouts_pending(self.app) == 0
+                and fanouts_pending(self.app) == 0 and hold_notices_pending(self.app) == 0
 
         try:
             wait_until(settled, timeout, "the pipeline to be idle")
@@ -218,7 +220,7 @@ class Harness:
 
 
 # The job kinds run_until_idle drives itself (the periodic passes are left to the test).
-INCOMING_KINDS = {inbound.KIND: workers.REGISTRY[inbound.KIND]}
+INCOMING_KINDS = {k: workers.REGISTRY[k] for k in (inbound.KIND, hold_notices.KIND)}
 
 
 def members_addr(value: str) -> str:
@@ -252,6 +254,13 @@ def run_fanouts(app: App) -> int:
 def fanouts_pending(app: App) -> int:
     with app.db.unit_of_work() as session:
         return fanout.pending(session)
+
+
+def hold_notices_pending(app: App) -> int:
+    """Held posts whose notices' job has not finished (a daemon's loop may be running it)."""
+    with app.db.unit_of_work() as session:
+        return session.scalar(select(func.count()).select_from(Job).where(
+            Job.kind == hold_notices.KIND, Job.state != JobState.dead)) or 0
 
 
 def deliveries_due(app: App) -> int:

@@ -351,6 +351,43 @@ def test_a_message_that_kills_its_worker_every_time_ends_failed(
     assert h.sink.wait_for(lambda m: any("owner@example.org" in x.rcpt_tos for x in m))
 
 
+def test_a_post_is_prepared_before_its_transaction_writes(
+        quiet_harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """accept_post prepares, decorates and seals the post before the first write of its
+    transaction, also with a change left pending by the rules (the body digest) and the
+    original read for its ARC seal: on SQLite the one write lock is not held meanwhile."""
+    from sqlalchemy import event
+
+    from listserv.core import writegate
+    from listserv.core.models import Domain
+    from listserv.message import signing
+
+    h = quiet_harness
+    make_list(h.app, LIST, members=MEMBERS, arc=True)
+    with h.app.db.unit_of_work() as s:
+        d = s.scalars(select(Domain)).one()
+        d.dkim_selector, d.dkim_private_key = "s1", signing.generate_key()
+    h.send(make_message("eve@e.example", LIST, "prepared first"))
+    h.run_until_idle()                          # held: a non-member's post
+    steps: list[str] = []
+    copies = posting._copies
+    monkeypatch.setattr(posting, "_copies", lambda *a: steps.append("made") or copies(*a))
+
+    def seen(conn: Any, cursor: Any, statement: str, *rest: Any) -> None:
+        steps.append("write" if writegate.is_write(statement) else "read")
+
+    with h.app.db.unit_of_work() as s:
+        inbound = s.scalars(select(InboundMessage)).one()
+        msg = parse(h.app.spool.get(inbound.spool_sha))
+        inbound.body_sha = "pending"            # as the rules leave it
+        event.listen(h.app.db.engine, "before_cursor_execute", seen)
+        try:
+            assert posting.accept_post(s, h.app, inbound, msg, approved_by="m@m.example") == 1
+        finally:
+            event.remove(h.app.db.engine, "before_cursor_execute", seen)
+    assert steps.count("made") == 1 and steps.index("made") < steps.index("write")
+
+
 def test_signed_when_the_domain_has_a_key(harness: Harness) -> None:
     import dkim
 
