@@ -469,14 +469,15 @@ def _set_all(events: list[asyncio.Event]) -> None:
 def for_role(app: App, role: str) -> Daemon:
     """The daemon of one `serve --role` (ROLES): ``all`` runs everything in this process;
     ``intake`` only the SMTP/LMTP intake and the web, waking the workers on this host;
-    ``worker`` every job kind and delivery, without a listener."""
+    ``worker`` every job kind and delivery, without a listener. On SQLite the intake of
+    ``all`` and ``intake`` commits to its journal (listserv.intake.journal)."""
     if role == "intake":
         return Daemon(app, web=True, scheduler=False, incoming_worker=False, delivery=False,
                       wake_workers=True, journal=True)
     if role == "worker":
         return Daemon(app, intake_enabled=False, wake_listen=True)
     if role == "all":
-        return Daemon(app, web=True)
+        return Daemon(app, web=True, journal=True)
     raise ValueError(f"unknown role {role!r}")
 
 

@@ -3,9 +3,10 @@
 SQLite has one write lock per database file. A worker's write transactions (a post's accept,
 a fan-out chunk, progress records) hold it for milliseconds to tens of milliseconds while its
 threads share one interpreter lock, and an SMTP client waiting for its 250 would wait for
-them. So an intake that runs in a process of its own (`serve --role intake`) on SQLite commits
-each accepted message to ``<database>-intake``, a second SQLite file (WAL, synchronous=FULL:
-the 250 is sent after the message is on disk) in which it is the only writer, and answers.
+them. So the intake of `serve` on SQLite (in a process of its own, `--role intake`, or beside
+the workers, `--role all`) commits each accepted message to ``<database>-intake``, a second
+SQLite file (WAL, synchronous=FULL: the 250 is sent after the message is on disk) in which it
+is the only writer, and answers.
 A journal is named by a random token made when its file is created.
 
 The worker copies the journal's entries into the database (``Drain``): each entry becomes what

@@ -299,3 +299,18 @@ def test_a_drain_copies_large_messages_a_few_at_a_time(
         drain.close()
     assert batches == [2, 2, 1, 0]
     assert [r.subject for r in _rows(app)] == [f"big {n}" for n in range(5)]
+
+
+def test_serve_journals_in_one_process_and_in_an_intake_process(app: App) -> None:
+    """`serve` (one process) and `serve --role intake` commit to the journal on SQLite, and
+    their workers copy it; on PostgreSQL both write the database (no journal)."""
+    from listserv import daemon
+
+    for role in ("all", "intake", "worker"):
+        d = daemon.for_role(app, role)
+        try:
+            assert (d.journal is not None) == (app.db.is_sqlite and role != "worker")
+            assert (d.drain is not None) == (app.db.is_sqlite and role != "intake")
+        finally:
+            if d.journal is not None:
+                d.journal.close()
