@@ -1,11 +1,12 @@
 """Held posts and the moderation queue.
 
-    hold(session, app, inbound, msg, reasons) -> HeldMessage     (the rule chain, on HOLD)
+    hold(session, app, inbound, reasons) -> HeldMessage          (the rule chain, on HOLD)
     decide(session, app, held_id, decision, actor=, via=) -> Outcome   (CLI, email, schedule)
     tick(app)                                                     (the daemon, every ~30 s)
 
 A held post gets one notice per moderator/owner, each with its own token (tokens.py), and,
-when the list says so, a notice to the poster whose token lets them withdraw the post. The
+when the list says so, a notice to the poster whose token lets them withdraw the post (sent by
+a job enqueued with the hold: listserv.pipeline.hold_notices). The
 decision is one atomic ``UPDATE held_message ... WHERE decision IS NULL``: of two concurrent
 actors exactly one wins (SQLite serialises writers; PostgreSQL re-checks the WHERE after the
 row lock), the other is told who did it. Every decision is written to the moderation log.
