@@ -110,18 +110,21 @@ class Router:
         """resolve() from the cache alone, without blocking: None when a reading of ``rcpt``
         would need the database (then call resolve() in a thread)."""
         now = time.monotonic()
-        for route in addresses.route_candidates(rcpt):
-            list_id = self._cached(route.list_address, now)
-            if list_id == self._MISS:
-                return None
-            if list_id is not None:
-                return Resolved(rcpt, list_id, route)
-        raise UnknownRecipient(f"no such list address <{rcpt}>")
+        return self._first(rcpt, lambda address: self._cached(address, now))
 
     def resolve(self, rcpt: str) -> Resolved:
         """The route of ``rcpt`` or UnknownRecipient (550 5.1.1). Blocking: call in a thread."""
+        resolved = self._first(rcpt, self._list_id)
+        assert resolved is not None          # _list_id never answers _MISS
+        return resolved
+
+    def _first(self, rcpt: str, list_id_of: Callable[[str], int | None]) -> Resolved | None:
+        """The first reading of ``rcpt`` whose list exists (by ``list_id_of``); None when
+        ``list_id_of`` answered _MISS first; UnknownRecipient when none exists."""
         for route in addresses.route_candidates(rcpt):
-            list_id = self._list_id(route.list_address)
+            list_id = list_id_of(route.list_address)
+            if list_id == self._MISS:
+                return None
             if list_id is not None:
                 return Resolved(rcpt, list_id, route)
         raise UnknownRecipient(f"no such list address <{rcpt}>")

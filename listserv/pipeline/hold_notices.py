@@ -67,7 +67,9 @@ def run(app: App, held_id: int) -> int:
     its notices were sent). Returns how many were queued."""
     with app.db.unit_of_work() as session:
         with session.no_autoflush:           # reads only, until the notices are made
-            held = session.get(HeldMessage, held_id)
+            # the held row locked (PostgreSQL): a second run of this job waits, then finds
+            # the tokens this one wrote
+            held = session.get(HeldMessage, held_id, with_for_update=True)
             if held is None or held.decision is not None or _sent(session, held_id):
                 return 0
             ml = session.get_one(MailingList, held.list_id)
