@@ -23,7 +23,8 @@ with. ``--repeat N`` runs N times and prints the median.
 
 ``--intake-latency N`` also measures how fast the intake answers while the fan-out runs: from
 the big post's 250 on, another client posts N 1 KB messages (one every
-``--latency-interval`` seconds, on one SMTP connection) to a second list and times each
+``--latency-interval`` seconds, on one SMTP connection, each from its own sender with text of
+its own, so that none is held as a flood or a repeat) to a second list and times each
 MAIL-to-250 exchange; it prints p50/p99/max over the posts answered while copies were still
 going out:
 
@@ -78,13 +79,22 @@ def message(to: str, subject: str) -> bytes:
             + "A post to measure fan-out, with a body of a usual size.\r\n" * 30).encode()
 
 
+def probe_sender(n: int) -> str:
+    """The sender of probe post ``n``: each probe comes from a sender of its own, as the
+    posts to a busy site do (one sender's fiftieth post a second would be held as a flood,
+    and the probe would measure moderation notices instead)."""
+    return f"poster{n}@sender.example"
+
+
 def small_post(n: int) -> bytes:
-    """A 1 KB post (headers and body) for the intake latency probe."""
-    head = (f"From: Poster <{POSTER}>\r\nTo: {PROBE}\r\nSubject: probe {n}\r\n"
+    """A 1 KB post (headers and body) for the intake latency probe, with text of its own
+    (the same text from one sender twice in an hour is held as a repeat)."""
+    head = (f"From: Poster {n} <{probe_sender(n)}>\r\nTo: {PROBE}\r\nSubject: probe {n}\r\n"
             f"Message-ID: <probe.{n}.{os.getpid()}.{time.time()}@sender.example>\r\n"
             f"Date: {time.strftime('%a, %d %b %Y %H:%M:%S +0000', time.gmtime())}\r\n"
             "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n")
     line = "A short post while a large fan-out is running.\r\n"
+    head += f"Probe post number {n}.\r\n"
     return (head + line * ((1024 - len(head)) // len(line) + 1)).encode()[:1024 - 2] + b"\r\n"
 
 
@@ -98,7 +108,7 @@ def probe_intake(port: int, n: int, interval: float, running: threading.Event,
             data = small_post(i)
             during = running.is_set()
             t = time.perf_counter()
-            smtp.sendmail(POSTER, [PROBE], data)
+            smtp.sendmail(probe_sender(i), [PROBE], data)
             out.append((time.perf_counter() - t, during and running.is_set()))
             time.sleep(interval)
 

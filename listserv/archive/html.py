@@ -13,12 +13,15 @@ month), hence ``new_only`` for the archive worker's cheap refresh of the months 
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import fcntl
 import json
 import logging
 import os
 import re
+import threading
+import weakref
 from dataclasses import dataclass, field
 from email.message import EmailMessage, Message
 from email.utils import getaddresses
@@ -314,9 +317,7 @@ def build(app: App, info: ListInfo, out: Path, months: Iterable[str] | None = No
         all_months = list(known)
         wanted = all_months if months is None else [m for m in months if m in known]
         for month in wanted:
-            with app.db.unit_of_work() as session:
-                entries = archive_store.read_month(session, list_id, month)
-            known[month] = _build_month(writer, entries, month, new_only)
+            known[month] = _build_month(writer, list_id, month, new_only)
             report.months += 1
         write_if_changed(out / "months.json", json.dumps(known, indent=1).encode(),
                          writer.mode)
@@ -328,8 +329,56 @@ def build(app: App, info: ListInfo, out: Path, months: Iterable[str] | None = No
 KEEP_PARSED_BYTES = 64 * 1024 * 1024
 
 
-def _build_month(writer: _Writer, entries: list[archive_read.Entry], month: str,
-                 new_only: bool) -> int:
+Key = tuple[int, Any]     # (ArchiveMessage id, archived_at)
+
+
+class _SummaryCache:
+    """The summaries of archived messages by their ArchiveMessage id and archive time, so
+    that refreshing a month page after a post reads and parses only the new messages, not
+    the whole month (a message's bytes never change once archived; the time tells a row
+    apart from a later one that got the id of a deleted row, as SQLite may give). Least
+    recently used ones are dropped beyond ``size``. One per database (summaries_of), shared
+    by the process's archive jobs."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._lock = threading.Lock()
+        self._items: collections.OrderedDict[Key, tuple[Any, ...]] = collections.OrderedDict()
+
+    def get(self, key: Key, number: int) -> Summary | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                return None
+            self._items.move_to_end(key)
+        subject, sender, date, message_id, parents = item
+        return Summary(number, subject, sender, date, message_id, list(parents))
+
+    def put(self, key: Key, summary: Summary) -> None:
+        item = (summary.subject, summary.sender, summary.date, summary.message_id,
+                tuple(summary.parent_ids))
+        with self._lock:
+            self._items[key] = item
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+
+SUMMARY_CACHE_SIZE = 20_000
+_SUMMARIES: "weakref.WeakKeyDictionary[Any, _SummaryCache]" = weakref.WeakKeyDictionary()
+_SUMMARIES_LOCK = threading.Lock()
+
+
+def summaries_of(app: App) -> _SummaryCache:
+    """The summary cache of ``app``'s database."""
+    with _SUMMARIES_LOCK:
+        cache = _SUMMARIES.get(app.db)
+        if cache is None:
+            cache = _SUMMARIES[app.db] = _SummaryCache(SUMMARY_CACHE_SIZE)
+        return cache
+
+
+def _build_month(writer: _Writer, list_id: int, month: str, new_only: bool) -> int:
     """The month's page and its message pages; returns the month's message count."""
     month_dir = writer.out / month
     month_dir.mkdir(parents=True, exist_ok=True)
@@ -342,19 +391,38 @@ def _build_month(writer: _Writer, entries: list[archive_read.Entry], month: str,
         marker.touch()
     # One directory listing instead of a stat per message page.
     existing = {n for n in os.listdir(month_dir) if n.endswith(".html")}
+    # Only the bytes of messages whose page is to be written, or whose summary is not known
+    # yet, are read: a refresh after a post costs its new messages, not the month.
+    cache = summaries_of(writer.app)
+    with writer.app.db.unit_of_work() as session:
+        index = archive_store.month_index(session, list_id, month)
+        known: dict[int, Summary] = {}
+        if new_only:
+            for number, key in enumerate(index, 1):
+                cached = cache.get(key, number) if f"{number}.html" in existing else None
+                if cached is not None:
+                    known[number] = cached
+        raws = archive_store.raw_of(session, [pk for number, (pk, _) in enumerate(index, 1)
+                                              if number not in known])
+    entries = [archive_read.Entry(number, raws.get(pk, b""), at)
+               for number, (pk, at) in enumerate(index, 1)]
     # The parsed messages are kept for their pages unless the month is big (then each is
     # parsed again for its page: memory stays near the size of the month's file).
     keep = sum(len(e.raw) for e in entries) <= KEEP_PARSED_BYTES
     parsed: dict[int, tuple[Message | None, dict[str, str]]] = {}
     summaries = []
-    for entry in entries:
-        if new_only and f"{entry.number}.html" in existing:
-            summaries.append(summarise(entry))
-        else:
+    for entry, key in zip(entries, index):
+        summary = known.get(entry.number)
+        if summary is None and new_only and f"{entry.number}.html" in existing:
+            summary = summarise(entry)
+            cache.put(key, summary)
+        elif summary is None:
             msg = parse_compat32(entry)
             texts = archive_read.text_headers(msg, PAGE_HEADERS)
             parsed[entry.number] = (msg if keep else None), texts
-            summaries.append(_summary(entry, texts))
+            summary = _summary(entry, texts)
+            cache.put(key, summary)
+        summaries.append(summary)
     writer.page(f"{month}/index.html", "archive/month.html.j2",
                 {"month": month, "threads": threads(summaries), "count": len(entries)})
     for entry, summary in zip(entries, summaries):

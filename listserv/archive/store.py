@@ -66,6 +66,27 @@ def _stream(session: Session, list_id: int, month: str
         last = rows[-1][0]
 
 
+def month_index(session: Session, list_id: int, month: str
+                ) -> list[tuple[int, dt.datetime]]:
+    """(id, archived_at) of the month's messages in archive order, without their bytes
+    (messages without bytes are left out, as in read_month)."""
+    return [(pk, at) for pk, at in session.execute(
+        select(ArchiveMessage.id, ArchiveMessage.archived_at)
+        .join(ArchiveRaw, ArchiveRaw.message_pk == ArchiveMessage.id)
+        .where(ArchiveMessage.list_id == list_id, ArchiveMessage.month == month)
+        .order_by(ArchiveMessage.id))]
+
+
+def raw_of(session: Session, pks: list[int]) -> dict[int, bytes]:
+    """The bytes of the messages ``pks`` (READ_BATCH per query)."""
+    out: dict[int, bytes] = {}
+    for i in range(0, len(pks), READ_BATCH):
+        out.update((pk, bytes(data)) for pk, data in session.execute(
+            select(ArchiveRaw.message_pk, ArchiveRaw.data)
+            .where(ArchiveRaw.message_pk.in_(pks[i:i + READ_BATCH]))))
+    return out
+
+
 def read_month(session: Session, list_id: int, month: str) -> list[Entry]:
     """The month's messages, numbered from 1 in archive order (the static pages' numbers)."""
     return [Entry(n, data, archived_at)

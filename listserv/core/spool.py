@@ -26,7 +26,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, select
 from sqlalchemy.orm import Session
 
 from listserv.core.db import Database
@@ -75,10 +75,9 @@ class Spool:
 
     def _insert(self, session: Session, sha: str, data: bytes) -> None:
         now = self.clock()
-        stmt = _insert(session).values(sha=sha, data=data, size=len(data), stored_at=now)
-        session.execute(stmt.on_conflict_do_update(
-            index_elements=[SpoolBlob.sha], set_={"stored_at": now},
-            where=SpoolBlob.stored_at < now - REFRESH))
+        session.execute(_put_statement(session.get_bind().dialect.name),
+                        {"sha": sha, "data": data, "size": len(data), "now": now,
+                         "stale": now - REFRESH})
 
     def get(self, sha: str, session: Session | None = None) -> bytes:
         """The bytes stored under ``sha``; SpoolMissing when there are none."""
@@ -162,10 +161,25 @@ class Spool:
         return done[0], done[1]
 
 
-def _insert(session: Session) -> Any:
-    """The dialect's INSERT with ON CONFLICT (SQLite and PostgreSQL both have it)."""
-    if session.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
-    return insert(SpoolBlob)
+_PUT: dict[str, Any] = {}
+
+
+def _put_statement(dialect: str) -> Any:
+    """put()'s INSERT ... ON CONFLICT (SQLite and PostgreSQL both have it), in Core on the
+    table and built once per dialect: the intake runs it before every 250, and building and
+    compiling it anew cost more than executing it."""
+    stmt = _PUT.get(dialect)
+    if stmt is None:
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
+        table: Table = SpoolBlob.__table__  # type: ignore[assignment]
+        stamp = table.c.stored_at.type
+        now = bindparam("now", type_=stamp)
+        stmt = _PUT[dialect] = insert(table).values(
+            sha=bindparam("sha"), data=bindparam("data"), size=bindparam("size"),
+            stored_at=now,
+        ).on_conflict_do_update(index_elements=[table.c.sha], set_={"stored_at": now},
+                                where=table.c.stored_at < bindparam("stale", type_=stamp))
+    return stmt

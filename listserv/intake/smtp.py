@@ -27,7 +27,7 @@ from typing import Any, Callable, TypeVar
 from aiosmtpd.controller import Controller
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -226,6 +226,12 @@ def distinct_routes(resolved: list[Resolved]) -> list[Route]:
     return routes
 
 
+# The row of each message taken, inserted before its 250: in Core on the table and built
+# once (the ORM's unit of work and a statement built per message cost more than the INSERT).
+_INSERT_INBOUND = insert(InboundMessage.__table__).returning(  # type: ignore[arg-type]
+    InboundMessage.__table__.c.id)
+
+
 def add_rows(session: Session, app: App, *, raw: bytes, sha: str, mail_from: str,
              message_id: str, from_addr: str, subject: str, received_at: dt.datetime,
              routes: list[Route]) -> None:
@@ -233,15 +239,14 @@ def add_rows(session: Session, app: App, *, raw: bytes, sha: str, mail_from: str
     and the job that will process it (listserv.pipeline.inbound)."""
     app.spool.put(raw, session=session)
     for list_id, subaddress, extra, rcpt in routes:
-        row = InboundMessage(
-            list_id=list_id, subaddress=subaddress,
-            extra=_clip(extra, 400) if extra else None,
-            rcpt=_clip(rcpt, 400), mail_from=_clip(mail_from, 400),
-            message_id=message_id, from_addr=from_addr, subject=subject, size=len(raw),
-            spool_sha=sha, received_at=received_at, state=InboundState.new, attempts=0)
-        session.add(row)
-        session.flush()
-        inbound.enqueue(session, app, row.id, list_id, subaddress)
+        row_id = session.execute(_INSERT_INBOUND, {
+            "list_id": list_id, "subaddress": subaddress,
+            "extra": _clip(extra, 400) if extra else None,
+            "rcpt": _clip(rcpt, 400), "mail_from": _clip(mail_from, 400),
+            "message_id": message_id, "from_addr": from_addr, "subject": subject,
+            "size": len(raw), "spool_sha": sha, "received_at": received_at,
+            "state": InboundState.new, "attempts": 0}).scalar_one()
+        inbound.enqueue(session, app, row_id, list_id, subaddress)
 
 
 def record(app: App, spooled: Spooled, resolved: list[Resolved]) -> None:

@@ -192,3 +192,34 @@ def test_a_big_month_gives_the_same_pages(app: Any, archived: Path,
     after = {p.relative_to(archived): p.read_bytes() for p in archived.rglob("*")
              if p.is_file()}
     assert after == before and len(before) >= 10
+
+
+def test_a_refresh_reads_only_the_new_messages(app: Any, archived: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a post, the refresh of its month reads and parses only the messages whose
+    summaries it does not know yet (the others come from the process's summary cache), and
+    gives the same pages as a build from scratch."""
+    import shutil
+    import weakref
+
+    from listserv.archive import html as archive_html, store as archive_store
+
+    info = archive_html.ListInfo(LIST, "Dev", ArchivePolicy.private)
+    archive_html.build(app, info, archived)
+    write_month(app, "2026-11", mail("f", "Re: Other topic", In_Reply_To="<c@x.example>"))
+    read: list[int] = []
+    raw_of = archive_store.raw_of
+    monkeypatch.setattr(archive_store, "raw_of",
+                        lambda session, pks: read.extend(pks) or raw_of(session, pks))
+    archive_html.build(app, info, archived, ["2026-11"], new_only=True)
+    assert len(read) == 1                      # the new message's bytes, not the month's
+    refreshed = {p.relative_to(archived): p.read_bytes() for p in archived.rglob("*.html")}
+
+    monkeypatch.setattr(archive_html, "_SUMMARIES", weakref.WeakKeyDictionary())  # a new process
+    read.clear()
+    archive_html.build(app, info, archived, ["2026-11"], new_only=True)
+    assert len(read) == 6                      # nothing known: every message is read
+    shutil.rmtree(archived)
+    archive_html.build(app, info, archived)
+    assert {p.relative_to(archived): p.read_bytes() for p in archived.rglob("*.html")} \
+        == refreshed
