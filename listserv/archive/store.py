@@ -17,7 +17,6 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from listserv.archive import files, read as archive_read
-from listserv.archive.read import Entry
 from listserv.core.models import ArchiveMessage, ArchiveRaw
 
 READ_BATCH = 200            # messages read per query when streaming a month
@@ -69,7 +68,8 @@ def _stream(session: Session, list_id: int, month: str
 def month_index(session: Session, list_id: int, month: str
                 ) -> list[tuple[int, dt.datetime]]:
     """(id, archived_at) of the month's messages in archive order, without their bytes
-    (messages without bytes are left out, as in read_month)."""
+    (messages without bytes are left out, as by the mbox export); the static pages number
+    them from 1 in this order."""
     return [(pk, at) for pk, at in session.execute(
         select(ArchiveMessage.id, ArchiveMessage.archived_at)
         .join(ArchiveRaw, ArchiveRaw.message_pk == ArchiveMessage.id)
@@ -85,12 +85,6 @@ def raw_of(session: Session, pks: list[int]) -> dict[int, bytes]:
             select(ArchiveRaw.message_pk, ArchiveRaw.data)
             .where(ArchiveRaw.message_pk.in_(pks[i:i + READ_BATCH]))))
     return out
-
-
-def read_month(session: Session, list_id: int, month: str) -> list[Entry]:
-    """The month's messages, numbered from 1 in archive order (the static pages' numbers)."""
-    return [Entry(n, data, archived_at)
-            for n, (_, data, archived_at) in enumerate(_stream(session, list_id, month), 1)]
 
 
 def mbox_entries(session: Session, list_id: int, month: str) -> Iterator[bytes]:
