@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 # so that storing the same bytes often (a re-sent notice) does not write each time.
 REFRESH = dt.timedelta(minutes=10)
 LEGACY_SUFFIXES = (".eml", ".eml.pruning")
+PART_PREFIX = "spool_"      # the parameters of part()
 
 
 class SpoolMissing(FileNotFoundError):
@@ -72,6 +73,17 @@ class Spool:
         else:
             self._insert(session, sha, data)
         return sha
+
+    def part(self, data: bytes) -> tuple[Any, dict[str, Any]] | None:
+        """put() of ``data`` on PostgreSQL as a part of the caller's own statement (a
+        data-modifying CTE, so that the bytes and the rows naming them commit together in one
+        round trip): the INSERT, built once, and its parameters (named ``spool_``...). None:
+        nothing to run (a spool that keeps the bytes elsewhere)."""
+        now = self.clock()
+        return _put_statement("postgresql", PART_PREFIX), {
+            PART_PREFIX + "sha": sha_of(data), PART_PREFIX + "data": data,
+            PART_PREFIX + "size": len(data), PART_PREFIX + "now": now,
+            PART_PREFIX + "stale": now - REFRESH}
 
     def _insert(self, session: Session, sha: str, data: bytes) -> None:
         now = self.clock()
@@ -164,11 +176,12 @@ class Spool:
 _PUT: dict[str, Any] = {}
 
 
-def _put_statement(dialect: str) -> Any:
+def _put_statement(dialect: str, prefix: str = "") -> Any:
     """put()'s INSERT ... ON CONFLICT (SQLite and PostgreSQL both have it), in Core on the
     table and built once per dialect: the intake runs it before every 250, and building and
-    compiling it anew cost more than executing it."""
-    stmt = _PUT.get(dialect)
+    compiling it anew cost more than executing it. Its parameters are named ``prefix`` +
+    sha, data, size, now, stale."""
+    stmt = _PUT.get(dialect + prefix)
     if stmt is None:
         if dialect == "postgresql":
             from sqlalchemy.dialects.postgresql import insert
@@ -176,10 +189,11 @@ def _put_statement(dialect: str) -> Any:
             from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
         table: Table = SpoolBlob.__table__  # type: ignore[assignment]
         stamp = table.c.stored_at.type
-        now = bindparam("now", type_=stamp)
-        stmt = _PUT[dialect] = insert(table).values(
-            sha=bindparam("sha"), data=bindparam("data"), size=bindparam("size"),
-            stored_at=now,
+        now = bindparam(prefix + "now", type_=stamp)
+        stmt = _PUT[dialect + prefix] = insert(table).values(
+            sha=bindparam(prefix + "sha"), data=bindparam(prefix + "data"),
+            size=bindparam(prefix + "size"), stored_at=now,
         ).on_conflict_do_update(index_elements=[table.c.sha], set_={"stored_at": now},
-                                where=table.c.stored_at < bindparam("stale", type_=stamp))
+                                where=table.c.stored_at < bindparam(prefix + "stale",
+                                                                    type_=stamp))
     return stmt

@@ -119,3 +119,38 @@ def test_a_job_whose_message_was_processed_already_does_nothing(
         inbound.enqueue(s, app, row.id, row.list_id, row.subaddress)
     assert jobs.run_next_job(app, KINDS)
     assert incoming_jobs(app) == [] and inbound_rows(app)[0].state is InboundState.held
+
+
+def test_one_list_address_is_recorded_as_several_are(app: App, lists: dict[str, int],
+                                                    clock: Clock) -> None:
+    """The intake writes a message for one list address in one statement on PostgreSQL
+    (intake.record); the rows are those add_rows() writes for several addresses: the same
+    bytes, InboundMessage and job (the time of the test's clock), on both databases."""
+    raw = (b"From: Ann <ann@a.example>\r\nTo: dev@example.org\r\nSubject: s\r\n"
+           b"Message-ID: <one@a.example>\r\n\r\nbody\r\n")
+    router = intake.Router(app)
+    intake.store(app, "<ann@a.example>", [router.resolve("dev@example.org")], raw)
+    intake.store(app, "<ann@a.example>", [router.resolve("dev@example.org"),
+                                          router.resolve("ops@example.org")], raw)
+    one, *several = inbound_rows(app)
+    assert several[0].list_id == lists["dev"] and several[1].list_id == lists["ops"]
+
+    def fields(row: InboundMessage) -> dict[str, Any]:
+        return {c: getattr(row, c) for c in row.__table__.columns.keys() if c != "id"}
+
+    assert fields(one) == fields(several[0])
+    assert (one.subaddress, one.mail_from, one.from_addr, one.state, one.received_at) == (
+        "post", "ann@a.example", "ann@a.example", InboundState.new, clock())
+    first, *more = incoming_jobs(app)
+
+    def job_fields(job: Job) -> dict[str, Any]:
+        return {c: getattr(job, c) for c in job.__table__.columns.keys() if c != "id"}
+
+    assert first.payload == {"inbound_id": one.id}
+    assert more[0].payload == {"inbound_id": several[0].id}
+    assert job_fields(first) | {"payload": None} == job_fields(more[0]) | {"payload": None}
+    assert (first.state, first.run_after, first.attempts, first.max_attempts,
+            first.partition_key) == (JobState.ready, clock(), 0, inbound.JOB_ATTEMPTS,
+                                     f"incoming:{lists['dev']}")
+    with app.db.unit_of_work() as s:
+        assert app.spool.get(one.spool_sha, session=s) == raw

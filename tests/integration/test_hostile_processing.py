@@ -140,6 +140,9 @@ class Unwritten(spool.Spool):
     def put(self, data: bytes, session: Any = None) -> str:
         return spool.sha_of(data)
 
+    def part(self, data: bytes) -> None:
+        return None
+
 
 def test_failed_processing_is_held_for_owners_listed_and_retried(
         harness: Harness, cli_env: dict[str, str], clock: Any) -> None:
