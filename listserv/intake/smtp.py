@@ -27,7 +27,7 @@ from typing import Any, Callable, TypeVar
 from aiosmtpd.controller import Controller
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP
-from sqlalchemy import Table, bindparam, cast, func, insert, literal, select
+from sqlalchemy import Table, bindparam, cast, func, insert, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -46,7 +46,7 @@ from listserv.core.errors import (
     UnknownRecipient,
 )
 from listserv.core.models import (
-    InboundMessage, InboundState, Job, JobState, MailingList,
+    InboundMessage, InboundState, Job, MailingList,
 )
 from listserv.message import replies, untrusted
 from listserv.message.parse import parse_headers
@@ -234,78 +234,75 @@ _INSERT_INBOUND = insert(InboundMessage.__table__).returning(  # type: ignore[ar
     InboundMessage.__table__.c.id)
 
 
+def _row(route: Route, *, raw: bytes, sha: str, mail_from: str, message_id: str,
+         from_addr: str, subject: str, received_at: dt.datetime) -> dict[str, Any]:
+    """The InboundMessage of ``route``, column by column."""
+    list_id, subaddress, extra, rcpt = route
+    return {"list_id": list_id, "subaddress": subaddress,
+            "extra": _clip(extra, 400) if extra else None, "rcpt": _clip(rcpt, 400),
+            "mail_from": _clip(mail_from, 400), "message_id": message_id,
+            "from_addr": from_addr, "subject": subject, "size": len(raw), "spool_sha": sha,
+            "received_at": received_at, "state": InboundState.new, "attempts": 0}
+
+
 def add_rows(session: Session, app: App, *, raw: bytes, sha: str, mail_from: str,
              message_id: str, from_addr: str, subject: str, received_at: dt.datetime,
              routes: list[Route]) -> None:
     """In the caller's transaction: the message's bytes and, per route, its InboundMessage
     and the job that will process it (listserv.pipeline.inbound)."""
     app.spool.put(raw, session=session)
-    for list_id, subaddress, extra, rcpt in routes:
-        row_id = session.execute(_INSERT_INBOUND, {
-            "list_id": list_id, "subaddress": subaddress,
-            "extra": _clip(extra, 400) if extra else None,
-            "rcpt": _clip(rcpt, 400), "mail_from": _clip(mail_from, 400),
-            "message_id": message_id, "from_addr": from_addr, "subject": subject,
-            "size": len(raw), "spool_sha": sha, "received_at": received_at,
-            "state": InboundState.new, "attempts": 0}).scalar_one()
-        inbound.enqueue(session, app, row_id, list_id, subaddress)
+    for route in routes:
+        row_id = session.execute(_INSERT_INBOUND, _row(
+            route, raw=raw, sha=sha, mail_from=mail_from, message_id=message_id,
+            from_addr=from_addr, subject=subject, received_at=received_at)).scalar_one()
+        inbound.enqueue(session, app, row_id, route[0], route[1])
 
 
-_ONE_STATEMENT: dict[int, Any] = {}
+_ONE_STATEMENT: dict[Any, Any] = {}
+_JOB = "job_"           # the prefix of the job's parameters in _one_statement()
 
 
-def _one_statement(blob: Any) -> Any:
-    """PostgreSQL: what add_rows() writes for one list address as one statement, built once
-    (per spool statement ``blob``, Spool.part()'s, or None): the bytes, the InboundMessage and
-    its job, as data-modifying CTEs. Run on its own (autocommit) it is one round trip to the
+def _one_statement(blob: Any, row_columns: list[str], job_columns: list[str]) -> Any:
+    """PostgreSQL: what add_rows() writes for one list address as one statement: the bytes
+    (``blob``, Spool.part()'s statement, or None), the InboundMessage (parameters named as
+    its columns) and its job (named _JOB + column; the payload names the row), as
+    data-modifying CTEs, built once. Run on its own (autocommit) it is one round trip to the
     server instead of five (BEGIN, three INSERTs, COMMIT), each of which waits for the server
     and then for the interpreter lock before the answer goes out."""
-    key = id(blob)
-    if key in _ONE_STATEMENT:
-        return _ONE_STATEMENT[key]
+    stmt = _ONE_STATEMENT.get(blob)
+    if stmt is not None:
+        return stmt
     rows: Table = InboundMessage.__table__  # type: ignore[assignment]
     jobs_t: Table = Job.__table__  # type: ignore[assignment]
-    now = bindparam("now", type_=rows.c.received_at.type)
-    row = insert(rows).values(
-        list_id=bindparam("list_id"), subaddress=bindparam("subaddress"),
-        extra=bindparam("extra"), rcpt=bindparam("rcpt"), mail_from=bindparam("mail_from"),
-        message_id=bindparam("message_id"), from_addr=bindparam("from_addr"),
-        subject=bindparam("subject"), size=bindparam("size"), spool_sha=bindparam("sha"),
-        received_at=now, state=bindparam("state", type_=rows.c.state.type), attempts=0,
-    ).returning(rows.c.id).cte("row")
-    job = insert(jobs_t).from_select(
-        ["kind", "payload", "partition_key", "state", "run_after", "attempts",
-         "max_attempts", "created_at"],
-        select(bindparam("kind", type_=jobs_t.c.kind.type),
-               cast(func.json_build_object("inbound_id", row.c.id), jobs_t.c.payload.type),
-               bindparam("partition_key", type_=jobs_t.c.partition_key.type),
-               bindparam("job_state", type_=jobs_t.c.state.type), now, literal(0),
-               bindparam("max_attempts", type_=jobs_t.c.max_attempts.type), now)
+    row = insert(rows).values({c: bindparam(c, type_=rows.c[c].type) for c in row_columns}
+                              ).returning(rows.c.id).cte("row")
+    stmt = insert(jobs_t).from_select(
+        ["payload", *job_columns],
+        select(cast(func.json_build_object("inbound_id", row.c.id), jobs_t.c.payload.type),
+               *[bindparam(_JOB + c, type_=jobs_t.c[c].type) for c in job_columns])
         .select_from(row),
     ).returning(jobs_t.c.id)
     if blob is not None:
-        job = job.add_cte(blob.cte("blob"))
-    _ONE_STATEMENT[key] = job
-    return job
+        stmt = stmt.add_cte(blob.cte("blob"))
+    _ONE_STATEMENT[blob] = stmt
+    return stmt
 
 
 def _record_one(app: App, spooled: Spooled, route: Route) -> None:
     """add_rows() for one route on PostgreSQL, as _one_statement() in autocommit."""
-    list_id, subaddress, extra, rcpt = route
     info = spooled.info
-    part = app.spool.part(info.raw)
+    row = _row(route, raw=info.raw, sha=spooled.sha, mail_from=spooled.mail_from,
+               message_id=info.message_id, from_addr=info.from_addr, subject=info.subject,
+               received_at=app.now())
+    job = inbound.job(app, None, route[0], route[1])
+    del job["payload"]
+    part = app.spool.part(info.raw, spooled.sha)
     blob, params = part if part is not None else (None, {})
-    params.update({
-        "sha": spooled.sha, "size": len(info.raw), "now": app.now(), "list_id": list_id,
-        "subaddress": subaddress, "extra": _clip(extra, 400) if extra else None,
-        "rcpt": _clip(rcpt, 400), "mail_from": _clip(spooled.mail_from, 400),
-        "message_id": info.message_id, "from_addr": info.from_addr, "subject": info.subject,
-        "state": InboundState.new, "kind": inbound.KIND,
-        "partition_key": inbound.partition_key(list_id, subaddress),
-        "job_state": JobState.ready, "max_attempts": inbound.JOB_ATTEMPTS})
+    params.update(row)
+    params.update((_JOB + c, v) for c, v in job.items())
     with app.db.engine.connect() as conn:
         conn.execution_options(isolation_level="AUTOCOMMIT")
-        conn.execute(_one_statement(blob), params).scalar_one()
+        conn.execute(_one_statement(blob, list(row), list(job)), params).scalar_one()
 
 
 def record(app: App, spooled: Spooled, resolved: list[Resolved]) -> None:

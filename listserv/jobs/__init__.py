@@ -1,6 +1,7 @@
 """One job engine for background work: a ``job`` table, leases, retries, dead letters.
 
     enqueue(session, app, kind, payload, partition_key=, dedupe_key=, run_after=)
+    new_job(app, kind, payload, ...)         the row enqueue() adds, for a statement of one's own
     kick(session, app, name)                 run periodic kind ``name`` now
     run_next_job(app, kinds) / run_jobs_until_idle(app, kinds)   tests: one job at a time, no loops
     work(app, stop, wake, kinds=, owner=, executor=)   the daemon's worker loop
@@ -18,6 +19,7 @@ from listserv.jobs.engine import (
     dead_items,
     enqueue,
     ensure,
+    new_job,
     fail,
     new_worker_id,
     renew,
@@ -40,6 +42,6 @@ from listserv.jobs.runner import (
 )
 
 __all__ = ["LEASE", "Claimed", "claim", "complete", "counts", "dead_items", "enqueue",
-           "ensure", "fail", "new_worker_id", "renew", "retry_dead", "Idle", "Kind", "Registry", "current_job",
+           "ensure", "fail", "new_job", "new_worker_id", "renew", "retry_dead", "Idle", "Kind", "Registry", "current_job",
            "ensure_periodic", "execute", "kick", "postpone", "registry", "schedule", "run_jobs_until_idle",
            "run_next_job", "work"]

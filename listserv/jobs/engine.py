@@ -103,6 +103,16 @@ def backoff(attempts: int, base: dt.timedelta = BACKOFF_BASE,
 _INSERT = insert(Job.__table__).returning(Job.__table__.c.id)  # type: ignore[arg-type]
 
 
+def new_job(app: App, kind: str, payload: dict[str, Any] | None = None, *,
+            partition_key: str | None = None, dedupe_key: str | None = None,
+            run_after: dt.datetime | None = None,
+            max_attempts: int = MAX_ATTEMPTS) -> dict[str, Any]:
+    """The row of a new ready job (enqueue()'s arguments), column by column."""
+    now = app.now()
+    return {"kind": kind, "payload": payload or {}, "partition_key": partition_key,
+            "dedupe_key": dedupe_key, "state": JobState.ready, "run_after": run_after or now,
+            "attempts": 0, "max_attempts": max_attempts, "created_at": now}
+
 
 def _insert_ignoring_ready_duplicate(session: Session, values: dict[str, Any]) -> int | None:
     """INSERT the job unless a ready job with its dedupe_key exists; the new id or None."""
@@ -123,11 +133,9 @@ def enqueue(session: Session, app: App, kind: str, payload: dict[str, Any] | Non
     """Add a job (in the caller's transaction); its id. With ``dedupe_key``, when a ready job
     with that key exists, it is kept (its run_after moved earlier if this one is earlier) and
     its id returned."""
-    now = app.now()
-    when = run_after or now
-    values = {"kind": kind, "payload": payload or {}, "partition_key": partition_key,
-              "dedupe_key": dedupe_key, "state": JobState.ready, "run_after": when,
-              "attempts": 0, "max_attempts": max_attempts, "created_at": now}
+    values = new_job(app, kind, payload, partition_key=partition_key, dedupe_key=dedupe_key,
+                     run_after=run_after, max_attempts=max_attempts)
+    when = values["run_after"]
     if dedupe_key is None:
         return int(session.execute(_INSERT, values).scalar_one())
     new_id = _insert_ignoring_ready_duplicate(session, values)

@@ -14,6 +14,8 @@ score at once).
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy.orm import Session
 
 from listserv import jobs
@@ -31,8 +33,18 @@ def partition_key(list_id: int, subaddress: str) -> str:
     return f"incoming:{list_id}"
 
 
+def _job_args(list_id: int, subaddress: str) -> dict[str, Any]:
+    return {"partition_key": partition_key(list_id, subaddress), "max_attempts": JOB_ATTEMPTS}
+
+
+def job(app: App, inbound_id: int | None, list_id: int, subaddress: str) -> dict[str, Any]:
+    """The row of the job that processes InboundMessage ``inbound_id`` (jobs.new_job; no
+    payload when the id is not known yet: a statement of the intake's own adds it)."""
+    return jobs.new_job(app, KIND, None if inbound_id is None else {"inbound_id": inbound_id},
+                        **_job_args(list_id, subaddress))
+
+
 def enqueue(session: Session, app: App, inbound_id: int, list_id: int, subaddress: str) -> int:
     """In the caller's transaction: the job that processes InboundMessage ``inbound_id``."""
     return jobs.enqueue(session, app, KIND, {"inbound_id": inbound_id},
-                        partition_key=partition_key(list_id, subaddress),
-                        max_attempts=JOB_ATTEMPTS)
+                        **_job_args(list_id, subaddress))

@@ -140,7 +140,7 @@ class Unwritten(spool.Spool):
     def put(self, data: bytes, session: Any = None) -> str:
         return spool.sha_of(data)
 
-    def part(self, data: bytes) -> None:
+    def part(self, data: bytes, sha: str) -> None:
         return None
 
 
