@@ -34,7 +34,7 @@ from sqlalchemy import create_engine, text
 from listserv.cli import cli as click_cli
 from tests.conftest import PG_URL, _pg_admin_url, pg_database_name
 from tests.sink import Captured, SmtpSink
-from tests.waiting import wait_until
+from tests.waiting import until_listening, wait_until
 
 
 def free_port() -> int:
@@ -54,6 +54,7 @@ def listening(port: int) -> bool:
 
 
 REPO = Path(__file__).resolve().parents[2]
+PORT_TRIES = 5          # starts of a daemon whose free ports another process took meanwhile
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -94,6 +95,7 @@ class Site:
             f'[intake]\nport = {self.port}\n'
             f'[web]\nlisten = "127.0.0.1:0"\n'
             f'[delivery]\noutbound = "{sink.url}"\nretry_schedule = [1]\n' + extra)
+        self.web_port: int | None = None      # see use_web_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = root / "serve.log"
         self.runner = CliRunner()
@@ -129,21 +131,52 @@ class Site:
 
     # -- the daemon ------------------------------------------------------------------
     def serve(self, *flags: str) -> "Site":
-        """Start `listserv serve FLAGS` and wait until it listens."""
-        self.proc = self.start_serve(*flags)
-        proc = self.proc
-        wait_until(lambda: listening(self.port) or proc.poll() is not None, 30,
-                   "listserv serve to listen")
-        assert proc.poll() is None, self.log.read_text()
-        return self
+        """Start `listserv serve FLAGS` and wait until it logs that its intake listens on
+        this site's port. free_port() only found ports free a moment ago: when another
+        process took one since (the daemon then exits, "address already in use"), the site
+        moves to new free ports and starts again."""
+        for attempt in range(1, PORT_TRIES + 1):
+            start = self.log.stat().st_size if self.log.exists() else 0
+            self.proc = proc = self.start_serve(*flags)
+            logged = until_listening(proc, self.log, start, self.port)
+            if proc.poll() is None:
+                return self
+            self.proc = None
+            if "already in use" not in logged or attempt == PORT_TRIES:
+                raise AssertionError(f"listserv serve exited {proc.returncode}:\n{logged}")
+            self.move_ports()
+        raise AssertionError("not reached")                  # pragma: no cover
+
+    def move_ports(self) -> None:
+        """Give the intake (and the web pages, when they have a port of their own) new
+        free ports."""
+        text = self.config.read_text()
+        old, self.port = self.port, free_port()
+        text = text.replace(f"[intake]\nport = {old}\n", f"[intake]\nport = {self.port}\n")
+        if self.web_port is not None:
+            old, self.web_port = self.web_port, free_port()
+            text = text.replace(f"127.0.0.1:{old}", f"127.0.0.1:{self.web_port}")
+        self.config.write_text(text)
+
+    def use_web_port(self) -> None:
+        """Web pages on a port of their own (base_url: that port), not on port 0."""
+        self.web_port = port = free_port()
+        self.config.write_text(self.config.read_text().replace(
+            'listen = "127.0.0.1:0"',
+            f'listen = "127.0.0.1:{port}"\nbase_url = "http://127.0.0.1:{port}"'))
+
+    @property
+    def base_url(self) -> str:
+        assert self.web_port is not None, "use_web_port() first"
+        return f"http://127.0.0.1:{self.web_port}"
 
     def start_serve(self, *flags: str) -> subprocess.Popen[bytes]:
         """Start `listserv serve FLAGS` (logging to serve.log) without waiting for it."""
         out = open(self.log, "ab")
         try:
-            return subprocess.Popen(
-                [sys.executable, "-m", "listserv", "--config", str(self.config), "serve",
-                 *flags], stdout=out, stderr=out, env=clean_env())
+            return subprocess.Popen(       # -v: serve.log says where it listens, and more
+                [sys.executable, "-m", "listserv", "-v", "--config", str(self.config),
+                 "serve", *flags], stdout=out, stderr=out, env=clean_env())
         finally:
             out.close()
 

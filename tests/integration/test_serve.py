@@ -31,7 +31,7 @@ from listserv.core.models import (
 )
 from tests.integration.harness import Harness, make_list, make_message
 from tests.sink import SmtpSink
-from tests.waiting import wait_until
+from tests.waiting import until_listening, wait_until
 
 LIST = "dev@example.org"
 
@@ -44,14 +44,6 @@ def free_port() -> int:
 
 
 
-def listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), 0.5):
-            return True
-    except OSError:
-        return False
-
-
 class Server:
     def __init__(self, env: dict[str, str], port: int, log: Path) -> None:
         base = {k: v for k, v in os.environ.items() if not k.startswith("LISTSERV_")}
@@ -61,12 +53,12 @@ class Server:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> "Server":
+        start = self.log.stat().st_size if self.log.exists() else 0
         out = open(self.log, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "listserv", "-v", "serve"],
                                      env=self.env, stdout=out, stderr=out)
-        wait_until(lambda: listening(self.port) or self.proc.poll() is not None,  # type: ignore[union-attr]
-                   30, "listserv serve to listen")
-        assert self.proc.poll() is None, self.log.read_text()
+        logged = until_listening(self.proc, self.log, start, self.port)
+        assert self.proc.poll() is None, logged
         return self
 
     def terminate(self) -> int:

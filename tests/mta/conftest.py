@@ -31,9 +31,9 @@ from typing import Any, Iterator
 
 import pytest
 
-from tests.acceptance.conftest import _database, clean_env, free_port, listening
+from tests.acceptance.conftest import _database, clean_env, free_port
 from tests.mta.postfix import LIST_DOMAIN, PrivatePostfix, SmtpSink, have_postfix, open_path
-from tests.waiting import wait_until
+from tests.waiting import until_listening
 
 REPO = Path(__file__).resolve().parents[2]
 LIST = f"dev@{LIST_DOMAIN}"
@@ -126,15 +126,16 @@ class Front:
         return json.loads(self.cli(*args, "--json"))
 
     def serve(self) -> None:
+        """Start `listserv serve`; wait until it logs that its intake listens on its port
+        (proof that the process listening there is this one)."""
+        start = self.log.stat().st_size if self.log.exists() else 0
         out = open(self.log, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "listserv", "-v", "--config", str(self.config), "serve"],
             stdout=out, stderr=out, env=self.env, cwd=REPO)
         out.close()
-        proc = self.proc
-        wait_until(lambda: listening(self.ports["lmtp"]) or proc.poll() is not None, 30,
-                   "listserv serve to listen")
-        assert proc.poll() is None, self.log.read_text()
+        logged = until_listening(self.proc, self.log, start, self.ports["lmtp"])
+        assert self.proc.poll() is None, logged
 
     def stop_listserv(self) -> None:
         if self.proc is not None:

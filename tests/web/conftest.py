@@ -64,21 +64,44 @@ def answers(url: str) -> bool:
         return False
 
 
+def serve_with_web(site: Any) -> str:
+    """Give ``site`` (tests.acceptance.conftest.Site) web pages on a free port, start its
+    `listserv serve` and wait until the directory page answers 200; return the base URL.
+    When it does not, the failure says what the page answered last and what the daemon
+    logged."""
+    site.use_web_port()
+    site.serve()
+    base = str(site.base_url)
+    last: list[str] = ["nothing yet"]
+
+    def ready() -> bool:
+        try:
+            with urllib.request.urlopen(base + "/", timeout=2) as r:
+                last[0] = f"HTTP {r.status}"
+                return bool(r.status == 200)
+        except OSError as exc:
+            last[0] = repr(exc)
+            return False
+    try:
+        wait_until(ready, 30, "the web pages to answer")
+    except AssertionError as exc:
+        alive = site.proc is not None and site.proc.poll() is None
+        raise AssertionError(
+            f"{exc}; last answer: {last[0]}; serve "
+            f"{'running' if alive else 'exited'}; its log:\n{site.log.read_text()[-4000:]}"
+        ) from None
+    return base
+
+
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     """One `listserv serve` per test module, web pages on a free port, mail to its own sink."""
-    from tests.acceptance.conftest import free_port, make_site
+    from tests.acceptance.conftest import make_site
     from tests.sink import SmtpSink
 
     with SmtpSink() as sink_:
         for site in make_site(tmp_path_factory.mktemp("live"), sink_):
-            port = free_port()
-            base = f"http://127.0.0.1:{port}"
-            site.config.write_text(site.config.read_text().replace(
-                'listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{port}"\nbase_url = "{base}"'))
-            site.serve()
-            wait_until(lambda: answers(base + "/"), 30, "the web pages to answer")
-            yield Live(site, base)
+            yield Live(site, serve_with_web(site))
 
 
 @pytest.hookimpl(hookwrapper=True)

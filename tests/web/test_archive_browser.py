@@ -13,10 +13,10 @@ from typing import Any, Iterator
 import pytest
 from selenium.webdriver.common.by import By
 
-from tests.acceptance.conftest import Site, free_port, make_site, message
+from tests.acceptance.conftest import Site, make_site, message
 from tests.sink import SmtpSink
 from tests.waiting import wait_until
-from tests.web.conftest import assert_no_script, press
+from tests.web.conftest import assert_no_script, press, serve_with_web
 
 
 LIST = "garden@example.org"
@@ -27,27 +27,13 @@ def browser_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Sit
     """`listserv serve` with its web pages on a free port: (site, base URL)."""
     with SmtpSink() as sink:
         for site in make_site(tmp_path_factory.mktemp("browser-site"), sink):
-            port = free_port()
-            base = f"http://127.0.0.1:{port}"
-            site.config.write_text(site.config.read_text().replace(
-                'listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{port}"\nbase_url = "{base}"'))
             site.run("list", "create", LIST)
             for key, value in (("archive", "public"), ("nonmember_action", "accept"),
                                ("display_name", "Community garden"),
                                ("description", "Seeds, tools <and> weekends")):
                 site.run("list", "set", LIST, key, value)
             site.run("member", "add", LIST, "ann@a.example")
-            site.serve()
-            wait_until(lambda: _answers(base + "/"), 30, "the web pages to answer")
-            yield site, base
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return bool(r.status == 200)
-    except OSError:
-        return False
+            yield site, serve_with_web(site)
 
 
 def test_join_from_the_directory_and_confirm(browser_site: tuple[Site, str],
