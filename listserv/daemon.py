@@ -37,7 +37,7 @@ from typing import Any, Callable, Coroutine
 from listserv import jobs, workers
 from listserv.core import wakeup
 from listserv.core.app import App
-from listserv.core.errors import ListservError
+from listserv.core.errors import ConfigError, ListservError
 from listserv.intake import journal as intake_journal
 from listserv.intake import smtp as intake
 from listserv.pipeline import hold_notices, inbound
@@ -307,14 +307,18 @@ class Daemon:
         if self.job_kinds:
             await asyncio.to_thread(jobs.ensure_periodic, app, self.job_kinds)
 
+        # Both listening sockets are bound before either serves: a busy port stops the
+        # daemon before it has answered anyone.
+        server = await self._bind_intake() if self.intake_enabled else None
         web_stop = asyncio.Event()
-        web_task = await self._start_web(web_stop) if self.web_listen else None
-        server = None
-        if self.intake_enabled:
-            handler = self.handler
-            server = await loop.create_server(
-                lambda: intake.make_protocol(handler, app.settings), self.host, self.port)
-            self.bound_port = server.sockets[0].getsockname()[1]
+        try:
+            web_task = await self._start_web(web_stop) if self.web_listen else None
+        except BaseException:
+            if server is not None:
+                server.close()
+            raise
+        if server is not None:
+            await server.start_serving()
             log.info("listserv: %s intake listening on %s:%d", app.settings.intake.protocol,
                      self.host, self.bound_port)
         if self.on_ready is not None:
@@ -433,6 +437,21 @@ class Daemon:
             if woken and not copied:
                 self._wake_incoming()
             await jobs.runner.wait_at_most(wake, self.poll)
+
+    async def _bind_intake(self) -> asyncio.Server:
+        """The intake's listening socket, bound but not yet accepting; ConfigError (one
+        line, naming the address) when it cannot be bound."""
+        assert self.handler is not None
+        handler, settings = self.handler, self.app.settings
+        try:
+            server = await asyncio.get_running_loop().create_server(
+                lambda: intake.make_protocol(handler, settings), self.host, self.port,
+                start_serving=False)
+        except OSError as exc:
+            raise ConfigError(f"intake {self.host}:{self.port}: cannot listen: "
+                              f"{exc.strerror or exc}") from None
+        self.bound_port = server.sockets[0].getsockname()[1]
+        return server
 
     async def _start_web(self, web_stop: asyncio.Event) -> asyncio.Task[Any]:
         """Start the web server; return once it listens (a busy port raises here)."""

@@ -119,6 +119,26 @@ def test_serve_initialises_a_fresh_data_dir(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
 
 
+def test_a_busy_intake_port_is_one_line(cli_env: dict[str, str], tmp_path: Path) -> None:
+    """Another process listens on the intake's port: serve exits 1 with one line naming
+    the address; its web pages never start."""
+    web_port = free_port()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        base = {k: v for k, v in os.environ.items() if not k.startswith("LISTSERV_")}
+        env = {**base, **cli_env, "LISTSERV_INTAKE_PORT": str(port),
+               "LISTSERV_WEB_LISTEN": f"127.0.0.1:{web_port}"}
+        p = subprocess.run([sys.executable, "-m", "listserv", "serve"], env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
+    assert f"intake 127.0.0.1:{port}: cannot listen" in lines[0], lines[0]
+    assert "in use" in lines[0].lower()
+
+
 def test_kill_9_loses_nothing_accepted(app: App, cli_env: dict[str, str],
                                        tmp_path: Path) -> None:
     # outbound to a closed port: deliveries just wait for a retry (this test is about intake)
