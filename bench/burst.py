@@ -15,7 +15,6 @@ delivery) and the intake's answer times.
 from __future__ import annotations
 
 import argparse
-import shutil
 import smtplib
 import subprocess
 import sys
@@ -27,8 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
 from fanout import (  # noqa: E402  (bench/fanout.py)
-    PROBE, Sink, cli, cpu_seconds, free_port, percentile, probe_sender, small_post,
-    stop_daemon, wait_delivered, wait_port,
+    PROBE, Sink, clean_up, cli, cpu_seconds, free_port, percentile, probe_sender,
+    small_post, wait_delivered, wait_port, write_config,
 )
 
 
@@ -37,12 +36,7 @@ def once(args: argparse.Namespace) -> None:
     sink = Sink()
     sink.start(args.sink)
     port = free_port()
-    cfg = tmp / "listserv.toml"
-    db = f'\n[database]\nurl = "{args.database_url}"\n' if args.database_url else ""
-    cfg.write_text(f'data_dir = "{tmp / "data"}"\nsite_domain = "bench.example"\n{db}'
-                   f'\n[intake]\nhost = "127.0.0.1"\nport = {port}\n'
-                   f'\n[delivery]\noutbound = "smtp://127.0.0.1:{sink.port}"\n'
-                   f'\n[web]\nlisten = "127.0.0.1:0"\n')
+    cfg = write_config(tmp, port, sink.port, args.database_url)
     daemon: subprocess.Popen[bytes] | None = None
     try:
         cli(cfg, "init")
@@ -74,12 +68,7 @@ def once(args: argparse.Namespace) -> None:
         print(f"intake answer (MAIL FROM to 250): p50 {percentile(answers, 50) * 1000:.1f} ms, "
               f"p99 {percentile(answers, 99) * 1000:.1f} ms")
     finally:
-        stop_daemon(daemon)
-        sink.stop()
-        if args.keep:
-            print(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        clean_up(tmp, sink, args.keep, daemon)
 
 
 def main() -> None:

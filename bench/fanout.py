@@ -241,6 +241,20 @@ class Sink:
             self.controller.stop()
 
 
+def write_config(tmp: Path, intake_port: int, sink_port: int, database_url: str = "",
+                 delivery: str = "") -> Path:
+    """The benchmark's listserv.toml in ``tmp``: data_dir there (SQLite unless
+    ``database_url``), the intake on 127.0.0.1:``intake_port``, outbound mail to the sink on
+    ``sink_port`` (``delivery``: more [delivery] lines), web pages on a free port."""
+    cfg = tmp / "listserv.toml"
+    db = f'\n[database]\nurl = "{database_url}"\n' if database_url else ""
+    cfg.write_text(f'data_dir = "{tmp / "data"}"\nsite_domain = "bench.example"\n{db}'
+                   f'\n[intake]\nhost = "127.0.0.1"\nport = {intake_port}\n'
+                   f'\n[delivery]\noutbound = "smtp://127.0.0.1:{sink_port}"\n{delivery}'
+                   f'\n[web]\nlisten = "127.0.0.1:0"\n')
+    return cfg
+
+
 def cli(cfg: Path, *args: str) -> str:
     res = subprocess.run([sys.executable, "-m", "listserv", "--config", str(cfg), *args],
                          capture_output=True, text=True, cwd=ROOT)
@@ -346,6 +360,18 @@ def stop_daemon(daemon: subprocess.Popen[bytes] | None) -> None:
             daemon.wait(30)
         except subprocess.TimeoutExpired:
             daemon.kill()
+
+
+def clean_up(tmp: Path, sink: "Sink", keep: bool,
+             *daemons: subprocess.Popen[bytes] | None) -> None:
+    """Stop the daemons and the sink; remove the temporary data_dir unless ``keep``."""
+    for daemon in daemons:
+        stop_daemon(daemon)
+    sink.stop()
+    if keep:
+        print(f"kept {tmp}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def print_trace(path: Path, t_posted: float, t_accepted: float, first: float | None,
@@ -482,14 +508,9 @@ def run(args: argparse.Namespace) -> float:
     sink = Sink()
     sink.start(args.sink)
     intake_port = free_port()
-    cfg = tmp / "listserv.toml"
-    db = f'\n[database]\nurl = "{args.database_url}"\n' if args.database_url else ""
-    cfg.write_text(f'data_dir = "{tmp / "data"}"\nsite_domain = "bench.example"\n{db}'
-                   f'\n[intake]\nhost = "127.0.0.1"\nport = {intake_port}\n'
-                   f'\n[delivery]\noutbound = "smtp://127.0.0.1:{sink.port}"\n'
-                   f'connections = {args.connections}\n'
-                   f'verp = {"true" if args.verp else "false"}\n'
-                   f'\n[web]\nlisten = "127.0.0.1:0"\n')
+    cfg = write_config(tmp, intake_port, sink.port, args.database_url,
+                       f'connections = {args.connections}\n'
+                       f'verp = {"true" if args.verp else "false"}\n')
     daemon: subprocess.Popen[bytes] | None = None
     worker: subprocess.Popen[bytes] | None = None
     try:
@@ -607,13 +628,7 @@ def run(args: argparse.Namespace) -> float:
                         args.trace_steps)
         return done / elapsed
     finally:
-        stop_daemon(worker)
-        stop_daemon(daemon)
-        sink.stop()
-        if args.keep:
-            print(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        clean_up(tmp, sink, args.keep, worker, daemon)
 
 
 if __name__ == "__main__":

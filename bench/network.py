@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import shutil
 import smtplib
 import subprocess
 import sys
@@ -31,13 +30,14 @@ from fanout import (  # noqa: E402
     POSTER,
     WARMUP,
     Sink,
+    clean_up,
     cli,
     free_port,
     message,
-    stop_daemon,
     vm_hwm_mb,
     wait_delivered,
     wait_port,
+    write_config,
 )
 
 FLAT = "flat@bench.example"
@@ -152,13 +152,8 @@ def main() -> None:
     sink = Sink()
     sink.start()
     port = free_port()
-    cfg = tmp / "listserv.toml"
-    db = f'\n[database]\nurl = "{args.database_url}"\n' if args.database_url else ""
-    cfg.write_text(f'data_dir = "{tmp / "data"}"\nsite_domain = "bench.example"\n{db}'
-                   f'\n[intake]\nhost = "127.0.0.1"\nport = {port}\n'
-                   f'\n[delivery]\noutbound = "smtp://127.0.0.1:{sink.port}"\n'
-                   f'verp = {"true" if args.verp else "false"}\n'
-                   f'\n[web]\nlisten = "127.0.0.1:0"\n')
+    cfg = write_config(tmp, port, sink.port, args.database_url,
+                       f'verp = {"true" if args.verp else "false"}\n')
     daemon: subprocess.Popen[bytes] | None = None
     try:
         cli(cfg, "init")
@@ -201,12 +196,7 @@ def main() -> None:
         print(f"ratio national / flat: {results[NATIONAL] / results[FLAT]:.2f}")
         print(f"daemon peak RSS (VmHWM): {vm_hwm_mb(daemon.pid):.0f} MB")
     finally:
-        stop_daemon(daemon)
-        sink.stop()
-        if args.keep:
-            print(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        clean_up(tmp, sink, args.keep, daemon)
 
 
 if __name__ == "__main__":
