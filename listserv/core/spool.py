@@ -74,12 +74,11 @@ class Spool:
             self._insert(session, sha, data)
         return sha
 
-    def part(self, data: bytes, sha: str) -> tuple[Any, dict[str, Any]] | None:
+    def part(self, data: bytes, sha: str) -> tuple[Any, dict[str, Any]]:
         """put() of ``data`` (whose SHA-256 is ``sha``) on PostgreSQL as a part of the
         caller's own statement (a data-modifying CTE, so that the bytes and the rows naming
         them commit together in one round trip): the INSERT, built once, and its parameters
-        (named ``spool_``...). None: nothing to run (a spool that keeps the bytes
-        elsewhere)."""
+        (named ``spool_``...)."""
         now = self.clock()
         return _put_statement("postgresql", PART_PREFIX), {
             PART_PREFIX + "sha": sha, PART_PREFIX + "data": data,

@@ -264,7 +264,7 @@ _JOB = "job_"           # the prefix of the job's parameters in _one_statement()
 
 def _one_statement(blob: Any, row_columns: list[str], job_columns: list[str]) -> Any:
     """PostgreSQL: what add_rows() writes for one list address as one statement: the bytes
-    (``blob``, Spool.part()'s statement, or None), the InboundMessage (parameters named as
+    (``blob``, Spool.part()'s statement), the InboundMessage (parameters named as
     its columns) and its job (named _JOB + column; the payload names the row), as
     data-modifying CTEs, built once. Run on its own (autocommit) it is one round trip to the
     server instead of five (BEGIN, three INSERTs, COMMIT), each of which waits for the server
@@ -281,9 +281,7 @@ def _one_statement(blob: Any, row_columns: list[str], job_columns: list[str]) ->
         select(cast(func.json_build_object("inbound_id", row.c.id), jobs_t.c.payload.type),
                *[bindparam(_JOB + c, type_=jobs_t.c[c].type) for c in job_columns])
         .select_from(row),
-    ).returning(jobs_t.c.id)
-    if blob is not None:
-        stmt = stmt.add_cte(blob.cte("blob"))
+    ).returning(jobs_t.c.id).add_cte(blob.cte("blob"))
     _ONE_STATEMENT[blob] = stmt
     return stmt
 
@@ -294,10 +292,8 @@ def _record_one(app: App, spooled: Spooled, route: Route) -> None:
     row = _row(route, raw=info.raw, sha=spooled.sha, mail_from=spooled.mail_from,
                message_id=info.message_id, from_addr=info.from_addr, subject=info.subject,
                received_at=app.now())
-    job = inbound.job(app, None, route[0], route[1])
-    del job["payload"]
-    part = app.spool.part(info.raw, spooled.sha)
-    blob, params = part if part is not None else (None, {})
+    job = inbound.job_columns(app, route[0], route[1])
+    blob, params = app.spool.part(info.raw, spooled.sha)
     params.update(row)
     params.update((_JOB + c, v) for c, v in job.items())
     with app.db.engine.connect() as conn:

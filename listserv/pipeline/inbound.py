@@ -37,11 +37,13 @@ def _job_args(list_id: int, subaddress: str) -> dict[str, Any]:
     return {"partition_key": partition_key(list_id, subaddress), "max_attempts": JOB_ATTEMPTS}
 
 
-def job(app: App, inbound_id: int | None, list_id: int, subaddress: str) -> dict[str, Any]:
-    """The row of the job that processes InboundMessage ``inbound_id`` (jobs.new_job; no
-    payload when the id is not known yet: a statement of the intake's own adds it)."""
-    return jobs.new_job(app, KIND, None if inbound_id is None else {"inbound_id": inbound_id},
-                        **_job_args(list_id, subaddress))
+def job_columns(app: App, list_id: int, subaddress: str) -> dict[str, Any]:
+    """The columns of the job that processes a new InboundMessage of ``list_id``
+    (jobs.new_job), all but its payload: the payload names the message, whose id the
+    intake's one statement (listserv.intake.smtp) knows only inside it."""
+    columns = jobs.new_job(app, KIND, **_job_args(list_id, subaddress))
+    del columns["payload"]
+    return columns
 
 
 def enqueue(session: Session, app: App, inbound_id: int, list_id: int, subaddress: str) -> int:

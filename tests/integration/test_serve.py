@@ -119,7 +119,7 @@ def test_serve_initialises_a_fresh_data_dir(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
 
 
-def test_a_busy_intake_port_is_one_line(cli_env: dict[str, str], tmp_path: Path) -> None:
+def test_a_busy_intake_port_is_one_line(cli_env: dict[str, str]) -> None:
     """Another process listens on the intake's port: serve exits 1 with one line naming
     the address; its web pages never start."""
     web_port = free_port()

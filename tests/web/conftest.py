@@ -56,12 +56,17 @@ class Live:
         return str(self.site.run(*args))
 
 
-def answers(url: str) -> bool:
+def answer(url: str) -> str:
+    """What a GET of ``url`` got: "HTTP <status>", or the error."""
     try:
         with urllib.request.urlopen(url, timeout=2) as r:
-            return bool(r.status == 200)
-    except OSError:
-        return False
+            return f"HTTP {r.status}"
+    except OSError as exc:
+        return repr(exc)
+
+
+def answers(url: str) -> bool:
+    return answer(url) == "HTTP 200"
 
 
 def serve_with_web(site: Any) -> str:
@@ -75,13 +80,8 @@ def serve_with_web(site: Any) -> str:
     last: list[str] = ["nothing yet"]
 
     def ready() -> bool:
-        try:
-            with urllib.request.urlopen(base + "/", timeout=2) as r:
-                last[0] = f"HTTP {r.status}"
-                return bool(r.status == 200)
-        except OSError as exc:
-            last[0] = repr(exc)
-            return False
+        last[0] = answer(base + "/")
+        return last[0] == "HTTP 200"
     try:
         wait_until(ready, 30, "the web pages to answer")
     except AssertionError as exc:
