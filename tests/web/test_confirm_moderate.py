@@ -48,6 +48,15 @@ def tokens_in(app: App, pattern: re.Pattern[bytes], to: str) -> list[str]:
             for m in pattern.finditer(text.encode())]
 
 
+def token_about(app: App, pattern: re.Pattern[bytes], to: str, subject: str) -> str:
+    """The token in the notice to ``to`` about the post with ``subject`` (notices of two
+    posts may be queued in either order)."""
+    about = re.compile(rf"^\s*Subject:\s+{re.escape(subject)}\s*$", re.M)
+    (token,) = {m.group(1).decode() for text in texts(app, to) if about.search(text)
+                for m in pattern.finditer(text.encode())}
+    return token
+
+
 def csrf_of(page: str) -> str:
     return re.search(r'name="csrf" value="([^"]+)"', page).group(1)  # type: ignore[union-attr]
 
@@ -200,14 +209,16 @@ def test_reject_with_a_reason_and_the_posters_cancel_page(harness: Harness) -> N
     mod_tokens = tokens_in(h.app, MODERATE_RE, "mod@m.example")
     cancel = tokens_in(h.app, CONFIRM_RE, "eve@e.example")
     assert len(set(mod_tokens)) == 2 and len(set(cancel)) == 2
+    reject = token_about(h.app, MODERATE_RE, "mod@m.example", "first")
+    withdraw = token_about(h.app, CONFIRM_RE, "eve@e.example", "second")
     with TestClient(create_app(h.app, base_url=BASE_URL), base_url=BASE_URL) as web:
-        page = web.get(f"/m/{mod_tokens[0]}")
-        r = web.post(f"/m/{mod_tokens[0]}", data={"action": "reject", "reason": "off topic",
-                                                  "csrf": csrf_of(page.text)})
+        page = web.get(f"/m/{reject}")
+        r = web.post(f"/m/{reject}", data={"action": "reject", "reason": "off topic",
+                                           "csrf": csrf_of(page.text)})
         assert "rejected" in r.text and "off topic" in r.text
-        page = web.get(f"/c/{cancel[-1]}")
+        page = web.get(f"/c/{withdraw}")
         assert "Withdraw" in page.text
-        r = web.post(f"/c/{cancel[-1]}", data={"action": "cancel", "csrf": csrf_of(page.text)})
+        r = web.post(f"/c/{withdraw}", data={"action": "cancel", "csrf": csrf_of(page.text)})
         assert "withdrawn" in r.text
     with h.app.db.unit_of_work() as s:
         decided = {x.subject: (x.decision.value if x.decision else None, x.reason)
