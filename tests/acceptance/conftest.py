@@ -34,13 +34,7 @@ from sqlalchemy import create_engine, text
 from listserv.cli import cli as click_cli
 from tests.conftest import PG_URL, _pg_admin_url, pg_database_name
 from tests.sink import Captured, SmtpSink
-from tests.waiting import until_listening, wait_until
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.waiting import free_port, start_daemon, wait_until
 
 
 def listening(port: int) -> bool:
@@ -54,7 +48,6 @@ def listening(port: int) -> bool:
 
 
 REPO = Path(__file__).resolve().parents[2]
-PORT_TRIES = 5          # starts of a daemon whose free ports another process took meanwhile
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -132,27 +125,20 @@ class Site:
     # -- the daemon ------------------------------------------------------------------
     def serve(self, *flags: str) -> "Site":
         """Start `listserv serve FLAGS` and wait until it logs that its intake listens on
-        this site's port. free_port() only found ports free a moment ago: when another
-        process took one since (the daemon then exits, "address already in use"), the site
-        moves to new free ports and starts again."""
-        attempt = 1
-        while True:
-            start = self.log.stat().st_size if self.log.exists() else 0
-            self.proc = proc = self.start_serve(*flags)
-            logged = until_listening(proc, self.log, start, self.port)
-            if proc.poll() is None:
-                return self
-            self.proc = None
-            if "already in use" not in logged or attempt == PORT_TRIES:
-                raise AssertionError(f"listserv serve exited {proc.returncode}:\n{logged}")
-            self.move_ports()
-            attempt += 1
+        this site's port; when another process took one of the site's ports since it was
+        found free, the site moves to new free ports and starts again (start_daemon)."""
+        def start(port: int) -> subprocess.Popen[bytes]:
+            if port != self.port:
+                self.move_ports(port)
+            return self.start_serve(*flags)
+        self.proc, _ = start_daemon(start, self.log, self.port)
+        return self
 
-    def move_ports(self) -> None:
-        """Give the intake (and the web pages, when they have a port of their own) new
-        free ports."""
+    def move_ports(self, port: int) -> None:
+        """Give the intake ``port`` (and the web pages, when they have a port of their own,
+        a new free one)."""
         text = self.config.read_text()
-        old, self.port = self.port, free_port()
+        old, self.port = self.port, port
         text = text.replace(f"[intake]\nport = {old}\n", f"[intake]\nport = {self.port}\n")
         if self.web_port is not None:
             old, self.web_port = self.web_port, free_port()

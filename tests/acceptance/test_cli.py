@@ -11,7 +11,8 @@ import click
 from click.testing import CliRunner
 
 from listserv.cli import cli as click_cli
-from tests.acceptance.conftest import Site, clean_env, free_port
+from tests.acceptance.conftest import Site, clean_env
+from tests.waiting import free_port
 
 JSON_KEYS = {
     ("list", "ls"): {"address", "display_name", "members", "nonmember_action", "member_action",

@@ -14,10 +14,10 @@ from sqlalchemy import func, insert, select
 from listserv.core.app import App
 from listserv.core.lists import get_list
 from listserv.core.models import Address, Delivery, DeliveryState, Membership
-from tests.acceptance.conftest import Site, free_port, make_site, message
+from tests.acceptance.conftest import Site, make_site, message
 from tests.conftest import PG_URL
 from tests.sink import SmtpSink
-from tests.waiting import wait_until
+from tests.waiting import free_port, wait_until
 
 pytestmark = pytest.mark.skipif(
     not PG_URL, reason="several worker processes sharing one database's leases are a "

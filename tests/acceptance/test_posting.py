@@ -19,9 +19,10 @@ from click.testing import CliRunner
 from listserv.cli import cli as click_cli
 
 from tests.acceptance.conftest import (
-    Site, clean_env, free_port, listening, make_site, message, wait_until,
+    Site, clean_env, make_site, message, wait_until,
 )
 from tests.sink import SmtpSink
+from tests.waiting import start_daemon
 
 LIST_HEADERS = ("List-Id", "List-Post", "List-Help", "List-Subscribe", "List-Unsubscribe",
                 "List-Owner")
@@ -140,8 +141,7 @@ def test_kill_9_in_the_middle_of_a_fan_out(tmp_path: Path, sink: SmtpSink) -> No
 def test_defaults_deliver_to_the_maildir_outbox(tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """`listserv init && listserv serve` with no configuration at all (only a free port)."""
-    port = free_port()
-    env = clean_env(LISTSERV_INTAKE_PORT=str(port), LISTSERV_WEB_LISTEN="127.0.0.1:0")
+    env = clean_env(LISTSERV_WEB_LISTEN="127.0.0.1:0")
     p = subprocess.run([sys.executable, "-m", "listserv", "init"], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
@@ -152,12 +152,16 @@ def test_defaults_deliver_to_the_maildir_outbox(tmp_path: Path,
                  ["list", "set", "dev@example.org", "nonmember_action", "accept"]):
         r = runner.invoke(click_cli, args)
         assert r.exit_code == 0, r.output
-    proc = subprocess.Popen([sys.executable, "-m", "listserv", "serve"], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "serve.log"
+
+    def start(port: int) -> subprocess.Popen[bytes]:
+        with open(log, "ab") as out:
+            return subprocess.Popen([sys.executable, "-m", "listserv", "-v", "serve"],
+                                    cwd=tmp_path, env={**env, "LISTSERV_INTAKE_PORT": str(port)},
+                                    stdout=out, stderr=out)
+    proc, port = start_daemon(start, log)
     new = tmp_path / "listserv-data" / "outbox" / "new"
     try:
-        wait_until(lambda: listening(port) or proc.poll() is not None, 30, "serve")
-        assert proc.poll() is None
         with smtplib.SMTP("127.0.0.1", port) as c:
             c.sendmail("ann@example.com", ["dev@example.org"],
                        message("ann@example.com", "dev@example.org", "defaults"))

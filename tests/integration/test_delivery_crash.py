@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,16 +18,10 @@ from listserv.core.app import App
 from listserv.core.models import Delivery, DeliveryState
 from listserv.delivery.outbound import queue_message
 from tests.sink import SmtpSink
-from tests.waiting import wait_until
+from tests.waiting import start_daemon, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 MSG = b"From: a@example.net\r\nSubject: crash\r\nMessage-ID: <k9@example.net>\r\n\r\nbody\r\n"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def recipients_in(app: App, state: DeliveryState) -> int:
@@ -42,13 +35,18 @@ def recipients_in(app: App, state: DeliveryState) -> int:
 LEASE = 8
 
 
-def serve(env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "listserv", "serve"], env=env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def serve(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """`listserv serve` on a free intake port (the test sends it nothing), once it listens."""
+    def start(port: int) -> subprocess.Popen[bytes]:
+        with open(log, "ab") as out:
+            return subprocess.Popen([sys.executable, "-m", "listserv", "-v", "serve"],
+                                    env={**env, "LISTSERV_INTAKE_PORT": str(port)}, cwd=ROOT,
+                                    stdout=out, stderr=out)
+    return start_daemon(start, log)[0]
 
 
-def test_kill_9_loses_nothing_and_duplicates_are_bounded(app: App,
-                                                         cli_env: dict[str, str]) -> None:
+def test_kill_9_loses_nothing_and_duplicates_are_bounded(app: App, cli_env: dict[str, str],
+                                                         tmp_path: Path) -> None:
     rcpts = [f"u{i}@example.com" for i in range(600)]
     small = dataclasses.replace(app, settings=config.replace(
         app.settings, delivery__max_recipients_per_transaction=50))
@@ -57,10 +55,11 @@ def test_kill_9_loses_nothing_and_duplicates_are_bounded(app: App,
                       envelope_from="dev-bounces@example.org", verp=True)
     with SmtpSink() as sink:
         env = {**os.environ, **cli_env, "LISTSERV_DELIVERY_OUTBOUND": sink.url,
-               "LISTSERV_DELIVERY_CONNECTIONS": "2", "LISTSERV_INTAKE_PORT": str(free_port()),
+               "LISTSERV_DELIVERY_CONNECTIONS": "2",
                "LISTSERV_DATABASE_LEASE_SECONDS": str(LEASE)}
         env.pop("LISTSERV_CONFIG", None)
-        first = serve(env)
+        log = tmp_path / "serve.log"
+        first = serve(env, log)
         try:
             sink.wait_for(lambda m: len(m) >= 60, timeout=60)
         finally:
@@ -70,10 +69,10 @@ def test_kill_9_loses_nothing_and_duplicates_are_bounded(app: App,
         assert in_flight > 0                   # it really died in the middle of batches
         assert recipients_in(app, DeliveryState.done) < 600
 
-        second = serve(env)
+        second = serve(env, log)
         try:
             def all_done() -> bool:
-                assert second.poll() is None, "listserv serve exited"
+                assert second.poll() is None, log.read_text()
                 return recipients_in(app, DeliveryState.done) >= 600
 
             # the dead process's rows are taken over when their lease (LEASE s) expires

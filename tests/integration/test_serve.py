@@ -31,15 +31,9 @@ from listserv.core.models import (
 )
 from tests.integration.harness import Harness, make_list, make_message
 from tests.sink import SmtpSink
-from tests.waiting import until_listening, wait_until
+from tests.waiting import free_port, start_daemon, wait_until
 
 LIST = "dev@example.org"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 
@@ -53,12 +47,13 @@ class Server:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> "Server":
-        start = self.log.stat().st_size if self.log.exists() else 0
-        out = open(self.log, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "listserv", "-v", "serve"],
-                                     env=self.env, stdout=out, stderr=out)
-        logged = until_listening(self.proc, self.log, start, self.port)
-        assert self.proc.poll() is None, logged
+        def start(port: int) -> subprocess.Popen[bytes]:
+            self.port = port
+            self.env["LISTSERV_INTAKE_PORT"] = str(port)
+            with open(self.log, "ab") as out:
+                return subprocess.Popen([sys.executable, "-m", "listserv", "-v", "serve"],
+                                        env=self.env, stdout=out, stderr=out)
+        self.proc, _ = start_daemon(start, self.log, self.port)
         return self
 
     def terminate(self) -> int:
@@ -139,6 +134,24 @@ def test_a_busy_intake_port_is_one_line(cli_env: dict[str, str]) -> None:
     assert "in use" in lines[0].lower()
 
 
+def test_the_harness_moves_a_daemon_whose_port_was_taken(tmp_path: Path) -> None:
+    """start_daemon: a port another process took after it was found free (here: held from
+    the start) makes the daemon exit "already in use"; it starts again on a new port."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        srv = Server({"LISTSERV_DATA_DIR": str(tmp_path / "data")}, taken,
+                     tmp_path / "serve.log").start()
+    try:
+        assert srv.port != taken
+        assert "already in use" in (tmp_path / "serve.log").read_text()
+        with smtplib.SMTP("127.0.0.1", srv.port) as c:
+            assert c.noop()[0] == 250
+    finally:
+        assert srv.terminate() == 0
+
+
 def test_kill_9_loses_nothing_accepted(app: App, cli_env: dict[str, str],
                                        tmp_path: Path) -> None:
     # outbound to a closed port: deliveries just wait for a retry (this test is about intake)
@@ -152,11 +165,10 @@ def test_kill_9_loses_nothing_accepted(app: App, cli_env: dict[str, str],
         ids = s.scalars(select(Address.id).where(Address.email.like("m%@x%"))).all()
         s.execute(insert(Membership), [{"list_id": list_id, "address_id": a,
                                         "role": Role.member} for a in ids])
-    port = free_port()
-    srv = Server(server_env, port, tmp_path / "serve.log").start()
+    srv = Server(server_env, free_port(), tmp_path / "serve.log").start()
     sent = 0
     try:
-        with smtplib.SMTP("127.0.0.1", port) as c:
+        with smtplib.SMTP("127.0.0.1", srv.port) as c:
             for i in range(30):
                 c.sendmail("m1@x1.example", [LIST],
                            make_message("m1@x1.example", LIST, f"post {i}").as_bytes())
@@ -169,13 +181,13 @@ def test_kill_9_loses_nothing_accepted(app: App, cli_env: dict[str, str],
     assert count(app) + (journal.waiting(app) or 0) == sent
     left = count(app, InboundMessage.state.in_([InboundState.new, InboundState.processing]))
     # a graceful stop (SIGTERM) mid-processing finishes or gives back what it holds
-    srv2 = Server(server_env, port, tmp_path / "serve2.log").start()
+    srv2 = Server(server_env, srv.port, tmp_path / "serve2.log").start()
     done = count(app, InboundMessage.state == InboundState.accepted)
     wait_until(lambda: count(app, InboundMessage.state == InboundState.accepted) > done,
                30, "processing to resume")
     assert srv2.terminate() == 0
     assert count(app, InboundMessage.state == InboundState.processing) == 0
-    srv2 = Server(server_env, port, tmp_path / "serve3.log").start()
+    srv2 = Server(server_env, srv.port, tmp_path / "serve3.log").start()
     try:
         wait_until(lambda: count(app, InboundMessage.state == InboundState.accepted) == sent,
                    60, "every accepted message to be processed after restart")

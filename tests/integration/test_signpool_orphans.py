@@ -13,7 +13,6 @@ after the kill is still found by it.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import uuid
@@ -24,16 +23,10 @@ import pytest
 from listserv.admin import domains
 from listserv.core.app import App
 from listserv.delivery import signpool
-from tests.waiting import wait_until
+from tests.waiting import free_port, start_daemon, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 MARK = "LISTSERV_TEST_SIGNPOOL_MARK"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def marked(mark: str) -> dict[int, str]:
@@ -79,22 +72,28 @@ def test_kill_9_of_the_daemon_leaves_no_signing_worker(app: App, cli_env: dict[s
     mark = uuid.uuid4().hex
     env = {**os.environ, **cli_env, MARK: mark,
            "LISTSERV_DELIVERY_VERP": "true",      # VERP'd posts: signed copy by copy
-           "LISTSERV_DELIVERY_OUTBOUND": f"smtp://127.0.0.1:{free_port()}",
-           "LISTSERV_INTAKE_PORT": str(free_port())}
+           "LISTSERV_DELIVERY_OUTBOUND": f"smtp://127.0.0.1:{free_port()}"}
     env.pop("LISTSERV_CONFIG", None)
     log = tmp_path / "serve.log"
-    with open(log, "wb") as out:
-        daemon = subprocess.Popen([sys.executable, "-m", "listserv", "-v", "serve"], env=env,
-                                  cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+
+    def start(port: int) -> subprocess.Popen[bytes]:
+        with open(log, "ab") as out:
+            return subprocess.Popen([sys.executable, "-m", "listserv", "-v", "serve"],
+                                    env={**env, "LISTSERV_INTAKE_PORT": str(port)}, cwd=ROOT,
+                                    stdout=out, stderr=subprocess.STDOUT)
+
+    if when == "starting":
+        # the pool has spawned its processes (their start-up data is written): they are
+        # still importing, far from their first task
+        def ready(logged: str, port: int) -> bool:
+            return "signing processes started" in logged
+        what = "the signing processes spawned"
+    else:                            # every worker is up: its parent-watching thread runs
+        def ready(logged: str, port: int) -> bool:
+            return len([p for p in workers(mark) if threads(p) >= 2]) >= signpool.WORKERS
+        what = "every signing worker started"
+    daemon, _ = start_daemon(start, log, ready=ready, timeout=60, what=what)
     try:
-        if when == "starting":
-            # the pool has spawned its processes (their start-up data is written): they
-            # are still importing, far from their first task
-            wait_until(lambda: b"signing processes started" in log.read_bytes(), 60,
-                       "the signing processes spawned")
-        else:                        # every worker is up: its parent-watching thread runs
-            wait_until(lambda: len([p for p in workers(mark) if threads(p) >= 2])
-                       >= signpool.WORKERS, 60, "every signing worker started")
         assert daemon.poll() is None, "listserv serve exited"
     finally:
         daemon.kill()                # SIGKILL: the pool cannot be shut down

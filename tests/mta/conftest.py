@@ -31,9 +31,9 @@ from typing import Any, Iterator
 
 import pytest
 
-from tests.acceptance.conftest import _database, clean_env, free_port
+from tests.acceptance.conftest import _database, clean_env
 from tests.mta.postfix import LIST_DOMAIN, PrivatePostfix, SmtpSink, have_postfix, open_path
-from tests.waiting import until_listening
+from tests.waiting import free_port, until_listening
 
 REPO = Path(__file__).resolve().parents[2]
 LIST = f"dev@{LIST_DOMAIN}"

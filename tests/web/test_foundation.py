@@ -23,7 +23,7 @@ from listserv.core.app import App
 from listserv.core.errors import ConfigError
 from listserv.web import create_app, pages, security
 from listserv.web.application import page_routes
-from tests.waiting import wait_until
+from tests.waiting import free_port, start_daemon, wait_until
 from tests.web.conftest import BASE_URL
 
 SECURITY = {
@@ -162,12 +162,6 @@ def test_listen_and_base_url_config() -> None:
 
 # -- over real HTTP -------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def fetch(url: str) -> tuple[int, dict[str, str], str]:
     try:
         with urllib.request.urlopen(url, timeout=10) as r:
@@ -193,14 +187,19 @@ def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[b
 
 def test_serve_answers_http_and_stops_on_sigterm(cli_env: dict[str, str],
                                                  tmp_path: Path) -> None:
-    web_port, smtp_port = free_port(), free_port()
-    url = f"http://127.0.0.1:{web_port}"
-    env = {**cli_env, "LISTSERV_WEB_LISTEN": f"127.0.0.1:{web_port}",
-           "LISTSERV_WEB_BASE_URL": url, "LISTSERV_INTAKE_PORT": str(smtp_port)}
-    proc = spawn(["serve"], env, tmp_path / "serve.log")
+    web: list[str] = []
+    log = tmp_path / "serve.log"
+
+    def start(smtp_port: int) -> subprocess.Popen[bytes]:
+        web[:] = [f"http://127.0.0.1:{free_port()}"]     # a new one at each start
+        return spawn(["-v", "serve"], {**cli_env, "LISTSERV_WEB_LISTEN": web[0][7:],
+                                       "LISTSERV_WEB_BASE_URL": web[0],
+                                       "LISTSERV_INTAKE_PORT": str(smtp_port)}, log)
+    # its intake listens once its web pages are up (both bound first)
+    proc, smtp_port = start_daemon(start, log)
+    url = web[0]
     try:
-        wait_until(lambda: answers(url + "/") or proc.poll() is not None, 30, "the web pages")
-        assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+        wait_until(lambda: answers(url + "/"), 10, "the web pages")
         status, headers, body = fetch(url + "/")
         assert status == 200 and "<h1>" in body
         assert_secure(headers)
@@ -212,35 +211,35 @@ def test_serve_answers_http_and_stops_on_sigterm(cli_env: dict[str, str],
     finally:
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(30)
-    assert rc == 0, (tmp_path / "serve.log").read_text()
+    assert rc == 0, log.read_text()
     assert not answers(url + "/")
 
 
 def test_listen_empty_turns_the_web_off(cli_env: dict[str, str], tmp_path: Path) -> None:
-    smtp_port = free_port()
-    env = {**cli_env, "LISTSERV_WEB_LISTEN": "", "LISTSERV_INTAKE_PORT": str(smtp_port)}
-    proc = spawn(["-v", "serve"], env, tmp_path / "serve.log")
+    log = tmp_path / "serve.log"
+
+    def start(smtp_port: int) -> subprocess.Popen[bytes]:
+        return spawn(["-v", "serve"], {**cli_env, "LISTSERV_WEB_LISTEN": "",
+                                       "LISTSERV_INTAKE_PORT": str(smtp_port)}, log)
+    proc, _ = start_daemon(start, log)
     try:
-        def up() -> bool:
-            try:
-                socket.create_connection(("127.0.0.1", smtp_port), 1).close()
-                return True
-            except OSError:
-                return proc.poll() is not None
-        wait_until(up, 30, "serve to listen")
+        assert proc.poll() is None
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
-    assert "web pages on" not in (tmp_path / "serve.log").read_text()
+    assert "web pages on" not in log.read_text()
 
 
 def test_listserv_web_serves_alone_and_a_busy_port_is_one_line(cli_env: dict[str, str],
                                                                tmp_path: Path) -> None:
-    port = free_port()
+    log = tmp_path / "web.log"
+
+    def start(port: int) -> subprocess.Popen[bytes]:
+        return spawn(["web", "--listen", f"127.0.0.1:{port}"], cli_env, log)
+    proc, port = start_daemon(start, log, what="listserv web",
+                              ready=lambda _, port: answers(f"http://127.0.0.1:{port}/"))
     url = f"http://127.0.0.1:{port}"
-    proc = spawn(["web", "--listen", f"127.0.0.1:{port}"], cli_env, tmp_path / "web.log")
     try:
-        wait_until(lambda: answers(url + "/") or proc.poll() is not None, 30, "listserv web")
         assert fetch(url + "/static/style.css")[0] == 200
         base = {k: v for k, v in os.environ.items() if not k.startswith("LISTSERV_")}
         busy = subprocess.run([sys.executable, "-m", "listserv", "web", "--listen",
