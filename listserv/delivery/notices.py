@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable
 
 from sqlalchemy.orm import Session
 
-from listserv.message import headers, signing, untrusted
+from listserv.message import headers, lines, signing, untrusted
 from listserv.core.app import App
 from listserv.delivery.outbound import queue_message
 from listserv.core.templating import render
@@ -69,7 +69,7 @@ def build_notice(app: App, lst: ListView | None, template: str, to: str | list[s
 def serialise(msg: EmailMessage, seal: Callable[[bytes], bytes] | None = None) -> bytes:
     """The bytes on the wire (CRLF line ends) with ``seal`` applied (the post's ARC set),
     not DKIM-signed."""
-    data = to_bytes(msg, msg.policy.clone(linesep="\r\n"))
+    data = lines.on_the_wire(to_bytes(msg, msg.policy.clone(linesep="\r\n")))
     return seal(data) if seal is not None else data
 
 

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 from listserv.core import addresses
 from listserv.message import headers, htmlmail
+from listserv.message.parse import to_bytes
 from listserv.core.templating import render
 from listserv.message.transforms import list_headers
 from listserv.core.views import ListView
@@ -162,7 +163,7 @@ def attachment_summary(part: Message) -> str:
     if isinstance(payload, bytes):
         size = len(payload)
     else:  # message/* or multipart: the serialised size
-        size = len(part.as_bytes())
+        size = len(to_bytes(part))  # type: ignore[arg-type]
     name = part.get_filename() or "unnamed"
     return f"[attachment: {name}, {part.get_content_type()}, {human_size(size)}]"
 

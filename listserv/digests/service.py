@@ -45,6 +45,7 @@ from sqlalchemy.orm import Session
 from listserv import jobs
 from listserv.core import isolation
 from listserv.message import untrusted
+from listserv.message.parse import to_bytes
 from listserv.core.app import App
 from listserv.digests import chunks, crosspost, groups
 from listserv.digests.build import DigestItem
@@ -126,7 +127,7 @@ def add_post(session: Session, app: App, ml: MailingList, seq: int, prepared_sha
     if size is None:
         size = app.spool.size(prepared_sha, session)
     if size is None:
-        size = len(msg.as_bytes())
+        size = len(to_bytes(msg))
     subject = untrusted.one_line(msg.get("Subject", "") or "", 998)   # no NUL for PostgreSQL
     sender = untrusted.one_line(msg.get("From", "") or "", 400)
     session.add(DigestEntry(list_id=ml.id, seq=seq, spool_sha=prepared_sha, size=size,

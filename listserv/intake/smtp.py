@@ -455,7 +455,15 @@ class IntakeHandler:
 
 
 class _Counted:
-    """Counts its open sessions in the handler (intake.max_connections)."""
+    """Counts its open sessions in the handler (intake.max_connections). A line of the
+    message may be ``line_length_limit`` octets long (aiosmtpd refuses a line over 1,001
+    with 500): such mail is sent, by web forms and HTML mailers written in one line, and
+    Postfix in front of the intake passes it on whole; the copies are re-encoded into lines
+    of at most 998 octets (listserv.message.lines). Command lines keep their own limits."""
+
+    def __init__(self, *args: Any, line_length_limit: int = 1001, **kw: Any) -> None:
+        self.line_length_limit = line_length_limit    # before aiosmtpd makes its reader
+        super().__init__(*args, **kw)
 
     def _count(self, handler: "IntakeHandler") -> None:
         self._sessions_of = handler
@@ -484,6 +492,7 @@ class Refuser(asyncio.Protocol):
 
 
 TOO_MANY_SESSIONS = "421 4.7.0 Too many connections, try again later"
+DATA_LINE_LIMIT = 64 * 1024 * 1024     # octets of a line when intake.max_message_size is 0
 
 
 def make_protocol(handler: IntakeHandler, settings: Settings) -> asyncio.Protocol:
@@ -496,7 +505,8 @@ def make_protocol(handler: IntakeHandler, settings: Settings) -> asyncio.Protoco
     limit = settings.intake.max_message_size or None
     proto = cls(handler, data_size_limit=limit, enable_SMTPUTF8=True, decode_data=False,
                 hostname=settings.site_domain, ident=f"listserv {__version__}",
-                timeout=settings.intake.idle_timeout)
+                timeout=settings.intake.idle_timeout,
+                line_length_limit=limit or DATA_LINE_LIMIT)
     proto._count(handler)
     return proto
 

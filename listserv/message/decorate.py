@@ -31,6 +31,8 @@ from typing import Callable
 
 from listserv.core.models import FooterPlacement
 from listserv.core.views import ListView
+from listserv.message import lines
+from listserv.message.parse import to_bytes
 
 FOOTER_SEPARATOR = "\n"
 
@@ -211,11 +213,12 @@ def _edit_text(part: EmailMessage, edit: Callable[[str], str]) -> bool:
         payload = base64.encodebytes(data).decode("ascii")
     elif cte == "quoted-printable":
         payload = quopri.encodestring(data).decode("ascii")
-    elif data.isascii() and max(map(len, data.split(b"\n"))) <= 998:
-        payload = data.decode("ascii")
-    elif cte == "7bit":
-        cte = "quoted-printable"
+    elif max(map(len, data.split(b"\n"))) > lines.MAX_LINE or (cte == "7bit"
+                                                               and not data.isascii()):
+        cte = "quoted-printable"      # a line too long for SMTP, or 8-bit text in 7bit
         payload = quopri.encodestring(data).decode("ascii")
+    elif data.isascii():
+        payload = data.decode("ascii")
     else:   # 8bit/binary stays 8bit: the payload carries the raw bytes
         payload = data.decode("ascii", "surrogateescape")
     part.set_payload(payload)
@@ -254,9 +257,10 @@ def wrap_mixed(msg: EmailMessage, footer: str) -> EmailMessage:
     """Turn ``msg`` (in place) into a multipart/mixed whose first part is its former body with
     its Content-* headers, and whose second part is the footer. Other headers stay untouched."""
     inner = EmailMessage(policy=msg.policy)
-    for name, value in msg.items():
+    for name, value in msg.raw_items():
         if name.lower().startswith("content-") and name not in inner:
-            inner[name] = value     # the first of each: a hostile duplicate cannot be set
+            inner.set_raw(name, value)   # as it came; the first of each (a hostile
+            #                              duplicate cannot be set)
     inner.set_payload(_raw_payload(msg))  # type: ignore[call-overload]
     inner.preamble, inner.epilogue = msg.preamble, msg.epilogue
     if msg.get_default_type() != "text/plain":
@@ -266,7 +270,7 @@ def wrap_mixed(msg: EmailMessage, footer: str) -> EmailMessage:
     msg.preamble = msg.epilogue = None
     if "MIME-Version" not in msg:
         msg["MIME-Version"] = "1.0"
-    body = inner.as_bytes()
+    body = to_bytes(inner, inner.policy)     # (hostile header text too)
     msg["Content-Type"] = f'multipart/mixed; boundary="{boundary_for(body, footer)}"'
     msg.set_payload([inner, footer_part(footer)])
     return msg

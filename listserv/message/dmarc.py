@@ -27,6 +27,7 @@ from typing import Callable
 
 from listserv.message import headers
 from listserv.message.decorate import boundary_for
+from listserv.message.parse import to_bytes
 from listserv.core.models import DmarcMitigation, ReplyTo
 from listserv.core.views import ListView
 
@@ -166,7 +167,7 @@ def wrap(msg: EmailMessage, lst: ListView, name: str, addr: str) -> EmailMessage
                 else value
     outer["MIME-Version"] = "1.0"
     _munge_headers(outer, lst, name, addr)
-    inner_bytes = msg.as_bytes()
+    inner_bytes = to_bytes(msg, msg.policy)
     part = EmailMessage(policy=msg.policy)
     part["Content-Type"] = "message/rfc822"
     part["Content-Disposition"] = "inline"

@@ -35,5 +35,7 @@ def to_bytes(msg: EmailMessage, policy: Policy | None = None) -> bytes:
     policy = untrusted.SMTP_POLICY if policy is None else policy
     try:
         return msg.as_bytes(policy=policy)
-    except UnicodeEncodeError:       # decoded hostile text: write its UTF-8 bytes instead
+    except (UnicodeEncodeError, IndexError, ValueError, TypeError, AttributeError):
+        # hostile text a transform decoded, or a field the email package fails to refold:
+        # written as UTF-8 bytes, and the field as encoded words (untrusted.serialisable)
         return untrusted.serialisable(msg).as_bytes(policy=policy)

@@ -21,7 +21,7 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from typing import Callable
 
-from listserv.message import dmarc, headers
+from listserv.message import dmarc, headers, lines
 from listserv.message.decorate import decorate
 from listserv.message.dmarc import set_header
 from listserv.core.models import ReplyTo
@@ -59,10 +59,33 @@ LIST_HEADERS = (
 INBOUND_SIGNATURES = ("DKIM-Signature", "DomainKey-Signature")
 
 
+# Fields RFC 5322 3.6 allows once. A second one (a broken mailer, or a spoofing attempt:
+# clients show one From, DKIM verifies another) makes receivers such as Gmail refuse the
+# message outright, and this list's DKIM signature ambiguous; each copy keeps the first.
+SINGLE_FIELDS = ("Date", "From", "Sender", "Reply-To", "To", "Cc", "Message-ID",
+                 "In-Reply-To", "References", "Subject")
+_SINGLE = frozenset(n.lower() for n in SINGLE_FIELDS)
+
+
 def cleanse(msg: EmailMessage, lst: ListView, ctx: Context) -> EmailMessage:
     for name in CLEANSED_HEADERS:
         del msg[name]
+    seen: set[str] = set()
+    kept = []
+    for name, value in msg._headers:          # type: ignore[attr-defined]
+        key = name.lower()
+        if key in _SINGLE:
+            if key in seen:
+                continue                        # a later duplicate, where it was
+            seen.add(key)
+        kept.append((name, value))
+    msg._headers = kept                       # type: ignore[attr-defined]
     return msg
+
+
+def fit_lines(msg: EmailMessage, lst: ListView, ctx: Context) -> EmailMessage:
+    """No body line longer than RFC 5322's 998 octets (listserv.message.lines)."""
+    return lines.fit(msg)
 
 
 def mitigate_dmarc(msg: EmailMessage, lst: ListView, ctx: Context) -> EmailMessage:
@@ -215,6 +238,7 @@ def add_list_headers(msg: EmailMessage, lst: ListView, ctx: Context) -> EmailMes
 
 PREPARE_STEPS: tuple[Step, ...] = (
     cleanse,
+    fit_lines,
     mitigate_dmarc,
     strip_dkim,
     add_subject_prefix,

@@ -13,6 +13,9 @@
   parse of mail listserv stores goes through POLICY.
 - header_date(): a Date header value as an aware UTC datetime, or None for hostile values
   (overflowing offsets, year 9999 with a negative offset...).
+- serialisable() / fit_fields(): a message the generator can always write, in lines every
+  relay takes: hostile 8-bit text as its bytes, and a header field it cannot fold (or only
+  into lines over 998 octets, or lines that do not continue it) as RFC 2047 encoded words.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ import re
 import threading
 from collections import OrderedDict
 from email import _header_value_parser, errors, headerregistry, policy
-from email.message import EmailMessage
+from email.header import Header
+from email.message import EmailMessage, Message
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -215,8 +219,10 @@ SMTP_POLICY = POLICY.clone(linesep="\r\n")
 def serialisable(msg: EmailMessage) -> EmailMessage:
     """``msg`` (in place) with every text payload, preamble and epilogue that is not ASCII
     turned into its UTF-8 bytes (as surrogate escapes), so the generator can always write it:
-    a transform that decoded hostile 8-bit text leaves U+FFFD and the like behind."""
+    a transform that decoded hostile 8-bit text leaves U+FFFD and the like behind; and every
+    header field the generator cannot write (fit_fields)."""
     for part in msg.walk():
+        fit_fields(part, every=True)
         payload = getattr(part, "_payload", None)
         if isinstance(payload, str) and part.get_content_maintype() == "multipart":
             # A multipart without parts (no usable boundary): the generator re-decodes its
@@ -230,6 +236,61 @@ def serialisable(msg: EmailMessage) -> EmailMessage:
             if isinstance(value, str) and not value.isascii():
                 setattr(part, name, _as_bytes_text(value))
     return msg
+
+
+MAX_FIELD_LINE = 998       # octets of a header line, without CRLF (RFC 5322 2.1.1)
+
+
+def fit_fields(part: Message, every: bool = False) -> None:
+    """Set again, as RFC 2047 encoded words in lines of at most 76 characters, each header
+    field of ``part`` (in place, where it is) that the generator cannot write, or only with
+    a line longer than RFC 5322 allows, or with a line that does not continue it: the email
+    package's refolding of a hostile address field can raise, a field without a fold point
+    stays one line however long, and a bare CR or LF inside a value starts a line of its
+    own. Unless ``every``, only the fields as parsed that are refolded (a line longer than
+    the policy's max_line_length) or have such a line are checked: the others are written
+    as they came."""
+    fields = part._headers                    # type: ignore[attr-defined]
+    pol = part.policy if isinstance(part.policy, policy.EmailPolicy) else POLICY
+    limit = pol.max_line_length or MAX_FIELD_LINE
+    for i, (name, value) in enumerate(fields):
+        if not every and not (isinstance(value, str) and _odd_lines(value, limit)):
+            continue
+        try:
+            folded: bytes | None = pol.fold_binary(name, value)
+        except Exception:      # noqa: BLE001 - whatever the email package raises on it
+            folded = None
+        if folded is not None and _well_folded(folded):
+            continue
+        fields[i] = (name, _encoded_field(pol, name, value))
+
+
+def _well_folded(folded: bytes) -> bool:
+    """Is ``folded`` (a field as the generator writes it) in lines of at most 998 octets,
+    each after the first continuing it? (CPython's folding of a hostile address list can
+    start a line with an encoded word instead of a space.)"""
+    lines = folded.rstrip(b"\r\n").split(b"\n")
+    return (all(len(x.rstrip(b"\r")) <= MAX_FIELD_LINE for x in lines)
+            and all(x[:1] in (b" ", b"\t") for x in lines[1:]))
+
+
+def _odd_lines(value: str, limit: int) -> bool:
+    """Would the generator refold this parsed value (a line over ``limit``), or write a
+    line of it that does not continue the field (a bare CR or LF inside it)?"""
+    lines = value.splitlines()
+    return (any(len(x) > limit for x in lines)
+            or any(x[:1] not in (" ", "\t") for x in lines[1:]))
+
+
+def _encoded_field(pol: Any, name: str, value: object) -> str:
+    """A field's value as its text in RFC 2047 encoded words, folded (a source value)."""
+    try:
+        text = str(pol.header_fetch_parse(name, value) if isinstance(value, str) else value)
+    except Exception:          # noqa: BLE001
+        text = str(value)
+    text = _SPACES.sub(" ", text.encode("utf-8", "surrogateescape")
+                       .decode("utf-8", "replace")).strip()
+    return Header(text, "utf-8", header_name=name).encode(linesep="\n")
 
 
 def _as_bytes_text(text: str) -> str:

@@ -3,6 +3,7 @@ unknown addresses are refused at RCPT; 4xx is retried; kill -9 mid fan-out loses
 
 from __future__ import annotations
 
+import base64
 import collections
 import os
 import re
@@ -70,6 +71,48 @@ def test_post_is_fanned_out_decorated_and_signed(site: Site) -> None:
                    re.sub(r"\s+", "", str(msg["DKIM-Signature"])).split(";") if t)
         assert sig["d"] == "sign.example" and sig["s"] == "sel1"
         assert {"from", "subject", "list-id", "list-post"} <= set(sig["h"].lower().split(":"))
+
+
+def test_a_post_too_long_of_line_and_twice_subjected_reaches_members_intact(site: Site) -> None:
+    """A post with an 8-bit text line of 4,000 octets, a base64 attachment in one line and
+    two Subject fields: each member's copy has no line over 998 octets (Postfix cuts longer
+    lines after our signature), one Subject (Gmail refuses two), the same text and
+    attachment, and a DKIM signature that verifies."""
+    site.run("domain", "add", "wide.example")
+    out = site.cli("domain", "dkim-keygen", "wide.example", "--selector", "w1").stdout
+    record = re.search(r"^value:\s*(.+)$", out, re.M)
+    assert record, out
+    txt = record.group(1).strip().encode()
+    site.run("list", "create", "wide@wide.example")
+    members = ["ann@wide-members.example", "bob@wide-members.example"]
+    site.run("member", "add", "wide@wide.example", *members)
+    text = "Grüße aus der Provinz. " * 174                   # one line, 4,002 octets
+    blob = bytes(range(14, 256)) * 40
+    raw = (f"From: ann@wide-members.example\r\nTo: wide@wide.example\r\nSubject: first\r\n"
+           f"Subject: second\r\nMessage-ID: <wide-1@members.example>\r\nMIME-Version: 1.0\r\n"
+           f'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n'
+           f"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+           f"{text}\r\n--b\r\nContent-Type: application/octet-stream\r\n"
+           f"Content-Transfer-Encoding: base64\r\n\r\n").encode() \
+        + base64.b64encode(blob) + b"\r\n--b--\r\n"
+    site.send("wide@wide.example", raw, mail_from="ann@wide-members.example")
+    for rcpt in members:
+        site.mail_to(rcpt, timeout=30)
+    site.quiet()
+
+    def dnsfunc(name: bytes | str, timeout: int = 5) -> bytes:
+        return txt
+
+    copies = [m for m in site.sink.messages if set(m.rcpt_tos) & set(members)]
+    assert sorted(r for m in copies for r in m.rcpt_tos) == sorted(members)
+    for c in copies:
+        assert max(len(line) for line in c.data.split(b"\r\n")) <= 998
+        msg = c.message
+        assert msg.get_all("Subject") == ["[wide] first"]
+        parts = [p for p in msg.walk() if not p.is_multipart()]
+        assert parts[0].get_content().startswith(text)          # the footer follows it
+        assert parts[1].get_payload(decode=True) == blob
+        assert dkim.verify(c.data, dnsfunc=dnsfunc), f"DKIM fails for {c.rcpt_tos}"
 
 
 def test_stranger_is_held_and_unknown_addresses_are_refused(site: Site) -> None:

@@ -170,8 +170,8 @@ def test_reply_to() -> None:
 
 def test_prepare_steps_registry() -> None:
     names = [s.__name__ for s in transforms.PREPARE_STEPS]
-    assert names == ["cleanse", "mitigate_dmarc", "strip_dkim", "add_subject_prefix",
-                     "set_reply_to", "add_list_headers"]
+    assert names == ["cleanse", "fit_lines", "mitigate_dmarc", "strip_dkim",
+                     "add_subject_prefix", "set_reply_to", "add_list_headers"]
 
 
 # ---------------------------------------------------------------------------- DMARC
