@@ -180,7 +180,7 @@ def _attachments(msg: Message) -> list[dict[str, Any]]:
 def _html_body(msg: EmailMessage, number: int, attachments: list[dict[str, Any]]) -> Markup | None:
     """The post's HTML body, sanitised, with cid: images pointing at their saved files;
     None when the post has no HTML body."""
-    part = msg.get_body(preferencelist=("html",))
+    part = untrusted.body_part(msg, ("html",))
     if part is None:
         return None
     try:

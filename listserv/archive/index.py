@@ -62,7 +62,7 @@ def _clean(text: str, cap: int) -> str:
 
 def body_text(msg: EmailMessage) -> str:
     """The readable text of a message: its text/plain body, else its HTML body as text."""
-    part = msg.get_body(preferencelist=("plain", "html"))
+    part = untrusted.body_part(msg, ("plain", "html"))
     if part is None:
         return ""
     try:

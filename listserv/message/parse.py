@@ -31,8 +31,10 @@ def parse_headers(raw: bytes) -> EmailMessage:
 
 
 def to_bytes(msg: EmailMessage, policy: Policy | None = None) -> bytes:
-    """``msg`` as bytes under ``policy`` (default: untrusted.SMTP_POLICY, CRLF line ends)."""
-    policy = untrusted.SMTP_POLICY if policy is None else policy
+    """``msg`` as bytes under ``policy`` (default: untrusted.SMTP_POLICY, CRLF line ends),
+    its header fields read with untrusted.POLICY's registry whatever ``policy`` says: a
+    message built with the default policy (a digest) carries posts' hostile fields too."""
+    policy = untrusted.SMTP_POLICY if policy is None else untrusted.safe(policy)
     try:
         return msg.as_bytes(policy=policy)
     except (UnicodeEncodeError, IndexError, ValueError, TypeError, AttributeError):

@@ -216,6 +216,22 @@ POLICY = policy.default.clone(header_factory=_registry())
 SMTP_POLICY = POLICY.clone(linesep="\r\n")
 
 
+def body_part(msg: EmailMessage, preferencelist: tuple[str, ...]) -> EmailMessage | None:
+    """``msg.get_body(preferencelist)``, or None when the email package fails on the
+    message's structure (a multipart without parts inside another, and the like)."""
+    try:
+        return msg.get_body(preferencelist=preferencelist)  # type: ignore[return-value]
+    except Exception:          # noqa: BLE001 - whatever it raises on a stranger's MIME
+        return None
+
+
+def safe(pol: Any) -> Any:
+    """``pol`` reading header fields as POLICY does (an EmailPolicy; compat32 as it is)."""
+    if isinstance(pol, policy.EmailPolicy) and pol.header_factory is not POLICY.header_factory:
+        return pol.clone(header_factory=POLICY.header_factory)
+    return pol
+
+
 def serialisable(msg: EmailMessage) -> EmailMessage:
     """``msg`` (in place) with every text payload, preamble and epilogue that is not ASCII
     turned into its UTF-8 bytes (as surrogate escapes), so the generator can always write it:

@@ -27,7 +27,7 @@ from starlette.routing import BaseRoute, Route
 
 from listserv.archive import read as archive_read, search as archive_search
 from listserv.core import lists
-from listserv.message import htmlmail
+from listserv.message import htmlmail, untrusted
 from listserv.archive.html import hide_address
 from listserv.core.models import ArchiveMessage, ArchivePolicy, MailingList
 from listserv.web import pages
@@ -189,7 +189,7 @@ def _load(request: Request) -> tuple[Any, MailingList, archive_search.MessageVie
 
 def body_of(msg: EmailMessage) -> tuple[str, Markup | None]:
     """(text, None) for a text body, ('', sanitised HTML) for an HTML-only message."""
-    part = msg.get_body(preferencelist=("plain", "html"))
+    part = untrusted.body_part(msg, ("plain", "html"))
     if part is None:
         return "", None
     try:

@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from listserv.message import htmlmail
+from listserv.message import htmlmail, untrusted
 from listserv.pipeline import moderation
 from listserv.core.models import Decision, HeldMessage, InboundMessage, MailingList, TokenKind
 from listserv.core.views import ListView
@@ -79,7 +79,7 @@ def render_post(data: bytes) -> Post:
         value = msg.get(name)
         if value is not None:
             post.headers.append((name, str(value)))
-    body = msg.get_body(preferencelist=("plain", "html"))
+    body = untrusted.body_part(msg, ("plain", "html"))
     for i, part in enumerate(_leaves(msg)):
         if part is body:
             continue

@@ -1,7 +1,7 @@
 """Any message, however broken, comes out of a post's transforms as mail every relay and
-receiver takes: property tests over generated hostile mail (broken MIME, 8-bit and encoded
-junk in headers, duplicate fields, lines far over 998 octets, bare CR and LF), and the
-classes of input they found, as examples.
+receiver takes, and every reader of a stranger's message takes it: property tests over
+generated hostile mail (broken MIME, 8-bit and encoded junk in headers, duplicate fields,
+lines far over 998 octets, bare CR and LF), and the classes of input they found, as examples.
 
 The path is the one of listserv.pipeline.posting: parse -> prepare -> decorate -> serialise
 (notices.finalise) -> DKIM. The promises: no exception; CRLF line ends only; no line over
@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import datetime as dt
+import logging
 import quopri
 import re
 
@@ -23,10 +25,17 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
+from listserv.archive import html as archive_html, index as archive_index
+from listserv.archive import read as archive_read
+from listserv.bounces import parse as bounce_parse
 from listserv.core.models import DmarcMitigation, ReplyTo
 from listserv.delivery import notices
-from listserv.message import lines, transforms
+from listserv.delivery.unsubscribe import CopyMaker
+from listserv.digests import build as digest_build
+from listserv.message import lines, replies, transforms
 from listserv.message.parse import parse, to_bytes
+from listserv.pipeline import modreply, rules
+from listserv.web import archive as web_archive, moderate as web_moderate
 from tests.unit.transforms_cases import FOOTER_UTF8, LIST, FakeDNS
 
 _KEY = rsa.generate_private_key(65537, 2048)
@@ -166,6 +175,57 @@ BARE_CR_FIELD = (b"From: Ann <ann@example.com>;=?utf-8?q?caf=C3=A9?=\n ;\r(\"?=?
 @example(BARE_CR_FIELD, LISTS[0])
 def test_any_post_comes_out_as_mail_every_relay_takes(raw: bytes, lst) -> None:  # type: ignore[no-untyped-def]
     check_wire(post(raw, lst))
+    # a VERP'd member's own copy (delivery adds the member's unsubscribe fields and signs)
+    prepared = transforms.prepare(parse(raw), lst, resolve_txt=FakeDNS())
+    wire = notices.serialise(transforms.decorate(prepared, lst, FOOTER_UTF8))
+    copy = CopyMaker.of(wire, lst, "https://lists.example.org").copy("secret", 42, "nonce")
+    check_wire(copy)
+
+
+# a multipart inside another with the same boundary and no parts: get_body() raised
+NESTED_EMPTY = (b"From: Ann <ann@example.com>\nSubject: x\nMessage-ID: <x@e>\n"
+                b"Content-Type: multipart/mixed; boundary=b1\n\n\n--b1\n"
+                b"Content-Type: multipart/related; boundary=b1\n\n\n\n")
+# an address field the default policy's parser turns into a Group without local_part:
+# a digest (built with the default policy) could not be written
+GROUP_FROM = (b"From: :\xc3\xa9 ;a" + b"x" * 80 + b"\nSubject: x\nMessage-ID: <x@e>\n\nhi\n")
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(raw=message())
+@example(raw=NESTED_EMPTY)
+@example(raw=GROUP_FROM)
+@example(raw=NO_BOUNDARY)
+def test_every_reader_of_a_strangers_message_takes_any_message(raw: bytes,
+                                                               tmp_path_factory) -> None:  # type: ignore[no-untyped-def]
+    logging.disable(logging.CRITICAL)      # flufl.bounce logs its detectors' failures
+    try:
+        msg = parse(raw)
+        bounce_parse.parse(msg)
+        text = replies.body_text(msg)
+        replies.body_text(msg, reply=True)
+        replies.command_lines(msg)
+        replies.sender_address(msg)
+        modreply.parse(text)
+        rules.body_digest(msg)
+        rules._body_head(msg)
+        web_moderate.render_post(raw)            # a held post's moderation page
+        web_archive.body_of(parse(raw))          # its web archive page
+        archive_index.body_text(parse(raw))      # the search index
+        entry = archive_read.Entry(1, raw.replace(b"\r\n", b"\n"),
+                                   dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc))
+        archive_html._message_context(entry, archive_html.summarise(entry))   # static page
+    finally:
+        logging.disable(logging.NOTSET)
+    prepared = transforms.prepare(msg, SIGNED, resolve_txt=FakeDNS())
+    items = [digest_build.DigestItem(1, prepared), digest_build.DigestItem(2, prepared)]
+    when = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    data_dir = str(tmp_path_factory.mktemp("data"))
+    for build in (digest_build.build_mime_digest, digest_build.build_plain_digest):
+        digest = build(items, SIGNED, 1, 1, date=when, data_dir=data_dir)
+        data = notices.finalise(digest, SIGNED)
+        assert all(len(line) <= lines.MAX_LINE for line in data.split(b"\r\n"))
+        assert dkim.verify(data, dnsfunc=dns)
 
 
 # -- what the re-encoding keeps -------------------------------------------------------------
