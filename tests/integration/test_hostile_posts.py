@@ -1,0 +1,86 @@
+"""Generated hostile mail through the real intake and the whole pipeline (rules, accept,
+archive, per-member copies, DKIM, delivery): each message is refused at DATA with a 5xx, or
+ends accepted, held, rejected or discarded with its reason, never 'failed' (processing that
+raised); every copy that leaves is mail every relay takes (tests/unit/test_hostile_mail.py)."""
+
+from __future__ import annotations
+
+import smtplib
+
+import dkim
+from hypothesis import HealthCheck, given, settings, strategies as st
+from sqlalchemy import select
+
+from listserv.admin import domains
+from listserv.core import lists
+from listserv.core.models import Action, Decision, InboundMessage, InboundState
+from listserv.pipeline import moderation
+from tests.integration.harness import Harness, make_list
+from tests.unit.test_hostile_mail import message
+
+LIST = "dev@example.org"
+MEMBERS = ["ann@members.example", "bob@members.example"]
+
+
+@settings(max_examples=3, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                 HealthCheck.data_too_large])
+@given(batch=st.lists(message(), min_size=15, max_size=15))
+def test_hostile_posts_end_with_a_reason_and_their_copies_are_sound(
+        quiet_harness: Harness, batch: list[bytes]) -> None:
+    h = quiet_harness
+    with h.app.db.unit_of_work() as session:       # once: examples share the harness
+        if lists.find_list(session, LIST) is None:
+            domains.generate_dkim_key(session, "example.org", "s1")
+            key = domains.txt_record(domains.get_domain(session, "example.org"))[1].encode()
+            fresh = True
+        else:
+            fresh = False
+    if fresh:
+        make_list(h.app, LIST, members=MEMBERS, nonmember_action=Action.accept,
+                  sender_post_limit=0)
+    with h.app.db.unit_of_work() as session:
+        key = domains.txt_record(domains.get_domain(session, "example.org"))[1].encode()
+    before = {i for i, in _states(h)}
+    refused = 0
+    for n, raw in enumerate(batch):
+        # addressed to the list, each with a Message-ID of its own (the first of each
+        # field counts), so that most of them are posts the list accepts
+        head = f"To: {LIST}\r\nMessage-ID: <{len(before)}.{n}@hostile.example>\r\n"
+        try:
+            h.send(head.encode() + raw, mail_from="ann@members.example", rcpts=[LIST])
+        except smtplib.SMTPResponseException as exc:     # a clear refusal: 5xx at DATA
+            assert 500 <= exc.smtp_code < 600, exc
+            refused += 1
+    h.run_until_idle(timeout=60)
+    with h.app.db.unit_of_work() as session:
+        rows = session.execute(select(InboundMessage.id, InboundMessage.state,
+                                      InboundMessage.outcome)).all()
+    new = [r for r in rows if r.id not in before]
+    assert len(new) + refused == len(batch)
+    for r in new:
+        assert r.state in (InboundState.accepted, InboundState.held, InboundState.rejected,
+                           InboundState.discarded), (r.state, r.outcome)
+        assert r.outcome
+    # a moderator approves every held one: it goes out the way the others did
+    with h.app.db.unit_of_work() as session:
+        held = [m.id for m in moderation.pending(session)]
+        for held_id in held:
+            moderation.decide(session, h.app, held_id, Decision.approve,
+                              actor="mod@example.org", via="test")
+    h.run_until_idle(timeout=60)
+    with h.app.db.unit_of_work() as session:
+        assert not moderation.pending(session)
+        states = session.scalars(select(InboundMessage.state).where(
+            InboundMessage.id.in_([r.id for r in new]))).all()
+    assert set(states) <= {InboundState.accepted, InboundState.rejected,
+                           InboundState.discarded}, states
+    for copy in h.sink.messages:
+        data = copy.data
+        assert all(len(line) <= 998 for line in data.split(b"\r\n"))
+        assert dkim.verify(data, dnsfunc=lambda name, timeout=5: key)
+
+
+def _states(h: Harness) -> list[tuple[int]]:
+    with h.app.db.unit_of_work() as session:
+        return [(i,) for i in session.scalars(select(InboundMessage.id))]
