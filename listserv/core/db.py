@@ -58,7 +58,34 @@ def make_engine(url: str, **kw: Any) -> Engine:
     engine = create_engine(url, **kw)
     if not kw.get("pool_pre_ping"):
         _ping_when_idle(engine)
+    event.listen(engine, "before_cursor_execute", _without_nul, retval=True)
     return engine
+
+
+def _without_nul(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any,
+                 executemany: bool) -> tuple[str, Any]:
+    """PostgreSQL refuses a NUL character in text ("text fields cannot contain NUL"), and a
+    stranger's mail can put one in anything stored from it (a Subject, a From address, a
+    bounce's diagnostic): stored from any place, it becomes U+FFFD. (SQLite stores it.)"""
+    if executemany:
+        if any(map(_has_nul, parameters)):
+            parameters = [_nul_free(p) for p in parameters]
+    elif _has_nul(parameters):
+        parameters = _nul_free(parameters)
+    return statement, parameters
+
+
+def _has_nul(params: Any) -> bool:
+    values = params.values() if isinstance(params, dict) else params or ()
+    return any(isinstance(v, str) and "\x00" in v for v in values)
+
+
+def _nul_free(params: Any) -> Any:
+    def clean(v: Any) -> Any:
+        return v.replace("\x00", "\ufffd") if isinstance(v, str) else v
+    if isinstance(params, dict):
+        return {k: clean(v) for k, v in params.items()}
+    return type(params)(map(clean, params))
 
 
 # A pooled PostgreSQL connection is pinged (a round trip) before it is used again only when

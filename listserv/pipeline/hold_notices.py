@@ -34,8 +34,8 @@ from listserv.core.models import (
 )
 from listserv.core.views import ListView
 from listserv.delivery import notices
-from listserv.message import replies, untrusted
-from listserv.message.parse import parse as parse_message
+from listserv.message import replies
+from listserv.message.parse import parse as parse_message, to_bytes
 from listserv.pipeline import rules
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ def attach_original(notice: EmailMessage, original: bytes | None) -> bool:
         held_msg = parse_message(original)
         part = EmailMessage()
         part.set_content(held_msg, disposition="attachment")   # type: ignore[arg-type]
-        part.as_bytes(policy=untrusted.SMTP_POLICY)              # refuses what cannot be sent
+        to_bytes(part)             # (hostile fields and text made writable, in place)
     except Exception:  # noqa: BLE001 - a hostile post must not stop the notice
         log.warning("held post not attached to the moderators' notice: cannot serialise")
         return False
