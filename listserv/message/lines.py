@@ -111,7 +111,8 @@ def _hard_wrap(text: str) -> str:
 
 
 _BARE = re.compile(rb"\r\n|\r|\n")
-_HEADER_END = re.compile(rb"\r\n\r\n")
+# the first empty line, whatever the line ends around it (CRLF, a bare CR, a bare LF)
+_HEADER_END = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r(?!\n)|\n)")
 
 
 def on_the_wire(data: bytes) -> bytes:
@@ -120,9 +121,12 @@ def on_the_wire(data: bytes) -> bytes:
     header block, a line there that starts neither, and a cut there continue the field
     (CRLF and a space); in the body a bare CR or LF is a line end."""
     end = _HEADER_END.search(data)
-    head, body = (data, b"") if end is None else (data[:end.start() + 2], data[end.end():])
-    if _fine(head) and all(x[:1] in (b" ", b"\t") or _is_field_start(x)
-                           for x in head.split(b"\r\n")[:-1]) and _fine(body):
+    # the header block with the line end of its last field, and the body
+    head, body = (data, b"") if end is None else (data[:end.start()] + b"\r\n",
+                                                  data[end.end():])
+    crlf_end = end is None or data[end.start():end.end()] == b"\r\n\r\n"
+    if crlf_end and _fine(head) and _fine(body) and all(
+            x[:1] in (b" ", b"\t") or _is_field_start(x) for x in head.split(b"\r\n")[:-1]):
         return data
     lines: list[bytes] = []
     for line in _BARE.split(head):

@@ -294,6 +294,9 @@ def test_on_the_wire_leaves_fine_mail_alone_and_mends_the_rest() -> None:
     assert lines.on_the_wire(fine) is fine
     broken = (b"From: a@example.com\r\nSubject: x\ry\r\n=?utf-8?q?z?=\r\n\r\n"
               b"one\ntwo\r" + b"z" * 2000 + b"\r\n")
+    # a header block ended by bare line ends is still a header block
+    assert lines.on_the_wire(b"From: a@example.com\nSubject: x\n\nbody\nmore\r\n") == \
+        b"From: a@example.com\r\nSubject: x\r\n\r\nbody\r\nmore\r\n"
     mended = lines.on_the_wire(broken)
     assert mended == (b"From: a@example.com\r\nSubject: x\r\n y\r\n =?utf-8?q?z?=\r\n\r\n"
                       b"one\r\ntwo\r\n" + b"z" * 998 + b"\r\n" + b"z" * 998 + b"\r\n"
