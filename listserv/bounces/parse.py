@@ -23,6 +23,10 @@ from listserv.core.addresses import try_normalise
 from listserv.core.models import BounceKind
 
 log = logging.getLogger(__name__)
+# flufl.bounce logs a traceback for every detector that chokes on a malformed message (the
+# detectors run one by one, and hostile mail to -bounces makes several choke): the message
+# is still classified, from its text, so those are not errors of the service.
+logging.getLogger("flufl.bounce").setLevel(logging.CRITICAL)
 
 STATUS_RE = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
 SMTP_CODE_RE = re.compile(r"(?<!\d)([245])\d\d(?:[ -]|$)")
