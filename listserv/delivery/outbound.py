@@ -15,7 +15,6 @@ from sqlalchemy.orm import Session
 
 from listserv.core.app import App
 from listserv.core.models import Delivery, DeliveryState, OutboundMessage
-from listserv.message import lines
 
 
 def _batches(recipients: Iterable[str], size: int) -> Iterator[list[str]]:
@@ -32,11 +31,7 @@ def _batches(recipients: Iterable[str], size: int) -> Iterator[list[str]]:
 def create_message(session: Session, app: App, data: bytes, *, kind: str,
                    envelope_from: str, list_id: int | None = None, verp: bool = False,
                    message_id: str = "", per_member: bool = False) -> OutboundMessage:
-    """Store ``data`` and record it as an OutboundMessage (flushed) with no recipients yet.
-    Bytes with a line over 998 octets or a bare CR or LF (a stranger's message forwarded to
-    the owners as it came) are mended as the next relay would mend them (lines.on_the_wire:
-    what the list signed was mended before its signature, and is left as it is)."""
-    data = lines.on_the_wire(data)
+    """Store ``data`` and record it as an OutboundMessage (flushed) with no recipients yet."""
     sha = app.spool.put(data, session=session)
     out = OutboundMessage(list_id=list_id, kind=kind, spool_sha=sha,
                           envelope_from=envelope_from, verp=verp, message_id=message_id,

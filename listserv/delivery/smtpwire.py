@@ -33,6 +33,7 @@ import time
 from typing import TYPE_CHECKING, Callable, Optional
 
 from listserv.delivery.smtpconn import Reply, Wire, WireClosed, open_wire
+from listserv.message.lines import LINE_END
 
 if TYPE_CHECKING:
     from listserv.delivery.transport import Batch, SmtpTransport, _Tx
@@ -43,7 +44,6 @@ CONNECT_TIMEOUT = 30.0
 COMMAND_TIMEOUT = 120.0
 DOWN_HOLD_SECONDS = 5.0     # as listserv.delivery.transport: fail fast after a failed connect
 
-_LINE_ENDINGS = re.compile(rb"\r\n|\n|\r(?!\n)")
 _PERIOD = re.compile(rb"(?m)^\.")
 # never in an address or option on a command line (injection); an address is sent as it is
 # stored (an addr-spec), not parsed again: that cost more than the rest of a transaction
@@ -57,7 +57,7 @@ class NoPipelining(Exception):
 def wire_form(data: bytes, end: bool) -> bytes:
     """``data`` as it goes between DATA's 354 and the end: CRLF line endings, lines starting
     with a dot doubled, and (``end``) the final CRLF and ``.`` line. Per message, not per copy."""
-    data = _LINE_ENDINGS.sub(b"\r\n", data)
+    data = LINE_END.sub(b"\r\n", data)
     if end and not data.endswith(b"\r\n"):
         data += b"\r\n"
     data = _PERIOD.sub(b"..", data)
@@ -115,7 +115,7 @@ def settle(batch: "Batch", rcpts: list[str], mail: Reply, rcpt: Reply, data: Rep
 
 def size_of(data: bytes) -> int:
     """The SIZE (RFC 1870) of a message: its bytes with CRLF line endings, ending in one."""
-    crlf = _LINE_ENDINGS.sub(b"\r\n", data)
+    crlf = LINE_END.sub(b"\r\n", data)
     return len(crlf) + (0 if crlf.endswith(b"\r\n") else 2)
 
 

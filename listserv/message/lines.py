@@ -21,7 +21,8 @@ The parts inside multipart/signed and multipart/encrypted are left byte for byte
 them would break their signature for sure, where a relay may not.
 
 ``on_the_wire(data)`` is the last resort on serialised bytes (listserv.delivery.notices
-applies it before sealing and signing): what the generator writes as it came (a multipart
+applies it before sealing and signing; mail forwarded to a list's owners as it came gets it
+too): what the generator writes as it came (a multipart
 whose boundary never occurs, a signed part) gets CRLF line ends, and lines cut at 998
 octets, as the next relay would otherwise cut them after our signature.
 """
@@ -35,7 +36,7 @@ from email.message import EmailMessage, Message
 
 from listserv.message import untrusted
 
-MAX_LINE = 998             # octets, without the CRLF
+MAX_LINE = untrusted.MAX_LINE
 _SEALED = ("multipart/signed", "multipart/encrypted")
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _WSP = re.compile(r"\s+")
@@ -110,7 +111,8 @@ def _hard_wrap(text: str) -> str:
     return "\n".join(out)
 
 
-_BARE = re.compile(rb"\r\n|\r|\n")
+# a line end: CRLF, or a bare CR or LF (what delivery sends as CRLF too: smtpwire)
+LINE_END = re.compile(rb"\r\n|\r|\n")
 # the first empty line, whatever the line ends around it (CRLF, a bare CR, a bare LF)
 _HEADER_END = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r(?!\n)|\n)")
 
@@ -129,14 +131,14 @@ def on_the_wire(data: bytes) -> bytes:
             x[:1] in (b" ", b"\t") or _is_field_start(x) for x in head.split(b"\r\n")[:-1]):
         return data
     lines: list[bytes] = []
-    for line in _BARE.split(head):
+    for line in LINE_END.split(head):
         if lines and line and line[:1] not in (b" ", b"\t") and not _is_field_start(line):
             line = b" " + line            # inside a field: a fold
         lines.extend(_cut(line, b" "))
     out = b"\r\n".join(lines)
     if end is None:
         return out
-    return out + b"\r\n" + b"\r\n".join(x for line in _BARE.split(body)
+    return out + b"\r\n" + b"\r\n".join(x for line in LINE_END.split(body)
                                        for x in _cut(line, b""))
 
 

@@ -254,7 +254,7 @@ def serialisable(msg: EmailMessage) -> EmailMessage:
     return msg
 
 
-MAX_FIELD_LINE = 998       # octets of a header line, without CRLF (RFC 5322 2.1.1)
+MAX_LINE = 998             # octets of a line, without its CRLF (RFC 5322 2.1.1)
 
 
 def fit_fields(part: Message, every: bool = False) -> None:
@@ -268,7 +268,7 @@ def fit_fields(part: Message, every: bool = False) -> None:
     as they came."""
     fields = part._headers                    # type: ignore[attr-defined]
     pol = part.policy if isinstance(part.policy, policy.EmailPolicy) else POLICY
-    limit = pol.max_line_length or MAX_FIELD_LINE
+    limit = pol.max_line_length or MAX_LINE
     for i, (name, value) in enumerate(fields):
         if not every and not (isinstance(value, str) and _odd_lines(value, limit)):
             continue
@@ -286,7 +286,7 @@ def _well_folded(folded: bytes) -> bool:
     each after the first continuing it? (CPython's folding of a hostile address list can
     start a line with an encoded word instead of a space.)"""
     lines = folded.rstrip(b"\r\n").split(b"\n")
-    return (all(len(x.rstrip(b"\r")) <= MAX_FIELD_LINE for x in lines)
+    return (all(len(x.rstrip(b"\r")) <= MAX_LINE for x in lines)
             and all(x[:1] in (b" ", b"\t") for x in lines[1:]))
 
 

@@ -29,7 +29,7 @@ from listserv.core.errors import TemporaryFailure
 from listserv.core.models import InboundMessage, InboundState, MailingList
 from listserv.core.views import ListView
 from listserv.delivery import outbound
-from listserv.message import untrusted
+from listserv.message import lines, untrusted
 from listserv.message.parse import parse
 from listserv.pipeline import commands, failures, verdict
 from listserv.pipeline import inbound as inbound_jobs
@@ -61,7 +61,10 @@ def forward_to_owners(session: Session, app: App, inbound: InboundMessage,
         inbound.state = InboundState.discarded
         inbound.outcome = "the list has no owners to forward to"
         return
-    data = f"X-Loop: {lv.owner}\r\n".encode("ascii") + raw
+    # as it came, but for what the next relay would mend (a line over 998 octets, a bare CR
+    # or LF): the intake takes such mail; everything else queued was serialised, and so
+    # mended, before its signature (notices.serialise)
+    data = lines.on_the_wire(f"X-Loop: {lv.owner}\r\n".encode("ascii") + raw)
     outbound.queue_message(session, app, data, owners, kind="forward",
                            envelope_from=lv.bounces, list_id=ml.id, verp=False,
                            message_id=inbound.message_id)
