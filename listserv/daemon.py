@@ -104,6 +104,18 @@ class Nudge:
             pass
 
 
+def delivery_loop() -> asyncio.AbstractEventLoop:
+    """The delivery thread's event loop: uvloop's (libuv) where it is installed, else
+    asyncio's. A VERP'd fan-out runs a few callbacks and two system calls per copy on it;
+    uvloop's loop spends about a tenth less CPU on them (bench/fanout.py, 10,000 VERP'd
+    copies: the daemon's CPU 0.95 s against 1.05 s)."""
+    try:
+        import uvloop
+    except ImportError:           # (a platform without it: the same code on asyncio's loop)
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 class DeliveryThread:
     """The delivery runner on its own thread and event loop. Chosen over a process: it shares
     the App (settings, database pool, spool) and the signing workers with the daemon, a crash
@@ -137,7 +149,8 @@ class DeliveryThread:
         def target() -> None:
             error: BaseException | None = None
             try:
-                asyncio.run(self._main())
+                with asyncio.Runner(loop_factory=delivery_loop) as runner:
+                    runner.run(self._main())
             except BaseException as exc:     # handed to the daemon, which stops on it
                 error = exc
             try:
