@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 
 import pytest
 
 from listserv.core import config
 from listserv.core.app import App
-from listserv.daemon import Daemon, WorkerFailed
+from listserv.daemon import Daemon, DeliveryThread, WorkerFailed
 
 
 def test_a_dead_delivery_worker_stops_the_daemon(settings: config.Settings) -> None:
@@ -25,3 +26,27 @@ def test_a_dead_delivery_worker_stops_the_daemon(settings: config.Settings) -> N
             asyncio.run(main())
     finally:
         app.db.dispose()
+
+
+@pytest.mark.parametrize("installed", [True, False])
+def test_the_delivery_thread_runs_on_uvloop_when_it_is_installed(
+        settings: config.Settings, monkeypatch: pytest.MonkeyPatch, installed: bool) -> None:
+    uvloop = pytest.importorskip("uvloop")
+    if not installed:
+        monkeypatch.setitem(sys.modules, "uvloop", None)     # import uvloop fails
+    app = App.from_settings(settings, resolve_txt=lambda name: [])
+    seen: list[type] = []
+
+    async def runner(_app: App, stop: asyncio.Event, wake: asyncio.Event) -> None:
+        seen.append(type(asyncio.get_running_loop()))
+        await asyncio.to_thread(lambda: None)      # its executor works on either loop
+
+    async def main() -> None:
+        await asyncio.wait_for(DeliveryThread(app, runner).start(), 30)
+
+    try:
+        asyncio.run(main())
+    finally:
+        app.db.dispose()
+    assert len(seen) == 1
+    assert (seen[0] is uvloop.Loop) == installed
