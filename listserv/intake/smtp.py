@@ -205,10 +205,16 @@ def spool(app: App, mail_from: str, raw: bytes, *, require_from: bool) -> Spoole
         mail_from = ""          # the null reverse-path
     elif mail_from.startswith("<") and mail_from.endswith(">"):
         mail_from = mail_from[1:-1]
-    depth = untrusted.mime_depth(raw)
-    if depth > untrusted.MAX_MIME_DEPTH:
+    shape = untrusted.shape(raw)
+    if shape.depth > untrusted.MAX_MIME_DEPTH:
         raise StructureRefused(f"MIME parts nested more than {untrusted.MAX_MIME_DEPTH} "
                                "levels deep")
+    if shape.field > untrusted.MAX_HEADER_FIELD:
+        raise MessageTooBig(f"a header field of {shape.field} bytes exceeds the limit of "
+                            f"{untrusted.MAX_HEADER_FIELD} bytes")
+    if shape.head > untrusted.MAX_HEADER_SECTION:
+        raise MessageTooBig(f"the message header of {shape.head} bytes exceeds the limit of "
+                            f"{untrusted.MAX_HEADER_SECTION} bytes")
     info = inspect_message(raw, app.settings.site_domain, require_from=require_from)
     return Spooled(mail_from, info, spool_mod.sha_of(info.raw))
 

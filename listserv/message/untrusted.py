@@ -4,8 +4,12 @@
   text taken from a message can always be encoded again (notices, database, logs).
 - one_line(): one line, control and line-separator characters as spaces, length-capped: the
   form in which a Subject or address given by a sender is ever echoed.
-- mime_depth(): how deeply the MIME parts of raw bytes nest, found without recursion, so that
-  absurd structure is refused before the email package recurses into it.
+- shape() / mime_depth(): how deeply the MIME parts of raw bytes nest, the largest header
+  field of any part and the size of the message's own header section, found in one pass
+  without recursion, so that absurd structure is refused before the email package recurses
+  into it or spends minutes on one field (its header parsing and folding grow faster than
+  the field: a 1 MB To: takes 46 s to prepare for the members, a 5 MB Subject: longer than
+  the SMTP client waits for its answer).
 - POLICY / SMTP_POLICY: email.policy.default (and its CRLF form) whose Date headers read a
   hostile value as an invalid date instead of raising OverflowError on access, and whose other
   headers, when the email package's parser fails on their value (bytes no address parser
@@ -24,6 +28,7 @@ import datetime as dt
 import re
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from email import _header_value_parser, errors, headerregistry, policy
 from email.header import Header
 from email.message import EmailMessage, Message
@@ -31,6 +36,12 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 MAX_MIME_DEPTH = 50          # deeper nesting is refused at intake (554 5.6.0)
+# Larger header fields and sections are refused at intake (552 5.3.4). Sizes count a line end
+# as one octet, as Postfix does: a field may be as long as Postfix's header_size_limit lets
+# through (it cuts longer ones); the section as long as the Received: lines of a long relay
+# chain and a few such fields.
+MAX_HEADER_FIELD = 102_400   # octets of one field with its continuation lines, in any part
+MAX_HEADER_SECTION = 262_144  # octets of the message's own header section
 ECHO_LIMIT = 200             # characters of a sender's Subject we ever echo
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -75,19 +86,48 @@ def _part_type(header_lines: list[bytes]) -> tuple[bytes, bytes | None]:
     return ctype, boundary.strip() if boundary else None
 
 
-def mime_depth(raw: bytes, stop_at: int = MAX_MIME_DEPTH + 1) -> int:
-    """The nesting depth of the MIME tree of ``raw`` (1 = a single part), without recursion.
+@dataclass(frozen=True)
+class Shape:
+    """What shape() finds in raw bytes."""
+
+    depth: int          # MIME nesting (1 = a single part), counted up to shape()'s stop_at
+    field: int          # octets of the largest header field of any part
+    head: int           # octets of the message's own header section
+
+
+def _fields_size(lines: list[bytes]) -> int:
+    """The octets of the largest field of a header block (a line and the continuation lines,
+    starting with a space or tab, after it), each line end counted as one."""
+    largest = field = 0
+    for line in lines:
+        if line[:1] in (b" ", b"\t"):
+            field += len(line) + 1
+        else:
+            field = len(line) + 1
+        largest = max(largest, field)
+    return largest
+
+
+def shape(raw: bytes, stop_at: int = MAX_MIME_DEPTH + 1) -> Shape:
+    """The nesting depth of the MIME tree of ``raw``, its largest header field and the size
+    of its own header section (line ends counted as one octet), in one pass without recursion.
 
     It follows multipart boundaries and message/* parts as the email package's feed parser
-    does, and stops counting once ``stop_at`` is reached (hostile input can be deep)."""
+    does, and stops (the sizes then cover the parts read so far) once the depth reaches
+    ``stop_at`` (hostile input can be deep)."""
     stack: list[bytes | None] = []      # open containers: a boundary, or None for message/*
     depth = 1
+    largest = 0
+    head: int | None = None             # the message's own header section, once it ended
     headers: list[bytes] | None = []    # collecting a header block (None: in a body)
     for line in raw.splitlines():
         if headers is not None:
             if line.strip():
                 headers.append(line)
                 continue
+            largest = max(largest, _fields_size(headers))
+            if head is None:
+                head = sum(len(x) + 1 for x in headers)
             ctype, boundary = _part_type(headers)
             headers = None
             if boundary is not None:
@@ -99,7 +139,7 @@ def mime_depth(raw: bytes, stop_at: int = MAX_MIME_DEPTH + 1) -> int:
                 headers = []            # the enclosed message's own header block follows
             depth = max(depth, len(stack) + 1)
             if depth >= stop_at:
-                return depth
+                break
             continue
         if not line.startswith(b"--"):
             continue
@@ -115,7 +155,16 @@ def mime_depth(raw: bytes, stop_at: int = MAX_MIME_DEPTH + 1) -> int:
             if text == marker + b"--":
                 del stack[i:]           # this multipart (and all inside it) ends
                 break
-    return depth
+    if headers:                         # a header block that the end of the bytes ended
+        largest = max(largest, _fields_size(headers))
+        if head is None:
+            head = sum(len(x) + 1 for x in headers)
+    return Shape(depth, largest, head or 0)
+
+
+def mime_depth(raw: bytes, stop_at: int = MAX_MIME_DEPTH + 1) -> int:
+    """The nesting depth of the MIME tree of ``raw`` (1 = a single part): shape()'s."""
+    return shape(raw, stop_at).depth
 
 
 def header_date(value: object) -> dt.datetime | None:

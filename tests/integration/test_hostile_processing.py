@@ -93,6 +93,59 @@ def test_mime_deeper_than_50_is_refused_at_data(harness: Harness) -> None:
     harness.sink.wait_for(lambda ms: any("a@x.example" in m.rcpt_tos for m in ms))
 
 
+def refs(size: int) -> bytes:
+    """A References: field, folded, of exactly ``size`` octets as untrusted.shape() counts
+    them (a line end as one octet, as Postfix does)."""
+    field = b"References: <r0@x.example>"
+    n = 1
+    while len(field) < size - 60:
+        field += b"\r\n <r%d@x.example>" % n
+        n += 1
+    size += field.count(b"\r\n") + 2           # each CRLF is two octets here, one there
+    return field + b"\r\n <" + b"p" * (size - len(field) - 17) + b"@x.example>\r\n"
+
+
+def test_header_fields_and_sections_too_large_to_parse_are_refused_at_data(
+        harness: Harness) -> None:
+    """The email package's header parsing and folding grow faster than the field: one huge
+    field kept a worker (or, at intake, the SMTP answer) busy for minutes. Such mail gets a
+    552 at DATA; a field up to the limit goes through to the members."""
+    make_list(harness.app, LIST, members=["a@x.example"])
+    limit = untrusted.MAX_HEADER_FIELD
+    assert untrusted.shape(refs(limit)).field == limit
+    too_large = [
+        (b"To: " + b", ".join(b"u%d@y.example" % i for i in range(12000)) + b"\r\n", "field"),
+        (b"X-Junk: " + b"word " * 30000 + b"\r\n", "field"),       # one line, 150 KB
+        (refs(limit + 1), "field"),
+        (b"".join(b"X-Relay-%d: via relay %d.y.example\r\n" % (i, i) for i in range(9000)),
+         "message header"),                                         # 9,000 small fields
+    ]
+    for n, (fields, what) in enumerate(too_large):
+        with pytest.raises(smtplib.SMTPDataError) as err:
+            harness.send(raw_post("a@x.example", "big", b"text\r\n", headers=fields,
+                                  message_id=f"<big{n}@x>"),
+                         mail_from="a@x.example", rcpts=[LIST])
+        assert err.value.smtp_code == 552 and b"5.3.4" in err.value.smtp_error
+        assert what.encode() in err.value.smtp_error
+    # a part's own header field counts too (a file name of 150 KB)
+    body = (b"--b\r\nContent-Type: text/plain\r\n\r\nhi\r\n--b\r\n"
+            b"Content-Type: application/octet-stream\r\nContent-Disposition: attachment; "
+            b"filename=\"" + b"f" * 150000 + b"\"\r\n\r\nAAAA\r\n--b--\r\n")
+    with pytest.raises(smtplib.SMTPDataError) as err:
+        harness.send(raw_post("a@x.example", "part", body, message_id="<part@x>",
+                              ctype=b"Content-Type: multipart/mixed; boundary=b\r\n"),
+                     mail_from="a@x.example", rcpts=[LIST])
+    assert err.value.smtp_code == 552
+    assert states(harness) == []                   # nothing was taken in
+    harness.send(raw_post("a@x.example", "long thread", b"text\r\n", headers=refs(limit),
+                          message_id="<ok@x>"), mail_from="a@x.example", rcpts=[LIST])
+    harness.run_until_idle()
+    assert [s for s, _ in states(harness)] == [InboundState.accepted]
+    got = harness.sink.wait_for(lambda ms: any("a@x.example" in m.rcpt_tos for m in ms))
+    copy = next(m for m in got if "a@x.example" in m.rcpt_tos).message
+    assert str(copy["References"]).split()[-1].endswith("@x.example>")
+
+
 def test_hostile_dates_do_not_break_digests_or_archive(harness: Harness, clock: Clock,
                                                        cli_env: dict[str, str]) -> None:
     make_list(harness.app, LIST, members=["a@x.example", "d@x.example", "p@x.example"],
