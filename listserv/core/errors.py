@@ -37,7 +37,8 @@ class MalformedMessage(ListservError):
 
 
 class StructureRefused(ListservError):
-    """Absurd structure (MIME nested deeper than untrusted.MAX_MIME_DEPTH): refused at DATA."""
+    """Absurd structure (MIME nested deeper than untrusted.MAX_MIME_DEPTH, more parts than
+    untrusted.MAX_MIME_PARTS): refused at DATA."""
 
     smtp_code = 554
     enhanced = "5.6.0"

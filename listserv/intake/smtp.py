@@ -209,6 +209,8 @@ def spool(app: App, mail_from: str, raw: bytes, *, require_from: bool) -> Spoole
     if shape.depth > untrusted.MAX_MIME_DEPTH:
         raise StructureRefused(f"MIME parts nested more than {untrusted.MAX_MIME_DEPTH} "
                                "levels deep")
+    if shape.parts > untrusted.MAX_MIME_PARTS:
+        raise StructureRefused(f"more than {untrusted.MAX_MIME_PARTS} MIME parts")
     if shape.field > untrusted.MAX_HEADER_FIELD:
         raise MessageTooBig(f"a header field of {shape.field} bytes exceeds the limit of "
                             f"{untrusted.MAX_HEADER_FIELD} bytes")

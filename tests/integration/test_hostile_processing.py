@@ -93,6 +93,26 @@ def test_mime_deeper_than_50_is_refused_at_data(harness: Harness) -> None:
     harness.sink.wait_for(lambda ms: any("a@x.example" in m.rcpt_tos for m in ms))
 
 
+def test_more_than_10000_mime_parts_are_refused_at_data(harness: Harness) -> None:
+    make_list(harness.app, LIST, members=["a@x.example"])
+
+    def parts(n: int) -> bytes:       # a multipart/mixed of n parts: n + 1 parts in all
+        return b"".join(b"--b\r\nContent-Type: text/plain\r\n\r\nx\r\n"
+                        for _ in range(n)) + b"--b--\r\n"
+    ctype = b"Content-Type: multipart/mixed; boundary=b\r\n"
+    with pytest.raises(smtplib.SMTPDataError) as err:
+        harness.send(raw_post("a@x.example", "many", parts(untrusted.MAX_MIME_PARTS),
+                              ctype=ctype), mail_from="a@x.example", rcpts=[LIST])
+    assert err.value.smtp_code == 554 and b"5.6.0" in err.value.smtp_error
+    assert b"MIME parts" in err.value.smtp_error
+    harness.send(raw_post("a@x.example", "at the limit", parts(untrusted.MAX_MIME_PARTS - 1),
+                          ctype=ctype, message_id="<ok@x>"),
+                 mail_from="a@x.example", rcpts=[LIST])
+    harness.run_until_idle()
+    assert [s for s, _ in states(harness)] == [InboundState.accepted]
+    harness.sink.wait_for(lambda ms: any("a@x.example" in m.rcpt_tos for m in ms))
+
+
 def refs(size: int) -> bytes:
     """A References: field, folded, of exactly ``size`` octets as untrusted.shape() counts
     them (a line end as one octet, as Postfix does)."""

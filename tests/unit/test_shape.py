@@ -28,6 +28,7 @@ def test_the_fields_of_parts_and_enclosed_messages_count_but_not_their_bodies() 
            b"--z\r\nContent-Type: message/rfc822\r\n\r\n" + inner + b"--z--\r\n")
     shape = untrusted.shape(raw)
     assert shape.depth == 3
+    assert shape.parts == 4       # the message, its two parts, the enclosed message
     assert shape.field == len(b"Subject: ") + 700 + 1
     assert shape.head == len(b"From: a@x.example\nContent-Type: multipart/mixed; "
                              b"boundary=z\n")
@@ -59,3 +60,15 @@ def test_the_largest_field_is_the_largest_the_parser_reads(
     shape = untrusted.shape(raw)
     assert shape.field == max(sizes)
     assert shape.head == len(head.replace(b"\r\n", b"\n"))
+
+
+def test_parts_are_counted_in_every_container() -> None:
+    def mixed(n: int, inner: bytes = b"") -> bytes:
+        return (b"Content-Type: multipart/mixed; boundary=q\r\n\r\n"
+                + b"".join(b"--q\r\nContent-Type: text/plain\r\n\r\nx\r\n" for _ in range(n))
+                + inner + b"--q--\r\n")
+    assert untrusted.shape(b"From: a@x.example\r\n" + mixed(9)).parts == 10
+    assert untrusted.shape(b"From: a@x.example\r\n\r\nno parts\r\n").parts == 1
+    nested = (b"--q\r\nContent-Type: multipart/alternative; boundary=r\r\n\r\n"
+              b"--r\r\n\r\na\r\n--r\r\n\r\nb\r\n--r--\r\n")
+    assert untrusted.shape(b"From: a@x.example\r\n" + mixed(2, nested)).parts == 6
