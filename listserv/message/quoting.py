@@ -113,8 +113,49 @@ _ATTRIBUTION = re.compile(rf"^{_LEAD}.{{0,300}}?{_WROTE}[^:：]{{0,160}}[:：]\s
                           re.IGNORECASE)
 # "<someone> wrote:", "<date> <someone> <addr>:" (weaker: only when a quote follows).
 _WROTE_END = re.compile(rf"^.{{0,300}}{_WROTE}[^:：]{{0,160}}[:：]\s*$", re.IGNORECASE)
-_DATE_ADDRESS = re.compile(
-    r"^.{0,120}\d.{0,200}<?[^\s<>@]+@[^\s<>@]+\.[^\s<>@]+>?\)?\s*[:：]\s*$")
+_DOMAIN = re.compile(r"[^\s<>@]+\.[^\s<>@]+")
+
+
+def _date_address(text: str) -> bool:
+    """Is ``text`` a date and an address ending in a colon ("2026-12-01 10:00 GMT, Jane
+    <jane@x.example>:"): a digit within its first 121 characters, at most 200 more up to the
+    address, then the address (optionally in <>, then a ")"), blanks and ":"? Worked out from
+    the end in one pass: the regular expression this replaces (``^.{0,120}\\d.{0,200}<?ADDRESS
+    >?\\)?\\s*:\\s*$``) tried every split of a long line, 27 ms for 400 digits, and a reply's
+    every line is read for an attribution."""
+    body = text.rstrip()
+    if not body or body[-1] not in ":：":
+        return False
+    body = body[:-1].rstrip()
+    for cut in (")>", ")", ">", ""):          # ">?\)?" after the address, in that order
+        if not body.endswith(cut[::-1]) or not _address_after(body[:len(body) - len(cut)]):
+            continue
+        return True
+    return False
+
+
+def _address_after(body: str) -> bool:
+    """Does ``body`` end with an address whose start leaves a prefix that has a digit at
+    index d <= 120 and is at most d + 201 characters long (no line break in it)?"""
+    at = body.rfind("@")
+    if at < 1 or not _DOMAIN.fullmatch(body, at + 1):
+        return False
+    start = at                                  # the local part: a run before the @
+    while start > 0 and not (body[start - 1].isspace() or body[start - 1] in "<>@"):
+        start -= 1
+    if start == at:
+        return False
+    # the prefix is body[:j] for any j in [start, at - 1] (it may take the start of the
+    # local part, or an "<" before it)
+    newline = body.find("\n", 0, at)
+    for d in range(min(121, at - 1)):
+        if not body[d].isdecimal():
+            continue
+        low, high = max(start - (body[start - 1:start] == "<"), d + 1), min(d + 201, at - 1)
+        if low <= high and (newline < 0 or newline >= low):
+            return True
+    return False
+
 _ENDS_WITH_ADDRESS = re.compile(r"^[^:]*\S@[^\s@]+\.[^\s@]+$")
 # Where a wrapped attribution may start: its lead word, a date, a weekday before a date.
 _ATTRIBUTION_START = re.compile(rf"^({_LEAD}|\W*\d|[^\W\d_]{{1,5}}\.?,?\s+\d)", re.IGNORECASE)
@@ -148,7 +189,7 @@ def attribution(lines: list[str], i: int) -> int:
             return 0
         if _ATTRIBUTION.match(text):
             return n
-        if (_WROTE_END.match(text) or _DATE_ADDRESS.match(text)) \
+        if (_WROTE_END.match(text) or _date_address(text)) \
                 and _quote_follows(lines, i + n):
             return n
     return 0

@@ -188,3 +188,37 @@ def test_exchange_x500_original_recipient_is_skipped() -> None:
         "dave.jones@contoso.example")
     (f,) = parse(email.message_from_string(raw, policy=policy.default)).failures
     assert f.email == "dave.jones@contoso.example"
+
+
+@pytest.mark.timeout(5)      # a hang guard: the marker pattern once tried every split of the
+def test_long_blank_lines_do_not_stall_the_reading_of_a_bounce() -> None:   # blanks (18 s)
+    from listserv.bounces.parse import ORIGINAL_MARKERS, notification_text
+
+    for blank in (" " * 20000, "---" + " " * 20000, "original message" + " " * 20000):
+        assert ORIGINAL_MARKERS.search(blank + "x") is None
+    msg = EmailMessage()
+    msg["From"] = "MAILER-DAEMON@relay.example"
+    msg["To"] = "dev-bounces@example.org"
+    msg["Subject"] = "Undelivered Mail Returned to Sender"
+    msg.set_content("Could not deliver to <gone@example.net>: 550 5.1.1 no such user\n"
+                    + " " * 15000 + "x\n\n----- Original message -----\n"
+                    "From: member@example.org\n")
+    text = notification_text(msg)
+    assert "gone@example.net" in text and "member@example.org" not in text
+    report = parse(msg)
+    assert "member@example.org" not in {g.email for g in report.guesses}
+
+
+@pytest.mark.timeout(5)      # each address's context was the whole line: 1,173 took 9.5 s
+def test_a_report_of_one_long_line_of_addresses_is_read_in_bounded_time() -> None:
+    msg = EmailMessage()
+    msg["From"] = "MAILER-DAEMON@relay.example"
+    msg["To"] = "dev-bounces@example.org"
+    msg["Subject"] = "Undelivered Mail Returned to Sender"
+    msg.set_content(" ".join(f"u{i}@example.net" for i in range(1000))
+                    + " 550 5.1.1 no such user\n")
+    report = parse(msg)
+    guesses = {g.email: g for g in report.guesses}
+    assert len(guesses) == 1000
+    assert guesses["u999@example.net"].status == "5.1.1"     # the text near it is read,
+    assert guesses["u0@example.net"].status == ""            # not the whole line

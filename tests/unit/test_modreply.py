@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from listserv.message import replies
+from listserv.message import quoting, replies
 from listserv.pipeline import modreply
 from listserv.core.models import Decision
 
@@ -96,3 +96,18 @@ def test_poster_words() -> None:
 def test_reason_is_capped() -> None:
     got = modreply.parse("reject " + "x" * 5000)
     assert got.decision is Decision.reject and len(got.reason) == modreply.MAX_REASON
+
+
+@pytest.mark.timeout(10)     # a hang guard: both patterns once tried every split of a long run
+def test_long_runs_in_a_reply_do_not_stall_its_reading() -> None:
+    token = "ABCDEF0123456789ABCD"
+    assert modreply.subject_line("Re: " + " " * 50000 + f"(confirm {token})") == ""
+    assert modreply.subject_line(" " * 50000 + "x") == "x"
+    assert modreply.subject_line("approve " + "( " * 20000) == "approve " + "( " * 19999 + "("
+    # every line is looked at as a possible attribution ("<date> <address>:" before a quote)
+    digits = "\n".join("1" * 399 + ":" for _ in range(2000))
+    blocks = quoting.typed_blocks("approve\n\n" + digits + "\n> quoted\n")
+    assert blocks[0][0] == "approve" and len(blocks[0]) == 2002   # none is an attribution
+    attributed = quoting.typed_blocks(
+        "reject: spam\n\n2026-12-01 10:00 GMT, Jane <jane@x.example>:\n> the post\n")
+    assert attributed == [["reject: spam"]]
