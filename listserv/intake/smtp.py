@@ -467,7 +467,8 @@ class _Counted:
     message may be ``line_length_limit`` octets long (aiosmtpd refuses a line over 1,001
     with 500): such mail is sent, by web forms and HTML mailers written in one line, and
     Postfix in front of the intake passes it on whole; the copies are re-encoded into lines
-    of at most 998 octets (listserv.message.lines). Command lines keep their own limits."""
+    of at most 998 octets (listserv.message.lines). aiosmtpd reads command lines with the
+    same reader: one over its own limit (512 octets) is still answered 500, once read."""
 
     def __init__(self, *args: Any, line_length_limit: int = 1001, **kw: Any) -> None:
         self.line_length_limit = line_length_limit    # before aiosmtpd makes its reader

@@ -127,11 +127,8 @@ def _date_address(text: str) -> bool:
     if not body or body[-1] not in ":：":
         return False
     body = body[:-1].rstrip()
-    for cut in (")>", ")", ">", ""):          # ">?\)?" after the address, in that order
-        if not body.endswith(cut[::-1]) or not _address_after(body[:len(body) - len(cut)]):
-            continue
-        return True
-    return False
+    return any(body.endswith(after) and _address_after(body[:len(body) - len(after)])
+               for after in (">)", ")", ">", ""))    # ">?\)?" after the address
 
 
 def _address_after(body: str) -> bool:

@@ -4,12 +4,12 @@
   text taken from a message can always be encoded again (notices, database, logs).
 - one_line(): one line, control and line-separator characters as spaces, length-capped: the
   form in which a Subject or address given by a sender is ever echoed.
-- shape() / mime_depth(): how deeply the MIME parts of raw bytes nest, how many there are,
-  the largest header field of any part and the size of the message's own header section, found in one pass
-  without recursion, so that absurd structure is refused before the email package recurses
-  into it or spends minutes on one field (its header parsing and folding grow faster than
-  the field: a 1 MB To: takes 46 s to prepare for the members, a 5 MB Subject: longer than
-  the SMTP client waits for its answer).
+- shape(): how deeply the MIME parts of raw bytes nest, how many there are, the largest
+  header field of any part and the size of the message's own header section, found in one
+  pass without recursion, so that absurd structure is refused before the email package
+  recurses into it or spends minutes on one field (its header parsing and folding grow faster
+  than the field: a 1 MB To: takes 46 s to prepare for the members, a 5 MB Subject: longer
+  than the SMTP client waits for its answer).
 - POLICY / SMTP_POLICY: email.policy.default (and its CRLF form) whose Date headers read a
   hostile value as an invalid date instead of raising OverflowError on access, and whose other
   headers, when the email package's parser fails on their value (bytes no address parser
@@ -95,9 +95,9 @@ class Shape:
     """What shape() finds in raw bytes."""
 
     depth: int          # MIME nesting (1 = a single part), counted up to shape()'s stop_at
+    parts: int          # MIME parts, the message itself and every container included
     field: int          # octets of the largest header field of any part
     head: int           # octets of the message's own header section
-    parts: int = 1      # MIME parts, the message itself and every container included
 
 
 def _fields_size(lines: list[bytes]) -> int:
@@ -122,19 +122,15 @@ def shape(raw: bytes, stop_at: int = MAX_MIME_DEPTH + 1) -> Shape:
     does, and stops (the sizes then cover the parts read so far) once the depth reaches
     ``stop_at`` (hostile input can be deep)."""
     stack: list[bytes | None] = []      # open containers: a boundary, or None for message/*
-    depth = 1
-    largest = 0
-    parts = 1
-    head: int | None = None             # the message's own header section, once it ended
+    depth = parts = 1
+    blocks: list[list[bytes]] = []      # the header blocks read, the message's own first
     headers: list[bytes] | None = []    # collecting a header block (None: in a body)
     for line in raw.splitlines():
         if headers is not None:
             if line.strip():
                 headers.append(line)
                 continue
-            largest = max(largest, _fields_size(headers))
-            if head is None:
-                head = sum(len(x) + 1 for x in headers)
+            blocks.append(headers)
             ctype, boundary = _part_type(headers)
             headers = None
             if boundary is not None:
@@ -165,15 +161,9 @@ def shape(raw: bytes, stop_at: int = MAX_MIME_DEPTH + 1) -> Shape:
                 del stack[i:]           # this multipart (and all inside it) ends
                 break
     if headers:                         # a header block that the end of the bytes ended
-        largest = max(largest, _fields_size(headers))
-        if head is None:
-            head = sum(len(x) + 1 for x in headers)
-    return Shape(depth, largest, head or 0, parts)
-
-
-def mime_depth(raw: bytes, stop_at: int = MAX_MIME_DEPTH + 1) -> int:
-    """The nesting depth of the MIME tree of ``raw`` (1 = a single part): shape()'s."""
-    return shape(raw, stop_at).depth
+        blocks.append(headers)
+    return Shape(depth, parts, max(map(_fields_size, blocks), default=0),
+                 sum(len(x) + 1 for x in blocks[0]) if blocks else 0)
 
 
 def header_date(value: object) -> dt.datetime | None:

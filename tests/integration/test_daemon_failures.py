@@ -6,6 +6,7 @@ import asyncio
 import sys
 
 import pytest
+import uvloop
 
 from listserv.core import config
 from listserv.core.app import App
@@ -31,7 +32,6 @@ def test_a_dead_delivery_worker_stops_the_daemon(settings: config.Settings) -> N
 @pytest.mark.parametrize("installed", [True, False])
 def test_the_delivery_thread_runs_on_uvloop_when_it_is_installed(
         settings: config.Settings, monkeypatch: pytest.MonkeyPatch, installed: bool) -> None:
-    uvloop = pytest.importorskip("uvloop")
     if not installed:
         monkeypatch.setitem(sys.modules, "uvloop", None)     # import uvloop fails
     app = App.from_settings(settings, resolve_txt=lambda name: [])
